@@ -1,0 +1,445 @@
+//! Retry Message v1: the JSON body of every message on the retry queue.
+//!
+//! The model is deliberately a plain serde struct, so that the producer side
+//! (service A) and the processor share one definition, and so that
+//! `schema/retry-message.v1.json` can be checked against it in tests.
+//!
+//! [`RetryMessage::parse`] is the only way the processor reads a body: it
+//! deserializes and then [validates](RetryMessage::validate) every field, and
+//! every error names the field at fault (`request.method: …`). Error texts never
+//! echo string values from the message, because a message may carry a stale
+//! `Authorization` header or other data an operator should not see in a log.
+//!
+//! Unknown fields are ignored, so newer producers can add fields without
+//! breaking older processors.
+//!
+//! ```
+//! use retryq::message::RetryMessage;
+//!
+//! let msg = RetryMessage::parse(r#"{
+//!     "id": "order-42",
+//!     "destinationUrl": "https://partner.example.com/v1/orders",
+//!     "request": { "method": "POST", "body": "{\"order\":42}" }
+//! }"#).unwrap();
+//! assert_eq!(msg.request.method, "POST");
+//! assert_eq!(msg.received_count, 0);
+//!
+//! let err = RetryMessage::parse(r#"{ "id": "x", "request": { "method": "GET" } }"#).unwrap_err();
+//! assert_eq!(err.field, "destinationUrl");
+//! ```
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use url::Url;
+
+/// Longest accepted message id (contract §2).
+pub const MAX_ID_LEN: usize = 128;
+
+/// One Retry Message, version 1 (contract §2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryMessage {
+    /// Stable across attempts; sent downstream as `Idempotency-Key`.
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub originating_service: Option<String>,
+    /// Passed through for operators; never interpreted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    pub destination_url: Url,
+    pub request: Request,
+    /// Name of an auth profile configured in the processor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
+    /// Lowers the processor's `MAX_ATTEMPTS` for this message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// No attempt is made after this instant.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub expires_at: Option<OffsetDateTime>,
+    /// Attempts already made before the message entered the queue.
+    #[serde(default)]
+    pub received_count: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// The HTTP request to replay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Request {
+    pub method: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, HeaderValues>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(default, skip_serializing_if = "BodyEncoding::is_utf8")]
+    pub body_encoding: BodyEncoding,
+}
+
+/// A header's value: one string, or a list for a repeated header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum HeaderValues {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl HeaderValues {
+    /// The values in order, whichever form the message used.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        let slice: &[String] = match self {
+            HeaderValues::One(v) => std::slice::from_ref(v),
+            HeaderValues::Many(vs) => vs,
+        };
+        slice.iter().map(String::as_str)
+    }
+}
+
+/// How `request.body` is encoded in the JSON.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BodyEncoding {
+    #[default]
+    Utf8,
+    Base64,
+}
+
+impl BodyEncoding {
+    fn is_utf8(&self) -> bool {
+        *self == BodyEncoding::Utf8
+    }
+}
+
+/// Why a body is not a valid v1 Retry Message. `field` is the JSON path of the
+/// offending field (`request.headers.accept`), or `body` when the text is not
+/// a JSON object at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidMessage {
+    pub field: String,
+    pub reason: String,
+}
+
+impl InvalidMessage {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        InvalidMessage {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl RetryMessage {
+    /// Parses and validates an SQS message body.
+    pub fn parse(body: &str) -> Result<RetryMessage, InvalidMessage> {
+        // serde would also read a struct from a JSON array, positionally;
+        // a Retry Message is an object.
+        if !body.trim_start().starts_with('{') {
+            return Err(InvalidMessage::new("body", "must be a JSON object"));
+        }
+        let de = &mut serde_json::Deserializer::from_str(body);
+        let msg: RetryMessage = serde_path_to_error::deserialize(de).map_err(from_serde)?;
+        msg.validate()?;
+        Ok(msg)
+    }
+
+    /// Checks the rules of contract §2 that the JSON types alone do not
+    /// express.
+    pub fn validate(&self) -> Result<(), InvalidMessage> {
+        validate_id(&self.id)?;
+        match self.destination_url.scheme() {
+            "http" | "https" => {}
+            _ => {
+                return Err(InvalidMessage::new(
+                    "destinationUrl",
+                    "scheme must be http or https",
+                ))
+            }
+        }
+        if self.destination_url.host().is_none() {
+            return Err(InvalidMessage::new("destinationUrl", "has no host"));
+        }
+        if !is_token(&self.request.method) {
+            return Err(InvalidMessage::new(
+                "request.method",
+                "must be an HTTP method token such as GET or POST",
+            ));
+        }
+        for (name, values) in &self.request.headers {
+            let field = || format!("request.headers.{name}");
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(InvalidMessage::new(field(), "is not a valid header name"));
+            }
+            for value in values.iter() {
+                if http::HeaderValue::from_bytes(value.as_bytes()).is_err() {
+                    return Err(InvalidMessage::new(
+                        field(),
+                        "value contains characters not allowed in a header (control characters or line breaks)",
+                    ));
+                }
+            }
+        }
+        self.body_bytes()?;
+        if let Some(auth) = &self.auth {
+            if auth.is_empty() {
+                return Err(InvalidMessage::new("auth", "must not be empty"));
+            }
+        }
+        if self.max_attempts == Some(0) {
+            return Err(InvalidMessage::new("maxAttempts", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The request body as bytes, decoded per `bodyEncoding`; empty when the
+    /// message has no body.
+    pub fn body_bytes(&self) -> Result<Vec<u8>, InvalidMessage> {
+        match (&self.request.body, self.request.body_encoding) {
+            (None, _) => Ok(Vec::new()),
+            (Some(text), BodyEncoding::Utf8) => Ok(text.as_bytes().to_vec()),
+            (Some(text), BodyEncoding::Base64) => base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(|_| InvalidMessage::new("request.body", "is not valid base64")),
+        }
+    }
+
+    /// The attempt limit for this message: `min(maxAttempts, MAX_ATTEMPTS)`.
+    pub fn attempt_limit(&self, max_attempts: u32) -> u32 {
+        self.max_attempts.map_or(max_attempts, |m| m.min(max_attempts))
+    }
+}
+
+fn validate_id(id: &str) -> Result<(), InvalidMessage> {
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return Err(InvalidMessage::new("id", "must be 1 to 128 characters"));
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+    {
+        return Err(InvalidMessage::new(
+            "id",
+            "may only contain A-Z, a-z, 0-9, '.', '_', ':' and '-'",
+        ));
+    }
+    Ok(())
+}
+
+/// RFC 9110 `token`: the characters allowed in a method name.
+pub(crate) fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'!' | b'#'
+                        | b'$'
+                        | b'%'
+                        | b'&'
+                        | b'\''
+                        | b'*'
+                        | b'+'
+                        | b'-'
+                        | b'.'
+                        | b'^'
+                        | b'_'
+                        | b'`'
+                        | b'|'
+                        | b'~'
+                )
+        })
+}
+
+/// Turns a serde error into one that names the field, without echoing the
+/// offending string value.
+fn from_serde(err: serde_path_to_error::Error<serde_json::Error>) -> InvalidMessage {
+    let path = err.path().to_string();
+    let inner = err.inner();
+    let text = redact_strings(&inner.to_string());
+    let at_root = path == "." || path.is_empty();
+    if inner.is_syntax() || inner.is_eof() {
+        return InvalidMessage::new("body", format!("not valid JSON ({text})"));
+    }
+    if let Some(rest) = text.strip_prefix("missing field `") {
+        let name = rest.split('`').next().unwrap_or_default();
+        let field = if at_root {
+            name.to_owned()
+        } else {
+            format!("{path}.{name}")
+        };
+        return InvalidMessage::new(field, "is required");
+    }
+    let field = if at_root { "body".to_owned() } else { path };
+    InvalidMessage::new(field, text)
+}
+
+/// Replaces the contents of every `"…"` string literal in an error text, and
+/// drops serde_json's `at line … column …` suffix for fields (kept for syntax
+/// errors, where it is the useful part).
+fn redact_strings(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut inside = false;
+    for c in text.chars() {
+        if c == '"' {
+            if inside {
+                out.push_str("…\"");
+            } else {
+                out.push('"');
+            }
+            inside = !inside;
+        } else if !inside {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn valid() -> serde_json::Value {
+        serde_json::json!({
+            "id": "7b0f2c5e-1f0c-4a53-9a55-2f8f6d1c9e10",
+            "originatingService": "orders-api",
+            "createdAt": "2026-11-28T12:00:00Z",
+            "destinationUrl": "https://partner.example.com/v1/orders?x=1",
+            "request": {
+                "method": "POST",
+                "headers": { "content-type": "application/json", "accept": ["application/json", "text/plain"] },
+                "body": "{\"order\":42}",
+                "bodyEncoding": "utf8"
+            },
+            "auth": "partner-x",
+            "maxAttempts": 8,
+            "expiresAt": "2026-11-29T12:00:00Z",
+            "receivedCount": 0,
+            "metadata": { "correlationId": "abc-123" }
+        })
+    }
+
+    fn parse(v: &serde_json::Value) -> Result<RetryMessage, InvalidMessage> {
+        RetryMessage::parse(&v.to_string())
+    }
+
+    fn field_of(v: serde_json::Value) -> String {
+        parse(&v).unwrap_err().field
+    }
+
+    #[test]
+    fn the_contract_example_parses_with_every_field() {
+        let msg = parse(&valid()).unwrap();
+        assert_eq!(msg.attempt_limit(5), 5);
+        assert_eq!(msg.attempt_limit(10), 8);
+        assert_eq!(
+            msg.request.headers["accept"].iter().collect::<Vec<_>>(),
+            ["application/json", "text/plain"]
+        );
+        assert_eq!(msg.body_bytes().unwrap(), br#"{"order":42}"#);
+        assert_eq!(msg.expires_at.unwrap().unix_timestamp(), 1_795_953_600);
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let mut v = valid();
+        v["futureField"] = serde_json::json!({"x": 1});
+        v["request"]["futureToo"] = serde_json::json!(true);
+        assert!(parse(&v).is_ok());
+    }
+
+    #[test]
+    fn base64_bodies_are_decoded() {
+        let mut v = valid();
+        v["request"]["body"] = "AAEC/w==".into();
+        v["request"]["bodyEncoding"] = "base64".into();
+        assert_eq!(parse(&v).unwrap().body_bytes().unwrap(), [0, 1, 2, 255]);
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+            ("id", Box::new(|v| v["id"] = "".into())),
+            ("id", Box::new(|v| v["id"] = "has space".into())),
+            ("id", Box::new(|v| v["id"] = "x".repeat(129).into())),
+            ("id", Box::new(|v| v["id"] = 5.into())),
+            ("id", Box::new(|v| drop(v.as_object_mut().unwrap().remove("id")))),
+            ("destinationUrl", Box::new(|v| v["destinationUrl"] = "ftp://x.example/".into())),
+            ("destinationUrl", Box::new(|v| v["destinationUrl"] = "/relative".into())),
+            ("request", Box::new(|v| drop(v.as_object_mut().unwrap().remove("request")))),
+            ("request.method", Box::new(|v| v["request"]["method"] = "GE T".into())),
+            ("request.method", Box::new(|v| drop(v["request"].as_object_mut().unwrap().remove("method")))),
+            ("request.headers.bad name", Box::new(|v| v["request"]["headers"]["bad name"] = "x".into())),
+            ("request.headers.x-a", Box::new(|v| v["request"]["headers"]["x-a"] = "a\r\nb".into())),
+            ("request.headers.x-a", Box::new(|v| v["request"]["headers"]["x-a"] = 5.into())),
+            ("request.body", Box::new(|v| {
+                v["request"]["bodyEncoding"] = "base64".into();
+                v["request"]["body"] = "not base64!".into();
+            })),
+            ("request.bodyEncoding", Box::new(|v| v["request"]["bodyEncoding"] = "gzip".into())),
+            ("maxAttempts", Box::new(|v| v["maxAttempts"] = 0.into())),
+            ("maxAttempts", Box::new(|v| v["maxAttempts"] = (-1).into())),
+            ("expiresAt", Box::new(|v| v["expiresAt"] = "tomorrow".into())),
+            ("receivedCount", Box::new(|v| v["receivedCount"] = "3".into())),
+            ("auth", Box::new(|v| v["auth"] = "".into())),
+            ("metadata", Box::new(|v| v["metadata"] = "flat".into())),
+        ];
+        for (field, mutate) in cases {
+            let mut v = valid();
+            mutate(&mut v);
+            assert_eq!(field_of(v.clone()), field, "for {v}");
+        }
+    }
+
+    #[test]
+    fn text_that_is_not_a_json_object_is_reported_as_the_body() {
+        for body in ["", "not json", "[1,2]", "42", "{\"id\":"] {
+            assert_eq!(RetryMessage::parse(body).unwrap_err().field, "body", "{body:?}");
+        }
+    }
+
+    #[test]
+    fn errors_never_echo_string_values() {
+        let mut v = valid();
+        v["maxAttempts"] = "Bearer s3cr3t".into();
+        let err = parse(&v).unwrap_err();
+        assert_eq!(err.field, "maxAttempts");
+        assert!(!err.to_string().contains("s3cr3t"), "{err}");
+    }
+
+    #[test]
+    fn serialization_round_trips() {
+        let msg = parse(&valid()).unwrap();
+        let again = RetryMessage::parse(&serde_json::to_string(&msg).unwrap()).unwrap();
+        assert_eq!(msg, again);
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics_on_arbitrary_text(s in "\\PC{0,200}") {
+            let _ = RetryMessage::parse(&s);
+        }
+
+        #[test]
+        fn ids_of_the_allowed_alphabet_are_accepted(id in "[A-Za-z0-9._:-]{1,128}") {
+            let mut v = valid();
+            v["id"] = id.into();
+            prop_assert!(parse(&v).is_ok());
+        }
+
+        #[test]
+        fn any_token_is_a_method(m in "[!#$%&'*+.^_`|~0-9A-Za-z-]{1,20}") {
+            let mut v = valid();
+            v["request"]["method"] = m.into();
+            prop_assert!(parse(&v).is_ok());
+        }
+    }
+}

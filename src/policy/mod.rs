@@ -1,0 +1,419 @@
+//! The pure decision core: what to do with a record (contract §3 and §4).
+//!
+//! The processor asks two separate questions, as reqwest-retry does:
+//! *what kind of failure was this?* ([`classify`]) and *what now?*
+//! ([`RetryPolicy::after_attempt`]). Unlike a policy that sees only an attempt
+//! count, ours also sees the destination's `Retry-After` and the message's
+//! `expiresAt`, because both change the answer.
+//!
+//! Nothing here does I/O or reads a clock: the current time and the random
+//! generator are arguments, so every decision is exactly testable.
+//!
+//! ```
+//! use retryq::policy::{Action, Attempt, FailureReason, RetryPolicy};
+//! use retryq::policy::backoff::Backoff;
+//! use retryq::policy::classify::Outcome;
+//! use std::time::{Duration, SystemTime};
+//!
+//! let policy = RetryPolicy {
+//!     max_attempts: 5,
+//!     backoff: Backoff::new(Duration::from_secs(10), Duration::from_secs(900)).unwrap(),
+//!     retry_after_max: Duration::from_secs(43_200),
+//! };
+//! let failed = Outcome::Retryable { status: Some(503), retry_after: None, error: "HTTP 503".into() };
+//! let mut rng = fastrand::Rng::with_seed(1);
+//!
+//! let second = Attempt { number: 2, limit: 5, expires_at: None };
+//! assert!(matches!(policy.after_attempt(&second, failed.clone(), SystemTime::now(), &mut rng),
+//!                  Action::Retry { .. }));
+//!
+//! let last = Attempt { number: 5, limit: 5, expires_at: None };
+//! assert!(matches!(policy.after_attempt(&last, failed, SystemTime::now(), &mut rng),
+//!                  Action::DeadLetter(d) if d.reason == FailureReason::AttemptsExhausted));
+//! ```
+
+pub mod backoff;
+pub mod classify;
+
+use std::time::{Duration, SystemTime};
+
+use backoff::{Backoff, VISIBILITY_LIMIT};
+use classify::Outcome;
+
+/// Longest `LastError` attribute (contract §4).
+pub const LAST_ERROR_MAX_CHARS: usize = 256;
+
+/// The `FailureReason` of a dead letter (contract §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureReason {
+    NonRetryable,
+    AttemptsExhausted,
+    Expired,
+    InvalidMessage,
+    DestinationNotAllowed,
+}
+
+impl FailureReason {
+    /// The attribute value, as written in the contract.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::NonRetryable => "non-retryable",
+            FailureReason::AttemptsExhausted => "attempts-exhausted",
+            FailureReason::Expired => "expired",
+            FailureReason::InvalidMessage => "invalid-message",
+            FailureReason::DestinationNotAllowed => "destination-not-allowed",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Everything the DLQ copy says about why it is there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub reason: FailureReason,
+    /// The attempt number (§2).
+    pub attempt: u32,
+    /// The status of the last answer, when there was one.
+    pub last_status: Option<u16>,
+    /// One line, at most [`LAST_ERROR_MAX_CHARS`] characters.
+    pub last_error: String,
+}
+
+impl DeadLetter {
+    pub fn new(
+        reason: FailureReason,
+        attempt: u32,
+        last_status: Option<u16>,
+        last_error: &str,
+    ) -> DeadLetter {
+        DeadLetter {
+            reason,
+            attempt,
+            last_status,
+            last_error: one_line(last_error, LAST_ERROR_MAX_CHARS),
+        }
+    }
+}
+
+/// What the processor does with a record (the rows of §4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Delivered: acknowledge.
+    Ack,
+    /// Retryable: `ChangeMessageVisibility` to `delay`, report as failed.
+    Retry { delay: Duration },
+    /// Send a copy to the DLQ, then acknowledge.
+    DeadLetter(DeadLetter),
+}
+
+/// The attempt being made, as §2 defines it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    /// `receivedCount` + SQS `ApproximateReceiveCount`.
+    pub number: u32,
+    /// `min(maxAttempts, MAX_ATTEMPTS)`: the attempt that reaches it is final.
+    pub limit: u32,
+    pub expires_at: Option<SystemTime>,
+}
+
+impl Attempt {
+    /// The attempt number of §2: attempts made before the message was
+    /// enqueued plus SQS's receive count.
+    pub fn number(received_count: u32, approximate_receive_count: u32) -> u32 {
+        received_count.saturating_add(approximate_receive_count)
+    }
+
+    pub fn is_final(&self) -> bool {
+        self.number >= self.limit
+    }
+}
+
+/// The retry settings of the processor (from `MAX_ATTEMPTS`,
+/// `BACKOFF_*_SECONDS` and `RETRY_AFTER_MAX_SECONDS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+    pub retry_after_max: Duration,
+}
+
+impl RetryPolicy {
+    /// Checked before any attempt: an expired message is dead-lettered
+    /// without being tried.
+    pub fn before_attempt(&self, attempt: &Attempt, now: SystemTime) -> Option<Action> {
+        let expires_at = attempt.expires_at?;
+        (now > expires_at).then(|| {
+            Action::DeadLetter(DeadLetter::new(
+                FailureReason::Expired,
+                attempt.number,
+                None,
+                "expiresAt passed before the attempt",
+            ))
+        })
+    }
+
+    /// Decides after an attempt. The delay never exceeds SQS's 12-hour
+    /// visibility limit; see [`RetryPolicy::after_attempt_within`] to lower
+    /// that bound further.
+    pub fn after_attempt(
+        &self,
+        attempt: &Attempt,
+        outcome: Outcome,
+        now: SystemTime,
+        rng: &mut fastrand::Rng,
+    ) -> Action {
+        self.after_attempt_within(attempt, outcome, now, VISIBILITY_LIMIT, rng)
+    }
+
+    /// As [`after_attempt`](Self::after_attempt), with the longest delay SQS
+    /// will still accept for this receive (the 12 hours count from the
+    /// receive, not from now).
+    pub fn after_attempt_within(
+        &self,
+        attempt: &Attempt,
+        outcome: Outcome,
+        now: SystemTime,
+        max_delay: Duration,
+        rng: &mut fastrand::Rng,
+    ) -> Action {
+        let (status, retry_after, error) = match outcome {
+            Outcome::Delivered { .. } => return Action::Ack,
+            Outcome::NonRetryable { status, error } => {
+                return Action::DeadLetter(DeadLetter::new(
+                    FailureReason::NonRetryable,
+                    attempt.number,
+                    status,
+                    &error,
+                ))
+            }
+            Outcome::Retryable {
+                status,
+                retry_after,
+                error,
+            } => (status, retry_after, error),
+        };
+        if attempt.is_final() {
+            return Action::DeadLetter(DeadLetter::new(
+                FailureReason::AttemptsExhausted,
+                attempt.number,
+                status,
+                &error,
+            ));
+        }
+        let delay = self.delay(attempt.number, retry_after, max_delay, rng);
+        if let Some(expires_at) = attempt.expires_at {
+            if now + delay > expires_at {
+                return Action::DeadLetter(DeadLetter::new(
+                    FailureReason::Expired,
+                    attempt.number,
+                    status,
+                    &format!("{error}; no time left before expiresAt for another attempt"),
+                ));
+            }
+        }
+        Action::Retry { delay }
+    }
+
+    /// The backoff delay of §4: the destination's `Retry-After` (capped at
+    /// `retry_after_max`) if it sent one, else exponential backoff; never
+    /// above `max_delay` nor the visibility limit.
+    pub fn delay(
+        &self,
+        attempt: u32,
+        retry_after: Option<Duration>,
+        max_delay: Duration,
+        rng: &mut fastrand::Rng,
+    ) -> Duration {
+        let wanted = match retry_after {
+            // "Not before that time": round a fractional delay up.
+            Some(ra) => Duration::from_secs(ra.as_secs() + u64::from(ra.subsec_nanos() > 0))
+                .min(self.retry_after_max),
+            None => self.backoff.delay(attempt, rng),
+        };
+        wanted.min(max_delay).min(VISIBILITY_LIMIT)
+    }
+}
+
+/// `text` on one line (control characters become spaces), cut to `max` chars.
+pub fn one_line(text: &str, max: usize) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(max)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 5,
+            backoff: Backoff::new(Duration::from_secs(10), Duration::from_secs(900)).unwrap(),
+            retry_after_max: Duration::from_secs(3600),
+        }
+    }
+
+    const T0: SystemTime = SystemTime::UNIX_EPOCH;
+
+    fn at(secs: u64) -> SystemTime {
+        T0 + Duration::from_secs(secs)
+    }
+
+    fn attempt(number: u32) -> Attempt {
+        Attempt { number, limit: 5, expires_at: None }
+    }
+
+    fn retryable(retry_after: Option<u64>) -> Outcome {
+        Outcome::Retryable {
+            status: Some(503),
+            retry_after: retry_after.map(Duration::from_secs),
+            error: "HTTP 503 Service Unavailable".into(),
+        }
+    }
+
+    fn decide(a: &Attempt, o: Outcome) -> Action {
+        policy().after_attempt(a, o, T0, &mut fastrand::Rng::with_seed(3))
+    }
+
+    fn reason(action: Action) -> FailureReason {
+        match action {
+            Action::DeadLetter(d) => d.reason,
+            other => panic!("expected a dead letter, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn delivered_is_acknowledged() {
+        assert_eq!(decide(&attempt(5), Outcome::Delivered { status: 204 }), Action::Ack);
+    }
+
+    #[test]
+    fn retryable_before_the_final_attempt_backs_off() {
+        let Action::Retry { delay } = decide(&attempt(2), retryable(None)) else {
+            panic!("expected a retry")
+        };
+        assert!((10..=20).contains(&delay.as_secs()), "{delay:?}");
+    }
+
+    #[test]
+    fn retryable_on_the_final_attempt_is_exhausted() {
+        let action = decide(&attempt(5), retryable(None));
+        assert_eq!(
+            action,
+            Action::DeadLetter(DeadLetter {
+                reason: FailureReason::AttemptsExhausted,
+                attempt: 5,
+                last_status: Some(503),
+                last_error: "HTTP 503 Service Unavailable".into(),
+            })
+        );
+        assert_eq!(reason(decide(&attempt(9), retryable(Some(1)))), FailureReason::AttemptsExhausted);
+    }
+
+    #[test]
+    fn the_message_limit_lowers_the_final_attempt() {
+        let a = Attempt { number: 2, limit: 2, expires_at: None };
+        assert_eq!(reason(decide(&a, retryable(None))), FailureReason::AttemptsExhausted);
+    }
+
+    #[test]
+    fn non_retryable_is_dead_lettered_at_once() {
+        let o = Outcome::NonRetryable { status: Some(404), error: "HTTP 404 Not Found".into() };
+        assert_eq!(reason(decide(&attempt(1), o)), FailureReason::NonRetryable);
+    }
+
+    #[test]
+    fn an_expired_message_is_not_attempted() {
+        let a = Attempt { number: 1, limit: 5, expires_at: Some(at(100)) };
+        assert_eq!(policy().before_attempt(&a, at(100)), None, "expiry instant itself is still in time");
+        assert_eq!(reason(policy().before_attempt(&a, at(101)).unwrap()), FailureReason::Expired);
+        assert_eq!(policy().before_attempt(&attempt(1), at(u32::MAX.into())), None);
+    }
+
+    #[test]
+    fn retryable_with_no_time_left_is_expired() {
+        // Backoff for attempt 1 is 5..=10s: an expiry 3s away leaves no room.
+        let a = Attempt { number: 1, limit: 5, expires_at: Some(at(3)) };
+        assert_eq!(reason(decide(&a, retryable(None))), FailureReason::Expired);
+        // A Retry-After beyond the expiry too.
+        let a = Attempt { number: 1, limit: 5, expires_at: Some(at(60)) };
+        assert_eq!(reason(decide(&a, retryable(Some(61)))), FailureReason::Expired);
+        assert_eq!(decide(&a, retryable(Some(60))), Action::Retry { delay: Duration::from_secs(60) });
+    }
+
+    #[test]
+    fn retry_after_overrides_the_backoff_and_is_capped() {
+        assert_eq!(decide(&attempt(1), retryable(Some(300))), Action::Retry { delay: Duration::from_secs(300) });
+        assert_eq!(decide(&attempt(1), retryable(Some(0))), Action::Retry { delay: Duration::ZERO });
+        assert_eq!(
+            decide(&attempt(1), retryable(Some(90_000))),
+            Action::Retry { delay: Duration::from_secs(3600) },
+            "capped at RETRY_AFTER_MAX_SECONDS"
+        );
+    }
+
+    #[test]
+    fn a_fractional_retry_after_rounds_up() {
+        let d = policy().delay(1, Some(Duration::from_millis(1500)), VISIBILITY_LIMIT, &mut fastrand::Rng::new());
+        assert_eq!(d, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn no_delay_goes_past_the_visibility_limit_or_the_time_left() {
+        let mut p = policy();
+        p.retry_after_max = Duration::from_secs(100_000);
+        let mut rng = fastrand::Rng::with_seed(1);
+        assert_eq!(p.delay(1, Some(Duration::from_secs(99_999)), VISIBILITY_LIMIT, &mut rng), VISIBILITY_LIMIT);
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(99_999)), Duration::from_secs(40_000), &mut rng),
+            Duration::from_secs(40_000)
+        );
+    }
+
+    #[test]
+    fn last_error_is_one_short_line() {
+        let d = DeadLetter::new(FailureReason::NonRetryable, 1, None, &format!("a\nb\r{}", "x".repeat(400)));
+        assert_eq!(d.last_error.chars().count(), LAST_ERROR_MAX_CHARS);
+        assert!(d.last_error.starts_with("a b x"));
+        assert_eq!(one_line("ünïcödé", 3), "ünï");
+    }
+
+    #[test]
+    fn attempt_numbers_add_up_without_overflow() {
+        assert_eq!(Attempt::number(0, 1), 1);
+        assert_eq!(Attempt::number(3, 2), 5);
+        assert_eq!(Attempt::number(u32::MAX, 2), u32::MAX);
+    }
+
+    proptest! {
+        #[test]
+        fn every_retry_delay_is_within_bounds(
+            n in 1u32..50, ra in proptest::option::of(0u64..200_000), max_delay in 0u64..=43_200, seed: u64
+        ) {
+            let d = policy().delay(n, ra.map(Duration::from_secs), Duration::from_secs(max_delay),
+                                   &mut fastrand::Rng::with_seed(seed));
+            prop_assert!(d <= Duration::from_secs(max_delay));
+            prop_assert!(d <= VISIBILITY_LIMIT);
+            match ra {
+                Some(ra) => prop_assert_eq!(d, Duration::from_secs(ra.min(3600).min(max_delay))),
+                None => prop_assert!(d <= Duration::from_secs(900)),
+            }
+        }
+
+        #[test]
+        fn a_retry_never_lands_after_expiry(n in 1u32..5, exp in 0u64..2000, ra in proptest::option::of(0u64..5000), seed: u64) {
+            let a = Attempt { number: n, limit: 5, expires_at: Some(at(exp)) };
+            let action = policy().after_attempt(&a, retryable(ra), T0, &mut fastrand::Rng::with_seed(seed));
+            if let Action::Retry { delay } = action {
+                prop_assert!(T0 + delay <= at(exp));
+            }
+        }
+    }
+}
