@@ -213,7 +213,8 @@ impl RetryMessage {
 
     /// The attempt limit for this message: `min(maxAttempts, MAX_ATTEMPTS)`.
     pub fn attempt_limit(&self, max_attempts: u32) -> u32 {
-        self.max_attempts.map_or(max_attempts, |m| m.min(max_attempts))
+        self.max_attempts
+            .map_or(max_attempts, |m| m.min(max_attempts))
     }
 }
 
@@ -366,29 +367,69 @@ mod tests {
 
     #[test]
     fn each_bad_field_is_named() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut serde_json::Value)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("id", Box::new(|v| v["id"] = "".into())),
             ("id", Box::new(|v| v["id"] = "has space".into())),
             ("id", Box::new(|v| v["id"] = "x".repeat(129).into())),
             ("id", Box::new(|v| v["id"] = 5.into())),
-            ("id", Box::new(|v| drop(v.as_object_mut().unwrap().remove("id")))),
-            ("destinationUrl", Box::new(|v| v["destinationUrl"] = "ftp://x.example/".into())),
-            ("destinationUrl", Box::new(|v| v["destinationUrl"] = "/relative".into())),
-            ("request", Box::new(|v| drop(v.as_object_mut().unwrap().remove("request")))),
-            ("request.method", Box::new(|v| v["request"]["method"] = "GE T".into())),
-            ("request.method", Box::new(|v| drop(v["request"].as_object_mut().unwrap().remove("method")))),
-            ("request.headers.bad name", Box::new(|v| v["request"]["headers"]["bad name"] = "x".into())),
-            ("request.headers.x-a", Box::new(|v| v["request"]["headers"]["x-a"] = "a\r\nb".into())),
-            ("request.headers.x-a", Box::new(|v| v["request"]["headers"]["x-a"] = 5.into())),
-            ("request.body", Box::new(|v| {
-                v["request"]["bodyEncoding"] = "base64".into();
-                v["request"]["body"] = "not base64!".into();
-            })),
-            ("request.bodyEncoding", Box::new(|v| v["request"]["bodyEncoding"] = "gzip".into())),
+            (
+                "id",
+                Box::new(|v| drop(v.as_object_mut().unwrap().remove("id"))),
+            ),
+            (
+                "destinationUrl",
+                Box::new(|v| v["destinationUrl"] = "ftp://x.example/".into()),
+            ),
+            (
+                "destinationUrl",
+                Box::new(|v| v["destinationUrl"] = "/relative".into()),
+            ),
+            (
+                "request",
+                Box::new(|v| drop(v.as_object_mut().unwrap().remove("request"))),
+            ),
+            (
+                "request.method",
+                Box::new(|v| v["request"]["method"] = "GE T".into()),
+            ),
+            (
+                "request.method",
+                Box::new(|v| drop(v["request"].as_object_mut().unwrap().remove("method"))),
+            ),
+            (
+                "request.headers.bad name",
+                Box::new(|v| v["request"]["headers"]["bad name"] = "x".into()),
+            ),
+            (
+                "request.headers.x-a",
+                Box::new(|v| v["request"]["headers"]["x-a"] = "a\r\nb".into()),
+            ),
+            (
+                "request.headers.x-a",
+                Box::new(|v| v["request"]["headers"]["x-a"] = 5.into()),
+            ),
+            (
+                "request.body",
+                Box::new(|v| {
+                    v["request"]["bodyEncoding"] = "base64".into();
+                    v["request"]["body"] = "not base64!".into();
+                }),
+            ),
+            (
+                "request.bodyEncoding",
+                Box::new(|v| v["request"]["bodyEncoding"] = "gzip".into()),
+            ),
             ("maxAttempts", Box::new(|v| v["maxAttempts"] = 0.into())),
             ("maxAttempts", Box::new(|v| v["maxAttempts"] = (-1).into())),
-            ("expiresAt", Box::new(|v| v["expiresAt"] = "tomorrow".into())),
-            ("receivedCount", Box::new(|v| v["receivedCount"] = "3".into())),
+            (
+                "expiresAt",
+                Box::new(|v| v["expiresAt"] = "tomorrow".into()),
+            ),
+            (
+                "receivedCount",
+                Box::new(|v| v["receivedCount"] = "3".into()),
+            ),
             ("auth", Box::new(|v| v["auth"] = "".into())),
             ("metadata", Box::new(|v| v["metadata"] = "flat".into())),
         ];
@@ -402,7 +443,11 @@ mod tests {
     #[test]
     fn text_that_is_not_a_json_object_is_reported_as_the_body() {
         for body in ["", "not json", "[1,2]", "42", "{\"id\":"] {
-            assert_eq!(RetryMessage::parse(body).unwrap_err().field, "body", "{body:?}");
+            assert_eq!(
+                RetryMessage::parse(body).unwrap_err().field,
+                "body",
+                "{body:?}"
+            );
         }
     }
 

@@ -102,7 +102,9 @@ mod tests {
         let b = Backoff::new(secs(10), secs(900)).unwrap();
         let run = |seed| {
             let mut rng = fastrand::Rng::with_seed(seed);
-            (1..=6).map(|n| b.delay(n, &mut rng).as_secs()).collect::<Vec<_>>()
+            (1..=6)
+                .map(|n| b.delay(n, &mut rng).as_secs())
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(42), run(42));
         assert_ne!(run(1), run(2), "jitter actually varies");
@@ -110,7 +112,10 @@ mod tests {
 
     #[test]
     fn invalid_settings_are_refused() {
-        assert_eq!(Backoff::new(secs(0), secs(10)), Err(InvalidBackoff::ZeroBase));
+        assert_eq!(
+            Backoff::new(secs(0), secs(10)),
+            Err(InvalidBackoff::ZeroBase)
+        );
         assert_eq!(
             Backoff::new(secs(20), secs(10)),
             Err(InvalidBackoff::BaseAboveMax { base: 20, max: 10 })

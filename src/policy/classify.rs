@@ -159,7 +159,13 @@ mod tests {
         if let Some(v) = retry_after {
             headers.insert(http::header::RETRY_AFTER, v.parse().unwrap());
         }
-        classify(&Answer::Status { status, headers: &headers }, SystemTime::UNIX_EPOCH)
+        classify(
+            &Answer::Status {
+                status,
+                headers: &headers,
+            },
+            SystemTime::UNIX_EPOCH,
+        )
     }
 
     fn kind(o: &Outcome) -> &'static str {
@@ -170,7 +176,10 @@ mod tests {
     fn every_2xx_is_delivered_whatever_other_headers_say() {
         for status in 200..300 {
             assert_eq!(with_status(status, None), Outcome::Delivered { status });
-            assert_eq!(with_status(status, Some("60")), Outcome::Delivered { status });
+            assert_eq!(
+                with_status(status, Some("60")),
+                Outcome::Delivered { status }
+            );
         }
     }
 
@@ -221,7 +230,11 @@ mod tests {
     #[test]
     fn other_4xx_and_all_3xx_are_non_retryable() {
         for status in (300..500).filter(|s| ![408, 409, 429].contains(s)) {
-            assert_eq!(kind(&with_status(status, None)), "non-retryable", "{status}");
+            assert_eq!(
+                kind(&with_status(status, None)),
+                "non-retryable",
+                "{status}"
+            );
         }
     }
 
@@ -230,14 +243,21 @@ mod tests {
         assert_eq!(kind(&with_status(404, Some("soon"))), "non-retryable");
         assert!(matches!(
             with_status(503, Some("-5")),
-            Outcome::Retryable { retry_after: None, .. }
+            Outcome::Retryable {
+                retry_after: None,
+                ..
+            }
         ));
     }
 
     #[test]
     fn statuses_outside_the_http_classes_are_non_retryable() {
         for status in [100, 101, 199, 600, 999] {
-            assert_eq!(kind(&with_status(status, None)), "non-retryable", "{status}");
+            assert_eq!(
+                kind(&with_status(status, None)),
+                "non-retryable",
+                "{status}"
+            );
         }
     }
 

@@ -267,7 +267,11 @@ mod tests {
     }
 
     fn attempt(number: u32) -> Attempt {
-        Attempt { number, limit: 5, expires_at: None }
+        Attempt {
+            number,
+            limit: 5,
+            expires_at: None,
+        }
     }
 
     fn retryable(retry_after: Option<u64>) -> Outcome {
@@ -291,7 +295,10 @@ mod tests {
 
     #[test]
     fn delivered_is_acknowledged() {
-        assert_eq!(decide(&attempt(5), Outcome::Delivered { status: 204 }), Action::Ack);
+        assert_eq!(
+            decide(&attempt(5), Outcome::Delivered { status: 204 }),
+            Action::Ack
+        );
     }
 
     #[test]
@@ -314,54 +321,114 @@ mod tests {
                 last_error: "HTTP 503 Service Unavailable".into(),
             })
         );
-        assert_eq!(reason(decide(&attempt(9), retryable(Some(1)))), FailureReason::AttemptsExhausted);
+        assert_eq!(
+            reason(decide(&attempt(9), retryable(Some(1)))),
+            FailureReason::AttemptsExhausted
+        );
     }
 
     #[test]
     fn the_message_limit_lowers_the_final_attempt() {
-        let a = Attempt { number: 2, limit: 2, expires_at: None };
-        assert_eq!(reason(decide(&a, retryable(None))), FailureReason::AttemptsExhausted);
+        let a = Attempt {
+            number: 2,
+            limit: 2,
+            expires_at: None,
+        };
+        assert_eq!(
+            reason(decide(&a, retryable(None))),
+            FailureReason::AttemptsExhausted
+        );
     }
 
     #[test]
     fn non_retryable_is_dead_lettered_at_once() {
-        let o = Outcome::NonRetryable { status: Some(404), error: "HTTP 404 Not Found".into() };
+        let o = Outcome::NonRetryable {
+            status: Some(404),
+            error: "HTTP 404 Not Found".into(),
+        };
         assert_eq!(reason(decide(&attempt(1), o)), FailureReason::NonRetryable);
     }
 
     #[test]
     fn an_expired_message_is_not_attempted() {
-        let a = Attempt { number: 1, limit: 5, expires_at: Some(at(100)) };
-        assert_eq!(policy().before_attempt(&a, at(100)), None, "expiry instant itself is still in time");
-        assert_eq!(reason(policy().before_attempt(&a, at(101)).unwrap()), FailureReason::Expired);
-        assert_eq!(policy().before_attempt(&attempt(1), at(u32::MAX.into())), None);
+        let a = Attempt {
+            number: 1,
+            limit: 5,
+            expires_at: Some(at(100)),
+        };
+        assert_eq!(
+            policy().before_attempt(&a, at(100)),
+            None,
+            "expiry instant itself is still in time"
+        );
+        assert_eq!(
+            reason(policy().before_attempt(&a, at(101)).unwrap()),
+            FailureReason::Expired
+        );
+        assert_eq!(
+            policy().before_attempt(&attempt(1), at(u32::MAX.into())),
+            None
+        );
     }
 
     #[test]
     fn retryable_with_no_time_left_is_expired() {
         // Backoff for attempt 1 is 5..=10s: an expiry 3s away leaves no room.
-        let a = Attempt { number: 1, limit: 5, expires_at: Some(at(3)) };
+        let a = Attempt {
+            number: 1,
+            limit: 5,
+            expires_at: Some(at(3)),
+        };
         assert_eq!(reason(decide(&a, retryable(None))), FailureReason::Expired);
         // A Retry-After beyond the expiry too.
-        let a = Attempt { number: 1, limit: 5, expires_at: Some(at(60)) };
-        assert_eq!(reason(decide(&a, retryable(Some(61)))), FailureReason::Expired);
-        assert_eq!(decide(&a, retryable(Some(60))), Action::Retry { delay: Duration::from_secs(60) });
+        let a = Attempt {
+            number: 1,
+            limit: 5,
+            expires_at: Some(at(60)),
+        };
+        assert_eq!(
+            reason(decide(&a, retryable(Some(61)))),
+            FailureReason::Expired
+        );
+        assert_eq!(
+            decide(&a, retryable(Some(60))),
+            Action::Retry {
+                delay: Duration::from_secs(60)
+            }
+        );
     }
 
     #[test]
     fn retry_after_overrides_the_backoff_and_is_capped() {
-        assert_eq!(decide(&attempt(1), retryable(Some(300))), Action::Retry { delay: Duration::from_secs(300) });
-        assert_eq!(decide(&attempt(1), retryable(Some(0))), Action::Retry { delay: Duration::ZERO });
+        assert_eq!(
+            decide(&attempt(1), retryable(Some(300))),
+            Action::Retry {
+                delay: Duration::from_secs(300)
+            }
+        );
+        assert_eq!(
+            decide(&attempt(1), retryable(Some(0))),
+            Action::Retry {
+                delay: Duration::ZERO
+            }
+        );
         assert_eq!(
             decide(&attempt(1), retryable(Some(90_000))),
-            Action::Retry { delay: Duration::from_secs(3600) },
+            Action::Retry {
+                delay: Duration::from_secs(3600)
+            },
             "capped at RETRY_AFTER_MAX_SECONDS"
         );
     }
 
     #[test]
     fn a_fractional_retry_after_rounds_up() {
-        let d = policy().delay(1, Some(Duration::from_millis(1500)), VISIBILITY_LIMIT, &mut fastrand::Rng::new());
+        let d = policy().delay(
+            1,
+            Some(Duration::from_millis(1500)),
+            VISIBILITY_LIMIT,
+            &mut fastrand::Rng::new(),
+        );
         assert_eq!(d, Duration::from_secs(2));
     }
 
@@ -370,16 +437,34 @@ mod tests {
         let mut p = policy();
         p.retry_after_max = Duration::from_secs(100_000);
         let mut rng = fastrand::Rng::with_seed(1);
-        assert_eq!(p.delay(1, Some(Duration::from_secs(99_999)), VISIBILITY_LIMIT, &mut rng), VISIBILITY_LIMIT);
         assert_eq!(
-            p.delay(1, Some(Duration::from_secs(99_999)), Duration::from_secs(40_000), &mut rng),
+            p.delay(
+                1,
+                Some(Duration::from_secs(99_999)),
+                VISIBILITY_LIMIT,
+                &mut rng
+            ),
+            VISIBILITY_LIMIT
+        );
+        assert_eq!(
+            p.delay(
+                1,
+                Some(Duration::from_secs(99_999)),
+                Duration::from_secs(40_000),
+                &mut rng
+            ),
             Duration::from_secs(40_000)
         );
     }
 
     #[test]
     fn last_error_is_one_short_line() {
-        let d = DeadLetter::new(FailureReason::NonRetryable, 1, None, &format!("a\nb\r{}", "x".repeat(400)));
+        let d = DeadLetter::new(
+            FailureReason::NonRetryable,
+            1,
+            None,
+            &format!("a\nb\r{}", "x".repeat(400)),
+        );
         assert_eq!(d.last_error.chars().count(), LAST_ERROR_MAX_CHARS);
         assert!(d.last_error.starts_with("a b x"));
         assert_eq!(one_line("ünïcödé", 3), "ünï");

@@ -1,0 +1,249 @@
+//! Configuration (contract §5), parsed and validated once at start-up.
+//!
+//! [`Config::from_env`] reads every variable, and the first one that is
+//! malformed stops start-up with an error that names it, so a typo in a SAM
+//! parameter fails the deployment's first invocation loudly instead of
+//! quietly changing behaviour. A variable that is unset *or empty* takes its
+//! default (SAM passes empty strings for blank parameters).
+//!
+//! ```
+//! use retryq::config::Config;
+//!
+//! let config = Config::from_lookup(|name| match name {
+//!     "MAX_ATTEMPTS" => Some("8".into()),
+//!     _ => None,
+//! }).unwrap();
+//! assert_eq!(config.retry.max_attempts, 8);
+//!
+//! let err = Config::from_lookup(|name| (name == "MAX_ATTEMPTS").then(|| "0".into())).unwrap_err();
+//! assert_eq!(err.variable, "MAX_ATTEMPTS");
+//! ```
+
+use std::time::Duration;
+
+use crate::deliver::destination::{DestinationPolicy, HostPattern};
+use crate::policy::backoff::{Backoff, InvalidBackoff, VISIBILITY_LIMIT};
+use crate::policy::RetryPolicy;
+
+/// Everything the processor reads from its environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `DLQ_URL`: where dead letters go. Without it nothing can be
+    /// dead-lettered, so such records are left for the redrive policy.
+    pub dlq_url: Option<String>,
+    /// `MAX_ATTEMPTS`, `BACKOFF_BASE_SECONDS`, `BACKOFF_MAX_SECONDS`,
+    /// `RETRY_AFTER_MAX_SECONDS`.
+    pub retry: RetryPolicy,
+    /// `REQUEST_TIMEOUT_SECONDS`: one attempt's timeout, connect to last byte.
+    pub request_timeout: Duration,
+    /// `MAX_CONCURRENCY`: requests in flight per invocation or process.
+    pub max_concurrency: usize,
+    /// `ALLOWED_DESTINATIONS` and `ALLOW_PRIVATE_DESTINATIONS`.
+    pub destinations: DestinationPolicy,
+}
+
+/// A malformed variable. Displays as `VARIABLE: what is wrong`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{variable}: {reason}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(variable: &'static str, reason: impl Into<String>) -> ConfigError {
+        ConfigError {
+            variable,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_lookup(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))
+    }
+
+    /// Reads variables through `get`, for tests and embedding.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let var = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+        let number = |name: &'static str, default: u64| -> Result<u64, ConfigError> {
+            match var(name) {
+                None => Ok(default),
+                Some(v) => match v.trim().parse::<u64>() {
+                    Ok(n) if n >= 1 => Ok(n),
+                    _ => Err(ConfigError::new(
+                        name,
+                        format!("must be a positive integer, got {v:?}"),
+                    )),
+                },
+            }
+        };
+        let max_attempts = number("MAX_ATTEMPTS", 5)?;
+        let max_attempts = u32::try_from(max_attempts)
+            .map_err(|_| ConfigError::new("MAX_ATTEMPTS", "is too large"))?;
+        let base = number("BACKOFF_BASE_SECONDS", 10)?;
+        let max = number("BACKOFF_MAX_SECONDS", 900)?;
+        let backoff = Backoff::new(Duration::from_secs(base), Duration::from_secs(max)).map_err(
+            |e| match e {
+                InvalidBackoff::ZeroBase => ConfigError::new("BACKOFF_BASE_SECONDS", e.to_string()),
+                InvalidBackoff::BaseAboveMax { .. } | InvalidBackoff::AboveVisibilityLimit => {
+                    ConfigError::new("BACKOFF_MAX_SECONDS", e.to_string())
+                }
+            },
+        )?;
+        let retry_after_max = number("RETRY_AFTER_MAX_SECONDS", VISIBILITY_LIMIT.as_secs())?;
+        if retry_after_max > VISIBILITY_LIMIT.as_secs() {
+            return Err(ConfigError::new(
+                "RETRY_AFTER_MAX_SECONDS",
+                "must be at most 43200 (SQS's 12-hour visibility limit)",
+            ));
+        }
+        let request_timeout = number("REQUEST_TIMEOUT_SECONDS", 10)?;
+        if request_timeout > 900 {
+            return Err(ConfigError::new(
+                "REQUEST_TIMEOUT_SECONDS",
+                "must be at most 900 (Lambda's longest invocation)",
+            ));
+        }
+        let max_concurrency = number("MAX_CONCURRENCY", 64)?;
+        let max_concurrency = usize::try_from(max_concurrency)
+            .ok()
+            .filter(|&n| n <= 100_000)
+            .ok_or_else(|| ConfigError::new("MAX_CONCURRENCY", "must be at most 100000"))?;
+
+        let allowed = match var("ALLOWED_DESTINATIONS") {
+            None => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    s.parse::<HostPattern>().map_err(|e| {
+                        ConfigError::new("ALLOWED_DESTINATIONS", format!("{s:?}: {e}"))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let allow_private = match var("ALLOW_PRIVATE_DESTINATIONS").as_deref().map(str::trim) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "ALLOW_PRIVATE_DESTINATIONS",
+                    format!("must be true or false, got {other:?}"),
+                ))
+            }
+        };
+
+        Ok(Config {
+            dlq_url: var("DLQ_URL").map(|v| v.trim().to_owned()),
+            retry: RetryPolicy {
+                max_attempts,
+                backoff,
+                retry_after_max: Duration::from_secs(retry_after_max),
+            },
+            request_timeout: Duration::from_secs(request_timeout),
+            max_concurrency,
+            destinations: DestinationPolicy {
+                allowed,
+                allow_private,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(move |name| {
+            vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        })
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = with(&[]).unwrap();
+        assert_eq!(c.dlq_url, None);
+        assert_eq!(c.retry.max_attempts, 5);
+        assert_eq!(c.retry.backoff.nominal(1), Duration::from_secs(10));
+        assert_eq!(c.retry.backoff.nominal(20), Duration::from_secs(900));
+        assert_eq!(c.retry.retry_after_max, Duration::from_secs(43_200));
+        assert_eq!(c.request_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_concurrency, 64);
+        assert!(c.destinations.allowed.is_empty());
+        assert!(!c.destinations.allow_private);
+    }
+
+    #[test]
+    fn empty_values_take_the_default() {
+        let c = with(&[("MAX_ATTEMPTS", ""), ("DLQ_URL", " ")]).unwrap();
+        assert_eq!(c.retry.max_attempts, 5);
+        assert_eq!(c.dlq_url, None);
+    }
+
+    #[test]
+    fn every_setting_is_read() {
+        let c = with(&[
+            ("DLQ_URL", "http://127.0.0.1:5000/123456789012/dlq"),
+            ("MAX_ATTEMPTS", "3"),
+            ("BACKOFF_BASE_SECONDS", "2"),
+            ("BACKOFF_MAX_SECONDS", "60"),
+            ("RETRY_AFTER_MAX_SECONDS", "120"),
+            ("REQUEST_TIMEOUT_SECONDS", "4"),
+            ("MAX_CONCURRENCY", "8"),
+            (
+                "ALLOWED_DESTINATIONS",
+                "api.partner.com, *.example.com,127.0.0.1:8080",
+            ),
+            ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.dlq_url.as_deref(),
+            Some("http://127.0.0.1:5000/123456789012/dlq")
+        );
+        assert_eq!(c.retry.max_attempts, 3);
+        assert_eq!(c.retry.backoff.nominal(1), Duration::from_secs(2));
+        assert_eq!(c.retry.backoff.nominal(10), Duration::from_secs(60));
+        assert_eq!(c.retry.retry_after_max, Duration::from_secs(120));
+        assert_eq!(c.request_timeout, Duration::from_secs(4));
+        assert_eq!(c.max_concurrency, 8);
+        assert_eq!(c.destinations.allowed.len(), 3);
+        assert!(c.destinations.allow_private);
+    }
+
+    #[test]
+    fn each_malformed_variable_is_named() {
+        let cases = [
+            ("MAX_ATTEMPTS", "0"),
+            ("MAX_ATTEMPTS", "five"),
+            ("MAX_ATTEMPTS", "-1"),
+            ("MAX_ATTEMPTS", "99999999999"),
+            ("BACKOFF_BASE_SECONDS", "0"),
+            ("BACKOFF_BASE_SECONDS", "1.5"),
+            ("BACKOFF_MAX_SECONDS", "5"),
+            ("BACKOFF_MAX_SECONDS", "50000"),
+            ("RETRY_AFTER_MAX_SECONDS", "43201"),
+            ("REQUEST_TIMEOUT_SECONDS", "0"),
+            ("REQUEST_TIMEOUT_SECONDS", "901"),
+            ("MAX_CONCURRENCY", "0"),
+            ("MAX_CONCURRENCY", "many"),
+            ("ALLOWED_DESTINATIONS", "http://x.example.com"),
+            ("ALLOWED_DESTINATIONS", "host:notaport"),
+            ("ALLOW_PRIVATE_DESTINATIONS", "yes"),
+        ];
+        for (name, value) in cases {
+            let err = with(&[(name, value)]).unwrap_err();
+            assert_eq!(err.variable, name, "{name}={value}: {err}");
+            assert!(err.to_string().starts_with(name));
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! HTTP adapter: replay a Retry Message's request and report what happened.
+//!
+//! One [`Deliverer`] (one `reqwest::Client`, one connection pool) serves the
+//! whole process, so warm invocations reuse connections. Its client:
+//!
+//! * follows no redirects: a 3xx is an answer, classified non-retryable (§3);
+//! * resolves names through a resolver that applies the destination policy
+//!   to every resolved address, so the addresses checked are exactly those
+//!   connected to, and a name cannot be re-pointed between check and connect;
+//! * applies `REQUEST_TIMEOUT_SECONDS` to each attempt, from connect to the
+//!   last byte of the answer.
+//!
+//! The request sent is the message's, less the headers a proxy must not
+//! forward (hop-by-hop headers, those named in `Connection`, `Host` and
+//! `Content-Length`, which the client sets from the URL and body), plus
+//! `Idempotency-Key: <message id>` unless the message carries one.
+
+pub mod destination;
+
+use std::error::Error as StdError;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::message::RetryMessage;
+use crate::policy::classify::{Answer, NoResponse};
+use destination::{DestinationPolicy, NotAllowed};
+
+/// How much of an answer's body is read (and then discarded) so the
+/// connection can go back to the pool. Longer bodies close the connection.
+const DRAIN_LIMIT: usize = 64 * 1024;
+
+/// Headers that describe one hop, never the end-to-end request (RFC 9110
+/// §7.6.1), plus those the client must compute itself.
+const DROPPED_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+];
+
+/// What one attempt produced.
+#[derive(Debug)]
+pub enum Delivery {
+    /// The destination answered.
+    Answered { status: u16, headers: HeaderMap },
+    /// No answer; `detail` is one line without the URL.
+    NoResponse { kind: NoResponse, detail: String },
+    /// The destination policy refused it; no connection was made.
+    NotAllowed(NotAllowed),
+    /// The message cannot be turned into a request.
+    Invalid(String),
+}
+
+impl Delivery {
+    /// The view of this delivery the classifier takes, unless it was refused
+    /// before any attempt.
+    pub fn answer(&self) -> Option<Answer<'_>> {
+        match self {
+            Delivery::Answered { status, headers } => Some(Answer::Status {
+                status: *status,
+                headers,
+            }),
+            Delivery::NoResponse { kind, .. } => Some(Answer::NoResponse(*kind)),
+            Delivery::NotAllowed(_) | Delivery::Invalid(_) => None,
+        }
+    }
+}
+
+/// Replays requests. Cheap to share behind an `Arc`.
+#[derive(Debug, Clone)]
+pub struct Deliverer {
+    client: reqwest::Client,
+    policy: Arc<DestinationPolicy>,
+    timeout: Duration,
+}
+
+impl Deliverer {
+    /// Builds the process's one HTTP client. Makes no network call.
+    pub fn new(
+        policy: DestinationPolicy,
+        timeout: Duration,
+        max_idle_per_host: usize,
+    ) -> Result<Deliverer, reqwest::Error> {
+        let policy = Arc::new(policy);
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(GuardedResolver {
+                policy: Arc::clone(&policy),
+            }))
+            .user_agent(concat!("retryq/", env!("CARGO_PKG_VERSION")))
+            .pool_max_idle_per_host(max_idle_per_host)
+            .connect_timeout(timeout)
+            .no_proxy()
+            .build()?;
+        Ok(Deliverer {
+            client,
+            policy,
+            timeout,
+        })
+    }
+
+    /// Makes one attempt.
+    pub async fn deliver(&self, msg: &RetryMessage) -> Delivery {
+        if let Err(e) = self.policy.check(&msg.destination_url) {
+            return Delivery::NotAllowed(e);
+        }
+        let request = match self.build(msg) {
+            Ok(r) => r,
+            Err(reason) => return Delivery::Invalid(reason),
+        };
+        match self.client.execute(request).await {
+            Ok(mut response) => {
+                let status = response.status().as_u16();
+                let headers = std::mem::take(response.headers_mut());
+                drain(response).await;
+                Delivery::Answered { status, headers }
+            }
+            Err(e) => transport_failure(e),
+        }
+    }
+
+    fn build(&self, msg: &RetryMessage) -> Result<reqwest::Request, String> {
+        let method = reqwest::Method::from_bytes(msg.request.method.as_bytes())
+            .map_err(|_| "request.method: not a valid method".to_owned())?;
+        let headers = request_headers(msg)?;
+        let body = msg.body_bytes().map_err(|e| e.to_string())?;
+        let mut builder = self
+            .client
+            .request(method, msg.destination_url.clone())
+            .headers(headers)
+            .timeout(self.timeout);
+        if msg.request.body.is_some() {
+            builder = builder.body(body);
+        }
+        builder.build().map_err(|e| e.without_url().to_string())
+    }
+}
+
+/// The headers to send: the message's, filtered, plus `Idempotency-Key`.
+pub fn request_headers(msg: &RetryMessage) -> Result<HeaderMap, String> {
+    // Headers named in the message's own `Connection` header are hop-by-hop
+    // too.
+    let connection_named: Vec<String> = msg
+        .request
+        .headers
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("connection"))
+        .flat_map(|(_, v)| v.iter())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .collect();
+    let mut headers = HeaderMap::with_capacity(msg.request.headers.len() + 1);
+    for (name, values) in &msg.request.headers {
+        let lower = name.to_ascii_lowercase();
+        if DROPPED_HEADERS.contains(&lower.as_str()) || connection_named.contains(&lower) {
+            continue;
+        }
+        let header = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("request.headers.{name}: not a valid header name"))?;
+        for value in values.iter() {
+            let value = HeaderValue::from_bytes(value.as_bytes())
+                .map_err(|_| format!("request.headers.{name}: not a valid header value"))?;
+            headers.append(header.clone(), value);
+        }
+    }
+    let key = HeaderName::from_static("idempotency-key");
+    if !headers.contains_key(&key) {
+        let id = HeaderValue::from_str(&msg.id)
+            .map_err(|_| "id: not usable as a header value".to_owned())?;
+        headers.insert(key, id);
+    }
+    Ok(headers)
+}
+
+/// Reads (and drops) a bounded part of the body so the connection can be
+/// reused; errors here do not change the outcome, the status is in.
+async fn drain(mut response: reqwest::Response) {
+    let mut read = 0usize;
+    while let Ok(Some(chunk)) = response.chunk().await {
+        read += chunk.len();
+        if read > DRAIN_LIMIT {
+            break;
+        }
+    }
+}
+
+fn transport_failure(e: reqwest::Error) -> Delivery {
+    let e = e.without_url();
+    // The resolver's refusal surfaces as a connect error: find it.
+    let mut source: Option<&(dyn StdError + 'static)> = Some(&e);
+    let mut dns = false;
+    while let Some(err) = source {
+        if let Some(resolve) = err.downcast_ref::<ResolveError>() {
+            match resolve {
+                ResolveError::NotAllowed(n) => return Delivery::NotAllowed(n.clone()),
+                ResolveError::Lookup(_) => dns = true,
+            }
+        }
+        source = err.source();
+    }
+    let detail = error_chain(&e);
+    let lower = detail.to_ascii_lowercase();
+    let kind = if e.is_timeout() {
+        NoResponse::Timeout
+    } else if dns {
+        NoResponse::Dns
+    } else if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake")
+    {
+        NoResponse::Tls
+    } else if e.is_connect() {
+        NoResponse::Connect
+    } else {
+        NoResponse::Other
+    };
+    Delivery::NoResponse { kind, detail }
+}
+
+/// `outer: inner: innermost`, skipping repeats, on one line.
+fn error_chain(e: &(dyn StdError + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut source = Some(e);
+    while let Some(err) = source {
+        let text = err.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = err.source();
+    }
+    parts.join(": ")
+}
+
+/// Resolves names with the system resolver, then applies the destination
+/// policy to every address. A name with any refused address is refused
+/// whole, so a round-robin record cannot smuggle in a private address.
+struct GuardedResolver {
+    policy: Arc<DestinationPolicy>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ResolveError {
+    #[error("DNS lookup failed: {0}")]
+    Lookup(std::io::Error),
+    #[error("{0}")]
+    NotAllowed(NotAllowed),
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = Arc::clone(&self.policy);
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
+                .await
+                .map_err(ResolveError::Lookup)?
+                .collect();
+            for addr in &addrs {
+                policy.check_address(addr.ip()).map_err(|_| {
+                    ResolveError::NotAllowed(NotAllowed::PrivateAddress(format!(
+                        "{} (resolved from {})",
+                        addr.ip(),
+                        name.as_str()
+                    )))
+                })?;
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(headers: serde_json::Value) -> RetryMessage {
+        RetryMessage::parse(
+            &serde_json::json!({
+                "id": "msg-1",
+                "destinationUrl": "https://api.example.com/x",
+                "request": { "method": "POST", "headers": headers }
+            })
+            .to_string(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn hop_by_hop_host_and_content_length_are_dropped() {
+        let h = request_headers(&message(serde_json::json!({
+            "Connection": "keep-alive, X-Hop",
+            "Keep-Alive": "timeout=5",
+            "X-Hop": "1",
+            "Transfer-Encoding": "chunked",
+            "TE": "trailers",
+            "Upgrade": "h2c",
+            "Proxy-Authorization": "Basic x",
+            "Host": "evil.example.com",
+            "Content-Length": "999",
+            "Content-Type": "application/json",
+            "Accept": ["a/b", "c/d"],
+        })))
+        .unwrap();
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["accept", "content-type", "idempotency-key"]);
+        assert_eq!(h.get_all("accept").iter().count(), 2);
+    }
+
+    #[test]
+    fn the_message_id_is_the_idempotency_key_unless_one_is_present() {
+        let h = request_headers(&message(serde_json::json!({}))).unwrap();
+        assert_eq!(h["idempotency-key"], "msg-1");
+        let h = request_headers(&message(serde_json::json!({"Idempotency-Key": "own"}))).unwrap();
+        assert_eq!(
+            h.get_all("idempotency-key").iter().collect::<Vec<_>>(),
+            ["own"]
+        );
+    }
+}

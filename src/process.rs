@@ -1,0 +1,439 @@
+//! One batch: deliver → decide → apply, for every record, in isolation.
+//!
+//! This is the one path both entry points share: the Lambda handler
+//! ([`crate::lambda`]) and the long-lived poller call
+//! [`Processor::process_batch`] with neutral [`Record`]s and get back, for
+//! each record, whether it was acknowledged.
+//!
+//! Guarantees, all from contract §4:
+//!
+//! * **Nothing is lost.** A record counts as acknowledged only when it was
+//!   delivered or its DLQ copy was sent. Every other ending (an SQS call that
+//!   failed, `DLQ_URL` unset, a panic, the deadline) leaves it
+//!   unacknowledged, so SQS redelivers it.
+//! * **Records are isolated.** Each record runs as its own task: a panic
+//!   fails that record only, and no per-record problem becomes an error of
+//!   the batch.
+//! * **Deadline-aware.** Records not finished by the deadline are abandoned
+//!   and reported unacknowledged, so the answer still reaches Lambda in time.
+//! * **Bounded.** At most `MAX_CONCURRENCY` requests are in flight; SQS calls
+//!   do not hold a slot.
+
+use std::any::Any;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+use crate::deliver::{Deliverer, Delivery};
+use crate::message::RetryMessage;
+use crate::policy::backoff::VISIBILITY_LIMIT;
+use crate::policy::classify::{classify, Outcome};
+use crate::policy::{Action, Attempt, DeadLetter, FailureReason};
+use crate::queue::{DeadLetterCopy, QueueError, Queues};
+
+/// SQS counts the 12-hour visibility limit from the receive, which happened
+/// a little before the batch reached us; this much is kept in hand.
+const RECEIVE_SLACK: Duration = Duration::from_secs(60);
+
+/// One SQS message to process, whichever way it was received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub message_id: String,
+    pub receipt_handle: String,
+    /// The body exactly as received.
+    pub body: String,
+    /// SQS `ApproximateReceiveCount` (1 on the first receive).
+    pub receive_count: u32,
+    /// The ARN of the queue it came from.
+    pub source_queue_arn: String,
+    /// `MessageGroupId`, on FIFO queues.
+    pub message_group_id: Option<String>,
+}
+
+/// How a record ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Delivered: acknowledged.
+    Delivered,
+    /// Retryable: hidden for `delay`, then SQS delivers it again.
+    RetryLater { delay: Duration },
+    /// Copied to the DLQ, then acknowledged.
+    DeadLettered(FailureReason),
+    /// Not finished (an SQS call failed, `DLQ_URL` unset, a panic, the
+    /// deadline): left for SQS to deliver again.
+    Unfinished(String),
+}
+
+impl Disposition {
+    /// May the record be deleted from its queue?
+    pub fn acknowledged(&self) -> bool {
+        matches!(self, Disposition::Delivered | Disposition::DeadLettered(_))
+    }
+}
+
+/// What happened to one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordReport {
+    pub message_id: String,
+    pub receipt_handle: String,
+    pub disposition: Disposition,
+}
+
+/// What happened to a batch, in the order of its records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    pub records: Vec<RecordReport>,
+}
+
+impl BatchReport {
+    /// The records that were not acknowledged: Lambda's `batchItemFailures`.
+    pub fn unacknowledged(&self) -> impl Iterator<Item = &RecordReport> {
+        self.records
+            .iter()
+            .filter(|r| !r.disposition.acknowledged())
+    }
+}
+
+/// The decision of one record before it is applied, kept for the log line.
+struct Decided {
+    attempt: u32,
+    outcome: &'static str,
+    status: Option<u16>,
+    action: Action,
+}
+
+/// The processor: configuration plus the HTTP and SQS adapters, built once
+/// per process and shared by every batch.
+#[derive(Debug)]
+pub struct Processor {
+    config: Config,
+    deliverer: Deliverer,
+    queues: Queues,
+    requests: Semaphore,
+}
+
+impl Processor {
+    /// Wires the processor. Makes no network call.
+    pub fn new(config: Config, sqs: aws_sdk_sqs::Client) -> Result<Processor, reqwest::Error> {
+        let deliverer = Deliverer::new(
+            config.destinations.clone(),
+            config.request_timeout,
+            config.max_concurrency,
+        )?;
+        Ok(Processor {
+            requests: Semaphore::new(config.max_concurrency),
+            deliverer,
+            queues: Queues::new(sqs),
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn queues(&self) -> &Queues {
+        &self.queues
+    }
+
+    /// Processes a batch. Records still running at `deadline` are reported
+    /// unfinished. Never fails as a whole.
+    pub async fn process_batch(
+        self: &Arc<Self>,
+        records: Vec<Record>,
+        deadline: Option<Instant>,
+    ) -> BatchReport {
+        let started = Instant::now();
+        let ids: Vec<(String, String)> = records
+            .iter()
+            .map(|r| (r.message_id.clone(), r.receipt_handle.clone()))
+            .collect();
+        let finished = run_isolated(records, deadline, |record| {
+            let this = Arc::clone(self);
+            async move { this.process_record(record, started).await }
+        })
+        .await;
+        let records = ids
+            .into_iter()
+            .zip(finished)
+            .map(|((message_id, receipt_handle), result)| {
+                let disposition = result.unwrap_or_else(|unfinished| {
+                    tracing::error!(message_id = %message_id, reason = %unfinished, "record not finished");
+                    Disposition::Unfinished(unfinished.to_string())
+                });
+                RecordReport {
+                    message_id,
+                    receipt_handle,
+                    disposition,
+                }
+            })
+            .collect();
+        BatchReport { records }
+    }
+
+    async fn process_record(&self, record: Record, batch_started: Instant) -> Disposition {
+        let decided = self.decide(&record, batch_started).await;
+        let disposition = self.apply(&record, &decided.action).await;
+        let (delay_s, reason) = match &decided.action {
+            Action::Retry { delay } => (Some(delay.as_secs()), None),
+            Action::DeadLetter(d) => (None, Some(d.reason.as_str())),
+            Action::Ack => (None, None),
+        };
+        let failure = match &disposition {
+            Disposition::Unfinished(why) => Some(why.as_str()),
+            _ => None,
+        };
+        tracing::info!(
+            message_id = %record.message_id,
+            attempt = decided.attempt,
+            outcome = decided.outcome,
+            status = decided.status,
+            delay_s,
+            reason,
+            acknowledged = disposition.acknowledged(),
+            failure,
+            "record processed"
+        );
+        disposition
+    }
+
+    /// Parse, check, attempt, classify, decide. Pure but for the attempt.
+    async fn decide(&self, record: &Record, batch_started: Instant) -> Decided {
+        let policy = &self.config.retry;
+        let msg = match RetryMessage::parse(&record.body) {
+            Ok(msg) => msg,
+            Err(e) => {
+                return dead(
+                    FailureReason::InvalidMessage,
+                    record.receive_count,
+                    None,
+                    &e.to_string(),
+                )
+            }
+        };
+        let attempt = Attempt {
+            number: Attempt::number(msg.received_count, record.receive_count),
+            limit: msg.attempt_limit(policy.max_attempts),
+            expires_at: msg.expires_at.map(SystemTime::from),
+        };
+        if let Some(profile) = &msg.auth {
+            // Auth profiles are configured with AUTH_PROFILES; none is yet.
+            return dead(
+                FailureReason::InvalidMessage,
+                attempt.number,
+                None,
+                &format!("auth: profile {profile:?} is not configured"),
+            );
+        }
+        if let Some(action) = policy.before_attempt(&attempt, SystemTime::now()) {
+            return Decided {
+                attempt: attempt.number,
+                outcome: "expired",
+                status: None,
+                action,
+            };
+        }
+        let delivery = {
+            let _slot = self
+                .requests
+                .acquire()
+                .await
+                .expect("the semaphore is never closed");
+            self.deliverer.deliver(&msg).await
+        };
+        let mut outcome = match (&delivery, delivery.answer()) {
+            (Delivery::NotAllowed(e), _) => {
+                return dead(
+                    FailureReason::DestinationNotAllowed,
+                    attempt.number,
+                    None,
+                    &e.to_string(),
+                )
+            }
+            (Delivery::Invalid(e), _) => {
+                return dead(FailureReason::InvalidMessage, attempt.number, None, e)
+            }
+            (_, Some(answer)) => classify(&answer, SystemTime::now()),
+            (_, None) => unreachable!("every other delivery has an answer"),
+        };
+        if let (Delivery::NoResponse { kind, detail }, Outcome::Retryable { error, .. }) =
+            (&delivery, &mut outcome)
+        {
+            *error = format!("{}: {detail}", kind.as_str());
+        }
+        let max_delay = VISIBILITY_LIMIT.saturating_sub(batch_started.elapsed() + RECEIVE_SLACK);
+        let (name, status) = (outcome.name(), outcome.status());
+        let action = policy.after_attempt_within(
+            &attempt,
+            outcome,
+            SystemTime::now(),
+            max_delay,
+            &mut fastrand::Rng::new(),
+        );
+        Decided {
+            attempt: attempt.number,
+            outcome: name,
+            status,
+            action,
+        }
+    }
+
+    /// Carries out the action on SQS.
+    async fn apply(&self, record: &Record, action: &Action) -> Disposition {
+        match action {
+            Action::Ack => Disposition::Delivered,
+            Action::Retry { delay } => match self.hide(record, *delay).await {
+                Ok(()) => Disposition::RetryLater { delay: *delay },
+                Err(e) => Disposition::Unfinished(e.to_string()),
+            },
+            Action::DeadLetter(dead_letter) => {
+                let Some(dlq_url) = &self.config.dlq_url else {
+                    return Disposition::Unfinished("DLQ_URL is not set".into());
+                };
+                let copy = DeadLetterCopy {
+                    body: &record.body,
+                    dead_letter,
+                    source_queue_arn: &record.source_queue_arn,
+                    original_message_id: &record.message_id,
+                    message_group_id: record.message_group_id.as_deref(),
+                };
+                match self.queues.send_dead_letter(dlq_url, &copy).await {
+                    Ok(()) => Disposition::DeadLettered(dead_letter.reason),
+                    Err(e) => Disposition::Unfinished(e.to_string()),
+                }
+            }
+        }
+    }
+
+    async fn hide(&self, record: &Record, delay: Duration) -> Result<(), QueueError> {
+        let url = self.queues.url_of(&record.source_queue_arn).await?;
+        self.queues
+            .change_visibility(&url, &record.receipt_handle, delay)
+            .await
+    }
+}
+
+fn dead(reason: FailureReason, attempt: u32, status: Option<u16>, error: &str) -> Decided {
+    Decided {
+        attempt,
+        outcome: match reason {
+            FailureReason::InvalidMessage => "invalid",
+            FailureReason::DestinationNotAllowed => "not-allowed",
+            FailureReason::Expired => "expired",
+            FailureReason::NonRetryable => "non-retryable",
+            FailureReason::AttemptsExhausted => "retryable",
+        },
+        status,
+        action: Action::DeadLetter(DeadLetter::new(reason, attempt, status, error)),
+    }
+}
+
+/// Why a record's work did not finish.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unfinished {
+    #[error("panicked: {0}")]
+    Panicked(String),
+    #[error("not finished before the deadline")]
+    Deadline,
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// Runs `work` on every item as its own task and collects the results in
+/// order. A panic or the deadline ends only the item concerned.
+pub async fn run_isolated<T, F, Fut>(
+    items: Vec<T>,
+    deadline: Option<Instant>,
+    mut work: F,
+) -> Vec<Result<Fut::Output, Unfinished>>
+where
+    F: FnMut(T) -> Fut,
+    Fut: Future + Send + 'static,
+    Fut::Output: Send + 'static,
+{
+    let handles: Vec<_> = items
+        .into_iter()
+        .map(|item| tokio::spawn(work(item)))
+        .collect();
+    let mut results = Vec::with_capacity(handles.len());
+    for mut handle in handles {
+        let joined = match deadline {
+            None => (&mut handle).await,
+            Some(deadline) => {
+                match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), &mut handle)
+                    .await
+                {
+                    Ok(joined) => joined,
+                    Err(_) => {
+                        handle.abort();
+                        results.push(Err(Unfinished::Deadline));
+                        continue;
+                    }
+                }
+            }
+        };
+        results.push(joined.map_err(|e| {
+            if e.is_panic() {
+                Unfinished::Panicked(panic_message(e.into_panic()))
+            } else {
+                Unfinished::Cancelled
+            }
+        }));
+    }
+    results
+}
+
+fn panic_message(payload: Box<dyn Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_fails_only_its_own_item() {
+        let results = run_isolated(vec![1, 2, 3], None, |n| async move {
+            if n == 2 {
+                panic!("record two is cursed");
+            }
+            n * 10
+        })
+        .await;
+        assert_eq!(results[0], Ok(10));
+        assert_eq!(
+            results[1],
+            Err(Unfinished::Panicked("record two is cursed".into()))
+        );
+        assert_eq!(results[2], Ok(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn items_past_the_deadline_are_reported_unfinished() {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let results = run_isolated(vec![1u64, 10, 2], Some(deadline), |secs| async move {
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            secs
+        })
+        .await;
+        assert_eq!(results, [Ok(1), Err(Unfinished::Deadline), Ok(2)]);
+    }
+
+    #[test]
+    fn only_delivered_and_dead_lettered_records_are_acknowledged() {
+        assert!(Disposition::Delivered.acknowledged());
+        assert!(Disposition::DeadLettered(FailureReason::Expired).acknowledged());
+        assert!(!Disposition::RetryLater {
+            delay: Duration::ZERO
+        }
+        .acknowledged());
+        assert!(!Disposition::Unfinished("x".into()).acknowledged());
+    }
+}

@@ -1,0 +1,266 @@
+//! SQS adapter: the only place that talks to SQS.
+//!
+//! Queue URLs are never built by hand. A record names its queue by ARN
+//! (`eventSourceARN`); [`Queues::url_of`] asks SQS (`GetQueueUrl`) once per
+//! queue and caches the answer, so the same code works against AWS, a VPC
+//! endpoint or a local SQS-compatible server, whatever `AWS_ENDPOINT_URL`
+//! says.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use aws_sdk_sqs::error::DisplayErrorContext;
+use aws_sdk_sqs::types::MessageAttributeValue;
+
+use crate::policy::{one_line, DeadLetter};
+
+/// The names of the DLQ copy's message attributes (contract §4).
+pub mod attribute {
+    pub const FAILURE_REASON: &str = "FailureReason";
+    pub const ATTEMPT_COUNT: &str = "AttemptCount";
+    pub const LAST_STATUS_CODE: &str = "LastStatusCode";
+    pub const LAST_ERROR: &str = "LastError";
+    pub const SOURCE_QUEUE_ARN: &str = "SourceQueueArn";
+    pub const ORIGINAL_MESSAGE_ID: &str = "OriginalMessageId";
+    /// All of them, for redrive to drop.
+    pub const ALL: [&str; 6] = [
+        FAILURE_REASON,
+        ATTEMPT_COUNT,
+        LAST_STATUS_CODE,
+        LAST_ERROR,
+        SOURCE_QUEUE_ARN,
+        ORIGINAL_MESSAGE_ID,
+    ];
+}
+
+/// A failed SQS call, as one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    #[error("eventSourceARN {0:?} is not an SQS queue ARN")]
+    BadArn(String),
+    #[error("SQS {operation} failed: {detail}")]
+    Sqs {
+        operation: &'static str,
+        detail: String,
+    },
+}
+
+impl QueueError {
+    fn sqs<E: std::error::Error>(operation: &'static str, e: E) -> QueueError {
+        QueueError::Sqs {
+            operation,
+            detail: one_line(&DisplayErrorContext(e).to_string(), 300),
+        }
+    }
+}
+
+/// A dead letter ready to send: the record as received plus why.
+#[derive(Debug, Clone, Copy)]
+pub struct DeadLetterCopy<'a> {
+    /// The body byte-for-byte as received.
+    pub body: &'a str,
+    pub dead_letter: &'a DeadLetter,
+    pub source_queue_arn: &'a str,
+    pub original_message_id: &'a str,
+    /// The record's `MessageGroupId`, for FIFO queues.
+    pub message_group_id: Option<&'a str>,
+}
+
+/// SQS operations the processor needs. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Queues {
+    client: aws_sdk_sqs::Client,
+    urls: Mutex<HashMap<String, String>>,
+}
+
+impl Queues {
+    pub fn new(client: aws_sdk_sqs::Client) -> Queues {
+        Queues {
+            client,
+            urls: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The SDK client, for callers that need other operations.
+    pub fn client(&self) -> &aws_sdk_sqs::Client {
+        &self.client
+    }
+
+    /// The URL of the queue with this ARN, asked of SQS once and cached.
+    pub async fn url_of(&self, arn: &str) -> Result<String, QueueError> {
+        if let Some(url) = self.urls.lock().unwrap_or_else(|p| p.into_inner()).get(arn) {
+            return Ok(url.clone());
+        }
+        let (account, name) =
+            parse_queue_arn(arn).ok_or_else(|| QueueError::BadArn(arn.to_owned()))?;
+        let url = self
+            .client
+            .get_queue_url()
+            .queue_name(name)
+            .queue_owner_aws_account_id(account)
+            .send()
+            .await
+            .map_err(|e| QueueError::sqs("GetQueueUrl", e))?
+            .queue_url
+            .ok_or_else(|| QueueError::Sqs {
+                operation: "GetQueueUrl",
+                detail: "the answer had no QueueUrl".into(),
+            })?;
+        self.urls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(arn.to_owned(), url.clone());
+        Ok(url)
+    }
+
+    /// Hides the message for `delay` (SQS counts whole seconds).
+    pub async fn change_visibility(
+        &self,
+        queue_url: &str,
+        receipt_handle: &str,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
+        let secs = i32::try_from(delay.as_secs()).unwrap_or(i32::MAX);
+        self.client
+            .change_message_visibility()
+            .queue_url(queue_url)
+            .receipt_handle(receipt_handle)
+            .visibility_timeout(secs)
+            .send()
+            .await
+            .map_err(|e| QueueError::sqs("ChangeMessageVisibility", e))?;
+        Ok(())
+    }
+
+    /// Sends the DLQ copy with the attributes of contract §4. To a FIFO DLQ
+    /// it keeps the record's group and deduplicates on its message id, so a
+    /// retried send does not make a second copy.
+    pub async fn send_dead_letter(
+        &self,
+        dlq_url: &str,
+        copy: &DeadLetterCopy<'_>,
+    ) -> Result<(), QueueError> {
+        let dl = copy.dead_letter;
+        let mut send = self
+            .client
+            .send_message()
+            .queue_url(dlq_url)
+            .message_body(copy.body)
+            .message_attributes(attribute::FAILURE_REASON, string(dl.reason.as_str()))
+            .message_attributes(attribute::ATTEMPT_COUNT, number(dl.attempt))
+            .message_attributes(attribute::SOURCE_QUEUE_ARN, string(copy.source_queue_arn))
+            .message_attributes(
+                attribute::ORIGINAL_MESSAGE_ID,
+                string(copy.original_message_id),
+            );
+        if let Some(status) = dl.last_status {
+            send = send.message_attributes(attribute::LAST_STATUS_CODE, number(status));
+        }
+        if !dl.last_error.is_empty() {
+            send = send.message_attributes(attribute::LAST_ERROR, string(&dl.last_error));
+        }
+        if dlq_url.ends_with(".fifo") {
+            send = send
+                .message_group_id(copy.message_group_id.unwrap_or("retryq"))
+                .message_deduplication_id(dedup_id(copy.original_message_id));
+        }
+        send.send()
+            .await
+            .map_err(|e| QueueError::sqs("SendMessage", e))?;
+        Ok(())
+    }
+
+    /// Deletes one message (acknowledges it outside Lambda).
+    pub async fn delete(&self, queue_url: &str, receipt_handle: &str) -> Result<(), QueueError> {
+        self.client
+            .delete_message()
+            .queue_url(queue_url)
+            .receipt_handle(receipt_handle)
+            .send()
+            .await
+            .map_err(|e| QueueError::sqs("DeleteMessage", e))?;
+        Ok(())
+    }
+}
+
+/// Builds an SQS client from the standard AWS environment
+/// (`AWS_REGION`, `AWS_ENDPOINT_URL[_SQS]`, credentials chain). Credentials
+/// are resolved lazily, on the first call.
+pub async fn sqs_client_from_env() -> aws_sdk_sqs::Client {
+    let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    aws_sdk_sqs::Client::new(&config)
+}
+
+/// `arn:aws:sqs:us-east-1:123456789012:orders` → `("123456789012", "orders")`.
+pub fn parse_queue_arn(arn: &str) -> Option<(&str, &str)> {
+    let mut parts = arn.splitn(6, ':');
+    let (arn_tag, _partition, service, _region, account, name) = (
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+    );
+    (arn_tag == "arn" && service == "sqs" && !account.is_empty() && !name.is_empty())
+        .then_some((account, name))
+}
+
+/// SQS deduplication ids are at most 128 characters of a restricted
+/// alphabet; SQS message ids (UUIDs) already are.
+fn dedup_id(message_id: &str) -> String {
+    message_id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~".contains(*c))
+        .take(128)
+        .collect()
+}
+
+fn string(value: &str) -> MessageAttributeValue {
+    MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(value)
+        .build()
+        .expect("data_type is set")
+}
+
+/// Contract §4 says the attributes are of type String, numbers included.
+fn number(value: impl ToString) -> MessageAttributeValue {
+    string(&value.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_arns_are_parsed() {
+        assert_eq!(
+            parse_queue_arn("arn:aws:sqs:us-east-1:123456789012:orders"),
+            Some(("123456789012", "orders"))
+        );
+        assert_eq!(
+            parse_queue_arn("arn:aws-cn:sqs:cn-north-1:123456789012:o.fifo"),
+            Some(("123456789012", "o.fifo"))
+        );
+        for bad in [
+            "",
+            "orders",
+            "arn:aws:sns:us-east-1:1:t",
+            "arn:aws:sqs:us-east-1::q",
+            "arn:aws:sqs:r:1:",
+        ] {
+            assert_eq!(parse_queue_arn(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn dedup_ids_are_bounded() {
+        assert_eq!(
+            dedup_id("059f36b4-87a3-44ab-83d2-661975830a7d"),
+            "059f36b4-87a3-44ab-83d2-661975830a7d"
+        );
+        assert_eq!(dedup_id(&"x".repeat(300)).len(), 128);
+    }
+}
