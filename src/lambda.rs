@@ -15,7 +15,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use aws_lambda_events::encodings::Base64Data;
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage, SqsMessageAttribute};
 use lambda_runtime::{Context, Error, LambdaEvent};
 
 use crate::process::{Processor, Record};
@@ -30,6 +31,7 @@ pub async fn handle(
     event: LambdaEvent<SqsEvent>,
 ) -> Result<SqsBatchResponse, Error> {
     let deadline = batch_deadline(&event.context);
+    tracing::debug!(records = event.payload.records.len(), "batch received");
     let records: Vec<Record> = event.payload.records.into_iter().map(record).collect();
     let report = processor.process_batch(records, deadline).await;
     let mut response = SqsBatchResponse::default();
@@ -62,13 +64,114 @@ pub fn record(m: SqsMessage) -> Record {
     }
 }
 
-fn batch_deadline(context: &Context) -> Option<Instant> {
-    if context.deadline == 0 {
-        return None;
-    }
-    let left = context
-        .deadline()
-        .duration_since(SystemTime::now())
-        .unwrap_or(Duration::ZERO);
+/// Builds the event Lambda's SQS event source mapping would send for these
+/// received messages (what `retryq trigger` and the tests feed the function).
+pub fn sqs_event(messages: &[aws_sdk_sqs::types::Message], queue_arn: &str, region: &str) -> SqsEvent {
+    let mut event = SqsEvent::default();
+    event.records = messages
+        .iter()
+        .map(|m| {
+            let mut record = SqsMessage::default();
+            record.message_id = m.message_id.clone();
+            record.receipt_handle = m.receipt_handle.clone();
+            record.body = m.body.clone();
+            record.md5_of_body = m.md5_of_body.clone();
+            record.md5_of_message_attributes = m.md5_of_message_attributes.clone();
+            record.attributes = m
+                .attributes
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.as_str().to_owned(), v.clone()))
+                .collect();
+            record.message_attributes = m
+                .message_attributes
+                .iter()
+                .flatten()
+                .map(|(k, v)| {
+                    let mut a = SqsMessageAttribute::default();
+                    a.string_value = v.string_value.clone();
+                    a.binary_value = v.binary_value.as_ref().map(|b| base64_data(b.as_ref()));
+                    a.string_list_values = v.string_list_values.clone().unwrap_or_default();
+                    a.binary_list_values = v
+                        .binary_list_values
+                        .iter()
+                        .flatten()
+                        .map(|b| base64_data(b.as_ref()))
+                        .collect();
+                    a.data_type = Some(v.data_type.clone());
+                    (k.clone(), a)
+                })
+                .collect();
+            record.event_source = Some("aws:sqs".into());
+            record.event_source_arn = Some(queue_arn.to_owned());
+            record.aws_region = Some(region.to_owned());
+            record
+        })
+        .collect();
+    event
+}
+
+fn base64_data(bytes: &[u8]) -> Base64Data {
+    let mut data = Base64Data::default();
+    data.extend_from_slice(bytes);
+    data
+}
+
+/// Deadlines before this (2001-09-09) cannot be epoch milliseconds.
+const EARLIEST_EPOCH_DEADLINE_MS: u64 = 1_000_000_000_000;
+
+/// The instant by which the batch must be finished.
+///
+/// Lambda sends the deadline as epoch milliseconds. `cargo lambda watch`
+/// sends the function's timeout instead (`600000` for ten minutes); a value
+/// that cannot be an epoch is read that way, as milliseconds from now, so
+/// local runs behave like the real thing. Zero means no deadline.
+pub fn batch_deadline(context: &Context) -> Option<Instant> {
+    let left = match context.deadline {
+        0 => return None,
+        ms if ms < EARLIEST_EPOCH_DEADLINE_MS => Duration::from_millis(ms),
+        _ => context
+            .deadline()
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    };
     Some(Instant::now() + left.saturating_sub(DEADLINE_MARGIN))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context(deadline: u64) -> Context {
+        let mut c = Context::default();
+        c.deadline = deadline;
+        c
+    }
+
+    fn secs_left(deadline: Option<Instant>) -> u64 {
+        deadline.unwrap().saturating_duration_since(Instant::now()).as_secs()
+    }
+
+    #[test]
+    fn an_epoch_deadline_leaves_the_time_to_it_less_the_margin() {
+        let in_30s = SystemTime::now() + Duration::from_secs(30);
+        let ms = in_30s.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis() as u64;
+        assert!((27..=29).contains(&secs_left(batch_deadline(&context(ms)))));
+    }
+
+    #[test]
+    fn a_past_deadline_leaves_no_time() {
+        let ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis() as u64 - 5_000;
+        assert_eq!(secs_left(batch_deadline(&context(ms))), 0);
+    }
+
+    #[test]
+    fn a_relative_deadline_from_cargo_lambda_watch_is_read_as_a_timeout() {
+        assert!((597..=599).contains(&secs_left(batch_deadline(&context(600_000)))));
+    }
+
+    #[test]
+    fn no_deadline_means_none() {
+        assert_eq!(batch_deadline(&Context::default()), None);
+    }
 }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use aws_sdk_sqs::error::DisplayErrorContext;
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::MessageAttributeValue;
 
 use crate::policy::{one_line, DeadLetter};
@@ -47,10 +47,20 @@ pub enum QueueError {
 }
 
 impl QueueError {
-    fn sqs<E: std::error::Error>(operation: &'static str, e: E) -> QueueError {
+    fn sqs<E, R>(operation: &'static str, e: SdkError<E, R>) -> QueueError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        // A service error's code and message say it all; anything else
+        // (dispatch, timeout, credentials) needs its source chain.
+        let detail = match e.code() {
+            Some(code) => format!("{code}: {}", e.message().unwrap_or("no message")),
+            None => DisplayErrorContext(&e).to_string(),
+        };
         QueueError::Sqs {
             operation,
-            detail: one_line(&DisplayErrorContext(e).to_string(), 300),
+            detail: one_line(&detail, 300),
         }
     }
 }

@@ -1,0 +1,59 @@
+# retryq — see README.md. `make test` and `make demo` are the two commands
+# that must work on a fresh machine; every target installs what it needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+PY_SCRIPTS := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+export PATH := $(PY_SCRIPTS):$(HOME)/.cargo/bin:$(PATH)
+
+# Local runs (`make watch`, `make invoke`) talk to a local SQS server and to
+# destinations on loopback.
+WATCH_PORT ?= 9000
+EVENT ?= events/mixed-batch.json
+ARCH ?= arm64
+
+.PHONY: help tools test lint fmt watch invoke build destination
+
+help:
+	@echo "make test      install tools, start a local SQS server, run every test and lint"
+	@echo "make lint      cargo fmt --check, clippy -D warnings, cfn-lint template.yaml"
+	@echo "make watch     run the function under cargo lambda watch (port $(WATCH_PORT))"
+	@echo "make invoke    EVENT=events/delivered.json: invoke the watched function"
+	@echo "make destination  a demo destination on 127.0.0.1:9100 for the sample events"
+	@echo "make build     release build for Lambda ($(ARCH)), zip in target/lambda"
+
+tools:
+	@scripts/tools.sh
+
+lint: tools
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+	cfn-lint template.yaml
+
+fmt:
+	cargo fmt --all
+
+test: tools
+	cargo fmt --all -- --check
+	cfn-lint template.yaml
+	scripts/with-moto.sh cargo test --locked
+	cargo clippy --locked --all-targets -- -D warnings
+
+# The function under `cargo lambda watch`, with a local SQS server on
+# 127.0.0.1:$(SQS_PORT) holding the queues the sample events name.
+SQS_PORT ?= 5000
+watch: tools
+	MOTO_PORT=$(SQS_PORT) QUEUES="retryq-events retryq-events-dlq" scripts/with-moto.sh \
+	  env DLQ_URL=http://127.0.0.1:$(SQS_PORT)/123456789012/retryq-events-dlq \
+	      ALLOW_PRIVATE_DESTINATIONS=$${ALLOW_PRIVATE_DESTINATIONS:-true} \
+	  cargo lambda watch --invoke-port $(WATCH_PORT)
+
+invoke: tools
+	cargo lambda invoke retryq-processor --invoke-port $(WATCH_PORT) --data-file $(EVENT)
+
+destination:
+	cargo run --example demo_destination
+
+build:
+	WITH_ZIG=$(if $(filter arm64,$(ARCH)),1,0) scripts/tools.sh
+	cargo lambda build --release --$(ARCH) --output-format zip
+	@ls -l target/lambda/retryq-processor/

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs the tools `make test` needs when they are missing: the local SQS
+# server (moto[server]), cargo-lambda and cfn-lint, all from PyPI, plus the
+# clippy/rustfmt components. With WITH_ZIG=1 also zig (PyPI ziglang) and the
+# arm64 Rust target, for `make build`.
+set -euo pipefail
+
+PYTHON=${PYTHON:-python3}
+scripts_dir=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+export PATH="$scripts_dir:$HOME/.cargo/bin:$PATH"
+
+missing=()
+command -v moto_server >/dev/null && "$PYTHON" -c 'import flask, moto.server' 2>/dev/null || missing+=("moto[server]")
+command -v cfn-lint >/dev/null || missing+=("cfn-lint")
+command -v cargo-lambda >/dev/null || missing+=("cargo-lambda")
+if [ "${WITH_ZIG:-0}" = 1 ]; then
+  "$PYTHON" -c 'import ziglang' 2>/dev/null || missing+=("ziglang")
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "tools: installing ${missing[*]}"
+  "$PYTHON" -m pip install --quiet --disable-pip-version-check "${missing[@]}"
+fi
+
+for component in clippy rustfmt; do
+  rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
+done
+if [ "${WITH_ZIG:-0}" = 1 ]; then
+  rustup target list --installed | grep -q aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
+fi
+
+echo "tools: moto_server $(command -v moto_server), $(cfn-lint --version), $(cargo-lambda --version 2>/dev/null || cargo lambda --version)"

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Runs a command with a fresh local SQS-compatible server (moto_server) on a
+# free loopback port (or MOTO_PORT), creates the queues named in QUEUES, and
+# stops the server when the command ends, fails or is interrupted. The
+# command sees:
+#   RETRYQ_TEST_SQS_ENDPOINT  the server's URL
+#   AWS_ENDPOINT_URL_SQS      the same, for the SDKs
+#   AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY  dummy local values
+set -euo pipefail
+
+PYTHON=${PYTHON:-python3}
+scripts_dir=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+export PATH="$scripts_dir:$PATH"
+
+port=${MOTO_PORT:-$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
+log=$(mktemp -t moto.XXXXXX.log)
+moto_server -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
+moto_pid=$!
+stop() { kill "$moto_pid" 2>/dev/null || true; wait "$moto_pid" 2>/dev/null || true; rm -f "$log"; }
+trap stop EXIT
+trap 'exit 130' INT TERM
+
+# Wait (at most 30 s) until the server answers.
+for _ in $(seq 1 150); do
+  if "$PYTHON" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/moto-api/', timeout=1)" 2>/dev/null; then
+    break
+  fi
+  if ! kill -0 "$moto_pid" 2>/dev/null; then
+    echo "with-moto: moto_server exited:" >&2; cat "$log" >&2; exit 1
+  fi
+  sleep 0.2
+done
+
+export RETRYQ_TEST_SQS_ENDPOINT="http://127.0.0.1:$port"
+export AWS_ENDPOINT_URL_SQS="$RETRYQ_TEST_SQS_ENDPOINT"
+for queue in ${QUEUES:-}; do
+  "$PYTHON" -c "import urllib.request, urllib.parse; urllib.request.urlopen('$RETRYQ_TEST_SQS_ENDPOINT/', urllib.parse.urlencode({'Action': 'CreateQueue', 'QueueName': '$queue'}).encode(), timeout=5)"
+  echo "with-moto: queue $RETRYQ_TEST_SQS_ENDPOINT/123456789012/$queue"
+done
+export AWS_REGION=${AWS_REGION:-us-east-1}
+export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-test}
+export AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-test}
+export AWS_EC2_METADATA_DISABLED=true
+echo "with-moto: SQS at $RETRYQ_TEST_SQS_ENDPOINT"
+"$@"

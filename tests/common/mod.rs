@@ -1,0 +1,216 @@
+//! Shared helpers for the integration tests: a client for the local SQS
+//! server that `make test` starts (scripts/with-moto.sh), uniquely named
+//! queues, Retry Message bodies, and an emulation of what Lambda's event
+//! source mapping does around the handler.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_lambda_events::event::sqs::SqsBatchResponse;
+use aws_sdk_sqs::config::{Credentials, Region};
+use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
+use lambda_runtime::{Context, LambdaEvent};
+use retryq::config::Config;
+use retryq::process::Processor;
+
+pub const REGION: &str = "us-east-1";
+/// moto's default account.
+pub const ACCOUNT: &str = "123456789012";
+
+/// The local SQS server. Fails (never skips) when it is not there.
+pub fn endpoint() -> String {
+    std::env::var("RETRYQ_TEST_SQS_ENDPOINT").expect(
+        "RETRYQ_TEST_SQS_ENDPOINT is not set: run the tests with `make test`, \
+         which installs and starts the local SQS server (moto_server)",
+    )
+}
+
+pub fn sqs() -> aws_sdk_sqs::Client {
+    let config = aws_sdk_sqs::Config::builder()
+        .behavior_version_latest()
+        .region(Region::new(REGION))
+        .endpoint_url(endpoint())
+        .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
+        .build();
+    aws_sdk_sqs::Client::from_conf(config)
+}
+
+pub struct TestQueue {
+    pub name: String,
+    pub url: String,
+    pub arn: String,
+}
+
+/// Creates a queue whose name no other test uses.
+pub async fn queue(sqs: &aws_sdk_sqs::Client, prefix: &str) -> TestQueue {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let name = format!(
+        "{prefix}-{}-{}-{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    named_queue(sqs, &name).await
+}
+
+pub async fn named_queue(sqs: &aws_sdk_sqs::Client, name: &str) -> TestQueue {
+    let url = sqs
+        .create_queue()
+        .queue_name(name)
+        .send()
+        .await
+        .expect("create_queue on the local SQS server")
+        .queue_url
+        .unwrap();
+    TestQueue {
+        name: name.to_owned(),
+        url,
+        arn: format!("arn:aws:sqs:{REGION}:{ACCOUNT}:{name}"),
+    }
+}
+
+/// The configuration from these variables only (defaults otherwise).
+pub fn config(vars: &[(&str, &str)]) -> Config {
+    let vars: Vec<(String, String)> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Config::from_lookup(move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+        .expect("valid test configuration")
+}
+
+pub fn processor(vars: &[(&str, &str)]) -> Arc<Processor> {
+    Arc::new(Processor::new(config(vars), sqs()).expect("processor"))
+}
+
+/// A Retry Message body for `url`, with `extra` fields merged in.
+pub fn message(id: &str, url: &str, extra: serde_json::Value) -> String {
+    let mut m = serde_json::json!({
+        "id": id,
+        "destinationUrl": url,
+        "request": { "method": "POST", "headers": { "content-type": "application/json" }, "body": "{\"n\":1}" }
+    });
+    if let serde_json::Value::Object(extra) = extra {
+        for (k, v) in extra {
+            m[k] = v;
+        }
+    }
+    m.to_string()
+}
+
+pub async fn send(sqs: &aws_sdk_sqs::Client, q: &TestQueue, body: &str) -> String {
+    sqs.send_message()
+        .queue_url(&q.url)
+        .message_body(body)
+        .send()
+        .await
+        .expect("send_message")
+        .message_id
+        .unwrap()
+}
+
+/// Receives what is visible now (one call, no long poll), with all
+/// attributes, hiding it for `visibility` seconds.
+pub async fn receive(sqs: &aws_sdk_sqs::Client, q: &TestQueue, visibility: i32) -> Vec<Message> {
+    sqs.receive_message()
+        .queue_url(&q.url)
+        .max_number_of_messages(10)
+        .visibility_timeout(visibility)
+        .message_system_attribute_names(MessageSystemAttributeName::All)
+        .message_attribute_names("All")
+        .send()
+        .await
+        .expect("receive_message")
+        .messages
+        .unwrap_or_default()
+}
+
+/// Receives until `n` messages arrived or `limit` passed.
+pub async fn receive_n(sqs: &aws_sdk_sqs::Client, q: &TestQueue, n: usize, limit: Duration) -> Vec<Message> {
+    let start = std::time::Instant::now();
+    let mut all = Vec::new();
+    while all.len() < n && start.elapsed() < limit {
+        let got = receive(sqs, q, 300).await;
+        if got.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        all.extend(got);
+    }
+    all
+}
+
+/// A Lambda context whose deadline is `secs` from now.
+pub fn context(secs: u64) -> Context {
+    let mut ctx = Context::default();
+    ctx.deadline = (SystemTime::now() + Duration::from_secs(secs))
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    ctx
+}
+
+/// Does what Lambda's SQS event source mapping does: builds the event from
+/// received messages, invokes the handler, and deletes every record not
+/// listed in `batchItemFailures`.
+pub async fn invoke(
+    processor: &Arc<Processor>,
+    sqs: &aws_sdk_sqs::Client,
+    q: &TestQueue,
+    messages: &[Message],
+) -> SqsBatchResponse {
+    let event = retryq::lambda::sqs_event(messages, &q.arn, REGION);
+    let response = retryq::lambda::handle(Arc::clone(processor), LambdaEvent::new(event, context(60)))
+        .await
+        .expect("the handler answers");
+    for m in messages {
+        let id = m.message_id.as_deref().unwrap();
+        if !response.batch_item_failures.iter().any(|f| f.item_identifier == id) {
+            sqs.delete_message()
+                .queue_url(&q.url)
+                .receipt_handle(m.receipt_handle.as_deref().unwrap())
+                .send()
+                .await
+                .expect("delete_message");
+        }
+    }
+    response
+}
+
+pub fn failures(response: &SqsBatchResponse) -> Vec<String> {
+    response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect()
+}
+
+/// The string value of a message attribute.
+pub fn attr(m: &Message, name: &str) -> Option<String> {
+    m.message_attributes
+        .as_ref()?
+        .get(name)?
+        .string_value
+        .clone()
+}
+
+/// How many messages the queue holds, visible or not.
+pub async fn depth(sqs: &aws_sdk_sqs::Client, q: &TestQueue) -> (u64, u64) {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let attrs = sqs
+        .get_queue_attributes()
+        .queue_url(&q.url)
+        .attribute_names(A::ApproximateNumberOfMessages)
+        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .expect("get_queue_attributes")
+        .attributes
+        .unwrap_or_default();
+    let get = |a: A| attrs.get(&a).and_then(|v| v.parse().ok()).unwrap_or(0);
+    (get(A::ApproximateNumberOfMessages), get(A::ApproximateNumberOfMessagesNotVisible))
+}
