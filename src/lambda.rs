@@ -66,7 +66,11 @@ pub fn record(m: SqsMessage) -> Record {
 
 /// Builds the event Lambda's SQS event source mapping would send for these
 /// received messages (what `retryq trigger` and the tests feed the function).
-pub fn sqs_event(messages: &[aws_sdk_sqs::types::Message], queue_arn: &str, region: &str) -> SqsEvent {
+pub fn sqs_event(
+    messages: &[aws_sdk_sqs::types::Message],
+    queue_arn: &str,
+    region: &str,
+) -> SqsEvent {
     let mut event = SqsEvent::default();
     event.records = messages
         .iter()
@@ -149,19 +153,29 @@ mod tests {
     }
 
     fn secs_left(deadline: Option<Instant>) -> u64 {
-        deadline.unwrap().saturating_duration_since(Instant::now()).as_secs()
+        deadline
+            .unwrap()
+            .saturating_duration_since(Instant::now())
+            .as_secs()
     }
 
     #[test]
     fn an_epoch_deadline_leaves_the_time_to_it_less_the_margin() {
         let in_30s = SystemTime::now() + Duration::from_secs(30);
-        let ms = in_30s.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis() as u64;
+        let ms = in_30s
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
         assert!((27..=29).contains(&secs_left(batch_deadline(&context(ms)))));
     }
 
     #[test]
     fn a_past_deadline_leaves_no_time() {
-        let ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis() as u64 - 5_000;
+        let ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+            - 5_000;
         assert_eq!(secs_left(batch_deadline(&context(ms))), 0);
     }
 

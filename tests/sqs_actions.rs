@@ -21,11 +21,21 @@ async fn destination(status: u16) -> MockServer {
 }
 
 /// A source queue, its DLQ and a processor writing to it.
-async fn setup(extra: &[(&str, &str)]) -> (aws_sdk_sqs::Client, TestQueue, TestQueue, std::sync::Arc<retryq::process::Processor>) {
+async fn setup(
+    extra: &[(&str, &str)],
+) -> (
+    aws_sdk_sqs::Client,
+    TestQueue,
+    TestQueue,
+    std::sync::Arc<retryq::process::Processor>,
+) {
     let sqs = sqs();
     let source = queue(&sqs, "src").await;
     let dlq = queue(&sqs, "dlq").await;
-    let mut vars = vec![("DLQ_URL", dlq.url.as_str()), ("ALLOW_PRIVATE_DESTINATIONS", "true")];
+    let mut vars = vec![
+        ("DLQ_URL", dlq.url.as_str()),
+        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+    ];
     vars.extend_from_slice(extra);
     let p = processor(&vars);
     (sqs, source, dlq, p)
@@ -68,7 +78,12 @@ async fn a_retryable_failure_changes_the_visibility_and_is_reported() {
         .respond_with(ResponseTemplate::new(503).insert_header("retry-after", "600"))
         .mount(&dest)
         .await;
-    let id = send(&sqs, &source, &message("m-1", &dest.uri(), serde_json::json!({}))).await;
+    let id = send(
+        &sqs,
+        &source,
+        &message("m-1", &dest.uri(), serde_json::json!({})),
+    )
+    .await;
     // Received with a 1-second visibility: without the processor's change
     // it would be visible again at once.
     let received = {
@@ -96,8 +111,15 @@ async fn a_retryable_failure_changes_the_visibility_and_is_reported() {
 
     assert_eq!(failures(&response), [id]);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(receive(&sqs, &source, 1).await.is_empty(), "hidden for the Retry-After, not the 1s of the receive");
-    assert_eq!(depth(&sqs, &source).await, (0, 1), "still in the queue, in flight");
+    assert!(
+        receive(&sqs, &source, 1).await.is_empty(),
+        "hidden for the Retry-After, not the 1s of the receive"
+    );
+    assert_eq!(
+        depth(&sqs, &source).await,
+        (0, 1),
+        "still in the queue, in flight"
+    );
     assert_eq!(depth(&sqs, &dlq).await, (0, 0));
 }
 
@@ -109,7 +131,12 @@ async fn a_short_backoff_brings_the_message_back_with_a_higher_receive_count() {
         .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "1"))
         .mount(&dest)
         .await;
-    send(&sqs, &source, &message("m-2", &dest.uri(), serde_json::json!({}))).await;
+    send(
+        &sqs,
+        &source,
+        &message("m-2", &dest.uri(), serde_json::json!({})),
+    )
+    .await;
     let first = receive_n(&sqs, &source, 1, Duration::from_secs(10)).await;
     let response = invoke(&p, &sqs, &source, &first).await;
     assert_eq!(failures(&response).len(), 1);
@@ -140,7 +167,10 @@ async fn a_non_retryable_answer_is_dead_lettered_with_the_exact_attributes_and_b
 
     let response = invoke(&p, &sqs, &source, &received).await;
 
-    assert!(failures(&response).is_empty(), "acknowledged once the DLQ copy exists");
+    assert!(
+        failures(&response).is_empty(),
+        "acknowledged once the DLQ copy exists"
+    );
     assert_eq!(depth(&sqs, &source).await, (0, 0));
     let dead = receive_n(&sqs, &dlq, 1, Duration::from_secs(10)).await;
     assert_eq!(dead.len(), 1);
@@ -150,8 +180,14 @@ async fn a_non_retryable_answer_is_dead_lettered_with_the_exact_attributes_and_b
     assert_eq!(attr(d, "AttemptCount").as_deref(), Some("1"));
     assert_eq!(attr(d, "LastStatusCode").as_deref(), Some("404"));
     assert_eq!(attr(d, "LastError").as_deref(), Some("HTTP 404 Not Found"));
-    assert_eq!(attr(d, "SourceQueueArn").as_deref(), Some(source.arn.as_str()));
-    assert_eq!(attr(d, "OriginalMessageId").as_deref(), Some(original_id.as_str()));
+    assert_eq!(
+        attr(d, "SourceQueueArn").as_deref(),
+        Some(source.arn.as_str())
+    );
+    assert_eq!(
+        attr(d, "OriginalMessageId").as_deref(),
+        Some(original_id.as_str())
+    );
     assert_eq!(d.message_attributes.as_ref().unwrap().len(), 6);
     for a in d.message_attributes.as_ref().unwrap().values() {
         assert_eq!(a.data_type, "String");
@@ -170,17 +206,36 @@ async fn an_invalid_body_is_dead_lettered_without_a_status() {
     assert!(failures(&response).is_empty());
     let dead = receive_n(&sqs, &dlq, 1, Duration::from_secs(10)).await;
     assert_eq!(dead[0].body.as_deref(), Some(body));
-    assert_eq!(attr(&dead[0], "FailureReason").as_deref(), Some("invalid-message"));
+    assert_eq!(
+        attr(&dead[0], "FailureReason").as_deref(),
+        Some("invalid-message")
+    );
     assert_eq!(attr(&dead[0], "LastStatusCode"), None);
-    assert_eq!(attr(&dead[0], "LastError").as_deref(), Some("destinationUrl: is required"));
+    assert_eq!(
+        attr(&dead[0], "LastError").as_deref(),
+        Some("destinationUrl: is required")
+    );
 }
 
 #[tokio::test]
 async fn an_expired_message_is_dead_lettered_without_an_attempt() {
     let (sqs, source, dlq, p) = setup(&[]).await;
     let dest = MockServer::start().await;
-    Mock::given(any()).respond_with(ResponseTemplate::new(200)).expect(0).mount(&dest).await;
-    send(&sqs, &source, &message("old", &dest.uri(), serde_json::json!({"expiresAt": "2020-01-01T00:00:00Z"}))).await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(200))
+        .expect(0)
+        .mount(&dest)
+        .await;
+    send(
+        &sqs,
+        &source,
+        &message(
+            "old",
+            &dest.uri(),
+            serde_json::json!({"expiresAt": "2020-01-01T00:00:00Z"}),
+        ),
+    )
+    .await;
     let received = receive_n(&sqs, &source, 1, Duration::from_secs(10)).await;
 
     let response = invoke(&p, &sqs, &source, &received).await;
@@ -196,8 +251,19 @@ async fn a_retryable_failure_with_no_time_left_before_expiry_is_expired() {
     let (sqs, source, dlq, p) = setup(&[]).await;
     let dest = destination(503).await;
     let soon = time::OffsetDateTime::now_utc() + time::Duration::seconds(3);
-    let expires = soon.format(&time::format_description::well_known::Rfc3339).unwrap();
-    send(&sqs, &source, &message("soon", &dest.uri(), serde_json::json!({"expiresAt": expires}))).await;
+    let expires = soon
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    send(
+        &sqs,
+        &source,
+        &message(
+            "soon",
+            &dest.uri(),
+            serde_json::json!({"expiresAt": expires}),
+        ),
+    )
+    .await;
     let received = receive_n(&sqs, &source, 1, Duration::from_secs(10)).await;
 
     let response = invoke(&p, &sqs, &source, &received).await;
@@ -213,14 +279,26 @@ async fn a_retryable_failure_on_the_final_attempt_is_exhausted() {
     let (sqs, source, dlq, p) = setup(&[("MAX_ATTEMPTS", "5")]).await;
     let dest = destination(502).await;
     // Four attempts were made before it was enqueued: this receive is the fifth.
-    send(&sqs, &source, &message("tired", &dest.uri(), serde_json::json!({"receivedCount": 4}))).await;
+    send(
+        &sqs,
+        &source,
+        &message(
+            "tired",
+            &dest.uri(),
+            serde_json::json!({"receivedCount": 4}),
+        ),
+    )
+    .await;
     let received = receive_n(&sqs, &source, 1, Duration::from_secs(10)).await;
 
     let response = invoke(&p, &sqs, &source, &received).await;
 
     assert!(failures(&response).is_empty());
     let dead = receive_n(&sqs, &dlq, 1, Duration::from_secs(10)).await;
-    assert_eq!(attr(&dead[0], "FailureReason").as_deref(), Some("attempts-exhausted"));
+    assert_eq!(
+        attr(&dead[0], "FailureReason").as_deref(),
+        Some("attempts-exhausted")
+    );
     assert_eq!(attr(&dead[0], "AttemptCount").as_deref(), Some("5"));
     assert_eq!(attr(&dead[0], "LastStatusCode").as_deref(), Some("502"));
 }
@@ -229,28 +307,52 @@ async fn a_retryable_failure_on_the_final_attempt_is_exhausted() {
 async fn the_message_max_attempts_lowers_the_limit() {
     let (sqs, source, dlq, p) = setup(&[]).await;
     let dest = destination(500).await;
-    send(&sqs, &source, &message("once", &dest.uri(), serde_json::json!({"maxAttempts": 1}))).await;
+    send(
+        &sqs,
+        &source,
+        &message("once", &dest.uri(), serde_json::json!({"maxAttempts": 1})),
+    )
+    .await;
     let received = receive_n(&sqs, &source, 1, Duration::from_secs(10)).await;
     let response = invoke(&p, &sqs, &source, &received).await;
     assert!(failures(&response).is_empty());
     let dead = receive_n(&sqs, &dlq, 1, Duration::from_secs(10)).await;
-    assert_eq!(attr(&dead[0], "FailureReason").as_deref(), Some("attempts-exhausted"));
+    assert_eq!(
+        attr(&dead[0], "FailureReason").as_deref(),
+        Some("attempts-exhausted")
+    );
 }
 
 #[tokio::test]
 async fn a_failed_dlq_send_leaves_the_record_unacknowledged() {
     let sqs = sqs();
     let source = queue(&sqs, "src").await;
-    let missing_dlq = format!("{}/{ACCOUNT}/no-such-queue-{}", endpoint(), std::process::id());
-    let p = processor(&[("DLQ_URL", &missing_dlq), ("ALLOW_PRIVATE_DESTINATIONS", "true")]);
+    let missing_dlq = format!(
+        "{}/{ACCOUNT}/no-such-queue-{}",
+        endpoint(),
+        std::process::id()
+    );
+    let p = processor(&[
+        ("DLQ_URL", &missing_dlq),
+        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+    ]);
     let dest = destination(404).await;
-    let id = send(&sqs, &source, &message("stuck", &dest.uri(), serde_json::json!({}))).await;
+    let id = send(
+        &sqs,
+        &source,
+        &message("stuck", &dest.uri(), serde_json::json!({})),
+    )
+    .await;
     let received = receive_n(&sqs, &source, 1, Duration::from_secs(10)).await;
 
     let response = invoke(&p, &sqs, &source, &received).await;
 
     assert_eq!(failures(&response), [id]);
-    assert_eq!(depth(&sqs, &source).await, (0, 1), "still in the queue for another try");
+    assert_eq!(
+        depth(&sqs, &source).await,
+        (0, 1),
+        "still in the queue for another try"
+    );
 }
 
 #[tokio::test]
@@ -259,7 +361,12 @@ async fn without_dlq_url_nothing_is_dead_lettered_or_lost() {
     let source = queue(&sqs, "src").await;
     let p = processor(&[("ALLOW_PRIVATE_DESTINATIONS", "true")]);
     let dest = destination(400).await;
-    let id = send(&sqs, &source, &message("nodlq", &dest.uri(), serde_json::json!({}))).await;
+    let id = send(
+        &sqs,
+        &source,
+        &message("nodlq", &dest.uri(), serde_json::json!({})),
+    )
+    .await;
     let received = receive_n(&sqs, &source, 1, Duration::from_secs(10)).await;
     let response = invoke(&p, &sqs, &source, &received).await;
     assert_eq!(failures(&response), [id]);
@@ -270,7 +377,12 @@ async fn without_dlq_url_nothing_is_dead_lettered_or_lost() {
 async fn a_failed_visibility_change_is_still_reported_as_a_failure() {
     let (sqs, source, _dlq, p) = setup(&[]).await;
     let dest = destination(503).await;
-    let id = send(&sqs, &source, &message("vis", &dest.uri(), serde_json::json!({}))).await;
+    let id = send(
+        &sqs,
+        &source,
+        &message("vis", &dest.uri(), serde_json::json!({})),
+    )
+    .await;
     let mut received = receive_n(&sqs, &source, 1, Duration::from_secs(10)).await;
     received[0].receipt_handle = Some("not-a-real-receipt-handle".into());
     let event = retryq::lambda::sqs_event(&received, &source.arn, REGION);
@@ -288,10 +400,24 @@ async fn a_refused_destination_is_dead_lettered_without_a_connection() {
     // Default policy: loopback is refused.
     let p = processor(&[("DLQ_URL", &dlq.url)]);
     let dest = MockServer::start().await;
-    Mock::given(any()).respond_with(ResponseTemplate::new(200)).expect(0).mount(&dest).await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(200))
+        .expect(0)
+        .mount(&dest)
+        .await;
     let by_name = dest.uri().replace("127.0.0.1", "localhost");
-    send(&sqs, &source, &message("ssrf-1", &dest.uri(), serde_json::json!({}))).await;
-    send(&sqs, &source, &message("ssrf-2", &by_name, serde_json::json!({}))).await;
+    send(
+        &sqs,
+        &source,
+        &message("ssrf-1", &dest.uri(), serde_json::json!({})),
+    )
+    .await;
+    send(
+        &sqs,
+        &source,
+        &message("ssrf-2", &by_name, serde_json::json!({})),
+    )
+    .await;
     let received = receive_n(&sqs, &source, 2, Duration::from_secs(10)).await;
 
     let response = invoke(&p, &sqs, &source, &received).await;
@@ -300,7 +426,10 @@ async fn a_refused_destination_is_dead_lettered_without_a_connection() {
     let dead = receive_n(&sqs, &dlq, 2, Duration::from_secs(10)).await;
     assert_eq!(dead.len(), 2);
     for d in &dead {
-        assert_eq!(attr(d, "FailureReason").as_deref(), Some("destination-not-allowed"));
+        assert_eq!(
+            attr(d, "FailureReason").as_deref(),
+            Some("destination-not-allowed")
+        );
     }
     dest.verify().await;
 }
@@ -309,12 +438,36 @@ async fn a_refused_destination_is_dead_lettered_without_a_connection() {
 async fn a_mixed_batch_acknowledges_exactly_the_finished_records() {
     let (sqs, source, dlq, p) = setup(&[]).await;
     let dest = MockServer::start().await;
-    Mock::given(path("/ok")).respond_with(ResponseTemplate::new(200)).mount(&dest).await;
-    Mock::given(path("/busy")).respond_with(ResponseTemplate::new(503)).mount(&dest).await;
-    Mock::given(path("/gone")).respond_with(ResponseTemplate::new(410)).mount(&dest).await;
-    let ok = send(&sqs, &source, &message("a", &format!("{}/ok", dest.uri()), serde_json::json!({}))).await;
-    let busy = send(&sqs, &source, &message("b", &format!("{}/busy", dest.uri()), serde_json::json!({}))).await;
-    let gone = send(&sqs, &source, &message("c", &format!("{}/gone", dest.uri()), serde_json::json!({}))).await;
+    Mock::given(path("/ok"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&dest)
+        .await;
+    Mock::given(path("/busy"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&dest)
+        .await;
+    Mock::given(path("/gone"))
+        .respond_with(ResponseTemplate::new(410))
+        .mount(&dest)
+        .await;
+    let ok = send(
+        &sqs,
+        &source,
+        &message("a", &format!("{}/ok", dest.uri()), serde_json::json!({})),
+    )
+    .await;
+    let busy = send(
+        &sqs,
+        &source,
+        &message("b", &format!("{}/busy", dest.uri()), serde_json::json!({})),
+    )
+    .await;
+    let gone = send(
+        &sqs,
+        &source,
+        &message("c", &format!("{}/gone", dest.uri()), serde_json::json!({})),
+    )
+    .await;
     let junk = send(&sqs, &source, "not json at all").await;
     let received = receive_n(&sqs, &source, 4, Duration::from_secs(10)).await;
     assert_eq!(received.len(), 4);
@@ -324,7 +477,10 @@ async fn a_mixed_batch_acknowledges_exactly_the_finished_records() {
     assert_eq!(failures(&response), [busy.clone()]);
     assert_eq!(depth(&sqs, &source).await, (0, 1));
     let dead = receive_n(&sqs, &dlq, 2, Duration::from_secs(10)).await;
-    let mut originals: Vec<String> = dead.iter().filter_map(|d| attr(d, "OriginalMessageId")).collect();
+    let mut originals: Vec<String> = dead
+        .iter()
+        .filter_map(|d| attr(d, "OriginalMessageId"))
+        .collect();
     originals.sort();
     let mut expected = vec![gone, junk];
     expected.sort();

@@ -196,26 +196,23 @@ async fn drain(mut response: reqwest::Response) {
 
 fn transport_failure(e: reqwest::Error) -> Delivery {
     let e = e.without_url();
-    // The resolver's refusal surfaces as a connect error: find it.
-    let mut source: Option<&(dyn StdError + 'static)> = Some(&e);
-    let mut dns = false;
-    while let Some(err) = source {
+    // The resolver's refusal and rustls' errors are buried in the chain.
+    let (mut dns, mut tls) = (false, false);
+    for err in causes(&e) {
         if let Some(resolve) = err.downcast_ref::<ResolveError>() {
             match resolve {
                 ResolveError::NotAllowed(n) => return Delivery::NotAllowed(n.clone()),
                 ResolveError::Lookup(_) => dns = true,
             }
         }
-        source = err.source();
+        tls |= err.is::<rustls::Error>();
     }
     let detail = error_chain(&e);
-    let lower = detail.to_ascii_lowercase();
     let kind = if e.is_timeout() {
         NoResponse::Timeout
     } else if dns {
         NoResponse::Dns
-    } else if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake")
-    {
+    } else if tls {
         NoResponse::Tls
     } else if e.is_connect() {
         NoResponse::Connect
@@ -223,6 +220,25 @@ fn transport_failure(e: reqwest::Error) -> Delivery {
         NoResponse::Other
     };
     Delivery::NoResponse { kind, detail }
+}
+
+/// The error and its causes, outermost first. An `io::Error`'s `source()`
+/// skips the error it wraps (that is how rustls and hyper report), so the
+/// wrapped error is taken instead.
+fn causes<'a>(e: &'a (dyn StdError + 'static)) -> Vec<&'a (dyn StdError + 'static)> {
+    let mut chain = Vec::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        chain.push(err);
+        next = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn StdError + 'static)),
+            None => err.source(),
+        };
+    }
+    chain
 }
 
 /// `outer: inner: innermost`, skipping repeats, on one line.

@@ -131,7 +131,12 @@ pub async fn receive(sqs: &aws_sdk_sqs::Client, q: &TestQueue, visibility: i32) 
 }
 
 /// Receives until `n` messages arrived or `limit` passed.
-pub async fn receive_n(sqs: &aws_sdk_sqs::Client, q: &TestQueue, n: usize, limit: Duration) -> Vec<Message> {
+pub async fn receive_n(
+    sqs: &aws_sdk_sqs::Client,
+    q: &TestQueue,
+    n: usize,
+    limit: Duration,
+) -> Vec<Message> {
     let start = std::time::Instant::now();
     let mut all = Vec::new();
     while all.len() < n && start.elapsed() < limit {
@@ -164,12 +169,17 @@ pub async fn invoke(
     messages: &[Message],
 ) -> SqsBatchResponse {
     let event = retryq::lambda::sqs_event(messages, &q.arn, REGION);
-    let response = retryq::lambda::handle(Arc::clone(processor), LambdaEvent::new(event, context(60)))
-        .await
-        .expect("the handler answers");
+    let response =
+        retryq::lambda::handle(Arc::clone(processor), LambdaEvent::new(event, context(60)))
+            .await
+            .expect("the handler answers");
     for m in messages {
         let id = m.message_id.as_deref().unwrap();
-        if !response.batch_item_failures.iter().any(|f| f.item_identifier == id) {
+        if !response
+            .batch_item_failures
+            .iter()
+            .any(|f| f.item_identifier == id)
+        {
             sqs.delete_message()
                 .queue_url(&q.url)
                 .receipt_handle(m.receipt_handle.as_deref().unwrap())
@@ -212,5 +222,8 @@ pub async fn depth(sqs: &aws_sdk_sqs::Client, q: &TestQueue) -> (u64, u64) {
         .attributes
         .unwrap_or_default();
     let get = |a: A| attrs.get(&a).and_then(|v| v.parse().ok()).unwrap_or(0);
-    (get(A::ApproximateNumberOfMessages), get(A::ApproximateNumberOfMessagesNotVisible))
+    (
+        get(A::ApproximateNumberOfMessages),
+        get(A::ApproximateNumberOfMessagesNotVisible),
+    )
 }
