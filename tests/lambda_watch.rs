@@ -1,0 +1,195 @@
+//! The real Lambda path: the function built and run by `cargo lambda watch`
+//! (the Lambda Runtime API emulator), invoked with every file in `events/`
+//! by `cargo lambda invoke`, against the local SQS server and a destination
+//! on 127.0.0.1:9100 (the address the sample events name).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use wiremock::matchers::path;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+/// The sample events' destination.
+const DESTINATION: &str = "127.0.0.1:9100";
+
+/// A process group started by the test, stopped when dropped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.0.id());
+        let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.0.wait();
+    }
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn cargo_lambda_watch(port: u16, dlq_url: &str, log: &Path) -> Running {
+    use std::os::unix::process::CommandExt;
+    let log = std::fs::File::create(log).unwrap();
+    let child = Command::new("cargo")
+        .args(["lambda", "watch", "--ignore-changes", "--invoke-address", "127.0.0.1", "--invoke-port"])
+        .arg(port.to_string())
+        .current_dir(root())
+        .env("AWS_ENDPOINT_URL", endpoint())
+        .env("AWS_REGION", REGION)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("DLQ_URL", dlq_url)
+        .env("ALLOW_PRIVATE_DESTINATIONS", "true")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .expect("cargo lambda is installed (make test installs it)");
+    Running(child)
+}
+
+fn invoke(port: u16, event: &Path) -> Result<serde_json::Value, String> {
+    let out = Command::new("cargo")
+        .args(["lambda", "invoke", "retryq-processor", "--invoke-address", "127.0.0.1", "--invoke-port"])
+        .arg(port.to_string())
+        .arg("--data-file")
+        .arg(event)
+        .current_dir(root())
+        .stdin(Stdio::null())
+        .output()
+        .expect("cargo lambda invoke runs");
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json = stdout.lines().rev().find(|l| l.trim_start().starts_with('{')).ok_or(stdout.to_string())?;
+    serde_json::from_str(json).map_err(|e| format!("{e}: {stdout}"))
+}
+
+fn failed_ids(answer: &serde_json::Value) -> Vec<String> {
+    let mut ids: Vec<String> = answer["batchItemFailures"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no batchItemFailures in {answer}"))
+        .iter()
+        .map(|f| f["itemIdentifier"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn ids_in(event: &Path, wanted: &[&str]) -> Vec<String> {
+    let event: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(event).unwrap()).unwrap();
+    let mut ids: Vec<String> = event["Records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| wanted.iter().any(|w| r["body"].as_str().unwrap().contains(w)))
+        .map(|r| r["messageId"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_function_under_cargo_lambda_watch_answers_each_sample_event() {
+    let sqs = sqs();
+    // The queues the sample events' eventSourceARN names.
+    let _source = named_queue(&sqs, "retryq-events").await;
+    let dlq = named_queue(&sqs, "retryq-events-dlq").await;
+    sqs.purge_queue().queue_url(&dlq.url).send().await.unwrap();
+
+    let listener = std::net::TcpListener::bind(DESTINATION).expect("127.0.0.1:9100 is free for the sample destination");
+    let dest = MockServer::builder().listener(listener).start().await;
+    Mock::given(path("/ok")).respond_with(ResponseTemplate::new(200)).mount(&dest).await;
+    Mock::given(path("/unavailable")).respond_with(ResponseTemplate::new(503)).mount(&dest).await;
+    Mock::given(path("/rate-limited"))
+        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "30"))
+        .mount(&dest)
+        .await;
+    Mock::given(path("/missing")).respond_with(ResponseTemplate::new(404)).mount(&dest).await;
+
+    let port = free_port();
+    let log = std::env::temp_dir().join(format!("retryq-watch-{}.log", std::process::id()));
+    let _watch = cargo_lambda_watch(port, &dlq.url, &log);
+    let events = root().join("events");
+
+    // The first invocation builds the function; allow for that (bounded).
+    let started = Instant::now();
+    let first = loop {
+        match invoke(port, &events.join("delivered.json")) {
+            Ok(answer) => break answer,
+            Err(e) if started.elapsed() < Duration::from_secs(600) => {
+                eprintln!("waiting for cargo lambda watch: {}", e.lines().last().unwrap_or_default());
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => panic!("cargo lambda watch never answered: {e}\n{}", std::fs::read_to_string(&log).unwrap_or_default()),
+        }
+    };
+    assert_eq!(failed_ids(&first), Vec::<String>::new(), "delivered");
+
+    // The 503 and 429 records are retryable: they come back. (Their sample
+    // receipt handles are not real, so the visibility change fails too,
+    // which also leaves them unacknowledged.) Everything else is finished.
+    let expected: BTreeMap<&str, &[&str]> = BTreeMap::from([
+        ("delivered.json", &[][..]),
+        ("server-error-503.json", &["order-2"][..]),
+        ("rate-limited-429.json", &["order-3"][..]),
+        ("not-found-404.json", &[][..]),
+        ("invalid-body.json", &[][..]),
+        ("expired.json", &[][..]),
+        ("last-attempt.json", &[][..]),
+        ("mixed-batch.json", &["order-2", "order-3"][..]),
+    ]);
+    let mut files: Vec<String> = std::fs::read_dir(&events)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    files.sort();
+    assert_eq!(files, expected.keys().map(|k| k.to_string()).collect::<Vec<_>>(), "every event file is checked");
+    for (file, retried) in &expected {
+        let event = events.join(file);
+        let answer = invoke(port, &event).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(failed_ids(&answer), ids_in(&event, retried), "{file}: {answer}");
+    }
+
+    // Dead letters: 404, invalid, expired and exhausted, once from their own
+    // file and once from the mixed batch.
+    let dead = receive_n(&sqs, &dlq, 8, Duration::from_secs(20)).await;
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    for d in &dead {
+        *reasons.entry(attr(d, "FailureReason").unwrap()).or_default() += 1;
+    }
+    assert_eq!(
+        reasons,
+        BTreeMap::from([
+            ("attempts-exhausted".to_owned(), 2),
+            ("expired".to_owned(), 2),
+            ("invalid-message".to_owned(), 2),
+            ("non-retryable".to_owned(), 2),
+        ])
+    );
+    let ok_requests = dest.received_requests().await.unwrap().iter().filter(|r| r.url.path() == "/ok").count();
+    assert_eq!(ok_requests, 3, "delivered twice from its file (first and checked), once from the mixed batch; never for the expired one");
+    let _ = std::fs::remove_file(&log);
+}
