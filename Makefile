@@ -11,9 +11,10 @@ WATCH_PORT ?= 9000
 EVENT ?= events/mixed-batch.json
 ARCH ?= arm64
 
-.PHONY: help tools test lint fmt watch invoke build destination
+.PHONY: help tools test demo lint fmt watch invoke build destination
 
 help:
+	@echo "make demo      the processor's main job, locally, end to end"
 	@echo "make test      install tools, start a local SQS server, run every test and lint"
 	@echo "make lint      cargo fmt --check, clippy -D warnings, cfn-lint template.yaml"
 	@echo "make watch     run the function under cargo lambda watch (port $(WATCH_PORT))"
@@ -23,6 +24,9 @@ help:
 
 tools:
 	@scripts/tools.sh
+
+demo: tools
+	QUEUES="retryq-events retryq-events-dlq" scripts/with-moto.sh scripts/demo.sh
 
 lint: tools
 	cargo fmt --all -- --check

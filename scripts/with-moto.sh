@@ -33,10 +33,16 @@ done
 
 export RETRYQ_TEST_SQS_ENDPOINT="http://127.0.0.1:$port"
 export AWS_ENDPOINT_URL_SQS="$RETRYQ_TEST_SQS_ENDPOINT"
-for queue in ${QUEUES:-}; do
-  "$PYTHON" -c "import urllib.request, urllib.parse; urllib.request.urlopen('$RETRYQ_TEST_SQS_ENDPOINT/', urllib.parse.urlencode({'Action': 'CreateQueue', 'QueueName': '$queue'}).encode(), timeout=5)"
-  echo "with-moto: queue $RETRYQ_TEST_SQS_ENDPOINT/123456789012/$queue"
-done
+if [ -n "${QUEUES:-}" ]; then
+  # boto3 comes with moto.
+  "$PYTHON" - "$RETRYQ_TEST_SQS_ENDPOINT" $QUEUES <<'PY'
+import sys, boto3
+sqs = boto3.client("sqs", endpoint_url=sys.argv[1], region_name="us-east-1",
+                   aws_access_key_id="test", aws_secret_access_key="test")
+for name in sys.argv[2:]:
+    print("with-moto: queue", sqs.create_queue(QueueName=name)["QueueUrl"])
+PY
+fi
 export AWS_REGION=${AWS_REGION:-us-east-1}
 export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-test}
 export AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-test}

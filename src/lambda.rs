@@ -19,7 +19,7 @@ use aws_lambda_events::encodings::Base64Data;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage, SqsMessageAttribute};
 use lambda_runtime::{Context, Error, LambdaEvent};
 
-use crate::process::{Processor, Record};
+use crate::process::{BatchReport, Processor, Record};
 
 /// Time kept between the last record's work and Lambda's deadline, to send
 /// the response.
@@ -34,6 +34,11 @@ pub async fn handle(
     tracing::debug!(records = event.payload.records.len(), "batch received");
     let records: Vec<Record> = event.payload.records.into_iter().map(record).collect();
     let report = processor.process_batch(records, deadline).await;
+    batch_response(&report)
+}
+
+/// The partial batch response: every record not acknowledged.
+pub fn batch_response(report: &BatchReport) -> Result<SqsBatchResponse, Error> {
     let mut response = SqsBatchResponse::default();
     for failed in report.unacknowledged() {
         if failed.message_id.is_empty() {

@@ -147,15 +147,31 @@ impl Processor {
         deadline: Option<Instant>,
     ) -> BatchReport {
         let started = Instant::now();
+        self.process_batch_with(records, deadline, move |this, record| async move {
+            this.process_record(record, started).await
+        })
+        .await
+    }
+
+    /// [`process_batch`](Self::process_batch) with each record's work given
+    /// by `work` (which may call [`Processor::process_record`]); for tests
+    /// that need a record to misbehave, and for instrumentation.
+    pub async fn process_batch_with<F, Fut>(
+        self: &Arc<Self>,
+        records: Vec<Record>,
+        deadline: Option<Instant>,
+        work: F,
+    ) -> BatchReport
+    where
+        F: Fn(Arc<Processor>, Record) -> Fut,
+        Fut: Future<Output = Disposition> + Send + 'static,
+    {
         let ids: Vec<(String, String)> = records
             .iter()
             .map(|r| (r.message_id.clone(), r.receipt_handle.clone()))
             .collect();
-        let finished = run_isolated(records, deadline, |record| {
-            let this = Arc::clone(self);
-            async move { this.process_record(record, started).await }
-        })
-        .await;
+        let finished =
+            run_isolated(records, deadline, |record| work(Arc::clone(self), record)).await;
         let records = ids
             .into_iter()
             .zip(finished)
@@ -174,7 +190,8 @@ impl Processor {
         BatchReport { records }
     }
 
-    async fn process_record(&self, record: Record, batch_started: Instant) -> Disposition {
+    /// All the work for one record: decide, apply, log one line.
+    pub async fn process_record(&self, record: Record, batch_started: Instant) -> Disposition {
         let decided = self.decide(&record, batch_started).await;
         let disposition = self.apply(&record, &decided.action).await;
         let (delay_s, reason) = match &decided.action {

@@ -41,14 +41,25 @@ fn root() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn cargo_lambda_watch(port: u16, dlq_url: &str, log: &Path) -> Running {
     use std::os::unix::process::CommandExt;
     let log = std::fs::File::create(log).unwrap();
     let child = Command::new("cargo")
-        .args(["lambda", "watch", "--ignore-changes", "--invoke-address", "127.0.0.1", "--invoke-port"])
+        .args([
+            "lambda",
+            "watch",
+            "--ignore-changes",
+            "--invoke-address",
+            "127.0.0.1",
+            "--invoke-port",
+        ])
         .arg(port.to_string())
         .current_dir(root())
         .env("AWS_ENDPOINT_URL", endpoint())
@@ -70,7 +81,14 @@ fn cargo_lambda_watch(port: u16, dlq_url: &str, log: &Path) -> Running {
 
 fn invoke(port: u16, event: &Path) -> Result<serde_json::Value, String> {
     let out = Command::new("cargo")
-        .args(["lambda", "invoke", "retryq-processor", "--invoke-address", "127.0.0.1", "--invoke-port"])
+        .args([
+            "lambda",
+            "invoke",
+            "retryq-processor",
+            "--invoke-address",
+            "127.0.0.1",
+            "--invoke-port",
+        ])
         .arg(port.to_string())
         .arg("--data-file")
         .arg(event)
@@ -82,7 +100,11 @@ fn invoke(port: u16, event: &Path) -> Result<serde_json::Value, String> {
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let json = stdout.lines().rev().find(|l| l.trim_start().starts_with('{')).ok_or(stdout.to_string())?;
+    let json = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .ok_or(stdout.to_string())?;
     serde_json::from_str(json).map_err(|e| format!("{e}: {stdout}"))
 }
 
@@ -98,12 +120,17 @@ fn failed_ids(answer: &serde_json::Value) -> Vec<String> {
 }
 
 fn ids_in(event: &Path, wanted: &[&str]) -> Vec<String> {
-    let event: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(event).unwrap()).unwrap();
+    let event: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(event).unwrap()).unwrap();
     let mut ids: Vec<String> = event["Records"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|r| wanted.iter().any(|w| r["body"].as_str().unwrap().contains(w)))
+        .filter(|r| {
+            wanted
+                .iter()
+                .any(|w| r["body"].as_str().unwrap().contains(w))
+        })
         .map(|r| r["messageId"].as_str().unwrap().to_owned())
         .collect();
     ids.sort();
@@ -118,15 +145,25 @@ async fn the_function_under_cargo_lambda_watch_answers_each_sample_event() {
     let dlq = named_queue(&sqs, "retryq-events-dlq").await;
     sqs.purge_queue().queue_url(&dlq.url).send().await.unwrap();
 
-    let listener = std::net::TcpListener::bind(DESTINATION).expect("127.0.0.1:9100 is free for the sample destination");
+    let listener = std::net::TcpListener::bind(DESTINATION)
+        .expect("127.0.0.1:9100 is free for the sample destination");
     let dest = MockServer::builder().listener(listener).start().await;
-    Mock::given(path("/ok")).respond_with(ResponseTemplate::new(200)).mount(&dest).await;
-    Mock::given(path("/unavailable")).respond_with(ResponseTemplate::new(503)).mount(&dest).await;
+    Mock::given(path("/ok"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&dest)
+        .await;
+    Mock::given(path("/unavailable"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&dest)
+        .await;
     Mock::given(path("/rate-limited"))
         .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "30"))
         .mount(&dest)
         .await;
-    Mock::given(path("/missing")).respond_with(ResponseTemplate::new(404)).mount(&dest).await;
+    Mock::given(path("/missing"))
+        .respond_with(ResponseTemplate::new(404))
+        .mount(&dest)
+        .await;
 
     let port = free_port();
     let log = std::env::temp_dir().join(format!("retryq-watch-{}.log", std::process::id()));
@@ -139,10 +176,16 @@ async fn the_function_under_cargo_lambda_watch_answers_each_sample_event() {
         match invoke(port, &events.join("delivered.json")) {
             Ok(answer) => break answer,
             Err(e) if started.elapsed() < Duration::from_secs(600) => {
-                eprintln!("waiting for cargo lambda watch: {}", e.lines().last().unwrap_or_default());
+                eprintln!(
+                    "waiting for cargo lambda watch: {}",
+                    e.lines().last().unwrap_or_default()
+                );
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
-            Err(e) => panic!("cargo lambda watch never answered: {e}\n{}", std::fs::read_to_string(&log).unwrap_or_default()),
+            Err(e) => panic!(
+                "cargo lambda watch never answered: {e}\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ),
         }
     };
     assert_eq!(failed_ids(&first), Vec::<String>::new(), "delivered");
@@ -166,11 +209,19 @@ async fn the_function_under_cargo_lambda_watch_answers_each_sample_event() {
         .filter(|n| n.ends_with(".json"))
         .collect();
     files.sort();
-    assert_eq!(files, expected.keys().map(|k| k.to_string()).collect::<Vec<_>>(), "every event file is checked");
+    assert_eq!(
+        files,
+        expected.keys().map(|k| k.to_string()).collect::<Vec<_>>(),
+        "every event file is checked"
+    );
     for (file, retried) in &expected {
         let event = events.join(file);
         let answer = invoke(port, &event).unwrap_or_else(|e| panic!("{file}: {e}"));
-        assert_eq!(failed_ids(&answer), ids_in(&event, retried), "{file}: {answer}");
+        assert_eq!(
+            failed_ids(&answer),
+            ids_in(&event, retried),
+            "{file}: {answer}"
+        );
     }
 
     // Dead letters: 404, invalid, expired and exhausted, once from their own
@@ -178,7 +229,9 @@ async fn the_function_under_cargo_lambda_watch_answers_each_sample_event() {
     let dead = receive_n(&sqs, &dlq, 8, Duration::from_secs(20)).await;
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     for d in &dead {
-        *reasons.entry(attr(d, "FailureReason").unwrap()).or_default() += 1;
+        *reasons
+            .entry(attr(d, "FailureReason").unwrap())
+            .or_default() += 1;
     }
     assert_eq!(
         reasons,
@@ -189,7 +242,13 @@ async fn the_function_under_cargo_lambda_watch_answers_each_sample_event() {
             ("non-retryable".to_owned(), 2),
         ])
     );
-    let ok_requests = dest.received_requests().await.unwrap().iter().filter(|r| r.url.path() == "/ok").count();
+    let ok_requests = dest
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path() == "/ok")
+        .count();
     assert_eq!(ok_requests, 3, "delivered twice from its file (first and checked), once from the mixed batch; never for the expired one");
     let _ = std::fs::remove_file(&log);
 }

@@ -8,7 +8,8 @@ use retryq::message::RetryMessage;
 
 fn validator() -> jsonschema::Validator {
     let schema: serde_json::Value =
-        serde_json::from_str(include_str!("../schema/retry-message.v1.json")).expect("the schema is JSON");
+        serde_json::from_str(include_str!("../schema/retry-message.v1.json"))
+            .expect("the schema is JSON");
     jsonschema::options()
         .should_validate_formats(true)
         .build(&schema)
@@ -16,11 +17,18 @@ fn validator() -> jsonschema::Validator {
 }
 
 fn fixtures(kind: &str) -> Vec<(String, String)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/messages").join(kind);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/messages")
+        .join(kind);
     let mut files: Vec<(String, String)> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read_to_string(&p).unwrap()))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read_to_string(&p).unwrap(),
+            )
+        })
         .collect();
     files.sort();
     assert!(files.len() >= 5, "fixtures missing in {}", dir.display());
@@ -47,7 +55,10 @@ fn the_schema_and_the_model_refuse_the_same_invalid_messages() {
     let v = validator();
     for (name, text) in fixtures("invalid") {
         assert!(!schema_accepts(&v, &text), "schema accepts invalid/{name}");
-        assert!(RetryMessage::parse(&text).is_err(), "model accepts invalid/{name}");
+        assert!(
+            RetryMessage::parse(&text).is_err(),
+            "model accepts invalid/{name}"
+        );
     }
 }
 
@@ -56,7 +67,8 @@ fn the_sample_events_carry_messages_the_schema_describes() {
     let v = validator();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("events");
     let event: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("mixed-batch.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.join("mixed-batch.json")).unwrap())
+            .unwrap();
     for record in event["Records"].as_array().unwrap() {
         let body = record["body"].as_str().unwrap();
         assert_eq!(

@@ -474,7 +474,7 @@ async fn a_mixed_batch_acknowledges_exactly_the_finished_records() {
 
     let response = invoke(&p, &sqs, &source, &received).await;
 
-    assert_eq!(failures(&response), [busy.clone()]);
+    assert_eq!(failures(&response), [busy]);
     assert_eq!(depth(&sqs, &source).await, (0, 1));
     let dead = receive_n(&sqs, &dlq, 2, Duration::from_secs(10)).await;
     let mut originals: Vec<String> = dead
@@ -486,4 +486,64 @@ async fn a_mixed_batch_acknowledges_exactly_the_finished_records() {
     expected.sort();
     assert_eq!(originals, expected);
     let _ = ok;
+}
+
+#[tokio::test]
+async fn a_batch_where_one_record_panics_still_answers_listing_only_that_record() {
+    let (sqs, source, dlq, p) = setup(&[]).await;
+    let dest = destination(200).await;
+    let a = send(
+        &sqs,
+        &source,
+        &message("a", &dest.uri(), serde_json::json!({})),
+    )
+    .await;
+    let boom = send(
+        &sqs,
+        &source,
+        &message("boom", &dest.uri(), serde_json::json!({})),
+    )
+    .await;
+    let c = send(
+        &sqs,
+        &source,
+        &message(
+            "c",
+            &format!("{}/x", dest.uri()),
+            serde_json::json!({"expiresAt": "2020-01-01T00:00:00Z"}),
+        ),
+    )
+    .await;
+    let received = receive_n(&sqs, &source, 3, Duration::from_secs(10)).await;
+    let event = retryq::lambda::sqs_event(&received, &source.arn, REGION);
+    let records: Vec<_> = event
+        .records
+        .into_iter()
+        .map(retryq::lambda::record)
+        .collect();
+
+    let started = std::time::Instant::now();
+    let report = p
+        .process_batch_with(records, None, move |this, record| async move {
+            if record.body.contains("\"boom\"") {
+                panic!("injected fault while processing a record");
+            }
+            this.process_record(record, started).await
+        })
+        .await;
+    let response = retryq::lambda::batch_response(&report).expect("an answer, not an error");
+
+    assert_eq!(failures(&response), [boom]);
+    assert_eq!(
+        dest.received_requests().await.unwrap().len(),
+        1,
+        "record a was still delivered"
+    );
+    let dead = receive_n(&sqs, &dlq, 1, Duration::from_secs(10)).await;
+    assert_eq!(
+        attr(&dead[0], "OriginalMessageId"),
+        Some(c),
+        "record c was still dead-lettered"
+    );
+    let _ = a;
 }

@@ -45,8 +45,14 @@ fn each_malformed_variable_stops_the_function_before_the_first_event() {
     ] {
         let (output, connections) = run_with(var, value);
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "{var}={value} should stop the function");
-        assert!(stderr.contains(var), "{var}={value}: stderr does not name it: {stderr}");
+        assert!(
+            !output.status.success(),
+            "{var}={value} should stop the function"
+        );
+        assert!(
+            stderr.contains(var),
+            "{var}={value}: stderr does not name it: {stderr}"
+        );
         assert_eq!(connections, 0, "{var}={value}: asked for an event anyway");
     }
 }
@@ -60,7 +66,10 @@ fn a_valid_configuration_goes_on_to_ask_for_an_event() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_retryq-processor"))
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("AWS_LAMBDA_RUNTIME_API", api.local_addr().unwrap().to_string())
+        .env(
+            "AWS_LAMBDA_RUNTIME_API",
+            api.local_addr().unwrap().to_string(),
+        )
         .env("AWS_LAMBDA_FUNCTION_NAME", "retryq-processor")
         .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
         .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
