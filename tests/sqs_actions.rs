@@ -59,8 +59,7 @@ async fn a_delivered_message_is_acknowledged_and_gone_from_the_queue() {
         "request": { "method": "PUT", "headers": { "x-tenant": "t1" }, "body": "{}" }
     })
     .to_string();
-    send(&sqs, &source, &body).await;
-    let received = receive_n(&sqs, &source, 1, Duration::from_secs(10)).await;
+    let (_, received) = send_one(&sqs, &source, &body).await;
 
     let response = invoke(&p, &sqs, &source, &received).await;
 
@@ -162,8 +161,7 @@ async fn a_non_retryable_answer_is_dead_lettered_with_the_exact_attributes_and_b
         dest.uri()
     )
     .replace("été-1", "ete-1");
-    let original_id = send(&sqs, &source, &body).await;
-    let received = receive_n(&sqs, &source, 1, Duration::from_secs(10)).await;
+    let (original_id, received) = send_one(&sqs, &source, &body).await;
 
     let response = invoke(&p, &sqs, &source, &received).await;
 
@@ -194,196 +192,151 @@ async fn a_non_retryable_answer_is_dead_lettered_with_the_exact_attributes_and_b
     }
 }
 
+/// Sends `body`, runs it through the handler, checks it was acknowledged
+/// and returns its one dead letter.
+async fn dead_letter_of(body: &str, extra: &[(&str, &str)]) -> aws_sdk_sqs::types::Message {
+    let (sqs, source, dlq, p) = setup(extra).await;
+    let (_, received) = send_one(&sqs, &source, body).await;
+    let response = invoke(&p, &sqs, &source, &received).await;
+    assert!(
+        failures(&response).is_empty(),
+        "acknowledged once the DLQ copy exists"
+    );
+    assert_eq!(depth(&sqs, &source).await, (0, 0));
+    let mut dead = receive_n(&sqs, &dlq, 1, Duration::from_secs(10)).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].body.as_deref(),
+        Some(body),
+        "the body byte-for-byte"
+    );
+    dead.remove(0)
+}
+
 #[tokio::test]
 async fn an_invalid_body_is_dead_lettered_without_a_status() {
-    let (sqs, source, dlq, p) = setup(&[]).await;
-    let body = r#"{"id":"x","request":{"method":"GET"}}"#;
-    send(&sqs, &source, body).await;
-    let received = receive_n(&sqs, &source, 1, Duration::from_secs(10)).await;
-
-    let response = invoke(&p, &sqs, &source, &received).await;
-
-    assert!(failures(&response).is_empty());
-    let dead = receive_n(&sqs, &dlq, 1, Duration::from_secs(10)).await;
-    assert_eq!(dead[0].body.as_deref(), Some(body));
+    let d = dead_letter_of(r#"{"id":"x","request":{"method":"GET"}}"#, &[]).await;
     assert_eq!(
-        attr(&dead[0], "FailureReason").as_deref(),
+        attr(&d, "FailureReason").as_deref(),
         Some("invalid-message")
     );
-    assert_eq!(attr(&dead[0], "LastStatusCode"), None);
+    assert_eq!(attr(&d, "LastStatusCode"), None);
     assert_eq!(
-        attr(&dead[0], "LastError").as_deref(),
+        attr(&d, "LastError").as_deref(),
         Some("destinationUrl: is required")
     );
 }
 
 #[tokio::test]
 async fn an_expired_message_is_dead_lettered_without_an_attempt() {
-    let (sqs, source, dlq, p) = setup(&[]).await;
     let dest = MockServer::start().await;
     Mock::given(any())
         .respond_with(ResponseTemplate::new(200))
         .expect(0)
         .mount(&dest)
         .await;
-    send(
-        &sqs,
-        &source,
-        &message(
-            "old",
-            &dest.uri(),
-            serde_json::json!({"expiresAt": "2020-01-01T00:00:00Z"}),
-        ),
-    )
-    .await;
-    let received = receive_n(&sqs, &source, 1, Duration::from_secs(10)).await;
-
-    let response = invoke(&p, &sqs, &source, &received).await;
-
-    assert!(failures(&response).is_empty());
-    let dead = receive_n(&sqs, &dlq, 1, Duration::from_secs(10)).await;
-    assert_eq!(attr(&dead[0], "FailureReason").as_deref(), Some("expired"));
+    let body = message(
+        "old",
+        &dest.uri(),
+        serde_json::json!({"expiresAt": "2020-01-01T00:00:00Z"}),
+    );
+    let d = dead_letter_of(&body, &[]).await;
+    assert_eq!(attr(&d, "FailureReason").as_deref(), Some("expired"));
     dest.verify().await;
 }
 
 #[tokio::test]
 async fn a_retryable_failure_with_no_time_left_before_expiry_is_expired() {
-    let (sqs, source, dlq, p) = setup(&[]).await;
     let dest = destination(503).await;
     let soon = time::OffsetDateTime::now_utc() + time::Duration::seconds(3);
     let expires = soon
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();
-    send(
-        &sqs,
-        &source,
+    let d = dead_letter_of(
         &message(
             "soon",
             &dest.uri(),
             serde_json::json!({"expiresAt": expires}),
         ),
+        &[],
     )
     .await;
-    let received = receive_n(&sqs, &source, 1, Duration::from_secs(10)).await;
-
-    let response = invoke(&p, &sqs, &source, &received).await;
-
-    assert!(failures(&response).is_empty());
-    let dead = receive_n(&sqs, &dlq, 1, Duration::from_secs(10)).await;
-    assert_eq!(attr(&dead[0], "FailureReason").as_deref(), Some("expired"));
-    assert_eq!(attr(&dead[0], "LastStatusCode").as_deref(), Some("503"));
+    assert_eq!(attr(&d, "FailureReason").as_deref(), Some("expired"));
+    assert_eq!(attr(&d, "LastStatusCode").as_deref(), Some("503"));
 }
 
 #[tokio::test]
 async fn a_retryable_failure_on_the_final_attempt_is_exhausted() {
-    let (sqs, source, dlq, p) = setup(&[("MAX_ATTEMPTS", "5")]).await;
     let dest = destination(502).await;
     // Four attempts were made before it was enqueued: this receive is the fifth.
-    send(
-        &sqs,
-        &source,
-        &message(
-            "tired",
-            &dest.uri(),
-            serde_json::json!({"receivedCount": 4}),
-        ),
-    )
-    .await;
-    let received = receive_n(&sqs, &source, 1, Duration::from_secs(10)).await;
-
-    let response = invoke(&p, &sqs, &source, &received).await;
-
-    assert!(failures(&response).is_empty());
-    let dead = receive_n(&sqs, &dlq, 1, Duration::from_secs(10)).await;
+    let body = message(
+        "tired",
+        &dest.uri(),
+        serde_json::json!({"receivedCount": 4}),
+    );
+    let d = dead_letter_of(&body, &[("MAX_ATTEMPTS", "5")]).await;
     assert_eq!(
-        attr(&dead[0], "FailureReason").as_deref(),
+        attr(&d, "FailureReason").as_deref(),
         Some("attempts-exhausted")
     );
-    assert_eq!(attr(&dead[0], "AttemptCount").as_deref(), Some("5"));
-    assert_eq!(attr(&dead[0], "LastStatusCode").as_deref(), Some("502"));
+    assert_eq!(attr(&d, "AttemptCount").as_deref(), Some("5"));
+    assert_eq!(attr(&d, "LastStatusCode").as_deref(), Some("502"));
 }
 
 #[tokio::test]
 async fn the_message_max_attempts_lowers_the_limit() {
-    let (sqs, source, dlq, p) = setup(&[]).await;
     let dest = destination(500).await;
-    send(
-        &sqs,
-        &source,
+    let d = dead_letter_of(
         &message("once", &dest.uri(), serde_json::json!({"maxAttempts": 1})),
+        &[],
     )
     .await;
-    let received = receive_n(&sqs, &source, 1, Duration::from_secs(10)).await;
-    let response = invoke(&p, &sqs, &source, &received).await;
-    assert!(failures(&response).is_empty());
-    let dead = receive_n(&sqs, &dlq, 1, Duration::from_secs(10)).await;
     assert_eq!(
-        attr(&dead[0], "FailureReason").as_deref(),
+        attr(&d, "FailureReason").as_deref(),
         Some("attempts-exhausted")
     );
+    assert_eq!(attr(&d, "AttemptCount").as_deref(), Some("1"));
 }
 
 #[tokio::test]
-async fn a_failed_dlq_send_leaves_the_record_unacknowledged() {
+async fn a_record_that_cannot_be_dead_lettered_stays_unacknowledged() {
     let sqs = sqs();
-    let source = queue(&sqs, "src").await;
     let missing_dlq = format!(
         "{}/{ACCOUNT}/no-such-queue-{}",
         endpoint(),
         std::process::id()
     );
-    let p = processor(&[
-        ("DLQ_URL", &missing_dlq),
-        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
-    ]);
-    let dest = destination(404).await;
-    let id = send(
-        &sqs,
-        &source,
-        &message("stuck", &dest.uri(), serde_json::json!({})),
-    )
-    .await;
-    let received = receive_n(&sqs, &source, 1, Duration::from_secs(10)).await;
+    // A DLQ send that fails, and no DLQ_URL at all.
+    for dlq_url in [Some(missing_dlq.as_str()), None] {
+        let source = queue(&sqs, "src").await;
+        let mut vars = vec![("ALLOW_PRIVATE_DESTINATIONS", "true")];
+        vars.extend(dlq_url.map(|url| ("DLQ_URL", url)));
+        let p = processor(&vars);
+        let dest = destination(404).await;
+        let body = message("stuck", &dest.uri(), serde_json::json!({}));
+        let (id, received) = send_one(&sqs, &source, &body).await;
 
-    let response = invoke(&p, &sqs, &source, &received).await;
+        let response = invoke(&p, &sqs, &source, &received).await;
 
-    assert_eq!(failures(&response), [id]);
-    assert_eq!(
-        depth(&sqs, &source).await,
-        (0, 1),
-        "still in the queue for another try"
-    );
-}
-
-#[tokio::test]
-async fn without_dlq_url_nothing_is_dead_lettered_or_lost() {
-    let sqs = sqs();
-    let source = queue(&sqs, "src").await;
-    let p = processor(&[("ALLOW_PRIVATE_DESTINATIONS", "true")]);
-    let dest = destination(400).await;
-    let id = send(
-        &sqs,
-        &source,
-        &message("nodlq", &dest.uri(), serde_json::json!({})),
-    )
-    .await;
-    let received = receive_n(&sqs, &source, 1, Duration::from_secs(10)).await;
-    let response = invoke(&p, &sqs, &source, &received).await;
-    assert_eq!(failures(&response), [id]);
-    assert_eq!(depth(&sqs, &source).await, (0, 1));
+        assert_eq!(failures(&response), [id], "DLQ_URL={dlq_url:?}");
+        assert_eq!(
+            depth(&sqs, &source).await,
+            (0, 1),
+            "still in the queue for another try"
+        );
+    }
 }
 
 #[tokio::test]
 async fn a_failed_visibility_change_is_still_reported_as_a_failure() {
     let (sqs, source, _dlq, p) = setup(&[]).await;
     let dest = destination(503).await;
-    let id = send(
+    let (id, mut received) = send_one(
         &sqs,
         &source,
         &message("vis", &dest.uri(), serde_json::json!({})),
     )
     .await;
-    let mut received = receive_n(&sqs, &source, 1, Duration::from_secs(10)).await;
     received[0].receipt_handle = Some("not-a-real-receipt-handle".into());
     let event = retryq::lambda::sqs_event(&received, &source.arn, REGION);
     let response = retryq::lambda::handle(p, lambda_runtime::LambdaEvent::new(event, context(60)))

@@ -227,3 +227,16 @@ pub async fn depth(sqs: &aws_sdk_sqs::Client, q: &TestQueue) -> (u64, u64) {
         get(A::ApproximateNumberOfMessagesNotVisible),
     )
 }
+
+/// Sends one message and receives it back (with all attributes), as the
+/// event source mapping would before invoking the function.
+pub async fn send_one(
+    sqs: &aws_sdk_sqs::Client,
+    q: &TestQueue,
+    body: &str,
+) -> (String, Vec<Message>) {
+    let id = send(sqs, q, body).await;
+    let received = receive_n(sqs, q, 1, Duration::from_secs(10)).await;
+    assert_eq!(received.len(), 1, "the message sent was received");
+    (id, received)
+}
