@@ -58,10 +58,15 @@
 //! assert_eq!(action, Action::Retry { delay: Duration::from_secs(30) });
 //! ```
 
+pub mod cli;
 pub mod config;
 pub mod deliver;
+pub mod dlq;
 pub mod lambda;
 pub mod message;
 pub mod policy;
 pub mod process;
+pub mod producer;
 pub mod queue;
+pub mod trigger;
+pub mod worker;

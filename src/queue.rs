@@ -11,7 +11,12 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_sqs::types::MessageAttributeValue;
+use aws_sdk_sqs::types::{
+    DeleteMessageBatchRequestEntry, Message, MessageAttributeValue, MessageSystemAttributeName,
+    QueueAttributeName,
+};
+
+use crate::process::Record;
 
 use crate::policy::{one_line, DeadLetter};
 
@@ -47,7 +52,7 @@ pub enum QueueError {
 }
 
 impl QueueError {
-    fn sqs<E, R>(operation: &'static str, e: SdkError<E, R>) -> QueueError
+    pub(crate) fn sqs<E, R>(operation: &'static str, e: SdkError<E, R>) -> QueueError
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
         R: std::fmt::Debug,
@@ -181,16 +186,124 @@ impl Queues {
         Ok(())
     }
 
-    /// Deletes one message (acknowledges it outside Lambda).
-    pub async fn delete(&self, queue_url: &str, receipt_handle: &str) -> Result<(), QueueError> {
-        self.client
-            .delete_message()
+    /// Deletes messages (acknowledges them outside Lambda), ten per call.
+    /// Returns the receipt handles that could not be deleted; those
+    /// messages come back after their visibility timeout, never lost.
+    pub async fn delete_batch(&self, queue_url: &str, receipt_handles: &[String]) -> Vec<String> {
+        let mut failed = Vec::new();
+        for chunk in receipt_handles.chunks(10) {
+            let entries: Vec<DeleteMessageBatchRequestEntry> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, handle)| {
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(handle)
+                        .build()
+                        .expect("id and receipt handle are set")
+                })
+                .collect();
+            match self
+                .client
+                .delete_message_batch()
+                .queue_url(queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+            {
+                Ok(out) => failed.extend(
+                    out.failed
+                        .iter()
+                        .filter_map(|f| f.id.parse::<usize>().ok())
+                        .filter_map(|i| chunk.get(i).cloned()),
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %QueueError::sqs("DeleteMessageBatch", e), "delete failed");
+                    failed.extend(chunk.iter().cloned());
+                }
+            }
+        }
+        failed
+    }
+
+    /// Receives up to `max` (≤ 10) messages with every attribute, waiting up
+    /// to `wait` for the first one (long polling).
+    pub async fn receive(
+        &self,
+        queue_url: &str,
+        max: i32,
+        wait: Duration,
+        visibility: Option<Duration>,
+    ) -> Result<Vec<Message>, QueueError> {
+        let out = self
+            .client
+            .receive_message()
             .queue_url(queue_url)
-            .receipt_handle(receipt_handle)
+            .max_number_of_messages(max.clamp(1, 10))
+            .wait_time_seconds(i32::try_from(wait.as_secs().min(20)).unwrap_or(20))
+            .set_visibility_timeout(
+                visibility.map(|v| i32::try_from(v.as_secs()).unwrap_or(i32::MAX)),
+            )
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .message_attribute_names("All")
             .send()
             .await
-            .map_err(|e| QueueError::sqs("DeleteMessage", e))?;
-        Ok(())
+            .map_err(|e| QueueError::sqs("ReceiveMessage", e))?;
+        Ok(out.messages.unwrap_or_default())
+    }
+
+    /// The queue's ARN and visibility timeout.
+    pub async fn describe(&self, queue_url: &str) -> Result<QueueInfo, QueueError> {
+        let attrs = self
+            .client
+            .get_queue_attributes()
+            .queue_url(queue_url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .attribute_names(QueueAttributeName::VisibilityTimeout)
+            .send()
+            .await
+            .map_err(|e| QueueError::sqs("GetQueueAttributes", e))?
+            .attributes
+            .unwrap_or_default();
+        let arn = attrs
+            .get(&QueueAttributeName::QueueArn)
+            .cloned()
+            .ok_or_else(|| QueueError::Sqs {
+                operation: "GetQueueAttributes",
+                detail: "the answer had no QueueArn".into(),
+            })?;
+        let visibility = attrs
+            .get(&QueueAttributeName::VisibilityTimeout)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(30);
+        Ok(QueueInfo {
+            arn,
+            visibility_timeout: Duration::from_secs(visibility),
+        })
+    }
+}
+
+/// What the worker and the trigger need to know of a queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueInfo {
+    pub arn: String,
+    pub visibility_timeout: Duration,
+}
+
+/// A received SQS message as the processor's [`Record`].
+pub fn record(m: &Message, queue_arn: &str) -> Record {
+    let attribute = |name: MessageSystemAttributeName| {
+        m.attributes.as_ref().and_then(|a| a.get(&name)).cloned()
+    };
+    Record {
+        message_id: m.message_id.clone().unwrap_or_default(),
+        receipt_handle: m.receipt_handle.clone().unwrap_or_default(),
+        body: m.body.clone().unwrap_or_default(),
+        receive_count: attribute(MessageSystemAttributeName::ApproximateReceiveCount)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(1),
+        source_queue_arn: queue_arn.to_owned(),
+        message_group_id: attribute(MessageSystemAttributeName::MessageGroupId),
     }
 }
 

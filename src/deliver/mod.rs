@@ -109,12 +109,19 @@ impl Deliverer {
         })
     }
 
-    /// Makes one attempt.
+    /// Makes one attempt, within `REQUEST_TIMEOUT_SECONDS`.
     pub async fn deliver(&self, msg: &RetryMessage) -> Delivery {
+        self.deliver_within(msg, self.timeout).await
+    }
+
+    /// Makes one attempt within `timeout` (never longer than the configured
+    /// request timeout).
+    pub async fn deliver_within(&self, msg: &RetryMessage, timeout: Duration) -> Delivery {
         if let Err(e) = self.policy.check(&msg.destination_url) {
             return Delivery::NotAllowed(e);
         }
-        let request = match self.build(msg) {
+        let timeout = timeout.min(self.timeout).max(Duration::from_millis(1));
+        let request = match self.build(msg, timeout) {
             Ok(r) => r,
             Err(reason) => return Delivery::Invalid(reason),
         };
@@ -129,7 +136,7 @@ impl Deliverer {
         }
     }
 
-    fn build(&self, msg: &RetryMessage) -> Result<reqwest::Request, String> {
+    fn build(&self, msg: &RetryMessage, timeout: Duration) -> Result<reqwest::Request, String> {
         let method = reqwest::Method::from_bytes(msg.request.method.as_bytes())
             .map_err(|_| "request.method: not a valid method".to_owned())?;
         let headers = request_headers(msg)?;
@@ -138,7 +145,7 @@ impl Deliverer {
             .client
             .request(method, msg.destination_url.clone())
             .headers(headers)
-            .timeout(self.timeout);
+            .timeout(timeout);
         if msg.request.body.is_some() {
             builder = builder.body(body);
         }

@@ -1,0 +1,565 @@
+//! The `retryq` command line (contract §7): arguments and what each command
+//! does. The binary only parses and calls [`run`].
+//!
+//! Exit codes: 0 success, 1 the work failed, 2 bad usage or input (clap's
+//! own usage errors exit 2 as well).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+use crate::deliver::Deliverer;
+use crate::message::RetryMessage;
+use crate::process::Processor;
+use crate::producer::{call_then_enqueue, CallOutcome, Enqueuer, MessageBuilder, SyncRetry};
+use crate::queue::{self, Queues};
+use crate::{dlq, trigger, worker};
+
+const EXAMPLES: &str = "\
+Examples:
+  retryq enqueue --queue-url $Q --url https://partner.example.com/v1/orders \\
+      --method POST -H 'content-type: application/json' --data '{\"order\":42}'
+  retryq call --queue-url $Q --url https://partner.example.com/v1/orders --data @order.json \\
+      --sync-attempts 3 --sync-budget-ms 2000
+  retryq worker --queue-url $Q
+  retryq trigger --queue-url $Q --function-url http://127.0.0.1:9000
+  retryq dlq list --dlq-url $DLQ
+  retryq dlq redrive --dlq-url $DLQ --to $Q --reason attempts-exhausted --max 100
+  retryq validate message.json
+  retryq event message.json other.json > event.json
+
+Exit codes: 0 success, 1 the work failed, 2 bad usage or input.
+The AWS SDK's usual environment applies (AWS_REGION, AWS_ENDPOINT_URL, credentials);
+`worker` and `call` also read the processor's variables (MAX_ATTEMPTS, ALLOWED_DESTINATIONS, ...).";
+
+#[derive(Debug, Parser)]
+#[command(name = "retryq", version, about = "Retry failed HTTP calls through SQS: enqueue, process, inspect dead letters.", after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build one Retry Message and send it to the retry queue; prints its id.
+    #[command(
+        after_help = "Example:\n  retryq enqueue --queue-url $Q --url https://api.example.com/hooks --data @event.json -H 'content-type: application/json'"
+    )]
+    Enqueue {
+        #[arg(long)]
+        queue_url: String,
+        #[command(flatten)]
+        request: RequestArgs,
+    },
+    /// Try the request now with bounded retries; enqueue it if it still fails retryably.
+    #[command(
+        after_help = "Exit 0 when delivered or enqueued, 1 when it failed non-retryably (not enqueued) or could not be enqueued.\n\nExample:\n  retryq call --queue-url $Q --url https://api.example.com/hooks --data '{}' --sync-attempts 2 --sync-budget-ms 500"
+    )]
+    Call {
+        #[arg(long)]
+        queue_url: String,
+        #[command(flatten)]
+        request: RequestArgs,
+        /// Attempts made now, before enqueueing.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+        sync_attempts: u32,
+        /// Time for all of them, in milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        sync_budget_ms: u64,
+    },
+    /// Poll the queue and process it with the same core as the Lambda function, until SIGINT/SIGTERM.
+    #[command(
+        after_help = "Example:\n  DLQ_URL=$DLQ MAX_CONCURRENCY=64 retryq worker --queue-url $Q"
+    )]
+    Worker {
+        #[arg(long)]
+        queue_url: String,
+        /// Long-poll wait per receive (0-20 s).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=20))]
+        wait_seconds: u64,
+        /// Concurrent receive loops (default: enough for MAX_CONCURRENCY).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=64))]
+        pollers: Option<u64>,
+    },
+    /// Emulate the Lambda SQS trigger: feed batches from the queue to a function (e.g. under cargo lambda watch).
+    #[command(
+        after_help = "Example:\n  retryq trigger --queue-url $Q --function-url http://127.0.0.1:9000\n\nA function URL without a path gets /2015-03-31/functions/retryq-processor/invocations."
+    )]
+    Trigger {
+        #[arg(long)]
+        queue_url: String,
+        #[arg(long)]
+        function_url: String,
+        /// Records per invocation.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10000))]
+        batch_size: u64,
+        /// Long-poll wait for the first record of a batch (0-20 s).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=20))]
+        wait_seconds: u64,
+    },
+    /// Inspect and redrive dead letters.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Check a Retry Message file against v1.
+    #[command(after_help = "Example:\n  retryq validate message.json")]
+    Validate { file: PathBuf },
+    /// Print an SQS event JSON holding these messages, for `cargo lambda invoke --data-file`.
+    #[command(
+        after_help = "Example:\n  retryq event a.json b.json > event.json && cargo lambda invoke retryq-processor --data-file event.json"
+    )]
+    Event {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The eventSourceARN of the records.
+        #[arg(
+            long,
+            default_value = "arn:aws:sqs:us-east-1:123456789012:retryq-events"
+        )]
+        queue_arn: String,
+        /// The ApproximateReceiveCount of the records.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        receive_count: u32,
+        /// Take the files as they are, without validating them (to build events with invalid bodies).
+        #[arg(long)]
+        raw: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Show each dead letter: id, destination, FailureReason, LastStatusCode, AttemptCount, age.
+    #[command(after_help = "Example:\n  retryq dlq list --dlq-url $DLQ --json")]
+    List {
+        #[arg(long)]
+        dlq_url: String,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Most dead letters to show.
+        #[arg(long, default_value_t = 1000)]
+        max: usize,
+    },
+    /// Move dead letters back to a queue (body unchanged, failure attributes dropped).
+    #[command(
+        after_help = "Example:\n  retryq dlq redrive --dlq-url $DLQ --to $Q --reason non-retryable --max 10"
+    )]
+    Redrive {
+        #[arg(long)]
+        dlq_url: String,
+        #[arg(long)]
+        to: String,
+        /// Most dead letters to move.
+        #[arg(long, default_value_t = usize::MAX, hide_default_value = true)]
+        max: usize,
+        /// Only those with this FailureReason.
+        #[arg(long, value_parser = ["non-retryable", "attempts-exhausted", "expired", "invalid-message", "destination-not-allowed"])]
+        reason: Option<String>,
+    },
+}
+
+/// The request flags shared by `enqueue` and `call`.
+#[derive(Debug, Args)]
+pub struct RequestArgs {
+    /// The destination URL.
+    #[arg(long)]
+    pub url: String,
+    /// HTTP method (default: POST with --data, else GET).
+    #[arg(long, short = 'X')]
+    pub method: Option<String>,
+    /// A header, 'name: value'; repeat for more.
+    #[arg(long = "header", short = 'H')]
+    pub headers: Vec<String>,
+    /// The body, or @FILE to read it from a file.
+    #[arg(long, short = 'd')]
+    pub data: Option<String>,
+    /// An auth profile configured in the processor.
+    #[arg(long)]
+    pub auth: Option<String>,
+    /// The message id (default: a new UUID).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Lowers MAX_ATTEMPTS for this message.
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// No attempt after this many seconds from now.
+    #[arg(long)]
+    pub expires_in: Option<u64>,
+    /// Recorded as originatingService.
+    #[arg(long)]
+    pub originating_service: Option<String>,
+}
+
+/// A failed command: its message and exit code.
+#[derive(Debug)]
+pub enum Failure {
+    /// Exit 2.
+    Usage(String),
+    /// Exit 1.
+    Work(String),
+}
+
+impl Failure {
+    pub fn exit(self) -> ExitCode {
+        let (message, code) = match self {
+            Failure::Usage(m) => (m, 2),
+            Failure::Work(m) => (m, 1),
+        };
+        eprintln!("retryq: {message}");
+        ExitCode::from(code)
+    }
+}
+
+impl RequestArgs {
+    /// The Retry Message these flags describe.
+    pub fn message(&self) -> Result<RetryMessage, Failure> {
+        let mut b = MessageBuilder::new(&self.url);
+        b = b.method(
+            self.method
+                .clone()
+                .unwrap_or_else(|| if self.data.is_some() { "POST" } else { "GET" }.to_owned()),
+        );
+        for h in &self.headers {
+            let (name, value) = h
+                .split_once(':')
+                .ok_or_else(|| Failure::Usage(format!("-H {h:?}: expected 'name: value'")))?;
+            b = b.header(name.trim(), value.trim());
+        }
+        if let Some(data) = &self.data {
+            b = match data.strip_prefix('@') {
+                Some(path) => {
+                    let bytes = std::fs::read(path)
+                        .map_err(|e| Failure::Usage(format!("--data @{path}: {e}")))?;
+                    b.body_bytes(&bytes)
+                }
+                None => b.body(data.clone()),
+            };
+        }
+        if let Some(p) = &self.auth {
+            b = b.auth(p.clone());
+        }
+        if let Some(id) = &self.id {
+            b = b.id(id.clone());
+        }
+        if let Some(n) = self.max_attempts {
+            b = b.max_attempts(n);
+        }
+        if let Some(secs) = self.expires_in {
+            let secs = i64::try_from(secs)
+                .map_err(|_| Failure::Usage("--expires-in is too large".into()))?;
+            b = b.expires_at(time::OffsetDateTime::now_utc() + time::Duration::seconds(secs));
+        }
+        if let Some(s) = &self.originating_service {
+            b = b.originating_service(s.clone());
+        }
+        b.build()
+            .map_err(|e| Failure::Usage(format!("invalid message: {e}")))
+    }
+}
+
+/// Runs one command.
+pub async fn run(
+    cli: Cli,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), Failure> {
+    match cli.command {
+        Command::Enqueue { queue_url, request } => {
+            let msg = request.message()?;
+            let enqueuer = Enqueuer::new(queue::sqs_client_from_env().await, queue_url);
+            enqueuer
+                .enqueue(&msg)
+                .await
+                .map_err(|e| Failure::Work(e.to_string()))?;
+            println!("{}", msg.id);
+            Ok(())
+        }
+        Command::Call {
+            queue_url,
+            request,
+            sync_attempts,
+            sync_budget_ms,
+        } => {
+            let msg = request.message()?;
+            let config = config()?;
+            let deliverer = Deliverer::new(config.destinations, config.request_timeout, 4)
+                .map_err(|e| Failure::Work(e.to_string()))?;
+            let enqueuer = Enqueuer::new(queue::sqs_client_from_env().await, queue_url);
+            let sync = SyncRetry {
+                attempts: sync_attempts,
+                budget: Duration::from_millis(sync_budget_ms),
+            };
+            match call_then_enqueue(&deliverer, &enqueuer, msg, sync).await {
+                Ok(CallOutcome::Delivered { status, attempts }) => {
+                    println!("delivered: HTTP {status} after {attempts} attempt(s)");
+                    Ok(())
+                }
+                Ok(CallOutcome::Enqueued {
+                    id,
+                    attempts,
+                    last_error,
+                    ..
+                }) => {
+                    println!("enqueued {id} after {attempts} attempt(s): {last_error}");
+                    Ok(())
+                }
+                Ok(CallOutcome::Rejected {
+                    error, attempts, ..
+                }) => Err(Failure::Work(format!(
+                    "failed non-retryably after {attempts} attempt(s), not enqueued: {error}"
+                ))),
+                Err(e) => Err(Failure::Work(format!(
+                    "still failing and could not be enqueued: {e}"
+                ))),
+            }
+        }
+        Command::Worker {
+            queue_url,
+            wait_seconds,
+            pollers,
+        } => {
+            let config = config()?;
+            let mut options = worker::WorkerOptions::new(queue_url, config.max_concurrency);
+            options.wait = Duration::from_secs(wait_seconds);
+            if let Some(n) = pollers {
+                options.pollers = n as usize;
+            }
+            let processor = Processor::new(config, queue::sqs_client_from_env().await)
+                .map_err(|e| Failure::Work(e.to_string()))?;
+            let stats = worker::run(Arc::new(processor), options, shutdown)
+                .await
+                .map_err(|e| Failure::Work(e.to_string()))?;
+            eprintln!(
+                "retryq worker: {} records in {} batches, {} acknowledged, {} left for another attempt",
+                stats.records, stats.batches, stats.acknowledged, stats.returned
+            );
+            Ok(())
+        }
+        Command::Trigger {
+            queue_url,
+            function_url,
+            batch_size,
+            wait_seconds,
+        } => {
+            let function_url = trigger::invoke_url(&function_url)
+                .map_err(|e| Failure::Usage(format!("--function-url {function_url:?}: {e}")))?;
+            let sqs = queue::sqs_client_from_env().await;
+            let region = sqs
+                .config()
+                .region()
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "us-east-1".into());
+            let options = trigger::TriggerOptions {
+                queue_url,
+                function_url,
+                batch_size: batch_size as usize,
+                wait: Duration::from_secs(wait_seconds),
+            };
+            let stats = trigger::run(&Queues::new(sqs), &region, &options, shutdown)
+                .await
+                .map_err(|e| Failure::Work(e.to_string()))?;
+            eprintln!(
+                "retryq trigger: {} invocations, {} acknowledged, {} returned, {} invocations acknowledged nothing",
+                stats.invocations, stats.acknowledged, stats.returned, stats.failed_invocations
+            );
+            Ok(())
+        }
+        Command::Dlq(DlqCommand::List { dlq_url, json, max }) => {
+            let queues = Queues::new(queue::sqs_client_from_env().await);
+            let letters = dlq::list(&queues, &dlq_url, max)
+                .await
+                .map_err(|e| Failure::Work(e.to_string()))?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&letters).expect("serializable")
+                );
+            } else {
+                print!("{}", dlq_table(&letters));
+            }
+            Ok(())
+        }
+        Command::Dlq(DlqCommand::Redrive {
+            dlq_url,
+            to,
+            max,
+            reason,
+        }) => {
+            let queues = Queues::new(queue::sqs_client_from_env().await);
+            let stats = dlq::redrive(&queues, &dlq_url, &to, max, reason.as_deref())
+                .await
+                .map_err(|e| Failure::Work(e.to_string()))?;
+            println!(
+                "moved {}, skipped {}, failed {}",
+                stats.moved, stats.skipped, stats.failed
+            );
+            if stats.failed > 0 {
+                return Err(Failure::Work(format!(
+                    "{} dead letters could not be moved",
+                    stats.failed
+                )));
+            }
+            Ok(())
+        }
+        Command::Validate { file } => {
+            let text = read(&file)?;
+            RetryMessage::parse(&text)
+                .map_err(|e| Failure::Usage(format!("{}: invalid: {e}", file.display())))?;
+            println!("{}: valid Retry Message v1", file.display());
+            Ok(())
+        }
+        Command::Event {
+            files,
+            queue_arn,
+            receive_count,
+            raw,
+        } => {
+            let mut bodies = Vec::new();
+            for file in &files {
+                let text = read(file)?;
+                if !raw {
+                    RetryMessage::parse(&text).map_err(|e| {
+                        Failure::Usage(format!(
+                            "{}: invalid: {e} (use --raw to include it anyway)",
+                            file.display()
+                        ))
+                    })?;
+                }
+                bodies.push(text);
+            }
+            let event = event(&bodies, &queue_arn, receive_count);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&event).expect("serializable")
+            );
+            Ok(())
+        }
+    }
+}
+
+fn config() -> Result<Config, Failure> {
+    Config::from_env().map_err(|e| Failure::Usage(format!("configuration error: {e}")))
+}
+
+fn read(file: &PathBuf) -> Result<String, Failure> {
+    std::fs::read_to_string(file).map_err(|e| Failure::Usage(format!("{}: {e}", file.display())))
+}
+
+/// An SQS event as Lambda would send it for these bodies.
+pub fn event(
+    bodies: &[String],
+    queue_arn: &str,
+    receive_count: u32,
+) -> aws_lambda_events::event::sqs::SqsEvent {
+    let region = queue_arn.split(':').nth(3).unwrap_or("us-east-1");
+    let sent = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis()
+        .to_string();
+    let messages: Vec<aws_sdk_sqs::types::Message> = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, body)| {
+            use aws_sdk_sqs::types::MessageSystemAttributeName as A;
+            aws_sdk_sqs::types::Message::builder()
+                .message_id(uuid::Uuid::new_v4().to_string())
+                .receipt_handle(format!("retryq-event-receipt-handle-{i}"))
+                .body(body)
+                .attributes(A::ApproximateReceiveCount, receive_count.to_string())
+                .attributes(A::SentTimestamp, sent.clone())
+                .attributes(A::ApproximateFirstReceiveTimestamp, sent.clone())
+                .attributes(A::SenderId, "retryq-event")
+                .build()
+        })
+        .collect();
+    crate::lambda::sqs_event(&messages, queue_arn, region)
+}
+
+fn dlq_table(letters: &[dlq::DeadLetterSummary]) -> String {
+    let dash = || "-".to_owned();
+    let mut out = format!(
+        "{:<38} {:<22} {:>6} {:>8} {:>9}  {}\n",
+        "ID", "FAILURE REASON", "STATUS", "ATTEMPTS", "AGE", "DESTINATION"
+    );
+    for l in letters {
+        out.push_str(&format!(
+            "{:<38} {:<22} {:>6} {:>8} {:>9}  {}\n",
+            l.id.clone()
+                .unwrap_or_else(|| format!("({})", l.sqs_message_id)),
+            l.failure_reason.clone().unwrap_or_else(dash),
+            l.last_status_code.clone().unwrap_or_else(dash),
+            l.attempt_count.clone().unwrap_or_else(dash),
+            age(l.age_seconds),
+            l.destination.clone().unwrap_or_else(dash),
+        ));
+    }
+    out.push_str(&format!("{} dead letter(s)\n", letters.len()));
+    out
+}
+
+fn age(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_has_an_example_in_its_help() {
+        let mut cli = Cli::command();
+        cli.build();
+        for sub in cli.get_subcommands() {
+            let leaves: Vec<&clap::Command> = if sub.has_subcommands() {
+                sub.get_subcommands().collect()
+            } else {
+                vec![sub]
+            };
+            for leaf in leaves.into_iter().filter(|c| c.get_name() != "help") {
+                let help = leaf
+                    .get_after_help()
+                    .map(|h| h.to_string())
+                    .unwrap_or_default();
+                assert!(
+                    help.contains("Example"),
+                    "{} has no example",
+                    leaf.get_name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn ages_read_naturally() {
+        assert_eq!(age(5), "5s");
+        assert_eq!(age(600), "10m");
+        assert_eq!(age(36_000), "10h");
+        assert_eq!(age(864_000), "10d");
+    }
+
+    #[test]
+    fn events_hold_the_bodies_with_lambda_attributes() {
+        let e = event(&["{}".into()], "arn:aws:sqs:eu-west-1:1:q", 3);
+        assert_eq!(e.records[0].body.as_deref(), Some("{}"));
+        assert_eq!(e.records[0].attributes["ApproximateReceiveCount"], "3");
+        assert_eq!(e.records[0].aws_region.as_deref(), Some("eu-west-1"));
+        assert_eq!(
+            e.records[0].event_source_arn.as_deref(),
+            Some("arn:aws:sqs:eu-west-1:1:q")
+        );
+    }
+}

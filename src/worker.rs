@@ -1,0 +1,157 @@
+//! Path 3.2: the long-lived poller behind `retryq worker`.
+//!
+//! The same core as the Lambda function, fed by our own long polls instead of
+//! the event source mapping: receive (all attributes) → [`Processor::process_batch`]
+//! → delete what was acknowledged. Retryable records keep the visibility the
+//! processor gave them and come back after their backoff.
+//!
+//! * Several pollers run at once so the process can keep `MAX_CONCURRENCY`
+//!   requests in flight; the processor's limit is shared by all of them.
+//! * A batch's deadline is its visibility timeout (less a margin): a record
+//!   still running then is abandoned and left to reappear, rather than being
+//!   processed twice at once by another worker. So several workers on one
+//!   queue are safe; SQS hands each message to one of them at a time.
+//! * `shutdown` (SIGINT/SIGTERM in the binary) stops new receives; batches in
+//!   flight finish, and what they acknowledged is deleted, before `run`
+//!   returns. A receive cut short loses nothing: its messages reappear.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::process::Processor;
+use crate::queue::{self, QueueError, QueueInfo};
+
+/// How long one receive waits for messages (SQS's longest long poll).
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(20);
+
+/// Pause after a failed receive, so a broken endpoint is not hammered.
+const RECEIVE_ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    pub queue_url: String,
+    /// Long-poll wait per receive.
+    pub wait: Duration,
+    /// Concurrent receive loops.
+    pub pollers: usize,
+}
+
+impl WorkerOptions {
+    /// Enough pollers of 10-message batches to fill `max_concurrency`.
+    pub fn new(queue_url: impl Into<String>, max_concurrency: usize) -> WorkerOptions {
+        WorkerOptions {
+            queue_url: queue_url.into(),
+            wait: DEFAULT_WAIT,
+            pollers: max_concurrency.div_ceil(10).clamp(1, 32),
+        }
+    }
+}
+
+/// What a worker did before it stopped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    pub batches: u64,
+    pub records: u64,
+    /// Delivered or dead-lettered, and deleted.
+    pub acknowledged: u64,
+    /// Left in the queue (backoff, or unfinished).
+    pub returned: u64,
+}
+
+impl std::ops::AddAssign for WorkerStats {
+    fn add_assign(&mut self, o: WorkerStats) {
+        self.batches += o.batches;
+        self.records += o.records;
+        self.acknowledged += o.acknowledged;
+        self.returned += o.returned;
+    }
+}
+
+/// Polls `options.queue_url` until `shutdown` completes, then finishes the
+/// batches in flight. Fails only if the queue cannot be described at start.
+pub async fn run(
+    processor: Arc<Processor>,
+    options: WorkerOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<WorkerStats, QueueError> {
+    let info = processor.queues().describe(&options.queue_url).await?;
+    tracing::info!(queue = %info.arn, pollers = options.pollers, "worker started");
+    let (stop, stopped) = watch::channel(false);
+    let pollers: Vec<_> = (0..options.pollers.max(1))
+        .map(|_| {
+            tokio::spawn(poll(
+                Arc::clone(&processor),
+                options.clone(),
+                info.clone(),
+                stopped.clone(),
+            ))
+        })
+        .collect();
+    shutdown.await;
+    tracing::info!("stopping: finishing the batches in flight");
+    let _ = stop.send(true);
+    let mut stats = WorkerStats::default();
+    for poller in pollers {
+        match poller.await {
+            Ok(s) => stats += s,
+            Err(e) => tracing::error!(error = %e, "a poller failed"),
+        }
+    }
+    tracing::info!(?stats, "worker stopped");
+    Ok(stats)
+}
+
+async fn poll(
+    processor: Arc<Processor>,
+    options: WorkerOptions,
+    info: QueueInfo,
+    mut stopped: watch::Receiver<bool>,
+) -> WorkerStats {
+    let queues = processor.queues();
+    let mut stats = WorkerStats::default();
+    // Abandon a record before SQS would hand it to someone else.
+    let margin = (info.visibility_timeout / 5).min(Duration::from_secs(5));
+    loop {
+        if *stopped.borrow() {
+            break;
+        }
+        let received = tokio::select! {
+            _ = stopped.changed() => break,
+            r = queues.receive(&options.queue_url, 10, options.wait, None) => r,
+        };
+        let messages = match received {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "receive failed");
+                tokio::select! {
+                    _ = stopped.changed() => break,
+                    _ = tokio::time::sleep(RECEIVE_ERROR_PAUSE) => continue,
+                }
+            }
+        };
+        if messages.is_empty() {
+            continue;
+        }
+        let deadline = Instant::now() + info.visibility_timeout.saturating_sub(margin);
+        let records = messages
+            .iter()
+            .map(|m| queue::record(m, &info.arn))
+            .collect();
+        let report = processor.process_batch(records, Some(deadline)).await;
+        let acknowledged: Vec<String> = report
+            .records
+            .iter()
+            .filter(|r| r.disposition.acknowledged())
+            .map(|r| r.receipt_handle.clone())
+            .collect();
+        let not_deleted = queues.delete_batch(&options.queue_url, &acknowledged).await;
+        stats.batches += 1;
+        stats.records += report.records.len() as u64;
+        stats.acknowledged += (acknowledged.len() - not_deleted.len()) as u64;
+        stats.returned += (report.records.len() - acknowledged.len() + not_deleted.len()) as u64;
+    }
+    stats
+}
