@@ -523,7 +523,7 @@ mod tests {
     fn every_command_has_an_example_in_its_help() {
         let mut cli = Cli::command();
         cli.build();
-        for sub in cli.get_subcommands() {
+        for sub in cli.get_subcommands().filter(|c| c.get_name() != "help") {
             let leaves: Vec<&clap::Command> = if sub.has_subcommands() {
                 sub.get_subcommands().collect()
             } else {
