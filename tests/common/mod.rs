@@ -240,3 +240,70 @@ pub async fn send_one(
     assert_eq!(received.len(), 1, "the message sent was received");
     (id, received)
 }
+
+pub mod destination;
+
+/// A process group started by a test, stopped (TERM, then KILL) when dropped.
+pub struct Running(pub std::process::Child);
+
+impl Running {
+    pub fn spawn(mut command: std::process::Command) -> Running {
+        use std::os::unix::process::CommandExt;
+        command.process_group(0);
+        Running(command.spawn().expect("the process starts"))
+    }
+
+    /// Sends SIGTERM to the process group.
+    pub fn terminate(&self) {
+        let group = format!("-{}", self.0.id());
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", "--", &group])
+            .status();
+    }
+
+    /// Waits up to `limit` for the process to exit.
+    pub fn wait_for_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.0.try_wait() {
+            return;
+        }
+        self.terminate();
+        if self.wait_for_exit(Duration::from_secs(10)).is_none() {
+            let group = format!("-{}", self.0.id());
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &group])
+                .status();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The environment a child process needs to reach the local SQS server.
+pub fn aws_env(command: &mut std::process::Command) -> &mut std::process::Command {
+    command
+        .env("AWS_ENDPOINT_URL", endpoint())
+        .env("AWS_REGION", REGION)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+}

@@ -1,0 +1,363 @@
+//! End to end, against the local SQS server and a destination that fails
+//! in every way contract §3 lists: a few hundred messages with mixed
+//! outcomes each end up either delivered or in the DLQ with the right
+//! reason (none lost, none in both), and the destination never sees more
+//! requests at once than MAX_CONCURRENCY. Once with `retryq worker`'s core
+//! in-process, once with `retryq trigger` feeding the function under
+//! `cargo lambda watch`; and a busy `retryq worker` stopped with SIGTERM.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::destination::Destination;
+use common::*;
+
+const MAX_CONCURRENCY: usize = 8;
+
+/// The processor's settings in these tests: quick backoff, three attempts.
+const VARS: [(&str, &str); 5] = [
+    ("MAX_ATTEMPTS", "3"),
+    ("BACKOFF_BASE_SECONDS", "1"),
+    ("BACKOFF_MAX_SECONDS", "1"),
+    ("MAX_CONCURRENCY", "8"),
+    ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+];
+
+/// What should become of each message id.
+struct Expected {
+    delivered: HashSet<String>,
+    dead: BTreeMap<String, &'static str>,
+}
+
+/// Sends a mix of `n` messages per kind (invalid ones too).
+async fn enqueue_mix(
+    sqs: &aws_sdk_sqs::Client,
+    q: &TestQueue,
+    dest: &Destination,
+    n: usize,
+) -> Expected {
+    let mut expected = Expected {
+        delivered: HashSet::new(),
+        dead: BTreeMap::new(),
+    };
+    let kinds: [(&str, Option<&'static str>); 5] = [
+        ("ok", None),
+        ("flaky", None),
+        ("limited", None),
+        ("missing", Some("non-retryable")),
+        ("down", Some("attempts-exhausted")),
+    ];
+    let mut bodies = Vec::new();
+    for i in 0..n {
+        for (kind, dead) in kinds {
+            let id = format!("{kind}-{i}");
+            bodies.push(message(
+                &id,
+                &dest.url(&format!("/{kind}/{i}")),
+                serde_json::json!({}),
+            ));
+            match dead {
+                None => drop(expected.delivered.insert(id)),
+                Some(reason) => drop(expected.dead.insert(id, reason)),
+            }
+        }
+        let id = format!("invalid-{i}");
+        bodies.push(serde_json::json!({"id": id, "request": {"method": "GET"}}).to_string());
+        expected.dead.insert(id, "invalid-message");
+    }
+    for chunk in bodies.chunks(10) {
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(b)
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        let out = sqs
+            .send_message_batch()
+            .queue_url(&q.url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .unwrap();
+        assert!(out.failed.is_empty());
+    }
+    expected
+}
+
+/// Waits (bounded) until the source queue is empty and the DLQ holds `dead`.
+async fn settle(
+    sqs: &aws_sdk_sqs::Client,
+    source: &TestQueue,
+    dlq: &TestQueue,
+    dead: usize,
+    limit: Duration,
+) {
+    let start = Instant::now();
+    loop {
+        let (visible, in_flight) = depth(sqs, source).await;
+        let (dead_now, _) = depth(sqs, dlq).await;
+        if visible == 0 && in_flight == 0 && dead_now as usize >= dead {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "not settled after {limit:?}: {visible} visible, {in_flight} in flight, {dead_now}/{dead} dead"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Every dead letter's Retry Message id and FailureReason.
+async fn dead_letters(
+    sqs: &aws_sdk_sqs::Client,
+    dlq: &TestQueue,
+    n: usize,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for m in receive_n(sqs, dlq, n, Duration::from_secs(30)).await {
+        let body: serde_json::Value = serde_json::from_str(m.body.as_deref().unwrap()).unwrap();
+        let id = body["id"].as_str().unwrap().to_owned();
+        assert!(
+            out.insert(id.clone(), attr(&m, "FailureReason").unwrap())
+                .is_none(),
+            "{id} dead-lettered twice"
+        );
+    }
+    out
+}
+
+fn check(
+    expected: &Expected,
+    delivered: &HashMap<String, usize>,
+    dead: &BTreeMap<String, String>,
+    dest: &Destination,
+) {
+    let delivered_ids: HashSet<String> = delivered.keys().cloned().collect();
+    assert_eq!(
+        delivered_ids, expected.delivered,
+        "exactly the deliverable messages were delivered"
+    );
+    for (id, times) in delivered {
+        assert_eq!(*times, 1, "{id} delivered {times} times");
+    }
+    let expected_dead: BTreeMap<String, String> = expected
+        .dead
+        .iter()
+        .map(|(k, v)| (k.clone(), v.to_string()))
+        .collect();
+    assert_eq!(
+        dead, &expected_dead,
+        "each dead letter with the right reason"
+    );
+    assert!(
+        delivered_ids.iter().all(|id| !dead.contains_key(id)),
+        "none both delivered and dead"
+    );
+    assert!(
+        dest.max_in_flight() <= MAX_CONCURRENCY,
+        "the destination saw {} requests at once",
+        dest.max_in_flight()
+    );
+    assert!(
+        dest.max_in_flight() > 1,
+        "records were processed concurrently"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_worker_settles_a_mixed_queue_without_losing_or_duplicating() {
+    let sqs = sqs();
+    let source = queue(&sqs, "e2e-worker").await;
+    let dlq = queue(&sqs, "e2e-worker-dlq").await;
+    let dest = Destination::start(Duration::from_millis(20)).await;
+    let expected = enqueue_mix(&sqs, &source, &dest, 50).await;
+
+    let mut vars = VARS.to_vec();
+    vars.push(("DLQ_URL", &dlq.url));
+    let p = processor(&vars);
+    let mut options = retryq::worker::WorkerOptions::new(&source.url, MAX_CONCURRENCY);
+    options.wait = Duration::from_secs(1);
+    options.pollers = 3;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(retryq::worker::run(Arc::clone(&p), options, async move {
+        let _ = stopped.await;
+    }));
+
+    settle(
+        &sqs,
+        &source,
+        &dlq,
+        expected.dead.len(),
+        Duration::from_secs(120),
+    )
+    .await;
+    stop.send(()).unwrap();
+    let stats = worker.await.unwrap().unwrap();
+
+    let dead = dead_letters(&sqs, &dlq, expected.dead.len()).await;
+    check(&expected, &dest.delivered(), &dead, &dest);
+    assert_eq!(
+        stats.acknowledged as usize,
+        expected.delivered.len() + expected.dead.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_trigger_and_cargo_lambda_watch_settle_a_mixed_queue() {
+    let sqs = sqs();
+    let source = queue(&sqs, "e2e-trigger").await;
+    let dlq = queue(&sqs, "e2e-trigger-dlq").await;
+    let dest = Destination::start(Duration::from_millis(20)).await;
+    let expected = enqueue_mix(&sqs, &source, &dest, 50).await;
+
+    let port = free_port();
+    let mut watch = Command::new("cargo");
+    watch
+        .args([
+            "lambda",
+            "watch",
+            "--ignore-changes",
+            "--invoke-address",
+            "127.0.0.1",
+            "--invoke-port",
+        ])
+        .arg(port.to_string())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .envs(VARS)
+        .env("DLQ_URL", &dlq.url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    aws_env(&mut watch);
+    let _watch = Running::spawn(watch);
+
+    let mut trigger = Command::new(env!("CARGO_BIN_EXE_retryq"));
+    trigger
+        .args([
+            "trigger",
+            "--wait-seconds",
+            "1",
+            "--queue-url",
+            &source.url,
+            "--function-url",
+        ])
+        .arg(format!("http://127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    aws_env(&mut trigger);
+    let _trigger = Running::spawn(trigger);
+
+    // Allows for cargo lambda watch building the function on the first call.
+    settle(
+        &sqs,
+        &source,
+        &dlq,
+        expected.dead.len(),
+        Duration::from_secs(600),
+    )
+    .await;
+
+    let dead = dead_letters(&sqs, &dlq, expected.dead.len()).await;
+    check(&expected, &dest.delivered(), &dead, &dest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_busy_worker_stopped_with_sigterm_finishes_what_it_started() {
+    let sqs = sqs();
+    let source = queue(&sqs, "e2e-sigterm").await;
+    // A short visibility so anything the worker received but did not finish
+    // would be visible again quickly for the check below.
+    sqs.set_queue_attributes()
+        .queue_url(&source.url)
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
+            "5",
+        )
+        .send()
+        .await
+        .unwrap();
+    let dlq = queue(&sqs, "e2e-sigterm-dlq").await;
+    let dest = Destination::start(Duration::from_millis(200)).await;
+    let mut all = HashSet::new();
+    for i in 0..100 {
+        let id = format!("slow-{i}");
+        send(
+            &sqs,
+            &source,
+            &message(&id, &dest.url(&format!("/ok/{i}")), serde_json::json!({})),
+        )
+        .await;
+        all.insert(id);
+    }
+
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_retryq"));
+    worker
+        .args(["worker", "--wait-seconds", "1", "--queue-url", &source.url])
+        .envs(VARS)
+        .env("MAX_CONCURRENCY", "4")
+        .env("DLQ_URL", &dlq.url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    aws_env(&mut worker);
+    let mut worker = Running::spawn(worker);
+
+    // Busy: some delivered, more in flight.
+    let start = Instant::now();
+    while dest.requests() < 10 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the worker never got going"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    worker.terminate();
+    let status = worker
+        .wait_for_exit(Duration::from_secs(60))
+        .expect("the worker stops after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    let delivered = dest.delivered();
+    assert!(delivered.len() < all.len(), "stopped while busy");
+
+    // What is left in the queue, once anything hidden is visible again.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut left = HashSet::new();
+    for m in receive_n(
+        &sqs,
+        &source,
+        all.len() - delivered.len(),
+        Duration::from_secs(30),
+    )
+    .await
+    {
+        let body: serde_json::Value = serde_json::from_str(m.body.as_deref().unwrap()).unwrap();
+        left.insert(body["id"].as_str().unwrap().to_owned());
+    }
+    for (id, times) in &delivered {
+        assert_eq!(*times, 1, "{id} delivered {times} times");
+        assert!(
+            !left.contains(id),
+            "{id} was acknowledged but is back in the queue"
+        );
+    }
+    let accounted: HashSet<String> = delivered
+        .keys()
+        .cloned()
+        .chain(left.iter().cloned())
+        .collect();
+    assert_eq!(
+        accounted, all,
+        "every message is either delivered or still queued"
+    );
+    assert_eq!(depth(&sqs, &dlq).await, (0, 0));
+}
