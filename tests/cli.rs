@@ -1,0 +1,610 @@
+//! The `retryq` command line (contract §7), run as a user would: the built
+//! binary, the local SQS server, real destinations. Exit codes: 0 success,
+//! 1 failure of the work, 2 bad usage or input (with a message naming what
+//! is wrong).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use wiremock::matchers::any;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn retryq(args: &[&str], env: &[(&str, &str)]) -> Out {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_retryq"));
+    command
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null());
+    aws_env(&mut command);
+    let out = tokio::process::Command::from(command)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("retryq runs");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn assert_usage_error(out: &Out, names: &str) {
+    assert_eq!(out.code, 2, "stdout: {} stderr: {}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains(names),
+        "stderr does not name {names:?}: {}",
+        out.stderr
+    );
+}
+
+async fn destination(status: u16) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(status))
+        .mount(&server)
+        .await;
+    server
+}
+
+fn body_of(m: &aws_sdk_sqs::types::Message) -> serde_json::Value {
+    serde_json::from_str(m.body.as_deref().unwrap()).unwrap()
+}
+
+fn fixture(path: &str) -> String {
+    format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[tokio::test]
+async fn help_lists_every_command_with_examples() {
+    let out = retryq(&["--help"], &[]).await;
+    assert_eq!(out.code, 0);
+    for command in [
+        "enqueue",
+        "call",
+        "worker",
+        "trigger",
+        "dlq",
+        "validate",
+        "event",
+        "Examples:",
+    ] {
+        assert!(
+            out.stdout.contains(command),
+            "{command} missing from --help"
+        );
+    }
+    for command in [
+        &["enqueue", "--help"][..],
+        &["dlq", "redrive", "--help"],
+        &["trigger", "--help"],
+    ] {
+        let out = retryq(command, &[]).await;
+        assert_eq!(out.code, 0);
+        assert!(out.stdout.contains("Example"), "{command:?}");
+    }
+}
+
+#[tokio::test]
+async fn enqueue_sends_the_message_and_prints_its_id() {
+    let sqs = sqs();
+    let q = queue(&sqs, "cli-enqueue").await;
+    let data = std::env::temp_dir().join(format!("retryq-cli-{}.json", std::process::id()));
+    std::fs::write(&data, br#"{"order":42}"#).unwrap();
+    let data_arg = format!("@{}", data.display());
+    let out = retryq(
+        &[
+            "enqueue",
+            "--queue-url",
+            &q.url,
+            "--url",
+            "https://partner.example.com/v1/orders?x=1",
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "accept: a/b",
+            "-H",
+            "accept: c/d",
+            "--data",
+            &data_arg,
+            "--max-attempts",
+            "4",
+            "--originating-service",
+            "orders-api",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let id = out.stdout.trim();
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+
+    let m = receive_n(&sqs, &q, 1, Duration::from_secs(10)).await;
+    let body = body_of(&m[0]);
+    assert_eq!(body["id"], id);
+    assert_eq!(
+        body["destinationUrl"],
+        "https://partner.example.com/v1/orders?x=1"
+    );
+    assert_eq!(
+        body["request"]["method"], "POST",
+        "POST by default with --data"
+    );
+    assert_eq!(body["request"]["body"], r#"{"order":42}"#);
+    assert_eq!(
+        body["request"]["headers"]["accept"],
+        serde_json::json!(["a/b", "c/d"])
+    );
+    assert_eq!(body["maxAttempts"], 4);
+    assert_eq!(body["originatingService"], "orders-api");
+    retryq::message::RetryMessage::parse(m[0].body.as_deref().unwrap())
+        .expect("a valid v1 message");
+    let _ = std::fs::remove_file(data);
+}
+
+#[tokio::test]
+async fn enqueue_refuses_bad_input_with_exit_2() {
+    let q = "http://127.0.0.1:1/123456789012/never-used";
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &[
+                "enqueue",
+                "--queue-url",
+                q,
+                "--url",
+                "https://x.example.com/",
+                "-H",
+                "no colon",
+            ],
+            "-H",
+        ),
+        (
+            &["enqueue", "--queue-url", q, "--url", "not a url"],
+            "destinationUrl",
+        ),
+        (
+            &["enqueue", "--queue-url", q, "--url", "ftp://x.example.com/"],
+            "destinationUrl",
+        ),
+        (
+            &[
+                "enqueue",
+                "--queue-url",
+                q,
+                "--url",
+                "https://x.example.com/",
+                "--id",
+                "has space",
+            ],
+            "id",
+        ),
+        (
+            &[
+                "enqueue",
+                "--queue-url",
+                q,
+                "--url",
+                "https://x.example.com/",
+                "--data",
+                "@/no/such/file",
+            ],
+            "/no/such/file",
+        ),
+        (
+            &["enqueue", "--url", "https://x.example.com/"],
+            "--queue-url",
+        ),
+    ];
+    for (args, names) in cases {
+        assert_usage_error(&retryq(args, &[]).await, names);
+    }
+}
+
+#[tokio::test]
+async fn enqueue_to_a_missing_queue_fails_the_work_with_exit_1() {
+    let missing = format!("{}/{ACCOUNT}/no-such-queue", endpoint());
+    let out = retryq(
+        &[
+            "enqueue",
+            "--queue-url",
+            &missing,
+            "--url",
+            "https://x.example.com/",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("SendMessage"), "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn call_delivers_now_without_enqueueing() {
+    let sqs = sqs();
+    let q = queue(&sqs, "cli-call-ok").await;
+    let dest = destination(201).await;
+    let out = retryq(
+        &[
+            "call",
+            "--queue-url",
+            &q.url,
+            "--url",
+            &dest.uri(),
+            "--data",
+            "{}",
+        ],
+        &[("ALLOW_PRIVATE_DESTINATIONS", "true")],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("delivered"), "{}", out.stdout);
+    assert_eq!(depth(&sqs, &q).await, (0, 0));
+}
+
+#[tokio::test]
+async fn call_enqueues_a_retryable_failure_with_the_attempts_made_and_the_key_sent() {
+    let sqs = sqs();
+    let q = queue(&sqs, "cli-call-retry").await;
+    let dest = destination(503).await;
+    let out = retryq(
+        &[
+            "call",
+            "--queue-url",
+            &q.url,
+            "--url",
+            &dest.uri(),
+            "--sync-attempts",
+            "2",
+            "--sync-budget-ms",
+            "5000",
+        ],
+        &[("ALLOW_PRIVATE_DESTINATIONS", "true")],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let requests = dest.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 2);
+    let key = requests[0].headers["idempotency-key"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        requests[1].headers["idempotency-key"],
+        key.as_str(),
+        "one key for every attempt"
+    );
+    let m = receive_n(&sqs, &q, 1, Duration::from_secs(10)).await;
+    let body = body_of(&m[0]);
+    assert_eq!(body["receivedCount"], 2);
+    assert_eq!(body["id"], key);
+    assert!(out.stdout.contains(&key), "{}", out.stdout);
+}
+
+#[tokio::test]
+async fn call_stops_within_its_time_budget() {
+    let sqs = sqs();
+    let q = queue(&sqs, "cli-call-budget").await;
+    let dest = destination(503).await;
+    let out = retryq(
+        &[
+            "call",
+            "--queue-url",
+            &q.url,
+            "--url",
+            &dest.uri(),
+            "--sync-attempts",
+            "50",
+            "--sync-budget-ms",
+            "300",
+        ],
+        &[("ALLOW_PRIVATE_DESTINATIONS", "true")],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let attempts = dest.received_requests().await.unwrap().len();
+    assert!(
+        (1..50).contains(&attempts),
+        "the budget, not the attempt count, stopped it: {attempts}"
+    );
+    let m = receive_n(&sqs, &q, 1, Duration::from_secs(10)).await;
+    assert_eq!(body_of(&m[0])["receivedCount"], attempts);
+}
+
+#[tokio::test]
+async fn call_fails_non_retryably_without_enqueueing() {
+    let sqs = sqs();
+    let q = queue(&sqs, "cli-call-404").await;
+    let dest = destination(404).await;
+    let out = retryq(
+        &["call", "--queue-url", &q.url, "--url", &dest.uri()],
+        &[("ALLOW_PRIVATE_DESTINATIONS", "true")],
+    )
+    .await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("404"), "{}", out.stderr);
+    assert_eq!(depth(&sqs, &q).await, (0, 0), "not enqueued");
+}
+
+#[tokio::test]
+async fn call_fails_when_it_cannot_enqueue() {
+    let dest = destination(503).await;
+    let missing = format!("{}/{ACCOUNT}/no-such-queue", endpoint());
+    let out = retryq(
+        &[
+            "call",
+            "--queue-url",
+            &missing,
+            "--url",
+            &dest.uri(),
+            "--sync-attempts",
+            "1",
+        ],
+        &[("ALLOW_PRIVATE_DESTINATIONS", "true")],
+    )
+    .await;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("could not be enqueued"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test]
+async fn call_and_worker_name_a_malformed_variable() {
+    let q = "http://127.0.0.1:1/123456789012/never-used";
+    let out = retryq(
+        &["call", "--queue-url", q, "--url", "https://x.example.com/"],
+        &[("MAX_ATTEMPTS", "0")],
+    )
+    .await;
+    assert_usage_error(&out, "MAX_ATTEMPTS");
+    let out = retryq(
+        &["worker", "--queue-url", q],
+        &[("ALLOW_PRIVATE_DESTINATIONS", "maybe")],
+    )
+    .await;
+    assert_usage_error(&out, "ALLOW_PRIVATE_DESTINATIONS");
+}
+
+#[tokio::test]
+async fn worker_and_trigger_fail_on_a_missing_queue_and_a_bad_function_url() {
+    let missing = format!("{}/{ACCOUNT}/no-such-queue", endpoint());
+    let out = retryq(&["worker", "--queue-url", &missing], &[]).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let out = retryq(
+        &[
+            "trigger",
+            "--queue-url",
+            &missing,
+            "--function-url",
+            "not a url",
+        ],
+        &[],
+    )
+    .await;
+    assert_usage_error(&out, "--function-url");
+    let out = retryq(
+        &[
+            "trigger",
+            "--queue-url",
+            &missing,
+            "--function-url",
+            "http://127.0.0.1:9",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn validate_accepts_valid_and_names_the_field_of_invalid_messages() {
+    let out = retryq(
+        &["validate", &fixture("messages/valid/contract-example.json")],
+        &[],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("valid"));
+    let out = retryq(
+        &[
+            "validate",
+            &fixture("messages/invalid/max-attempts-zero.json"),
+        ],
+        &[],
+    )
+    .await;
+    assert_usage_error(&out, "maxAttempts");
+    let out = retryq(
+        &["validate", &fixture("messages/invalid/not-json.json")],
+        &[],
+    )
+    .await;
+    assert_usage_error(&out, "body");
+    let out = retryq(&["validate", "/no/such/file.json"], &[]).await;
+    assert_usage_error(&out, "/no/such/file.json");
+}
+
+#[tokio::test]
+async fn event_output_is_accepted_by_the_function() {
+    let dest = destination(200).await;
+    let dir = std::env::temp_dir().join(format!("retryq-event-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let a = dir.join("a.json");
+    let b = dir.join("b.json");
+    std::fs::write(&a, message("ev-a", &dest.uri(), serde_json::json!({}))).unwrap();
+    std::fs::write(&b, message("ev-b", &dest.uri(), serde_json::json!({}))).unwrap();
+    let out = retryq(&["event", a.to_str().unwrap(), b.to_str().unwrap()], &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+
+    let event: aws_lambda_events::event::sqs::SqsEvent = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(event.records.len(), 2);
+    let p = processor(&[("ALLOW_PRIVATE_DESTINATIONS", "true")]);
+    let response = retryq::lambda::handle(p, lambda_runtime::LambdaEvent::new(event, context(30)))
+        .await
+        .unwrap();
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(dest.received_requests().await.unwrap().len(), 2);
+
+    let bad = fixture("messages/invalid/missing-id.json");
+    assert_usage_error(&retryq(&["event", &bad], &[]).await, "id");
+    let out = retryq(&["event", "--raw", &bad], &[]).await;
+    assert_eq!(out.code, 0, "--raw takes it as it is");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A DLQ holding three dead letters, one per reason, made by the processor.
+async fn seeded_dlq(sqs: &aws_sdk_sqs::Client) -> (TestQueue, TestQueue) {
+    let source = queue(sqs, "cli-src").await;
+    let dlq = queue(sqs, "cli-dlq").await;
+    let gone = destination(404).await;
+    send(
+        sqs,
+        &source,
+        &message("dl-404", &gone.uri(), serde_json::json!({})),
+    )
+    .await;
+    send(
+        sqs,
+        &source,
+        &message(
+            "dl-old",
+            &gone.uri(),
+            serde_json::json!({"expiresAt": "2020-01-01T00:00:00Z"}),
+        ),
+    )
+    .await;
+    send(
+        sqs,
+        &source,
+        r#"{"id":"dl-bad","request":{"method":"GET"}}"#,
+    )
+    .await;
+    let received = receive_n(sqs, &source, 3, Duration::from_secs(10)).await;
+    let p = processor(&[
+        ("DLQ_URL", &dlq.url),
+        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+    ]);
+    let response = invoke(&p, sqs, &source, &received).await;
+    assert!(response.batch_item_failures.is_empty());
+    (source, dlq)
+}
+
+#[tokio::test]
+async fn dlq_list_shows_each_dead_letter_and_leaves_them_in_place() {
+    let sqs = sqs();
+    let (_, dlq) = seeded_dlq(&sqs).await;
+
+    let out = retryq(&["dlq", "list", "--dlq-url", &dlq.url], &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    for expected in [
+        "dl-404",
+        "non-retryable",
+        "404",
+        "dl-old",
+        "expired",
+        "invalid-message",
+        "3 dead letter(s)",
+    ] {
+        assert!(
+            out.stdout.contains(expected),
+            "{expected} missing:\n{}",
+            out.stdout
+        );
+    }
+
+    let out = retryq(&["dlq", "list", "--dlq-url", &dlq.url, "--json"], &[]).await;
+    assert_eq!(out.code, 0);
+    let list: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(
+        list.len(),
+        3,
+        "listing twice shows all again: nothing was consumed"
+    );
+    let not_found = list.iter().find(|l| l["id"] == "dl-404").unwrap();
+    assert_eq!(not_found["failureReason"], "non-retryable");
+    assert_eq!(not_found["lastStatusCode"], "404");
+    assert_eq!(not_found["attemptCount"], "1");
+    assert!(not_found["destination"]
+        .as_str()
+        .unwrap()
+        .starts_with("http://127.0.0.1:"));
+    assert!(not_found["ageSeconds"].as_u64().unwrap() < 600);
+    assert_eq!(depth(&sqs, &dlq).await, (3, 0));
+}
+
+#[tokio::test]
+async fn dlq_redrive_moves_dead_letters_back_by_reason_without_failure_attributes() {
+    let sqs = sqs();
+    let (_, dlq) = seeded_dlq(&sqs).await;
+    let target = queue(&sqs, "cli-redrive-to").await;
+
+    let out = retryq(
+        &[
+            "dlq",
+            "redrive",
+            "--dlq-url",
+            &dlq.url,
+            "--to",
+            &target.url,
+            "--reason",
+            "non-retryable",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("moved 1"), "{}", out.stdout);
+    let moved = receive_n(&sqs, &target, 1, Duration::from_secs(10)).await;
+    assert_eq!(body_of(&moved[0])["id"], "dl-404");
+    assert!(
+        moved[0]
+            .message_attributes
+            .as_ref()
+            .is_none_or(|a| a.is_empty()),
+        "failure attributes dropped"
+    );
+    assert_eq!(depth(&sqs, &dlq).await, (2, 0), "the others stay, visible");
+
+    let out = retryq(
+        &[
+            "dlq",
+            "redrive",
+            "--dlq-url",
+            &dlq.url,
+            "--to",
+            &target.url,
+            "--max",
+            "1",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("moved 1"), "{}", out.stdout);
+    assert_eq!(depth(&sqs, &dlq).await, (1, 0));
+
+    let out = retryq(
+        &[
+            "dlq",
+            "redrive",
+            "--dlq-url",
+            &dlq.url,
+            "--to",
+            &target.url,
+            "--reason",
+            "sideways",
+        ],
+        &[],
+    )
+    .await;
+    assert_usage_error(&out, "--reason");
+}
