@@ -26,7 +26,7 @@ tools:
 	@scripts/tools.sh
 
 demo: tools
-	QUEUES="retryq-events retryq-events-dlq" scripts/with-moto.sh scripts/demo.sh
+	scripts/with-moto.sh scripts/demo.sh
 
 lint: tools
 	cargo fmt --all -- --check

@@ -1,42 +1,35 @@
-//! A destination for the sample events in `events/`, on 127.0.0.1:9100:
+//! The demo destination for `make demo` (and for the sample events): a
+//! small HTTP server on 127.0.0.1:9100 (or `DEMO_DESTINATION`) that fails in
+//! every way the outcome table lists, by path:
 //!
-//! | path            | answer                      |
-//! |-----------------|-----------------------------|
-//! | `/ok`           | 200                         |
-//! | `/unavailable`  | 503                         |
-//! | `/rate-limited` | 429 with `Retry-After: 30`  |
-//! | `/missing`      | 404                         |
+//! | path                | answers                                      |
+//! |---------------------|----------------------------------------------|
+//! | `/ok/<k>`, `/ok`    | 200                                          |
+//! | `/flaky/<k>`        | 503 twice, then 200                          |
+//! | `/limited/<k>`      | 429 with `Retry-After: 2` once, then 200     |
+//! | `/missing/<k>`      | 404                                          |
+//! | `/down/<k>`, `/unavailable` | 503 always                           |
+//! | `/rate-limited`     | 429 with `Retry-After: 30` always            |
+//! | `/stats`            | what it saw, as JSON                         |
 //!
-//! `cargo run --example demo_destination` (or `make destination`), then
-//! `make watch` and `make invoke EVENT=events/mixed-batch.json`. Stops on
-//! Ctrl-C.
+//! (`/ok`, `/unavailable`, `/rate-limited` and `/missing` are the paths of
+//! the sample events in `events/`.) Stops on Ctrl-C or SIGTERM.
 
-use wiremock::matchers::path;
-use wiremock::{Mock, MockServer, ResponseTemplate};
+#[path = "../tests/common/destination.rs"]
+mod destination;
+
+use std::time::Duration;
 
 #[tokio::main]
 async fn main() {
     let addr = std::env::var("DEMO_DESTINATION").unwrap_or_else(|_| "127.0.0.1:9100".into());
-    let listener = std::net::TcpListener::bind(&addr)
-        .unwrap_or_else(|e| panic!("cannot listen on {addr}: {e}"));
-    let server = MockServer::builder().listener(listener).start().await;
-    for (route, response) in [
-        ("/ok", ResponseTemplate::new(200)),
-        ("/unavailable", ResponseTemplate::new(503)),
-        (
-            "/rate-limited",
-            ResponseTemplate::new(429).insert_header("retry-after", "30"),
-        ),
-        ("/missing", ResponseTemplate::new(404)),
-    ] {
-        Mock::given(path(route))
-            .respond_with(response)
-            .mount(&server)
-            .await;
+    let server = destination::Destination::start_on(&addr, Duration::from_millis(20)).await;
+    println!("demo destination on {} (Ctrl-C to stop)", server.url(""));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
-    println!("demo destination on {} (Ctrl-C to stop)", server.uri());
-    tokio::signal::ctrl_c().await.expect("Ctrl-C handler");
-    for r in server.received_requests().await.unwrap_or_default() {
-        println!("{} {}", r.method, r.url.path());
-    }
+    println!("{}", server.stats_json());
 }

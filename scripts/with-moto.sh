@@ -14,9 +14,11 @@ export PATH="$scripts_dir:$PATH"
 
 port=${MOTO_PORT:-$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 log=$(mktemp -t moto.XXXXXX.log)
-moto_server -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
+# In its own session, so a Ctrl-C reaches the command first and the server
+# stays up while the command shuts down; stopped below in every case.
+setsid moto_server -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
 moto_pid=$!
-stop() { kill "$moto_pid" 2>/dev/null || true; wait "$moto_pid" 2>/dev/null || true; rm -f "$log"; }
+stop() { kill -TERM -- "-$moto_pid" 2>/dev/null || true; wait "$moto_pid" 2>/dev/null || true; rm -f "$log"; }
 trap stop EXIT
 trap 'exit 130' INT TERM
 

@@ -27,10 +27,9 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
-use crate::deliver::{Deliverer, Delivery};
+use crate::deliver::{Deliverer, Refused};
 use crate::message::RetryMessage;
 use crate::policy::backoff::VISIBILITY_LIMIT;
-use crate::policy::classify::{classify, Outcome};
 use crate::policy::{Action, Attempt, DeadLetter, FailureReason};
 use crate::queue::{DeadLetterCopy, QueueError, Queues};
 
@@ -261,26 +260,20 @@ impl Processor {
                 .expect("the semaphore is never closed");
             self.deliverer.deliver(&msg).await
         };
-        let mut outcome = match (&delivery, delivery.answer()) {
-            (Delivery::NotAllowed(e), _) => {
+        let outcome = match delivery.outcome(SystemTime::now()) {
+            Ok(outcome) => outcome,
+            Err(Refused::NotAllowed(e)) => {
                 return dead(
                     FailureReason::DestinationNotAllowed,
                     attempt.number,
                     None,
-                    &e.to_string(),
+                    &e,
                 )
             }
-            (Delivery::Invalid(e), _) => {
-                return dead(FailureReason::InvalidMessage, attempt.number, None, e)
+            Err(Refused::Invalid(e)) => {
+                return dead(FailureReason::InvalidMessage, attempt.number, None, &e)
             }
-            (_, Some(answer)) => classify(&answer, SystemTime::now()),
-            (_, None) => unreachable!("every other delivery has an answer"),
         };
-        if let (Delivery::NoResponse { kind, detail }, Outcome::Retryable { error, .. }) =
-            (&delivery, &mut outcome)
-        {
-            *error = format!("{}: {detail}", kind.as_str());
-        }
         let max_delay = VISIBILITY_LIMIT.saturating_sub(batch_started.elapsed() + RECEIVE_SLACK);
         let (name, status) = (outcome.name(), outcome.status());
         let action = policy.after_attempt_within(

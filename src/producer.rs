@@ -35,9 +35,9 @@ use base64::Engine as _;
 use time::OffsetDateTime;
 use url::Url;
 
-use crate::deliver::{Deliverer, Delivery};
+use crate::deliver::{Deliverer, Refused};
 use crate::message::{BodyEncoding, HeaderValues, InvalidMessage, Request, RetryMessage};
-use crate::policy::classify::{classify, Outcome};
+use crate::policy::classify::Outcome;
 use crate::queue::QueueError;
 
 /// Builds a valid [`RetryMessage`]. Errors surface at [`build`](Self::build),
@@ -277,23 +277,15 @@ pub async fn call_then_enqueue(
         let left = sync.budget.saturating_sub(started.elapsed());
         attempts += 1;
         let delivery = deliverer.deliver_within(&msg, left).await;
-        let outcome = match (&delivery, delivery.answer()) {
-            (Delivery::NotAllowed(e), _) => {
+        let outcome = match delivery.outcome(SystemTime::now()) {
+            Ok(outcome) => outcome,
+            Err(Refused::NotAllowed(error) | Refused::Invalid(error)) => {
                 return Ok(CallOutcome::Rejected {
                     status: None,
-                    error: e.to_string(),
+                    error,
                     attempts,
                 })
             }
-            (Delivery::Invalid(e), _) => {
-                return Ok(CallOutcome::Rejected {
-                    status: None,
-                    error: e.clone(),
-                    attempts,
-                })
-            }
-            (_, Some(answer)) => classify(&answer, SystemTime::now()),
-            (_, None) => unreachable!("every other delivery has an answer"),
         };
         let (retry_after, error) = match outcome {
             Outcome::Delivered { status } => {

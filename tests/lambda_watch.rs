@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -17,41 +17,14 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 /// The sample events' destination.
 const DESTINATION: &str = "127.0.0.1:9100";
 
-/// A process group started by the test, stopped when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let group = format!("-{}", self.0.id());
-        let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-        let _ = self.0.wait();
-    }
-}
-
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn cargo_lambda_watch(port: u16, dlq_url: &str, log: &Path) -> Running {
-    use std::os::unix::process::CommandExt;
     let log = std::fs::File::create(log).unwrap();
-    let child = Command::new("cargo")
+    let mut command = Command::new("cargo");
+    command
         .args([
             "lambda",
             "watch",
@@ -62,21 +35,14 @@ fn cargo_lambda_watch(port: u16, dlq_url: &str, log: &Path) -> Running {
         ])
         .arg(port.to_string())
         .current_dir(root())
-        .env("AWS_ENDPOINT_URL", endpoint())
-        .env("AWS_REGION", REGION)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("DLQ_URL", dlq_url)
         .env("ALLOW_PRIVATE_DESTINATIONS", "true")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .expect("cargo lambda is installed (make test installs it)");
-    Running(child)
+        .stderr(log);
+    aws_env(&mut command);
+    Running::spawn(command)
 }
 
 fn invoke(port: u16, event: &Path) -> Result<serde_json::Value, String> {

@@ -20,12 +20,12 @@ pub mod destination;
 use std::error::Error as StdError;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::message::RetryMessage;
-use crate::policy::classify::{Answer, NoResponse};
+use crate::policy::classify::{classify, Answer, NoResponse, Outcome};
 use destination::{DestinationPolicy, NotAllowed};
 
 /// How much of an answer's body is read (and then discarded) so the
@@ -61,7 +61,37 @@ pub enum Delivery {
     Invalid(String),
 }
 
+/// A delivery that was refused before any attempt was made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// By the destination policy: `destination-not-allowed`.
+    NotAllowed(String),
+    /// The message cannot be turned into a request: `invalid-message`.
+    Invalid(String),
+}
+
 impl Delivery {
+    /// The outcome of the attempt (contract §3), with the transport error's
+    /// detail in the error text; or why no attempt was made.
+    pub fn outcome(&self, now: SystemTime) -> Result<Outcome, Refused> {
+        match self {
+            Delivery::NotAllowed(e) => Err(Refused::NotAllowed(e.to_string())),
+            Delivery::Invalid(e) => Err(Refused::Invalid(e.clone())),
+            Delivery::NoResponse { kind, detail } => Ok(Outcome::Retryable {
+                status: None,
+                retry_after: None,
+                error: format!("{}: {detail}", kind.as_str()),
+            }),
+            Delivery::Answered { status, headers } => Ok(classify(
+                &Answer::Status {
+                    status: *status,
+                    headers,
+                },
+                now,
+            )),
+        }
+    }
+
     /// The view of this delivery the classifier takes, unless it was refused
     /// before any attempt.
     pub fn answer(&self) -> Option<Answer<'_>> {

@@ -1,3 +1,4 @@
+#![allow(dead_code)]
 //! A destination for end-to-end tests: a small HTTP/1.1 server on loopback
 //! that fails in the ways contract §3 lists, by path, and measures what a
 //! user would: requests per idempotency key, 2xx answers, and the most
@@ -7,9 +8,13 @@
 //! |---------------------|----------------------------------------------|
 //! | `/ok/<k>`           | 200                                          |
 //! | `/flaky/<k>`        | 503 twice, then 200                          |
-//! | `/limited/<k>`      | 429 with `Retry-After: 1` once, then 200     |
+//! | `/limited/<k>`      | 429 with `Retry-After: 2` once, then 200     |
 //! | `/missing/<k>`      | 404                                          |
-//! | `/down/<k>`         | 503 always                                   |
+//! | `/down/<k>`, `/unavailable` | 503 always                           |
+//! | `/rate-limited`     | 429 with `Retry-After: 30` always            |
+//! | `/stats`            | what it saw, as JSON (not counted)           |
+//!
+//! `examples/demo_destination.rs` serves the same for `make demo`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,6 +32,8 @@ struct State {
     /// Idempotency keys answered 2xx, with how often.
     delivered: HashMap<String, usize>,
     requests: usize,
+    /// 2xx answers to a path that had been tried before.
+    delivered_after_retry: usize,
 }
 
 #[derive(Clone)]
@@ -39,7 +46,14 @@ pub struct Destination {
 impl Destination {
     /// Starts on 127.0.0.1, answering each request after `delay`.
     pub async fn start(delay: Duration) -> Destination {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Destination::start_on("127.0.0.1:0", delay).await
+    }
+
+    /// Starts on `addr`.
+    pub async fn start_on(addr: &str, delay: Duration) -> Destination {
+        let listener = TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|e| panic!("cannot listen on {addr}: {e}"));
         let port = listener.local_addr().unwrap().port();
         let state = Arc::new(Mutex::new(State::default()));
         let s = Arc::clone(&state);
@@ -71,6 +85,21 @@ impl Destination {
     pub fn delivered(&self) -> HashMap<String, usize> {
         self.state.lock().unwrap().delivered.clone()
     }
+
+    /// What `/stats` answers.
+    pub fn stats_json(&self) -> String {
+        stats_json(&self.state.lock().unwrap())
+    }
+}
+
+fn stats_json(s: &State) -> String {
+    serde_json::json!({
+        "requests": s.requests,
+        "maxInFlight": s.max_in_flight,
+        "delivered": s.delivered.len(),
+        "deliveredAfterRetry": s.delivered_after_retry,
+    })
+    .to_string()
 }
 
 impl Drop for Destination {
@@ -87,10 +116,11 @@ fn answer(path: &str, seen_before: usize) -> (u16, Option<&'static str>) {
         "ok" => (200, None),
         "flaky" if seen_before < 2 => (503, None),
         "flaky" => (200, None),
-        "limited" if seen_before < 1 => (429, Some("1")),
+        "limited" if seen_before < 1 => (429, Some("2")),
         "limited" => (200, None),
         "missing" => (404, None),
-        "down" => (503, None),
+        "down" | "unavailable" => (503, None),
+        "rate-limited" => (429, Some("30")),
         _ => (400, None),
     }
 }
@@ -127,6 +157,14 @@ async fn serve(stream: tokio::net::TcpStream, state: Arc<Mutex<State>>, delay: D
         if reader.read_exact(&mut body).await.is_err() {
             return;
         }
+        if path == "/stats" {
+            let body = stats_json(&state.lock().unwrap());
+            let response = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+            if write.write_all(response.as_bytes()).await.is_err() {
+                return;
+            }
+            continue;
+        }
         let seen_before = {
             let mut s = state.lock().unwrap();
             s.in_flight += 1;
@@ -143,6 +181,9 @@ async fn serve(stream: tokio::net::TcpStream, state: Arc<Mutex<State>>, delay: D
             s.in_flight -= 1;
             if (200..300).contains(&status) {
                 *s.delivered.entry(key).or_default() += 1;
+                if seen_before > 0 {
+                    s.delivered_after_retry += 1;
+                }
             }
         }
         let extra = retry_after
