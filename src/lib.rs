@@ -27,8 +27,13 @@
 //! | [`queue`] | SQS adapter: visibility, DLQ copies, deletes |
 //! | [`process`] | one batch: deliver → decide → apply, each record isolated |
 //! | [`lambda`] | Lambda adapter: `SqsEvent` → `SqsBatchResponse` |
+//! | [`worker`] | path 3.2: the long-lived poller, same core |
+//! | [`trigger`] | the Lambda SQS event source, emulated for local runs |
+//! | [`dlq`] | list and redrive dead letters |
+//! | [`producer`] | service A's side: build, enqueue, call-then-enqueue |
+//! | [`cli`] | the `retryq` command line |
 //!
-//! The binary `retryq-processor` only wires these together.
+//! The binaries `retryq-processor` and `retryq` only wire these together.
 //!
 //! ## The core in one example
 //!
