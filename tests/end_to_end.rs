@@ -361,3 +361,51 @@ async fn a_busy_worker_stopped_with_sigterm_finishes_what_it_started() {
     );
     assert_eq!(depth(&sqs, &dlq).await, (0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn several_workers_on_one_queue_deliver_each_message_once() {
+    let sqs = sqs();
+    let source = queue(&sqs, "e2e-workers").await;
+    let dlq = queue(&sqs, "e2e-workers-dlq").await;
+    let dest = Destination::start(Duration::from_millis(10)).await;
+    let expected = enqueue_mix(&sqs, &source, &dest, 20).await;
+
+    let mut vars = VARS.to_vec();
+    vars.push(("DLQ_URL", &dlq.url));
+    let (stop, _) = tokio::sync::watch::channel(false);
+    let workers: Vec<_> = (0..3)
+        .map(|_| {
+            // Separate processors, as separate processes would have.
+            let mut options = retryq::worker::WorkerOptions::new(&source.url, MAX_CONCURRENCY);
+            options.wait = Duration::from_secs(1);
+            let mut stopped = stop.subscribe();
+            tokio::spawn(retryq::worker::run(processor(&vars), options, async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }))
+        })
+        .collect();
+
+    settle(
+        &sqs,
+        &source,
+        &dlq,
+        expected.dead.len(),
+        Duration::from_secs(120),
+    )
+    .await;
+    stop.send(true).unwrap();
+    for w in workers {
+        w.await.unwrap().unwrap();
+    }
+    let dead = dead_letters(&sqs, &dlq, expected.dead.len()).await;
+    let delivered = dest.delivered();
+    assert_eq!(
+        delivered.keys().cloned().collect::<HashSet<_>>(),
+        expected.delivered
+    );
+    assert!(
+        delivered.values().all(|&n| n == 1),
+        "each delivered once: {delivered:?}"
+    );
+    assert_eq!(dead.len(), expected.dead.len());
+}
