@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::deliver::Deliverer;
 use crate::message::RetryMessage;
@@ -284,9 +285,14 @@ pub async fn run(
         } => {
             let msg = request.message()?;
             let config = config()?;
-            let deliverer = Deliverer::new(config.destinations, config.request_timeout, 4)
+            let (sqs, secrets_manager) =
+                queue::clients_from_env(config.auth.uses_secrets_manager()).await;
+            let auth = Authenticator::new(&config.auth, config.request_timeout, secrets_manager)
                 .map_err(|e| Failure::Work(e.to_string()))?;
-            let enqueuer = Enqueuer::new(queue::sqs_client_from_env().await, queue_url);
+            let deliverer = Deliverer::new(config.destinations, config.request_timeout, 4)
+                .map_err(|e| Failure::Work(e.to_string()))?
+                .with_auth(Arc::new(auth));
+            let enqueuer = Enqueuer::new(sqs, queue_url);
             let sync = SyncRetry {
                 attempts: sync_attempts,
                 budget: Duration::from_millis(sync_budget_ms),
@@ -326,7 +332,9 @@ pub async fn run(
             if let Some(n) = pollers {
                 options.pollers = n as usize;
             }
-            let processor = Processor::new(config, queue::sqs_client_from_env().await)
+            let (sqs, secrets_manager) =
+                queue::clients_from_env(config.auth.uses_secrets_manager()).await;
+            let processor = Processor::new(config, sqs, secrets_manager)
                 .map_err(|e| Failure::Work(e.to_string()))?;
             let stats = worker::run(Arc::new(processor), options, shutdown)
                 .await

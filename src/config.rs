@@ -21,6 +21,7 @@
 
 use std::time::Duration;
 
+use crate::auth::AuthProfiles;
 use crate::deliver::destination::{DestinationPolicy, HostPattern};
 use crate::policy::backoff::{Backoff, InvalidBackoff, VISIBILITY_LIMIT};
 use crate::policy::RetryPolicy;
@@ -40,6 +41,8 @@ pub struct Config {
     pub max_concurrency: usize,
     /// `ALLOWED_DESTINATIONS` and `ALLOW_PRIVATE_DESTINATIONS`.
     pub destinations: DestinationPolicy,
+    /// `AUTH_PROFILES`, with the secrets its `…Env` fields name.
+    pub auth: AuthProfiles,
 }
 
 /// A malformed variable. Displays as `VARIABLE: what is wrong`.
@@ -137,7 +140,14 @@ impl Config {
             }
         };
 
+        let auth = match var("AUTH_PROFILES") {
+            None => AuthProfiles::default(),
+            Some(json) => AuthProfiles::parse(&json, &get)
+                .map_err(|e| ConfigError::new("AUTH_PROFILES", e))?,
+        };
+
         Ok(Config {
+            auth,
             dlq_url: var("DLQ_URL").map(|v| v.trim().to_owned()),
             retry: RetryPolicy {
                 max_attempts,
@@ -239,6 +249,11 @@ mod tests {
             ("ALLOWED_DESTINATIONS", "http://x.example.com"),
             ("ALLOWED_DESTINATIONS", "host:notaport"),
             ("ALLOW_PRIVATE_DESTINATIONS", "yes"),
+            ("AUTH_PROFILES", "{not json"),
+            (
+                "AUTH_PROFILES",
+                r#"{"p": {"type": "header", "name": "x-key", "valueEnv": "UNSET_VARIABLE"}}"#,
+            ),
         ];
         for (name, value) in cases {
             let err = with(&[(name, value)]).unwrap_err();

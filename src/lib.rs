@@ -23,6 +23,7 @@
 //! | [`policy::classify`] | pure: what kind of answer was this (§3) |
 //! | [`policy::backoff`] | pure: exponential backoff with jitter |
 //! | [`config`] | the environment, parsed and validated once |
+//! | [`auth`] | auth profiles: tokens and API keys the processor holds |
 //! | [`deliver`] | HTTP adapter: replay one request; [`deliver::destination`] is the SSRF policy |
 //! | [`queue`] | SQS adapter: visibility, DLQ copies, deletes |
 //! | [`process`] | one batch: deliver → decide → apply, each record isolated |
@@ -63,6 +64,7 @@
 //! assert_eq!(action, Action::Retry { delay: Duration::from_secs(30) });
 //! ```
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod deliver;

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Semaphore;
 
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::deliver::{Deliverer, Refused};
 use crate::message::RetryMessage;
@@ -115,13 +116,20 @@ pub struct Processor {
 }
 
 impl Processor {
-    /// Wires the processor. Makes no network call.
-    pub fn new(config: Config, sqs: aws_sdk_sqs::Client) -> Result<Processor, reqwest::Error> {
+    /// Wires the processor. Makes no network call. `secrets_manager` is
+    /// needed only by auth profiles that read Secrets Manager.
+    pub fn new(
+        config: Config,
+        sqs: aws_sdk_sqs::Client,
+        secrets_manager: Option<aws_sdk_secretsmanager::Client>,
+    ) -> Result<Processor, reqwest::Error> {
+        let auth = Authenticator::new(&config.auth, config.request_timeout, secrets_manager)?;
         let deliverer = Deliverer::new(
             config.destinations.clone(),
             config.request_timeout,
             config.max_concurrency,
-        )?;
+        )?
+        .with_auth(Arc::new(auth));
         Ok(Processor {
             requests: Semaphore::new(config.max_concurrency),
             deliverer,
@@ -235,8 +243,7 @@ impl Processor {
             limit: msg.attempt_limit(policy.max_attempts),
             expires_at: msg.expires_at.map(SystemTime::from),
         };
-        if let Some(profile) = &msg.auth {
-            // Auth profiles are configured with AUTH_PROFILES; none is yet.
+        if let Some(profile) = msg.auth.as_ref().filter(|p| !self.deliverer.has_profile(p)) {
             return dead(
                 FailureReason::InvalidMessage,
                 attempt.number,

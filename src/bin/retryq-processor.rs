@@ -22,7 +22,8 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let processor = match Processor::new(config, queue::sqs_client_from_env().await) {
+    let (sqs, secrets_manager) = queue::clients_from_env(config.auth.uses_secrets_manager()).await;
+    let processor = match Processor::new(config, sqs, secrets_manager) {
         Ok(p) => Arc::new(p),
         Err(e) => {
             eprintln!("retryq-processor: cannot build the HTTP client: {e}");

@@ -24,6 +24,7 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::auth::{AuthError, Authenticator, Credential};
 use crate::message::RetryMessage;
 use crate::policy::classify::{classify, Answer, NoResponse, Outcome};
 use destination::{DestinationPolicy, NotAllowed};
@@ -48,11 +49,21 @@ const DROPPED_HEADERS: &[&str] = &[
     "content-length",
 ];
 
+/// Most of a 401's body that is read to apply an `expiredToken` rule.
+const AUTH_BODY_LIMIT: usize = 8 * 1024;
+
 /// What one attempt produced.
 #[derive(Debug)]
 pub enum Delivery {
-    /// The destination answered.
-    Answered { status: u16, headers: HeaderMap },
+    /// The destination answered. `token_expired`: it said the token expired
+    /// even after the one refresh an attempt may make.
+    Answered {
+        status: u16,
+        headers: HeaderMap,
+        token_expired: bool,
+    },
+    /// No credential could be had for the message's auth profile.
+    AuthFailed(AuthError),
     /// No answer; `detail` is one line without the URL.
     NoResponse { kind: NoResponse, detail: String },
     /// The destination policy refused it; no connection was made.
@@ -82,7 +93,27 @@ impl Delivery {
                 retry_after: None,
                 error: format!("{}: {detail}", kind.as_str()),
             }),
-            Delivery::Answered { status, headers } => Ok(classify(
+            Delivery::AuthFailed(AuthError::Unavailable(e)) => Ok(Outcome::Retryable {
+                status: None,
+                retry_after: None,
+                error: e.clone(),
+            }),
+            Delivery::AuthFailed(AuthError::Rejected(e)) => Ok(Outcome::NonRetryable {
+                status: None,
+                error: e.clone(),
+            }),
+            Delivery::Answered {
+                status,
+                token_expired: true,
+                ..
+            } => Ok(Outcome::Retryable {
+                status: Some(*status),
+                retry_after: None,
+                error: format!("HTTP {status}: the token expired again right after a refresh"),
+            }),
+            Delivery::Answered {
+                status, headers, ..
+            } => Ok(classify(
                 &Answer::Status {
                     status: *status,
                     headers,
@@ -96,12 +127,14 @@ impl Delivery {
     /// before any attempt.
     pub fn answer(&self) -> Option<Answer<'_>> {
         match self {
-            Delivery::Answered { status, headers } => Some(Answer::Status {
+            Delivery::Answered {
+                status, headers, ..
+            } => Some(Answer::Status {
                 status: *status,
                 headers,
             }),
             Delivery::NoResponse { kind, .. } => Some(Answer::NoResponse(*kind)),
-            Delivery::NotAllowed(_) | Delivery::Invalid(_) => None,
+            Delivery::NotAllowed(_) | Delivery::Invalid(_) | Delivery::AuthFailed(_) => None,
         }
     }
 }
@@ -112,6 +145,7 @@ pub struct Deliverer {
     client: reqwest::Client,
     policy: Arc<DestinationPolicy>,
     timeout: Duration,
+    auth: Option<Arc<Authenticator>>,
 }
 
 impl Deliverer {
@@ -136,7 +170,19 @@ impl Deliverer {
             client,
             policy,
             timeout,
+            auth: None,
         })
+    }
+
+    /// Applies these auth profiles to messages that name one.
+    pub fn with_auth(mut self, auth: Arc<Authenticator>) -> Deliverer {
+        self.auth = Some(auth);
+        self
+    }
+
+    /// Is this auth profile configured?
+    pub fn has_profile(&self, profile: &str) -> bool {
+        self.auth.as_ref().is_some_and(|a| a.has(profile))
     }
 
     /// Makes one attempt, within `REQUEST_TIMEOUT_SECONDS`.
@@ -145,31 +191,91 @@ impl Deliverer {
     }
 
     /// Makes one attempt within `timeout` (never longer than the configured
-    /// request timeout).
+    /// request timeout). With an auth profile, a 401 that says the token
+    /// expired gets one refresh and one immediate retry, within the attempt.
     pub async fn deliver_within(&self, msg: &RetryMessage, timeout: Duration) -> Delivery {
         if let Err(e) = self.policy.check(&msg.destination_url) {
             return Delivery::NotAllowed(e);
         }
         let timeout = timeout.min(self.timeout).max(Duration::from_millis(1));
-        let request = match self.build(msg, timeout) {
+        let Some(profile) = msg.auth.as_deref() else {
+            return self.send(msg, None, timeout, false).await.0;
+        };
+        let Some(auth) = self.auth.as_ref().filter(|a| a.has(profile)) else {
+            return Delivery::AuthFailed(AuthError::Rejected(format!(
+                "auth profile {profile:?} is not configured"
+            )));
+        };
+        let credential = match auth.credential(profile).await {
+            Ok(c) => c,
+            Err(e) => return Delivery::AuthFailed(e),
+        };
+        let read_body = auth.needs_body(profile);
+        let (first, body) = self.send(msg, Some(&credential), timeout, read_body).await;
+        let expired = |d: &Delivery, body: &[u8]| matches!(d, Delivery::Answered { status, headers, .. } if auth.says_expired(profile, *status, headers, body));
+        if !expired(&first, &body) {
+            return first;
+        }
+        tracing::debug!(message_id = %msg.id, profile, "token expired: refreshing and retrying once");
+        let fresh = match auth.refresh(profile, &credential).await {
+            Ok(c) => c,
+            Err(e) => return Delivery::AuthFailed(e),
+        };
+        let (mut second, body) = self.send(msg, Some(&fresh), timeout, read_body).await;
+        let again = expired(&second, &body);
+        if let Delivery::Answered { token_expired, .. } = &mut second {
+            *token_expired = again;
+        }
+        second
+    }
+
+    /// One HTTP exchange. Returns the body too when it is a 401 and
+    /// `read_401_body` (for the expired-token rule), else an empty one.
+    async fn send(
+        &self,
+        msg: &RetryMessage,
+        credential: Option<&Credential>,
+        timeout: Duration,
+        read_401_body: bool,
+    ) -> (Delivery, Vec<u8>) {
+        let request = match self.build(msg, credential, timeout) {
             Ok(r) => r,
-            Err(reason) => return Delivery::Invalid(reason),
+            Err(reason) => return (Delivery::Invalid(reason), Vec::new()),
         };
         match self.client.execute(request).await {
             Ok(mut response) => {
                 let status = response.status().as_u16();
                 let headers = std::mem::take(response.headers_mut());
-                drain(response).await;
-                Delivery::Answered { status, headers }
+                let keep = if read_401_body && status == 401 {
+                    AUTH_BODY_LIMIT
+                } else {
+                    0
+                };
+                let body = drain(response, keep).await;
+                let answered = Delivery::Answered {
+                    status,
+                    headers,
+                    token_expired: false,
+                };
+                (answered, body)
             }
-            Err(e) => transport_failure(e),
+            Err(e) => (transport_failure(e), Vec::new()),
         }
     }
 
-    fn build(&self, msg: &RetryMessage, timeout: Duration) -> Result<reqwest::Request, String> {
+    fn build(
+        &self,
+        msg: &RetryMessage,
+        credential: Option<&Credential>,
+        timeout: Duration,
+    ) -> Result<reqwest::Request, String> {
         let method = reqwest::Method::from_bytes(msg.request.method.as_bytes())
             .map_err(|_| "request.method: not a valid method".to_owned())?;
-        let headers = request_headers(msg)?;
+        let mut headers = request_headers(msg)?;
+        if let Some(c) = credential {
+            // Replaces the message's own (stale) header of that name.
+            headers.insert(c.name.clone(), c.value.clone());
+        }
         let body = msg.body_bytes().map_err(|e| e.to_string())?;
         let mut builder = self
             .client
@@ -219,16 +325,23 @@ pub fn request_headers(msg: &RetryMessage) -> Result<HeaderMap, String> {
     Ok(headers)
 }
 
-/// Reads (and drops) a bounded part of the body so the connection can be
-/// reused; errors here do not change the outcome, the status is in.
-async fn drain(mut response: reqwest::Response) {
+/// Reads a bounded part of the body so the connection can be reused, and
+/// returns its first `keep` bytes; errors here do not change the outcome,
+/// the status is in.
+async fn drain(mut response: reqwest::Response, keep: usize) -> Vec<u8> {
+    let mut kept = Vec::new();
     let mut read = 0usize;
     while let Ok(Some(chunk)) = response.chunk().await {
+        if kept.len() < keep {
+            let room = keep - kept.len();
+            kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        }
         read += chunk.len();
         if read > DRAIN_LIMIT {
             break;
         }
     }
+    kept
 }
 
 fn transport_failure(e: reqwest::Error) -> Delivery {

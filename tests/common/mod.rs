@@ -37,6 +37,18 @@ pub fn sqs() -> aws_sdk_sqs::Client {
     aws_sdk_sqs::Client::from_conf(config)
 }
 
+pub fn secrets_manager() -> aws_sdk_secretsmanager::Client {
+    let config = aws_sdk_secretsmanager::Config::builder()
+        .behavior_version_latest()
+        .region(Region::new(REGION))
+        .endpoint_url(endpoint())
+        .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
+            "test", "test", None, None, "tests",
+        ))
+        .build();
+    aws_sdk_secretsmanager::Client::from_conf(config)
+}
+
 pub struct TestQueue {
     pub name: String,
     pub url: String,
@@ -85,7 +97,7 @@ pub fn config(vars: &[(&str, &str)]) -> Config {
 }
 
 pub fn processor(vars: &[(&str, &str)]) -> Arc<Processor> {
-    Arc::new(Processor::new(config(vars), sqs()).expect("processor"))
+    Arc::new(Processor::new(config(vars), sqs(), Some(secrets_manager())).expect("processor"))
 }
 
 /// A Retry Message body for `url`, with `extra` fields merged in.
