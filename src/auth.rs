@@ -431,14 +431,13 @@ impl Authenticator {
             }
             ProfileSpec::OAuth2 { .. } => {
                 let mut cached = self.tokens[profile].lock().await;
-                let fresh_enough = cached.as_ref().is_some_and(|t| {
-                    Instant::now() < t.refresh_at && stale.is_none_or(|g| g != t.generation)
-                });
-                // Someone replaced the stale token while we waited: use theirs.
-                let replaced = cached
+                // Usable: not due for refresh, and not the token the caller
+                // found expired (another record may have replaced it while
+                // this one waited for the lock).
+                let usable = cached
                     .as_ref()
-                    .is_some_and(|t| stale.is_some_and(|g| g != t.generation));
-                if !(fresh_enough || replaced) {
+                    .is_some_and(|t| Instant::now() < t.refresh_at && stale != Some(t.generation));
+                if !usable {
                     *cached = Some(self.fetch_token(profile, spec).await?);
                 }
                 let token = cached.as_ref().expect("just filled");

@@ -1,0 +1,462 @@
+//! Auth profiles (contract §3, §5) against a real token endpoint and a real
+//! destination (local HTTP servers), the SQS API (moto) and Secrets Manager
+//! (moto): tokens fetched once and shared, one refresh on an expired token,
+//! retryable when the token endpoint is down, dead-lettered when it rejects
+//! the credentials.
+
+mod common;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::*;
+use wiremock::matchers::{any, body_string_contains, header, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const SECRET: &str = "s3cr3t-client";
+
+fn token(value: &str) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(
+        serde_json::json!({"access_token": value, "token_type": "Bearer", "expires_in": 3600}),
+    )
+}
+
+async fn token_endpoint(first: &str, then: &str) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/oauth/token"))
+        .respond_with(token(first))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/oauth/token"))
+        .respond_with(token(then))
+        .mount(&server)
+        .await;
+    server
+}
+
+fn oauth_profile(token_url: &str, extra: serde_json::Value) -> String {
+    let mut p = serde_json::json!({
+        "type": "oauth2-client-credentials", "tokenUrl": token_url, "clientId": "retryq",
+        "clientSecretEnv": "PARTNER_X_SECRET", "scope": "orders:write",
+        "expiredToken": { "status": 401, "bodyContains": "token_expired" }
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        p[k] = v.clone();
+    }
+    serde_json::json!({ "partner-x": p }).to_string()
+}
+
+/// A source queue, a DLQ and a processor with these profiles.
+async fn setup(
+    profiles: &str,
+) -> (
+    aws_sdk_sqs::Client,
+    TestQueue,
+    TestQueue,
+    std::sync::Arc<retryq::process::Processor>,
+) {
+    let sqs = sqs();
+    let source = queue(&sqs, "auth").await;
+    let dlq = queue(&sqs, "auth-dlq").await;
+    let p = processor(&[
+        ("DLQ_URL", &dlq.url),
+        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+        ("REQUEST_TIMEOUT_SECONDS", "1"),
+        ("AUTH_PROFILES", profiles),
+        ("PARTNER_X_SECRET", SECRET),
+        ("PARTNER_Y_KEY", "k3y-value"),
+    ]);
+    (sqs, source, dlq, p)
+}
+
+fn authed(id: &str, url: &str) -> String {
+    message(id, url, serde_json::json!({"auth": "partner-x"}))
+}
+
+/// Sends `n` messages, runs them through the handler in one batch.
+async fn run(
+    sqs: &aws_sdk_sqs::Client,
+    q: &TestQueue,
+    p: &std::sync::Arc<retryq::process::Processor>,
+    bodies: &[String],
+) -> Vec<String> {
+    for b in bodies {
+        send(sqs, q, b).await;
+    }
+    let received = receive_n(sqs, q, bodies.len(), Duration::from_secs(20)).await;
+    assert_eq!(received.len(), bodies.len());
+    failures(&invoke(p, sqs, q, &received).await)
+}
+
+#[tokio::test]
+async fn the_token_is_fetched_once_and_reused_across_records_and_invocations() {
+    let tokens = token_endpoint("tok-1", "tok-unexpected").await;
+    let dest = MockServer::start().await;
+    Mock::given(header("authorization", "Bearer tok-1"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&dest)
+        .await;
+    let (sqs, q, _dlq, p) = setup(&oauth_profile(
+        &format!("{}/oauth/token", tokens.uri()),
+        serde_json::json!({}),
+    ))
+    .await;
+
+    let first = run(
+        &sqs,
+        &q,
+        &p,
+        &[authed("a", &dest.uri()), authed("b", &dest.uri())],
+    )
+    .await;
+    let second = run(&sqs, &q, &p, &[authed("c", &dest.uri())]).await;
+
+    assert!(first.is_empty() && second.is_empty());
+    assert_eq!(dest.received_requests().await.unwrap().len(), 3);
+    let token_requests = tokens.received_requests().await.unwrap();
+    assert_eq!(
+        token_requests.len(),
+        1,
+        "one token for every record of both invocations"
+    );
+    let t = &token_requests[0];
+    let body = String::from_utf8_lossy(&t.body);
+    assert!(
+        body.contains("grant_type=client_credentials") && body.contains("scope=orders%3Awrite"),
+        "{body}"
+    );
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("retryq:{SECRET}"));
+    assert_eq!(
+        t.headers["authorization"],
+        format!("Basic {basic}").as_str(),
+        "client_secret_basic by default"
+    );
+}
+
+#[tokio::test]
+async fn the_client_secret_can_go_in_the_form() {
+    let tokens = MockServer::start().await;
+    Mock::given(body_string_contains(format!("client_secret={SECRET}")))
+        .respond_with(token("tok-f"))
+        .expect(1)
+        .mount(&tokens)
+        .await;
+    let dest = MockServer::start().await;
+    Mock::given(header("authorization", "Bearer tok-f"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&dest)
+        .await;
+    let (sqs, q, _dlq, p) = setup(&oauth_profile(
+        &format!("{}/oauth/token", tokens.uri()),
+        serde_json::json!({"clientAuth": "form"}),
+    ))
+    .await;
+    assert!(run(&sqs, &q, &p, &[authed("f", &dest.uri())])
+        .await
+        .is_empty());
+    tokens.verify().await;
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refreshed_and_the_record_delivered_on_its_first_receive() {
+    let tokens = token_endpoint("tok-old", "tok-new").await;
+    let dest = MockServer::start().await;
+    Mock::given(header("authorization", "Bearer tok-old"))
+        .respond_with(ResponseTemplate::new(401).set_body_string(r#"{"error":"token_expired"}"#))
+        .mount(&dest)
+        .await;
+    Mock::given(header("authorization", "Bearer tok-new"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&dest)
+        .await;
+    let (sqs, q, dlq, p) = setup(&oauth_profile(
+        &format!("{}/oauth/token", tokens.uri()),
+        serde_json::json!({}),
+    ))
+    .await;
+
+    let failed = run(&sqs, &q, &p, &[authed("e", &dest.uri())]).await;
+
+    assert!(failed.is_empty(), "acknowledged on its first receive");
+    assert_eq!(depth(&sqs, &q).await, (0, 0));
+    assert_eq!(depth(&sqs, &dlq).await, (0, 0));
+    assert_eq!(tokens.received_requests().await.unwrap().len(), 2);
+    assert_eq!(
+        dest.received_requests().await.unwrap().len(),
+        2,
+        "one retry, at once"
+    );
+}
+
+#[tokio::test]
+async fn fifty_concurrent_records_with_an_expired_token_cause_exactly_one_refresh() {
+    let tokens = token_endpoint("tok-1", "tok-2").await;
+    let dest = MockServer::start().await;
+    // tok-1 works once (warming the cache), then has expired.
+    Mock::given(header("authorization", "Bearer tok-1"))
+        .respond_with(ResponseTemplate::new(200))
+        .up_to_n_times(1)
+        .mount(&dest)
+        .await;
+    Mock::given(header("authorization", "Bearer tok-1"))
+        .respond_with(
+            ResponseTemplate::new(401)
+                .set_body_string("token_expired")
+                .set_delay(Duration::from_millis(50)),
+        )
+        .mount(&dest)
+        .await;
+    Mock::given(header("authorization", "Bearer tok-2"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&dest)
+        .await;
+    let (sqs, q, _dlq, p) = setup(&oauth_profile(
+        &format!("{}/oauth/token", tokens.uri()),
+        serde_json::json!({}),
+    ))
+    .await;
+    assert!(run(&sqs, &q, &p, &[authed("warm", &dest.uri())])
+        .await
+        .is_empty());
+
+    let bodies: Vec<String> = (0..50)
+        .map(|i| authed(&format!("c-{i}"), &dest.uri()))
+        .collect();
+    let failed = run(&sqs, &q, &p, &bodies).await;
+
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(
+        tokens.received_requests().await.unwrap().len(),
+        2,
+        "the first token, then one refresh for all fifty"
+    );
+}
+
+#[tokio::test]
+async fn the_message_own_authorization_header_is_replaced_not_sent_alongside() {
+    let tokens = token_endpoint("tok-1", "tok-1").await;
+    let dest = MockServer::start().await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&dest)
+        .await;
+    let (sqs, q, _dlq, p) = setup(&oauth_profile(
+        &format!("{}/oauth/token", tokens.uri()),
+        serde_json::json!({}),
+    ))
+    .await;
+    let body = serde_json::json!({
+        "id": "stale", "destinationUrl": dest.uri(), "auth": "partner-x",
+        "request": {"method": "POST", "headers": {"Authorization": "Bearer stale-from-service-a"}}
+    })
+    .to_string();
+    assert!(run(&sqs, &q, &p, &[body]).await.is_empty());
+    let r = &dest.received_requests().await.unwrap()[0];
+    let sent: Vec<_> = r.headers.get_all("authorization").iter().collect();
+    assert_eq!(sent, ["Bearer tok-1"]);
+}
+
+#[tokio::test]
+async fn a_token_endpoint_that_is_down_or_slow_makes_the_record_retryable() {
+    let closed = format!("http://127.0.0.1:{}/oauth/token", free_port());
+    let slow = MockServer::start().await;
+    Mock::given(any())
+        .respond_with(token("late").set_delay(Duration::from_secs(5)))
+        .mount(&slow)
+        .await;
+    for token_url in [closed, format!("{}/oauth/token", slow.uri())] {
+        let dest = MockServer::start().await;
+        Mock::given(any())
+            .respond_with(ResponseTemplate::new(200))
+            .expect(0)
+            .mount(&dest)
+            .await;
+        let (sqs, q, dlq, p) = setup(&oauth_profile(&token_url, serde_json::json!({}))).await;
+        let failed = run(&sqs, &q, &p, &[authed("later", &dest.uri())]).await;
+        assert_eq!(failed.len(), 1, "{token_url}: comes back after its backoff");
+        assert_eq!(
+            depth(&sqs, &q).await,
+            (0, 1),
+            "{token_url}: hidden for the backoff"
+        );
+        assert_eq!(depth(&sqs, &dlq).await, (0, 0));
+        dest.verify().await;
+    }
+}
+
+#[tokio::test]
+async fn rejected_credentials_are_dead_lettered_with_a_reason_that_says_so() {
+    for status in [400, 401] {
+        let tokens = MockServer::start().await;
+        Mock::given(any())
+            .respond_with(
+                ResponseTemplate::new(status).set_body_string(r#"{"error":"invalid_client"}"#),
+            )
+            .mount(&tokens)
+            .await;
+        let dest = MockServer::start().await;
+        let (sqs, q, dlq, p) = setup(&oauth_profile(
+            &format!("{}/oauth/token", tokens.uri()),
+            serde_json::json!({}),
+        ))
+        .await;
+        assert!(run(&sqs, &q, &p, &[authed("nope", &dest.uri())])
+            .await
+            .is_empty());
+        let dead = receive_n(&sqs, &dlq, 1, Duration::from_secs(10)).await;
+        assert_eq!(
+            attr(&dead[0], "FailureReason").as_deref(),
+            Some("non-retryable")
+        );
+        let last_error = attr(&dead[0], "LastError").unwrap();
+        assert!(
+            last_error.contains("rejected the credentials") && last_error.contains("partner-x"),
+            "{last_error}"
+        );
+        assert!(!last_error.contains(SECRET));
+    }
+}
+
+#[tokio::test]
+async fn a_401_that_is_not_an_expired_token_is_non_retryable_and_a_second_expiry_is_retryable() {
+    let tokens = token_endpoint("tok-1", "tok-2").await;
+    let dest = MockServer::start().await;
+    Mock::given(path("/forbidden"))
+        .respond_with(ResponseTemplate::new(401).set_body_string("no such account"))
+        .mount(&dest)
+        .await;
+    Mock::given(path("/always-expired"))
+        .respond_with(ResponseTemplate::new(401).set_body_string("token_expired"))
+        .mount(&dest)
+        .await;
+    let (sqs, q, dlq, p) = setup(&oauth_profile(
+        &format!("{}/oauth/token", tokens.uri()),
+        serde_json::json!({}),
+    ))
+    .await;
+
+    let failed = run(
+        &sqs,
+        &q,
+        &p,
+        &[
+            authed("plain-401", &format!("{}/forbidden", dest.uri())),
+            authed("again", &format!("{}/always-expired", dest.uri())),
+        ],
+    )
+    .await;
+
+    assert_eq!(
+        failed.len(),
+        1,
+        "the second expiry comes back to be retried"
+    );
+    let dead = receive_n(&sqs, &dlq, 1, Duration::from_secs(10)).await;
+    assert_eq!(
+        attr(&dead[0], "FailureReason").as_deref(),
+        Some("non-retryable")
+    );
+    assert_eq!(attr(&dead[0], "LastStatusCode").as_deref(), Some("401"));
+    let expired_requests = dest
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path() == "/always-expired")
+        .count();
+    assert_eq!(expired_requests, 2, "one refresh and one retry, no more");
+}
+
+#[tokio::test]
+async fn a_header_profile_sends_its_api_key() {
+    let dest = MockServer::start().await;
+    Mock::given(header("x-api-key", "k3y-value"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(1)
+        .mount(&dest)
+        .await;
+    let profiles =
+        r#"{"partner-y": {"type": "header", "name": "x-api-key", "valueEnv": "PARTNER_Y_KEY"}}"#;
+    let (sqs, q, _dlq, p) = setup(profiles).await;
+    let body = message("key", &dest.uri(), serde_json::json!({"auth": "partner-y"}));
+    assert!(run(&sqs, &q, &p, &[body]).await.is_empty());
+    dest.verify().await;
+}
+
+#[tokio::test]
+async fn an_unknown_profile_is_an_invalid_message() {
+    let (sqs, q, dlq, p) = setup(r#"{}"#).await;
+    let body = message(
+        "who",
+        "https://api.example.com/",
+        serde_json::json!({"auth": "nobody"}),
+    );
+    assert!(run(&sqs, &q, &p, &[body]).await.is_empty());
+    let dead = receive_n(&sqs, &dlq, 1, Duration::from_secs(10)).await;
+    assert_eq!(
+        attr(&dead[0], "FailureReason").as_deref(),
+        Some("invalid-message")
+    );
+    assert!(attr(&dead[0], "LastError").unwrap().contains("nobody"));
+}
+
+#[tokio::test]
+async fn secrets_can_come_from_secrets_manager() {
+    let sm = secrets_manager();
+    let suffix = std::process::id();
+    let json_secret = sm
+        .create_secret()
+        .name(format!("partner-x-{suffix}"))
+        .secret_string(r#"{"clientSecret": "sm-client-secret", "other": "x"}"#)
+        .send()
+        .await
+        .unwrap()
+        .arn
+        .unwrap();
+    let plain_secret = sm
+        .create_secret()
+        .name(format!("partner-y-{suffix}"))
+        .secret_string("sm-api-key")
+        .send()
+        .await
+        .unwrap()
+        .arn
+        .unwrap();
+    let tokens = MockServer::start().await;
+    let basic = base64::engine::general_purpose::STANDARD.encode("retryq:sm-client-secret");
+    Mock::given(header("authorization", format!("Basic {basic}").as_str()))
+        .respond_with(token("tok-sm"))
+        .expect(1)
+        .mount(&tokens)
+        .await;
+    let dest = MockServer::start().await;
+    Mock::given(header("authorization", "Bearer tok-sm"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&dest)
+        .await;
+    Mock::given(header("x-api-key", "sm-api-key"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&dest)
+        .await;
+    let profiles = serde_json::json!({
+        "partner-x": { "type": "oauth2-client-credentials", "tokenUrl": format!("{}/oauth/token", tokens.uri()),
+                       "clientId": "retryq", "clientSecretArn": json_secret, "jsonKey": "clientSecret" },
+        "partner-y": { "type": "header", "name": "x-api-key", "valueArn": plain_secret }
+    })
+    .to_string();
+    let (sqs, q, _dlq, p) = setup(&profiles).await;
+    let bodies = [
+        authed("sm-1", &dest.uri()),
+        authed("sm-2", &dest.uri()),
+        message(
+            "sm-3",
+            &dest.uri(),
+            serde_json::json!({"auth": "partner-y"}),
+        ),
+    ];
+    assert!(run(&sqs, &q, &p, &bodies).await.is_empty());
+    tokens.verify().await;
+}

@@ -1,0 +1,231 @@
+//! Secret hygiene: the function, run by `cargo lambda watch` with
+//! `RUST_LOG=trace`, goes through every auth path (token fetched, expired
+//! token refreshed, form and basic client auth, API key, Secrets Manager,
+//! rejected credentials, token endpoint down), and none of the secret
+//! values, tokens or credential headers appears in its output, in the
+//! answers, or in the DLQ attributes.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::*;
+use wiremock::matchers::{any, header, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const CLIENT_SECRET: &str = "cs-Zq8vT2-never-log-me";
+const FORM_SECRET: &str = "fs-Hh3kP9-never-log-me";
+const API_KEY: &str = "ak-Ww5mN1-never-log-me";
+const SM_SECRET: &str = "sm-Rr7cX4-never-log-me";
+const TOKEN_OLD: &str = "tk-old-Jj2bL6-never-log-me";
+const TOKEN_NEW: &str = "tk-new-Pp9dF3-never-log-me";
+const TOKEN_SM: &str = "tk-sm-Yy4gK8-never-log-me";
+
+fn token(value: &str) -> ResponseTemplate {
+    ResponseTemplate::new(200)
+        .set_body_json(serde_json::json!({"access_token": value, "expires_in": 3600}))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_or_token_reaches_the_trace_output_or_the_dlq() {
+    let sqs = sqs();
+    let source = queue(&sqs, "auth-trace").await;
+    let dlq = queue(&sqs, "auth-trace-dlq").await;
+    let sm_arn = secrets_manager()
+        .create_secret()
+        .name(format!("trace-{}", std::process::id()))
+        .secret_string(serde_json::json!({"clientSecret": SM_SECRET}).to_string())
+        .send()
+        .await
+        .unwrap()
+        .arn
+        .unwrap();
+
+    let tokens = MockServer::start().await;
+    Mock::given(path("/basic"))
+        .respond_with(token(TOKEN_OLD))
+        .up_to_n_times(1)
+        .mount(&tokens)
+        .await;
+    Mock::given(path("/basic"))
+        .respond_with(token(TOKEN_NEW))
+        .mount(&tokens)
+        .await;
+    Mock::given(path("/form"))
+        .respond_with(token(TOKEN_NEW))
+        .mount(&tokens)
+        .await;
+    Mock::given(path("/sm"))
+        .respond_with(token(TOKEN_SM))
+        .mount(&tokens)
+        .await;
+    Mock::given(path("/reject"))
+        .respond_with(ResponseTemplate::new(401))
+        .mount(&tokens)
+        .await;
+    let dest = MockServer::start().await;
+    Mock::given(header(
+        "authorization",
+        format!("Bearer {TOKEN_OLD}").as_str(),
+    ))
+    .respond_with(ResponseTemplate::new(401).set_body_string("token expired"))
+    .mount(&dest)
+    .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&dest)
+        .await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&dest)
+        .await;
+
+    let oauth = |url: String, extra: serde_json::Value| {
+        let mut p = serde_json::json!({"type": "oauth2-client-credentials", "tokenUrl": url, "clientId": "retryq", "clientSecretEnv": "CLIENT_SECRET"});
+        for (k, v) in extra.as_object().unwrap() {
+            p[k] = v.clone();
+        }
+        p
+    };
+    let profiles = serde_json::json!({
+        "basic": oauth(format!("{}/basic", tokens.uri()), serde_json::json!({})),
+        "form": oauth(format!("{}/form", tokens.uri()), serde_json::json!({"clientAuth": "form", "clientSecretEnv": "FORM_SECRET"})),
+        "sm": { "type": "oauth2-client-credentials", "tokenUrl": format!("{}/sm", tokens.uri()), "clientId": "retryq",
+                "clientSecretArn": sm_arn, "jsonKey": "clientSecret" },
+        "reject": oauth(format!("{}/reject", tokens.uri()), serde_json::json!({})),
+        "down": oauth(format!("http://127.0.0.1:{}/token", free_port()), serde_json::json!({})),
+        "key": { "type": "header", "name": "x-api-key", "valueEnv": "API_KEY" }
+    })
+    .to_string();
+
+    // One message per profile, plus the expired-token path (the first
+    // message of "basic" meets TOKEN_OLD and has to refresh).
+    let bodies: Vec<String> = ["basic", "basic", "form", "sm", "reject", "down", "key"]
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            message(
+                &format!("trace-{i}"),
+                &dest.uri(),
+                serde_json::json!({"auth": p}),
+            )
+        })
+        .collect();
+    let event = retryq::cli::event(&bodies, &source.arn, 1);
+    let dir = std::env::temp_dir().join(format!("retryq-trace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let event_file = dir.join("event.json");
+    std::fs::write(&event_file, serde_json::to_vec(&event).unwrap()).unwrap();
+    let log_file = dir.join("watch.log");
+
+    let port = free_port();
+    let mut watch = Command::new("cargo");
+    watch
+        .args([
+            "lambda",
+            "watch",
+            "--ignore-changes",
+            "--invoke-address",
+            "127.0.0.1",
+            "--invoke-port",
+        ])
+        .arg(port.to_string())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("RUST_LOG", "trace")
+        .env("DLQ_URL", &dlq.url)
+        .env("ALLOW_PRIVATE_DESTINATIONS", "true")
+        .env("AUTH_PROFILES", &profiles)
+        .env("CLIENT_SECRET", CLIENT_SECRET)
+        .env("FORM_SECRET", FORM_SECRET)
+        .env("API_KEY", API_KEY)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log_file).unwrap())
+        .stderr(std::fs::File::create(dir.join("watch.err")).unwrap());
+    aws_env(&mut watch);
+    let watch = Running::spawn(watch);
+
+    let start = Instant::now();
+    let answer = loop {
+        let out = Command::new("cargo")
+            .args([
+                "lambda",
+                "invoke",
+                "retryq-processor",
+                "--invoke-address",
+                "127.0.0.1",
+                "--invoke-port",
+            ])
+            .arg(port.to_string())
+            .arg("--data-file")
+            .arg(&event_file)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "the function never answered"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    drop(watch);
+
+    // The paths were really taken.
+    let failed: serde_json::Value =
+        serde_json::from_str(answer.lines().rev().find(|l| l.starts_with('{')).unwrap()).unwrap();
+    assert_eq!(
+        failed["batchItemFailures"].as_array().unwrap().len(),
+        1,
+        "only the token-endpoint-down record: {answer}"
+    );
+    assert_eq!(
+        tokens
+            .received_requests()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.url.path() == "/basic")
+            .count(),
+        2,
+        "a refresh happened"
+    );
+    let dead = receive_n(&sqs, &dlq, 1, Duration::from_secs(10)).await;
+    assert_eq!(
+        attr(&dead[0], "FailureReason").as_deref(),
+        Some("non-retryable")
+    );
+
+    let mut output = std::fs::read_to_string(&log_file).unwrap();
+    output.push_str(&std::fs::read_to_string(dir.join("watch.err")).unwrap());
+    output.push_str(&answer);
+    for d in &dead {
+        output.push_str(&format!("{:?}", d.message_attributes));
+    }
+    assert!(
+        output.contains("TRACE") || output.contains("trace"),
+        "trace logging was on"
+    );
+    assert!(
+        output.len() > 10_000,
+        "the trace output is substantial ({} bytes)",
+        output.len()
+    );
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("retryq:{CLIENT_SECRET}"));
+    for secret in [
+        CLIENT_SECRET,
+        FORM_SECRET,
+        API_KEY,
+        SM_SECRET,
+        TOKEN_OLD,
+        TOKEN_NEW,
+        TOKEN_SM,
+        basic.as_str(),
+    ] {
+        assert!(!output.contains(secret), "{secret} appears in the output");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
