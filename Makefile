@@ -11,7 +11,7 @@ WATCH_PORT ?= 9000
 EVENT ?= events/mixed-batch.json
 ARCH ?= arm64
 
-.PHONY: help tools test demo lint fmt watch invoke build destination
+.PHONY: help tools test demo lint fmt watch invoke build destination fuzz
 
 help:
 	@echo "make demo      the processor's main job, locally, end to end"
@@ -21,6 +21,7 @@ help:
 	@echo "make invoke    EVENT=events/delivered.json: invoke the watched function"
 	@echo "make destination  a demo destination on 127.0.0.1:9100 for the sample events"
 	@echo "make build     release build for Lambda ($(ARCH)), zip in target/lambda"
+	@echo "make fuzz      FUZZ_SECONDS=300: the body -> decision fuzzer, longer than the smoke in make test"
 
 tools:
 	@scripts/tools.sh
@@ -53,6 +54,11 @@ watch: tools
 
 invoke: tools
 	cargo lambda invoke retryq-processor --invoke-port $(WATCH_PORT) --data-file $(EVENT)
+
+# The mutation fuzzer of tests/fuzz.rs, for longer than make test's smoke run.
+FUZZ_SECONDS ?= 300
+fuzz:
+	RETRYQ_FUZZ_SECONDS=$(FUZZ_SECONDS) cargo test --release --test fuzz -- --nocapture
 
 destination:
 	cargo run --example demo_destination

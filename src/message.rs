@@ -38,6 +38,25 @@ use url::Url;
 /// Longest accepted message id (contract §2).
 pub const MAX_ID_LEN: usize = 128;
 
+/// Limits on what a message may ask the processor to send. A message past
+/// one is `invalid-message`, with the limit named. They bound the work and
+/// memory one record can cost, and stay well above what real APIs accept
+/// (most servers refuse URLs over 8 KiB and header blocks over 32 KiB).
+pub mod limits {
+    /// Longest `destinationUrl`, in bytes.
+    pub const URL_BYTES: usize = 8 * 1024;
+    /// Longest `request.method`.
+    pub const METHOD_BYTES: usize = 32;
+    /// Most header values, repeated ones counted.
+    pub const HEADER_VALUES: usize = 100;
+    /// Most bytes of header names and values together.
+    pub const HEADER_BYTES: usize = 32 * 1024;
+    /// Largest body once decoded. Half of SQS's largest message (1 MiB),
+    /// so that a message at the limit still fits in the DLQ with its
+    /// attributes.
+    pub const BODY_BYTES: usize = 512 * 1024;
+}
+
 /// One Retry Message, version 1 (contract §2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -167,10 +186,41 @@ impl RetryMessage {
         if self.destination_url.host().is_none() {
             return Err(InvalidMessage::new("destinationUrl", "has no host"));
         }
+        if self.destination_url.as_str().len() > limits::URL_BYTES {
+            return Err(InvalidMessage::new(
+                "destinationUrl",
+                format!("is longer than {} bytes", limits::URL_BYTES),
+            ));
+        }
+        if self.request.method.len() > limits::METHOD_BYTES {
+            return Err(InvalidMessage::new(
+                "request.method",
+                format!("is longer than {} characters", limits::METHOD_BYTES),
+            ));
+        }
         if !is_token(&self.request.method) {
             return Err(InvalidMessage::new(
                 "request.method",
                 "must be an HTTP method token such as GET or POST",
+            ));
+        }
+        let (mut count, mut bytes) = (0usize, 0usize);
+        for (name, values) in &self.request.headers {
+            for value in values.iter() {
+                count += 1;
+                bytes += name.len() + value.len();
+            }
+        }
+        if count > limits::HEADER_VALUES {
+            return Err(InvalidMessage::new(
+                "request.headers",
+                format!("has more than {} values", limits::HEADER_VALUES),
+            ));
+        }
+        if bytes > limits::HEADER_BYTES {
+            return Err(InvalidMessage::new(
+                "request.headers",
+                format!("are larger than {} bytes in all", limits::HEADER_BYTES),
             ));
         }
         for (name, values) in &self.request.headers {
@@ -187,7 +237,24 @@ impl RetryMessage {
                 }
             }
         }
-        self.body_bytes()?;
+        // Cheap bound first: base64 is 4 characters for 3 bytes.
+        let encoded = self.request.body.as_ref().map_or(0, String::len);
+        let decoded_at_least = match self.request.body_encoding {
+            BodyEncoding::Utf8 => encoded,
+            BodyEncoding::Base64 => encoded / 4 * 3,
+        };
+        if decoded_at_least > limits::BODY_BYTES + 2 {
+            return Err(InvalidMessage::new(
+                "request.body",
+                format!("is larger than {} bytes", limits::BODY_BYTES),
+            ));
+        }
+        if self.body_bytes()?.len() > limits::BODY_BYTES {
+            return Err(InvalidMessage::new(
+                "request.body",
+                format!("is larger than {} bytes", limits::BODY_BYTES),
+            ));
+        }
         if let Some(auth) = &self.auth {
             if auth.is_empty() {
                 return Err(InvalidMessage::new("auth", "must not be empty"));
@@ -308,6 +375,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    type Mutation = Box<dyn Fn(&mut serde_json::Value)>;
+
     fn valid() -> serde_json::Value {
         serde_json::json!({
             "id": "7b0f2c5e-1f0c-4a53-9a55-2f8f6d1c9e10",
@@ -367,7 +436,6 @@ mod tests {
 
     #[test]
     fn each_bad_field_is_named() {
-        type Mutation = Box<dyn Fn(&mut serde_json::Value)>;
         let cases: Vec<(&str, Mutation)> = vec![
             ("id", Box::new(|v| v["id"] = "".into())),
             ("id", Box::new(|v| v["id"] = "has space".into())),
@@ -437,6 +505,63 @@ mod tests {
             let mut v = valid();
             mutate(&mut v);
             assert_eq!(field_of(v.clone()), field, "for {v}");
+        }
+    }
+
+    #[test]
+    fn each_limit_is_enforced_and_named() {
+        let mut at_limit = valid();
+        at_limit["request"]["headers"] = serde_json::json!({});
+        for i in 0..limits::HEADER_VALUES {
+            at_limit["request"]["headers"][format!("x-h{i}")] = "v".into();
+        }
+        at_limit["request"]["body"] = "b".repeat(limits::BODY_BYTES).into();
+        let long_path = "p".repeat(limits::URL_BYTES - "https://partner.example.com/".len());
+        at_limit["destinationUrl"] = format!("https://partner.example.com/{long_path}").into();
+        assert!(parse(&at_limit).is_ok(), "exactly at every limit is fine");
+
+        let cases: Vec<(&str, Mutation)> = vec![
+            (
+                "destinationUrl",
+                Box::new(|v| {
+                    v["destinationUrl"] =
+                        format!("https://x.example.com/{}", "p".repeat(limits::URL_BYTES)).into()
+                }),
+            ),
+            (
+                "request.method",
+                Box::new(|v| v["request"]["method"] = "M".repeat(limits::METHOD_BYTES + 1).into()),
+            ),
+            (
+                "request.headers",
+                Box::new(|v| {
+                    v["request"]["headers"]["x-many"] = vec!["v"; limits::HEADER_VALUES + 1].into()
+                }),
+            ),
+            (
+                "request.headers",
+                Box::new(|v| {
+                    v["request"]["headers"]["x-big"] = "v".repeat(limits::HEADER_BYTES).into()
+                }),
+            ),
+            (
+                "request.body",
+                Box::new(|v| v["request"]["body"] = "b".repeat(limits::BODY_BYTES + 1).into()),
+            ),
+            (
+                "request.body",
+                Box::new(|v| {
+                    v["request"]["bodyEncoding"] = "base64".into();
+                    v["request"]["body"] = "AAAA".repeat(limits::BODY_BYTES / 3 + 1).into();
+                }),
+            ),
+        ];
+        for (field, mutate) in cases {
+            let mut v = valid();
+            mutate(&mut v);
+            let err = parse(&v).unwrap_err();
+            assert_eq!(err.field, field);
+            assert!(err.reason.contains("than"), "{err}");
         }
     }
 

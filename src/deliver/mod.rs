@@ -155,11 +155,24 @@ impl Deliverer {
         timeout: Duration,
         max_idle_per_host: usize,
     ) -> Result<Deliverer, reqwest::Error> {
+        Deliverer::with_resolver(policy, timeout, max_idle_per_host, None)
+    }
+
+    /// As [`new`](Self::new), looking names up with `resolver` instead of the
+    /// system's (the destination policy still applies to every address it
+    /// gives).
+    pub fn with_resolver(
+        policy: DestinationPolicy,
+        timeout: Duration,
+        max_idle_per_host: usize,
+        resolver: Option<Arc<dyn reqwest::dns::Resolve>>,
+    ) -> Result<Deliverer, reqwest::Error> {
         let policy = Arc::new(policy);
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .dns_resolver(Arc::new(GuardedResolver {
                 policy: Arc::clone(&policy),
+                inner: resolver,
             }))
             .user_agent(concat!("retryq/", env!("CARGO_PKG_VERSION")))
             .pool_max_idle_per_host(max_idle_per_host)
@@ -410,6 +423,8 @@ fn error_chain(e: &(dyn StdError + 'static)) -> String {
 /// whole, so a round-robin record cannot smuggle in a private address.
 struct GuardedResolver {
     policy: Arc<DestinationPolicy>,
+    /// The system resolver when `None`.
+    inner: Option<Arc<dyn reqwest::dns::Resolve>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -423,17 +438,28 @@ enum ResolveError {
 impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let policy = Arc::clone(&self.policy);
+        let inner = self.inner.clone();
+        let host = name.as_str().to_owned();
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
-                .await
-                .map_err(ResolveError::Lookup)?
-                .collect();
+            let addrs: Vec<SocketAddr> = match inner {
+                None => tokio::net::lookup_host((host.as_str(), 0))
+                    .await
+                    .map_err(ResolveError::Lookup)?
+                    .collect(),
+                Some(inner) => inner
+                    .resolve(name)
+                    .await
+                    .map_err(|e| ResolveError::Lookup(std::io::Error::other(e.to_string())))?
+                    .collect(),
+            };
+            if addrs.is_empty() {
+                return Err(ResolveError::Lookup(std::io::Error::other("no addresses")).into());
+            }
             for addr in &addrs {
                 policy.check_address(addr.ip()).map_err(|_| {
                     ResolveError::NotAllowed(NotAllowed::PrivateAddress(format!(
-                        "{} (resolved from {})",
-                        addr.ip(),
-                        name.as_str()
+                        "{} (resolved from {host})",
+                        addr.ip()
                     )))
                 })?;
             }
