@@ -163,6 +163,12 @@ impl Processor {
     /// [`process_batch`](Self::process_batch) with each record's work given
     /// by `work` (which may call [`Processor::process_record`]); for tests
     /// that need a record to misbehave, and for instrumentation.
+    ///
+    /// Records from a FIFO queue (`….fifo` ARN) run in order within their
+    /// `MessageGroupId`, groups concurrently; after the first record of a
+    /// group that is not acknowledged, the rest of that group are not
+    /// attempted (they are made visible again at once, behind the blocking
+    /// record, so the group resumes when its backoff ends).
     pub async fn process_batch_with<F, Fut>(
         self: &Arc<Self>,
         records: Vec<Record>,
@@ -170,15 +176,21 @@ impl Processor {
         work: F,
     ) -> BatchReport
     where
-        F: Fn(Arc<Processor>, Record) -> Fut,
+        F: Fn(Arc<Processor>, Record) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Disposition> + Send + 'static,
     {
         let ids: Vec<(String, String)> = records
             .iter()
             .map(|r| (r.message_id.clone(), r.receipt_handle.clone()))
             .collect();
-        let finished =
-            run_isolated(records, deadline, |record| work(Arc::clone(self), record)).await;
+        let fifo = records
+            .iter()
+            .any(|r| r.source_queue_arn.ends_with(".fifo"));
+        let finished = if fifo {
+            self.run_fifo(records, deadline, Arc::new(work)).await
+        } else {
+            run_isolated(records, deadline, |record| work(Arc::clone(self), record)).await
+        };
         let records = ids
             .into_iter()
             .zip(finished)
@@ -195,6 +207,72 @@ impl Processor {
             })
             .collect();
         BatchReport { records }
+    }
+
+    /// FIFO: groups concurrently, each group in order, stopping at the first
+    /// record not acknowledged. Results in the records' order.
+    async fn run_fifo<F, Fut>(
+        self: &Arc<Self>,
+        records: Vec<Record>,
+        deadline: Option<Instant>,
+        work: Arc<F>,
+    ) -> Vec<Result<Disposition, Unfinished>>
+    where
+        F: Fn(Arc<Processor>, Record) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Disposition> + Send + 'static,
+    {
+        let count = records.len();
+        let mut groups: Vec<(String, Vec<(usize, Record)>)> = Vec::new();
+        for (i, record) in records.into_iter().enumerate() {
+            let group = record.message_group_id.clone().unwrap_or_default();
+            match groups.iter_mut().find(|(g, _)| *g == group) {
+                Some((_, members)) => members.push((i, record)),
+                None => groups.push((group, vec![(i, record)])),
+            }
+        }
+        let group_runs = groups.into_iter().map(|(group, members)| {
+            let this = Arc::clone(self);
+            let work = Arc::clone(&work);
+            async move {
+                let mut out = Vec::with_capacity(members.len());
+                let mut blocked = false;
+                for (i, record) in members {
+                    if blocked {
+                        this.release(&record).await;
+                        tracing::info!(message_id = %record.message_id, group = %group, "record processed: not attempted, an earlier record of its group was not acknowledged");
+                        out.push((i, Ok(Disposition::Unfinished(format!(
+                            "not attempted: an earlier record of message group {group:?} was not acknowledged"
+                        )))));
+                        continue;
+                    }
+                    let result = run_isolated(vec![record], deadline, |r| work(Arc::clone(&this), r))
+                        .await
+                        .pop()
+                        .expect("one result per record");
+                    blocked = !matches!(&result, Ok(d) if d.acknowledged());
+                    out.push((i, result));
+                }
+                out
+            }
+        });
+        let mut results: Vec<Result<Disposition, Unfinished>> =
+            (0..count).map(|_| Err(Unfinished::Cancelled)).collect();
+        for group in run_isolated(group_runs.collect(), None, |run| run).await {
+            // A group task itself cannot panic (each record runs isolated
+            // inside it); its records stay `Cancelled` if it somehow did.
+            for (i, result) in group.unwrap_or_default() {
+                results[i] = result;
+            }
+        }
+        results
+    }
+
+    /// Makes a record visible again at once (best effort: otherwise it
+    /// reappears after the queue's visibility timeout).
+    async fn release(&self, record: &Record) {
+        if let Err(e) = self.hide(record, Duration::ZERO).await {
+            tracing::warn!(message_id = %record.message_id, error = %e, "could not release a record");
+        }
     }
 
     /// All the work for one record: decide, apply, log one line.

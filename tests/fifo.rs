@@ -1,0 +1,161 @@
+//! FIFO source queues (contract §4) against the SQS API (moto): records of
+//! one `MessageGroupId` in order, groups independent, a group stopped at its
+//! first unacknowledged record and resumed in order after redelivery, and
+//! dead letters in a FIFO DLQ with their group.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use common::*;
+use wiremock::matchers::{any, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+async fn fifo_queue(sqs: &aws_sdk_sqs::Client, prefix: &str) -> TestQueue {
+    let name = format!("{prefix}-{}-{}.fifo", std::process::id(), fastrand::u32(..));
+    let url = sqs
+        .create_queue()
+        .queue_name(&name)
+        .attributes(QueueAttributeName::FifoQueue, "true")
+        .attributes(QueueAttributeName::ContentBasedDeduplication, "true")
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    TestQueue {
+        arn: format!("arn:aws:sqs:{REGION}:{ACCOUNT}:{name}"),
+        name,
+        url,
+    }
+}
+
+async fn send_in_group(sqs: &aws_sdk_sqs::Client, q: &TestQueue, group: &str, body: &str) {
+    sqs.send_message()
+        .queue_url(&q.url)
+        .message_body(body)
+        .message_group_id(group)
+        .send()
+        .await
+        .unwrap();
+}
+
+/// The paths the destination saw, per group letter, in arrival order.
+async fn arrivals(dest: &MockServer) -> BTreeMap<char, Vec<String>> {
+    let mut out: BTreeMap<char, Vec<String>> = BTreeMap::new();
+    for r in dest.received_requests().await.unwrap() {
+        let p = r.url.path().trim_start_matches('/').to_owned();
+        out.entry(p.chars().next().unwrap()).or_default().push(p);
+    }
+    out
+}
+
+#[tokio::test]
+async fn groups_run_in_order_stop_at_a_failure_and_resume_in_order() {
+    let sqs = sqs();
+    let source = fifo_queue(&sqs, "fifo-src").await;
+    let dlq = fifo_queue(&sqs, "fifo-dlq").await;
+    let dest = MockServer::start().await;
+    // a2 fails once (retryable), c1 is gone (non-retryable); the rest succeed.
+    Mock::given(path("/a2"))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(1)
+        .mount(&dest)
+        .await;
+    Mock::given(path("/c1"))
+        .respond_with(ResponseTemplate::new(404))
+        .mount(&dest)
+        .await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(20)))
+        .mount(&dest)
+        .await;
+    let groups = [
+        ("A", ["a1", "a2", "a3"].as_slice()),
+        ("B", &["b1", "b2", "b3"]),
+        ("C", &["c1", "c2"]),
+    ];
+    for (group, members) in groups {
+        for m in members {
+            send_in_group(
+                &sqs,
+                &source,
+                group,
+                &message(m, &format!("{}/{m}", dest.uri()), serde_json::json!({})),
+            )
+            .await;
+        }
+    }
+    let p = processor(&[
+        ("DLQ_URL", &dlq.url),
+        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+        ("BACKOFF_BASE_SECONDS", "1"),
+        ("BACKOFF_MAX_SECONDS", "1"),
+    ]);
+
+    let first = receive_n(&sqs, &source, 8, Duration::from_secs(10)).await;
+    assert_eq!(first.len(), 8);
+    let response = invoke(&p, &sqs, &source, &first).await;
+
+    let failed: Vec<String> = failures(&response);
+    let id_of = |m: &aws_sdk_sqs::types::Message| {
+        serde_json::from_str::<serde_json::Value>(m.body.as_deref().unwrap()).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let mut failed_ids: Vec<String> = first
+        .iter()
+        .filter(|m| failed.contains(m.message_id.as_ref().unwrap()))
+        .map(id_of)
+        .collect();
+    failed_ids.sort();
+    assert_eq!(failed_ids, ["a2", "a3"], "a3 not attempted after a2 failed");
+    let seen = arrivals(&dest).await;
+    assert_eq!(seen[&'a'], ["a1", "a2"]);
+    assert_eq!(
+        seen[&'b'],
+        ["b1", "b2", "b3"],
+        "other groups progress, in order"
+    );
+    assert_eq!(
+        seen[&'c'],
+        ["c1", "c2"],
+        "a dead letter is acknowledged, so its group goes on"
+    );
+
+    // Redelivered after the backoff: a2 then a3, in order.
+    let again = receive_n(&sqs, &source, 2, Duration::from_secs(20)).await;
+    assert_eq!(again.iter().map(id_of).collect::<Vec<_>>(), ["a2", "a3"]);
+    let response = invoke(&p, &sqs, &source, &again).await;
+    assert!(failures(&response).is_empty());
+    assert_eq!(arrivals(&dest).await[&'a'], ["a1", "a2", "a2", "a3"]);
+    assert_eq!(depth(&sqs, &source).await, (0, 0));
+
+    // c1's dead letter is in the FIFO DLQ, in its group.
+    let dead = sqs
+        .receive_message()
+        .queue_url(&dlq.url)
+        .message_system_attribute_names(MessageSystemAttributeName::All)
+        .message_attribute_names("All")
+        .send()
+        .await
+        .unwrap()
+        .messages
+        .unwrap_or_default();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(id_of(&dead[0]), "c1");
+    assert_eq!(
+        attr(&dead[0], "FailureReason").as_deref(),
+        Some("non-retryable")
+    );
+    let group = dead[0]
+        .attributes
+        .as_ref()
+        .unwrap()
+        .get(&MessageSystemAttributeName::MessageGroupId)
+        .cloned();
+    assert_eq!(group.as_deref(), Some("C"));
+}
