@@ -43,6 +43,20 @@ pub struct Config {
     pub destinations: DestinationPolicy,
     /// `AUTH_PROFILES`, with the secrets its `…Env` fields name.
     pub auth: AuthProfiles,
+    /// `MAX_CONCURRENCY_PER_HOST`: unset means only `MAX_CONCURRENCY` applies.
+    pub max_concurrency_per_host: Option<usize>,
+    /// `BREAKER_THRESHOLD` and `BREAKER_COOLDOWN_SECONDS`: unset threshold
+    /// means no circuit breaker.
+    pub breaker: Option<BreakerSettings>,
+}
+
+/// The per-host circuit breaker's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerSettings {
+    /// Consecutive retryable failures that open it.
+    pub threshold: u32,
+    /// How long it stays open before a probe.
+    pub cooldown: Duration,
 }
 
 /// A malformed variable. Displays as `VARIABLE: what is wrong`.
@@ -140,6 +154,22 @@ impl Config {
             }
         };
 
+        let optional = |name: &'static str| -> Result<Option<u64>, ConfigError> {
+            var(name).map(|_| number(name, 0)).transpose()
+        };
+        let max_concurrency_per_host =
+            optional("MAX_CONCURRENCY_PER_HOST")?.map(|n| n.min(100_000) as usize);
+        let cooldown = number("BREAKER_COOLDOWN_SECONDS", 30)?;
+        let breaker = optional("BREAKER_THRESHOLD")?
+            .map(|n| {
+                u32::try_from(n)
+                    .map_err(|_| ConfigError::new("BREAKER_THRESHOLD", "is too large"))
+                    .map(|threshold| BreakerSettings {
+                        threshold,
+                        cooldown: Duration::from_secs(cooldown),
+                    })
+            })
+            .transpose()?;
         let auth = match var("AUTH_PROFILES") {
             None => AuthProfiles::default(),
             Some(json) => AuthProfiles::parse(&json, &get)
@@ -148,6 +178,8 @@ impl Config {
 
         Ok(Config {
             auth,
+            max_concurrency_per_host,
+            breaker,
             dlq_url: var("DLQ_URL").map(|v| v.trim().to_owned()),
             retry: RetryPolicy {
                 max_attempts,
@@ -190,6 +222,28 @@ mod tests {
         assert_eq!(c.max_concurrency, 64);
         assert!(c.destinations.allowed.is_empty());
         assert!(!c.destinations.allow_private);
+        assert_eq!(c.max_concurrency_per_host, None);
+        assert_eq!(c.breaker, None);
+    }
+
+    #[test]
+    fn destination_protection_is_read() {
+        let c = with(&[
+            ("MAX_CONCURRENCY_PER_HOST", "4"),
+            ("BREAKER_THRESHOLD", "5"),
+            ("BREAKER_COOLDOWN_SECONDS", "60"),
+        ])
+        .unwrap();
+        assert_eq!(c.max_concurrency_per_host, Some(4));
+        assert_eq!(
+            c.breaker,
+            Some(BreakerSettings {
+                threshold: 5,
+                cooldown: Duration::from_secs(60)
+            })
+        );
+        let c = with(&[("BREAKER_THRESHOLD", "5")]).unwrap();
+        assert_eq!(c.breaker.unwrap().cooldown, Duration::from_secs(30));
     }
 
     #[test]
@@ -250,6 +304,9 @@ mod tests {
             ("ALLOWED_DESTINATIONS", "host:notaport"),
             ("ALLOW_PRIVATE_DESTINATIONS", "yes"),
             ("AUTH_PROFILES", "{not json"),
+            ("MAX_CONCURRENCY_PER_HOST", "0"),
+            ("BREAKER_THRESHOLD", "-3"),
+            ("BREAKER_COOLDOWN_SECONDS", "soon"),
             (
                 "AUTH_PROFILES",
                 r#"{"p": {"type": "header", "name": "x-key", "valueEnv": "UNSET_VARIABLE"}}"#,

@@ -26,6 +26,7 @@
 //! | [`auth`] | auth profiles: tokens and API keys the processor holds |
 //! | [`deliver`] | HTTP adapter: replay one request; [`deliver::destination`] is the SSRF policy |
 //! | [`queue`] | SQS adapter: visibility, DLQ copies, deletes |
+//! | [`breaker`] | per-host circuit breaker and concurrency limit |
 //! | [`process`] | one batch: deliver → decide → apply, each record isolated |
 //! | [`lambda`] | Lambda adapter: `SqsEvent` → `SqsBatchResponse` |
 //! | [`worker`] | path 3.2: the long-lived poller, same core |
@@ -65,6 +66,7 @@
 //! ```
 
 pub mod auth;
+pub mod breaker;
 pub mod cli;
 pub mod config;
 pub mod deliver;

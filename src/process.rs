@@ -27,10 +27,12 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Semaphore;
 
 use crate::auth::Authenticator;
+use crate::breaker::{host_key, Admission, Breakers, Health, HostLimits};
 use crate::config::Config;
-use crate::deliver::{Deliverer, Refused};
+use crate::deliver::{Deliverer, Delivery, Refused};
 use crate::message::RetryMessage;
 use crate::policy::backoff::VISIBILITY_LIMIT;
+use crate::policy::classify::Outcome;
 use crate::policy::{Action, Attempt, DeadLetter, FailureReason};
 use crate::queue::{DeadLetterCopy, QueueError, Queues};
 
@@ -113,6 +115,8 @@ pub struct Processor {
     deliverer: Deliverer,
     queues: Queues,
     requests: Semaphore,
+    host_limits: Option<HostLimits>,
+    breakers: Option<Arc<Breakers>>,
 }
 
 impl Processor {
@@ -132,6 +136,10 @@ impl Processor {
         .with_auth(Arc::new(auth));
         Ok(Processor {
             requests: Semaphore::new(config.max_concurrency),
+            host_limits: config.max_concurrency_per_host.map(HostLimits::new),
+            breakers: config
+                .breaker
+                .map(|b| Breakers::new(b.threshold, b.cooldown)),
             deliverer,
             queues: Queues::new(sqs),
             config,
@@ -337,7 +345,28 @@ impl Processor {
                 action,
             };
         }
+        let host = host_key(&msg.destination_url);
+        let ticket = match &self.breakers {
+            None => None,
+            Some(breakers) => match breakers.admit(&host).await {
+                Admission::Go(ticket) => Some(ticket),
+                Admission::Open => {
+                    let outcome = Outcome::Retryable {
+                        status: None,
+                        retry_after: None,
+                        error: format!("circuit breaker open for {host}: not attempted"),
+                    };
+                    let mut decided = self.after(&attempt, outcome, batch_started);
+                    decided.outcome = "circuit-open";
+                    return decided;
+                }
+            },
+        };
         let delivery = {
+            let _host_slot = match &self.host_limits {
+                Some(limits) => Some(limits.acquire(&host).await),
+                None => None,
+            };
             let _slot = self
                 .requests
                 .acquire()
@@ -345,7 +374,18 @@ impl Processor {
                 .expect("the semaphore is never closed");
             self.deliverer.deliver(&msg).await
         };
-        let outcome = match delivery.outcome(SystemTime::now()) {
+        let outcome = delivery.outcome(SystemTime::now());
+        if let Some(ticket) = ticket {
+            ticket.report(match (&delivery, &outcome) {
+                (
+                    Delivery::Answered { .. } | Delivery::NoResponse { .. },
+                    Ok(Outcome::Retryable { .. }),
+                ) => Some(Health::Failed),
+                (Delivery::Answered { .. }, Ok(_)) => Some(Health::Answered),
+                _ => None,
+            });
+        }
+        let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(Refused::NotAllowed(e)) => {
                 return dead(
@@ -359,10 +399,15 @@ impl Processor {
                 return dead(FailureReason::InvalidMessage, attempt.number, None, &e)
             }
         };
+        self.after(&attempt, outcome, batch_started)
+    }
+
+    /// The decision after an attempt (or a breaker's refusal to make one).
+    fn after(&self, attempt: &Attempt, outcome: Outcome, batch_started: Instant) -> Decided {
         let max_delay = VISIBILITY_LIMIT.saturating_sub(batch_started.elapsed() + RECEIVE_SLACK);
         let (name, status) = (outcome.name(), outcome.status());
-        let action = policy.after_attempt_within(
-            &attempt,
+        let action = self.config.retry.after_attempt_within(
+            attempt,
             outcome,
             SystemTime::now(),
             max_delay,

@@ -1,0 +1,346 @@
+//! Protecting a struggling destination: a per-host circuit breaker and a
+//! per-host concurrency limit.
+//!
+//! **Breaker** (`BREAKER_THRESHOLD`, `BREAKER_COOLDOWN_SECONDS`). After N
+//! consecutive retryable failures to one host, the breaker for that host
+//! opens: its records are not attempted and go back with their backoff,
+//! while records to healthy hosts in the same batch are unaffected. After the
+//! cool-down it half-opens: a single record goes out as a probe; success
+//! closes the breaker, failure opens it for another cool-down. The state
+//! lives in the process, so it survives across warm invocations.
+//!
+//! "At most N requests" holds even under concurrency: a host that has not
+//! yet answered well (no success since its last failure, or never seen) may
+//! only have as many attempts in flight as failures are still allowed
+//! (`N - failures`); further records wait for those answers. A host known
+//! to be healthy is not limited by the breaker at all.
+//!
+//! **Per-host concurrency** (`MAX_CONCURRENCY_PER_HOST`): at most that many
+//! requests in flight to one `host:port`, inside the global
+//! `MAX_CONCURRENCY`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use url::Url;
+
+/// The key breakers and limits are kept by: `host:port`.
+pub fn host_key(url: &Url) -> String {
+    format!(
+        "{}:{}",
+        url.host_str().unwrap_or_default(),
+        url.port_or_known_default().unwrap_or(0)
+    )
+}
+
+#[derive(Debug, Default)]
+struct HostState {
+    consecutive_failures: u32,
+    /// The last answer was a success: the breaker does not limit the host.
+    known_good: bool,
+    in_flight: u32,
+    open_until: Option<Instant>,
+    probing: bool,
+    notify: Arc<Notify>,
+}
+
+/// What the breaker says about one attempt.
+#[derive(Debug)]
+pub enum Admission {
+    /// Go ahead; report the result on the ticket.
+    Go(Ticket),
+    /// The breaker is open: do not attempt.
+    Open,
+}
+
+/// How an attempt went, as far as the host's health is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// It answered, and not with a retryable failure.
+    Answered,
+    /// A retryable failure (5xx, 408, 409, 429, `Retry-After`, no answer).
+    Failed,
+}
+
+/// Per-host breakers, shared by every batch of the process.
+#[derive(Debug)]
+pub struct Breakers {
+    threshold: u32,
+    cooldown: Duration,
+    hosts: Mutex<HashMap<String, HostState>>,
+}
+
+impl Breakers {
+    pub fn new(threshold: u32, cooldown: Duration) -> Arc<Breakers> {
+        Arc::new(Breakers {
+            threshold: threshold.max(1),
+            cooldown,
+            hosts: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// May an attempt to `host` go out now? Waits while the host's allowance
+    /// of unproven attempts is used up.
+    pub async fn admit(self: &Arc<Self>, host: &str) -> Admission {
+        loop {
+            let notify = {
+                let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+                let state = hosts.entry(host.to_owned()).or_default();
+                let now = Instant::now();
+                if let Some(until) = state.open_until {
+                    if now < until || state.probing {
+                        return Admission::Open;
+                    }
+                    // Half-open: this attempt is the single probe.
+                    state.probing = true;
+                    state.in_flight += 1;
+                    tracing::info!(host, "circuit breaker half-open: sending one probe");
+                    return Admission::Go(self.ticket(host, true));
+                }
+                let proven = state.known_good && state.consecutive_failures == 0;
+                if proven || state.consecutive_failures + state.in_flight < self.threshold {
+                    state.in_flight += 1;
+                    return Admission::Go(self.ticket(host, false));
+                }
+                Arc::clone(&state.notify)
+            };
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            // Registered before the state is looked at again, so a report
+            // between the check above and this wait is not missed.
+            notified.as_mut().enable();
+            if self.could_go(host) {
+                continue;
+            }
+            notified.await;
+        }
+    }
+
+    fn could_go(&self, host: &str) -> bool {
+        let hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        hosts.get(host).is_none_or(|s| {
+            s.open_until.is_some() || s.consecutive_failures + s.in_flight < self.threshold
+        })
+    }
+
+    fn ticket(self: &Arc<Self>, host: &str, probe: bool) -> Ticket {
+        Ticket {
+            breakers: Arc::clone(self),
+            host: host.to_owned(),
+            probe,
+            done: false,
+        }
+    }
+
+    fn finish(&self, host: &str, probe: bool, health: Option<Health>) {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        let state = hosts.entry(host.to_owned()).or_default();
+        state.in_flight = state.in_flight.saturating_sub(1);
+        if probe {
+            state.probing = false;
+        }
+        match health {
+            Some(Health::Answered) => {
+                if state.open_until.is_some() {
+                    tracing::info!(host, "circuit breaker closed: the probe succeeded");
+                }
+                state.consecutive_failures = 0;
+                state.known_good = true;
+                state.open_until = None;
+            }
+            Some(Health::Failed) => {
+                state.consecutive_failures += 1;
+                state.known_good = false;
+                if probe
+                    || (state.open_until.is_none() && state.consecutive_failures >= self.threshold)
+                {
+                    state.open_until = Some(Instant::now() + self.cooldown);
+                    tracing::warn!(
+                        host,
+                        failures = state.consecutive_failures,
+                        cooldown_s = self.cooldown.as_secs(),
+                        "circuit breaker open: not attempting this host until the cool-down ends"
+                    );
+                }
+            }
+            // Not attempted after all (refused, cancelled): no news.
+            None => {}
+        }
+        state.notify.notify_waiters();
+    }
+
+    /// Is the breaker for `host` open now (for tests and metrics)?
+    pub fn is_open(&self, host: &str) -> bool {
+        let hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        hosts.get(host).is_some_and(|s| s.open_until.is_some())
+    }
+}
+
+/// One admitted attempt. Report how it went; dropping it unreported (a
+/// panic, the deadline) counts as no news.
+#[derive(Debug)]
+pub struct Ticket {
+    breakers: Arc<Breakers>,
+    host: String,
+    probe: bool,
+    done: bool,
+}
+
+impl Ticket {
+    pub fn report(mut self, health: Option<Health>) {
+        self.done = true;
+        self.breakers.finish(&self.host, self.probe, health);
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.done {
+            self.breakers.finish(&self.host, self.probe, None);
+        }
+    }
+}
+
+/// `MAX_CONCURRENCY_PER_HOST`: a semaphore per `host:port`.
+#[derive(Debug)]
+pub struct HostLimits {
+    per_host: usize,
+    hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl HostLimits {
+    pub fn new(per_host: usize) -> HostLimits {
+        HostLimits {
+            per_host,
+            hosts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Waits for a slot for `host`.
+    pub async fn acquire(&self, host: &str) -> OwnedSemaphorePermit {
+        let semaphore = {
+            let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(
+                hosts
+                    .entry(host.to_owned())
+                    .or_insert_with(|| Arc::new(Semaphore::new(self.per_host))),
+            )
+        };
+        semaphore.acquire_owned().await.expect("never closed")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn go(a: Admission) -> Ticket {
+        match a {
+            Admission::Go(t) => t,
+            Admission::Open => panic!("expected to be admitted"),
+        }
+    }
+
+    #[tokio::test]
+    async fn n_consecutive_failures_open_the_breaker() {
+        let b = Breakers::new(3, Duration::from_secs(60));
+        for _ in 0..3 {
+            go(b.admit("h:80").await).report(Some(Health::Failed));
+        }
+        assert!(b.is_open("h:80"));
+        assert!(matches!(b.admit("h:80").await, Admission::Open));
+        assert!(
+            matches!(b.admit("other:80").await, Admission::Go(_)),
+            "other hosts are unaffected"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_success_resets_the_count() {
+        let b = Breakers::new(3, Duration::from_secs(60));
+        for _ in 0..2 {
+            go(b.admit("h:80").await).report(Some(Health::Failed));
+        }
+        go(b.admit("h:80").await).report(Some(Health::Answered));
+        for _ in 0..2 {
+            go(b.admit("h:80").await).report(Some(Health::Failed));
+        }
+        assert!(!b.is_open("h:80"));
+    }
+
+    #[tokio::test]
+    async fn an_unproven_host_gets_no_more_attempts_in_flight_than_failures_allowed() {
+        let b = Breakers::new(2, Duration::from_secs(60));
+        let t1 = go(b.admit("h:80").await);
+        let t2 = go(b.admit("h:80").await);
+        let waiting = tokio::spawn({
+            let b = Arc::clone(&b);
+            async move { matches!(b.admit("h:80").await, Admission::Open) }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "the third waits for an answer");
+        t1.report(Some(Health::Failed));
+        t2.report(Some(Health::Failed));
+        assert!(waiting.await.unwrap(), "then finds the breaker open");
+    }
+
+    #[tokio::test]
+    async fn a_proven_host_is_not_limited() {
+        let b = Breakers::new(1, Duration::from_secs(60));
+        go(b.admit("h:80").await).report(Some(Health::Answered));
+        let tickets: Vec<Ticket> = futures_admit(&b, 20).await;
+        assert_eq!(tickets.len(), 20);
+    }
+
+    async fn futures_admit(b: &Arc<Breakers>, n: usize) -> Vec<Ticket> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.push(go(b.admit("h:80").await));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn after_the_cooldown_a_single_probe_goes_out() {
+        let b = Breakers::new(1, Duration::from_millis(100));
+        go(b.admit("h:80").await).report(Some(Health::Failed));
+        assert!(matches!(b.admit("h:80").await, Admission::Open));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let probe = go(b.admit("h:80").await);
+        assert!(
+            matches!(b.admit("h:80").await, Admission::Open),
+            "only one probe"
+        );
+        probe.report(Some(Health::Failed));
+        assert!(
+            matches!(b.admit("h:80").await, Admission::Open),
+            "a failed probe reopens"
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        go(b.admit("h:80").await).report(Some(Health::Answered));
+        assert!(!b.is_open("h:80"), "a successful probe closes");
+        assert!(matches!(b.admit("h:80").await, Admission::Go(_)));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_ticket_frees_its_slot() {
+        let b = Breakers::new(1, Duration::from_secs(60));
+        drop(go(b.admit("h:80").await));
+        go(b.admit("h:80").await).report(None);
+        assert!(matches!(b.admit("h:80").await, Admission::Go(_)));
+    }
+
+    #[test]
+    fn hosts_are_keyed_with_their_port() {
+        assert_eq!(
+            host_key(&Url::parse("https://api.example.com/x").unwrap()),
+            "api.example.com:443"
+        );
+        assert_eq!(
+            host_key(&Url::parse("http://127.0.0.1:8080/").unwrap()),
+            "127.0.0.1:8080"
+        );
+    }
+}

@@ -1,0 +1,212 @@
+//! Protecting a struggling destination, measured at real destination
+//! servers: the circuit breaker stops a down host after N failures while a
+//! healthy host in the same batch gets all its records, half-opens after the
+//! cool-down with a single probe, and the per-host limit holds.
+
+mod common;
+
+use std::time::Duration;
+
+use common::destination::Destination;
+use common::*;
+use wiremock::matchers::any;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+/// Sends the bodies and runs them through the handler as one batch;
+/// returns the failed message ids' Retry Message ids.
+async fn one_batch(
+    sqs: &aws_sdk_sqs::Client,
+    q: &TestQueue,
+    p: &std::sync::Arc<retryq::process::Processor>,
+    bodies: &[String],
+) -> Vec<String> {
+    for chunk in bodies.chunks(10) {
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(b)
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        sqs.send_message_batch()
+            .queue_url(&q.url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .unwrap();
+    }
+    let received = receive_n(sqs, q, bodies.len(), Duration::from_secs(30)).await;
+    assert_eq!(received.len(), bodies.len());
+    let response = invoke(p, sqs, q, &received).await;
+    let failed = failures(&response);
+    received
+        .iter()
+        .filter(|m| failed.contains(m.message_id.as_ref().unwrap()))
+        .map(|m| {
+            serde_json::from_str::<serde_json::Value>(m.body.as_deref().unwrap()).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_down_host_gets_at_most_n_requests_while_a_healthy_one_gets_all_its_records() {
+    let sqs = sqs();
+    let q = queue(&sqs, "breaker").await;
+    let dlq = queue(&sqs, "breaker-dlq").await;
+    let down = Destination::start(Duration::from_millis(5)).await;
+    let healthy = Destination::start(Duration::from_millis(5)).await;
+    let p = processor(&[
+        ("DLQ_URL", &dlq.url),
+        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+        ("MAX_CONCURRENCY", "32"),
+        ("BREAKER_THRESHOLD", "5"),
+        ("BREAKER_COOLDOWN_SECONDS", "600"),
+        ("BACKOFF_BASE_SECONDS", "300"),
+    ]);
+    let mut bodies = Vec::new();
+    for i in 0..100 {
+        bodies.push(message(
+            &format!("down-{i}"),
+            &down.url(&format!("/down/{i}")),
+            serde_json::json!({}),
+        ));
+        bodies.push(message(
+            &format!("ok-{i}"),
+            &healthy.url(&format!("/ok/{i}")),
+            serde_json::json!({}),
+        ));
+    }
+
+    let failed = one_batch(&sqs, &q, &p, &bodies).await;
+
+    assert!(
+        down.requests() <= 5,
+        "the down host saw {} requests",
+        down.requests()
+    );
+    assert_eq!(
+        down.requests(),
+        5,
+        "exactly the threshold, then the breaker opened"
+    );
+    assert_eq!(
+        healthy.delivered().len(),
+        100,
+        "the healthy host got all its records"
+    );
+    assert_eq!(failed.len(), 100);
+    assert!(
+        failed.iter().all(|id| id.starts_with("down-")),
+        "only the down host's records come back"
+    );
+    assert_eq!(
+        depth(&sqs, &q).await,
+        (0, 100),
+        "and they wait out their backoff"
+    );
+    assert_eq!(depth(&sqs, &dlq).await, (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_the_cooldown_a_single_probe_goes_out_and_success_closes_the_breaker() {
+    let sqs = sqs();
+    let q = queue(&sqs, "probe").await;
+    let dest = MockServer::start().await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&dest)
+        .await;
+    let p = processor(&[
+        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+        ("BREAKER_THRESHOLD", "3"),
+        ("BREAKER_COOLDOWN_SECONDS", "1"),
+        ("BACKOFF_BASE_SECONDS", "300"),
+    ]);
+    let batch = |tag: &str| {
+        (0..10)
+            .map(|i| message(&format!("{tag}-{i}"), &dest.uri(), serde_json::json!({})))
+            .collect::<Vec<_>>()
+    };
+    let requests = || async { dest.received_requests().await.unwrap().len() };
+
+    assert_eq!(one_batch(&sqs, &q, &p, &batch("first")).await.len(), 10);
+    assert_eq!(requests().await, 3, "opened after three failures");
+
+    // Still open: nothing goes out. (The state outlives the invocation.)
+    assert_eq!(one_batch(&sqs, &q, &p, &batch("open")).await.len(), 10);
+    assert_eq!(requests().await, 3);
+
+    // After the cool-down, one probe; it fails, so the breaker reopens.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        one_batch(&sqs, &q, &p, &batch("probe-fails")).await.len(),
+        10
+    );
+    assert_eq!(requests().await, 4, "a single probe");
+
+    // The host recovers; after the next cool-down the probe succeeds...
+    dest.reset().await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&dest)
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let failed = one_batch(&sqs, &q, &p, &batch("probe-works")).await;
+    assert_eq!(
+        dest.received_requests().await.unwrap().len(),
+        1,
+        "again a single probe"
+    );
+    assert_eq!(
+        failed.len(),
+        9,
+        "the probe was delivered; the others had been held back"
+    );
+
+    // ...and the breaker is closed: everything goes.
+    assert!(one_batch(&sqs, &q, &p, &batch("closed")).await.is_empty());
+    assert_eq!(dest.received_requests().await.unwrap().len(), 11);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn per_host_concurrency_never_exceeds_its_limit() {
+    let sqs = sqs();
+    let q = queue(&sqs, "per-host").await;
+    let a = Destination::start(Duration::from_millis(100)).await;
+    let b = Destination::start(Duration::from_millis(100)).await;
+    let p = processor(&[
+        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+        ("MAX_CONCURRENCY", "32"),
+        ("MAX_CONCURRENCY_PER_HOST", "3"),
+    ]);
+    let mut bodies = Vec::new();
+    for i in 0..30 {
+        bodies.push(message(
+            &format!("a-{i}"),
+            &a.url(&format!("/ok/{i}")),
+            serde_json::json!({}),
+        ));
+        bodies.push(message(
+            &format!("b-{i}"),
+            &b.url(&format!("/ok/{i}")),
+            serde_json::json!({}),
+        ));
+    }
+    assert!(one_batch(&sqs, &q, &p, &bodies).await.is_empty());
+    for (name, d) in [("a", &a), ("b", &b)] {
+        assert_eq!(d.delivered().len(), 30);
+        assert!(
+            d.max_in_flight() <= 3,
+            "{name} saw {} at once",
+            d.max_in_flight()
+        );
+        assert!(d.max_in_flight() >= 2, "{name}: requests did overlap");
+    }
+}
