@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use crate::auth::AuthProfiles;
 use crate::deliver::destination::{DestinationPolicy, HostPattern};
+use crate::metrics::MetricsSettings;
 use crate::policy::backoff::{Backoff, InvalidBackoff, VISIBILITY_LIMIT};
 use crate::policy::RetryPolicy;
 
@@ -48,6 +49,8 @@ pub struct Config {
     /// `BREAKER_THRESHOLD` and `BREAKER_COOLDOWN_SECONDS`: unset threshold
     /// means no circuit breaker.
     pub breaker: Option<BreakerSettings>,
+    /// `METRICS_ENABLED`, `METRICS_NAMESPACE` (and the function's name).
+    pub metrics: MetricsSettings,
 }
 
 /// The per-host circuit breaker's settings.
@@ -170,6 +173,29 @@ impl Config {
                     })
             })
             .transpose()?;
+        let metrics = MetricsSettings {
+            enabled: match var("METRICS_ENABLED").as_deref().map(str::trim) {
+                None | Some("true") => true,
+                Some("false") => false,
+                Some(other) => {
+                    return Err(ConfigError::new(
+                        "METRICS_ENABLED",
+                        format!("must be true or false, got {other:?}"),
+                    ))
+                }
+            },
+            namespace: match var("METRICS_NAMESPACE") {
+                None => "retryq".into(),
+                Some(ns) if ns.len() <= 255 && !ns.starts_with("AWS/") => ns.trim().to_owned(),
+                Some(_) => {
+                    return Err(ConfigError::new(
+                        "METRICS_NAMESPACE",
+                        "must be at most 255 characters and not start with AWS/",
+                    ))
+                }
+            },
+            service: var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|| "retryq-worker".into()),
+        };
         let auth = match var("AUTH_PROFILES") {
             None => AuthProfiles::default(),
             Some(json) => AuthProfiles::parse(&json, &get)
@@ -177,6 +203,7 @@ impl Config {
         };
 
         Ok(Config {
+            metrics,
             auth,
             max_concurrency_per_host,
             breaker,
@@ -307,6 +334,8 @@ mod tests {
             ("MAX_CONCURRENCY_PER_HOST", "0"),
             ("BREAKER_THRESHOLD", "-3"),
             ("BREAKER_COOLDOWN_SECONDS", "soon"),
+            ("METRICS_ENABLED", "off"),
+            ("METRICS_NAMESPACE", "AWS/Lambda"),
             (
                 "AUTH_PROFILES",
                 r#"{"p": {"type": "header", "name": "x-key", "valueEnv": "UNSET_VARIABLE"}}"#,

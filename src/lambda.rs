@@ -34,6 +34,11 @@ pub async fn handle(
     tracing::debug!(records = event.payload.records.len(), "batch received");
     let records: Vec<Record> = event.payload.records.into_iter().map(record).collect();
     let report = processor.process_batch(records, deadline).await;
+    crate::metrics::emit(
+        &processor.config().metrics,
+        &report,
+        &mut std::io::stdout().lock(),
+    );
     batch_response(&report)
 }
 

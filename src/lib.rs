@@ -28,6 +28,7 @@
 //! | [`queue`] | SQS adapter: visibility, DLQ copies, deletes |
 //! | [`breaker`] | per-host circuit breaker and concurrency limit |
 //! | [`process`] | one batch: deliver → decide → apply, each record isolated |
+//! | [`metrics`] | CloudWatch Embedded Metric Format per batch |
 //! | [`lambda`] | Lambda adapter: `SqsEvent` → `SqsBatchResponse` |
 //! | [`worker`] | path 3.2: the long-lived poller, same core |
 //! | [`trigger`] | the Lambda SQS event source, emulated for local runs |
@@ -73,6 +74,7 @@ pub mod deliver;
 pub mod dlq;
 pub mod lambda;
 pub mod message;
+pub mod metrics;
 pub mod policy;
 pub mod process;
 pub mod producer;

@@ -76,12 +76,30 @@ impl Disposition {
     }
 }
 
+/// What one record's work produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Processed {
+    pub disposition: Disposition,
+    /// How long the attempt took, when one was made.
+    pub attempt_latency: Option<Duration>,
+}
+
+impl From<Disposition> for Processed {
+    fn from(disposition: Disposition) -> Processed {
+        Processed {
+            disposition,
+            attempt_latency: None,
+        }
+    }
+}
+
 /// What happened to one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordReport {
     pub message_id: String,
     pub receipt_handle: String,
     pub disposition: Disposition,
+    pub attempt_latency: Option<Duration>,
 }
 
 /// What happened to a batch, in the order of its records.
@@ -105,6 +123,7 @@ struct Decided {
     outcome: &'static str,
     status: Option<u16>,
     action: Action,
+    latency: Option<Duration>,
 }
 
 /// The processor: configuration plus the HTTP and SQS adapters, built once
@@ -185,7 +204,7 @@ impl Processor {
     ) -> BatchReport
     where
         F: Fn(Arc<Processor>, Record) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Disposition> + Send + 'static,
+        Fut: Future<Output = Processed> + Send + 'static,
     {
         let ids: Vec<(String, String)> = records
             .iter()
@@ -197,20 +216,24 @@ impl Processor {
         let finished = if fifo {
             self.run_fifo(records, deadline, Arc::new(work)).await
         } else {
-            run_isolated(records, deadline, |record| work(Arc::clone(self), record)).await
+            run_isolated(records, deadline, self.max_tasks(), |record| {
+                work(Arc::clone(self), record)
+            })
+            .await
         };
         let records = ids
             .into_iter()
             .zip(finished)
             .map(|((message_id, receipt_handle), result)| {
-                let disposition = result.unwrap_or_else(|unfinished| {
+                let processed = result.unwrap_or_else(|unfinished| {
                     tracing::error!(message_id = %message_id, reason = %unfinished, "record not finished");
-                    Disposition::Unfinished(unfinished.to_string())
+                    Disposition::Unfinished(unfinished.to_string()).into()
                 });
                 RecordReport {
                     message_id,
                     receipt_handle,
-                    disposition,
+                    disposition: processed.disposition,
+                    attempt_latency: processed.attempt_latency,
                 }
             })
             .collect();
@@ -224,10 +247,10 @@ impl Processor {
         records: Vec<Record>,
         deadline: Option<Instant>,
         work: Arc<F>,
-    ) -> Vec<Result<Disposition, Unfinished>>
+    ) -> Vec<Result<Processed, Unfinished>>
     where
         F: Fn(Arc<Processor>, Record) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Disposition> + Send + 'static,
+        Fut: Future<Output = Processed> + Send + 'static,
     {
         let count = records.len();
         let mut groups: Vec<(String, Vec<(usize, Record)>)> = Vec::new();
@@ -250,22 +273,22 @@ impl Processor {
                         tracing::info!(message_id = %record.message_id, group = %group, "record processed: not attempted, an earlier record of its group was not acknowledged");
                         out.push((i, Ok(Disposition::Unfinished(format!(
                             "not attempted: an earlier record of message group {group:?} was not acknowledged"
-                        )))));
+                        )).into())));
                         continue;
                     }
-                    let result = run_isolated(vec![record], deadline, |r| work(Arc::clone(&this), r))
+                    let result = run_isolated(vec![record], deadline, 1, |r| work(Arc::clone(&this), r))
                         .await
                         .pop()
                         .expect("one result per record");
-                    blocked = !matches!(&result, Ok(d) if d.acknowledged());
+                    blocked = !matches!(&result, Ok(p) if p.disposition.acknowledged());
                     out.push((i, result));
                 }
                 out
             }
         });
-        let mut results: Vec<Result<Disposition, Unfinished>> =
+        let mut results: Vec<Result<Processed, Unfinished>> =
             (0..count).map(|_| Err(Unfinished::Cancelled)).collect();
-        for group in run_isolated(group_runs.collect(), None, |run| run).await {
+        for group in run_isolated(group_runs.collect(), None, self.max_tasks(), |run| run).await {
             // A group task itself cannot panic (each record runs isolated
             // inside it); its records stay `Cancelled` if it somehow did.
             for (i, result) in group.unwrap_or_default() {
@@ -273,6 +296,12 @@ impl Processor {
             }
         }
         results
+    }
+
+    /// Records (or FIFO groups) worked on at once: enough to keep
+    /// `MAX_CONCURRENCY` requests in flight while others do their SQS calls.
+    fn max_tasks(&self) -> usize {
+        self.config.max_concurrency.saturating_mul(2).max(16)
     }
 
     /// Makes a record visible again at once (best effort: otherwise it
@@ -284,7 +313,7 @@ impl Processor {
     }
 
     /// All the work for one record: decide, apply, log one line.
-    pub async fn process_record(&self, record: Record, batch_started: Instant) -> Disposition {
+    pub async fn process_record(&self, record: Record, batch_started: Instant) -> Processed {
         let decided = self.decide(&record, batch_started).await;
         let disposition = self.apply(&record, &decided.action).await;
         let (delay_s, reason) = match &decided.action {
@@ -307,7 +336,10 @@ impl Processor {
             failure,
             "record processed"
         );
-        disposition
+        Processed {
+            disposition,
+            attempt_latency: decided.latency,
+        }
     }
 
     /// Parse, check, attempt, classify, decide. Pure but for the attempt.
@@ -343,6 +375,7 @@ impl Processor {
                 outcome: "expired",
                 status: None,
                 action,
+                latency: None,
             };
         }
         let host = host_key(&msg.destination_url);
@@ -372,8 +405,11 @@ impl Processor {
                 .acquire()
                 .await
                 .expect("the semaphore is never closed");
-            self.deliverer.deliver(&msg).await
+            let started = Instant::now();
+            let delivery = self.deliverer.deliver(&msg).await;
+            (delivery, started.elapsed())
         };
+        let (delivery, latency) = delivery;
         let outcome = delivery.outcome(SystemTime::now());
         if let Some(ticket) = ticket {
             ticket.report(match (&delivery, &outcome) {
@@ -399,7 +435,9 @@ impl Processor {
                 return dead(FailureReason::InvalidMessage, attempt.number, None, &e)
             }
         };
-        self.after(&attempt, outcome, batch_started)
+        let mut decided = self.after(&attempt, outcome, batch_started);
+        decided.latency = Some(latency);
+        decided
     }
 
     /// The decision after an attempt (or a breaker's refusal to make one).
@@ -418,6 +456,7 @@ impl Processor {
             outcome: name,
             status,
             action,
+            latency: None,
         }
     }
 
@@ -468,6 +507,7 @@ fn dead(reason: FailureReason, attempt: u32, status: Option<u16>, error: &str) -
         },
         status,
         action: Action::DeadLetter(DeadLetter::new(reason, attempt, status, error)),
+        latency: None,
     }
 }
 
@@ -483,10 +523,13 @@ pub enum Unfinished {
 }
 
 /// Runs `work` on every item as its own task and collects the results in
-/// order. A panic or the deadline ends only the item concerned.
+/// order. A panic or the deadline ends only the item concerned. At most
+/// `max_tasks` run at once: the rest wait as plain data, so a batch of
+/// 10 000 records costs 10 000 records of memory, not 10 000 futures.
 pub async fn run_isolated<T, F, Fut>(
     items: Vec<T>,
     deadline: Option<Instant>,
+    max_tasks: usize,
     mut work: F,
 ) -> Vec<Result<Fut::Output, Unfinished>>
 where
@@ -494,36 +537,47 @@ where
     Fut: Future + Send + 'static,
     Fut::Output: Send + 'static,
 {
-    let handles: Vec<_> = items
-        .into_iter()
-        .map(|item| tokio::spawn(work(item)))
-        .collect();
-    let mut results = Vec::with_capacity(handles.len());
-    for mut handle in handles {
+    let mut results: Vec<Option<Result<Fut::Output, Unfinished>>> =
+        items.iter().map(|_| None).collect();
+    let mut waiting = items.into_iter().enumerate();
+    let mut running = tokio::task::JoinSet::new();
+    let mut index = std::collections::HashMap::new();
+    let deadline = deadline.map(tokio::time::Instant::from_std);
+    loop {
+        while running.len() < max_tasks.max(1) {
+            let Some((i, item)) = waiting.next() else {
+                break;
+            };
+            index.insert(running.spawn(work(item)).id(), i);
+        }
         let joined = match deadline {
-            None => (&mut handle).await,
+            None => running.join_next_with_id().await,
             Some(deadline) => {
-                match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), &mut handle)
-                    .await
-                {
+                match tokio::time::timeout_at(deadline, running.join_next_with_id()).await {
                     Ok(joined) => joined,
-                    Err(_) => {
-                        handle.abort();
-                        results.push(Err(Unfinished::Deadline));
-                        continue;
-                    }
+                    // Whatever is still running or waiting is unfinished.
+                    Err(_) => break,
                 }
             }
         };
-        results.push(joined.map_err(|e| {
-            if e.is_panic() {
-                Unfinished::Panicked(panic_message(e.into_panic()))
-            } else {
-                Unfinished::Cancelled
+        match joined {
+            None => break,
+            Some(Ok((id, output))) => results[index[&id]] = Some(Ok(output)),
+            Some(Err(e)) => {
+                let i = index[&e.id()];
+                results[i] = Some(Err(if e.is_panic() {
+                    Unfinished::Panicked(panic_message(e.into_panic()))
+                } else {
+                    Unfinished::Cancelled
+                }))
             }
-        }));
+        }
     }
+    running.abort_all();
     results
+        .into_iter()
+        .map(|r| r.unwrap_or(Err(Unfinished::Deadline)))
+        .collect()
 }
 
 fn panic_message(payload: Box<dyn Any + Send>) -> String {
@@ -540,7 +594,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_panic_fails_only_its_own_item() {
-        let results = run_isolated(vec![1, 2, 3], None, |n| async move {
+        let results = run_isolated(vec![1, 2, 3], None, 2, |n| async move {
             if n == 2 {
                 panic!("record two is cursed");
             }
@@ -558,12 +612,32 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn items_past_the_deadline_are_reported_unfinished() {
         let deadline = Instant::now() + Duration::from_secs(5);
-        let results = run_isolated(vec![1u64, 10, 2], Some(deadline), |secs| async move {
+        let results = run_isolated(vec![1u64, 10, 2], Some(deadline), 8, |secs| async move {
             tokio::time::sleep(Duration::from_secs(secs)).await;
             secs
         })
         .await;
         assert_eq!(results, [Ok(1), Err(Unfinished::Deadline), Ok(2)]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_more_than_max_tasks_run_at_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let results = run_isolated((0..100).collect(), None, 7, |n: u32| {
+            let (running, most) = (Arc::clone(&running), Arc::clone(&most));
+            async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                n
+            }
+        })
+        .await;
+        assert_eq!(results, (0..100).map(Ok).collect::<Vec<_>>(), "in order");
+        assert_eq!(most.load(Ordering::SeqCst), 7);
     }
 
     #[test]

@@ -141,6 +141,11 @@ async fn poll(
             .map(|m| queue::record(m, &info.arn))
             .collect();
         let report = processor.process_batch(records, Some(deadline)).await;
+        crate::metrics::emit(
+            &processor.config().metrics,
+            &report,
+            &mut std::io::stdout().lock(),
+        );
         let acknowledged: Vec<String> = report
             .records
             .iter()

@@ -216,5 +216,45 @@ async fn the_function_under_cargo_lambda_watch_answers_each_sample_event() {
         .filter(|r| r.url.path() == "/ok")
         .count();
     assert_eq!(ok_requests, 3, "delivered twice from its file (first and checked), once from the mixed batch; never for the expired one");
+
+    // The function wrote its metrics as EMF lines: the mixed batch's match
+    // what it did (1 delivered, 2 unfinished, 4 dead letters, one per reason).
+    let output = std::fs::read_to_string(&log).unwrap();
+    let docs: Vec<serde_json::Value> = output
+        .lines()
+        .filter(|l| l.starts_with('{') && l.contains("\"_aws\""))
+        .map(|l| serde_json::from_str(l).expect("an EMF line is JSON"))
+        .collect();
+    let mixed_at = docs
+        .iter()
+        .rposition(|d| d["BatchSize"] == 7)
+        .expect("EMF for the mixed batch");
+    let mixed = &docs[mixed_at];
+    assert_eq!(mixed["_aws"]["CloudWatchMetrics"][0]["Namespace"], "retryq");
+    assert_eq!(
+        (
+            mixed["Delivered"].as_u64(),
+            mixed["Retried"].as_u64(),
+            mixed["Unfinished"].as_u64()
+        ),
+        (Some(1), Some(0), Some(2))
+    );
+    assert_eq!(
+        mixed["AttemptLatency"].as_array().unwrap().len(),
+        5,
+        "five records were attempted (not the invalid or expired ones)"
+    );
+    let reasons: BTreeMap<String, u64> = docs[mixed_at + 1..]
+        .iter()
+        .take_while(|d| d.get("Reason").is_some())
+        .map(|d| {
+            (
+                d["Reason"].as_str().unwrap().to_owned(),
+                d["DeadLettered"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(reasons.values().sum::<u64>(), 4, "{reasons:?}");
+    assert_eq!(reasons.len(), 4);
     let _ = std::fs::remove_file(&log);
 }
