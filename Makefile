@@ -11,7 +11,7 @@ WATCH_PORT ?= 9000
 EVENT ?= events/mixed-batch.json
 ARCH ?= arm64
 
-.PHONY: help tools test demo lint fmt watch invoke build destination fuzz
+.PHONY: help tools test demo lint fmt watch invoke build destination fuzz bench
 
 help:
 	@echo "make demo      the processor's main job, locally, end to end"
@@ -21,6 +21,7 @@ help:
 	@echo "make invoke    EVENT=events/delivered.json: invoke the watched function"
 	@echo "make destination  a demo destination on 127.0.0.1:9100 for the sample events"
 	@echo "make build     release build for Lambda ($(ARCH)), zip in target/lambda"
+	@echo "make bench     benchmarks: table, bench/results.json, bench/chart.svg"
 	@echo "make fuzz      FUZZ_SECONDS=300: the body -> decision fuzzer, longer than the smoke in make test"
 
 tools:
@@ -54,6 +55,12 @@ watch: tools
 
 invoke: tools
 	cargo lambda invoke retryq-processor --invoke-port $(WATCH_PORT) --data-file $(EVENT)
+
+# Benchmarks (not part of make test): see benches/retryq.rs and README's
+# Performance section. Release builds; a few minutes on 2 cores.
+bench: tools
+	cargo build --release --bin retryq-processor --example demo_destination
+	cargo bench --bench retryq
 
 # The mutation fuzzer of tests/fuzz.rs, for longer than make test's smoke run.
 FUZZ_SECONDS ?= 300

@@ -20,10 +20,15 @@ mod destination;
 
 use std::time::Duration;
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let addr = std::env::var("DEMO_DESTINATION").unwrap_or_else(|_| "127.0.0.1:9100".into());
-    let server = destination::Destination::start_on(&addr, Duration::from_millis(20)).await;
+    // The benchmarks use it too, with a fixed latency.
+    let latency = std::env::var("DEMO_LATENCY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let server = destination::Destination::start_on(&addr, Duration::from_millis(latency)).await;
     println!("demo destination on {} (Ctrl-C to stop)", server.url(""));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("SIGTERM handler");
