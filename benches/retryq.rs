@@ -167,15 +167,17 @@ struct Destination(Child);
 
 impl Destination {
     fn start(port: u16, latency_ms: u64) -> Destination {
-        let child = Command::new(release("examples/demo_destination"))
-            .env("DEMO_DESTINATION", format!("127.0.0.1:{port}"))
-            .env("DEMO_LATENCY_MS", latency_ms.to_string())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+        let destination = Destination(
+            Command::new(release("examples/demo_destination"))
+                .env("DEMO_DESTINATION", format!("127.0.0.1:{port}"))
+                .env("DEMO_LATENCY_MS", latency_ms.to_string())
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
         for _ in 0..200 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Destination(child);
+                return destination;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
