@@ -7,8 +7,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use common::*;
@@ -121,57 +120,22 @@ async fn no_secret_or_token_reaches_the_trace_output_or_the_dlq() {
     let log_file = dir.join("watch.log");
 
     let port = free_port();
-    let mut watch = Command::new("cargo");
-    watch
-        .args([
-            "lambda",
-            "watch",
-            "--ignore-changes",
-            "--invoke-address",
-            "127.0.0.1",
-            "--invoke-port",
-        ])
-        .arg(port.to_string())
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("RUST_LOG", "trace")
-        .env("DLQ_URL", &dlq.url)
-        .env("ALLOW_PRIVATE_DESTINATIONS", "true")
-        .env("AUTH_PROFILES", &profiles)
-        .env("CLIENT_SECRET", CLIENT_SECRET)
-        .env("FORM_SECRET", FORM_SECRET)
-        .env("API_KEY", API_KEY)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log_file).unwrap())
-        .stderr(std::fs::File::create(dir.join("watch.err")).unwrap());
-    aws_env(&mut watch);
-    let watch = Running::spawn(watch);
-
-    let start = Instant::now();
-    let answer = loop {
-        let out = Command::new("cargo")
-            .args([
-                "lambda",
-                "invoke",
-                "retryq-processor",
-                "--invoke-address",
-                "127.0.0.1",
-                "--invoke-port",
-            ])
-            .arg(port.to_string())
-            .arg("--data-file")
-            .arg(&event_file)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .unwrap();
-        if out.status.success() {
-            break String::from_utf8_lossy(&out.stdout).into_owned();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(600),
-            "the function never answered"
-        );
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    };
+    let watch = cargo_lambda_watch(
+        port,
+        &[
+            ("RUST_LOG", "trace"),
+            ("DLQ_URL", &dlq.url),
+            ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+            ("AUTH_PROFILES", &profiles),
+            ("CLIENT_SECRET", CLIENT_SECRET),
+            ("FORM_SECRET", FORM_SECRET),
+            ("API_KEY", API_KEY),
+        ],
+        &log_file,
+    );
+    let answer = cargo_lambda_invoke_when_ready(port, &event_file, &log_file)
+        .await
+        .to_string();
     drop(watch);
 
     // The paths were really taken.
@@ -200,7 +164,6 @@ async fn no_secret_or_token_reaches_the_trace_output_or_the_dlq() {
     );
 
     let mut output = std::fs::read_to_string(&log_file).unwrap();
-    output.push_str(&std::fs::read_to_string(dir.join("watch.err")).unwrap());
     output.push_str(&answer);
     for d in &dead {
         output.push_str(&format!("{:?}", d.message_attributes));

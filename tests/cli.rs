@@ -8,8 +8,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use wiremock::matchers::any;
-use wiremock::{Mock, MockServer, ResponseTemplate};
 
 struct Out {
     code: i32,
@@ -43,15 +41,6 @@ fn assert_usage_error(out: &Out, names: &str) {
         "stderr does not name {names:?}: {}",
         out.stderr
     );
-}
-
-async fn destination(status: u16) -> MockServer {
-    let server = MockServer::start().await;
-    Mock::given(any())
-        .respond_with(ResponseTemplate::new(status))
-        .mount(&server)
-        .await;
-    server
 }
 
 fn body_of(m: &aws_sdk_sqs::types::Message) -> serde_json::Value {
@@ -229,7 +218,7 @@ async fn enqueue_to_a_missing_queue_fails_the_work_with_exit_1() {
 async fn call_delivers_now_without_enqueueing() {
     let sqs = sqs();
     let q = queue(&sqs, "cli-call-ok").await;
-    let dest = destination(201).await;
+    let dest = answering(201).await;
     let out = retryq(
         &[
             "call",
@@ -252,7 +241,7 @@ async fn call_delivers_now_without_enqueueing() {
 async fn call_enqueues_a_retryable_failure_with_the_attempts_made_and_the_key_sent() {
     let sqs = sqs();
     let q = queue(&sqs, "cli-call-retry").await;
-    let dest = destination(503).await;
+    let dest = answering(503).await;
     let out = retryq(
         &[
             "call",
@@ -291,7 +280,7 @@ async fn call_enqueues_a_retryable_failure_with_the_attempts_made_and_the_key_se
 async fn call_stops_within_its_time_budget() {
     let sqs = sqs();
     let q = queue(&sqs, "cli-call-budget").await;
-    let dest = destination(503).await;
+    let dest = answering(503).await;
     let out = retryq(
         &[
             "call",
@@ -321,7 +310,7 @@ async fn call_stops_within_its_time_budget() {
 async fn call_fails_non_retryably_without_enqueueing() {
     let sqs = sqs();
     let q = queue(&sqs, "cli-call-404").await;
-    let dest = destination(404).await;
+    let dest = answering(404).await;
     let out = retryq(
         &["call", "--queue-url", &q.url, "--url", &dest.uri()],
         &[("ALLOW_PRIVATE_DESTINATIONS", "true")],
@@ -334,7 +323,7 @@ async fn call_fails_non_retryably_without_enqueueing() {
 
 #[tokio::test]
 async fn call_fails_when_it_cannot_enqueue() {
-    let dest = destination(503).await;
+    let dest = answering(503).await;
     let missing = format!("{}/{ACCOUNT}/no-such-queue", endpoint());
     let out = retryq(
         &[
@@ -435,7 +424,7 @@ async fn validate_accepts_valid_and_names_the_field_of_invalid_messages() {
 
 #[tokio::test]
 async fn event_output_is_accepted_by_the_function() {
-    let dest = destination(200).await;
+    let dest = answering(200).await;
     let dir = std::env::temp_dir().join(format!("retryq-event-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let a = dir.join("a.json");
@@ -465,7 +454,7 @@ async fn event_output_is_accepted_by_the_function() {
 async fn seeded_dlq(sqs: &aws_sdk_sqs::Client) -> (TestQueue, TestQueue) {
     let source = queue(sqs, "cli-src").await;
     let dlq = queue(sqs, "cli-dlq").await;
-    let gone = destination(404).await;
+    let gone = answering(404).await;
     send(
         sqs,
         &source,

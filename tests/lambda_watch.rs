@@ -7,8 +7,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use wiremock::matchers::path;
@@ -19,59 +18,6 @@ const DESTINATION: &str = "127.0.0.1:9100";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn cargo_lambda_watch(port: u16, dlq_url: &str, log: &Path) -> Running {
-    let log = std::fs::File::create(log).unwrap();
-    let mut command = Command::new("cargo");
-    command
-        .args([
-            "lambda",
-            "watch",
-            "--ignore-changes",
-            "--invoke-address",
-            "127.0.0.1",
-            "--invoke-port",
-        ])
-        .arg(port.to_string())
-        .current_dir(root())
-        .env("DLQ_URL", dlq_url)
-        .env("ALLOW_PRIVATE_DESTINATIONS", "true")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-    aws_env(&mut command);
-    Running::spawn(command)
-}
-
-fn invoke(port: u16, event: &Path) -> Result<serde_json::Value, String> {
-    let out = Command::new("cargo")
-        .args([
-            "lambda",
-            "invoke",
-            "retryq-processor",
-            "--invoke-address",
-            "127.0.0.1",
-            "--invoke-port",
-        ])
-        .arg(port.to_string())
-        .arg("--data-file")
-        .arg(event)
-        .current_dir(root())
-        .stdin(Stdio::null())
-        .output()
-        .expect("cargo lambda invoke runs");
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let json = stdout
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('{'))
-        .ok_or(stdout.to_string())?;
-    serde_json::from_str(json).map_err(|e| format!("{e}: {stdout}"))
 }
 
 fn failed_ids(answer: &serde_json::Value) -> Vec<String> {
@@ -133,27 +79,19 @@ async fn the_function_under_cargo_lambda_watch_answers_each_sample_event() {
 
     let port = free_port();
     let log = std::env::temp_dir().join(format!("retryq-watch-{}.log", std::process::id()));
-    let _watch = cargo_lambda_watch(port, &dlq.url, &log);
+    let _watch = cargo_lambda_watch(
+        port,
+        &[
+            ("DLQ_URL", &dlq.url),
+            ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+            ("RUST_LOG", "info"),
+        ],
+        &log,
+    );
     let events = root().join("events");
 
-    // The first invocation builds the function; allow for that (bounded).
-    let started = Instant::now();
-    let first = loop {
-        match invoke(port, &events.join("delivered.json")) {
-            Ok(answer) => break answer,
-            Err(e) if started.elapsed() < Duration::from_secs(600) => {
-                eprintln!(
-                    "waiting for cargo lambda watch: {}",
-                    e.lines().last().unwrap_or_default()
-                );
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
-            Err(e) => panic!(
-                "cargo lambda watch never answered: {e}\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            ),
-        }
-    };
+    // The first invocation builds the function.
+    let first = cargo_lambda_invoke_when_ready(port, &events.join("delivered.json"), &log).await;
     assert_eq!(failed_ids(&first), Vec::<String>::new(), "delivered");
 
     // The 503 and 429 records are retryable: they come back. (Their sample
@@ -182,7 +120,7 @@ async fn the_function_under_cargo_lambda_watch_answers_each_sample_event() {
     );
     for (file, retried) in &expected {
         let event = events.join(file);
-        let answer = invoke(port, &event).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let answer = cargo_lambda_invoke(port, &event).unwrap_or_else(|e| panic!("{file}: {e}"));
         assert_eq!(
             failed_ids(&answer),
             ids_in(&event, retried),

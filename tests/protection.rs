@@ -20,25 +20,7 @@ async fn one_batch(
     p: &std::sync::Arc<retryq::process::Processor>,
     bodies: &[String],
 ) -> Vec<String> {
-    for chunk in bodies.chunks(10) {
-        let entries = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .message_body(b)
-                    .build()
-                    .unwrap()
-            })
-            .collect();
-        sqs.send_message_batch()
-            .queue_url(&q.url)
-            .set_entries(Some(entries))
-            .send()
-            .await
-            .unwrap();
-    }
+    send_batch(sqs, q, bodies).await;
     let received = receive_n(sqs, q, bodies.len(), Duration::from_secs(30)).await;
     assert_eq!(received.len(), bodies.len());
     let response = invoke(p, sqs, q, &received).await;

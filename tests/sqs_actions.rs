@@ -11,15 +11,6 @@ use common::*;
 use wiremock::matchers::{any, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-async fn destination(status: u16) -> MockServer {
-    let server = MockServer::start().await;
-    Mock::given(any())
-        .respond_with(ResponseTemplate::new(status))
-        .mount(&server)
-        .await;
-    server
-}
-
 /// A source queue, its DLQ and a processor writing to it.
 async fn setup(
     extra: &[(&str, &str)],
@@ -154,7 +145,7 @@ async fn a_short_backoff_brings_the_message_back_with_a_higher_receive_count() {
 #[tokio::test]
 async fn a_non_retryable_answer_is_dead_lettered_with_the_exact_attributes_and_body() {
     let (sqs, source, dlq, p) = setup(&[]).await;
-    let dest = destination(404).await;
+    let dest = answering(404).await;
     // Odd spacing, key order and non-ASCII: the copy must be byte-identical.
     let body = format!(
         "{{ \"request\":{{\"method\":\"DELETE\"}},\n  \"id\" : \"été-1\" , \"destinationUrl\":\"{}/gone\", \"metadata\": {{\"note\": \"ünïcode ✓\"}} }}",
@@ -247,7 +238,7 @@ async fn an_expired_message_is_dead_lettered_without_an_attempt() {
 
 #[tokio::test]
 async fn a_retryable_failure_with_no_time_left_before_expiry_is_expired() {
-    let dest = destination(503).await;
+    let dest = answering(503).await;
     let soon = time::OffsetDateTime::now_utc() + time::Duration::seconds(3);
     let expires = soon
         .format(&time::format_description::well_known::Rfc3339)
@@ -267,7 +258,7 @@ async fn a_retryable_failure_with_no_time_left_before_expiry_is_expired() {
 
 #[tokio::test]
 async fn a_retryable_failure_on_the_final_attempt_is_exhausted() {
-    let dest = destination(502).await;
+    let dest = answering(502).await;
     // Four attempts were made before it was enqueued: this receive is the fifth.
     let body = message(
         "tired",
@@ -285,7 +276,7 @@ async fn a_retryable_failure_on_the_final_attempt_is_exhausted() {
 
 #[tokio::test]
 async fn the_message_max_attempts_lowers_the_limit() {
-    let dest = destination(500).await;
+    let dest = answering(500).await;
     let d = dead_letter_of(
         &message("once", &dest.uri(), serde_json::json!({"maxAttempts": 1})),
         &[],
@@ -312,7 +303,7 @@ async fn a_record_that_cannot_be_dead_lettered_stays_unacknowledged() {
         let mut vars = vec![("ALLOW_PRIVATE_DESTINATIONS", "true")];
         vars.extend(dlq_url.map(|url| ("DLQ_URL", url)));
         let p = processor(&vars);
-        let dest = destination(404).await;
+        let dest = answering(404).await;
         let body = message("stuck", &dest.uri(), serde_json::json!({}));
         let (id, received) = send_one(&sqs, &source, &body).await;
 
@@ -330,7 +321,7 @@ async fn a_record_that_cannot_be_dead_lettered_stays_unacknowledged() {
 #[tokio::test]
 async fn a_failed_visibility_change_is_still_reported_as_a_failure() {
     let (sqs, source, _dlq, p) = setup(&[]).await;
-    let dest = destination(503).await;
+    let dest = answering(503).await;
     let (id, mut received) = send_one(
         &sqs,
         &source,
@@ -444,7 +435,7 @@ async fn a_mixed_batch_acknowledges_exactly_the_finished_records() {
 #[tokio::test]
 async fn a_batch_where_one_record_panics_still_answers_listing_only_that_record() {
     let (sqs, source, dlq, p) = setup(&[]).await;
-    let dest = destination(200).await;
+    let dest = answering(200).await;
     let a = send(
         &sqs,
         &source,

@@ -319,3 +319,129 @@ pub fn aws_env(command: &mut std::process::Command) -> &mut std::process::Comman
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("AWS_EC2_METADATA_DISABLED", "true")
 }
+
+/// `cargo lambda watch` for this crate on 127.0.0.1:`port`, with the local
+/// SQS environment plus `env`, its output to `log`.
+pub fn cargo_lambda_watch(port: u16, env: &[(&str, &str)], log: &std::path::Path) -> Running {
+    let log = std::fs::File::create(log).unwrap();
+    let mut command = std::process::Command::new("cargo");
+    command
+        .args([
+            "lambda",
+            "watch",
+            "--ignore-changes",
+            "--invoke-address",
+            "127.0.0.1",
+            "--invoke-port",
+        ])
+        .arg(port.to_string())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    aws_env(&mut command);
+    Running::spawn(command)
+}
+
+/// `cargo lambda invoke retryq-processor` with an event file; the answer's
+/// JSON, or what went wrong.
+pub fn cargo_lambda_invoke(
+    port: u16,
+    event: &std::path::Path,
+) -> Result<serde_json::Value, String> {
+    let out = std::process::Command::new("cargo")
+        .args([
+            "lambda",
+            "invoke",
+            "retryq-processor",
+            "--invoke-address",
+            "127.0.0.1",
+            "--invoke-port",
+        ])
+        .arg(port.to_string())
+        .arg("--data-file")
+        .arg(event)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("cargo lambda invoke runs");
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .ok_or(stdout.to_string())?;
+    serde_json::from_str(json).map_err(|e| format!("{e}: {stdout}"))
+}
+
+/// Invokes until the function answers: the first call waits for `cargo
+/// lambda watch` to build it (bounded).
+pub async fn cargo_lambda_invoke_when_ready(
+    port: u16,
+    event: &std::path::Path,
+    log: &std::path::Path,
+) -> serde_json::Value {
+    let start = std::time::Instant::now();
+    loop {
+        match cargo_lambda_invoke(port, event) {
+            Ok(answer) => return answer,
+            Err(e) if start.elapsed() < Duration::from_secs(600) => {
+                eprintln!(
+                    "waiting for cargo lambda watch: {}",
+                    e.lines().last().unwrap_or_default()
+                );
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => panic!(
+                "cargo lambda watch never answered: {e}\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            ),
+        }
+    }
+}
+
+/// Sends the bodies ten at a time.
+pub async fn send_batch(sqs: &aws_sdk_sqs::Client, q: &TestQueue, bodies: &[String]) {
+    for chunk in bodies.chunks(10) {
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(b)
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        let out = sqs
+            .send_message_batch()
+            .queue_url(&q.url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .expect("send_message_batch");
+        assert!(out.failed.is_empty(), "every message sent");
+    }
+}
+
+/// A destination answering every request with `status`.
+pub async fn answering(status: u16) -> wiremock::MockServer {
+    let server = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::any())
+        .respond_with(wiremock::ResponseTemplate::new(status))
+        .mount(&server)
+        .await;
+    server
+}
+
+/// A token endpoint's answer with this access token.
+pub fn token_answer(token: &str) -> wiremock::ResponseTemplate {
+    wiremock::ResponseTemplate::new(200).set_body_json(
+        serde_json::json!({"access_token": token, "token_type": "Bearer", "expires_in": 3600}),
+    )
+}
