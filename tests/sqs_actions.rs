@@ -239,7 +239,9 @@ async fn an_expired_message_is_dead_lettered_without_an_attempt() {
 #[tokio::test]
 async fn a_retryable_failure_with_no_time_left_before_expiry_is_expired() {
     let dest = answering(503).await;
-    let soon = time::OffsetDateTime::now_utc() + time::Duration::seconds(3);
+    // The next attempt would be 30 to 60 s away: past an expiry 20 s away
+    // (room enough for a slow machine to get to the first attempt).
+    let soon = time::OffsetDateTime::now_utc() + time::Duration::seconds(20);
     let expires = soon
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();
@@ -249,11 +251,15 @@ async fn a_retryable_failure_with_no_time_left_before_expiry_is_expired() {
             &dest.uri(),
             serde_json::json!({"expiresAt": expires}),
         ),
-        &[],
+        &[("BACKOFF_BASE_SECONDS", "60")],
     )
     .await;
     assert_eq!(attr(&d, "FailureReason").as_deref(), Some("expired"));
-    assert_eq!(attr(&d, "LastStatusCode").as_deref(), Some("503"));
+    assert_eq!(
+        attr(&d, "LastStatusCode").as_deref(),
+        Some("503"),
+        "attempted, then out of time"
+    );
 }
 
 #[tokio::test]
