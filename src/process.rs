@@ -395,7 +395,7 @@ impl Processor {
                 }
             },
         };
-        let delivery = {
+        let (delivery, latency) = {
             let _host_slot = match &self.host_limits {
                 Some(limits) => Some(limits.acquire(&host).await),
                 None => None,
@@ -409,7 +409,6 @@ impl Processor {
             let delivery = self.deliverer.deliver(&msg).await;
             (delivery, started.elapsed())
         };
-        let (delivery, latency) = delivery;
         let outcome = delivery.outcome(SystemTime::now());
         if let Some(ticket) = ticket {
             ticket.report(match (&delivery, &outcome) {
