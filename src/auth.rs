@@ -317,13 +317,22 @@ const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
 /// Applies the profiles: fetches, caches and refreshes credentials. One per
 /// process, shared by every batch.
 pub struct Authenticator {
-    profiles: HashMap<String, ProfileSpec>,
-    tokens: HashMap<String, tokio::sync::Mutex<Option<Token>>>,
-    secrets: HashMap<String, tokio::sync::OnceCell<Secret>>,
+    profiles: HashMap<String, Profile>,
     generation: AtomicU64,
-    http: reqwest::Client,
+    /// The token endpoints' client, built on the first token request so
+    /// that start-up does not pay for it.
+    http: tokio::sync::OnceCell<reqwest::Client>,
     secrets_manager: Option<aws_sdk_secretsmanager::Client>,
     timeout: Duration,
+}
+
+/// One configured profile and what the process has learned for it.
+struct Profile {
+    spec: ProfileSpec,
+    /// The cached token (OAuth 2 profiles).
+    token: tokio::sync::Mutex<Option<Token>>,
+    /// The secret, once fetched (Secrets Manager sources).
+    secret: tokio::sync::OnceCell<Secret>,
 }
 
 impl fmt::Debug for Authenticator {
@@ -335,36 +344,49 @@ impl fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
-    /// Token URLs are the operator's and trusted: their client has no
-    /// destination policy. Makes no network call.
+    /// Makes no network call and builds no client: all of that waits for
+    /// the first record that needs it.
     pub fn new(
         profiles: &AuthProfiles,
         timeout: Duration,
         secrets_manager: Option<aws_sdk_secretsmanager::Client>,
-    ) -> Result<Authenticator, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("retryq/", env!("CARGO_PKG_VERSION")))
-            .timeout(timeout)
-            .no_proxy()
-            .build()?;
-        Ok(Authenticator {
-            tokens: profiles
+    ) -> Authenticator {
+        Authenticator {
+            profiles: profiles
                 .profiles
-                .keys()
-                .map(|k| (k.clone(), tokio::sync::Mutex::new(None)))
+                .iter()
+                .map(|(name, spec)| {
+                    let profile = Profile {
+                        spec: spec.clone(),
+                        token: tokio::sync::Mutex::new(None),
+                        secret: tokio::sync::OnceCell::new(),
+                    };
+                    (name.clone(), profile)
+                })
                 .collect(),
-            secrets: profiles
-                .profiles
-                .keys()
-                .map(|k| (k.clone(), tokio::sync::OnceCell::new()))
-                .collect(),
-            profiles: profiles.profiles.clone(),
             generation: AtomicU64::new(0),
-            http,
+            http: tokio::sync::OnceCell::new(),
             secrets_manager,
             timeout,
-        })
+        }
+    }
+
+    /// Token URLs are the operator's and trusted: their client has no
+    /// destination policy.
+    async fn token_client(&self) -> Result<&reqwest::Client, AuthError> {
+        self.http
+            .get_or_try_init(|| async {
+                reqwest::Client::builder()
+                    .redirect(reqwest::redirect::Policy::none())
+                    .user_agent(concat!("retryq/", env!("CARGO_PKG_VERSION")))
+                    .timeout(self.timeout)
+                    .no_proxy()
+                    .build()
+                    .map_err(|e| {
+                        AuthError::Unavailable(format!("cannot build the token client: {e}"))
+                    })
+            })
+            .await
     }
 
     pub fn has(&self, profile: &str) -> bool {
@@ -396,7 +418,7 @@ impl Authenticator {
         headers: &HeaderMap,
         body: &[u8],
     ) -> bool {
-        match self.profiles.get(profile) {
+        match self.profiles.get(profile).map(|p| &p.spec) {
             Some(ProfileSpec::OAuth2 { expired, .. }) => expired.matches(status, headers, body),
             _ => false,
         }
@@ -404,7 +426,7 @@ impl Authenticator {
 
     /// Whether a 401 body must be read to apply the rule.
     pub fn needs_body(&self, profile: &str) -> bool {
-        matches!(self.profiles.get(profile), Some(ProfileSpec::OAuth2 { expired, .. }) if expired.body_contains.is_some())
+        matches!(self.profiles.get(profile).map(|p| &p.spec), Some(ProfileSpec::OAuth2 { expired, .. }) if expired.body_contains.is_some())
     }
 
     async fn credential_replacing(
@@ -412,16 +434,16 @@ impl Authenticator {
         profile: &str,
         stale: Option<u64>,
     ) -> Result<Credential, AuthError> {
-        let spec = self.profiles.get(profile).ok_or_else(|| {
+        let p = self.profiles.get(profile).ok_or_else(|| {
             AuthError::Rejected(format!("auth profile {profile:?} is not configured"))
         })?;
-        match spec {
+        match &p.spec {
             ProfileSpec::Header {
                 name,
                 value,
                 prefix,
             } => {
-                let secret = self.secret(profile, value).await?;
+                let secret = self.secret(profile, value, &p.secret).await?;
                 let text = format!("{}{}", prefix.as_deref().unwrap_or(""), secret.expose());
                 Ok(Credential {
                     name: name.clone(),
@@ -430,7 +452,7 @@ impl Authenticator {
                 })
             }
             ProfileSpec::OAuth2 { .. } => {
-                let mut cached = self.tokens[profile].lock().await;
+                let mut cached = p.token.lock().await;
                 // Usable: not due for refresh, and not the token the caller
                 // found expired (another record may have replaced it while
                 // this one waited for the lock).
@@ -438,7 +460,7 @@ impl Authenticator {
                     .as_ref()
                     .is_some_and(|t| Instant::now() < t.refresh_at && stale != Some(t.generation));
                 if !usable {
-                    *cached = Some(self.fetch_token(profile, spec).await?);
+                    *cached = Some(self.fetch_token(profile, p).await?);
                 }
                 let token = cached.as_ref().expect("just filled");
                 Ok(Credential {
@@ -450,7 +472,7 @@ impl Authenticator {
         }
     }
 
-    async fn fetch_token(&self, profile: &str, spec: &ProfileSpec) -> Result<Token, AuthError> {
+    async fn fetch_token(&self, profile: &str, p: &Profile) -> Result<Token, AuthError> {
         let ProfileSpec::OAuth2 {
             token_url,
             client_id,
@@ -459,16 +481,17 @@ impl Authenticator {
             audience,
             client_auth,
             ..
-        } = spec
+        } = &p.spec
         else {
             unreachable!("only OAuth 2 profiles have tokens")
         };
-        let client_secret = self.secret(profile, secret).await?;
+        let client_secret = self.secret(profile, secret, &p.secret).await?;
         let mut form = vec![("grant_type", "client_credentials")];
         form.extend(scope.as_deref().map(|s| ("scope", s)));
         form.extend(audience.as_deref().map(|a| ("audience", a)));
         let mut request = self
-            .http
+            .token_client()
+            .await?
             .post(token_url.clone())
             .header(http::header::ACCEPT, "application/json")
             .header(
@@ -536,10 +559,15 @@ impl Authenticator {
         })
     }
 
-    async fn secret(&self, profile: &str, source: &SecretSource) -> Result<Secret, AuthError> {
+    async fn secret(
+        &self,
+        profile: &str,
+        source: &SecretSource,
+        cached: &tokio::sync::OnceCell<Secret>,
+    ) -> Result<Secret, AuthError> {
         match source {
             SecretSource::Value(s) => Ok(s.clone()),
-            SecretSource::SecretsManager { arn, json_key } => self.secrets[profile]
+            SecretSource::SecretsManager { arn, json_key } => cached
                 .get_or_try_init(|| self.fetch_secret(profile, arn, json_key.as_deref()))
                 .await
                 .cloned(),
@@ -701,7 +729,7 @@ mod tests {
     #[test]
     fn a_custom_rule_replaces_the_default() {
         let p = AuthProfiles::parse(CONTRACT_EXAMPLE, env).unwrap();
-        let a = Authenticator::new(&p, Duration::from_secs(1), None).unwrap();
+        let a = Authenticator::new(&p, Duration::from_secs(1), None);
         let h = HeaderMap::new();
         assert!(a.says_expired("partner-x", 401, &h, b"{\"code\":\"token_expired\"}"));
         assert!(

@@ -43,7 +43,6 @@ struct HostState {
     in_flight: u32,
     open_until: Option<Instant>,
     probing: bool,
-    notify: Arc<Notify>,
 }
 
 /// What the breaker says about one attempt.
@@ -70,6 +69,8 @@ pub struct Breakers {
     threshold: u32,
     cooldown: Duration,
     hosts: Mutex<HashMap<String, HostState>>,
+    /// Wakes attempts waiting for an answer from an unproven host.
+    answered: Notify,
 }
 
 impl Breakers {
@@ -78,6 +79,7 @@ impl Breakers {
             threshold: threshold.max(1),
             cooldown,
             hosts: Mutex::new(HashMap::new()),
+            answered: Notify::new(),
         })
     }
 
@@ -85,12 +87,13 @@ impl Breakers {
     /// of unproven attempts is used up.
     pub async fn admit(self: &Arc<Self>, host: &str) -> Admission {
         loop {
-            let notify = {
+            let notified = self.answered.notified();
+            tokio::pin!(notified);
+            {
                 let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
                 let state = hosts.entry(host.to_owned()).or_default();
-                let now = Instant::now();
                 if let Some(until) = state.open_until {
-                    if now < until || state.probing {
+                    if Instant::now() < until || state.probing {
                         return Admission::Open;
                     }
                     // Half-open: this attempt is the single probe.
@@ -104,25 +107,12 @@ impl Breakers {
                     state.in_flight += 1;
                     return Admission::Go(self.ticket(host, false));
                 }
-                Arc::clone(&state.notify)
-            };
-            let notified = notify.notified();
-            tokio::pin!(notified);
-            // Registered before the state is looked at again, so a report
-            // between the check above and this wait is not missed.
-            notified.as_mut().enable();
-            if self.could_go(host) {
-                continue;
+                // Wait for an answer. Registered while the lock is held, so
+                // no answer reported after this look can be missed.
+                notified.as_mut().enable();
             }
             notified.await;
         }
-    }
-
-    fn could_go(&self, host: &str) -> bool {
-        let hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
-        hosts.get(host).is_none_or(|s| {
-            s.open_until.is_some() || s.consecutive_failures + s.in_flight < self.threshold
-        })
     }
 
     fn ticket(self: &Arc<Self>, host: &str, probe: bool) -> Ticket {
@@ -168,7 +158,7 @@ impl Breakers {
             // Not attempted after all (refused, cancelled): no news.
             None => {}
         }
-        state.notify.notify_waiters();
+        self.answered.notify_waiters();
     }
 
     /// Is the breaker for `host` open now (for tests and metrics)?

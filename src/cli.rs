@@ -11,7 +11,6 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::deliver::Deliverer;
 use crate::message::RetryMessage;
@@ -287,11 +286,8 @@ pub async fn run(
             let config = config()?;
             let (sqs, secrets_manager) =
                 queue::clients_from_env(config.auth.uses_secrets_manager()).await;
-            let auth = Authenticator::new(&config.auth, config.request_timeout, secrets_manager)
+            let deliverer = Deliverer::from_config(&config, 4, secrets_manager)
                 .map_err(|e| Failure::Work(e.to_string()))?;
-            let deliverer = Deliverer::new(config.destinations, config.request_timeout, 4)
-                .map_err(|e| Failure::Work(e.to_string()))?
-                .with_auth(Arc::new(auth));
             let enqueuer = Enqueuer::new(sqs, queue_url);
             let sync = SyncRetry {
                 attempts: sync_attempts,

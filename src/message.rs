@@ -28,6 +28,7 @@
 //! assert_eq!(err.field, "destinationUrl");
 //! ```
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
@@ -237,18 +238,6 @@ impl RetryMessage {
                 }
             }
         }
-        // Cheap bound first: base64 is 4 characters for 3 bytes.
-        let encoded = self.request.body.as_ref().map_or(0, String::len);
-        let decoded_at_least = match self.request.body_encoding {
-            BodyEncoding::Utf8 => encoded,
-            BodyEncoding::Base64 => encoded / 4 * 3,
-        };
-        if decoded_at_least > limits::BODY_BYTES + 2 {
-            return Err(InvalidMessage::new(
-                "request.body",
-                format!("is larger than {} bytes", limits::BODY_BYTES),
-            ));
-        }
         if self.body_bytes()?.len() > limits::BODY_BYTES {
             return Err(InvalidMessage::new(
                 "request.body",
@@ -267,13 +256,14 @@ impl RetryMessage {
     }
 
     /// The request body as bytes, decoded per `bodyEncoding`; empty when the
-    /// message has no body.
-    pub fn body_bytes(&self) -> Result<Vec<u8>, InvalidMessage> {
+    /// message has no body. A UTF-8 body is borrowed, not copied.
+    pub fn body_bytes(&self) -> Result<Cow<'_, [u8]>, InvalidMessage> {
         match (&self.request.body, self.request.body_encoding) {
-            (None, _) => Ok(Vec::new()),
-            (Some(text), BodyEncoding::Utf8) => Ok(text.as_bytes().to_vec()),
+            (None, _) => Ok(Cow::Borrowed(&[])),
+            (Some(text), BodyEncoding::Utf8) => Ok(Cow::Borrowed(text.as_bytes())),
             (Some(text), BodyEncoding::Base64) => base64::engine::general_purpose::STANDARD
                 .decode(text)
+                .map(Cow::Owned)
                 .map_err(|_| InvalidMessage::new("request.body", "is not valid base64")),
         }
     }
@@ -285,7 +275,8 @@ impl RetryMessage {
     }
 }
 
-fn validate_id(id: &str) -> Result<(), InvalidMessage> {
+/// Is `id` a valid message id (contract §2)?
+pub fn validate_id(id: &str) -> Result<(), InvalidMessage> {
     if id.is_empty() || id.len() > MAX_ID_LEN {
         return Err(InvalidMessage::new("id", "must be 1 to 128 characters"));
     }
@@ -414,7 +405,7 @@ mod tests {
             msg.request.headers["accept"].iter().collect::<Vec<_>>(),
             ["application/json", "text/plain"]
         );
-        assert_eq!(msg.body_bytes().unwrap(), br#"{"order":42}"#);
+        assert_eq!(*msg.body_bytes().unwrap(), *br#"{"order":42}"#);
         assert_eq!(msg.expires_at.unwrap().unix_timestamp(), 1_795_953_600);
     }
 
@@ -431,7 +422,7 @@ mod tests {
         let mut v = valid();
         v["request"]["body"] = "AAEC/w==".into();
         v["request"]["bodyEncoding"] = "base64".into();
-        assert_eq!(parse(&v).unwrap().body_bytes().unwrap(), [0, 1, 2, 255]);
+        assert_eq!(*parse(&v).unwrap().body_bytes().unwrap(), [0, 1, 2, 255]);
     }
 
     #[test]

@@ -26,7 +26,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Semaphore;
 
-use crate::auth::Authenticator;
 use crate::breaker::{host_key, Admission, Breakers, Health, HostLimits};
 use crate::config::Config;
 use crate::deliver::{Deliverer, Delivery, Refused};
@@ -146,13 +145,7 @@ impl Processor {
         sqs: aws_sdk_sqs::Client,
         secrets_manager: Option<aws_sdk_secretsmanager::Client>,
     ) -> Result<Processor, reqwest::Error> {
-        let auth = Authenticator::new(&config.auth, config.request_timeout, secrets_manager)?;
-        let deliverer = Deliverer::new(
-            config.destinations.clone(),
-            config.request_timeout,
-            config.max_concurrency,
-        )?
-        .with_auth(Arc::new(auth));
+        let deliverer = Deliverer::from_config(&config, config.max_concurrency, secrets_manager)?;
         Ok(Processor {
             requests: Semaphore::new(config.max_concurrency),
             host_limits: config.max_concurrency_per_host.map(HostLimits::new),
@@ -348,10 +341,9 @@ impl Processor {
         let msg = match RetryMessage::parse(&record.body) {
             Ok(msg) => msg,
             Err(e) => {
-                return dead(
+                return refused(
                     FailureReason::InvalidMessage,
                     record.receive_count,
-                    None,
                     &e.to_string(),
                 )
             }
@@ -362,21 +354,14 @@ impl Processor {
             expires_at: msg.expires_at.map(SystemTime::from),
         };
         if let Some(profile) = msg.auth.as_ref().filter(|p| !self.deliverer.has_profile(p)) {
-            return dead(
+            return refused(
                 FailureReason::InvalidMessage,
                 attempt.number,
-                None,
                 &format!("auth: profile {profile:?} is not configured"),
             );
         }
         if let Some(action) = policy.before_attempt(&attempt, SystemTime::now()) {
-            return Decided {
-                attempt: attempt.number,
-                outcome: "expired",
-                status: None,
-                action,
-                latency: None,
-            };
+            return unattempted("expired", attempt.number, action);
         }
         let host = host_key(&msg.destination_url);
         let ticket = match &self.breakers {
@@ -423,15 +408,10 @@ impl Processor {
         let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(Refused::NotAllowed(e)) => {
-                return dead(
-                    FailureReason::DestinationNotAllowed,
-                    attempt.number,
-                    None,
-                    &e,
-                )
+                return refused(FailureReason::DestinationNotAllowed, attempt.number, &e)
             }
             Err(Refused::Invalid(e)) => {
-                return dead(FailureReason::InvalidMessage, attempt.number, None, &e)
+                return refused(FailureReason::InvalidMessage, attempt.number, &e)
             }
         };
         let mut decided = self.after(&attempt, outcome, batch_started);
@@ -494,20 +474,28 @@ impl Processor {
     }
 }
 
-fn dead(reason: FailureReason, attempt: u32, status: Option<u16>, error: &str) -> Decided {
+/// A decision made without an attempt (invalid, refused or expired).
+fn unattempted(outcome: &'static str, attempt: u32, action: Action) -> Decided {
     Decided {
         attempt,
-        outcome: match reason {
-            FailureReason::InvalidMessage => "invalid",
-            FailureReason::DestinationNotAllowed => "not-allowed",
-            FailureReason::Expired => "expired",
-            FailureReason::NonRetryable => "non-retryable",
-            FailureReason::AttemptsExhausted => "retryable",
-        },
-        status,
-        action: Action::DeadLetter(DeadLetter::new(reason, attempt, status, error)),
+        outcome,
+        status: None,
+        action,
         latency: None,
     }
+}
+
+/// Invalid messages and refused destinations: dead-lettered unattempted.
+fn refused(reason: FailureReason, attempt: u32, error: &str) -> Decided {
+    let outcome = match reason {
+        FailureReason::DestinationNotAllowed => "not-allowed",
+        _ => "invalid",
+    };
+    unattempted(
+        outcome,
+        attempt,
+        Action::DeadLetter(DeadLetter::new(reason, attempt, None, error)),
+    )
 }
 
 /// Why a record's work did not finish.

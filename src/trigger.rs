@@ -96,8 +96,10 @@ pub async fn run(
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(error = %e, "receive failed");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
             }
         };
         let event = sqs_event(&messages, &info.arn, region);

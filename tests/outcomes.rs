@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use retryq::deliver::destination::DestinationPolicy;
 use retryq::deliver::{Deliverer, Delivery};
 use retryq::message::RetryMessage;
-use retryq::policy::classify::{classify, NoResponse, Outcome};
+use retryq::policy::classify::{NoResponse, Outcome};
 use wiremock::matchers::{any, body_bytes, header, method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -31,7 +31,7 @@ fn msg_with(url: &str, request: serde_json::Value) -> RetryMessage {
 
 async fn attempt(d: &Deliverer, m: &RetryMessage) -> (Delivery, Option<Outcome>) {
     let delivery = d.deliver(m).await;
-    let outcome = delivery.answer().map(|a| classify(&a, SystemTime::now()));
+    let outcome = delivery.outcome(SystemTime::now()).ok();
     (delivery, outcome)
 }
 

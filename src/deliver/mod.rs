@@ -25,6 +25,7 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::auth::{AuthError, Authenticator, Credential};
+use crate::config::Config;
 use crate::message::RetryMessage;
 use crate::policy::classify::{classify, Answer, NoResponse, Outcome};
 use destination::{DestinationPolicy, NotAllowed};
@@ -88,11 +89,13 @@ impl Delivery {
         match self {
             Delivery::NotAllowed(e) => Err(Refused::NotAllowed(e.to_string())),
             Delivery::Invalid(e) => Err(Refused::Invalid(e.clone())),
-            Delivery::NoResponse { kind, detail } => Ok(Outcome::Retryable {
-                status: None,
-                retry_after: None,
-                error: format!("{}: {detail}", kind.as_str()),
-            }),
+            Delivery::NoResponse { kind, detail } => {
+                let mut outcome = classify(&Answer::NoResponse(*kind), now);
+                if let Outcome::Retryable { error, .. } = &mut outcome {
+                    *error = format!("{error}: {detail}");
+                }
+                Ok(outcome)
+            }
             Delivery::AuthFailed(AuthError::Unavailable(e)) => Ok(Outcome::Retryable {
                 status: None,
                 retry_after: None,
@@ -106,11 +109,10 @@ impl Delivery {
                 status,
                 token_expired: true,
                 ..
-            } => Ok(Outcome::Retryable {
-                status: Some(*status),
-                retry_after: None,
-                error: format!("HTTP {status}: the token expired again right after a refresh"),
-            }),
+            } => Ok(classify(
+                &Answer::ExpiredAfterRefresh { status: *status },
+                now,
+            )),
             Delivery::Answered {
                 status, headers, ..
             } => Ok(classify(
@@ -120,21 +122,6 @@ impl Delivery {
                 },
                 now,
             )),
-        }
-    }
-
-    /// The view of this delivery the classifier takes, unless it was refused
-    /// before any attempt.
-    pub fn answer(&self) -> Option<Answer<'_>> {
-        match self {
-            Delivery::Answered {
-                status, headers, ..
-            } => Some(Answer::Status {
-                status: *status,
-                headers,
-            }),
-            Delivery::NoResponse { kind, .. } => Some(Answer::NoResponse(*kind)),
-            Delivery::NotAllowed(_) | Delivery::Invalid(_) | Delivery::AuthFailed(_) => None,
         }
     }
 }
@@ -185,6 +172,22 @@ impl Deliverer {
             timeout,
             auth: None,
         })
+    }
+
+    /// The deliverer the configuration describes: its destination policy,
+    /// request timeout and auth profiles. Makes no network call.
+    pub fn from_config(
+        config: &Config,
+        max_idle_per_host: usize,
+        secrets_manager: Option<aws_sdk_secretsmanager::Client>,
+    ) -> Result<Deliverer, reqwest::Error> {
+        let auth = Authenticator::new(&config.auth, config.request_timeout, secrets_manager);
+        Ok(Deliverer::new(
+            config.destinations.clone(),
+            config.request_timeout,
+            max_idle_per_host,
+        )?
+        .with_auth(Arc::new(auth)))
     }
 
     /// Applies these auth profiles to messages that name one.
@@ -289,14 +292,14 @@ impl Deliverer {
             // Replaces the message's own (stale) header of that name.
             headers.insert(c.name.clone(), c.value.clone());
         }
-        let body = msg.body_bytes().map_err(|e| e.to_string())?;
         let mut builder = self
             .client
             .request(method, msg.destination_url.clone())
             .headers(headers)
             .timeout(timeout);
         if msg.request.body.is_some() {
-            builder = builder.body(body);
+            let body = msg.body_bytes().map_err(|e| e.to_string())?;
+            builder = builder.body(body.into_owned());
         }
         builder.build().map_err(|e| e.without_url().to_string())
     }
@@ -407,13 +410,11 @@ fn causes<'a>(e: &'a (dyn StdError + 'static)) -> Vec<&'a (dyn StdError + 'stati
 /// `outer: inner: innermost`, skipping repeats, on one line.
 fn error_chain(e: &(dyn StdError + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
-    let mut source = Some(e);
-    while let Some(err) = source {
+    for err in causes(e) {
         let text = err.to_string();
         if !parts.iter().any(|p| p.contains(&text)) {
             parts.push(text);
         }
-        source = err.source();
     }
     parts.join(": ")
 }

@@ -27,6 +27,9 @@ pub enum Answer<'a> {
     Status { status: u16, headers: &'a HeaderMap },
     /// No answer: the request failed in transport.
     NoResponse(NoResponse),
+    /// A 401 that said the token expired, answered again right after the
+    /// token was refreshed (the one refresh an attempt may make).
+    ExpiredAfterRefresh { status: u16 },
 }
 
 /// The kinds of "no response" in contract §3. All are retryable.
@@ -97,6 +100,13 @@ pub fn classify(answer: &Answer<'_>, now: SystemTime) -> Outcome {
                 status: None,
                 retry_after: None,
                 error: kind.as_str().to_owned(),
+            }
+        }
+        Answer::ExpiredAfterRefresh { status } => {
+            return Outcome::Retryable {
+                status: Some(status),
+                retry_after: None,
+                error: format!("HTTP {status}: the token expired again right after a refresh"),
             }
         }
         Answer::Status { status, headers } => (status, headers),
@@ -196,6 +206,25 @@ mod tests {
             assert_eq!(kind(&o), "retryable");
             assert_eq!(o.status(), None);
         }
+    }
+
+    #[test]
+    fn a_token_that_expires_again_after_its_refresh_is_retryable() {
+        let o = classify(
+            &Answer::ExpiredAfterRefresh { status: 401 },
+            SystemTime::UNIX_EPOCH,
+        );
+        assert!(
+            matches!(
+                o,
+                Outcome::Retryable {
+                    status: Some(401),
+                    retry_after: None,
+                    ..
+                }
+            ),
+            "{o:?}"
+        );
     }
 
     #[test]
