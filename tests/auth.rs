@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use common::*;
+use retryq::process::Processor;
+use std::sync::Arc;
 use wiremock::matchers::{any, body_string_contains, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -50,26 +52,26 @@ fn oauth_profile(token_url: &str, extra: serde_json::Value) -> String {
 }
 
 /// A source queue, a DLQ and a processor with these profiles.
-async fn setup(
-    profiles: &str,
-) -> (
-    aws_sdk_sqs::Client,
-    TestQueue,
-    TestQueue,
-    std::sync::Arc<retryq::process::Processor>,
-) {
-    let sqs = sqs();
-    let source = queue(&sqs, "auth").await;
-    let dlq = queue(&sqs, "auth-dlq").await;
-    let p = processor(&[
-        ("DLQ_URL", &dlq.url),
-        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+async fn setup(profiles: &str) -> (aws_sdk_sqs::Client, TestQueue, TestQueue, Arc<Processor>) {
+    let vars = [
         ("REQUEST_TIMEOUT_SECONDS", "1"),
         ("AUTH_PROFILES", profiles),
         ("PARTNER_X_SECRET", SECRET),
         ("PARTNER_Y_KEY", "k3y-value"),
-    ]);
-    (sqs, source, dlq, p)
+    ];
+    with_dlq("auth", &vars).await
+}
+
+/// The same, with the one OAuth 2 profile "partner-x" on `tokens`.
+async fn setup_oauth(
+    tokens: &MockServer,
+    extra: serde_json::Value,
+) -> (aws_sdk_sqs::Client, TestQueue, TestQueue, Arc<Processor>) {
+    setup(&oauth_profile(
+        &format!("{}/oauth/token", tokens.uri()),
+        extra,
+    ))
+    .await
 }
 
 fn authed(id: &str, url: &str) -> String {
@@ -99,11 +101,7 @@ async fn the_token_is_fetched_once_and_reused_across_records_and_invocations() {
         .respond_with(ResponseTemplate::new(200))
         .mount(&dest)
         .await;
-    let (sqs, q, _dlq, p) = setup(&oauth_profile(
-        &format!("{}/oauth/token", tokens.uri()),
-        serde_json::json!({}),
-    ))
-    .await;
+    let (sqs, q, _dlq, p) = setup_oauth(&tokens, serde_json::json!({})).await;
 
     let first = run(
         &sqs,
@@ -149,11 +147,7 @@ async fn the_client_secret_can_go_in_the_form() {
         .respond_with(ResponseTemplate::new(200))
         .mount(&dest)
         .await;
-    let (sqs, q, _dlq, p) = setup(&oauth_profile(
-        &format!("{}/oauth/token", tokens.uri()),
-        serde_json::json!({"clientAuth": "form"}),
-    ))
-    .await;
+    let (sqs, q, _dlq, p) = setup_oauth(&tokens, serde_json::json!({"clientAuth": "form"})).await;
     assert!(run(&sqs, &q, &p, &[authed("f", &dest.uri())])
         .await
         .is_empty());
@@ -172,11 +166,7 @@ async fn an_expired_token_is_refreshed_and_the_record_delivered_on_its_first_rec
         .respond_with(ResponseTemplate::new(200))
         .mount(&dest)
         .await;
-    let (sqs, q, dlq, p) = setup(&oauth_profile(
-        &format!("{}/oauth/token", tokens.uri()),
-        serde_json::json!({}),
-    ))
-    .await;
+    let (sqs, q, dlq, p) = setup_oauth(&tokens, serde_json::json!({})).await;
 
     let failed = run(&sqs, &q, &p, &[authed("e", &dest.uri())]).await;
 
@@ -213,11 +203,7 @@ async fn fifty_concurrent_records_with_an_expired_token_cause_exactly_one_refres
         .respond_with(ResponseTemplate::new(200))
         .mount(&dest)
         .await;
-    let (sqs, q, _dlq, p) = setup(&oauth_profile(
-        &format!("{}/oauth/token", tokens.uri()),
-        serde_json::json!({}),
-    ))
-    .await;
+    let (sqs, q, _dlq, p) = setup_oauth(&tokens, serde_json::json!({})).await;
     assert!(run(&sqs, &q, &p, &[authed("warm", &dest.uri())])
         .await
         .is_empty());
@@ -243,11 +229,7 @@ async fn the_message_own_authorization_header_is_replaced_not_sent_alongside() {
         .respond_with(ResponseTemplate::new(200))
         .mount(&dest)
         .await;
-    let (sqs, q, _dlq, p) = setup(&oauth_profile(
-        &format!("{}/oauth/token", tokens.uri()),
-        serde_json::json!({}),
-    ))
-    .await;
+    let (sqs, q, _dlq, p) = setup_oauth(&tokens, serde_json::json!({})).await;
     let body = serde_json::json!({
         "id": "stale", "destinationUrl": dest.uri(), "auth": "partner-x",
         "request": {"method": "POST", "headers": {"Authorization": "Bearer stale-from-service-a"}}
@@ -298,11 +280,7 @@ async fn rejected_credentials_are_dead_lettered_with_a_reason_that_says_so() {
             .mount(&tokens)
             .await;
         let dest = MockServer::start().await;
-        let (sqs, q, dlq, p) = setup(&oauth_profile(
-            &format!("{}/oauth/token", tokens.uri()),
-            serde_json::json!({}),
-        ))
-        .await;
+        let (sqs, q, dlq, p) = setup_oauth(&tokens, serde_json::json!({})).await;
         assert!(run(&sqs, &q, &p, &[authed("nope", &dest.uri())])
             .await
             .is_empty());
@@ -332,11 +310,7 @@ async fn a_401_that_is_not_an_expired_token_is_non_retryable_and_a_second_expiry
         .respond_with(ResponseTemplate::new(401).set_body_string("token_expired"))
         .mount(&dest)
         .await;
-    let (sqs, q, dlq, p) = setup(&oauth_profile(
-        &format!("{}/oauth/token", tokens.uri()),
-        serde_json::json!({}),
-    ))
-    .await;
+    let (sqs, q, dlq, p) = setup_oauth(&tokens, serde_json::json!({})).await;
 
     let failed = run(
         &sqs,
@@ -405,26 +379,12 @@ async fn an_unknown_profile_is_an_invalid_message() {
 
 #[tokio::test]
 async fn secrets_can_come_from_secrets_manager() {
-    let sm = secrets_manager();
-    let suffix = std::process::id();
-    let json_secret = sm
-        .create_secret()
-        .name(format!("partner-x-{suffix}"))
-        .secret_string(r#"{"clientSecret": "sm-client-secret", "other": "x"}"#)
-        .send()
-        .await
-        .unwrap()
-        .arn
-        .unwrap();
-    let plain_secret = sm
-        .create_secret()
-        .name(format!("partner-y-{suffix}"))
-        .secret_string("sm-api-key")
-        .send()
-        .await
-        .unwrap()
-        .arn
-        .unwrap();
+    let json_secret = create_secret(
+        "partner-x",
+        r#"{"clientSecret": "sm-client-secret", "other": "x"}"#,
+    )
+    .await;
+    let plain_secret = create_secret("partner-y", "sm-api-key").await;
     let tokens = MockServer::start().await;
     let basic = base64::engine::general_purpose::STANDARD.encode("retryq:sm-client-secret");
     Mock::given(header("authorization", format!("Basic {basic}").as_str()))

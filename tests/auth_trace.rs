@@ -32,15 +32,11 @@ async fn no_secret_or_token_reaches_the_trace_output_or_the_dlq() {
     let sqs = sqs();
     let source = queue(&sqs, "auth-trace").await;
     let dlq = queue(&sqs, "auth-trace-dlq").await;
-    let sm_arn = secrets_manager()
-        .create_secret()
-        .name(format!("trace-{}", std::process::id()))
-        .secret_string(serde_json::json!({"clientSecret": SM_SECRET}).to_string())
-        .send()
-        .await
-        .unwrap()
-        .arn
-        .unwrap();
+    let sm_arn = create_secret(
+        "trace",
+        &serde_json::json!({"clientSecret": SM_SECRET}).to_string(),
+    )
+    .await;
 
     let tokens = MockServer::start().await;
     Mock::given(path("/basic"))

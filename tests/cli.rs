@@ -22,16 +22,29 @@ async fn retryq(args: &[&str], env: &[(&str, &str)]) -> Out {
         .envs(env.iter().copied())
         .stdin(std::process::Stdio::null());
     aws_env(&mut command);
-    let out = tokio::process::Command::from(command)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("retryq runs");
+    // Bounded: a command that should have stopped but serves on (a worker)
+    // is killed and fails the test.
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::from(command)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("retryq {args:?} did not finish within 60 s"))
+    .expect("retryq runs");
     Out {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// `retryq call` to a destination on loopback (allowed deliberately).
+async fn call(queue_url: &str, destination: &str, extra: &[&str]) -> Out {
+    let mut args = vec!["call", "--queue-url", queue_url, "--url", destination];
+    args.extend_from_slice(extra);
+    retryq(&args, &[("ALLOW_PRIVATE_DESTINATIONS", "true")]).await
 }
 
 fn assert_usage_error(out: &Out, names: &str) {
@@ -219,19 +232,7 @@ async fn call_delivers_now_without_enqueueing() {
     let sqs = sqs();
     let q = queue(&sqs, "cli-call-ok").await;
     let dest = answering(201).await;
-    let out = retryq(
-        &[
-            "call",
-            "--queue-url",
-            &q.url,
-            "--url",
-            &dest.uri(),
-            "--data",
-            "{}",
-        ],
-        &[("ALLOW_PRIVATE_DESTINATIONS", "true")],
-    )
-    .await;
+    let out = call(&q.url, &dest.uri(), &["--data", "{}"]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stdout.contains("delivered"), "{}", out.stdout);
     assert_eq!(depth(&sqs, &q).await, (0, 0));
@@ -242,19 +243,10 @@ async fn call_enqueues_a_retryable_failure_with_the_attempts_made_and_the_key_se
     let sqs = sqs();
     let q = queue(&sqs, "cli-call-retry").await;
     let dest = answering(503).await;
-    let out = retryq(
-        &[
-            "call",
-            "--queue-url",
-            &q.url,
-            "--url",
-            &dest.uri(),
-            "--sync-attempts",
-            "2",
-            "--sync-budget-ms",
-            "5000",
-        ],
-        &[("ALLOW_PRIVATE_DESTINATIONS", "true")],
+    let out = call(
+        &q.url,
+        &dest.uri(),
+        &["--sync-attempts", "2", "--sync-budget-ms", "5000"],
     )
     .await;
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -281,19 +273,10 @@ async fn call_stops_within_its_time_budget() {
     let sqs = sqs();
     let q = queue(&sqs, "cli-call-budget").await;
     let dest = answering(503).await;
-    let out = retryq(
-        &[
-            "call",
-            "--queue-url",
-            &q.url,
-            "--url",
-            &dest.uri(),
-            "--sync-attempts",
-            "50",
-            "--sync-budget-ms",
-            "300",
-        ],
-        &[("ALLOW_PRIVATE_DESTINATIONS", "true")],
+    let out = call(
+        &q.url,
+        &dest.uri(),
+        &["--sync-attempts", "50", "--sync-budget-ms", "300"],
     )
     .await;
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -311,11 +294,7 @@ async fn call_fails_non_retryably_without_enqueueing() {
     let sqs = sqs();
     let q = queue(&sqs, "cli-call-404").await;
     let dest = answering(404).await;
-    let out = retryq(
-        &["call", "--queue-url", &q.url, "--url", &dest.uri()],
-        &[("ALLOW_PRIVATE_DESTINATIONS", "true")],
-    )
-    .await;
+    let out = call(&q.url, &dest.uri(), &[]).await;
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("404"), "{}", out.stderr);
     assert_eq!(depth(&sqs, &q).await, (0, 0), "not enqueued");
@@ -325,19 +304,7 @@ async fn call_fails_non_retryably_without_enqueueing() {
 async fn call_fails_when_it_cannot_enqueue() {
     let dest = answering(503).await;
     let missing = format!("{}/{ACCOUNT}/no-such-queue", endpoint());
-    let out = retryq(
-        &[
-            "call",
-            "--queue-url",
-            &missing,
-            "--url",
-            &dest.uri(),
-            "--sync-attempts",
-            "1",
-        ],
-        &[("ALLOW_PRIVATE_DESTINATIONS", "true")],
-    )
-    .await;
+    let out = call(&missing, &dest.uri(), &["--sync-attempts", "1"]).await;
     assert_eq!(out.code, 1);
     assert!(
         out.stderr.contains("could not be enqueued"),
@@ -451,9 +418,9 @@ async fn event_output_is_accepted_by_the_function() {
 }
 
 /// A DLQ holding three dead letters, one per reason, made by the processor.
-async fn seeded_dlq(sqs: &aws_sdk_sqs::Client) -> (TestQueue, TestQueue) {
-    let source = queue(sqs, "cli-src").await;
-    let dlq = queue(sqs, "cli-dlq").await;
+async fn seeded_dlq() -> (aws_sdk_sqs::Client, TestQueue) {
+    let (sqs, source, dlq, p) = with_dlq("cli", &[]).await;
+    let sqs = &sqs;
     let gone = answering(404).await;
     send(
         sqs,
@@ -478,19 +445,14 @@ async fn seeded_dlq(sqs: &aws_sdk_sqs::Client) -> (TestQueue, TestQueue) {
     )
     .await;
     let received = receive_n(sqs, &source, 3, Duration::from_secs(10)).await;
-    let p = processor(&[
-        ("DLQ_URL", &dlq.url),
-        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
-    ]);
     let response = invoke(&p, sqs, &source, &received).await;
     assert!(response.batch_item_failures.is_empty());
-    (source, dlq)
+    (sqs.clone(), dlq)
 }
 
 #[tokio::test]
 async fn dlq_list_shows_each_dead_letter_and_leaves_them_in_place() {
-    let sqs = sqs();
-    let (_, dlq) = seeded_dlq(&sqs).await;
+    let (sqs, dlq) = seeded_dlq().await;
 
     let out = retryq(&["dlq", "list", "--dlq-url", &dlq.url], &[]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -532,8 +494,7 @@ async fn dlq_list_shows_each_dead_letter_and_leaves_them_in_place() {
 
 #[tokio::test]
 async fn dlq_redrive_moves_dead_letters_back_by_reason_without_failure_attributes() {
-    let sqs = sqs();
-    let (_, dlq) = seeded_dlq(&sqs).await;
+    let (sqs, dlq) = seeded_dlq().await;
     let target = queue(&sqs, "cli-redrive-to").await;
 
     let out = retryq(

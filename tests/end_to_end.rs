@@ -73,6 +73,27 @@ async fn enqueue_mix(
     expected
 }
 
+/// A source queue, its DLQ and a destination answering after `delay_ms`,
+/// with `n` messages of each kind on the queue.
+async fn mixed_queue(
+    prefix: &str,
+    delay_ms: u64,
+    n: usize,
+) -> (
+    aws_sdk_sqs::Client,
+    TestQueue,
+    TestQueue,
+    Destination,
+    Expected,
+) {
+    let sqs = sqs();
+    let source = queue(&sqs, prefix).await;
+    let dlq = queue(&sqs, &format!("{prefix}-dlq")).await;
+    let dest = Destination::start(Duration::from_millis(delay_ms)).await;
+    let expected = enqueue_mix(&sqs, &source, &dest, n).await;
+    (sqs, source, dlq, dest, expected)
+}
+
 /// Waits (bounded) until the source queue is empty and the DLQ holds `dead`.
 async fn settle(
     sqs: &aws_sdk_sqs::Client,
@@ -199,11 +220,7 @@ fn check(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_worker_settles_a_mixed_queue_without_losing_or_duplicating() {
-    let sqs = sqs();
-    let source = queue(&sqs, "e2e-worker").await;
-    let dlq = queue(&sqs, "e2e-worker-dlq").await;
-    let dest = Destination::start(Duration::from_millis(20)).await;
-    let expected = enqueue_mix(&sqs, &source, &dest, 50).await;
+    let (sqs, source, dlq, dest, expected) = mixed_queue("e2e-worker", 20, 50).await;
 
     let mut vars = VARS.to_vec();
     vars.push(("DLQ_URL", &dlq.url));
@@ -243,11 +260,7 @@ async fn the_worker_settles_a_mixed_queue_without_losing_or_duplicating() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_trigger_and_cargo_lambda_watch_settle_a_mixed_queue() {
-    let sqs = sqs();
-    let source = queue(&sqs, "e2e-trigger").await;
-    let dlq = queue(&sqs, "e2e-trigger-dlq").await;
-    let dest = Destination::start(Duration::from_millis(20)).await;
-    let expected = enqueue_mix(&sqs, &source, &dest, 50).await;
+    let (sqs, source, dlq, dest, expected) = mixed_queue("e2e-trigger", 20, 50).await;
 
     let port = free_port();
     let mut env: Vec<(&str, &str)> = VARS.to_vec();
@@ -380,11 +393,7 @@ async fn a_busy_worker_stopped_with_sigterm_finishes_what_it_started() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn several_workers_on_one_queue_deliver_each_message_once() {
-    let sqs = sqs();
-    let source = queue(&sqs, "e2e-workers").await;
-    let dlq = queue(&sqs, "e2e-workers-dlq").await;
-    let dest = Destination::start(Duration::from_millis(10)).await;
-    let expected = enqueue_mix(&sqs, &source, &dest, 20).await;
+    let (sqs, source, dlq, dest, expected) = mixed_queue("e2e-workers", 10, 20).await;
 
     let mut vars = VARS.to_vec();
     vars.push(("DLQ_URL", &dlq.url));

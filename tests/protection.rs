@@ -12,6 +12,24 @@ use common::*;
 use wiremock::matchers::any;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+/// `n` messages with ids `{id}-i` to `/{kind}/i` on `d`.
+fn messages_to(d: &Destination, kind: &str, id: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            message(
+                &format!("{id}-{i}"),
+                &d.url(&format!("/{kind}/{i}")),
+                serde_json::json!({}),
+            )
+        })
+        .collect()
+}
+
+/// One of each in turn, as records to two hosts arrive mixed in a batch.
+fn interleaved(a: Vec<String>, b: Vec<String>) -> Vec<String> {
+    a.into_iter().zip(b).flat_map(|(x, y)| [x, y]).collect()
+}
+
 /// Sends the bodies and runs them through the handler as one batch;
 /// returns the failed message ids' Retry Message ids.
 async fn one_batch(
@@ -39,32 +57,22 @@ async fn one_batch(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_down_host_gets_at_most_n_requests_while_a_healthy_one_gets_all_its_records() {
-    let sqs = sqs();
-    let q = queue(&sqs, "breaker").await;
-    let dlq = queue(&sqs, "breaker-dlq").await;
+    let (sqs, q, dlq, p) = with_dlq(
+        "breaker",
+        &[
+            ("MAX_CONCURRENCY", "32"),
+            ("BREAKER_THRESHOLD", "5"),
+            ("BREAKER_COOLDOWN_SECONDS", "600"),
+            ("BACKOFF_BASE_SECONDS", "300"),
+        ],
+    )
+    .await;
     let down = Destination::start(Duration::from_millis(5)).await;
     let healthy = Destination::start(Duration::from_millis(5)).await;
-    let p = processor(&[
-        ("DLQ_URL", &dlq.url),
-        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
-        ("MAX_CONCURRENCY", "32"),
-        ("BREAKER_THRESHOLD", "5"),
-        ("BREAKER_COOLDOWN_SECONDS", "600"),
-        ("BACKOFF_BASE_SECONDS", "300"),
-    ]);
-    let mut bodies = Vec::new();
-    for i in 0..100 {
-        bodies.push(message(
-            &format!("down-{i}"),
-            &down.url(&format!("/down/{i}")),
-            serde_json::json!({}),
-        ));
-        bodies.push(message(
-            &format!("ok-{i}"),
-            &healthy.url(&format!("/ok/{i}")),
-            serde_json::json!({}),
-        ));
-    }
+    let bodies = interleaved(
+        messages_to(&down, "down", "down", 100),
+        messages_to(&healthy, "ok", "ok", 100),
+    );
 
     let failed = one_batch(&sqs, &q, &p, &bodies).await;
 
@@ -171,19 +179,10 @@ async fn per_host_concurrency_never_exceeds_its_limit() {
         ("MAX_CONCURRENCY", "32"),
         ("MAX_CONCURRENCY_PER_HOST", "3"),
     ]);
-    let mut bodies = Vec::new();
-    for i in 0..30 {
-        bodies.push(message(
-            &format!("a-{i}"),
-            &a.url(&format!("/ok/{i}")),
-            serde_json::json!({}),
-        ));
-        bodies.push(message(
-            &format!("b-{i}"),
-            &b.url(&format!("/ok/{i}")),
-            serde_json::json!({}),
-        ));
-    }
+    let bodies = interleaved(
+        messages_to(&a, "ok", "a", 30),
+        messages_to(&b, "ok", "b", 30),
+    );
     assert!(one_batch(&sqs, &q, &p, &bodies).await.is_empty());
     for (name, d) in [("a", &a), ("b", &b)] {
         assert_eq!(d.delivered().len(), 30);

@@ -11,30 +11,9 @@ use common::*;
 use wiremock::matchers::{any, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-/// A source queue, its DLQ and a processor writing to it.
-async fn setup(
-    extra: &[(&str, &str)],
-) -> (
-    aws_sdk_sqs::Client,
-    TestQueue,
-    TestQueue,
-    std::sync::Arc<retryq::process::Processor>,
-) {
-    let sqs = sqs();
-    let source = queue(&sqs, "src").await;
-    let dlq = queue(&sqs, "dlq").await;
-    let mut vars = vec![
-        ("DLQ_URL", dlq.url.as_str()),
-        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
-    ];
-    vars.extend_from_slice(extra);
-    let p = processor(&vars);
-    (sqs, source, dlq, p)
-}
-
 #[tokio::test]
 async fn a_delivered_message_is_acknowledged_and_gone_from_the_queue() {
-    let (sqs, source, dlq, p) = setup(&[]).await;
+    let (sqs, source, dlq, p) = with_dlq("src", &[]).await;
     let dest = MockServer::start().await;
     Mock::given(method("PUT"))
         .and(path("/orders/42"))
@@ -62,7 +41,7 @@ async fn a_delivered_message_is_acknowledged_and_gone_from_the_queue() {
 
 #[tokio::test]
 async fn a_retryable_failure_changes_the_visibility_and_is_reported() {
-    let (sqs, source, dlq, p) = setup(&[]).await;
+    let (sqs, source, dlq, p) = with_dlq("src", &[]).await;
     let dest = MockServer::start().await;
     Mock::given(any())
         .respond_with(ResponseTemplate::new(503).insert_header("retry-after", "600"))
@@ -76,25 +55,7 @@ async fn a_retryable_failure_changes_the_visibility_and_is_reported() {
     .await;
     // Received with a 1-second visibility: without the processor's change
     // it would be visible again at once.
-    let received = {
-        let mut got = Vec::new();
-        for _ in 0..50 {
-            got = sqs
-                .receive_message()
-                .queue_url(&source.url)
-                .visibility_timeout(1)
-                .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
-                .send()
-                .await
-                .unwrap()
-                .messages
-                .unwrap_or_default();
-            if !got.is_empty() {
-                break;
-            }
-        }
-        got
-    };
+    let received = receive_n_hidden_for(&sqs, &source, 1, 1, Duration::from_secs(10)).await;
     assert_eq!(received.len(), 1);
 
     let response = invoke(&p, &sqs, &source, &received).await;
@@ -115,7 +76,7 @@ async fn a_retryable_failure_changes_the_visibility_and_is_reported() {
 
 #[tokio::test]
 async fn a_short_backoff_brings_the_message_back_with_a_higher_receive_count() {
-    let (sqs, source, _dlq, p) = setup(&[]).await;
+    let (sqs, source, _dlq, p) = with_dlq("src", &[]).await;
     let dest = MockServer::start().await;
     Mock::given(any())
         .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "1"))
@@ -144,7 +105,7 @@ async fn a_short_backoff_brings_the_message_back_with_a_higher_receive_count() {
 
 #[tokio::test]
 async fn a_non_retryable_answer_is_dead_lettered_with_the_exact_attributes_and_body() {
-    let (sqs, source, dlq, p) = setup(&[]).await;
+    let (sqs, source, dlq, p) = with_dlq("src", &[]).await;
     let dest = answering(404).await;
     // Odd spacing, key order and non-ASCII: the copy must be byte-identical.
     let body = format!(
@@ -186,7 +147,7 @@ async fn a_non_retryable_answer_is_dead_lettered_with_the_exact_attributes_and_b
 /// Sends `body`, runs it through the handler, checks it was acknowledged
 /// and returns its one dead letter.
 async fn dead_letter_of(body: &str, extra: &[(&str, &str)]) -> aws_sdk_sqs::types::Message {
-    let (sqs, source, dlq, p) = setup(extra).await;
+    let (sqs, source, dlq, p) = with_dlq("src", extra).await;
     let (_, received) = send_one(&sqs, &source, body).await;
     let response = invoke(&p, &sqs, &source, &received).await;
     assert!(
@@ -326,7 +287,7 @@ async fn a_record_that_cannot_be_dead_lettered_stays_unacknowledged() {
 
 #[tokio::test]
 async fn a_failed_visibility_change_is_still_reported_as_a_failure() {
-    let (sqs, source, _dlq, p) = setup(&[]).await;
+    let (sqs, source, _dlq, p) = with_dlq("src", &[]).await;
     let dest = answering(503).await;
     let (id, mut received) = send_one(
         &sqs,
@@ -386,7 +347,7 @@ async fn a_refused_destination_is_dead_lettered_without_a_connection() {
 
 #[tokio::test]
 async fn a_mixed_batch_acknowledges_exactly_the_finished_records() {
-    let (sqs, source, dlq, p) = setup(&[]).await;
+    let (sqs, source, dlq, p) = with_dlq("src", &[]).await;
     let dest = MockServer::start().await;
     Mock::given(path("/ok"))
         .respond_with(ResponseTemplate::new(200))
@@ -440,7 +401,7 @@ async fn a_mixed_batch_acknowledges_exactly_the_finished_records() {
 
 #[tokio::test]
 async fn a_batch_where_one_record_panics_still_answers_listing_only_that_record() {
-    let (sqs, source, dlq, p) = setup(&[]).await;
+    let (sqs, source, dlq, p) = with_dlq("src", &[]).await;
     let dest = answering(200).await;
     let a = send(
         &sqs,

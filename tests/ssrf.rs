@@ -251,13 +251,7 @@ async fn refused_messages_are_dead_lettered_as_destination_not_allowed_with_zero
 
 #[tokio::test]
 async fn each_limit_violation_is_an_invalid_message_with_a_reason() {
-    let sqs = sqs();
-    let source = queue(&sqs, "limits").await;
-    let dlq = queue(&sqs, "limits-dlq").await;
-    let p = processor(&[
-        ("DLQ_URL", &dlq.url),
-        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
-    ]);
+    let (sqs, source, dlq, p) = with_dlq("limits", &[]).await;
     let base = |request: serde_json::Value, url: String| {
         serde_json::json!({"id": "lim", "destinationUrl": url, "request": request}).to_string()
     };

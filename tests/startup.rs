@@ -3,25 +3,45 @@
 //! stderr naming the variable (contract §5).
 
 use std::net::TcpListener;
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The function binary with a bare Lambda environment and this Runtime API.
+fn function(runtime_api: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_retryq-processor"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AWS_LAMBDA_RUNTIME_API", runtime_api)
+        .env("AWS_LAMBDA_FUNCTION_NAME", "retryq-processor")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("AWS_REGION", "us-east-1");
+    command
+}
 
 fn run_with(var: &str, value: &str) -> (std::process::Output, usize) {
     // A stand-in Runtime API that only counts connections.
     let api = TcpListener::bind("127.0.0.1:0").unwrap();
     api.set_nonblocking(true).unwrap();
     let addr = api.local_addr().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_retryq-processor"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("AWS_LAMBDA_RUNTIME_API", addr.to_string())
-        .env("AWS_LAMBDA_FUNCTION_NAME", "retryq-processor")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-        .env("AWS_REGION", "us-east-1")
+    let mut child = function(&addr.to_string())
         .env(var, value)
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("the function binary runs");
+    // Bounded: a function that did not stop would wait for an event forever.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("{var}={value}: the function did not stop");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
     std::thread::sleep(Duration::from_millis(50));
     let mut connections = 0;
     while api.accept().is_ok() {
@@ -63,17 +83,7 @@ fn a_valid_configuration_goes_on_to_ask_for_an_event() {
     // function's first `/next` request when nothing is malformed.
     let api = TcpListener::bind("127.0.0.1:0").unwrap();
     api.set_nonblocking(true).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_retryq-processor"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env(
-            "AWS_LAMBDA_RUNTIME_API",
-            api.local_addr().unwrap().to_string(),
-        )
-        .env("AWS_LAMBDA_FUNCTION_NAME", "retryq-processor")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-        .env("AWS_REGION", "us-east-1")
+    let mut child = function(&api.local_addr().unwrap().to_string())
         .env("MAX_ATTEMPTS", "3")
         .stderr(std::process::Stdio::null())
         .spawn()

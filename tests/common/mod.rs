@@ -96,6 +96,42 @@ pub fn config(vars: &[(&str, &str)]) -> Config {
         .expect("valid test configuration")
 }
 
+/// A source queue, its DLQ, and a processor writing to that DLQ with
+/// private destinations allowed (the tests' destinations are on loopback)
+/// and `extra` variables.
+pub async fn with_dlq(
+    prefix: &str,
+    extra: &[(&str, &str)],
+) -> (aws_sdk_sqs::Client, TestQueue, TestQueue, Arc<Processor>) {
+    let sqs = sqs();
+    let source = queue(&sqs, prefix).await;
+    let dlq = queue(&sqs, &format!("{prefix}-dlq")).await;
+    let mut vars = vec![
+        ("DLQ_URL", dlq.url.as_str()),
+        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+    ];
+    vars.extend_from_slice(extra);
+    let p = processor(&vars);
+    (sqs, source, dlq, p)
+}
+
+/// A Secrets Manager secret on the local server; its ARN.
+pub async fn create_secret(name: &str, value: &str) -> String {
+    secrets_manager()
+        .create_secret()
+        .name(format!(
+            "{name}-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        ))
+        .secret_string(value)
+        .send()
+        .await
+        .expect("create_secret on the local server")
+        .arn
+        .unwrap()
+}
+
 pub fn processor(vars: &[(&str, &str)]) -> Arc<Processor> {
     Arc::new(Processor::new(config(vars), sqs(), Some(secrets_manager())).expect("processor"))
 }
@@ -149,10 +185,21 @@ pub async fn receive_n(
     n: usize,
     limit: Duration,
 ) -> Vec<Message> {
+    receive_n_hidden_for(sqs, q, n, 300, limit).await
+}
+
+/// As [`receive_n`], hiding what it receives for `visibility` seconds.
+pub async fn receive_n_hidden_for(
+    sqs: &aws_sdk_sqs::Client,
+    q: &TestQueue,
+    n: usize,
+    visibility: i32,
+    limit: Duration,
+) -> Vec<Message> {
     let start = std::time::Instant::now();
     let mut all = Vec::new();
     while all.len() < n && start.elapsed() < limit {
-        let got = receive(sqs, q, 300).await;
+        let got = receive(sqs, q, visibility).await;
         if got.is_empty() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
