@@ -12,7 +12,7 @@ use base64::Engine as _;
 use common::*;
 use retryq::process::Processor;
 use std::sync::Arc;
-use wiremock::matchers::{any, body_string_contains, header, method, path};
+use wiremock::matchers::{body_string_contains, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const SECRET: &str = "s3cr3t-client";
@@ -224,11 +224,7 @@ async fn fifty_concurrent_records_with_an_expired_token_cause_exactly_one_refres
 #[tokio::test]
 async fn the_message_own_authorization_header_is_replaced_not_sent_alongside() {
     let tokens = token_endpoint("tok-1", "tok-1").await;
-    let dest = MockServer::start().await;
-    Mock::given(any())
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&dest)
-        .await;
+    let dest = serving(ResponseTemplate::new(200)).await;
     let (sqs, q, _dlq, p) = setup_oauth(&tokens, serde_json::json!({})).await;
     let body = serde_json::json!({
         "id": "stale", "destinationUrl": dest.uri(), "auth": "partner-x",
@@ -244,18 +240,9 @@ async fn the_message_own_authorization_header_is_replaced_not_sent_alongside() {
 #[tokio::test]
 async fn a_token_endpoint_that_is_down_or_slow_makes_the_record_retryable() {
     let closed = format!("http://127.0.0.1:{}/oauth/token", free_port());
-    let slow = MockServer::start().await;
-    Mock::given(any())
-        .respond_with(token("late").set_delay(Duration::from_secs(5)))
-        .mount(&slow)
-        .await;
+    let slow = serving(token("late").set_delay(Duration::from_secs(5))).await;
     for token_url in [closed, format!("{}/oauth/token", slow.uri())] {
-        let dest = MockServer::start().await;
-        Mock::given(any())
-            .respond_with(ResponseTemplate::new(200))
-            .expect(0)
-            .mount(&dest)
-            .await;
+        let dest = never_called().await;
         let (sqs, q, dlq, p) = setup(&oauth_profile(&token_url, serde_json::json!({}))).await;
         let failed = run(&sqs, &q, &p, &[authed("later", &dest.uri())]).await;
         assert_eq!(failed.len(), 1, "{token_url}: comes back after its backoff");
@@ -272,13 +259,9 @@ async fn a_token_endpoint_that_is_down_or_slow_makes_the_record_retryable() {
 #[tokio::test]
 async fn rejected_credentials_are_dead_lettered_with_a_reason_that_says_so() {
     for status in [400, 401] {
-        let tokens = MockServer::start().await;
-        Mock::given(any())
-            .respond_with(
-                ResponseTemplate::new(status).set_body_string(r#"{"error":"invalid_client"}"#),
-            )
-            .mount(&tokens)
-            .await;
+        let tokens =
+            serving(ResponseTemplate::new(status).set_body_string(r#"{"error":"invalid_client"}"#))
+                .await;
         let dest = MockServer::start().await;
         let (sqs, q, dlq, p) = setup_oauth(&tokens, serde_json::json!({})).await;
         assert!(run(&sqs, &q, &p, &[authed("nope", &dest.uri())])

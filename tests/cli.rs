@@ -47,6 +47,13 @@ async fn call(queue_url: &str, destination: &str, extra: &[&str]) -> Out {
     retryq(&args, &[("ALLOW_PRIVATE_DESTINATIONS", "true")]).await
 }
 
+/// `retryq dlq redrive` from `dlq` to `target`.
+async fn redrive(dlq: &TestQueue, target: &TestQueue, extra: &[&str]) -> Out {
+    let mut args = vec!["dlq", "redrive", "--dlq-url", &dlq.url, "--to", &target.url];
+    args.extend_from_slice(extra);
+    retryq(&args, &[]).await
+}
+
 fn assert_usage_error(out: &Out, names: &str) {
     assert_eq!(out.code, 2, "stdout: {} stderr: {}", out.stdout, out.stderr);
     assert!(
@@ -497,20 +504,7 @@ async fn dlq_redrive_moves_dead_letters_back_by_reason_without_failure_attribute
     let (sqs, dlq) = seeded_dlq().await;
     let target = queue(&sqs, "cli-redrive-to").await;
 
-    let out = retryq(
-        &[
-            "dlq",
-            "redrive",
-            "--dlq-url",
-            &dlq.url,
-            "--to",
-            &target.url,
-            "--reason",
-            "non-retryable",
-        ],
-        &[],
-    )
-    .await;
+    let out = redrive(&dlq, &target, &["--reason", "non-retryable"]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stdout.contains("moved 1"), "{}", out.stdout);
     let moved = receive_n(&sqs, &target, 1, Duration::from_secs(10)).await;
@@ -524,37 +518,11 @@ async fn dlq_redrive_moves_dead_letters_back_by_reason_without_failure_attribute
     );
     assert_eq!(depth(&sqs, &dlq).await, (2, 0), "the others stay, visible");
 
-    let out = retryq(
-        &[
-            "dlq",
-            "redrive",
-            "--dlq-url",
-            &dlq.url,
-            "--to",
-            &target.url,
-            "--max",
-            "1",
-        ],
-        &[],
-    )
-    .await;
+    let out = redrive(&dlq, &target, &["--max", "1"]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stdout.contains("moved 1"), "{}", out.stdout);
     assert_eq!(depth(&sqs, &dlq).await, (1, 0));
 
-    let out = retryq(
-        &[
-            "dlq",
-            "redrive",
-            "--dlq-url",
-            &dlq.url,
-            "--to",
-            &target.url,
-            "--reason",
-            "sideways",
-        ],
-        &[],
-    )
-    .await;
+    let out = redrive(&dlq, &target, &["--reason", "sideways"]).await;
     assert_usage_error(&out, "--reason");
 }

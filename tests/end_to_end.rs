@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -168,13 +168,17 @@ async fn dead_letters(
     out
 }
 
-fn check(
-    expected: &Expected,
-    delivered: &HashMap<String, usize>,
-    dead: &BTreeMap<String, String>,
+/// Every message ended delivered or dead-lettered with the right reason,
+/// none both, within `MAX_CONCURRENCY` at the destination.
+async fn check(
+    sqs: &aws_sdk_sqs::Client,
+    dlq: &TestQueue,
     dest: &Destination,
+    expected: &Expected,
     receivers: Receivers,
 ) {
+    let dead = &dead_letters(sqs, dlq, expected.dead.len(), receivers).await;
+    let delivered = &dest.delivered();
     let delivered_ids: HashSet<String> = delivered.keys().cloned().collect();
     let missing: Vec<(&String, Option<&String>)> = expected
         .delivered
@@ -244,14 +248,7 @@ async fn the_worker_settles_a_mixed_queue_without_losing_or_duplicating() {
     stop.send(()).unwrap();
     let stats = worker.await.unwrap().unwrap();
 
-    let dead = dead_letters(&sqs, &dlq, expected.dead.len(), Receivers::Several).await;
-    check(
-        &expected,
-        &dest.delivered(),
-        &dead,
-        &dest,
-        Receivers::Several,
-    );
+    check(&sqs, &dlq, &dest, &expected, Receivers::Several).await;
     assert!(
         stats.acknowledged as usize >= expected.delivered.len() + expected.dead.len(),
         "{stats:?}"
@@ -295,8 +292,7 @@ async fn the_trigger_and_cargo_lambda_watch_settle_a_mixed_queue() {
     )
     .await;
 
-    let dead = dead_letters(&sqs, &dlq, expected.dead.len(), Receivers::One).await;
-    check(&expected, &dest.delivered(), &dead, &dest, Receivers::One);
+    check(&sqs, &dlq, &dest, &expected, Receivers::One).await;
     let _ = std::fs::remove_file(log);
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::destination::Destination;
 use common::*;
 use wiremock::matchers::any;
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::{Mock, ResponseTemplate};
 
 /// `n` messages with ids `{id}-i` to `/{kind}/i` on `d`.
 fn messages_to(d: &Destination, kind: &str, id: &str, n: usize) -> Vec<String> {
@@ -108,11 +108,7 @@ async fn a_down_host_gets_at_most_n_requests_while_a_healthy_one_gets_all_its_re
 async fn after_the_cooldown_a_single_probe_goes_out_and_success_closes_the_breaker() {
     let sqs = sqs();
     let q = queue(&sqs, "probe").await;
-    let dest = MockServer::start().await;
-    Mock::given(any())
-        .respond_with(ResponseTemplate::new(503))
-        .mount(&dest)
-        .await;
+    let dest = serving(ResponseTemplate::new(503)).await;
     let p = processor(&[
         ("ALLOW_PRIVATE_DESTINATIONS", "true"),
         ("BREAKER_THRESHOLD", "3"),

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use wiremock::matchers::{any, header, method, path};
+use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 #[tokio::test]
@@ -42,11 +42,7 @@ async fn a_delivered_message_is_acknowledged_and_gone_from_the_queue() {
 #[tokio::test]
 async fn a_retryable_failure_changes_the_visibility_and_is_reported() {
     let (sqs, source, dlq, p) = with_dlq("src", &[]).await;
-    let dest = MockServer::start().await;
-    Mock::given(any())
-        .respond_with(ResponseTemplate::new(503).insert_header("retry-after", "600"))
-        .mount(&dest)
-        .await;
+    let dest = serving(ResponseTemplate::new(503).insert_header("retry-after", "600")).await;
     let id = send(
         &sqs,
         &source,
@@ -77,11 +73,7 @@ async fn a_retryable_failure_changes_the_visibility_and_is_reported() {
 #[tokio::test]
 async fn a_short_backoff_brings_the_message_back_with_a_higher_receive_count() {
     let (sqs, source, _dlq, p) = with_dlq("src", &[]).await;
-    let dest = MockServer::start().await;
-    Mock::given(any())
-        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "1"))
-        .mount(&dest)
-        .await;
+    let dest = serving(ResponseTemplate::new(429).insert_header("retry-after", "1")).await;
     send(
         &sqs,
         &source,
@@ -181,12 +173,7 @@ async fn an_invalid_body_is_dead_lettered_without_a_status() {
 
 #[tokio::test]
 async fn an_expired_message_is_dead_lettered_without_an_attempt() {
-    let dest = MockServer::start().await;
-    Mock::given(any())
-        .respond_with(ResponseTemplate::new(200))
-        .expect(0)
-        .mount(&dest)
-        .await;
+    let dest = never_called().await;
     let body = message(
         "old",
         &dest.uri(),
@@ -310,12 +297,7 @@ async fn a_refused_destination_is_dead_lettered_without_a_connection() {
     let dlq = queue(&sqs, "dlq").await;
     // Default policy: loopback is refused.
     let p = processor(&[("DLQ_URL", &dlq.url)]);
-    let dest = MockServer::start().await;
-    Mock::given(any())
-        .respond_with(ResponseTemplate::new(200))
-        .expect(0)
-        .mount(&dest)
-        .await;
+    let dest = never_called().await;
     let by_name = dest.uri().replace("127.0.0.1", "localhost");
     send(
         &sqs,

@@ -478,9 +478,25 @@ pub async fn send_batch(sqs: &aws_sdk_sqs::Client, q: &TestQueue, bodies: &[Stri
 
 /// A destination answering every request with `status`.
 pub async fn answering(status: u16) -> wiremock::MockServer {
+    serving(wiremock::ResponseTemplate::new(status)).await
+}
+
+/// A destination answering every request with `response`.
+pub async fn serving(response: wiremock::ResponseTemplate) -> wiremock::MockServer {
     let server = wiremock::MockServer::start().await;
     wiremock::Mock::given(wiremock::matchers::any())
-        .respond_with(wiremock::ResponseTemplate::new(status))
+        .respond_with(response)
+        .mount(&server)
+        .await;
+    server
+}
+
+/// A destination that must not be called (checked by `verify`).
+pub async fn never_called() -> wiremock::MockServer {
+    let server = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::any())
+        .respond_with(wiremock::ResponseTemplate::new(200))
+        .expect(0)
         .mount(&server)
         .await;
     server
