@@ -291,19 +291,19 @@ pub struct QueueInfo {
 }
 
 /// A received SQS message as the processor's [`Record`].
-pub fn record(m: &Message, queue_arn: &str) -> Record {
+pub fn record(m: Message, queue_arn: &str) -> Record {
     let attribute = |name: MessageSystemAttributeName| {
         m.attributes.as_ref().and_then(|a| a.get(&name)).cloned()
     };
     Record {
-        message_id: m.message_id.clone().unwrap_or_default(),
-        receipt_handle: m.receipt_handle.clone().unwrap_or_default(),
-        body: m.body.clone().unwrap_or_default(),
         receive_count: attribute(MessageSystemAttributeName::ApproximateReceiveCount)
             .and_then(|c| c.parse().ok())
             .unwrap_or(1),
-        source_queue_arn: queue_arn.to_owned(),
         message_group_id: attribute(MessageSystemAttributeName::MessageGroupId),
+        message_id: m.message_id.unwrap_or_default(),
+        receipt_handle: m.receipt_handle.unwrap_or_default(),
+        body: m.body.unwrap_or_default(),
+        source_queue_arn: queue_arn.to_owned(),
     }
 }
 

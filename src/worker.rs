@@ -137,7 +137,7 @@ async fn poll(
         }
         let deadline = Instant::now() + info.visibility_timeout.saturating_sub(margin);
         let records = messages
-            .iter()
+            .into_iter()
             .map(|m| queue::record(m, &info.arn))
             .collect();
         let report = processor.process_batch(records, Some(deadline)).await;
