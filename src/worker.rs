@@ -10,7 +10,8 @@
 //! * A batch's deadline is its visibility timeout (less a margin): a record
 //!   still running then is abandoned and left to reappear, rather than being
 //!   processed twice at once by another worker. So several workers on one
-//!   queue are safe; SQS hands each message to one of them at a time.
+//!   queue lose nothing; SQS hands each message to one of them at a time
+//!   (but for its rare at-least-once duplicates).
 //! * `shutdown` (SIGINT/SIGTERM in the binary) stops new receives; batches in
 //!   flight finish, and what they acknowledged is deleted, before `run`
 //!   returns. A receive cut short loses nothing: its messages reappear.
