@@ -115,6 +115,7 @@ fn core(c: &mut Criterion) -> BTreeMap<String, f64> {
             number: Attempt::number(msg.received_count, 2),
             limit: msg.attempt_limit(5),
             expires_at: None,
+            retained_until: None,
         };
         destinations.check(&msg.destination_url).unwrap();
         let h = retryq::deliver::request_headers(&msg).unwrap();

@@ -1,22 +1,34 @@
-//! Auth profiles (contract §3, §5): the processor, never the message, holds
-//! the credentials a destination wants.
+//! Auth profiles (contract §3, §5, §8.3, §8.4): the processor, never the
+//! message, holds the credentials a destination wants.
 //!
 //! `AUTH_PROFILES` names profiles; a message picks one with `auth`:
 //!
 //! * `oauth2-client-credentials`: a bearer token from the profile's token
-//!   URL, cached for its lifetime (refreshed a little before `expires_in`)
-//!   and shared by every record in flight and every warm invocation. A 401
-//!   that matches the profile's `expiredToken` rule forces **one** refresh and
-//!   one immediate retry of that record. Concurrent records that find the
-//!   same token expired cause one token request between them: the cache is
-//!   behind a lock that is held across the fetch, and a record asking to
-//!   replace a token that someone already replaced gets the new one.
+//!   URL, cached for its lifetime (refreshed a little before `expires_in`,
+//!   which is believed up to 12 hours) and shared by every record in flight
+//!   and every warm invocation. A 401 that matches the profile's
+//!   `expiredToken` rule forces **one** refresh and one immediate retry of
+//!   that record.
 //! * `header`: a static header, such as an API key.
 //!
 //! Secrets come from an environment variable (`clientSecretEnv`,
 //! `valueEnv`; read at start-up, so a missing one stops the function) or
 //! from AWS Secrets Manager (`clientSecretArn`, `valueArn`, with `jsonKey`
-//! to pick a field of a JSON secret; fetched on first use and cached).
+//! to pick a field of a JSON secret), read on first use and kept for at most
+//! `SECRET_TTL_SECONDS`.
+//!
+//! **Rotation.** A Secrets Manager secret is read again at once when the
+//! token endpoint refuses the client's credentials (400 `invalid_client`,
+//! 401, 403), or when a destination answers 401 or 403 to a `header`
+//! profile's request. If the value changed, the token request (or the
+//! destination request) is made once more within the same attempt. Only
+//! credentials still refused after that are non-retryable.
+//!
+//! **One fetch, shared.** Tokens and secrets are fetched by one record at a
+//! time; the records that waited share its result, success or failure, so a
+//! hanging endpoint costs one timeout, not one per record. Unreachable,
+//! slow or failing (5xx, 429, other 4xx) token endpoints are retryable. The
+//! processor holds no request slot while a record waits here.
 //!
 //! Secret values, tokens and the headers carrying them never reach a log,
 //! an error text or a DLQ attribute: [`Secret`] has no `Display` and a
@@ -298,11 +310,32 @@ pub struct Credential {
     pub name: HeaderName,
     /// Marked sensitive.
     pub value: HeaderValue,
-    /// Which token this is, to ask for a newer one.
+    /// Which token or secret this was made from, to ask for a newer one.
     generation: u64,
 }
 
+/// What to do after the destination answered a request sent with a
+/// credential.
+#[derive(Debug)]
+pub enum Renewal {
+    /// The answer stands.
+    Keep,
+    /// A newer credential: send the request once more with it.
+    Retry(Credential),
+    /// The token expired and no new one could be had.
+    Failed(AuthError),
+}
+
+#[derive(Clone)]
 struct Token {
+    value: Secret,
+    refresh_at: Instant,
+    generation: u64,
+}
+
+/// A secret as last read, and when it must be read again.
+#[derive(Clone)]
+struct SecretRead {
     value: Secret,
     refresh_at: Instant,
     generation: u64,
@@ -313,6 +346,66 @@ struct Token {
 const EARLY_REFRESH: Duration = Duration::from_secs(60);
 /// Lifetime assumed when the token endpoint gives no `expires_in`.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
+/// Longest lifetime believed, whatever `expires_in` says.
+const MAX_LIFETIME: Duration = Duration::from_secs(12 * 60 * 60);
+/// When Secrets Manager cannot be read at the end of a secret's TTL, the
+/// value already held is used this much longer before the next try.
+const STALE_SECRET_GRACE: Duration = Duration::from_secs(30);
+
+/// A value fetched by one caller at a time. The callers that waited while a
+/// fetch ran share its result, success or failure, instead of each fetching
+/// again in turn: a hanging endpoint costs one timeout per wave of callers,
+/// not one per caller.
+struct Flight<T> {
+    slot: tokio::sync::Mutex<(Option<T>, Option<AuthError>)>,
+    fetches: AtomicU64,
+}
+
+impl<T: Clone> Flight<T> {
+    fn new() -> Flight<T> {
+        Flight {
+            slot: tokio::sync::Mutex::new((None, None)),
+            fetches: AtomicU64::new(0),
+        }
+    }
+
+    /// The held value if `usable`, else the result of one `fetch` (given the
+    /// value held, if any).
+    async fn get<Fut>(
+        &self,
+        usable: impl Fn(&T) -> bool,
+        fetch: impl FnOnce(Option<T>) -> Fut,
+    ) -> Result<T, AuthError>
+    where
+        Fut: std::future::Future<Output = Result<T, AuthError>>,
+    {
+        let seen = self.fetches.load(Ordering::Acquire);
+        let mut slot = self.slot.lock().await;
+        let (held, failure) = &mut *slot;
+        if self.fetches.load(Ordering::Acquire) != seen {
+            // A fetch finished while this caller waited for it.
+            if let Some(e) = failure {
+                return Err(e.clone());
+            }
+        }
+        if let Some(v) = held.as_ref().filter(|v| usable(v)) {
+            return Ok(v.clone());
+        }
+        let result = fetch(held.clone()).await;
+        self.fetches.fetch_add(1, Ordering::Release);
+        match result {
+            Ok(v) => {
+                *held = Some(v.clone());
+                *failure = None;
+                Ok(v)
+            }
+            Err(e) => {
+                *failure = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+}
 
 /// Applies the profiles: fetches, caches and refreshes credentials. One per
 /// process, shared by every batch.
@@ -324,15 +417,16 @@ pub struct Authenticator {
     http: tokio::sync::OnceCell<reqwest::Client>,
     secrets_manager: Option<aws_sdk_secretsmanager::Client>,
     timeout: Duration,
+    secret_ttl: Duration,
 }
 
 /// One configured profile and what the process has learned for it.
 struct Profile {
     spec: ProfileSpec,
     /// The cached token (OAuth 2 profiles).
-    token: tokio::sync::Mutex<Option<Token>>,
-    /// The secret, once fetched (Secrets Manager sources).
-    secret: tokio::sync::OnceCell<Secret>,
+    token: Flight<Token>,
+    /// The secret as last read (Secrets Manager sources).
+    secret: Flight<SecretRead>,
 }
 
 impl fmt::Debug for Authenticator {
@@ -345,10 +439,12 @@ impl fmt::Debug for Authenticator {
 
 impl Authenticator {
     /// Makes no network call and builds no client: all of that waits for
-    /// the first record that needs it.
+    /// the first record that needs it. Secrets Manager values are kept for
+    /// at most `secret_ttl`.
     pub fn new(
         profiles: &AuthProfiles,
         timeout: Duration,
+        secret_ttl: Duration,
         secrets_manager: Option<aws_sdk_secretsmanager::Client>,
     ) -> Authenticator {
         Authenticator {
@@ -358,8 +454,8 @@ impl Authenticator {
                 .map(|(name, spec)| {
                     let profile = Profile {
                         spec: spec.clone(),
-                        token: tokio::sync::Mutex::new(None),
-                        secret: tokio::sync::OnceCell::new(),
+                        token: Flight::new(),
+                        secret: Flight::new(),
                     };
                     (name.clone(), profile)
                 })
@@ -368,7 +464,12 @@ impl Authenticator {
             http: tokio::sync::OnceCell::new(),
             secrets_manager,
             timeout,
+            secret_ttl,
         }
+    }
+
+    fn next_generation(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Token URLs are the operator's and trusted: their client has no
@@ -393,23 +494,73 @@ impl Authenticator {
         self.profiles.contains_key(profile)
     }
 
+    fn profile(&self, profile: &str) -> Result<&Profile, AuthError> {
+        self.profiles.get(profile).ok_or_else(|| {
+            AuthError::Rejected(format!("auth profile {profile:?} is not configured"))
+        })
+    }
+
     /// The header for a request under `profile`.
     pub async fn credential(&self, profile: &str) -> Result<Credential, AuthError> {
-        self.credential_replacing(profile, None).await
+        let p = self.profile(profile)?;
+        match &p.spec {
+            ProfileSpec::Header { .. } => {
+                let secret = self.secret(profile, p, None).await?;
+                header_credential(profile, &p.spec, &secret)
+            }
+            ProfileSpec::OAuth2 { .. } => self.token(profile, p, None).await,
+        }
     }
 
-    /// A newer credential than `stale`, after the destination said it
-    /// expired. For a header profile, the same one.
-    pub async fn refresh(
+    /// After the destination answered `status` to a request sent with
+    /// `sent`: is a newer credential worth one more try?
+    ///
+    /// * OAuth 2: an answer that matches the profile's `expiredToken` rule
+    ///   gets a new token.
+    /// * Header profiles: a 401 or 403 re-reads the secret (it may have been
+    ///   rotated); a new value gets one more try, the same value lets the
+    ///   answer stand.
+    pub async fn renew(
         &self,
         profile: &str,
-        stale: &Credential,
-    ) -> Result<Credential, AuthError> {
-        self.credential_replacing(profile, Some(stale.generation))
-            .await
+        sent: &Credential,
+        status: u16,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Renewal {
+        let Ok(p) = self.profile(profile) else {
+            return Renewal::Keep;
+        };
+        match &p.spec {
+            ProfileSpec::OAuth2 { .. } if self.says_expired(profile, status, headers, body) => {
+                tracing::debug!(profile, "token expired: refreshing and retrying once");
+                match self.token(profile, p, Some(sent.generation)).await {
+                    Ok(c) => Renewal::Retry(c),
+                    Err(e) => Renewal::Failed(e),
+                }
+            }
+            ProfileSpec::Header {
+                value: SecretSource::SecretsManager { .. },
+                ..
+            } if matches!(status, 401 | 403) => {
+                match self.secret(profile, p, Some(sent.generation)).await {
+                    Ok(s) if !same(&s.value, sent, &p.spec) => {
+                        tracing::info!(
+                            profile,
+                            status,
+                            "secret re-read after a refusal: a new value, trying once more"
+                        );
+                        header_credential(profile, &p.spec, &s)
+                            .map_or(Renewal::Keep, Renewal::Retry)
+                    }
+                    _ => Renewal::Keep,
+                }
+            }
+            _ => Renewal::Keep,
+        }
     }
 
-    /// Did this answer say the profile's token expired? (Only OAuth 2
+    /// Does this answer say the profile's token expired? (Only OAuth 2
     /// profiles have tokens that expire.)
     pub fn says_expired(
         &self,
@@ -424,74 +575,87 @@ impl Authenticator {
         }
     }
 
-    /// Whether a 401 body must be read to apply the rule.
+    /// Whether a 401 body must be read to apply the profile's rule.
     pub fn needs_body(&self, profile: &str) -> bool {
         matches!(self.profiles.get(profile).map(|p| &p.spec), Some(ProfileSpec::OAuth2 { expired, .. }) if expired.body_contains.is_some())
     }
 
-    async fn credential_replacing(
+    /// The profile's token: the cached one unless it is due for refresh or
+    /// is the `stale` one the destination refused.
+    async fn token(
         &self,
         profile: &str,
+        p: &Profile,
         stale: Option<u64>,
     ) -> Result<Credential, AuthError> {
-        let p = self.profiles.get(profile).ok_or_else(|| {
-            AuthError::Rejected(format!("auth profile {profile:?} is not configured"))
-        })?;
-        match &p.spec {
-            ProfileSpec::Header {
-                name,
-                value,
-                prefix,
-            } => {
-                let secret = self.secret(profile, value, &p.secret).await?;
-                let text = format!("{}{}", prefix.as_deref().unwrap_or(""), secret.expose());
-                Ok(Credential {
-                    name: name.clone(),
-                    value: sensitive(&text, profile)?,
-                    generation: 0,
-                })
-            }
-            ProfileSpec::OAuth2 { .. } => {
-                let mut cached = p.token.lock().await;
-                // Usable: not due for refresh, and not the token the caller
-                // found expired (another record may have replaced it while
-                // this one waited for the lock).
-                let usable = cached
-                    .as_ref()
-                    .is_some_and(|t| Instant::now() < t.refresh_at && stale != Some(t.generation));
-                if !usable {
-                    *cached = Some(self.fetch_token(profile, p).await?);
+        let usable = |t: &Token| Instant::now() < t.refresh_at && stale != Some(t.generation);
+        let token = p
+            .token
+            .get(usable, |_| self.fetch_token(profile, p))
+            .await?;
+        Ok(Credential {
+            name: http::header::AUTHORIZATION,
+            value: sensitive(&format!("Bearer {}", token.value.expose()), profile)?,
+            generation: token.generation,
+        })
+    }
+
+    /// A token from the endpoint. When the endpoint rejects the client's
+    /// credentials and the secret comes from Secrets Manager, the secret is
+    /// read again and, if it changed, tried once more: a rotation is not a
+    /// reason to dead-letter.
+    async fn fetch_token(&self, profile: &str, p: &Profile) -> Result<Token, AuthError> {
+        let secret = self.secret(profile, p, None).await?;
+        match self.request_token(profile, &p.spec, &secret.value).await {
+            Err(TokenError::Rejected(status)) => {
+                let fresh = match &p.spec {
+                    ProfileSpec::OAuth2 {
+                        secret: SecretSource::SecretsManager { .. },
+                        ..
+                    } => self.secret(profile, p, Some(secret.generation)).await?,
+                    _ => return Err(rejected(profile, status)),
+                };
+                if fresh.value == secret.value {
+                    return Err(rejected(profile, status));
                 }
-                let token = cached.as_ref().expect("just filled");
-                Ok(Credential {
-                    name: http::header::AUTHORIZATION,
-                    value: sensitive(&format!("Bearer {}", token.value.expose()), profile)?,
-                    generation: token.generation,
-                })
+                tracing::info!(
+                    profile,
+                    status,
+                    "token endpoint refused the client secret; re-read it and trying once more"
+                );
+                self.request_token(profile, &p.spec, &fresh.value)
+                    .await
+                    .map_err(|e| e.into_auth(profile))
             }
+            other => other.map_err(|e| e.into_auth(profile)),
         }
     }
 
-    async fn fetch_token(&self, profile: &str, p: &Profile) -> Result<Token, AuthError> {
+    /// One token request.
+    async fn request_token(
+        &self,
+        profile: &str,
+        spec: &ProfileSpec,
+        client_secret: &Secret,
+    ) -> Result<Token, TokenError> {
         let ProfileSpec::OAuth2 {
             token_url,
             client_id,
-            secret,
             scope,
             audience,
             client_auth,
             ..
-        } = &p.spec
+        } = spec
         else {
             unreachable!("only OAuth 2 profiles have tokens")
         };
-        let client_secret = self.secret(profile, secret, &p.secret).await?;
         let mut form = vec![("grant_type", "client_credentials")];
         form.extend(scope.as_deref().map(|s| ("scope", s)));
         form.extend(audience.as_deref().map(|a| ("audience", a)));
         let mut request = self
             .token_client()
-            .await?
+            .await
+            .map_err(TokenError::Auth)?
             .post(token_url.clone())
             .header(http::header::ACCEPT, "application/json")
             .header(
@@ -509,7 +673,8 @@ impl Authenticator {
                     "Basic {}",
                     base64::engine::general_purpose::STANDARD.encode(pair)
                 );
-                request = request.header(http::header::AUTHORIZATION, sensitive(&basic, profile)?);
+                let value = sensitive(&basic, profile).map_err(TokenError::Auth)?;
+                request = request.header(http::header::AUTHORIZATION, value);
             }
             ClientAuth::Form => {
                 form.push(("client_id", client_id));
@@ -519,59 +684,84 @@ impl Authenticator {
         let body = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(form)
             .finish();
-        let unavailable = |what: String| {
-            AuthError::Unavailable(format!("token endpoint of profile {profile:?} {what}"))
-        };
-        let response = request
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| unavailable(format!("unreachable ({})", transport_kind(&e))))?;
+        let response = request.body(body).send().await.map_err(|e| {
+            TokenError::Unavailable(format!("unreachable ({})", transport_kind(&e)))
+        })?;
         let status = response.status().as_u16();
-        if matches!(status, 400 | 401 | 403) {
-            return Err(AuthError::Rejected(format!(
-                "token endpoint of profile {profile:?} rejected the credentials (HTTP {status})"
-            )));
+        let body = response.bytes().await.map_err(|e| {
+            TokenError::Unavailable(format!("failed mid-answer ({})", transport_kind(&e)))
+        })?;
+        if credentials_refused(status, &body) {
+            return Err(TokenError::Rejected(status));
         }
         if !(200..300).contains(&status) {
-            return Err(unavailable(format!("answered HTTP {status}")));
+            return Err(TokenError::Unavailable(format!("answered HTTP {status}")));
         }
         #[derive(Deserialize)]
         struct TokenAnswer {
             access_token: String,
             expires_in: Option<u64>,
         }
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| unavailable(format!("failed mid-answer ({})", transport_kind(&e))))?;
         let answer: TokenAnswer = serde_json::from_slice(&body)
-            .map_err(|_| unavailable("answered without an access_token".into()))?;
+            .map_err(|_| TokenError::Unavailable("answered without an access_token".into()))?;
         let lifetime = answer
             .expires_in
-            .map_or(DEFAULT_LIFETIME, Duration::from_secs);
+            .map_or(DEFAULT_LIFETIME, Duration::from_secs)
+            .min(MAX_LIFETIME);
         let early = EARLY_REFRESH.min(lifetime / 10);
         tracing::debug!(profile, lifetime_s = lifetime.as_secs(), "fetched a token");
         Ok(Token {
             value: Secret::new(answer.access_token),
-            refresh_at: Instant::now() + lifetime.saturating_sub(early),
-            generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
+            refresh_at: crate::breaker::later(lifetime.saturating_sub(early)),
+            generation: self.next_generation(),
         })
     }
 
+    /// The profile's secret. Environment values never change; a Secrets
+    /// Manager value is read again after `SECRET_TTL_SECONDS`, or at once
+    /// when `stale` names the read that was refused (one reader at a time;
+    /// the others share what it read).
     async fn secret(
         &self,
         profile: &str,
-        source: &SecretSource,
-        cached: &tokio::sync::OnceCell<Secret>,
-    ) -> Result<Secret, AuthError> {
-        match source {
-            SecretSource::Value(s) => Ok(s.clone()),
-            SecretSource::SecretsManager { arn, json_key } => cached
-                .get_or_try_init(|| self.fetch_secret(profile, arn, json_key.as_deref()))
-                .await
-                .cloned(),
-        }
+        p: &Profile,
+        stale: Option<u64>,
+    ) -> Result<SecretRead, AuthError> {
+        let source = match &p.spec {
+            ProfileSpec::OAuth2 { secret, .. } => secret,
+            ProfileSpec::Header { value, .. } => value,
+        };
+        let (arn, json_key) = match source {
+            SecretSource::Value(s) => {
+                return Ok(SecretRead {
+                    value: s.clone(),
+                    refresh_at: crate::breaker::later(MAX_LIFETIME),
+                    generation: 0,
+                })
+            }
+            SecretSource::SecretsManager { arn, json_key } => (arn, json_key.as_deref()),
+        };
+        let usable = |s: &SecretRead| Instant::now() < s.refresh_at && stale != Some(s.generation);
+        p.secret
+            .get(usable, |held| async move {
+                match self.fetch_secret(profile, arn, json_key).await {
+                    Ok(value) => Ok(SecretRead {
+                        value,
+                        refresh_at: crate::breaker::later(self.secret_ttl),
+                        generation: self.next_generation(),
+                    }),
+                    // At the end of its TTL, a value that worked is better
+                    // than none while Secrets Manager is unavailable.
+                    Err(AuthError::Unavailable(e)) if stale.is_none() && held.is_some() => {
+                        tracing::warn!(profile, error = %e, "could not re-read the secret; using the one held");
+                        let mut held = held.expect("checked");
+                        held.refresh_at = crate::breaker::later(STALE_SECRET_GRACE);
+                        Ok(held)
+                    }
+                    Err(e) => Err(e),
+                }
+            })
+            .await
     }
 
     async fn fetch_secret(
@@ -615,6 +805,77 @@ impl Authenticator {
                 }),
         }
     }
+}
+
+/// Why one token request failed.
+enum TokenError {
+    /// The endpoint refused the client's credentials (this status).
+    Rejected(u16),
+    /// No usable answer: worth another attempt later.
+    Unavailable(String),
+    Auth(AuthError),
+}
+
+impl TokenError {
+    fn into_auth(self, profile: &str) -> AuthError {
+        match self {
+            TokenError::Rejected(status) => rejected(profile, status),
+            TokenError::Unavailable(what) => {
+                AuthError::Unavailable(format!("token endpoint of profile {profile:?} {what}"))
+            }
+            TokenError::Auth(e) => e,
+        }
+    }
+}
+
+fn rejected(profile: &str, status: u16) -> AuthError {
+    AuthError::Rejected(format!(
+        "token endpoint of profile {profile:?} rejected the credentials (HTTP {status})"
+    ))
+}
+
+/// Did the token endpoint refuse the client's credentials (RFC 6749 §5.2:
+/// `invalid_client`, or a plain 401 or 403)? Other refusals, such as an
+/// unknown scope, are the endpoint's to fix and are retried.
+fn credentials_refused(status: u16, body: &[u8]) -> bool {
+    match status {
+        401 | 403 => true,
+        400 => serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("error")?.as_str().map(|e| e == "invalid_client"))
+            .unwrap_or(false),
+        _ => false,
+    }
+}
+
+/// A header profile's credential from its secret.
+fn header_credential(
+    profile: &str,
+    spec: &ProfileSpec,
+    secret: &SecretRead,
+) -> Result<Credential, AuthError> {
+    let ProfileSpec::Header { name, prefix, .. } = spec else {
+        unreachable!("only header profiles")
+    };
+    let text = format!(
+        "{}{}",
+        prefix.as_deref().unwrap_or(""),
+        secret.value.expose()
+    );
+    Ok(Credential {
+        name: name.clone(),
+        value: sensitive(&text, profile)?,
+        generation: secret.generation,
+    })
+}
+
+/// Would `secret` make the same header as `sent`?
+fn same(secret: &Secret, sent: &Credential, spec: &ProfileSpec) -> bool {
+    let ProfileSpec::Header { prefix, .. } = spec else {
+        return false;
+    };
+    let text = format!("{}{}", prefix.as_deref().unwrap_or(""), secret.expose());
+    sent.value.as_bytes() == text.as_bytes()
 }
 
 fn sensitive(text: &str, profile: &str) -> Result<HeaderValue, AuthError> {
@@ -729,16 +990,25 @@ mod tests {
     #[test]
     fn a_custom_rule_replaces_the_default() {
         let p = AuthProfiles::parse(CONTRACT_EXAMPLE, env).unwrap();
-        let a = Authenticator::new(&p, Duration::from_secs(1), None);
+        let ProfileSpec::OAuth2 { expired, .. } = &p.profiles["partner-x"] else {
+            panic!("partner-x is an OAuth 2 profile")
+        };
         let h = HeaderMap::new();
-        assert!(a.says_expired("partner-x", 401, &h, b"{\"code\":\"token_expired\"}"));
+        assert!(expired.matches(401, &h, b"{\"code\":\"token_expired\"}"));
         assert!(
-            !a.says_expired("partner-x", 401, &h, b"expired"),
+            !expired.matches(401, &h, b"expired"),
             "the default body rule no longer applies"
         );
-        assert!(
-            !a.says_expired("partner-y", 401, &h, b"token_expired"),
-            "header profiles have no tokens"
-        );
+    }
+
+    #[test]
+    fn only_invalid_client_401_and_403_refuse_the_credentials() {
+        assert!(credentials_refused(401, b""));
+        assert!(credentials_refused(403, b"nope"));
+        assert!(credentials_refused(400, br#"{"error":"invalid_client"}"#));
+        assert!(!credentials_refused(400, br#"{"error":"invalid_scope"}"#));
+        assert!(!credentials_refused(400, b"invalid_client but not JSON"));
+        assert!(!credentials_refused(500, b""));
+        assert!(!credentials_refused(429, b""));
     }
 }

@@ -146,7 +146,7 @@ impl Breakers {
                 if probe
                     || (state.open_until.is_none() && state.consecutive_failures >= self.threshold)
                 {
-                    state.open_until = Some(Instant::now() + self.cooldown);
+                    state.open_until = Some(later(self.cooldown));
                     tracing::warn!(
                         host,
                         failures = state.consecutive_failures,
@@ -166,6 +166,15 @@ impl Breakers {
         let hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
         hosts.get(host).is_some_and(|s| s.open_until.is_some())
     }
+}
+
+/// `now + wait`, or as far as the clock goes: never a panic, whatever the
+/// wait.
+pub fn later(wait: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(wait)
+        .or_else(|| now.checked_add(Duration::from_secs(u32::MAX.into())))
+        .unwrap_or(now)
 }
 
 /// One admitted attempt. Report how it went; dropping it unreported (a
@@ -189,6 +198,44 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         if !self.done {
             self.breakers.finish(&self.host, self.probe, None);
+        }
+    }
+}
+
+/// Request slots: at most `MAX_CONCURRENCY` requests in flight, and at most
+/// `MAX_CONCURRENCY_PER_HOST` to one host. Held only for the HTTP exchange
+/// itself, never while a record waits for a token or an SQS call.
+#[derive(Debug)]
+pub struct Slots {
+    requests: Semaphore,
+    per_host: Option<HostLimits>,
+}
+
+/// A request's slots; released when dropped.
+#[derive(Debug)]
+pub struct SlotPermit<'a> {
+    _host: Option<OwnedSemaphorePermit>,
+    _request: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl Slots {
+    pub fn new(max_concurrency: usize, per_host: Option<usize>) -> Slots {
+        Slots {
+            requests: Semaphore::new(max_concurrency.max(1)),
+            per_host: per_host.map(HostLimits::new),
+        }
+    }
+
+    /// Waits for a slot for a request to `host` (the host's first, so a
+    /// busy host does not hold global slots while it waits).
+    pub async fn acquire(&self, host: &str) -> SlotPermit<'_> {
+        let host = match &self.per_host {
+            Some(limits) => Some(limits.acquire(host).await),
+            None => None,
+        };
+        SlotPermit {
+            _host: host,
+            _request: self.requests.acquire().await.expect("never closed"),
         }
     }
 }
@@ -312,6 +359,18 @@ mod tests {
         go(b.admit("h:80").await).report(Some(Health::Answered));
         assert!(!b.is_open("h:80"), "a successful probe closes");
         assert!(matches!(b.admit("h:80").await, Admission::Go(_)));
+    }
+
+    #[tokio::test]
+    async fn a_huge_cooldown_keeps_the_breaker_open_without_a_panic() {
+        let b = Breakers::new(1, Duration::MAX);
+        go(b.admit("h:80").await).report(Some(Health::Failed));
+        assert!(b.is_open("h:80"));
+        assert!(matches!(b.admit("h:80").await, Admission::Open));
+        assert!(
+            matches!(b.admit("other:80").await, Admission::Go(_)),
+            "the lock was not poisoned: other hosts still go"
+        );
     }
 
     #[tokio::test]

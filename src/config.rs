@@ -51,7 +51,21 @@ pub struct Config {
     pub breaker: Option<BreakerSettings>,
     /// `METRICS_ENABLED`, `METRICS_NAMESPACE` (and the function's name).
     pub metrics: MetricsSettings,
+    /// `RETENTION_MARGIN_SECONDS`: no retry is scheduled to end later than
+    /// this before the queue's retention would delete the message.
+    pub retention_margin: Duration,
+    /// `SECRET_TTL_SECONDS`: longest a Secrets Manager value is cached.
+    pub secret_ttl: Duration,
+    /// `BATCHING_WINDOW_SECONDS`: the event source mapping's batching window,
+    /// the longest a record may wait between its receive and the invocation.
+    pub batching_window: Duration,
 }
+
+/// Longest duration any variable may hold: SQS's 12-hour visibility limit.
+pub const MAX_CONFIG_SECONDS: u64 = 43_200;
+
+/// Lambda's longest batching window for an SQS event source.
+pub const MAX_BATCHING_WINDOW_SECONDS: u64 = 300;
 
 /// The per-host circuit breaker's settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,17 +102,29 @@ impl Config {
     /// Reads variables through `get`, for tests and embedding.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let var = |name: &str| get(name).filter(|v| !v.trim().is_empty());
-        let number = |name: &'static str, default: u64| -> Result<u64, ConfigError> {
-            match var(name) {
-                None => Ok(default),
-                Some(v) => match v.trim().parse::<u64>() {
-                    Ok(n) if n >= 1 => Ok(n),
-                    _ => Err(ConfigError::new(
-                        name,
-                        format!("must be a positive integer, got {v:?}"),
-                    )),
-                },
+        // An integer in `min..=max`, or `default` when unset.
+        let bounded = |name: &'static str, default: u64, min: u64, max: u64| {
+            let Some(v) = var(name) else {
+                return Ok(default);
+            };
+            match v.trim().parse::<u64>() {
+                Ok(n) if (min..=max).contains(&n) => Ok(n),
+                Ok(n) if n > max => Err(ConfigError::new(name, format!("must be at most {max}"))),
+                _ if min == 0 => Err(ConfigError::new(
+                    name,
+                    format!("must be a whole number from 0 to {max}, got {v:?}"),
+                )),
+                _ => Err(ConfigError::new(
+                    name,
+                    format!("must be a positive integer, got {v:?}"),
+                )),
             }
+        };
+        let number = |name: &'static str, default: u64| bounded(name, default, 1, u64::MAX);
+        // A duration in seconds: positive and at most 12 hours (contract's
+        // bound on every configured duration).
+        let seconds = |name: &'static str, default: u64| -> Result<Duration, ConfigError> {
+            bounded(name, default, 1, MAX_CONFIG_SECONDS).map(Duration::from_secs)
         };
         let max_attempts = number("MAX_ATTEMPTS", 5)?;
         let max_attempts = u32::try_from(max_attempts)
@@ -162,14 +188,14 @@ impl Config {
         };
         let max_concurrency_per_host =
             optional("MAX_CONCURRENCY_PER_HOST")?.map(|n| n.min(100_000) as usize);
-        let cooldown = number("BREAKER_COOLDOWN_SECONDS", 30)?;
+        let cooldown = seconds("BREAKER_COOLDOWN_SECONDS", 30)?;
         let breaker = optional("BREAKER_THRESHOLD")?
             .map(|n| {
                 u32::try_from(n)
                     .map_err(|_| ConfigError::new("BREAKER_THRESHOLD", "is too large"))
                     .map(|threshold| BreakerSettings {
                         threshold,
-                        cooldown: Duration::from_secs(cooldown),
+                        cooldown,
                     })
             })
             .transpose()?;
@@ -202,7 +228,24 @@ impl Config {
                 .map_err(|e| ConfigError::new("AUTH_PROFILES", e))?,
         };
 
+        let retention_margin = Duration::from_secs(bounded(
+            "RETENTION_MARGIN_SECONDS",
+            900,
+            0,
+            MAX_CONFIG_SECONDS,
+        )?);
+        let secret_ttl = seconds("SECRET_TTL_SECONDS", 300)?;
+        let batching_window = Duration::from_secs(bounded(
+            "BATCHING_WINDOW_SECONDS",
+            0,
+            0,
+            MAX_BATCHING_WINDOW_SECONDS,
+        )?);
+
         Ok(Config {
+            retention_margin,
+            secret_ttl,
+            batching_window,
             metrics,
             auth,
             max_concurrency_per_host,
@@ -251,6 +294,30 @@ mod tests {
         assert!(!c.destinations.allow_private);
         assert_eq!(c.max_concurrency_per_host, None);
         assert_eq!(c.breaker, None);
+        assert_eq!(c.retention_margin, Duration::from_secs(900));
+        assert_eq!(c.secret_ttl, Duration::from_secs(300));
+        assert_eq!(c.batching_window, Duration::ZERO);
+    }
+
+    #[test]
+    fn every_duration_is_bounded_by_twelve_hours() {
+        let c = with(&[
+            ("BREAKER_THRESHOLD", "1"),
+            ("BREAKER_COOLDOWN_SECONDS", "43200"),
+            ("RETENTION_MARGIN_SECONDS", "0"),
+            ("SECRET_TTL_SECONDS", "43200"),
+            ("BATCHING_WINDOW_SECONDS", "300"),
+        ])
+        .unwrap();
+        assert_eq!(c.breaker.unwrap().cooldown, Duration::from_secs(43_200));
+        assert_eq!(c.retention_margin, Duration::ZERO);
+        assert_eq!(c.secret_ttl, Duration::from_secs(43_200));
+        assert_eq!(c.batching_window, Duration::from_secs(300));
+        let err = with(&[("BREAKER_COOLDOWN_SECONDS", "99999999999999")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "BREAKER_COOLDOWN_SECONDS: must be at most 43200"
+        );
     }
 
     #[test]
@@ -335,6 +402,13 @@ mod tests {
             ("BREAKER_THRESHOLD", "-3"),
             ("BREAKER_COOLDOWN_SECONDS", "soon"),
             ("METRICS_ENABLED", "off"),
+            ("BREAKER_COOLDOWN_SECONDS", "43201"),
+            ("BREAKER_COOLDOWN_SECONDS", "18446744073709551616"),
+            ("SECRET_TTL_SECONDS", "0"),
+            ("SECRET_TTL_SECONDS", "86400"),
+            ("RETENTION_MARGIN_SECONDS", "43201"),
+            ("RETENTION_MARGIN_SECONDS", "-1"),
+            ("BATCHING_WINDOW_SECONDS", "301"),
             ("METRICS_NAMESPACE", "AWS/Lambda"),
             (
                 "AUTH_PROFILES",

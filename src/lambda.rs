@@ -64,6 +64,10 @@ pub fn record(m: SqsMessage) -> Record {
         .and_then(|c| c.parse().ok())
         .unwrap_or(1);
     let message_group_id = m.attributes.get("MessageGroupId").cloned();
+    let sent_at = m
+        .attributes
+        .get("SentTimestamp")
+        .and_then(|t| crate::queue::epoch_millis(t));
     Record {
         message_id: m.message_id.unwrap_or_default(),
         receipt_handle: m.receipt_handle.unwrap_or_default(),
@@ -71,6 +75,7 @@ pub fn record(m: SqsMessage) -> Record {
         receive_count,
         source_queue_arn: m.event_source_arn.unwrap_or_default(),
         message_group_id,
+        sent_at,
     }
 }
 

@@ -317,17 +317,20 @@ pub(crate) fn is_token(s: &str) -> bool {
         })
 }
 
-/// Turns a serde error into one that names the field, without echoing the
-/// offending string value.
+/// Turns a serde error into one that names the field, the position and the
+/// kind of error, and never a value from the message: serde's own texts
+/// quote the offending value, so none of them is copied, only recognised.
 fn from_serde(err: serde_path_to_error::Error<serde_json::Error>) -> InvalidMessage {
     let path = err.path().to_string();
     let inner = err.inner();
-    let text = redact_strings(&inner.to_string());
-    let at_root = path == "." || path.is_empty();
-    if inner.is_syntax() || inner.is_eof() {
-        return InvalidMessage::new("body", format!("not valid JSON ({text})"));
+    let at = format!("line {} column {}", inner.line(), inner.column());
+    if !matches!(inner.classify(), serde_json::error::Category::Data) {
+        return InvalidMessage::new("body", format!("not valid JSON (syntax error at {at})"));
     }
+    let text = inner.to_string();
+    let at_root = path == "." || path.is_empty();
     if let Some(rest) = text.strip_prefix("missing field `") {
+        // The name is one of our own fields, never the message's text.
         let name = rest.split('`').next().unwrap_or_default();
         let field = if at_root {
             name.to_owned()
@@ -337,28 +340,35 @@ fn from_serde(err: serde_path_to_error::Error<serde_json::Error>) -> InvalidMess
         return InvalidMessage::new(field, "is required");
     }
     let field = if at_root { "body".to_owned() } else { path };
-    InvalidMessage::new(field, text)
+    InvalidMessage::new(field, format!("{} (at {at})", data_error_kind(&text)))
 }
 
-/// Replaces the contents of every `"…"` string literal in an error text, and
-/// drops serde_json's `at line … column …` suffix for fields (kept for syntax
-/// errors, where it is the useful part).
-fn redact_strings(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut inside = false;
-    for c in text.chars() {
-        if c == '"' {
-            if inside {
-                out.push_str("…\"");
-            } else {
-                out.push('"');
-            }
-            inside = !inside;
-        } else if !inside {
-            out.push(c);
+/// The kind of a serde data error, from the fixed start of its text, and
+/// what was expected when serde says so in its own words (a type or a list
+/// of our variant names). The unexpected value, which sits between the two,
+/// is never kept.
+fn data_error_kind(text: &str) -> String {
+    const KINDS: [&str; 5] = [
+        "invalid type",
+        "invalid value",
+        "invalid length",
+        "unknown variant",
+        "duplicate field",
+    ];
+    let Some(kind) = KINDS
+        .into_iter()
+        .find(|k| text.starts_with(&format!("{k}:")))
+    else {
+        return "invalid value".to_owned();
+    };
+    let text = text.rsplit_once(" at line ").map_or(text, |(t, _)| t);
+    // The last ", expected " is serde's: the value comes before it.
+    match text.rsplit_once(", expected ") {
+        Some((_, expected)) if !expected.contains(['"', '\\']) => {
+            format!("{kind}, expected {expected}")
         }
+        _ => kind.to_owned(),
     }
-    out
 }
 
 #[cfg(test)]
@@ -583,7 +593,80 @@ mod tests {
         assert_eq!(msg, again);
     }
 
+    /// Some run of 6 characters of `value` (or of its JSON-escaped form)
+    /// that appears in `text`.
+    fn echoed(value: &str, text: &str) -> Option<String> {
+        let escaped = serde_json::to_string(value).unwrap();
+        let found = [value, escaped.trim_matches('"')]
+            .into_iter()
+            .find_map(|v| {
+                let chars: Vec<char> = v.chars().collect();
+                chars
+                    .windows(6)
+                    .map(|w| w.iter().collect::<String>())
+                    .find(|w| text.contains(w.as_str()))
+            });
+        found
+    }
+
+    /// Every way a message can carry a value into an error: in a header, the
+    /// body, the query, the userinfo, and every field that can be wrong.
+    fn placements(value: &str) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        let mut with = |f: &dyn Fn(&mut serde_json::Value)| {
+            let mut v = valid();
+            f(&mut v);
+            out.push(v);
+        };
+        with(&|v| v["request"]["headers"]["x-secret"] = serde_json::json!({ "k": value }));
+        with(&|v| v["request"]["headers"]["x-secret"] = format!("{value}\n").into());
+        with(&|v| v["request"]["headers"]["x-secret"] = serde_json::json!([value, 5]));
+        with(&|v| v["request"]["body"] = serde_json::json!([value]));
+        with(&|v| {
+            v["request"]["bodyEncoding"] = "base64".into();
+            v["request"]["body"] = value.into();
+        });
+        with(&|v| v["request"]["bodyEncoding"] = value.into());
+        with(&|v| v["destinationUrl"] = format!("https://partner.example.com:{value}/").into());
+        with(&|v| v["destinationUrl"] = format!("ftp://u:{value}@x.example/?q={value}").into());
+        with(&|v| v["destinationUrl"] = format!("{value}?token={value}").into());
+        with(&|v| {
+            v["destinationUrl"] = format!("https://u:{value}@x.example/?q={value}").into();
+            v["request"]["method"] = "GE T".into();
+        });
+        with(&|v| v["request"]["method"] = value.into());
+        with(&|v| v["maxAttempts"] = value.into());
+        with(&|v| v["receivedCount"] = value.into());
+        with(&|v| v["expiresAt"] = value.into());
+        with(&|v| v["id"] = value.into());
+        with(&|v| v["auth"] = serde_json::json!({ "p": value }));
+        out
+    }
+
     proptest! {
+        #[test]
+        fn no_error_text_echoes_a_value_of_the_message(
+            value in "[A-Za-z0-9\"\\\\ é☃€\u{1F600}:/@?&=,.{}\\[\\]-]{6,40}"
+        ) {
+            for v in placements(&value) {
+                let text = v.to_string();
+                let Err(err) = RetryMessage::parse(&text) else { continue };
+                let shown = err.to_string();
+                prop_assert!(echoed(&value, &shown).is_none(),
+                    "{shown:?} echoes {value:?} (from {text})");
+            }
+            // Truncated JSON: a syntax error in the middle of the value.
+            let mut v = valid();
+            v["request"]["body"] = value.clone().into();
+            let text = v.to_string();
+            let escaped = serde_json::to_string(&value).unwrap();
+            let inner = &escaped[1..escaped.len() - 1];
+            let start = text.find(inner).unwrap();
+            let cut = &text[..start + inner.chars().next().unwrap().len_utf8()];
+            let err = RetryMessage::parse(cut).unwrap_err().to_string();
+            prop_assert!(echoed(&value, &err).is_none(), "{err:?} echoes {value:?}");
+        }
+
         #[test]
         fn parse_never_panics_on_arbitrary_text(s in "\\PC{0,200}") {
             let _ = RetryMessage::parse(&s);

@@ -5,39 +5,50 @@
 //! [`Processor::process_batch`] with neutral [`Record`]s and get back, for
 //! each record, whether it was acknowledged.
 //!
-//! Guarantees, all from contract §4:
+//! Guarantees, from contract §4 and §8:
 //!
 //! * **Nothing is lost.** A record counts as acknowledged only when it was
 //!   delivered or its DLQ copy was sent. Every other ending (an SQS call that
 //!   failed, `DLQ_URL` unset, a panic, the deadline) leaves it
-//!   unacknowledged, so SQS redelivers it.
+//!   unacknowledged, so SQS redelivers it. No retry is scheduled to end
+//!   after the source queue's retention would delete the message: such a
+//!   record is dead-lettered as `expired` instead (§8.1).
+//! * **Nothing loops.** A DLQ copy is fitted to the DLQ's size by dropping
+//!   attributes (§8.2); a record whose body alone cannot fit is left in its
+//!   queue without being attempted. A record whose dead letter could not be
+//!   sent is remembered, so its next receive in this process sends the dead
+//!   letter again instead of the request.
 //! * **Records are isolated.** Each record runs as its own task: a panic
 //!   fails that record only, and no per-record problem becomes an error of
 //!   the batch.
 //! * **Deadline-aware.** Records not finished by the deadline are abandoned
 //!   and reported unacknowledged, so the answer still reaches Lambda in time.
-//! * **Bounded.** At most `MAX_CONCURRENCY` requests are in flight; SQS calls
-//!   do not hold a slot.
+//! * **Bounded.** At most `MAX_CONCURRENCY` requests are in flight; waiting
+//!   for a token or an SQS call does not hold a slot.
 
 use std::any::Any;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::Semaphore;
-
-use crate::breaker::{host_key, Admission, Breakers, Health, HostLimits};
+use crate::breaker::{host_key, Admission, Breakers, Health};
 use crate::config::Config;
 use crate::deliver::{Deliverer, Delivery, Refused};
 use crate::message::RetryMessage;
 use crate::policy::backoff::VISIBILITY_LIMIT;
 use crate::policy::classify::Outcome;
 use crate::policy::{Action, Attempt, DeadLetter, FailureReason};
-use crate::queue::{DeadLetterCopy, QueueError, Queues};
+use crate::queue::{smallest_copy_size, DeadLetterCopy, QueueError, Queues};
 
 /// SQS counts the 12-hour visibility limit from the receive, which happened
-/// a little before the batch reached us; this much is kept in hand.
+/// before the batch reached us: by up to the batching window
+/// (`BATCHING_WINDOW_SECONDS`), plus this much for the rest of the way.
 const RECEIVE_SLACK: Duration = Duration::from_secs(60);
+
+/// Most records whose dead letter is remembered as not yet sent.
+const PENDING_DEAD_LETTERS: usize = 10_000;
 
 /// One SQS message to process, whichever way it was received.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +63,9 @@ pub struct Record {
     pub source_queue_arn: String,
     /// `MessageGroupId`, on FIFO queues.
     pub message_group_id: Option<String>,
+    /// SQS `SentTimestamp`: when the message entered its queue, from which
+    /// the queue's retention counts.
+    pub sent_at: Option<SystemTime>,
 }
 
 /// How a record ended.
@@ -116,6 +130,86 @@ impl BatchReport {
     }
 }
 
+/// What every record of one batch shares.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// When the batch reached us (the 12-hour limit counts from before it).
+    pub started: Instant,
+    /// Keeps the records in work hidden (`retryq worker`).
+    pub heartbeat: Option<Arc<Heartbeat>>,
+}
+
+impl Batch {
+    /// A batch starting now, without a heartbeat (Lambda's event source
+    /// mapping owns the visibility there).
+    pub fn starting_now() -> Batch {
+        Batch {
+            started: Instant::now(),
+            heartbeat: None,
+        }
+    }
+}
+
+/// The heartbeat of §8.5: extends the visibility of every record still in
+/// work before it runs out, so a slow request is not handed to another
+/// receiver and made twice. A record leaves the heartbeat before its own
+/// action touches its visibility, and never while an extension is in
+/// flight, so the heartbeat cannot undo a backoff.
+#[derive(Debug)]
+pub struct Heartbeat {
+    queue_url: String,
+    /// The visibility each beat sets (the queue's visibility timeout).
+    extend_to: Duration,
+    in_work: tokio::sync::Mutex<HashSet<String>>,
+}
+
+impl Heartbeat {
+    /// A heartbeat for these receipt handles of `queue_url`.
+    pub fn new(
+        queue_url: impl Into<String>,
+        extend_to: Duration,
+        receipt_handles: impl IntoIterator<Item = String>,
+    ) -> Heartbeat {
+        Heartbeat {
+            queue_url: queue_url.into(),
+            extend_to,
+            in_work: tokio::sync::Mutex::new(receipt_handles.into_iter().collect()),
+        }
+    }
+
+    /// How often to beat: well within the visibility timeout.
+    pub fn interval(&self) -> Duration {
+        (self.extend_to / 3).max(Duration::from_millis(500))
+    }
+
+    /// Beats until dropped (run it beside the batch and abort it after).
+    pub async fn run(self: Arc<Self>, queues: Arc<Queues>) {
+        let mut ticks = tokio::time::interval(self.interval());
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            let in_work = self.in_work.lock().await;
+            if in_work.is_empty() {
+                continue;
+            }
+            let handles: Vec<String> = in_work.iter().cloned().collect();
+            let failed = queues
+                .change_visibility_batch(&self.queue_url, &handles, self.extend_to)
+                .await;
+            tracing::debug!(
+                records = handles.len(),
+                failed,
+                "heartbeat: visibility extended"
+            );
+            drop(in_work);
+        }
+    }
+
+    async fn leave(&self, receipt_handle: &str) {
+        self.in_work.lock().await.remove(receipt_handle);
+    }
+}
+
 /// The decision of one record before it is applied, kept for the log line.
 struct Decided {
     attempt: u32,
@@ -131,10 +225,13 @@ struct Decided {
 pub struct Processor {
     config: Config,
     deliverer: Deliverer,
-    queues: Queues,
-    requests: Semaphore,
-    host_limits: Option<HostLimits>,
+    queues: Arc<Queues>,
     breakers: Option<Arc<Breakers>>,
+    /// Records whose dead letter could not be sent, by SQS message id: their
+    /// next receive sends it again without a new attempt.
+    pending_dead_letters: Mutex<HashMap<String, DeadLetter>>,
+    /// The DLQ-smaller-than-source error has been logged.
+    dlq_size_reported: AtomicBool,
 }
 
 impl Processor {
@@ -147,13 +244,13 @@ impl Processor {
     ) -> Result<Processor, reqwest::Error> {
         let deliverer = Deliverer::from_config(&config, config.max_concurrency, secrets_manager)?;
         Ok(Processor {
-            requests: Semaphore::new(config.max_concurrency),
-            host_limits: config.max_concurrency_per_host.map(HostLimits::new),
             breakers: config
                 .breaker
                 .map(|b| Breakers::new(b.threshold, b.cooldown)),
             deliverer,
-            queues: Queues::new(sqs),
+            queues: Arc::new(Queues::new(sqs)),
+            pending_dead_letters: Mutex::new(HashMap::new()),
+            dlq_size_reported: AtomicBool::new(false),
             config,
         })
     }
@@ -162,7 +259,7 @@ impl Processor {
         &self.config
     }
 
-    pub fn queues(&self) -> &Queues {
+    pub fn queues(&self) -> &Arc<Queues> {
         &self.queues
     }
 
@@ -173,9 +270,21 @@ impl Processor {
         records: Vec<Record>,
         deadline: Option<Instant>,
     ) -> BatchReport {
-        let started = Instant::now();
-        self.process_batch_with(records, deadline, move |this, record| async move {
-            this.process_record(record, started).await
+        self.process_batch_in(records, deadline, Batch::starting_now())
+            .await
+    }
+
+    /// [`process_batch`](Self::process_batch) as part of `batch` (with its
+    /// heartbeat, if any).
+    pub async fn process_batch_in(
+        self: &Arc<Self>,
+        records: Vec<Record>,
+        deadline: Option<Instant>,
+        batch: Batch,
+    ) -> BatchReport {
+        self.process_batch_with(records, deadline, move |this, record| {
+            let batch = batch.clone();
+            async move { this.process_record(record, &batch).await }
         })
         .await
     }
@@ -262,7 +371,7 @@ impl Processor {
                 let mut blocked = false;
                 for (i, record) in members {
                     if blocked {
-                        this.release(&record).await;
+                        this.release(&record, deadline).await;
                         tracing::info!(message_id = %record.message_id, group = %group, "record processed: not attempted, an earlier record of its group was not acknowledged");
                         out.push((i, Ok(Disposition::Unfinished(format!(
                             "not attempted: an earlier record of message group {group:?} was not acknowledged"
@@ -297,22 +406,44 @@ impl Processor {
         self.config.max_concurrency.saturating_mul(2).max(16)
     }
 
-    /// Makes a record visible again at once (best effort: otherwise it
-    /// reappears after the queue's visibility timeout).
-    async fn release(&self, record: &Record) {
-        if let Err(e) = self.hide(record, Duration::ZERO).await {
+    /// Makes a record visible again at once (best effort, and never past the
+    /// batch's deadline: otherwise it reappears after the queue's visibility
+    /// timeout).
+    async fn release(&self, record: &Record, deadline: Option<Instant>) {
+        let release = self.hide(record, Duration::ZERO);
+        let result = match deadline {
+            None => release.await,
+            Some(at) => tokio::time::timeout_at(at.into(), release)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(QueueError::Sqs {
+                        operation: "ChangeMessageVisibility",
+                        detail: "not answered before the batch's deadline".into(),
+                    })
+                }),
+        };
+        if let Err(e) = result {
             tracing::warn!(message_id = %record.message_id, error = %e, "could not release a record");
         }
     }
 
     /// All the work for one record: decide, apply, log one line.
-    pub async fn process_record(&self, record: Record, batch_started: Instant) -> Processed {
-        let decided = self.decide(&record, batch_started).await;
-        let disposition = self.apply(&record, &decided.action).await;
-        let (delay_s, reason) = match &decided.action {
-            Action::Retry { delay } => (Some(delay.as_secs()), None),
-            Action::DeadLetter(d) => (None, Some(d.reason.as_str())),
-            Action::Ack => (None, None),
+    pub async fn process_record(&self, record: Record, batch: &Batch) -> Processed {
+        let decided = self.decide(&record, batch).await;
+        if let Some(heartbeat) = &batch.heartbeat {
+            heartbeat.leave(&record.receipt_handle).await;
+        }
+        let (decided, disposition) = match decided {
+            Ok(decided) => {
+                let disposition = self.apply(&record, &decided.action).await;
+                (Some(decided), disposition)
+            }
+            Err(why) => (None, Disposition::Unfinished(why)),
+        };
+        let (delay_s, reason) = match decided.as_ref().map(|d| &d.action) {
+            Some(Action::Retry { delay }) => (Some(delay.as_secs()), None),
+            Some(Action::DeadLetter(d)) => (None, Some(d.reason.as_str())),
+            _ => (None, None),
         };
         let failure = match &disposition {
             Disposition::Unfinished(why) => Some(why.as_str()),
@@ -320,9 +451,9 @@ impl Processor {
         };
         tracing::info!(
             message_id = %record.message_id,
-            attempt = decided.attempt,
-            outcome = decided.outcome,
-            status = decided.status,
+            attempt = decided.as_ref().map(|d| d.attempt),
+            outcome = decided.as_ref().map_or("not-attempted", |d| d.outcome),
+            status = decided.as_ref().and_then(|d| d.status),
             delay_s,
             reason,
             acknowledged = disposition.acknowledged(),
@@ -331,37 +462,48 @@ impl Processor {
         );
         Processed {
             disposition,
-            attempt_latency: decided.latency,
+            attempt_latency: decided.and_then(|d| d.latency),
         }
     }
 
-    /// Parse, check, attempt, classify, decide. Pure but for the attempt.
-    async fn decide(&self, record: &Record, batch_started: Instant) -> Decided {
+    /// Parse, check, attempt, classify, decide. Pure but for the attempt and
+    /// the (cached) reads of the queues' limits. `Err` leaves the record in
+    /// its queue unattempted, saying why.
+    async fn decide(&self, record: &Record, batch: &Batch) -> Result<Decided, String> {
+        self.check_dlq_can_hold(record).await?;
+        if let Some(dead_letter) = self.pending_dead_letter(&record.message_id) {
+            return Ok(unattempted(
+                "dead-letter-pending",
+                dead_letter.attempt,
+                Action::DeadLetter(dead_letter),
+            ));
+        }
         let policy = &self.config.retry;
         let msg = match RetryMessage::parse(&record.body) {
             Ok(msg) => msg,
             Err(e) => {
-                return refused(
+                return Ok(refused(
                     FailureReason::InvalidMessage,
                     record.receive_count,
                     &e.to_string(),
-                )
+                ))
             }
         };
         let attempt = Attempt {
             number: Attempt::number(msg.received_count, record.receive_count),
             limit: msg.attempt_limit(policy.max_attempts),
             expires_at: msg.expires_at.map(SystemTime::from),
+            retained_until: self.retained_until(record).await,
         };
         if let Some(profile) = msg.auth.as_ref().filter(|p| !self.deliverer.has_profile(p)) {
-            return refused(
+            return Ok(refused(
                 FailureReason::InvalidMessage,
                 attempt.number,
                 &format!("auth: profile {profile:?} is not configured"),
-            );
+            ));
         }
         if let Some(action) = policy.before_attempt(&attempt, SystemTime::now()) {
-            return unattempted("expired", attempt.number, action);
+            return Ok(unattempted("expired", attempt.number, action));
         }
         let host = host_key(&msg.destination_url);
         let ticket = match &self.breakers {
@@ -374,26 +516,15 @@ impl Processor {
                         retry_after: None,
                         error: format!("circuit breaker open for {host}: not attempted"),
                     };
-                    let mut decided = self.after(&attempt, outcome, batch_started);
+                    let mut decided = self.after(&attempt, outcome, batch);
                     decided.outcome = "circuit-open";
-                    return decided;
+                    return Ok(decided);
                 }
             },
         };
-        let (delivery, latency) = {
-            let _host_slot = match &self.host_limits {
-                Some(limits) => Some(limits.acquire(&host).await),
-                None => None,
-            };
-            let _slot = self
-                .requests
-                .acquire()
-                .await
-                .expect("the semaphore is never closed");
-            let started = Instant::now();
-            let delivery = self.deliverer.deliver(&msg).await;
-            (delivery, started.elapsed())
-        };
+        let started = Instant::now();
+        let delivery = self.deliverer.deliver(&msg).await;
+        let latency = started.elapsed();
         let outcome = delivery.outcome(SystemTime::now());
         if let Some(ticket) = ticket {
             ticket.report(match (&delivery, &outcome) {
@@ -408,20 +539,25 @@ impl Processor {
         let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(Refused::NotAllowed(e)) => {
-                return refused(FailureReason::DestinationNotAllowed, attempt.number, &e)
+                return Ok(refused(
+                    FailureReason::DestinationNotAllowed,
+                    attempt.number,
+                    &e,
+                ))
             }
             Err(Refused::Invalid(e)) => {
-                return refused(FailureReason::InvalidMessage, attempt.number, &e)
+                return Ok(refused(FailureReason::InvalidMessage, attempt.number, &e))
             }
         };
-        let mut decided = self.after(&attempt, outcome, batch_started);
+        let mut decided = self.after(&attempt, outcome, batch);
         decided.latency = Some(latency);
-        decided
+        Ok(decided)
     }
 
     /// The decision after an attempt (or a breaker's refusal to make one).
-    fn after(&self, attempt: &Attempt, outcome: Outcome, batch_started: Instant) -> Decided {
-        let max_delay = VISIBILITY_LIMIT.saturating_sub(batch_started.elapsed() + RECEIVE_SLACK);
+    fn after(&self, attempt: &Attempt, outcome: Outcome, batch: &Batch) -> Decided {
+        let max_delay = VISIBILITY_LIMIT
+            .saturating_sub(batch.started.elapsed() + RECEIVE_SLACK + self.config.batching_window);
         let (name, status) = (outcome.name(), outcome.status());
         let action = self.config.retry.after_attempt_within(
             attempt,
@@ -436,6 +572,85 @@ impl Processor {
             status,
             action,
             latency: None,
+        }
+    }
+
+    /// The latest a retry of this record may end (§8.1): the source queue's
+    /// retention from the message's `SentTimestamp`, less the margin.
+    async fn retained_until(&self, record: &Record) -> Option<SystemTime> {
+        let sent_at = record.sent_at?;
+        let url = self.queues.url_of(&record.source_queue_arn).await.ok()?;
+        let retention = self.queues.limits_of(&url).await?.retention;
+        sent_at
+            .checked_add(retention.saturating_sub(self.config.retention_margin))
+            .or(Some(sent_at))
+    }
+
+    /// §8.2: a record whose body cannot fit the DLQ even with the fewest
+    /// attributes is not attempted (its dead letter could never be sent, so
+    /// a non-retryable request would be made on every receive). A DLQ
+    /// smaller than its source queue is reported once, as an error.
+    async fn check_dlq_can_hold(&self, record: &Record) -> Result<(), String> {
+        let Some(dlq_url) = &self.config.dlq_url else {
+            return Ok(());
+        };
+        let Some(dlq) = self.queues.limits_of(dlq_url).await else {
+            return Ok(());
+        };
+        if !self.dlq_size_reported.load(Ordering::Relaxed) {
+            if let Ok(url) = self.queues.url_of(&record.source_queue_arn).await {
+                if let Some(source) = self.queues.limits_of(&url).await {
+                    if dlq.max_message_size < source.max_message_size
+                        && !self.dlq_size_reported.swap(true, Ordering::Relaxed)
+                    {
+                        tracing::error!(
+                            dlq = %dlq_url,
+                            dlq_maximum_message_size = dlq.max_message_size,
+                            source = %url,
+                            source_maximum_message_size = source.max_message_size,
+                            "configuration error: the DLQ's MaximumMessageSize is smaller than its source queue's; records too large for the DLQ stay in the source queue unattempted"
+                        );
+                    }
+                }
+            }
+        }
+        let needed = smallest_copy_size(&record.body, &record.message_id);
+        if needed > dlq.max_message_size {
+            return Err(format!(
+                "not attempted: its DLQ copy ({needed} bytes) cannot fit the DLQ's MaximumMessageSize ({} bytes)",
+                dlq.max_message_size
+            ));
+        }
+        Ok(())
+    }
+
+    fn pending_dead_letter(&self, message_id: &str) -> Option<DeadLetter> {
+        let pending = self
+            .pending_dead_letters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        pending.get(message_id).cloned()
+    }
+
+    /// Remembers (`Some`) or forgets (`None`) a dead letter not yet sent.
+    fn set_pending_dead_letter(&self, message_id: &str, dead_letter: Option<&DeadLetter>) {
+        let mut pending = self
+            .pending_dead_letters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match dead_letter {
+            None => {
+                pending.remove(message_id);
+            }
+            Some(dl) => {
+                if pending.len() >= PENDING_DEAD_LETTERS {
+                    // Bounded: forget an arbitrary one (it falls back to a
+                    // new attempt, as without this memory).
+                    let any = pending.keys().next().cloned();
+                    any.map(|k| pending.remove(&k));
+                }
+                pending.insert(message_id.to_owned(), dl.clone());
+            }
         }
     }
 
@@ -458,9 +673,20 @@ impl Processor {
                     original_message_id: &record.message_id,
                     message_group_id: record.message_group_id.as_deref(),
                 };
-                match self.queues.send_dead_letter(dlq_url, &copy).await {
-                    Ok(()) => Disposition::DeadLettered(dead_letter.reason),
-                    Err(e) => Disposition::Unfinished(e.to_string()),
+                let max_size = self
+                    .queues
+                    .limits_of(dlq_url)
+                    .await
+                    .map(|l| l.max_message_size);
+                match self.queues.send_dead_letter(dlq_url, &copy, max_size).await {
+                    Ok(()) => {
+                        self.set_pending_dead_letter(&record.message_id, None);
+                        Disposition::DeadLettered(dead_letter.reason)
+                    }
+                    Err(e) => {
+                        self.set_pending_dead_letter(&record.message_id, Some(dead_letter));
+                        Disposition::Unfinished(e.to_string())
+                    }
                 }
             }
         }

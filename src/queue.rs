@@ -8,12 +8,12 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{
-    DeleteMessageBatchRequestEntry, Message, MessageAttributeValue, MessageSystemAttributeName,
-    QueueAttributeName,
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
+    MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
 };
 
 use crate::process::Record;
@@ -82,19 +82,171 @@ pub struct DeadLetterCopy<'a> {
     pub message_group_id: Option<&'a str>,
 }
 
+impl DeadLetterCopy<'_> {
+    /// The §4 attributes, in the order they are given up when the copy is
+    /// too large: `LastError` first, `FailureReason` and
+    /// `OriginalMessageId` never.
+    pub fn attributes(&self) -> Vec<(&'static str, String)> {
+        let dl = self.dead_letter;
+        let mut all = vec![
+            (attribute::FAILURE_REASON, dl.reason.as_str().to_owned()),
+            (
+                attribute::ORIGINAL_MESSAGE_ID,
+                self.original_message_id.to_owned(),
+            ),
+            (attribute::ATTEMPT_COUNT, dl.attempt.to_string()),
+        ];
+        if let Some(status) = dl.last_status {
+            all.push((attribute::LAST_STATUS_CODE, status.to_string()));
+        }
+        all.push((
+            attribute::SOURCE_QUEUE_ARN,
+            self.source_queue_arn.to_owned(),
+        ));
+        if !dl.last_error.is_empty() {
+            all.push((attribute::LAST_ERROR, dl.last_error.clone()));
+        }
+        all
+    }
+
+    /// The attributes that fit beside the body in `max_size` bytes, SQS's
+    /// way of counting: body, plus each attribute's name, type and value.
+    /// Dropped in this order until it fits: `LastError`, `SourceQueueArn`,
+    /// `LastStatusCode`, `AttemptCount`. `None` when even `FailureReason`
+    /// and `OriginalMessageId` do not fit.
+    pub fn attributes_within(&self, max_size: usize) -> Option<Vec<(&'static str, String)>> {
+        let mut attributes = self.attributes();
+        while message_size(self.body, &attributes) > max_size {
+            if attributes.len() <= KEPT_ATTRIBUTES {
+                return None;
+            }
+            attributes.pop();
+        }
+        Some(attributes)
+    }
+}
+
+/// `FailureReason` and `OriginalMessageId` always stay on a DLQ copy.
+const KEPT_ATTRIBUTES: usize = 2;
+
+/// The size SQS counts for a message: its body plus, for each attribute,
+/// its name, its data type and its value.
+pub fn message_size(body: &str, attributes: &[(&str, String)]) -> usize {
+    body.len()
+        + attributes
+            .iter()
+            .map(|(name, value)| name.len() + "String".len() + value.len())
+            .sum::<usize>()
+}
+
+/// The smallest DLQ copy of a body: the body with the two attributes that
+/// always stay, at their longest (the reason and an SQS message id).
+pub fn smallest_copy_size(body: &str, original_message_id: &str) -> usize {
+    message_size(
+        body,
+        &[
+            (attribute::FAILURE_REASON, "destination-not-allowed".into()),
+            (attribute::ORIGINAL_MESSAGE_ID, original_message_id.into()),
+        ],
+    )
+}
+
 /// SQS operations the processor needs. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Queues {
     client: aws_sdk_sqs::Client,
     urls: Mutex<HashMap<String, String>>,
+    /// Each queue's limits, by URL, as last read.
+    limits: tokio::sync::Mutex<HashMap<String, LimitsRead>>,
 }
+
+/// What the processor must know of a queue's settings (§8.1, §8.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// `MessageRetentionPeriod`.
+    pub retention: Duration,
+    /// `MaximumMessageSize`, in bytes (body plus attributes).
+    pub max_message_size: usize,
+}
+
+#[derive(Debug)]
+struct LimitsRead {
+    limits: Option<QueueLimits>,
+    /// When a failed read may be tried again.
+    retry_at: Option<Instant>,
+}
+
+/// A queue whose settings could not be read is asked again after this.
+const LIMITS_RETRY: Duration = Duration::from_secs(300);
 
 impl Queues {
     pub fn new(client: aws_sdk_sqs::Client) -> Queues {
         Queues {
             client,
             urls: Mutex::new(HashMap::new()),
+            limits: tokio::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The queue's retention and largest message, read once and cached.
+    /// `None` when they cannot be read: one warning is logged, and the read
+    /// is tried again a few minutes later.
+    pub async fn limits_of(&self, queue_url: &str) -> Option<QueueLimits> {
+        let mut cache = self.limits.lock().await;
+        if let Some(read) = cache.get(queue_url) {
+            if read.retry_at.is_none_or(|at| Instant::now() < at) {
+                return read.limits;
+            }
+        }
+        let result = self.read_limits(queue_url).await;
+        let warned = cache.contains_key(queue_url);
+        let read = match result {
+            Ok(limits) => LimitsRead {
+                limits: Some(limits),
+                retry_at: None,
+            },
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(queue = %queue_url, error = %e,
+                        "cannot read the queue's MessageRetentionPeriod and MaximumMessageSize: going on without the retention and DLQ size checks");
+                }
+                LimitsRead {
+                    limits: None,
+                    retry_at: Some(crate::breaker::later(LIMITS_RETRY)),
+                }
+            }
+        };
+        let limits = read.limits;
+        cache.insert(queue_url.to_owned(), read);
+        limits
+    }
+
+    async fn read_limits(&self, queue_url: &str) -> Result<QueueLimits, QueueError> {
+        let attrs = self
+            .client
+            .get_queue_attributes()
+            .queue_url(queue_url)
+            .attribute_names(QueueAttributeName::MessageRetentionPeriod)
+            .attribute_names(QueueAttributeName::MaximumMessageSize)
+            .send()
+            .await
+            .map_err(|e| QueueError::sqs("GetQueueAttributes", e))?
+            .attributes
+            .unwrap_or_default();
+        let number = |name: QueueAttributeName| {
+            attrs
+                .get(&name)
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| QueueError::Sqs {
+                    operation: "GetQueueAttributes",
+                    detail: format!("the answer had no numeric {}", name.as_str()),
+                })
+        };
+        Ok(QueueLimits {
+            retention: Duration::from_secs(number(QueueAttributeName::MessageRetentionPeriod)?),
+            max_message_size: usize::try_from(number(QueueAttributeName::MaximumMessageSize)?)
+                .unwrap_or(usize::MAX),
+        })
     }
 
     /// The SDK client, for callers that need other operations.
@@ -150,30 +302,32 @@ impl Queues {
 
     /// Sends the DLQ copy with the attributes of contract §4. To a FIFO DLQ
     /// it keeps the record's group and deduplicates on its message id, so a
-    /// retried send does not make a second copy.
+    /// retried send does not make a second copy. With `max_size` (the DLQ's
+    /// `MaximumMessageSize`), attributes are dropped as
+    /// [`DeadLetterCopy::attributes_within`] says so the copy fits.
     pub async fn send_dead_letter(
         &self,
         dlq_url: &str,
         copy: &DeadLetterCopy<'_>,
+        max_size: Option<usize>,
     ) -> Result<(), QueueError> {
-        let dl = copy.dead_letter;
+        let attributes = match max_size {
+            None => copy.attributes(),
+            Some(max) => copy.attributes_within(max).ok_or_else(|| QueueError::Sqs {
+                operation: "SendMessage",
+                detail: format!(
+                    "the copy cannot fit the DLQ's MaximumMessageSize of {max} bytes (body {} bytes)",
+                    copy.body.len()
+                ),
+            })?,
+        };
         let mut send = self
             .client
             .send_message()
             .queue_url(dlq_url)
-            .message_body(copy.body)
-            .message_attributes(attribute::FAILURE_REASON, string(dl.reason.as_str()))
-            .message_attributes(attribute::ATTEMPT_COUNT, number(dl.attempt))
-            .message_attributes(attribute::SOURCE_QUEUE_ARN, string(copy.source_queue_arn))
-            .message_attributes(
-                attribute::ORIGINAL_MESSAGE_ID,
-                string(copy.original_message_id),
-            );
-        if let Some(status) = dl.last_status {
-            send = send.message_attributes(attribute::LAST_STATUS_CODE, number(status));
-        }
-        if !dl.last_error.is_empty() {
-            send = send.message_attributes(attribute::LAST_ERROR, string(&dl.last_error));
+            .message_body(copy.body);
+        for (name, value) in attributes {
+            send = send.message_attributes(name, string(&value));
         }
         if dlq_url.ends_with(".fifo") {
             send = send
@@ -184,6 +338,47 @@ impl Queues {
             .await
             .map_err(|e| QueueError::sqs("SendMessage", e))?;
         Ok(())
+    }
+
+    /// Sets the visibility of many messages of one queue, ten per call.
+    /// Returns how many could not be changed.
+    pub async fn change_visibility_batch(
+        &self,
+        queue_url: &str,
+        receipt_handles: &[String],
+        visibility: Duration,
+    ) -> usize {
+        let secs = i32::try_from(visibility.as_secs()).unwrap_or(i32::MAX);
+        let mut failed = 0;
+        for chunk in receipt_handles.chunks(10) {
+            let entries: Vec<_> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, handle)| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(handle)
+                        .visibility_timeout(secs)
+                        .build()
+                        .expect("id and receipt handle are set")
+                })
+                .collect();
+            match self
+                .client
+                .change_message_visibility_batch()
+                .queue_url(queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+            {
+                Ok(out) => failed += out.failed.len(),
+                Err(e) => {
+                    tracing::warn!(error = %QueueError::sqs("ChangeMessageVisibilityBatch", e), "visibility not extended");
+                    failed += chunk.len();
+                }
+            }
+        }
+        failed
     }
 
     /// Deletes messages (acknowledges them outside Lambda), ten per call.
@@ -300,11 +495,20 @@ pub fn record(m: Message, queue_arn: &str) -> Record {
             .and_then(|c| c.parse().ok())
             .unwrap_or(1),
         message_group_id: attribute(MessageSystemAttributeName::MessageGroupId),
+        sent_at: attribute(MessageSystemAttributeName::SentTimestamp)
+            .as_deref()
+            .and_then(epoch_millis),
         message_id: m.message_id.unwrap_or_default(),
         receipt_handle: m.receipt_handle.unwrap_or_default(),
         body: m.body.unwrap_or_default(),
         source_queue_arn: queue_arn.to_owned(),
     }
+}
+
+/// An SQS timestamp attribute (epoch milliseconds) as a time.
+pub fn epoch_millis(text: &str) -> Option<SystemTime> {
+    let ms = text.trim().parse::<u64>().ok()?;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(ms))
 }
 
 /// Builds an SQS client from the standard AWS environment
@@ -361,11 +565,6 @@ fn string(value: &str) -> MessageAttributeValue {
         .expect("data_type is set")
 }
 
-/// Contract §4 says the attributes are of type String, numbers included.
-fn number(value: impl ToString) -> MessageAttributeValue {
-    string(&value.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,6 +588,57 @@ mod tests {
         ] {
             assert_eq!(parse_queue_arn(bad), None, "{bad}");
         }
+    }
+
+    fn copy_of<'a>(body: &'a str, dl: &'a DeadLetter) -> DeadLetterCopy<'a> {
+        DeadLetterCopy {
+            body,
+            dead_letter: dl,
+            source_queue_arn: "arn:aws:sqs:us-east-1:123456789012:orders",
+            original_message_id: "059f36b4-87a3-44ab-83d2-661975830a7d",
+            message_group_id: None,
+        }
+    }
+
+    #[test]
+    fn attributes_are_dropped_in_order_until_the_copy_fits() {
+        use crate::policy::FailureReason;
+        let dl = DeadLetter::new(FailureReason::NonRetryable, 3, Some(404), &"e".repeat(200));
+        let names = |body: &str, max: usize| {
+            copy_of(body, &dl)
+                .attributes_within(max)
+                .map(|a| a.iter().map(|(n, _)| *n).collect::<Vec<_>>())
+        };
+        let all = copy_of("b", &dl).attributes();
+        let full = message_size("b", &all);
+        assert_eq!(names("b", full).unwrap().len(), 6, "everything fits");
+        let expect = [
+            vec![
+                "FailureReason",
+                "OriginalMessageId",
+                "AttemptCount",
+                "LastStatusCode",
+                "SourceQueueArn",
+            ],
+            vec![
+                "FailureReason",
+                "OriginalMessageId",
+                "AttemptCount",
+                "LastStatusCode",
+            ],
+            vec!["FailureReason", "OriginalMessageId", "AttemptCount"],
+            vec!["FailureReason", "OriginalMessageId"],
+        ];
+        let mut max = full;
+        for want in expect {
+            // One byte less than what the attributes kept so far need.
+            let kept: Vec<_> = all[..want.len() + 1].to_vec();
+            max = max.min(message_size("b", &kept) - 1);
+            assert_eq!(names("b", max).unwrap(), want);
+        }
+        assert_eq!(names("b", max.min(10)), None, "not even the two that stay");
+        let smallest = smallest_copy_size("b", "059f36b4-87a3-44ab-83d2-661975830a7d");
+        assert!(names("b", smallest).is_some());
     }
 
     #[test]

@@ -7,11 +7,16 @@
 //!
 //! * Several pollers run at once so the process can keep `MAX_CONCURRENCY`
 //!   requests in flight; the processor's limit is shared by all of them.
-//! * A batch's deadline is its visibility timeout (less a margin): a record
-//!   still running then is abandoned and left to reappear, rather than being
-//!   processed twice at once by another worker. So several workers on one
-//!   queue lose nothing; SQS hands each message to one of them at a time
-//!   (but for its rare at-least-once duplicates).
+//! * **Heartbeat** (§8.5): while a batch is in work, the visibility of each
+//!   of its records still in work is extended to the queue's visibility
+//!   timeout every third of it, so a request slower than the visibility
+//!   timeout (but within `REQUEST_TIMEOUT_SECONDS`) is made once, not once
+//!   more by the next receiver. A record stops being extended before its own
+//!   action (backoff, delete) touches its visibility.
+//! * A batch's deadline bounds the work, heartbeat or not: the visibility
+//!   timeout (less a margin), or three request timeouts and a minute if that
+//!   is longer. A record still running then is abandoned, its heartbeat
+//!   stops, and it reappears when its visibility runs out.
 //! * `shutdown` (SIGINT/SIGTERM in the binary) stops new receives; batches in
 //!   flight finish, and what they acknowledged is deleted, before `run`
 //!   returns. A receive cut short loses nothing: its messages reappear.
@@ -22,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::process::Processor;
+use crate::process::{Batch, Heartbeat, Processor};
 use crate::queue::{self, QueueError, QueueInfo};
 
 /// How long one receive waits for messages (SQS's longest long poll).
@@ -136,12 +141,29 @@ async fn poll(
         if messages.is_empty() {
             continue;
         }
-        let deadline = Instant::now() + info.visibility_timeout.saturating_sub(margin);
+        let work_limit = info
+            .visibility_timeout
+            .saturating_sub(margin)
+            .max(processor.config().request_timeout * 3 + Duration::from_secs(60));
+        let deadline = Instant::now() + work_limit;
+        let heartbeat = Arc::new(Heartbeat::new(
+            &options.queue_url,
+            info.visibility_timeout,
+            messages.iter().filter_map(|m| m.receipt_handle.clone()),
+        ));
         let records = messages
             .into_iter()
             .map(|m| queue::record(m, &info.arn))
             .collect();
-        let report = processor.process_batch(records, Some(deadline)).await;
+        let beat = tokio::spawn(Arc::clone(&heartbeat).run(Arc::clone(queues)));
+        let batch = Batch {
+            started: Instant::now(),
+            heartbeat: Some(heartbeat),
+        };
+        let report = processor
+            .process_batch_in(records, Some(deadline), batch)
+            .await;
+        beat.abort();
         crate::metrics::emit(
             &processor.config().metrics,
             &report,

@@ -182,6 +182,7 @@ fn decide(body: &str, rng: &mut fastrand::Rng) {
         number: Attempt::number(msg.received_count, rng.u32(1..20)),
         limit: msg.attempt_limit(policy.max_attempts),
         expires_at: msg.expires_at.map(SystemTime::from),
+        retained_until: None,
     };
     let _ = policy.before_attempt(&attempt, now);
     let destinations = DestinationPolicy {

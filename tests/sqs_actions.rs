@@ -415,13 +415,16 @@ async fn a_batch_where_one_record_panics_still_answers_listing_only_that_record(
         .map(retryq::lambda::record)
         .collect();
 
-    let started = std::time::Instant::now();
+    let batch = retryq::process::Batch::starting_now();
     let report = p
-        .process_batch_with(records, None, move |this, record| async move {
-            if record.body.contains("\"boom\"") {
-                panic!("injected fault while processing a record");
+        .process_batch_with(records, None, move |this, record| {
+            let batch = batch.clone();
+            async move {
+                if record.body.contains("\"boom\"") {
+                    panic!("injected fault while processing a record");
+                }
+                this.process_record(record, &batch).await
             }
-            this.process_record(record, started).await
         })
         .await;
     let response = retryq::lambda::batch_response(&report).expect("an answer, not an error");

@@ -24,7 +24,8 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::auth::{AuthError, Authenticator, Credential};
+use crate::auth::{AuthError, Authenticator, Credential, Renewal};
+use crate::breaker::{host_key, Slots};
 use crate::config::Config;
 use crate::message::RetryMessage;
 use crate::policy::classify::{classify, Answer, NoResponse, Outcome};
@@ -133,6 +134,7 @@ pub struct Deliverer {
     policy: Arc<DestinationPolicy>,
     timeout: Duration,
     auth: Option<Arc<Authenticator>>,
+    slots: Option<Arc<Slots>>,
 }
 
 impl Deliverer {
@@ -171,23 +173,38 @@ impl Deliverer {
             policy,
             timeout,
             auth: None,
+            slots: None,
         })
     }
 
     /// The deliverer the configuration describes: its destination policy,
-    /// request timeout and auth profiles. Makes no network call.
+    /// request timeout, auth profiles and request slots (`MAX_CONCURRENCY`,
+    /// `MAX_CONCURRENCY_PER_HOST`). Makes no network call.
     pub fn from_config(
         config: &Config,
         max_idle_per_host: usize,
         secrets_manager: Option<aws_sdk_secretsmanager::Client>,
     ) -> Result<Deliverer, reqwest::Error> {
-        let auth = Authenticator::new(&config.auth, config.request_timeout, secrets_manager);
+        let auth = Authenticator::new(
+            &config.auth,
+            config.request_timeout,
+            config.secret_ttl,
+            secrets_manager,
+        );
+        let slots = Slots::new(config.max_concurrency, config.max_concurrency_per_host);
         Ok(Deliverer::new(
             config.destinations.clone(),
             config.request_timeout,
             max_idle_per_host,
         )?
-        .with_auth(Arc::new(auth)))
+        .with_auth(Arc::new(auth))
+        .with_slots(Arc::new(slots)))
+    }
+
+    /// Makes every HTTP exchange wait for a request slot.
+    pub fn with_slots(mut self, slots: Arc<Slots>) -> Deliverer {
+        self.slots = Some(slots);
+        self
     }
 
     /// Applies these auth profiles to messages that name one.
@@ -207,8 +224,10 @@ impl Deliverer {
     }
 
     /// Makes one attempt within `timeout` (never longer than the configured
-    /// request timeout). With an auth profile, a 401 that says the token
-    /// expired gets one refresh and one immediate retry, within the attempt.
+    /// request timeout). With an auth profile, an answer that asks for a
+    /// newer credential (an expired token; a refused API key that was
+    /// rotated) gets one renewal and one immediate retry, within the attempt.
+    /// Waiting for a credential holds no request slot.
     pub async fn deliver_within(&self, msg: &RetryMessage, timeout: Duration) -> Delivery {
         if let Err(e) = self.policy.check(&msg.destination_url) {
             return Delivery::NotAllowed(e);
@@ -228,19 +247,30 @@ impl Deliverer {
         };
         let read_body = auth.needs_body(profile);
         let (first, body) = self.send(msg, Some(&credential), timeout, read_body).await;
-        let expired = |d: &Delivery, body: &[u8]| matches!(d, Delivery::Answered { status, headers, .. } if auth.says_expired(profile, *status, headers, body));
-        if !expired(&first, &body) {
+        let Delivery::Answered {
+            status, headers, ..
+        } = &first
+        else {
             return first;
-        }
-        tracing::debug!(message_id = %msg.id, profile, "token expired: refreshing and retrying once");
-        let fresh = match auth.refresh(profile, &credential).await {
-            Ok(c) => c,
-            Err(e) => return Delivery::AuthFailed(e),
         };
-        let (mut second, body) = self.send(msg, Some(&fresh), timeout, read_body).await;
-        let again = expired(&second, &body);
-        if let Delivery::Answered { token_expired, .. } = &mut second {
-            *token_expired = again;
+        let renewed = match auth
+            .renew(profile, &credential, *status, headers, &body)
+            .await
+        {
+            Renewal::Keep => return first,
+            Renewal::Failed(e) => return Delivery::AuthFailed(e),
+            Renewal::Retry(c) => c,
+        };
+        let (mut second, body) = self.send(msg, Some(&renewed), timeout, read_body).await;
+        if let Delivery::Answered {
+            status,
+            headers,
+            token_expired,
+        } = &mut second
+        {
+            // Only a token that expired again right after its refresh is
+            // retryable for that reason (§3); any other answer stands.
+            *token_expired = auth.says_expired(profile, *status, headers, &body);
         }
         second
     }
@@ -257,6 +287,10 @@ impl Deliverer {
         let request = match self.build(msg, credential, timeout) {
             Ok(r) => r,
             Err(reason) => return (Delivery::Invalid(reason), Vec::new()),
+        };
+        let _slot = match &self.slots {
+            Some(slots) => Some(slots.acquire(&host_key(&msg.destination_url)).await),
+            None => None,
         };
         match self.client.execute(request).await {
             Ok(mut response) => {

@@ -23,11 +23,11 @@
 //! let failed = Outcome::Retryable { status: Some(503), retry_after: None, error: "HTTP 503".into() };
 //! let mut rng = fastrand::Rng::with_seed(1);
 //!
-//! let second = Attempt { number: 2, limit: 5, expires_at: None };
+//! let second = Attempt { number: 2, limit: 5, expires_at: None, retained_until: None };
 //! assert!(matches!(policy.after_attempt(&second, failed.clone(), SystemTime::now(), &mut rng),
 //!                  Action::Retry { .. }));
 //!
-//! let last = Attempt { number: 5, limit: 5, expires_at: None };
+//! let last = Attempt { number: 5, limit: 5, expires_at: None, retained_until: None };
 //! assert!(matches!(policy.after_attempt(&last, failed, SystemTime::now(), &mut rng),
 //!                  Action::DeadLetter(d) if d.reason == FailureReason::AttemptsExhausted));
 //! ```
@@ -119,6 +119,10 @@ pub struct Attempt {
     /// `min(maxAttempts, MAX_ATTEMPTS)`: the attempt that reaches it is final.
     pub limit: u32,
     pub expires_at: Option<SystemTime>,
+    /// The latest instant a retry may end: the queue's retention, counted
+    /// from the message's `SentTimestamp`, less `RETENTION_MARGIN_SECONDS`
+    /// (§8.1). `None` when the retention is not known.
+    pub retained_until: Option<SystemTime>,
 }
 
 impl Attempt {
@@ -206,15 +210,27 @@ impl RetryPolicy {
             ));
         }
         let delay = self.delay(attempt.number, retry_after, max_delay, rng);
-        if let Some(expires_at) = attempt.expires_at {
-            if now + delay > expires_at {
-                return Action::DeadLetter(DeadLetter::new(
-                    FailureReason::Expired,
-                    attempt.number,
-                    status,
-                    &format!("{error}; no time left before expiresAt for another attempt"),
-                ));
-            }
+        let next = now + delay;
+        if attempt.expires_at.is_some_and(|at| next > at) {
+            return Action::DeadLetter(DeadLetter::new(
+                FailureReason::Expired,
+                attempt.number,
+                status,
+                &format!("{error}; no time left before expiresAt for another attempt"),
+            ));
+        }
+        if attempt.retained_until.is_some_and(|until| next > until) {
+            // SQS would delete the message before it came back: dead-letter
+            // it now, while it can still be.
+            return Action::DeadLetter(DeadLetter::new(
+                FailureReason::Expired,
+                attempt.number,
+                status,
+                &format!(
+                    "retention: the queue would delete the message before attempt {} ({error})",
+                    attempt.number.saturating_add(1)
+                ),
+            ));
         }
         Action::Retry { delay }
     }
@@ -231,8 +247,11 @@ impl RetryPolicy {
     ) -> Duration {
         let wanted = match retry_after {
             // "Not before that time": round a fractional delay up.
-            Some(ra) => Duration::from_secs(ra.as_secs() + u64::from(ra.subsec_nanos() > 0))
-                .min(self.retry_after_max),
+            Some(ra) => Duration::from_secs(
+                ra.as_secs()
+                    .saturating_add(u64::from(ra.subsec_nanos() > 0)),
+            )
+            .min(self.retry_after_max),
             None => self.backoff.delay(attempt, rng),
         };
         wanted.min(max_delay).min(VISIBILITY_LIMIT)
@@ -271,6 +290,7 @@ mod tests {
             number,
             limit: 5,
             expires_at: None,
+            retained_until: None,
         }
     }
 
@@ -333,6 +353,7 @@ mod tests {
             number: 2,
             limit: 2,
             expires_at: None,
+            retained_until: None,
         };
         assert_eq!(
             reason(decide(&a, retryable(None))),
@@ -355,6 +376,7 @@ mod tests {
             number: 1,
             limit: 5,
             expires_at: Some(at(100)),
+            retained_until: None,
         };
         assert_eq!(
             policy().before_attempt(&a, at(100)),
@@ -378,6 +400,7 @@ mod tests {
             number: 1,
             limit: 5,
             expires_at: Some(at(3)),
+            retained_until: None,
         };
         assert_eq!(reason(decide(&a, retryable(None))), FailureReason::Expired);
         // A Retry-After beyond the expiry too.
@@ -385,6 +408,7 @@ mod tests {
             number: 1,
             limit: 5,
             expires_at: Some(at(60)),
+            retained_until: None,
         };
         assert_eq!(
             reason(decide(&a, retryable(Some(61)))),
@@ -395,6 +419,38 @@ mod tests {
             Action::Retry {
                 delay: Duration::from_secs(60)
             }
+        );
+    }
+
+    #[test]
+    fn a_retry_that_would_outlive_the_retention_is_dead_lettered_as_expired() {
+        let a = Attempt {
+            number: 2,
+            limit: 5,
+            expires_at: None,
+            retained_until: Some(at(100)),
+        };
+        let Action::DeadLetter(d) = decide(&a, retryable(Some(101))) else {
+            panic!("expected a dead letter")
+        };
+        assert_eq!(d.reason, FailureReason::Expired);
+        assert!(d.last_error.starts_with("retention"), "{}", d.last_error);
+        assert_eq!(d.last_status, Some(503));
+        assert_eq!(
+            decide(&a, retryable(Some(100))),
+            Action::Retry {
+                delay: Duration::from_secs(100)
+            },
+            "ending exactly at the horizon is still in time"
+        );
+        let gone = Attempt {
+            retained_until: Some(at(0)),
+            ..a
+        };
+        assert_eq!(
+            decide(&gone, Outcome::Delivered { status: 200 }),
+            Action::Ack,
+            "a delivery is never refused for retention"
         );
     }
 
@@ -494,10 +550,24 @@ mod tests {
 
         #[test]
         fn a_retry_never_lands_after_expiry(n in 1u32..5, exp in 0u64..2000, ra in proptest::option::of(0u64..5000), seed: u64) {
-            let a = Attempt { number: n, limit: 5, expires_at: Some(at(exp)) };
+            let a = Attempt { number: n, limit: 5, expires_at: Some(at(exp)), retained_until: None };
             let action = policy().after_attempt(&a, retryable(ra), T0, &mut fastrand::Rng::with_seed(seed));
             if let Action::Retry { delay } = action {
                 prop_assert!(T0 + delay <= at(exp));
+            }
+        }
+
+        #[test]
+        fn a_retry_never_ends_after_the_retention_horizon(
+            n in 1u32..5, until in 0u64..2000, ra in proptest::option::of(0u64..u64::MAX), seed: u64
+        ) {
+            let a = Attempt { number: n, limit: 5, expires_at: None, retained_until: Some(at(until)) };
+            match policy().after_attempt(&a, retryable(ra), T0, &mut fastrand::Rng::with_seed(seed)) {
+                Action::Retry { delay } => prop_assert!(T0 + delay <= at(until)),
+                Action::DeadLetter(d) => prop_assert!(
+                    d.reason == FailureReason::AttemptsExhausted
+                        || d.last_error.starts_with("retention")),
+                Action::Ack => prop_assert!(false, "a failure is never acknowledged"),
             }
         }
     }
