@@ -17,7 +17,7 @@ use crate::message::RetryMessage;
 use crate::process::Processor;
 use crate::producer::{call_then_enqueue, CallOutcome, Enqueuer, MessageBuilder, SyncRetry};
 use crate::queue::{self, Queues};
-use crate::{dlq, trigger, worker};
+use crate::{check, dlq, trigger, worker};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -104,9 +104,20 @@ pub enum Command {
     /// Inspect and redrive dead letters.
     #[command(subcommand)]
     Dlq(DlqCommand),
-    /// Check a Retry Message file against v1.
-    #[command(after_help = "Example:\n  retryq validate message.json")]
-    Validate { file: PathBuf },
+    /// Check a Retry Message file against v1, or a retry queue and its DLQ against the configuration.
+    #[command(
+        after_help = "With --queue-url, reads the queues' MessageRetentionPeriod, MaximumMessageSize and VisibilityTimeout and reports what the processor would refuse or warn about at run time: a DLQ smaller than its source, a retention shorter than the worst-case retry horizon of MAX_ATTEMPTS and the delays, a visibility timeout shorter than REQUEST_TIMEOUT_SECONDS. Exit 1 when something is wrong.\n\nExamples:\n  retryq validate message.json\n  MAX_ATTEMPTS=8 retryq validate --queue-url $Q --dlq-url $DLQ"
+    )]
+    Validate {
+        #[arg(required_unless_present = "queue_url")]
+        file: Option<PathBuf>,
+        /// The retry queue to check.
+        #[arg(long, conflicts_with = "file")]
+        queue_url: Option<String>,
+        /// Its DLQ (default: DLQ_URL).
+        #[arg(long, requires = "queue_url", env = "DLQ_URL", hide_env_values = true)]
+        dlq_url: Option<String>,
+    },
     /// Print an SQS event JSON holding these messages, for `cargo lambda invoke --data-file`.
     #[command(
         after_help = "Example:\n  retryq event a.json b.json > event.json && cargo lambda invoke retryq-processor --data-file event.json"
@@ -407,7 +418,13 @@ pub async fn run(
             }
             Ok(())
         }
-        Command::Validate { file } => {
+        Command::Validate {
+            queue_url: Some(queue_url),
+            dlq_url,
+            ..
+        } => validate_queues(&queue_url, dlq_url.as_deref()).await,
+        Command::Validate { file, .. } => {
+            let file = file.expect("clap requires FILE without --queue-url");
             let text = read(&file)?;
             RetryMessage::parse(&text)
                 .map_err(|e| Failure::Usage(format!("{}: invalid: {e}", file.display())))?;
@@ -440,6 +457,47 @@ pub async fn run(
             );
             Ok(())
         }
+    }
+}
+
+/// `retryq validate --queue-url`: reads both queues, prints what it read
+/// and every finding; exit 1 when there is one.
+async fn validate_queues(queue_url: &str, dlq_url: Option<&str>) -> Result<(), Failure> {
+    let config = config()?;
+    let queues = Queues::new(queue::sqs_client_from_env().await);
+    let read = |url: String| {
+        let queues = &queues;
+        async move {
+            queues
+                .settings(&url)
+                .await
+                .map_err(|e| Failure::Work(format!("{url}: {e}")))
+        }
+    };
+    let source = read(queue_url.to_owned()).await?;
+    let dlq = match dlq_url {
+        Some(url) => Some(read(url.to_owned()).await?),
+        None => None,
+    };
+    for q in std::iter::once(&source).chain(dlq.as_ref()) {
+        println!(
+            "{}: MessageRetentionPeriod {} s, MaximumMessageSize {} bytes, VisibilityTimeout {} s",
+            q.url,
+            q.retention.as_secs(),
+            q.max_message_size,
+            q.visibility_timeout.as_secs()
+        );
+    }
+    let findings = check::check_queues(&config, &source, dlq.as_ref());
+    for finding in &findings {
+        println!("error: {finding}");
+    }
+    match findings.len() {
+        0 => {
+            println!("ok: nothing the processor would refuse or warn about");
+            Ok(())
+        }
+        n => Err(Failure::Work(format!("{n} problem(s) with the queues"))),
     }
 }
 

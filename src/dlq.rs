@@ -1,8 +1,11 @@
 //! Dead letters: list them, and redrive them back for another run.
 //!
 //! Both walk the DLQ with ordinary receives. Messages already seen are kept
-//! hidden while the walk goes on (so each is seen once) and released at the
-//! end, so listing changes nothing. Redrive is receive → send → delete: a
+//! hidden while the walk goes on and released at the end, so listing
+//! changes nothing. A walk longer than that hiding sees some messages
+//! again: it knows them by message id, keeps one entry (the newest receipt)
+//! for each, and ends when receives bring back only messages it has seen,
+//! so a long pass neither loops nor grows without bound. Redrive is receive → send → delete: a
 //! crash between send and delete leaves a duplicate, never a loss.
 //!
 //! Redrive sends the body unchanged and without the failure attributes, as
@@ -10,6 +13,7 @@
 //! which moves messages with all their attributes and cannot filter by
 //! reason.
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
@@ -82,19 +86,24 @@ pub async fn list(
     dlq_url: &str,
     max: usize,
 ) -> Result<Vec<DeadLetterSummary>, QueueError> {
-    let mut seen: Vec<Message> = Vec::new();
+    let mut seen = Held::default();
     let mut walk = Walk::new(max);
     let result = loop {
-        match walk.next_batch(queues, dlq_url).await {
-            Ok(Some(batch)) => seen.extend(batch),
+        match walk.next_batch(queues, dlq_url, &mut seen).await {
+            Ok(Some(batch)) => batch.into_iter().for_each(|m| seen.keep(m)),
             Ok(None) => break Ok(()),
             Err(e) => break Err(e),
         }
     };
-    release(queues, dlq_url, &seen).await;
+    seen.release(queues, dlq_url).await;
     result?;
     let now = SystemTime::now();
-    Ok(seen.iter().map(|m| DeadLetterSummary::of(m, now)).collect())
+    Ok(seen
+        .order
+        .iter()
+        .filter_map(|id| seen.messages.get(id))
+        .map(|m| DeadLetterSummary::of(m, now))
+        .collect())
 }
 
 /// Moves up to `max` dead letters (only those with `FailureReason` =
@@ -108,12 +117,12 @@ pub async fn redrive(
     reason: Option<&str>,
 ) -> Result<RedriveStats, QueueError> {
     let mut stats = RedriveStats::default();
-    let mut kept: Vec<Message> = Vec::new();
+    let mut kept = Held::default();
     // Without a filter, stop receiving once `max` moved; with one, look at
     // everything (the matches may be anywhere).
     let mut walk = Walk::new(if reason.is_none() { max } else { usize::MAX });
     let result = loop {
-        let batch = match walk.next_batch(queues, dlq_url).await {
+        let batch = match walk.next_batch(queues, dlq_url, &mut kept).await {
             Ok(Some(batch)) => batch,
             Ok(None) => break Ok(()),
             Err(e) => break Err(e),
@@ -122,7 +131,7 @@ pub async fn redrive(
             let matches = reason.is_none_or(|r| reason_of(&m).as_deref() == Some(r));
             if !matches || stats.moved as usize >= max {
                 stats.skipped += 1;
-                kept.push(m);
+                kept.keep(m);
                 continue;
             }
             match move_one(queues, dlq_url, to_url, &m).await {
@@ -130,14 +139,56 @@ pub async fn redrive(
                 Err(e) => {
                     tracing::warn!(error = %e, "could not redrive a dead letter");
                     stats.failed += 1;
-                    kept.push(m);
+                    kept.keep(m);
                 }
             }
         }
     };
-    release(queues, dlq_url, &kept).await;
+    kept.release(queues, dlq_url).await;
     result?;
     Ok(stats)
+}
+
+/// Messages a walk holds hidden, one per message id (the newest receipt).
+#[derive(Default)]
+struct Held {
+    messages: HashMap<String, Message>,
+    order: Vec<String>,
+}
+
+impl Held {
+    fn keep(&mut self, m: Message) {
+        let id = m.message_id.clone().unwrap_or_default();
+        if self.messages.insert(id.clone(), m).is_none() {
+            self.order.push(id);
+        }
+    }
+
+    /// Takes the newer receipt of a message already held.
+    fn refresh(&mut self, m: Message) {
+        let id = m.message_id.clone().unwrap_or_default();
+        if let Some(held) = self.messages.get_mut(&id) {
+            *held = m;
+        }
+    }
+
+    /// Makes them visible again at once.
+    async fn release(&self, queues: &Queues, dlq_url: &str) {
+        let handles: Vec<String> = self
+            .messages
+            .values()
+            .filter_map(|m| m.receipt_handle.clone())
+            .collect();
+        let failed = queues
+            .change_visibility_batch(dlq_url, &handles, Duration::ZERO)
+            .await;
+        if failed > 0 {
+            tracing::warn!(
+                failed,
+                "could not release some dead letters (they reappear after their visibility timeout)"
+            );
+        }
+    }
 }
 
 fn reason_of(m: &Message) -> Option<String> {
@@ -186,16 +237,19 @@ async fn move_one(
 }
 
 /// A walk over the DLQ: receives until it gives no more (or `max` were
-/// seen), hiding each message for the walk.
+/// seen), hiding each message for the walk. Messages seen before are not
+/// given again.
 struct Walk {
     seen: usize,
     max: usize,
     empty: u32,
+    ids: std::collections::HashSet<String>,
 }
 
 impl Walk {
     /// SQS may answer a short poll empty while messages remain (it samples
-    /// a subset of its servers): this many empty answers end the walk.
+    /// a subset of its servers): this many empty answers, or answers of
+    /// messages already seen, end the walk.
     const EMPTY_ANSWERS: u32 = 3;
 
     fn new(max: usize) -> Walk {
@@ -203,40 +257,36 @@ impl Walk {
             seen: 0,
             max,
             empty: 0,
+            ids: std::collections::HashSet::new(),
         }
     }
 
+    /// The next messages not seen before; repeats only refresh their entry
+    /// in `held`.
     async fn next_batch(
         &mut self,
         queues: &Queues,
         dlq_url: &str,
+        held: &mut Held,
     ) -> Result<Option<Vec<Message>>, QueueError> {
         while self.seen < self.max && self.empty < Self::EMPTY_ANSWERS {
             let want = (self.max - self.seen).min(10) as i32;
             let batch = queues
                 .receive(dlq_url, want, Duration::ZERO, Some(WALK_VISIBILITY))
                 .await?;
-            if batch.is_empty() {
+            let (new, repeats): (Vec<Message>, Vec<Message>) = batch
+                .into_iter()
+                .partition(|m| self.ids.insert(m.message_id.clone().unwrap_or_default()));
+            // A message seen again has a new receipt: the old one can no
+            // longer release it.
+            repeats.into_iter().for_each(|m| held.refresh(m));
+            if new.is_empty() {
                 self.empty += 1;
                 continue;
             }
-            self.seen += batch.len();
-            return Ok(Some(batch));
+            self.seen += new.len();
+            return Ok(Some(new));
         }
         Ok(None)
-    }
-}
-
-/// Makes the messages visible again at once.
-async fn release(queues: &Queues, dlq_url: &str, messages: &[Message]) {
-    for m in messages {
-        if let Some(handle) = &m.receipt_handle {
-            if let Err(e) = queues
-                .change_visibility(dlq_url, handle, Duration::ZERO)
-                .await
-            {
-                tracing::warn!(error = %e, "could not release a dead letter (it reappears after its visibility timeout)");
-            }
-        }
     }
 }

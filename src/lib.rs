@@ -33,6 +33,7 @@
 //! | [`worker`] | path 3.2: the long-lived poller, same core |
 //! | [`trigger`] | the Lambda SQS event source, emulated for local runs |
 //! | [`dlq`] | list and redrive dead letters |
+//! | [`check`] | pure: queue settings the processor would refuse or warn about |
 //! | [`producer`] | service A's side: build, enqueue, call-then-enqueue |
 //! | [`cli`] | the `retryq` command line |
 //!
@@ -69,6 +70,7 @@
 
 pub mod auth;
 pub mod breaker;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod deliver;

@@ -16,6 +16,7 @@ use aws_sdk_sqs::types::{
     MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
 };
 
+use crate::check::QueueSettings;
 use crate::process::Record;
 
 use crate::policy::{one_line, DeadLetter};
@@ -222,18 +223,29 @@ impl Queues {
     }
 
     async fn read_limits(&self, queue_url: &str) -> Result<QueueLimits, QueueError> {
+        let s = self.settings(queue_url).await?;
+        Ok(QueueLimits {
+            retention: s.retention,
+            max_message_size: s.max_message_size,
+        })
+    }
+
+    /// The queue's retention, largest message and visibility timeout.
+    pub async fn settings(&self, queue_url: &str) -> Result<QueueSettings, QueueError> {
+        use QueueAttributeName as A;
         let attrs = self
             .client
             .get_queue_attributes()
             .queue_url(queue_url)
-            .attribute_names(QueueAttributeName::MessageRetentionPeriod)
-            .attribute_names(QueueAttributeName::MaximumMessageSize)
+            .attribute_names(A::MessageRetentionPeriod)
+            .attribute_names(A::MaximumMessageSize)
+            .attribute_names(A::VisibilityTimeout)
             .send()
             .await
             .map_err(|e| QueueError::sqs("GetQueueAttributes", e))?
             .attributes
             .unwrap_or_default();
-        let number = |name: QueueAttributeName| {
+        let number = |name: A| {
             attrs
                 .get(&name)
                 .and_then(|v| v.parse::<u64>().ok())
@@ -242,10 +254,11 @@ impl Queues {
                     detail: format!("the answer had no numeric {}", name.as_str()),
                 })
         };
-        Ok(QueueLimits {
-            retention: Duration::from_secs(number(QueueAttributeName::MessageRetentionPeriod)?),
-            max_message_size: usize::try_from(number(QueueAttributeName::MaximumMessageSize)?)
-                .unwrap_or(usize::MAX),
+        Ok(QueueSettings {
+            url: queue_url.to_owned(),
+            retention: Duration::from_secs(number(A::MessageRetentionPeriod)?),
+            max_message_size: usize::try_from(number(A::MaximumMessageSize)?).unwrap_or(usize::MAX),
+            visibility_timeout: Duration::from_secs(number(A::VisibilityTimeout)?),
         })
     }
 

@@ -235,6 +235,16 @@ impl RetryPolicy {
         Action::Retry { delay }
     }
 
+    /// The longest a message can stay in its queue while still being
+    /// retried: every delay at its longest (the larger of the backoff and
+    /// the longest `Retry-After` honoured) before each attempt but the
+    /// first, plus `per_attempt` (the request's own time) for every attempt.
+    pub fn worst_case_horizon(&self, per_attempt: Duration) -> Duration {
+        let longest_wait = |n: u32| self.backoff.nominal(n).max(self.retry_after_max);
+        let waits = (1..self.max_attempts).map(longest_wait).sum::<Duration>();
+        waits.saturating_add(per_attempt.saturating_mul(self.max_attempts))
+    }
+
     /// The backoff delay of §4: the destination's `Retry-After` (capped at
     /// `retry_after_max`) if it sent one, else exponential backoff; never
     /// above `max_delay` nor the visibility limit.
@@ -510,6 +520,27 @@ mod tests {
                 &mut rng
             ),
             Duration::from_secs(40_000)
+        );
+    }
+
+    #[test]
+    fn the_worst_case_horizon_counts_every_wait_at_its_longest() {
+        // Attempts 1..=4 wait before attempts 2..=5: max(backoff, 3600) each.
+        assert_eq!(
+            policy().worst_case_horizon(Duration::from_secs(10)),
+            Duration::from_secs(4 * 3600 + 5 * 10)
+        );
+        let mut p = policy();
+        p.retry_after_max = Duration::from_secs(1);
+        // 10, 20, 40, 80 of backoff.
+        assert_eq!(
+            p.worst_case_horizon(Duration::ZERO),
+            Duration::from_secs(150)
+        );
+        p.max_attempts = 1;
+        assert_eq!(
+            p.worst_case_horizon(Duration::from_secs(7)),
+            Duration::from_secs(7)
         );
     }
 

@@ -70,6 +70,24 @@ pub async fn queue(sqs: &aws_sdk_sqs::Client, prefix: &str) -> TestQueue {
     named_queue(sqs, &name).await
 }
 
+/// A queue whose name no other test uses, with these attributes
+/// (`MessageRetentionPeriod`, `MaximumMessageSize`, `VisibilityTimeout`, …).
+pub async fn queue_with(
+    sqs: &aws_sdk_sqs::Client,
+    prefix: &str,
+    attributes: &[(&str, &str)],
+) -> TestQueue {
+    let q = queue(sqs, prefix).await;
+    if !attributes.is_empty() {
+        let mut set = sqs.set_queue_attributes().queue_url(&q.url);
+        for (name, value) in attributes {
+            set = set.attributes(aws_sdk_sqs::types::QueueAttributeName::from(*name), *value);
+        }
+        set.send().await.expect("set_queue_attributes");
+    }
+    q
+}
+
 pub async fn named_queue(sqs: &aws_sdk_sqs::Client, name: &str) -> TestQueue {
     let url = sqs
         .create_queue()

@@ -1,0 +1,700 @@
+//! Nothing lost, nothing looping (contract §8), each rule against real
+//! parts: the SQS and Secrets Manager APIs of the local moto server, real
+//! HTTP destinations and token endpoints on loopback, and the worker's own
+//! receive loop. Each test is one way a review lost or looped a message.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::*;
+use lambda_runtime::LambdaEvent;
+use retryq::process::Disposition;
+use wiremock::matchers::{any, header, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+/// Invokes the handler with a deadline `secs` away, then deletes what it
+/// acknowledged, as the event source mapping would.
+async fn invoke_within(
+    p: &Arc<retryq::process::Processor>,
+    sqs: &aws_sdk_sqs::Client,
+    q: &TestQueue,
+    messages: &[aws_sdk_sqs::types::Message],
+    secs: u64,
+) -> Vec<String> {
+    let event = retryq::lambda::sqs_event(messages, &q.arn, REGION);
+    let response = retryq::lambda::handle(Arc::clone(p), LambdaEvent::new(event, context(secs)))
+        .await
+        .expect("the handler answers");
+    let failed = failures(&response);
+    for m in messages {
+        if !failed.contains(m.message_id.as_ref().unwrap()) {
+            sqs.delete_message()
+                .queue_url(&q.url)
+                .receipt_handle(m.receipt_handle.as_deref().unwrap())
+                .send()
+                .await
+                .expect("delete_message");
+        }
+    }
+    failed
+}
+
+/// The records of received messages, as the processor sees them.
+fn records(
+    q: &TestQueue,
+    messages: &[aws_sdk_sqs::types::Message],
+) -> Vec<retryq::process::Record> {
+    retryq::lambda::sqs_event(messages, &q.arn, REGION)
+        .records
+        .into_iter()
+        .map(retryq::lambda::record)
+        .collect()
+}
+
+/// A Retry Message of exactly `len` bytes (padded in `metadata`).
+fn message_of_len(id: &str, url: &str, len: usize) -> String {
+    let bare = message(id, url, serde_json::json!({"metadata": {"pad": ""}}));
+    let pad = "p".repeat(len.checked_sub(bare.len()).expect("room for the message"));
+    let body = message(id, url, serde_json::json!({"metadata": {"pad": pad}}));
+    assert_eq!(body.len(), len);
+    body
+}
+
+// 8.1 ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_retry_that_would_outlive_the_retention_is_dead_lettered_not_lost() {
+    // Retention 60 s, margin 50 s: no retry may end more than 10 s after the
+    // message was sent. The destination asks for 2 s every time.
+    let sqs = sqs();
+    let source = queue_with(&sqs, "retention", &[("MessageRetentionPeriod", "60")]).await;
+    let dlq = queue(&sqs, "retention-dlq").await;
+    let p = processor(&[
+        ("DLQ_URL", &dlq.url),
+        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+        ("MAX_ATTEMPTS", "50"),
+        ("RETENTION_MARGIN_SECONDS", "50"),
+    ]);
+    let dest = serving(ResponseTemplate::new(503).insert_header("retry-after", "2")).await;
+    let sent = Instant::now();
+    let id = send(
+        &sqs,
+        &source,
+        &message("keep-me", &dest.uri(), serde_json::json!({})),
+    )
+    .await;
+
+    let mut attempts = 0;
+    let mut dead = Vec::new();
+    while dead.is_empty() && attempts < 20 && sent.elapsed() < Duration::from_secs(40) {
+        let received = receive_n_hidden_for(&sqs, &source, 1, 1, Duration::from_secs(5)).await;
+        if !received.is_empty() {
+            attempts += 1;
+            invoke_within(&p, &sqs, &source, &received, 30).await;
+        }
+        dead = receive(&sqs, &dlq, 60).await;
+    }
+
+    assert_eq!(
+        dead.len(),
+        1,
+        "dead-lettered within the retention, not deleted by it"
+    );
+    let dead = &dead[0];
+    assert_eq!(attr(dead, "OriginalMessageId"), Some(id));
+    assert_eq!(attr(dead, "FailureReason").as_deref(), Some("expired"));
+    let last_error = attr(dead, "LastError").unwrap();
+    assert!(last_error.starts_with("retention"), "{last_error}");
+    assert!(
+        attempts >= 2,
+        "retried while the retention allowed: {attempts} attempts"
+    );
+    assert_eq!(depth(&sqs, &source).await, (0, 0), "and acknowledged");
+}
+
+// 8.2 ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_dlq_copy_drops_attributes_until_it_fits() {
+    let sqs = sqs();
+    let source = queue(&sqs, "fit").await;
+    let dlq = queue_with(&sqs, "fit-dlq", &[("MaximumMessageSize", "1024")]).await;
+    let p = processor(&[
+        ("DLQ_URL", &dlq.url),
+        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+    ]);
+    let dest = answering(404).await;
+    // Fits with FailureReason, OriginalMessageId and AttemptCount, not with
+    // all six attributes.
+    let body = message_of_len("near-limit", &dest.uri(), 880);
+    let (id, received) = send_one(&sqs, &source, &body).await;
+
+    let failed = invoke_within(&p, &sqs, &source, &received, 30).await;
+
+    assert!(
+        failed.is_empty(),
+        "acknowledged once its copy was in the DLQ"
+    );
+    let dead = receive_n(&sqs, &dlq, 1, Duration::from_secs(10)).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].body.as_deref(),
+        Some(body.as_str()),
+        "body byte for byte"
+    );
+    assert_eq!(
+        attr(&dead[0], "FailureReason").as_deref(),
+        Some("non-retryable")
+    );
+    assert_eq!(attr(&dead[0], "OriginalMessageId"), Some(id));
+    assert_eq!(attr(&dead[0], "LastError"), None, "dropped first");
+    assert_eq!(attr(&dead[0], "SourceQueueArn"), None, "dropped second");
+    let kept: usize = dead[0].message_attributes.as_ref().map_or(0, |a| a.len());
+    let size = body.len()
+        + dead[0]
+            .message_attributes
+            .iter()
+            .flatten()
+            .map(|(k, v)| {
+                k.len() + v.data_type.len() + v.string_value.as_deref().unwrap_or("").len()
+            })
+            .sum::<usize>();
+    assert!(size <= 1024, "{size} bytes with {kept} attributes");
+    assert_eq!(dest.received_requests().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_record_too_large_for_the_dlq_is_left_in_its_queue_unattempted() {
+    let sqs = sqs();
+    let source = queue(&sqs, "too-big").await;
+    let dlq = queue_with(&sqs, "too-big-dlq", &[("MaximumMessageSize", "1024")]).await;
+    let p = processor(&[
+        ("DLQ_URL", &dlq.url),
+        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+    ]);
+    let dest = never_called().await;
+    let body = message_of_len("too-big", &dest.uri(), 1100);
+    let id = send(&sqs, &source, &body).await;
+
+    // Two receives: neither makes the (non-retryable) request.
+    for _ in 0..2 {
+        let received = receive_n_hidden_for(&sqs, &source, 1, 1, Duration::from_secs(10)).await;
+        assert_eq!(received.len(), 1, "still in its source queue");
+        let failed = invoke_within(&p, &sqs, &source, &received, 30).await;
+        assert_eq!(failed, [id.clone()], "not acknowledged");
+    }
+    assert!(receive(&sqs, &dlq, 1).await.is_empty());
+    dest.verify().await;
+}
+
+#[tokio::test]
+async fn a_non_retryable_request_is_not_sent_again_because_its_dead_letter_failed() {
+    let sqs = sqs();
+    let source = queue(&sqs, "dlq-down").await;
+    let missing_dlq = format!(
+        "{}/{ACCOUNT}/no-such-dlq-{}",
+        endpoint(),
+        std::process::id()
+    );
+    let p = processor(&[
+        ("DLQ_URL", &missing_dlq),
+        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+    ]);
+    let dest = answering(404).await;
+    let id = send(
+        &sqs,
+        &source,
+        &message("once", &dest.uri(), serde_json::json!({})),
+    )
+    .await;
+
+    for _ in 0..3 {
+        let received = receive_n_hidden_for(&sqs, &source, 1, 1, Duration::from_secs(10)).await;
+        assert_eq!(received.len(), 1, "never lost");
+        let failed = invoke_within(&p, &sqs, &source, &received, 30).await;
+        assert_eq!(
+            failed,
+            [id.clone()],
+            "left for another try at the dead letter"
+        );
+    }
+    assert_eq!(
+        dest.received_requests().await.unwrap().len(),
+        1,
+        "the 404 request was made once, not on every receive"
+    );
+}
+
+// 8.3 ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_rotated_api_key_is_re_read_after_a_401_and_the_request_tried_again() {
+    let sqs = sqs();
+    let source = queue(&sqs, "rotate-key").await;
+    let dlq = queue(&sqs, "rotate-key-dlq").await;
+    let arn = create_secret("rotate-key", "key-one").await;
+    let dest = MockServer::start().await;
+    Mock::given(header("x-api-key", "key-one"))
+        .respond_with(ResponseTemplate::new(200))
+        .up_to_n_times(1)
+        .mount(&dest)
+        .await;
+    Mock::given(header("x-api-key", "key-two"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(1)
+        .mount(&dest)
+        .await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(401))
+        .mount(&dest)
+        .await;
+    let profiles =
+        serde_json::json!({"p": {"type": "header", "name": "x-api-key", "valueArn": arn}});
+    let p = processor(&[
+        ("DLQ_URL", &dlq.url),
+        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+        ("AUTH_PROFILES", &profiles.to_string()),
+    ]);
+    let auth = serde_json::json!({"auth": "p"});
+
+    let (_, first) = send_one(&sqs, &source, &message("k-1", &dest.uri(), auth.clone())).await;
+    assert!(invoke_within(&p, &sqs, &source, &first, 30)
+        .await
+        .is_empty());
+    secrets_manager()
+        .put_secret_value()
+        .secret_id(&arn)
+        .secret_string("key-two")
+        .send()
+        .await
+        .expect("put_secret_value");
+    let (_, second) = send_one(&sqs, &source, &message("k-2", &dest.uri(), auth)).await;
+    let failed = invoke_within(&p, &sqs, &source, &second, 30).await;
+
+    assert!(
+        failed.is_empty(),
+        "delivered with the rotated key, within the same attempt"
+    );
+    assert!(
+        receive(&sqs, &dlq, 1).await.is_empty(),
+        "nothing dead-lettered"
+    );
+    dest.verify().await;
+}
+
+#[tokio::test]
+async fn a_rotated_client_secret_is_re_read_when_the_token_endpoint_refuses_it() {
+    let sqs = sqs();
+    let source = queue(&sqs, "rotate-secret").await;
+    let dlq = queue(&sqs, "rotate-secret-dlq").await;
+    let arn = create_secret("rotate-secret", "secret-one").await;
+    let basic = |secret: &str| {
+        let pair = format!("retryq:{secret}");
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair)
+        )
+    };
+    let tokens = MockServer::start().await;
+    // The first token lives one second, so the next record needs another.
+    Mock::given(header("authorization", basic("secret-one").as_str()))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"access_token": "token-one", "expires_in": 1})),
+        )
+        .up_to_n_times(1)
+        .mount(&tokens)
+        .await;
+    Mock::given(header("authorization", basic("secret-two").as_str()))
+        .respond_with(token_answer("token-two"))
+        .mount(&tokens)
+        .await;
+    Mock::given(any())
+        .respond_with(
+            ResponseTemplate::new(401)
+                .set_body_json(serde_json::json!({"error": "invalid_client"})),
+        )
+        .mount(&tokens)
+        .await;
+    let dest = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(2)
+        .mount(&dest)
+        .await;
+    let profiles = serde_json::json!({"p": {
+        "type": "oauth2-client-credentials", "tokenUrl": format!("{}/token", tokens.uri()),
+        "clientId": "retryq", "clientSecretArn": arn}});
+    let p = processor(&[
+        ("DLQ_URL", &dlq.url),
+        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+        ("AUTH_PROFILES", &profiles.to_string()),
+    ]);
+    let auth = serde_json::json!({"auth": "p"});
+
+    let (_, first) = send_one(&sqs, &source, &message("s-1", &dest.uri(), auth.clone())).await;
+    assert!(invoke_within(&p, &sqs, &source, &first, 30)
+        .await
+        .is_empty());
+    secrets_manager()
+        .put_secret_value()
+        .secret_id(&arn)
+        .secret_string("secret-two")
+        .send()
+        .await
+        .expect("put_secret_value");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (_, second) = send_one(&sqs, &source, &message("s-2", &dest.uri(), auth)).await;
+    let failed = invoke_within(&p, &sqs, &source, &second, 30).await;
+
+    assert!(
+        failed.is_empty(),
+        "delivered with a token from the rotated secret"
+    );
+    assert!(
+        receive(&sqs, &dlq, 1).await.is_empty(),
+        "nothing dead-lettered"
+    );
+    dest.verify().await;
+}
+
+// 8.4 ------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_token_endpoint_holds_no_request_slot_and_is_asked_once() {
+    let sqs = sqs();
+    let source = queue(&sqs, "hang").await;
+    let dlq = queue(&sqs, "hang-dlq").await;
+    let tokens = MockServer::start().await;
+    Mock::given(any())
+        .respond_with(token_answer("late").set_delay(Duration::from_secs(60)))
+        .mount(&tokens)
+        .await;
+    let healthy = MockServer::start().await;
+    Mock::given(path("/healthy"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(1)
+        .mount(&healthy)
+        .await;
+    let never = never_called().await;
+    let profiles = serde_json::json!({"slow": {
+        "type": "oauth2-client-credentials", "tokenUrl": format!("{}/token", tokens.uri()),
+        "clientId": "retryq", "clientSecretEnv": "SLOW_SECRET"}});
+    let p = processor(&[
+        ("DLQ_URL", &dlq.url),
+        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+        ("AUTH_PROFILES", &profiles.to_string()),
+        ("SLOW_SECRET", "s"),
+        ("MAX_CONCURRENCY", "4"),
+        ("REQUEST_TIMEOUT_SECONDS", "2"),
+    ]);
+    // Eight records of the hanging profile first, the healthy one last.
+    let mut bodies: Vec<String> = (0..8)
+        .map(|i| {
+            message(
+                &format!("slow-{i}"),
+                &never.uri(),
+                serde_json::json!({"auth": "slow"}),
+            )
+        })
+        .collect();
+    bodies.push(message(
+        "healthy",
+        &format!("{}/healthy", healthy.uri()),
+        serde_json::json!({}),
+    ));
+    send_batch(&sqs, &source, &bodies).await;
+    let received = receive_n(&sqs, &source, 9, Duration::from_secs(10)).await;
+    assert_eq!(received.len(), 9);
+    let healthy_id = received
+        .iter()
+        .find(|m| m.body.as_deref().unwrap().contains("\"healthy\""))
+        .and_then(|m| m.message_id.clone())
+        .unwrap();
+
+    // Eight seconds: time for the one token fetch to time out, not for
+    // eight fetches in a row.
+    let failed = invoke_within(&p, &sqs, &source, &received, 8).await;
+
+    assert!(
+        !failed.contains(&healthy_id),
+        "the healthy record was delivered"
+    );
+    assert_eq!(
+        failed.len(),
+        8,
+        "the others wait for their backoff, retryable"
+    );
+    assert_eq!(
+        tokens.received_requests().await.unwrap().len(),
+        1,
+        "the eight records shared one token fetch and its failure"
+    );
+    assert!(
+        receive(&sqs, &dlq, 1).await.is_empty(),
+        "a hanging endpoint is not a reason to dead-letter"
+    );
+    healthy.verify().await;
+    never.verify().await;
+}
+
+// 8.5 ------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_keeps_a_slow_request_hidden_so_it_is_made_once() {
+    let sqs = sqs();
+    let source = queue_with(&sqs, "slow", &[("VisibilityTimeout", "2")]).await;
+    let dlq = queue(&sqs, "slow-dlq").await;
+    // Five seconds per answer: longer than the visibility timeout, within
+    // the request timeout.
+    let dest = destination::Destination::start(Duration::from_secs(5)).await;
+    let p = processor(&[
+        ("DLQ_URL", &dlq.url),
+        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+        ("REQUEST_TIMEOUT_SECONDS", "10"),
+    ]);
+    send(
+        &sqs,
+        &source,
+        &message("slow-1", &dest.url("/ok/slow-1"), serde_json::json!({})),
+    )
+    .await;
+
+    let mut options = retryq::worker::WorkerOptions::new(&source.url, 4);
+    options.wait = Duration::from_secs(1);
+    options.pollers = 2;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(retryq::worker::run(Arc::clone(&p), options, async move {
+        let _ = stopped.await;
+    }));
+    let start = Instant::now();
+    while dest.delivered().is_empty() && start.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Another few visibility timeouts for a second copy to show up, if any.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let _ = stop.send(());
+    let stats = tokio::time::timeout(Duration::from_secs(30), worker)
+        .await
+        .expect("the worker stops")
+        .unwrap()
+        .expect("the worker ran");
+
+    assert_eq!(
+        dest.requests(),
+        1,
+        "one request, not one per visibility timeout"
+    );
+    assert_eq!(stats.acknowledged, 1);
+    assert_eq!(depth(&sqs, &source).await, (0, 0), "delivered and deleted");
+}
+
+// 8.6 ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn huge_durations_from_a_destination_or_a_token_endpoint_are_clamped() {
+    let sqs = sqs();
+    let source = queue(&sqs, "huge").await;
+    let dlq = queue(&sqs, "huge-dlq").await;
+    let tokens = MockServer::start().await;
+    Mock::given(any())
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(
+                serde_json::json!({"access_token": "forever", "expires_in": u64::MAX}),
+            ),
+        )
+        .expect(1)
+        .mount(&tokens)
+        .await;
+    let dest = MockServer::start().await;
+    Mock::given(path("/ok"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&dest)
+        .await;
+    Mock::given(path("/later"))
+        .respond_with(
+            ResponseTemplate::new(503).insert_header("retry-after", "99999999999999999999999999"),
+        )
+        .mount(&dest)
+        .await;
+    let profiles = serde_json::json!({"p": {
+        "type": "oauth2-client-credentials", "tokenUrl": tokens.uri(),
+        "clientId": "retryq", "clientSecretEnv": "P_SECRET"}});
+    let p = processor(&[
+        ("DLQ_URL", &dlq.url),
+        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+        ("AUTH_PROFILES", &profiles.to_string()),
+        ("P_SECRET", "s"),
+        ("RETRY_AFTER_MAX_SECONDS", "120"),
+    ]);
+    let ok = format!("{}/ok", dest.uri());
+    let bodies = [
+        message("t-1", &ok, serde_json::json!({"auth": "p"})),
+        message("t-2", &ok, serde_json::json!({"auth": "p"})),
+        message(
+            "ra",
+            &format!("{}/later", dest.uri()),
+            serde_json::json!({}),
+        ),
+    ];
+    send_batch(&sqs, &source, &bodies).await;
+    let received = receive_n(&sqs, &source, 3, Duration::from_secs(10)).await;
+
+    let report = p.process_batch(records(&source, &received), None).await;
+
+    let by_body = |needle: &str| {
+        let i = received
+            .iter()
+            .position(|m| m.body.as_deref().unwrap().contains(needle))
+            .unwrap();
+        report.records[i].disposition.clone()
+    };
+    assert_eq!(by_body("t-1"), Disposition::Delivered);
+    assert_eq!(
+        by_body("t-2"),
+        Disposition::Delivered,
+        "the token was kept, not a panic"
+    );
+    assert_eq!(
+        by_body("\"ra\""),
+        Disposition::RetryLater {
+            delay: Duration::from_secs(120)
+        },
+        "capped at RETRY_AFTER_MAX_SECONDS"
+    );
+    tokens.verify().await;
+}
+
+// 8.8 ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_batching_window_is_kept_in_hand_below_the_twelve_hour_limit() {
+    let sqs = sqs();
+    let source = queue(&sqs, "window").await;
+    let dlq = queue(&sqs, "window-dlq").await;
+    let p = processor(&[
+        ("DLQ_URL", &dlq.url),
+        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+        ("BATCHING_WINDOW_SECONDS", "300"),
+    ]);
+    let dest = serving(ResponseTemplate::new(429).insert_header("retry-after", "43200")).await;
+    let (_, received) = send_one(
+        &sqs,
+        &source,
+        &message("w", &dest.uri(), serde_json::json!({})),
+    )
+    .await;
+
+    let report = p.process_batch(records(&source, &received), None).await;
+
+    let Disposition::RetryLater { delay } = report.records[0].disposition else {
+        panic!("expected a retry, got {:?}", report.records[0].disposition)
+    };
+    assert!(
+        delay <= Duration::from_secs(43_200 - 300 - 60),
+        "{delay:?} leaves the batching window and the receive slack"
+    );
+    assert!(
+        delay >= Duration::from_secs(43_200 - 300 - 60 - 5),
+        "{delay:?}"
+    );
+}
+
+// 9 --------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifo_records_released_behind_a_blocked_one_respect_the_deadline() {
+    // An SQS endpoint that accepts connections and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hanging = format!("http://{}", listener.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket);
+        }
+    });
+    let client = aws_sdk_sqs::Client::from_conf(
+        aws_sdk_sqs::Config::builder()
+            .behavior_version_latest()
+            .region(aws_sdk_sqs::config::Region::new(REGION))
+            .endpoint_url(&hanging)
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+                "t", "t", None, None, "t",
+            ))
+            .build(),
+    );
+    // No DLQ_URL: the invalid first record ends without an SQS call and
+    // blocks its group; the two behind it must be released through SQS.
+    let p =
+        Arc::new(retryq::process::Processor::new(config(&[]), client, None).expect("processor"));
+    let arn = format!("arn:aws:sqs:{REGION}:{ACCOUNT}:hanging.fifo");
+    let records = (0..3)
+        .map(|i| retryq::process::Record {
+            message_id: format!("m-{i}"),
+            receipt_handle: format!("r-{i}"),
+            body: if i == 0 {
+                "not json".into()
+            } else {
+                message("x", "https://example.com/", serde_json::json!({}))
+            },
+            receive_count: 1,
+            source_queue_arn: arn.clone(),
+            message_group_id: Some("g".into()),
+            sent_at: None,
+        })
+        .collect();
+
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let report = tokio::time::timeout(
+        Duration::from_secs(30),
+        p.process_batch(records, Some(deadline)),
+    )
+    .await
+    .expect("the batch answers by its deadline, not when SQS does");
+
+    assert_eq!(
+        report.unacknowledged().count(),
+        3,
+        "nothing acknowledged, nothing lost"
+    );
+    held.abort();
+}
+
+#[test]
+fn the_template_keeps_messages_fourteen_days_and_leaves_room_for_the_batching_window() {
+    let template =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/template.yaml")).unwrap();
+    let retry_queue = &template
+        [template.find("  RetryQueue:").unwrap()..template.find("  DeadLetterQueue:").unwrap()];
+    assert!(
+        retry_queue.contains("MessageRetentionPeriod: 1209600"),
+        "{retry_queue}"
+    );
+    assert!(template.contains(
+        "BATCHING_WINDOW_SECONDS: !If [IsFifo, \"0\", !Ref MaximumBatchingWindowInSeconds]"
+    ));
+    assert!(template.contains("RETENTION_MARGIN_SECONDS: !Ref RetentionMarginSeconds"));
+    assert!(template.contains("SECRET_TTL_SECONDS: !Ref SecretTtlSeconds"));
+    // Every (FunctionTimeout, window) pair of the mapping: ≥ 6 × timeout + window.
+    let mapping = &template
+        [template.find("  VisibilityForTimeout:").unwrap()..template.find("Conditions:").unwrap()];
+    let mut pairs = 0;
+    for line in mapping.lines().filter(|l| l.trim_start().starts_with('"')) {
+        let (timeout, entries) = line.trim().split_once(": {").unwrap();
+        let timeout: u64 = timeout.trim_matches('"').parse().unwrap();
+        for entry in entries.trim_end_matches('}').split(',') {
+            let (window, seconds) = entry.split_once(':').unwrap();
+            let window: u64 = window.trim().trim_matches('"').parse().unwrap();
+            let seconds: u64 = seconds.trim().parse().unwrap();
+            assert!(
+                seconds >= 6 * timeout + window,
+                "timeout {timeout}, window {window}: {seconds}"
+            );
+            pairs += 1;
+        }
+    }
+    assert_eq!(pairs, 6 * 8, "every timeout and every allowed window");
+}
