@@ -290,3 +290,31 @@ impl Walk {
         Ok(None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn received(id: &str, receipt: &str) -> Message {
+        Message::builder()
+            .message_id(id)
+            .receipt_handle(receipt)
+            .build()
+    }
+
+    #[test]
+    fn held_messages_are_one_per_id() {
+        let mut held = Held::default();
+        held.keep(received("a", "a-1"));
+        held.keep(received("b", "b-1"));
+        // A long pass receives "a" again: a new receipt, not a new entry.
+        held.refresh(received("a", "a-2"));
+        held.keep(received("b", "b-2"));
+        held.refresh(received("unknown", "u-1"));
+        assert_eq!(held.order, ["a", "b"]);
+        assert_eq!(held.messages.len(), 2);
+        let receipt = |id: &str| held.messages[id].receipt_handle.clone().unwrap();
+        assert_eq!(receipt("a"), "a-2", "the newest receipt releases it");
+        assert_eq!(receipt("b"), "b-2");
+    }
+}

@@ -230,8 +230,8 @@ pub struct Processor {
     /// Records whose dead letter could not be sent, by SQS message id: their
     /// next receive sends it again without a new attempt.
     pending_dead_letters: Mutex<HashMap<String, DeadLetter>>,
-    /// The DLQ-smaller-than-source error has been logged.
-    dlq_size_reported: AtomicBool,
+    /// The DLQ's size has been compared with its source queue's.
+    dlq_size_checked: AtomicBool,
 }
 
 impl Processor {
@@ -250,7 +250,7 @@ impl Processor {
             deliverer,
             queues: Arc::new(Queues::new(sqs)),
             pending_dead_letters: Mutex::new(HashMap::new()),
-            dlq_size_reported: AtomicBool::new(false),
+            dlq_size_checked: AtomicBool::new(false),
             config,
         })
     }
@@ -282,7 +282,8 @@ impl Processor {
         deadline: Option<Instant>,
         batch: Batch,
     ) -> BatchReport {
-        self.process_batch_with(records, deadline, move |this, record| {
+        let heartbeat = batch.heartbeat.clone();
+        self.run_batch(records, deadline, heartbeat, move |this, record| {
             let batch = batch.clone();
             async move { this.process_record(record, &batch).await }
         })
@@ -308,6 +309,20 @@ impl Processor {
         F: Fn(Arc<Processor>, Record) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Processed> + Send + 'static,
     {
+        self.run_batch(records, deadline, None, work).await
+    }
+
+    async fn run_batch<F, Fut>(
+        self: &Arc<Self>,
+        records: Vec<Record>,
+        deadline: Option<Instant>,
+        heartbeat: Option<Arc<Heartbeat>>,
+        work: F,
+    ) -> BatchReport
+    where
+        F: Fn(Arc<Processor>, Record) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Processed> + Send + 'static,
+    {
         let ids: Vec<(String, String)> = records
             .iter()
             .map(|r| (r.message_id.clone(), r.receipt_handle.clone()))
@@ -316,7 +331,8 @@ impl Processor {
             .iter()
             .any(|r| r.source_queue_arn.ends_with(".fifo"));
         let finished = if fifo {
-            self.run_fifo(records, deadline, Arc::new(work)).await
+            self.run_fifo(records, deadline, heartbeat, Arc::new(work))
+                .await
         } else {
             run_isolated(records, deadline, self.max_tasks(), |record| {
                 work(Arc::clone(self), record)
@@ -348,6 +364,7 @@ impl Processor {
         self: &Arc<Self>,
         records: Vec<Record>,
         deadline: Option<Instant>,
+        heartbeat: Option<Arc<Heartbeat>>,
         work: Arc<F>,
     ) -> Vec<Result<Processed, Unfinished>>
     where
@@ -366,11 +383,15 @@ impl Processor {
         let group_runs = groups.into_iter().map(|(group, members)| {
             let this = Arc::clone(self);
             let work = Arc::clone(&work);
+            let heartbeat = heartbeat.clone();
             async move {
                 let mut out = Vec::with_capacity(members.len());
                 let mut blocked = false;
                 for (i, record) in members {
                     if blocked {
+                        if let Some(heartbeat) = &heartbeat {
+                            heartbeat.leave(&record.receipt_handle).await;
+                        }
                         this.release(&record, deadline).await;
                         tracing::info!(message_id = %record.message_id, group = %group, "record processed: not attempted, an earlier record of its group was not acknowledged");
                         out.push((i, Ok(Disposition::Unfinished(format!(
@@ -597,22 +618,9 @@ impl Processor {
         let Some(dlq) = self.queues.limits_of(dlq_url).await else {
             return Ok(());
         };
-        if !self.dlq_size_reported.load(Ordering::Relaxed) {
-            if let Ok(url) = self.queues.url_of(&record.source_queue_arn).await {
-                if let Some(source) = self.queues.limits_of(&url).await {
-                    if dlq.max_message_size < source.max_message_size
-                        && !self.dlq_size_reported.swap(true, Ordering::Relaxed)
-                    {
-                        tracing::error!(
-                            dlq = %dlq_url,
-                            dlq_maximum_message_size = dlq.max_message_size,
-                            source = %url,
-                            source_maximum_message_size = source.max_message_size,
-                            "configuration error: the DLQ's MaximumMessageSize is smaller than its source queue's; records too large for the DLQ stay in the source queue unattempted"
-                        );
-                    }
-                }
-            }
+        if !self.dlq_size_checked.load(Ordering::Relaxed) {
+            self.compare_dlq_with_source(dlq_url, dlq.max_message_size, record)
+                .await;
         }
         let needed = smallest_copy_size(&record.body, &record.message_id);
         if needed > dlq.max_message_size {
@@ -622,6 +630,28 @@ impl Processor {
             ));
         }
         Ok(())
+    }
+
+    /// Logs, once per process, a DLQ smaller than the record's source queue.
+    async fn compare_dlq_with_source(&self, dlq_url: &str, dlq_max: usize, record: &Record) {
+        let Ok(url) = self.queues.url_of(&record.source_queue_arn).await else {
+            return;
+        };
+        let Some(source) = self.queues.limits_of(&url).await else {
+            return;
+        };
+        if self.dlq_size_checked.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        if dlq_max < source.max_message_size {
+            tracing::error!(
+                dlq = %dlq_url,
+                dlq_maximum_message_size = dlq_max,
+                source = %url,
+                source_maximum_message_size = source.max_message_size,
+                "configuration error: the DLQ's MaximumMessageSize is smaller than its source queue's; records too large for the DLQ stay in the source queue unattempted"
+            );
+        }
     }
 
     fn pending_dead_letter(&self, message_id: &str) -> Option<DeadLetter> {

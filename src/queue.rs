@@ -179,6 +179,8 @@ struct LimitsRead {
 
 /// A queue whose settings could not be read is asked again after this.
 const LIMITS_RETRY: Duration = Duration::from_secs(300);
+/// Longest wait for a queue's settings.
+const LIMITS_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Queues {
     pub fn new(client: aws_sdk_sqs::Client) -> Queues {
@@ -199,7 +201,16 @@ impl Queues {
                 return read.limits;
             }
         }
-        let result = self.read_limits(queue_url).await;
+        // Bounded: every record waits for this read, so a hanging SQS must
+        // not hold the batch.
+        let result = tokio::time::timeout(LIMITS_READ_TIMEOUT, self.read_limits(queue_url))
+            .await
+            .unwrap_or_else(|_| {
+                Err(QueueError::Sqs {
+                    operation: "GetQueueAttributes",
+                    detail: "no answer within 5 s".into(),
+                })
+            });
         let warned = cache.contains_key(queue_url);
         let read = match result {
             Ok(limits) => LimitsRead {

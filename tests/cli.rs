@@ -397,6 +397,80 @@ async fn validate_accepts_valid_and_names_the_field_of_invalid_messages() {
 }
 
 #[tokio::test]
+async fn validate_checks_a_queue_and_its_dlq_naming_the_queue_and_the_attribute() {
+    let sqs = sqs();
+    let good = queue_with(
+        &sqs,
+        "check-good",
+        &[
+            ("MessageRetentionPeriod", "1209600"),
+            ("VisibilityTimeout", "360"),
+        ],
+    )
+    .await;
+    let good_dlq = queue_with(
+        &sqs,
+        "check-good-dlq",
+        &[("MessageRetentionPeriod", "1209600")],
+    )
+    .await;
+    let out = retryq(
+        &[
+            "validate",
+            "--queue-url",
+            &good.url,
+            "--dlq-url",
+            &good_dlq.url,
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.code, 0, "stdout: {} stderr: {}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("MessageRetentionPeriod 1209600 s"),
+        "{}",
+        out.stdout
+    );
+
+    // Four days of retention, a 1 KiB DLQ and a 5 s visibility timeout, for
+    // 20 attempts and 30 s requests.
+    let bad = queue_with(
+        &sqs,
+        "check-bad",
+        &[
+            ("MessageRetentionPeriod", "345600"),
+            ("VisibilityTimeout", "5"),
+        ],
+    )
+    .await;
+    let small_dlq = queue_with(&sqs, "check-bad-dlq", &[("MaximumMessageSize", "1024")]).await;
+    let out = retryq(
+        &["validate", "--queue-url", &bad.url],
+        &[
+            ("DLQ_URL", &small_dlq.url),
+            ("MAX_ATTEMPTS", "20"),
+            ("REQUEST_TIMEOUT_SECONDS", "30"),
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 1, "stdout: {} stderr: {}", out.stdout, out.stderr);
+    for (queue, attribute) in [
+        (&small_dlq.url, "MaximumMessageSize"),
+        (&bad.url, "MessageRetentionPeriod"),
+        (&bad.url, "VisibilityTimeout"),
+    ] {
+        assert!(
+            out.stdout.contains(&format!("error: {queue} {attribute}:")),
+            "{queue} {attribute} not named: {}",
+            out.stdout
+        );
+    }
+
+    let out = retryq(&["validate", "--dlq-url", &good_dlq.url], &[]).await;
+    assert_usage_error(&out, "--queue-url");
+}
+
+#[tokio::test]
 async fn event_output_is_accepted_by_the_function() {
     let dest = answering(200).await;
     let dir = std::env::temp_dir().join(format!("retryq-event-{}", std::process::id()));

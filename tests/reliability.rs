@@ -184,7 +184,7 @@ async fn a_record_too_large_for_the_dlq_is_left_in_its_queue_unattempted() {
         let received = receive_n_hidden_for(&sqs, &source, 1, 1, Duration::from_secs(10)).await;
         assert_eq!(received.len(), 1, "still in its source queue");
         let failed = invoke_within(&p, &sqs, &source, &received, 30).await;
-        assert_eq!(failed, [id.clone()], "not acknowledged");
+        assert_eq!(failed, std::slice::from_ref(&id), "not acknowledged");
     }
     assert!(receive(&sqs, &dlq, 1).await.is_empty());
     dest.verify().await;
@@ -217,7 +217,7 @@ async fn a_non_retryable_request_is_not_sent_again_because_its_dead_letter_faile
         let failed = invoke_within(&p, &sqs, &source, &received, 30).await;
         assert_eq!(
             failed,
-            [id.clone()],
+            std::slice::from_ref(&id),
             "left for another try at the dead letter"
         );
     }
