@@ -10,36 +10,20 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::*;
-use lambda_runtime::LambdaEvent;
 use retryq::process::Disposition;
 use wiremock::matchers::{any, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-/// Invokes the handler with a deadline `secs` away, then deletes what it
-/// acknowledged, as the event source mapping would.
-async fn invoke_within(
+/// The handler, then the event source mapping's deletes; what it did not
+/// acknowledge.
+async fn invoke_failed(
     p: &Arc<retryq::process::Processor>,
     sqs: &aws_sdk_sqs::Client,
     q: &TestQueue,
     messages: &[aws_sdk_sqs::types::Message],
     secs: u64,
 ) -> Vec<String> {
-    let event = retryq::lambda::sqs_event(messages, &q.arn, REGION);
-    let response = retryq::lambda::handle(Arc::clone(p), LambdaEvent::new(event, context(secs)))
-        .await
-        .expect("the handler answers");
-    let failed = failures(&response);
-    for m in messages {
-        if !failed.contains(m.message_id.as_ref().unwrap()) {
-            sqs.delete_message()
-                .queue_url(&q.url)
-                .receipt_handle(m.receipt_handle.as_deref().unwrap())
-                .send()
-                .await
-                .expect("delete_message");
-        }
-    }
-    failed
+    failures(&invoke_within(p, sqs, q, messages, secs).await)
 }
 
 /// The records of received messages, as the processor sees them.
@@ -93,7 +77,7 @@ async fn a_retry_that_would_outlive_the_retention_is_dead_lettered_not_lost() {
         let received = receive_n_hidden_for(&sqs, &source, 1, 1, Duration::from_secs(5)).await;
         if !received.is_empty() {
             attempts += 1;
-            invoke_within(&p, &sqs, &source, &received, 30).await;
+            invoke_failed(&p, &sqs, &source, &received, 30).await;
         }
         dead = receive(&sqs, &dlq, 60).await;
     }
@@ -132,7 +116,7 @@ async fn a_dlq_copy_drops_attributes_until_it_fits() {
     let body = message_of_len("near-limit", &dest.uri(), 880);
     let (id, received) = send_one(&sqs, &source, &body).await;
 
-    let failed = invoke_within(&p, &sqs, &source, &received, 30).await;
+    let failed = invoke_failed(&p, &sqs, &source, &received, 30).await;
 
     assert!(
         failed.is_empty(),
@@ -183,7 +167,7 @@ async fn a_record_too_large_for_the_dlq_is_left_in_its_queue_unattempted() {
     for _ in 0..2 {
         let received = receive_n_hidden_for(&sqs, &source, 1, 1, Duration::from_secs(10)).await;
         assert_eq!(received.len(), 1, "still in its source queue");
-        let failed = invoke_within(&p, &sqs, &source, &received, 30).await;
+        let failed = invoke_failed(&p, &sqs, &source, &received, 30).await;
         assert_eq!(failed, std::slice::from_ref(&id), "not acknowledged");
     }
     assert!(receive(&sqs, &dlq, 1).await.is_empty());
@@ -214,7 +198,7 @@ async fn a_non_retryable_request_is_not_sent_again_because_its_dead_letter_faile
     for _ in 0..3 {
         let received = receive_n_hidden_for(&sqs, &source, 1, 1, Duration::from_secs(10)).await;
         assert_eq!(received.len(), 1, "never lost");
-        let failed = invoke_within(&p, &sqs, &source, &received, 30).await;
+        let failed = invoke_failed(&p, &sqs, &source, &received, 30).await;
         assert_eq!(
             failed,
             std::slice::from_ref(&id),
@@ -261,18 +245,12 @@ async fn a_rotated_api_key_is_re_read_after_a_401_and_the_request_tried_again() 
     let auth = serde_json::json!({"auth": "p"});
 
     let (_, first) = send_one(&sqs, &source, &message("k-1", &dest.uri(), auth.clone())).await;
-    assert!(invoke_within(&p, &sqs, &source, &first, 30)
+    assert!(invoke_failed(&p, &sqs, &source, &first, 30)
         .await
         .is_empty());
-    secrets_manager()
-        .put_secret_value()
-        .secret_id(&arn)
-        .secret_string("key-two")
-        .send()
-        .await
-        .expect("put_secret_value");
+    rotate_secret(&arn, "key-two").await;
     let (_, second) = send_one(&sqs, &source, &message("k-2", &dest.uri(), auth)).await;
-    let failed = invoke_within(&p, &sqs, &source, &second, 30).await;
+    let failed = invoke_failed(&p, &sqs, &source, &second, 30).await;
 
     assert!(
         failed.is_empty(),
@@ -336,19 +314,13 @@ async fn a_rotated_client_secret_is_re_read_when_the_token_endpoint_refuses_it()
     let auth = serde_json::json!({"auth": "p"});
 
     let (_, first) = send_one(&sqs, &source, &message("s-1", &dest.uri(), auth.clone())).await;
-    assert!(invoke_within(&p, &sqs, &source, &first, 30)
+    assert!(invoke_failed(&p, &sqs, &source, &first, 30)
         .await
         .is_empty());
-    secrets_manager()
-        .put_secret_value()
-        .secret_id(&arn)
-        .secret_string("secret-two")
-        .send()
-        .await
-        .expect("put_secret_value");
+    rotate_secret(&arn, "secret-two").await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let (_, second) = send_one(&sqs, &source, &message("s-2", &dest.uri(), auth)).await;
-    let failed = invoke_within(&p, &sqs, &source, &second, 30).await;
+    let failed = invoke_failed(&p, &sqs, &source, &second, 30).await;
 
     assert!(
         failed.is_empty(),
@@ -417,7 +389,7 @@ async fn a_hanging_token_endpoint_holds_no_request_slot_and_is_asked_once() {
 
     // Eight seconds: time for the one token fetch to time out, not for
     // eight fetches in a row.
-    let failed = invoke_within(&p, &sqs, &source, &received, 8).await;
+    let failed = invoke_failed(&p, &sqs, &source, &received, 8).await;
 
     assert!(
         !failed.contains(&healthy_id),

@@ -62,6 +62,11 @@ fn each_malformed_variable_stops_the_function_before_the_first_event() {
         ("MAX_CONCURRENCY", "0"),
         ("ALLOWED_DESTINATIONS", "https://api.example.com/"),
         ("ALLOW_PRIVATE_DESTINATIONS", "TRUE"),
+        // Durations beyond 12 hours (once accepted, then a panic).
+        ("BREAKER_COOLDOWN_SECONDS", "18446744073709551615"),
+        ("SECRET_TTL_SECONDS", "43201"),
+        ("RETENTION_MARGIN_SECONDS", "99999999"),
+        ("BATCHING_WINDOW_SECONDS", "301"),
     ] {
         let (output, connections) = run_with(var, value);
         let stderr = String::from_utf8_lossy(&output.stderr);

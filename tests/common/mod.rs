@@ -245,11 +245,24 @@ pub async fn invoke(
     q: &TestQueue,
     messages: &[Message],
 ) -> SqsBatchResponse {
+    invoke_within(processor, sqs, q, messages, 60).await
+}
+
+/// As [`invoke`], with the invocation's deadline `secs` away.
+pub async fn invoke_within(
+    processor: &Arc<Processor>,
+    sqs: &aws_sdk_sqs::Client,
+    q: &TestQueue,
+    messages: &[Message],
+    secs: u64,
+) -> SqsBatchResponse {
     let event = retryq::lambda::sqs_event(messages, &q.arn, REGION);
-    let response =
-        retryq::lambda::handle(Arc::clone(processor), LambdaEvent::new(event, context(60)))
-            .await
-            .expect("the handler answers");
+    let response = retryq::lambda::handle(
+        Arc::clone(processor),
+        LambdaEvent::new(event, context(secs)),
+    )
+    .await
+    .expect("the handler answers");
     for m in messages {
         let id = m.message_id.as_deref().unwrap();
         if !response
@@ -266,6 +279,17 @@ pub async fn invoke(
         }
     }
     response
+}
+
+/// Replaces the value of a Secrets Manager secret (a rotation).
+pub async fn rotate_secret(arn: &str, value: &str) {
+    secrets_manager()
+        .put_secret_value()
+        .secret_id(arn)
+        .secret_string(value)
+        .send()
+        .await
+        .expect("put_secret_value");
 }
 
 pub fn failures(response: &SqsBatchResponse) -> Vec<String> {
