@@ -1,4 +1,4 @@
-//! Auth profiles (contract §3, §5, §8.3, §8.4): the processor, never the
+//! Auth profiles (spec §3, §5, §8.3, §8.4): the processor, never the
 //! message, holds the credentials a destination wants.
 //!
 //! `AUTH_PROFILES` names profiles; a message picks one with `auth`:
@@ -122,7 +122,7 @@ pub struct ExpiredTokenRule {
 }
 
 impl Default for ExpiredTokenRule {
-    /// Contract §5: `WWW-Authenticate` with `error="invalid_token"`, or a
+    /// Spec §5: `WWW-Authenticate` with `error="invalid_token"`, or a
     /// body containing `expired`.
     fn default() -> ExpiredTokenRule {
         ExpiredTokenRule {

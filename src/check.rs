@@ -1,5 +1,5 @@
 //! `retryq validate --queue-url Q --dlq-url D`: what the processor would
-//! refuse or warn about at run time (contract §8), found before it runs.
+//! refuse or warn about at run time (spec §8), found before it runs.
 //!
 //! [`check_queues`] is pure: it compares the queues' settings with the
 //! configuration and names the queue and the attribute of each problem.

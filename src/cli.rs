@@ -1,4 +1,4 @@
-//! The `retryq` command line (contract §7): arguments and what each command
+//! The `retryq` command line (spec §7): arguments and what each command
 //! does. The binary only parses and calls [`run`].
 //!
 //! Exit codes: 0 success, 1 the work failed, 2 bad usage or input (clap's

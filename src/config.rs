@@ -1,4 +1,4 @@
-//! Configuration (contract §5), parsed and validated once at start-up.
+//! Configuration (spec §5), parsed and validated once at start-up.
 //!
 //! [`Config::from_env`] reads every variable, and the first one that is
 //! malformed stops start-up with an error that names it, so a typo in a SAM
@@ -121,7 +121,7 @@ impl Config {
             }
         };
         let number = |name: &'static str, default: u64| bounded(name, default, 1, u64::MAX);
-        // A duration in seconds: positive and at most 12 hours (contract's
+        // A duration in seconds: positive and at most 12 hours (spec §8's
         // bound on every configured duration).
         let seconds = |name: &'static str, default: u64| -> Result<Duration, ConfigError> {
             bounded(name, default, 1, MAX_CONFIG_SECONDS).map(Duration::from_secs)

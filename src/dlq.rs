@@ -9,7 +9,7 @@
 //! crash between send and delete leaves a duplicate, never a loss.
 //!
 //! Redrive sends the body unchanged and without the failure attributes, as
-//! the contract asks; this is why it does not use SQS `StartMessageMoveTask`,
+//! spec §7 asks; this is why it does not use SQS `StartMessageMoveTask`,
 //! which moves messages with all their attributes and cannot filter by
 //! reason.
 

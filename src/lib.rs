@@ -8,8 +8,10 @@
 //! Lambda with a partial batch response so only unfinished records return.
 //!
 //! The outside of the product (message schema, outcome table, actions,
-//! configuration, DLQ attributes) is fixed by the contract; this crate is
-//! its implementation.
+//! configuration, DLQ attributes, CLI) is specified in the repository's
+//! `docs/spec.md`; comments cite it by section (`spec §4`), and §8, the
+//! rules that keep a message from being lost or looping, is
+//! `docs/reliability.md`.
 //!
 //! ## Layout
 //!

@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use url::Url;
 
-/// Longest accepted message id (contract §2).
+/// Longest accepted message id (spec §2).
 pub const MAX_ID_LEN: usize = 128;
 
 /// Limits on what a message may ask the processor to send. A message past
@@ -58,7 +58,7 @@ pub mod limits {
     pub const BODY_BYTES: usize = 512 * 1024;
 }
 
-/// One Retry Message, version 1 (contract §2).
+/// One Retry Message, version 1 (spec §2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RetryMessage {
@@ -171,7 +171,7 @@ impl RetryMessage {
         Ok(msg)
     }
 
-    /// Checks the rules of contract §2 that the JSON types alone do not
+    /// Checks the rules of spec §2 that the JSON types alone do not
     /// express.
     pub fn validate(&self) -> Result<(), InvalidMessage> {
         validate_id(&self.id)?;
@@ -275,7 +275,7 @@ impl RetryMessage {
     }
 }
 
-/// Is `id` a valid message id (contract §2)?
+/// Is `id` a valid message id (spec §2)?
 pub fn validate_id(id: &str) -> Result<(), InvalidMessage> {
     if id.is_empty() || id.len() > MAX_ID_LEN {
         return Err(InvalidMessage::new("id", "must be 1 to 128 characters"));

@@ -5,7 +5,7 @@
 //! [`Processor::process_batch`] with neutral [`Record`]s and get back, for
 //! each record, whether it was acknowledged.
 //!
-//! Guarantees, from contract §4 and §8:
+//! Guarantees, from spec §4 and §8:
 //!
 //! * **Nothing is lost.** A record counts as acknowledged only when it was
 //!   delivered or its DLQ copy was sent. Every other ending (an SQS call that

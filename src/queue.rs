@@ -21,7 +21,7 @@ use crate::process::Record;
 
 use crate::policy::{one_line, DeadLetter};
 
-/// The names of the DLQ copy's message attributes (contract §4).
+/// The names of the DLQ copy's message attributes (spec §4).
 pub mod attribute {
     pub const FAILURE_REASON: &str = "FailureReason";
     pub const ATTEMPT_COUNT: &str = "AttemptCount";
@@ -324,7 +324,7 @@ impl Queues {
         Ok(())
     }
 
-    /// Sends the DLQ copy with the attributes of contract §4. To a FIFO DLQ
+    /// Sends the DLQ copy with the attributes of spec §4. To a FIFO DLQ
     /// it keeps the record's group and deduplicates on its message id, so a
     /// retried send does not make a second copy. With `max_size` (the DLQ's
     /// `MaximumMessageSize`), attributes are dropped as

@@ -1,4 +1,4 @@
-//! Auth profiles (contract §3, §5) against a real token endpoint and a real
+//! Auth profiles (spec §3, §5) against a real token endpoint and a real
 //! destination (local HTTP servers), the SQS API (moto) and Secrets Manager
 //! (moto): tokens fetched once and shared, one refresh on an expired token,
 //! retryable when the token endpoint is down, dead-lettered when it rejects

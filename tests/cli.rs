@@ -1,4 +1,4 @@
-//! The `retryq` command line (contract §7), run as a user would: the built
+//! The `retryq` command line (spec §7), run as a user would: the built
 //! binary, the local SQS server, real destinations. Exit codes: 0 success,
 //! 1 failure of the work, 2 bad usage or input (with a message naming what
 //! is wrong).

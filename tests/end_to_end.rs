@@ -1,5 +1,5 @@
 //! End to end, against the local SQS server and a destination that fails
-//! in every way contract §3 lists: a few hundred messages with mixed
+//! in every way spec §3 lists: a few hundred messages with mixed
 //! outcomes each end up either delivered or in the DLQ with the right
 //! reason (none lost, none in both), and the destination never sees more
 //! requests at once than MAX_CONCURRENCY. Once with `retryq worker`'s core

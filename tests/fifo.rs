@@ -1,4 +1,4 @@
-//! FIFO source queues (contract §4) against the SQS API (moto): records of
+//! FIFO source queues (spec §4) against the SQS API (moto): records of
 //! one `MessageGroupId` in order, groups independent, a group stopped at its
 //! first unacknowledged record and resumed in order after redelivery, and
 //! dead letters in a FIFO DLQ with their group.

@@ -1,4 +1,4 @@
-//! Every row of the outcome table (contract §3), against real HTTP servers
+//! Every row of the outcome table (spec §3), against real HTTP servers
 //! on loopback: one attempt by the HTTP adapter, then the classifier.
 
 use std::time::{Duration, SystemTime};

@@ -1,4 +1,4 @@
-//! Nothing lost, nothing looping (contract §8), each rule against real
+//! Nothing lost, nothing looping (spec §8), each rule against real
 //! parts: the SQS and Secrets Manager APIs of the local moto server, real
 //! HTTP destinations and token endpoints on loopback, and the worker's own
 //! receive loop. Each test is one way a review lost or looped a message.

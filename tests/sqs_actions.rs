@@ -1,4 +1,4 @@
-//! Each action of contract §4 against the real SQS API (the local moto
+//! Each action of spec §4 against the real SQS API (the local moto
 //! server) and a real HTTP destination (wiremock): the handler runs exactly
 //! as under Lambda, and the event source mapping's part (deleting what was
 //! acknowledged) is emulated by `common::invoke`.

@@ -1,4 +1,4 @@
-//! The destination policy (contract §6) on the real resolver path: names are
+//! The destination policy (spec §6) on the real resolver path: names are
 //! checked on the addresses they resolve to, inside the HTTP client's
 //! resolver, so what is checked is what would be connected to. Refused
 //! destinations never see a connection.

@@ -1,6 +1,6 @@
 //! A malformed variable stops the function at start-up, before it asks the
 //! Runtime API for the first event: exit status non-zero and a message on
-//! stderr naming the variable (contract §5).
+//! stderr naming the variable (spec §5).
 
 use std::net::TcpListener;
 use std::process::{Command, Stdio};

@@ -1,4 +1,4 @@
-//! Destination policy (contract §6): which URLs the processor may call.
+//! Destination policy (spec §6): which URLs the processor may call.
 //!
 //! A processor that replays any request found in a queue is an SSRF engine
 //! unless it is careful, so the defaults are strict:

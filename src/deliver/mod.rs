@@ -84,7 +84,7 @@ pub enum Refused {
 }
 
 impl Delivery {
-    /// The outcome of the attempt (contract §3), with the transport error's
+    /// The outcome of the attempt (spec §3), with the transport error's
     /// detail in the error text; or why no attempt was made.
     pub fn outcome(&self, now: SystemTime) -> Result<Outcome, Refused> {
         match self {

@@ -1,4 +1,4 @@
-//! When should we try again? (contract §4, "Backoff delay")
+//! When should we try again? (spec §4, "Backoff delay")
 //!
 //! The delay for attempt *n* is `base · 2^(n-1)`, capped at `max`, with
 //! "equal jitter": a uniform pick in the upper half, `[d/2, d]`. Equal

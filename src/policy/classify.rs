@@ -1,4 +1,4 @@
-//! What kind of answer was this? (contract §3)
+//! What kind of answer was this? (spec §3)
 //!
 //! [`classify`] looks only at plain values, the status and the headers of the
 //! answer, or the kind of transport failure, so the whole outcome table is
@@ -32,7 +32,7 @@ pub enum Answer<'a> {
     ExpiredAfterRefresh { status: u16 },
 }
 
-/// The kinds of "no response" in contract §3. All are retryable.
+/// The kinds of "no response" in spec §3. All are retryable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoResponse {
     Dns,

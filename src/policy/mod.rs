@@ -1,4 +1,4 @@
-//! The pure decision core: what to do with a record (contract §3 and §4).
+//! The pure decision core: what to do with a record (spec §3 and §4).
 //!
 //! The processor asks two separate questions, as reqwest-retry does:
 //! *what kind of failure was this?* ([`classify`]) and *what now?*
@@ -40,10 +40,10 @@ use std::time::{Duration, SystemTime};
 use backoff::{Backoff, VISIBILITY_LIMIT};
 use classify::Outcome;
 
-/// Longest `LastError` attribute (contract §4).
+/// Longest `LastError` attribute (spec §4).
 pub const LAST_ERROR_MAX_CHARS: usize = 256;
 
-/// The `FailureReason` of a dead letter (contract §4).
+/// The `FailureReason` of a dead letter (spec §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FailureReason {
     NonRetryable,
@@ -54,7 +54,7 @@ pub enum FailureReason {
 }
 
 impl FailureReason {
-    /// The attribute value, as written in the contract.
+    /// The attribute value, as written in spec §4.
     pub fn as_str(self) -> &'static str {
         match self {
             FailureReason::NonRetryable => "non-retryable",

@@ -1,6 +1,6 @@
 #![allow(dead_code)]
 //! A destination for end-to-end tests: a small HTTP/1.1 server on loopback
-//! that fails in the ways contract §3 lists, by path, and measures what a
+//! that fails in the ways spec §3 lists, by path, and measures what a
 //! user would: requests per idempotency key, 2xx answers, and the most
 //! requests it ever had in flight at once.
 //!
