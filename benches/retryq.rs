@@ -98,7 +98,8 @@ fn core(c: &mut Criterion) -> BTreeMap<String, f64> {
     use retryq::message::RetryMessage;
     use retryq::policy::backoff::Backoff;
     use retryq::policy::classify::{classify, Answer};
-    use retryq::policy::{Attempt, RetryPolicy};
+    use retryq::policy::record::{conclude, plan, AttemptResult, Plan, Received, Settings};
+    use retryq::policy::RetryPolicy;
     let text = body(1, "https://api.partner.example.com/v1/orders", 1024);
     let policy = RetryPolicy {
         max_attempts: 5,
@@ -109,27 +110,32 @@ fn core(c: &mut Criterion) -> BTreeMap<String, f64> {
     let mut headers = http::HeaderMap::new();
     headers.insert("retry-after", "120".parse().unwrap());
     let now = SystemTime::now();
+    let settings = Settings {
+        retry: &policy,
+        has_profile: &|_| false,
+    };
+    // The processor's own decision, less its I/O: plan, the destination
+    // check and request headers, then conclude on a 503.
     let plan = |text: &str| {
-        let msg = RetryMessage::parse(text).unwrap();
-        let attempt = Attempt {
-            number: Attempt::number(msg.received_count, 2),
-            limit: msg.attempt_limit(5),
-            expires_at: None,
-            retained_until: None,
+        let Plan::Attempt { message, attempt } = plan(&Received::new(text, 2), &settings, now)
+        else {
+            panic!("the bench message is attempted")
         };
-        destinations.check(&msg.destination_url).unwrap();
-        let h = retryq::deliver::request_headers(&msg).unwrap();
-        let outcome = classify(
-            &Answer::Status {
-                status: 503,
-                headers: &headers,
-            },
+        destinations.check(&message.destination_url).unwrap();
+        let h = retryq::deliver::request_headers(&message).unwrap();
+        let result = AttemptResult::Answer(Answer::Status {
+            status: 503,
+            headers: &headers,
+        });
+        let decision = conclude(
+            &settings,
+            &attempt,
+            result,
             now,
+            std::time::Duration::from_secs(43_200),
+            &mut fastrand::Rng::with_seed(1),
         );
-        (
-            h,
-            policy.after_attempt(&attempt, outcome, now, &mut fastrand::Rng::with_seed(1)),
-        )
+        (h, decision)
     };
     let mut g = c.benchmark_group("core");
     g.bench_function("parse_validate_1KiB", |b| {

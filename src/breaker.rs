@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use url::Url;
 
+pub use crate::policy::record::Health;
+
 /// The key breakers and limits are kept by: `host:port`.
 pub fn host_key(url: &Url) -> String {
     format!(
@@ -52,15 +54,6 @@ pub enum Admission {
     Go(Ticket),
     /// The breaker is open: do not attempt.
     Open,
-}
-
-/// How an attempt went, as far as the host's health is concerned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Health {
-    /// It answered, and not with a retryable failure.
-    Answered,
-    /// A retryable failure (5xx, 408, 409, 429, `Retry-After`, no answer).
-    Failed,
 }
 
 /// Per-host breakers, shared by every batch of the process.

@@ -33,19 +33,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::breaker::{host_key, Admission, Breakers, Health};
+use crate::breaker::{host_key, Admission, Breakers};
 use crate::config::Config;
-use crate::deliver::{Deliverer, Delivery, Refused};
-use crate::message::RetryMessage;
-use crate::policy::backoff::VISIBILITY_LIMIT;
-use crate::policy::classify::Outcome;
-use crate::policy::{Action, Attempt, DeadLetter, FailureReason};
+use crate::deliver::Deliverer;
+use crate::policy::record::{self, AttemptResult, Decision, Plan, Received, Settings};
+use crate::policy::{Action, DeadLetter, FailureReason};
 use crate::queue::{smallest_copy_size, DeadLetterCopy, QueueError, Queues};
-
-/// SQS counts the 12-hour visibility limit from the receive, which happened
-/// before the batch reached us: by up to the batching window
-/// (`BATCHING_WINDOW_SECONDS`), plus this much for the rest of the way.
-const RECEIVE_SLACK: Duration = Duration::from_secs(60);
 
 /// Most records whose dead letter is remembered as not yet sent.
 const PENDING_DEAD_LETTERS: usize = 10_000;
@@ -208,15 +201,6 @@ impl Heartbeat {
     async fn leave(&self, receipt_handle: &str) {
         self.in_work.lock().await.remove(receipt_handle);
     }
-}
-
-/// The decision of one record before it is applied, kept for the log line.
-struct Decided {
-    attempt: u32,
-    outcome: &'static str,
-    status: Option<u16>,
-    action: Action,
-    latency: Option<Duration>,
 }
 
 /// The processor: configuration plus the HTTP and SQS adapters, built once
@@ -450,18 +434,16 @@ impl Processor {
 
     /// All the work for one record: decide, apply, log one line.
     pub async fn process_record(&self, record: Record, batch: &Batch) -> Processed {
-        let decided = self.decide(&record, batch).await;
+        let (decision, latency) = self.decide(&record, batch).await;
         if let Some(heartbeat) = &batch.heartbeat {
             heartbeat.leave(&record.receipt_handle).await;
         }
-        let (decided, disposition) = match decided {
-            Ok(decided) => {
-                let disposition = self.apply(&record, &decided.action).await;
-                (Some(decided), disposition)
-            }
-            Err(why) => (None, Disposition::Unfinished(why)),
+        let disposition = match &decision {
+            Ok(decision) => self.apply(&record, &decision.action).await,
+            Err(why) => Disposition::Unfinished(why.clone()),
         };
-        let (delay_s, reason) = match decided.as_ref().map(|d| &d.action) {
+        let decision = decision.ok();
+        let (delay_s, reason) = match decision.as_ref().map(|d| &d.action) {
             Some(Action::Retry { delay }) => (Some(delay.as_secs()), None),
             Some(Action::DeadLetter(d)) => (None, Some(d.reason.as_str())),
             _ => (None, None),
@@ -472,9 +454,9 @@ impl Processor {
         };
         tracing::info!(
             message_id = %record.message_id,
-            attempt = decided.as_ref().map(|d| d.attempt),
-            outcome = decided.as_ref().map_or("not-attempted", |d| d.outcome),
-            status = decided.as_ref().and_then(|d| d.status),
+            attempt = decision.as_ref().map(|d| d.attempt),
+            outcome = decision.as_ref().map_or("not-attempted", |d| d.label.as_str()),
+            status = decision.as_ref().and_then(|d| d.status),
             delay_s,
             reason,
             acknowledged = disposition.acknowledged(),
@@ -483,117 +465,67 @@ impl Processor {
         );
         Processed {
             disposition,
-            attempt_latency: decided.and_then(|d| d.latency),
+            attempt_latency: latency,
         }
     }
 
-    /// Parse, check, attempt, classify, decide. Pure but for the attempt and
-    /// the (cached) reads of the queues' limits. `Err` leaves the record in
-    /// its queue unattempted, saying why.
-    async fn decide(&self, record: &Record, batch: &Batch) -> Result<Decided, String> {
-        self.check_dlq_can_hold(record).await?;
-        if let Some(dead_letter) = self.pending_dead_letter(&record.message_id) {
-            return Ok(unattempted(
-                "dead-letter-pending",
-                dead_letter.attempt,
-                Action::DeadLetter(dead_letter),
-            ));
-        }
-        let policy = &self.config.retry;
-        let msg = match RetryMessage::parse(&record.body) {
-            Ok(msg) => msg,
-            Err(e) => {
-                return Ok(refused(
-                    FailureReason::InvalidMessage,
-                    record.receive_count,
-                    &e.to_string(),
-                ))
-            }
-        };
-        let attempt = Attempt {
-            number: Attempt::number(msg.received_count, record.receive_count),
-            limit: msg.attempt_limit(policy.max_attempts),
-            expires_at: msg.expires_at.map(SystemTime::from),
+    /// The I/O around the pure decision ([`record::plan`] and
+    /// [`record::conclude`]): what the queues say of the record, the
+    /// breaker's admission, the attempt. `Err` leaves the record in its
+    /// queue unattempted, saying why. Also returns the attempt's latency.
+    async fn decide(
+        &self,
+        record: &Record,
+        batch: &Batch,
+    ) -> (Result<Decision, String>, Option<Duration>) {
+        let received = Received {
+            body: &record.body,
+            receive_count: record.receive_count,
             retained_until: self.retained_until(record).await,
+            pending_dead_letter: self.pending_dead_letter(&record.message_id),
+            too_large_for_dlq: self.check_dlq_can_hold(record).await.err(),
         };
-        if let Some(profile) = msg.auth.as_ref().filter(|p| !self.deliverer.has_profile(p)) {
-            return Ok(refused(
-                FailureReason::InvalidMessage,
-                attempt.number,
-                &format!("auth: profile {profile:?} is not configured"),
-            ));
-        }
-        if let Some(action) = policy.before_attempt(&attempt, SystemTime::now()) {
-            return Ok(unattempted("expired", attempt.number, action));
-        }
-        let host = host_key(&msg.destination_url);
+        let has_profile = |p: &str| self.deliverer.has_profile(p);
+        let settings = Settings {
+            retry: &self.config.retry,
+            has_profile: &has_profile,
+        };
+        let (message, attempt) = match record::plan(&received, &settings, SystemTime::now()) {
+            Plan::Leave(why) => return (Err(why), None),
+            Plan::Decided(decision) => return (Ok(decision), None),
+            Plan::Attempt { message, attempt } => (message, attempt),
+        };
+        let host = host_key(&message.destination_url);
+        let conclude = |result| {
+            record::conclude(
+                &settings,
+                &attempt,
+                result,
+                SystemTime::now(),
+                record::receive_limit(batch.started.elapsed(), self.config.batching_window),
+                &mut fastrand::Rng::new(),
+            )
+        };
         let ticket = match &self.breakers {
             None => None,
             Some(breakers) => match breakers.admit(&host).await {
                 Admission::Go(ticket) => Some(ticket),
                 Admission::Open => {
-                    let outcome = Outcome::Retryable {
-                        status: None,
-                        retry_after: None,
-                        error: format!("circuit breaker open for {host}: not attempted"),
-                    };
-                    let mut decided = self.after(&attempt, outcome, batch);
-                    decided.outcome = "circuit-open";
-                    return Ok(decided);
+                    return (
+                        Ok(conclude(AttemptResult::BreakerOpen { host: &host })),
+                        None,
+                    )
                 }
             },
         };
         let started = Instant::now();
-        let delivery = self.deliverer.deliver(&msg).await;
+        let delivery = self.deliverer.deliver(&message).await;
         let latency = started.elapsed();
-        let outcome = delivery.outcome(SystemTime::now());
+        let decision = conclude(delivery.result());
         if let Some(ticket) = ticket {
-            ticket.report(match (&delivery, &outcome) {
-                (
-                    Delivery::Answered { .. } | Delivery::NoResponse { .. },
-                    Ok(Outcome::Retryable { .. }),
-                ) => Some(Health::Failed),
-                (Delivery::Answered { .. }, Ok(_)) => Some(Health::Answered),
-                _ => None,
-            });
+            ticket.report(decision.health);
         }
-        let outcome = match outcome {
-            Ok(outcome) => outcome,
-            Err(Refused::NotAllowed(e)) => {
-                return Ok(refused(
-                    FailureReason::DestinationNotAllowed,
-                    attempt.number,
-                    &e,
-                ))
-            }
-            Err(Refused::Invalid(e)) => {
-                return Ok(refused(FailureReason::InvalidMessage, attempt.number, &e))
-            }
-        };
-        let mut decided = self.after(&attempt, outcome, batch);
-        decided.latency = Some(latency);
-        Ok(decided)
-    }
-
-    /// The decision after an attempt (or a breaker's refusal to make one).
-    fn after(&self, attempt: &Attempt, outcome: Outcome, batch: &Batch) -> Decided {
-        let max_delay = VISIBILITY_LIMIT
-            .saturating_sub(batch.started.elapsed() + RECEIVE_SLACK + self.config.batching_window);
-        let (name, status) = (outcome.name(), outcome.status());
-        let action = self.config.retry.after_attempt_within(
-            attempt,
-            outcome,
-            SystemTime::now(),
-            max_delay,
-            &mut fastrand::Rng::new(),
-        );
-        Decided {
-            attempt: attempt.number,
-            outcome: name,
-            status,
-            action,
-            latency: None,
-        }
+        (Ok(decision), Some(latency))
     }
 
     /// The latest a retry of this record may end (§8.1): the source queue's
@@ -728,30 +660,6 @@ impl Processor {
             .change_visibility(&url, &record.receipt_handle, delay)
             .await
     }
-}
-
-/// A decision made without an attempt (invalid, refused or expired).
-fn unattempted(outcome: &'static str, attempt: u32, action: Action) -> Decided {
-    Decided {
-        attempt,
-        outcome,
-        status: None,
-        action,
-        latency: None,
-    }
-}
-
-/// Invalid messages and refused destinations: dead-lettered unattempted.
-fn refused(reason: FailureReason, attempt: u32, error: &str) -> Decided {
-    let outcome = match reason {
-        FailureReason::DestinationNotAllowed => "not-allowed",
-        _ => "invalid",
-    };
-    unattempted(
-        outcome,
-        attempt,
-        Action::DeadLetter(DeadLetter::new(reason, attempt, None, error)),
-    )
 }
 
 /// Why a record's work did not finish.

@@ -35,7 +35,7 @@ use base64::Engine as _;
 use time::OffsetDateTime;
 use url::Url;
 
-use crate::deliver::{Deliverer, Refused};
+use crate::deliver::Deliverer;
 use crate::message::{BodyEncoding, HeaderValues, InvalidMessage, Request, RetryMessage};
 use crate::policy::classify::Outcome;
 use crate::queue::QueueError;
@@ -277,9 +277,9 @@ pub async fn call_then_enqueue(
         let left = sync.budget.saturating_sub(started.elapsed());
         attempts += 1;
         let delivery = deliverer.deliver_within(&msg, left).await;
-        let outcome = match delivery.outcome(SystemTime::now()) {
+        let outcome = match crate::policy::record::outcome(delivery.result(), SystemTime::now()) {
             Ok(outcome) => outcome,
-            Err(Refused::NotAllowed(error) | Refused::Invalid(error)) => {
+            Err(error) => {
                 return Ok(CallOutcome::Rejected {
                     status: None,
                     error,

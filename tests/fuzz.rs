@@ -20,8 +20,9 @@ use http::{HeaderMap, HeaderValue};
 use retryq::deliver::destination::DestinationPolicy;
 use retryq::message::RetryMessage;
 use retryq::policy::backoff::Backoff;
-use retryq::policy::classify::{classify, Answer, NoResponse};
-use retryq::policy::{Attempt, RetryPolicy};
+use retryq::policy::classify::{Answer, NoResponse};
+use retryq::policy::record::{conclude, plan, AttemptResult, Plan, Received, Settings};
+use retryq::policy::{Action, RetryPolicy};
 
 fn seeds() -> Vec<String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -150,7 +151,8 @@ fn mutate_bytes(text: &str, rng: &mut fastrand::Rng, seeds: &[String]) -> String
     String::from_utf8_lossy(&b).into_owned()
 }
 
-/// Everything the processor does with a body, but the I/O.
+/// Everything the processor does with a body, but the I/O: the same
+/// `plan` and `conclude` it calls, with every kind of attempt result.
 fn decide(body: &str, rng: &mut fastrand::Rng) {
     let policy = RetryPolicy {
         max_attempts: rng.u32(1..10),
@@ -161,30 +163,29 @@ fn decide(body: &str, rng: &mut fastrand::Rng) {
         .unwrap(),
         retry_after_max: Duration::from_secs(rng.u64(1..=43_200)),
     };
+    let settings = Settings {
+        retry: &policy,
+        has_profile: &|p| p == "partner-x",
+    };
     let now = SystemTime::now();
-    let msg = match RetryMessage::parse(body) {
-        Ok(msg) => msg,
-        Err(e) => {
-            assert!(!e.field.is_empty());
-            let _ = retryq::policy::DeadLetter::new(
-                retryq::policy::FailureReason::InvalidMessage,
-                1,
-                None,
-                &e.to_string(),
+    let mut received = Received::new(body, rng.u32(1..20));
+    if rng.bool() {
+        received.retained_until = Some(now + Duration::from_secs(rng.u64(0..100_000)));
+    }
+    let (msg, attempt) = match plan(&received, &settings, now) {
+        Plan::Attempt { message, attempt } => (message, attempt),
+        Plan::Decided(decision) => {
+            assert!(
+                !matches!(decision.action, Action::Ack | Action::Retry { .. }),
+                "nothing is delivered or retried without an attempt"
             );
             return;
         }
+        Plan::Leave(why) => panic!("nothing to leave for: {why}"),
     };
     let again = RetryMessage::parse(&serde_json::to_string(&msg).unwrap())
         .expect("a parsed message serializes to a valid one");
-    assert_eq!(again, msg, "round trip");
-    let attempt = Attempt {
-        number: Attempt::number(msg.received_count, rng.u32(1..20)),
-        limit: msg.attempt_limit(policy.max_attempts),
-        expires_at: msg.expires_at.map(SystemTime::from),
-        retained_until: None,
-    };
-    let _ = policy.before_attempt(&attempt, now);
+    assert_eq!(again, *msg, "round trip");
     let destinations = DestinationPolicy {
         allowed: ["api.partner.com", "*.example.com", "127.0.0.1:8080"]
             .iter()
@@ -192,8 +193,6 @@ fn decide(body: &str, rng: &mut fastrand::Rng) {
             .collect(),
         allow_private: rng.bool(),
     };
-    let _ = destinations.check(&msg.destination_url);
-    let _ = retryq::deliver::request_headers(&msg);
     let _ = msg.body_bytes().expect("validated bodies decode");
     let mut headers = HeaderMap::new();
     if rng.bool() {
@@ -206,22 +205,37 @@ fn decide(body: &str, rng: &mut fastrand::Rng) {
             headers.insert(http::header::RETRY_AFTER, v);
         }
     }
-    let answer = if rng.u8(0..5) == 0 {
-        Answer::NoResponse(NoResponse::Timeout)
-    } else {
-        Answer::Status {
-            status: rng.u16(0..1000),
-            headers: &headers,
-        }
+    let refused = destinations
+        .check(&msg.destination_url)
+        .err()
+        .map(|e| e.to_string());
+    let invalid = retryq::deliver::request_headers(&msg).err();
+    let result = match (refused, invalid.as_deref()) {
+        (Some(e), _) => AttemptResult::NotAllowed(e),
+        (None, Some(e)) => AttemptResult::Invalid(e),
+        (None, None) => match rng.u8(0..8) {
+            0 => AttemptResult::NoResponse {
+                kind: NoResponse::Timeout,
+                detail: "operation timed out",
+            },
+            1 => AttemptResult::BreakerOpen { host: "h:443" },
+            2 => AttemptResult::CredentialUnavailable("token endpoint timed out"),
+            3 => AttemptResult::CredentialRejected("token endpoint rejected the credentials"),
+            4 => AttemptResult::Answer(Answer::ExpiredAfterRefresh { status: 401 }),
+            _ => AttemptResult::Answer(Answer::Status {
+                status: rng.u16(0..1000),
+                headers: &headers,
+            }),
+        },
     };
-    let outcome = classify(&answer, now);
-    let _ = policy.after_attempt_within(
-        &attempt,
-        outcome,
-        now,
-        Duration::from_secs(rng.u64(0..=43_200)),
-        rng,
-    );
+    let max_delay = Duration::from_secs(rng.u64(0..=43_200));
+    let decision = conclude(&settings, &attempt, result, now, max_delay, rng);
+    if let Action::Retry { delay } = decision.action {
+        assert!(delay <= max_delay, "{delay:?} beyond {max_delay:?}");
+        if let Some(until) = attempt.retained_until {
+            assert!(now + delay <= until, "a retry past the retention");
+        }
+    }
 }
 
 #[test]

@@ -31,7 +31,7 @@ fn msg_with(url: &str, request: serde_json::Value) -> RetryMessage {
 
 async fn attempt(d: &Deliverer, m: &RetryMessage) -> (Delivery, Option<Outcome>) {
     let delivery = d.deliver(m).await;
-    let outcome = delivery.outcome(SystemTime::now()).ok();
+    let outcome = retryq::policy::record::outcome(delivery.result(), SystemTime::now()).ok();
     (delivery, outcome)
 }
 

@@ -20,7 +20,7 @@ pub mod destination;
 use std::error::Error as StdError;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -28,7 +28,8 @@ use crate::auth::{AuthError, Authenticator, Credential, Renewal};
 use crate::breaker::{host_key, Slots};
 use crate::config::Config;
 use crate::message::RetryMessage;
-use crate::policy::classify::{classify, Answer, NoResponse, Outcome};
+use crate::policy::classify::{Answer, NoResponse};
+use crate::policy::record::AttemptResult;
 use destination::{DestinationPolicy, NotAllowed};
 
 /// How much of an answer's body is read (and then discarded) so the
@@ -74,55 +75,31 @@ pub enum Delivery {
     Invalid(String),
 }
 
-/// A delivery that was refused before any attempt was made.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refused {
-    /// By the destination policy: `destination-not-allowed`.
-    NotAllowed(String),
-    /// The message cannot be turned into a request: `invalid-message`.
-    Invalid(String),
-}
-
 impl Delivery {
-    /// The outcome of the attempt (spec §3), with the transport error's
-    /// detail in the error text; or why no attempt was made.
-    pub fn outcome(&self, now: SystemTime) -> Result<Outcome, Refused> {
+    /// What became of the attempt, for [`crate::policy::record::conclude`].
+    pub fn result(&self) -> AttemptResult<'_> {
         match self {
-            Delivery::NotAllowed(e) => Err(Refused::NotAllowed(e.to_string())),
-            Delivery::Invalid(e) => Err(Refused::Invalid(e.clone())),
-            Delivery::NoResponse { kind, detail } => {
-                let mut outcome = classify(&Answer::NoResponse(*kind), now);
-                if let Outcome::Retryable { error, .. } = &mut outcome {
-                    *error = format!("{error}: {detail}");
-                }
-                Ok(outcome)
+            Delivery::NotAllowed(e) => AttemptResult::NotAllowed(e.to_string()),
+            Delivery::Invalid(e) => AttemptResult::Invalid(e),
+            Delivery::NoResponse { kind, detail } => AttemptResult::NoResponse {
+                kind: *kind,
+                detail,
+            },
+            Delivery::AuthFailed(AuthError::Unavailable(e)) => {
+                AttemptResult::CredentialUnavailable(e)
             }
-            Delivery::AuthFailed(AuthError::Unavailable(e)) => Ok(Outcome::Retryable {
-                status: None,
-                retry_after: None,
-                error: e.clone(),
-            }),
-            Delivery::AuthFailed(AuthError::Rejected(e)) => Ok(Outcome::NonRetryable {
-                status: None,
-                error: e.clone(),
-            }),
+            Delivery::AuthFailed(AuthError::Rejected(e)) => AttemptResult::CredentialRejected(e),
             Delivery::Answered {
                 status,
                 token_expired: true,
                 ..
-            } => Ok(classify(
-                &Answer::ExpiredAfterRefresh { status: *status },
-                now,
-            )),
+            } => AttemptResult::Answer(Answer::ExpiredAfterRefresh { status: *status }),
             Delivery::Answered {
                 status, headers, ..
-            } => Ok(classify(
-                &Answer::Status {
-                    status: *status,
-                    headers,
-                },
-                now,
-            )),
+            } => AttemptResult::Answer(Answer::Status {
+                status: *status,
+                headers,
+            }),
         }
     }
 }

@@ -1,0 +1,554 @@
+//! One record's whole decision, pure (spec §2–§4, §8): [`plan`] before the
+//! attempt, [`conclude`] after it. The processor only does the I/O between
+//! them (fetch a credential, ask the breaker, send the request) and carries
+//! out the [`Action`]; the fuzzer and the bench call the same two functions.
+//!
+//! ```
+//! use std::time::{Duration, SystemTime};
+//! use retryq::policy::backoff::Backoff;
+//! use retryq::policy::record::{conclude, plan, AttemptResult, Label, Plan, Received, Settings};
+//! use retryq::policy::{Action, RetryPolicy};
+//! use retryq::policy::classify::Answer;
+//!
+//! let retry = RetryPolicy {
+//!     max_attempts: 5,
+//!     backoff: Backoff::new(Duration::from_secs(10), Duration::from_secs(900)).unwrap(),
+//!     retry_after_max: Duration::from_secs(43_200),
+//! };
+//! let settings = Settings { retry: &retry, has_profile: &|_| false };
+//! let body = r#"{"id": "o-1", "destinationUrl": "https://partner.example.com/", "request": {"method": "GET"}}"#;
+//! let now = SystemTime::now();
+//! let Plan::Attempt { attempt, .. } = plan(&Received::new(body, 1), &settings, now) else { panic!() };
+//! let headers = http::HeaderMap::new();
+//! let answer = AttemptResult::Answer(Answer::Status { status: 503, headers: &headers });
+//! let decision = conclude(&settings, &attempt, answer, now, Duration::from_secs(43_200),
+//!                         &mut fastrand::Rng::with_seed(1));
+//! assert_eq!(decision.label, Label::Retryable);
+//! assert!(matches!(decision.action, Action::Retry { .. }));
+//! ```
+
+use std::time::{Duration, SystemTime};
+
+use super::backoff::VISIBILITY_LIMIT;
+use super::classify::{classify, Answer, NoResponse, Outcome};
+use super::{Action, Attempt, DeadLetter, FailureReason, RetryPolicy};
+use crate::message::RetryMessage;
+
+/// SQS counts the 12-hour visibility limit from the receive, which happened
+/// before the batch reached us: by up to the batching window, plus this much
+/// for the rest of the way.
+pub const RECEIVE_SLACK: Duration = Duration::from_secs(60);
+
+/// What the decision knows of the processor's configuration.
+#[derive(Clone, Copy)]
+pub struct Settings<'a> {
+    pub retry: &'a RetryPolicy,
+    /// Is this auth profile configured?
+    pub has_profile: &'a (dyn Fn(&str) -> bool + Sync),
+}
+
+/// The parts of a received record the decision looks at.
+#[derive(Debug, Clone)]
+pub struct Received<'a> {
+    /// The body exactly as received.
+    pub body: &'a str,
+    /// SQS `ApproximateReceiveCount`.
+    pub receive_count: u32,
+    /// The latest a retry may end (§8.1), when the retention is known.
+    pub retained_until: Option<SystemTime>,
+    /// A dead letter decided on an earlier receive whose send failed: it is
+    /// sent again, without a new attempt (§8.2).
+    pub pending_dead_letter: Option<DeadLetter>,
+    /// Is the record too large for the DLQ even with the fewest attributes?
+    /// It is then left in its queue, unattempted (§8.2).
+    pub too_large_for_dlq: Option<String>,
+}
+
+impl<'a> Received<'a> {
+    /// A record with nothing known beyond its body and receive count.
+    pub fn new(body: &'a str, receive_count: u32) -> Received<'a> {
+        Received {
+            body,
+            receive_count,
+            retained_until: None,
+            pending_dead_letter: None,
+            too_large_for_dlq: None,
+        }
+    }
+}
+
+/// What to do before any attempt.
+#[derive(Debug)]
+pub enum Plan {
+    /// Make the attempt.
+    Attempt {
+        message: Box<RetryMessage>,
+        attempt: Attempt,
+    },
+    /// Decided without an attempt.
+    Decided(Decision),
+    /// Leave the record in its queue unattempted, for this reason.
+    Leave(String),
+}
+
+/// What kind of ending a record had: the `outcome` of its log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Label {
+    Delivered,
+    Retryable,
+    NonRetryable,
+    /// Not a valid message (or no such auth profile).
+    Invalid,
+    /// Refused by the destination policy.
+    NotAllowed,
+    /// `expiresAt` passed before the attempt.
+    Expired,
+    /// The circuit breaker refused the attempt.
+    CircuitOpen,
+    /// A dead letter from an earlier receive, sent again.
+    DeadLetterPending,
+}
+
+impl Label {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Label::Delivered => "delivered",
+            Label::Retryable => "retryable",
+            Label::NonRetryable => "non-retryable",
+            Label::Invalid => "invalid",
+            Label::NotAllowed => "not-allowed",
+            Label::Expired => "expired",
+            Label::CircuitOpen => "circuit-open",
+            Label::DeadLetterPending => "dead-letter-pending",
+        }
+    }
+}
+
+/// How an attempt went, as far as the destination host's health is
+/// concerned (the circuit breaker's input).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// It answered, and not with a retryable failure.
+    Answered,
+    /// A retryable failure (5xx, 408, 409, 429, `Retry-After`, no answer).
+    Failed,
+}
+
+/// The decision for one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The attempt number (§2).
+    pub attempt: u32,
+    pub label: Label,
+    /// The status of the answer, when there was one.
+    pub status: Option<u16>,
+    pub action: Action,
+    /// What the attempt says of the host's health; `None` when it says
+    /// nothing (no attempt, or no request reached the host).
+    pub health: Option<Health>,
+}
+
+/// What became of the attempt, or of the try to make one.
+#[derive(Debug)]
+pub enum AttemptResult<'a> {
+    /// The destination answered (or said the token expired again right
+    /// after its refresh).
+    Answer(Answer<'a>),
+    /// No answer; `detail` is one line without the URL.
+    NoResponse { kind: NoResponse, detail: &'a str },
+    /// The circuit breaker for this host is open: not attempted.
+    BreakerOpen { host: &'a str },
+    /// No credential could be had: the token endpoint or Secrets Manager did
+    /// not answer, or failed. Retryable.
+    CredentialUnavailable(&'a str),
+    /// The credentials were refused, even after a re-read (§8.3).
+    CredentialRejected(&'a str),
+    /// The destination policy refused it; no connection was made.
+    NotAllowed(String),
+    /// The message cannot be turned into a request.
+    Invalid(&'a str),
+}
+
+/// Before the attempt: parse, check, and decide whether to make one.
+pub fn plan(received: &Received<'_>, settings: &Settings<'_>, now: SystemTime) -> Plan {
+    if let Some(why) = &received.too_large_for_dlq {
+        return Plan::Leave(why.clone());
+    }
+    if let Some(dead_letter) = &received.pending_dead_letter {
+        return Plan::Decided(Decision {
+            attempt: dead_letter.attempt,
+            label: Label::DeadLetterPending,
+            status: dead_letter.last_status,
+            action: Action::DeadLetter(dead_letter.clone()),
+            health: None,
+        });
+    }
+    let message = match RetryMessage::parse(received.body) {
+        Ok(message) => message,
+        Err(e) => {
+            return Plan::Decided(refused(
+                FailureReason::InvalidMessage,
+                received.receive_count,
+                &e.to_string(),
+            ))
+        }
+    };
+    let retry = settings.retry;
+    let attempt = Attempt {
+        number: Attempt::number(message.received_count, received.receive_count),
+        limit: message.attempt_limit(retry.max_attempts),
+        expires_at: message.expires_at.map(SystemTime::from),
+        retained_until: received.retained_until,
+    };
+    if let Some(profile) = message.auth.as_deref() {
+        if !(settings.has_profile)(profile) {
+            return Plan::Decided(refused(
+                FailureReason::InvalidMessage,
+                attempt.number,
+                &format!("auth: profile {profile:?} is not configured"),
+            ));
+        }
+    }
+    if let Some(action) = retry.before_attempt(&attempt, now) {
+        return Plan::Decided(Decision {
+            attempt: attempt.number,
+            label: Label::Expired,
+            status: None,
+            action,
+            health: None,
+        });
+    }
+    Plan::Attempt {
+        message: Box::new(message),
+        attempt,
+    }
+}
+
+/// After the attempt: classify what happened (§3) and decide what now (§4).
+/// `max_delay` is the longest delay SQS will still accept for this receive
+/// ([`receive_limit`]).
+pub fn conclude(
+    settings: &Settings<'_>,
+    attempt: &Attempt,
+    result: AttemptResult<'_>,
+    now: SystemTime,
+    max_delay: Duration,
+    rng: &mut fastrand::Rng,
+) -> Decision {
+    let Classified {
+        outcome,
+        label,
+        health,
+    } = match classify_result(result, now) {
+        Ok(classified) => classified,
+        Err(Refusal { reason, error }) => return refused(reason, attempt.number, &error),
+    };
+    let status = outcome.status();
+    let action = settings
+        .retry
+        .after_attempt_within(attempt, outcome, now, max_delay, rng);
+    Decision {
+        attempt: attempt.number,
+        label,
+        status,
+        action,
+        health,
+    }
+}
+
+/// The §3 outcome of an attempt result (for callers that decide for
+/// themselves, such as `retryq call`), or, when the request was refused
+/// before it was made, why.
+pub fn outcome(result: AttemptResult<'_>, now: SystemTime) -> Result<Outcome, String> {
+    classify_result(result, now)
+        .map(|c| c.outcome)
+        .map_err(|r| r.error)
+}
+
+struct Classified {
+    outcome: Outcome,
+    label: Label,
+    health: Option<Health>,
+}
+
+/// A request refused before it was made: dead-lettered with this reason.
+struct Refusal {
+    reason: FailureReason,
+    error: String,
+}
+
+fn classify_result(result: AttemptResult<'_>, now: SystemTime) -> Result<Classified, Refusal> {
+    let retryable = |error: String| Outcome::Retryable {
+        status: None,
+        retry_after: None,
+        error,
+    };
+    let (outcome, label, health) = match result {
+        AttemptResult::NotAllowed(error) => {
+            return Err(Refusal {
+                reason: FailureReason::DestinationNotAllowed,
+                error,
+            })
+        }
+        AttemptResult::Invalid(error) => {
+            return Err(Refusal {
+                reason: FailureReason::InvalidMessage,
+                error: error.to_owned(),
+            })
+        }
+        AttemptResult::BreakerOpen { host } => (
+            retryable(format!("circuit breaker open for {host}: not attempted")),
+            Some(Label::CircuitOpen),
+            None,
+        ),
+        AttemptResult::CredentialUnavailable(e) => (retryable(e.to_owned()), None, None),
+        AttemptResult::CredentialRejected(e) => (
+            Outcome::NonRetryable {
+                status: None,
+                error: e.to_owned(),
+            },
+            None,
+            None,
+        ),
+        AttemptResult::NoResponse { kind, detail } => {
+            let mut outcome = classify(&Answer::NoResponse(kind), now);
+            if let Outcome::Retryable { error, .. } = &mut outcome {
+                *error = format!("{error}: {detail}");
+            }
+            (outcome, None, Some(Health::Failed))
+        }
+        AttemptResult::Answer(answer) => {
+            let outcome = classify(&answer, now);
+            let health = match outcome {
+                Outcome::Retryable { .. } => Health::Failed,
+                _ => Health::Answered,
+            };
+            (outcome, None, Some(health))
+        }
+    };
+    let label = label.unwrap_or(match &outcome {
+        Outcome::Delivered { .. } => Label::Delivered,
+        Outcome::Retryable { .. } => Label::Retryable,
+        Outcome::NonRetryable { .. } => Label::NonRetryable,
+    });
+    Ok(Classified {
+        outcome,
+        label,
+        health,
+    })
+}
+
+/// The longest delay SQS still accepts for a receive: its 12-hour limit,
+/// less the time since the batch started, the batching window (the receive
+/// may have come that much earlier) and [`RECEIVE_SLACK`] (§8.8).
+pub fn receive_limit(since_batch_started: Duration, batching_window: Duration) -> Duration {
+    VISIBILITY_LIMIT.saturating_sub(
+        since_batch_started
+            .saturating_add(batching_window)
+            .saturating_add(RECEIVE_SLACK),
+    )
+}
+
+/// Invalid messages and refused destinations: dead-lettered unattempted.
+fn refused(reason: FailureReason, attempt: u32, error: &str) -> Decision {
+    let label = match reason {
+        FailureReason::DestinationNotAllowed => Label::NotAllowed,
+        _ => Label::Invalid,
+    };
+    Decision {
+        attempt,
+        label,
+        status: None,
+        action: Action::DeadLetter(DeadLetter::new(reason, attempt, None, error)),
+        health: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::backoff::Backoff;
+
+    fn retry() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 3,
+            backoff: Backoff::new(Duration::from_secs(10), Duration::from_secs(900)).unwrap(),
+            retry_after_max: Duration::from_secs(3600),
+        }
+    }
+
+    const NOW: SystemTime = SystemTime::UNIX_EPOCH;
+
+    fn body(extra: &str) -> String {
+        format!(
+            r#"{{"id": "m-1", "destinationUrl": "https://h.example.com/", "request": {{"method": "POST"}}{extra}}}"#
+        )
+    }
+
+    fn planned(received: &Received<'_>) -> Plan {
+        let retry = retry();
+        let settings = Settings {
+            retry: &retry,
+            has_profile: &|p| p == "known",
+        };
+        plan(received, &settings, NOW)
+    }
+
+    fn concluded(attempt: u32, result: AttemptResult<'_>) -> Decision {
+        let retry = retry();
+        let settings = Settings {
+            retry: &retry,
+            has_profile: &|_| true,
+        };
+        let attempt = Attempt {
+            number: attempt,
+            limit: 3,
+            expires_at: None,
+            retained_until: None,
+        };
+        conclude(
+            &settings,
+            &attempt,
+            result,
+            NOW,
+            VISIBILITY_LIMIT,
+            &mut fastrand::Rng::with_seed(7),
+        )
+    }
+
+    fn reason(d: &Decision) -> Option<FailureReason> {
+        match &d.action {
+            Action::DeadLetter(dl) => Some(dl.reason),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn every_way_a_plan_ends_before_the_attempt() {
+        let Plan::Decided(d) = planned(&Received::new("not json", 2)) else {
+            panic!()
+        };
+        assert_eq!((d.label, d.attempt), (Label::Invalid, 2));
+        assert_eq!(reason(&d), Some(FailureReason::InvalidMessage));
+
+        let text = body(r#", "auth": "unknown""#);
+        let Plan::Decided(d) = planned(&Received::new(&text, 1)) else {
+            panic!()
+        };
+        assert_eq!(d.label, Label::Invalid, "an unknown profile is invalid");
+
+        let text = body(r#", "expiresAt": "1960-01-01T00:00:00Z""#);
+        let Plan::Decided(d) = planned(&Received::new(&text, 1)) else {
+            panic!()
+        };
+        assert_eq!(d.label, Label::Expired);
+
+        let text = body("");
+        let mut r = Received::new(&text, 1);
+        r.pending_dead_letter = Some(DeadLetter::new(
+            FailureReason::NonRetryable,
+            1,
+            Some(404),
+            "x",
+        ));
+        let Plan::Decided(d) = planned(&r) else {
+            panic!()
+        };
+        assert_eq!((d.label, d.status), (Label::DeadLetterPending, Some(404)));
+        r.too_large_for_dlq = Some("too large".into());
+        assert!(matches!(planned(&r), Plan::Leave(why) if why == "too large"));
+
+        let text = body(r#", "auth": "known", "receivedCount": 1"#);
+        let Plan::Attempt { attempt, .. } = planned(&Received::new(&text, 1)) else {
+            panic!()
+        };
+        assert_eq!((attempt.number, attempt.limit), (2, 3));
+    }
+
+    #[test]
+    fn every_attempt_result_concludes() {
+        let headers = http::HeaderMap::new();
+        let status = |s| {
+            AttemptResult::Answer(Answer::Status {
+                status: s,
+                headers: &headers,
+            })
+        };
+        let d = concluded(1, status(200));
+        assert_eq!(
+            (d.label, d.health, &d.action),
+            (Label::Delivered, Some(Health::Answered), &Action::Ack)
+        );
+        let d = concluded(1, status(503));
+        assert_eq!(
+            (d.label, d.health),
+            (Label::Retryable, Some(Health::Failed))
+        );
+        assert!(matches!(d.action, Action::Retry { .. }));
+        let d = concluded(1, status(404));
+        assert_eq!(
+            (d.label, d.health),
+            (Label::NonRetryable, Some(Health::Answered))
+        );
+        let d = concluded(3, status(503));
+        assert_eq!(reason(&d), Some(FailureReason::AttemptsExhausted));
+
+        let d = concluded(
+            1,
+            AttemptResult::NoResponse {
+                kind: NoResponse::Timeout,
+                detail: "after 10 s",
+            },
+        );
+        assert_eq!(
+            (d.label, d.health),
+            (Label::Retryable, Some(Health::Failed))
+        );
+        let d = concluded(1, AttemptResult::BreakerOpen { host: "h:443" });
+        assert_eq!((d.label, d.health), (Label::CircuitOpen, None));
+        assert!(matches!(d.action, Action::Retry { .. }));
+        let d = concluded(3, AttemptResult::BreakerOpen { host: "h:443" });
+        assert_eq!(
+            reason(&d),
+            Some(FailureReason::AttemptsExhausted),
+            "the final attempt is used up"
+        );
+        let d = concluded(
+            1,
+            AttemptResult::CredentialUnavailable("token endpoint timed out"),
+        );
+        assert_eq!((d.label, d.health), (Label::Retryable, None));
+        let d = concluded(1, AttemptResult::CredentialRejected("rejected"));
+        assert_eq!(reason(&d), Some(FailureReason::NonRetryable));
+        let d = concluded(1, AttemptResult::NotAllowed("private address".into()));
+        assert_eq!(
+            (d.label, reason(&d)),
+            (
+                Label::NotAllowed,
+                Some(FailureReason::DestinationNotAllowed)
+            )
+        );
+        let d = concluded(1, AttemptResult::Invalid("request.method"));
+        assert_eq!(
+            (d.label, reason(&d)),
+            (Label::Invalid, Some(FailureReason::InvalidMessage))
+        );
+        let d = concluded(
+            1,
+            AttemptResult::Answer(Answer::ExpiredAfterRefresh { status: 401 }),
+        );
+        assert_eq!(
+            (d.label, d.health),
+            (Label::Retryable, Some(Health::Failed))
+        );
+    }
+
+    #[test]
+    fn the_receive_limit_keeps_the_batching_window_and_the_slack() {
+        assert_eq!(
+            receive_limit(Duration::from_secs(10), Duration::from_secs(300)),
+            Duration::from_secs(43_200 - 10 - 300 - 60)
+        );
+        assert_eq!(receive_limit(Duration::MAX, Duration::ZERO), Duration::ZERO);
+    }
+}
