@@ -15,8 +15,8 @@ ARCH ?= arm64
 
 help:
 	@echo "make demo      the processor's main job, locally, end to end"
-	@echo "make test      install tools, start a local SQS server, run every test and lint"
-	@echo "make lint      cargo fmt --check, clippy -D warnings, cfn-lint template.yaml"
+	@echo "make test      make lint, then start a local SQS server and run every test"
+	@echo "make lint      cargo fmt --check, clippy -D warnings, cfn-lint template.yaml, no module cycle"
 	@echo "make watch     run the function under cargo lambda watch (port $(WATCH_PORT))"
 	@echo "make invoke    EVENT=events/delivered.json: invoke the watched function"
 	@echo "make destination  a demo destination on 127.0.0.1:9100 for the sample events"
@@ -32,17 +32,15 @@ demo: tools
 
 lint: tools
 	cargo fmt --all -- --check
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy --locked --all-targets -- -D warnings
 	cfn-lint template.yaml
+	$(PYTHON) scripts/module-cycles.py
 
 fmt:
 	cargo fmt --all
 
-test: tools
-	cargo fmt --all -- --check
-	cfn-lint template.yaml
+test: lint
 	scripts/with-moto.sh cargo test --locked
-	cargo clippy --locked --all-targets -- -D warnings
 
 # The function under `cargo lambda watch`, with a local SQS server on
 # 127.0.0.1:$(SQS_PORT) holding the queues the sample events name.

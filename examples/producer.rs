@@ -14,7 +14,6 @@
 use std::time::Duration;
 
 use retryq::config::Config;
-use retryq::deliver::Deliverer;
 use retryq::producer::{call_then_enqueue, CallOutcome, Enqueuer, MessageBuilder, SyncRetry};
 
 #[tokio::main]
@@ -27,7 +26,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Built once per process, like any SDK or HTTP client.
     let config = Config::from_env()?;
-    let deliverer = Deliverer::from_config(&config, 8, None)?;
+    let deliverer = retryq::wiring::deliverer(&config, 8, None)?;
     let enqueuer = Enqueuer::new(retryq::queue::sqs_client_from_env().await, queue_url);
 
     // One call of service A, as a Retry Message.

@@ -712,7 +712,7 @@ impl Authenticator {
         tracing::debug!(profile, lifetime_s = lifetime.as_secs(), "fetched a token");
         Ok(Token {
             value: Secret::new(answer.access_token),
-            refresh_at: crate::breaker::later(lifetime.saturating_sub(early)),
+            refresh_at: crate::clock::later(lifetime.saturating_sub(early)),
             generation: self.next_generation(),
         })
     }
@@ -735,7 +735,7 @@ impl Authenticator {
             SecretSource::Value(s) => {
                 return Ok(SecretRead {
                     value: s.clone(),
-                    refresh_at: crate::breaker::later(MAX_LIFETIME),
+                    refresh_at: crate::clock::later(MAX_LIFETIME),
                     generation: 0,
                 })
             }
@@ -747,7 +747,7 @@ impl Authenticator {
                 match self.fetch_secret(profile, arn, json_key).await {
                     Ok(value) => Ok(SecretRead {
                         value,
-                        refresh_at: crate::breaker::later(self.secret_ttl),
+                        refresh_at: crate::clock::later(self.secret_ttl),
                         generation: self.next_generation(),
                     }),
                     // At the end of its TTL, a value that worked is better
@@ -755,7 +755,7 @@ impl Authenticator {
                     Err(AuthError::Unavailable(e)) if stale.is_none() && held.is_some() => {
                         tracing::warn!(profile, error = %e, "could not re-read the secret; using the one held");
                         let mut held = held.expect("checked");
-                        held.refresh_at = crate::breaker::later(STALE_SECRET_GRACE);
+                        held.refresh_at = crate::clock::later(STALE_SECRET_GRACE);
                         Ok(held)
                     }
                     Err(e) => Err(e),

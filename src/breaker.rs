@@ -139,7 +139,7 @@ impl Breakers {
                 if probe
                     || (state.open_until.is_none() && state.consecutive_failures >= self.threshold)
                 {
-                    state.open_until = Some(later(self.cooldown));
+                    state.open_until = Some(crate::clock::later(self.cooldown));
                     tracing::warn!(
                         host,
                         failures = state.consecutive_failures,
@@ -159,15 +159,6 @@ impl Breakers {
         let hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
         hosts.get(host).is_some_and(|s| s.open_until.is_some())
     }
-}
-
-/// `now + wait`, or as far as the clock goes: never a panic, whatever the
-/// wait.
-pub fn later(wait: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(wait)
-        .or_else(|| now.checked_add(Duration::from_secs(u32::MAX.into())))
-        .unwrap_or(now)
 }
 
 /// One admitted attempt. Report how it went; dropping it unreported (a

@@ -12,7 +12,6 @@ use std::time::{Duration, SystemTime};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
-use crate::deliver::Deliverer;
 use crate::message::RetryMessage;
 use crate::process::Processor;
 use crate::producer::{call_then_enqueue, CallOutcome, Enqueuer, MessageBuilder, SyncRetry};
@@ -297,7 +296,7 @@ pub async fn run(
             let config = config()?;
             let (sqs, secrets_manager) =
                 queue::clients_from_env(config.auth.uses_secrets_manager()).await;
-            let deliverer = Deliverer::from_config(&config, 4, secrets_manager)
+            let deliverer = crate::wiring::deliverer(&config, 4, secrets_manager)
                 .map_err(|e| Failure::Work(e.to_string()))?;
             let enqueuer = Enqueuer::new(sqs, queue_url);
             let sync = SyncRetry {
@@ -537,7 +536,7 @@ pub fn event(
                 .build()
         })
         .collect();
-    crate::lambda::sqs_event(&messages, queue_arn, region)
+    crate::trigger::sqs_event(&messages, queue_arn, region)
 }
 
 fn dlq_table(letters: &[dlq::DeadLetterSummary]) -> String {

@@ -15,11 +15,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use aws_lambda_events::encodings::Base64Data;
-use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage, SqsMessageAttribute};
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use lambda_runtime::{Context, Error, LambdaEvent};
 
-use crate::process::{BatchReport, Processor, Record};
+use crate::batch::{BatchReport, Record};
+use crate::process::Processor;
 
 /// Time kept between the last record's work and Lambda's deadline, to send
 /// the response.
@@ -34,11 +34,6 @@ pub async fn handle(
     tracing::debug!(records = event.payload.records.len(), "batch received");
     let records: Vec<Record> = event.payload.records.into_iter().map(record).collect();
     let report = processor.process_batch(records, deadline).await;
-    crate::metrics::emit(
-        &processor.config().metrics,
-        &report,
-        &mut std::io::stdout().lock(),
-    );
     batch_response(&report)
 }
 
@@ -77,63 +72,6 @@ pub fn record(m: SqsMessage) -> Record {
         message_group_id,
         sent_at,
     }
-}
-
-/// Builds the event Lambda's SQS event source mapping would send for these
-/// received messages (what `retryq trigger` and the tests feed the function).
-pub fn sqs_event(
-    messages: &[aws_sdk_sqs::types::Message],
-    queue_arn: &str,
-    region: &str,
-) -> SqsEvent {
-    let mut event = SqsEvent::default();
-    event.records = messages
-        .iter()
-        .map(|m| {
-            let mut record = SqsMessage::default();
-            record.message_id = m.message_id.clone();
-            record.receipt_handle = m.receipt_handle.clone();
-            record.body = m.body.clone();
-            record.md5_of_body = m.md5_of_body.clone();
-            record.md5_of_message_attributes = m.md5_of_message_attributes.clone();
-            record.attributes = m
-                .attributes
-                .iter()
-                .flatten()
-                .map(|(k, v)| (k.as_str().to_owned(), v.clone()))
-                .collect();
-            record.message_attributes = m
-                .message_attributes
-                .iter()
-                .flatten()
-                .map(|(k, v)| {
-                    let mut a = SqsMessageAttribute::default();
-                    a.string_value = v.string_value.clone();
-                    a.binary_value = v.binary_value.as_ref().map(|b| base64_data(b.as_ref()));
-                    a.string_list_values = v.string_list_values.clone().unwrap_or_default();
-                    a.binary_list_values = v
-                        .binary_list_values
-                        .iter()
-                        .flatten()
-                        .map(|b| base64_data(b.as_ref()))
-                        .collect();
-                    a.data_type = Some(v.data_type.clone());
-                    (k.clone(), a)
-                })
-                .collect();
-            record.event_source = Some("aws:sqs".into());
-            record.event_source_arn = Some(queue_arn.to_owned());
-            record.aws_region = Some(region.to_owned());
-            record
-        })
-        .collect();
-    event
-}
-
-fn base64_data(bytes: &[u8]) -> Base64Data {
-    let mut data = Base64Data::default();
-    data.extend_from_slice(bytes);
-    data
 }
 
 /// Deadlines before this (2001-09-09) cannot be epoch milliseconds.

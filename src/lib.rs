@@ -20,24 +20,30 @@
 //!
 //! | module | job |
 //! |---|---|
-//! | [`message`] | Retry Message v1: the serde model and its validation |
-//! | [`policy`] | pure: what to do with a record ([`policy::RetryPolicy`]) |
-//! | [`policy::classify`] | pure: what kind of answer was this (§3) |
+//! | [`message`] | pure: Retry Message v1, the serde model and its validation |
+//! | [`policy`] | pure: what to do with a record: [`policy::record::plan`] before the attempt, [`policy::record::conclude`] after it |
+//! | [`policy::classify`] | pure: what kind of answer was this (spec §3) |
 //! | [`policy::backoff`] | pure: exponential backoff with jitter |
-//! | [`config`] | the environment, parsed and validated once |
-//! | [`auth`] | auth profiles: tokens and API keys the processor holds |
-//! | [`deliver`] | HTTP adapter: replay one request; [`deliver::destination`] is the SSRF policy |
-//! | [`queue`] | SQS adapter: visibility, DLQ copies, deletes |
-//! | [`breaker`] | per-host circuit breaker and concurrency limit |
-//! | [`process`] | one batch: deliver → decide → apply, each record isolated |
-//! | [`metrics`] | CloudWatch Embedded Metric Format per batch |
-//! | [`lambda`] | Lambda adapter: `SqsEvent` → `SqsBatchResponse` |
-//! | [`worker`] | path 3.2: the long-lived poller, same core |
-//! | [`trigger`] | the Lambda SQS event source, emulated for local runs |
-//! | [`dlq`] | list and redrive dead letters |
+//! | [`batch`] | pure data: the records of a batch and what became of them |
 //! | [`check`] | pure: queue settings the processor would refuse or warn about |
+//! | [`clock`] | instants in the future, without overflow |
+//! | [`config`] | the environment, parsed and validated once |
+//! | [`auth`] | adapter: auth profiles, the tokens and secrets the processor holds |
+//! | [`deliver`] | adapter: replay one request over HTTP; [`deliver::destination`] is the SSRF policy |
+//! | [`queue`] | adapter: every SQS call (visibility, DLQ copies, deletes, queue settings) |
+//! | [`breaker`] | per-host circuit breaker, concurrency limit and request slots |
+//! | [`metrics`] | CloudWatch Embedded Metric Format per batch |
+//! | [`wiring`] | the adapters the configuration describes, built in one place |
+//! | [`process`] | one batch: plan → attempt → conclude → apply, each record isolated |
+//! | [`lambda`] | entry point: `SqsEvent` → `SqsBatchResponse` |
+//! | [`worker`] | entry point: path 3.2, the long-lived poller, same core |
+//! | [`trigger`] | local: the Lambda SQS event source, emulated |
+//! | [`dlq`] | list and redrive dead letters |
 //! | [`producer`] | service A's side: build, enqueue, call-then-enqueue |
-//! | [`cli`] | the `retryq` command line |
+//! | [`cli`] | entry point: the `retryq` command line |
+//!
+//! Modules depend on each other without cycles (`scripts/module-cycles.py
+//! --tree` prints the graph; `make lint` checks it).
 //!
 //! The binaries `retryq-processor` and `retryq` only wire these together.
 //!
@@ -71,9 +77,11 @@
 //! ```
 
 pub mod auth;
+pub mod batch;
 pub mod breaker;
 pub mod check;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod deliver;
 pub mod dlq;
@@ -85,4 +93,5 @@ pub mod process;
 pub mod producer;
 pub mod queue;
 pub mod trigger;
+pub mod wiring;
 pub mod worker;

@@ -23,7 +23,7 @@ use std::time::SystemTime;
 
 use serde_json::{json, Value};
 
-use crate::process::{BatchReport, Disposition};
+use crate::batch::{BatchReport, Disposition};
 
 /// EMF's limit on values per metric per line.
 const MAX_VALUES: usize = 100;
@@ -138,8 +138,8 @@ pub fn emit(settings: &MetricsSettings, report: &BatchReport, out: &mut impl Wri
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batch::RecordReport;
     use crate::policy::FailureReason;
-    use crate::process::RecordReport;
     use std::time::Duration;
 
     fn record(disposition: Disposition, latency_ms: Option<u64>) -> RecordReport {

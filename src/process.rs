@@ -33,95 +33,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+pub use crate::batch::{BatchReport, Disposition, Processed, Record, RecordReport};
 use crate::breaker::{host_key, Admission, Breakers};
 use crate::config::Config;
 use crate::deliver::Deliverer;
 use crate::policy::record::{self, AttemptResult, Decision, Plan, Received, Settings};
-use crate::policy::{Action, DeadLetter, FailureReason};
+use crate::policy::{Action, DeadLetter};
 use crate::queue::{smallest_copy_size, DeadLetterCopy, QueueError, Queues};
 
 /// Most records whose dead letter is remembered as not yet sent.
 const PENDING_DEAD_LETTERS: usize = 10_000;
-
-/// One SQS message to process, whichever way it was received.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    pub message_id: String,
-    pub receipt_handle: String,
-    /// The body exactly as received.
-    pub body: String,
-    /// SQS `ApproximateReceiveCount` (1 on the first receive).
-    pub receive_count: u32,
-    /// The ARN of the queue it came from.
-    pub source_queue_arn: String,
-    /// `MessageGroupId`, on FIFO queues.
-    pub message_group_id: Option<String>,
-    /// SQS `SentTimestamp`: when the message entered its queue, from which
-    /// the queue's retention counts.
-    pub sent_at: Option<SystemTime>,
-}
-
-/// How a record ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Disposition {
-    /// Delivered: acknowledged.
-    Delivered,
-    /// Retryable: hidden for `delay`, then SQS delivers it again.
-    RetryLater { delay: Duration },
-    /// Copied to the DLQ, then acknowledged.
-    DeadLettered(FailureReason),
-    /// Not finished (an SQS call failed, `DLQ_URL` unset, a panic, the
-    /// deadline): left for SQS to deliver again.
-    Unfinished(String),
-}
-
-impl Disposition {
-    /// May the record be deleted from its queue?
-    pub fn acknowledged(&self) -> bool {
-        matches!(self, Disposition::Delivered | Disposition::DeadLettered(_))
-    }
-}
-
-/// What one record's work produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Processed {
-    pub disposition: Disposition,
-    /// How long the attempt took, when one was made.
-    pub attempt_latency: Option<Duration>,
-}
-
-impl From<Disposition> for Processed {
-    fn from(disposition: Disposition) -> Processed {
-        Processed {
-            disposition,
-            attempt_latency: None,
-        }
-    }
-}
-
-/// What happened to one record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordReport {
-    pub message_id: String,
-    pub receipt_handle: String,
-    pub disposition: Disposition,
-    pub attempt_latency: Option<Duration>,
-}
-
-/// What happened to a batch, in the order of its records.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BatchReport {
-    pub records: Vec<RecordReport>,
-}
-
-impl BatchReport {
-    /// The records that were not acknowledged: Lambda's `batchItemFailures`.
-    pub fn unacknowledged(&self) -> impl Iterator<Item = &RecordReport> {
-        self.records
-            .iter()
-            .filter(|r| !r.disposition.acknowledged())
-    }
-}
 
 /// What every record of one batch shares.
 #[derive(Debug, Clone)]
@@ -226,7 +147,7 @@ impl Processor {
         sqs: aws_sdk_sqs::Client,
         secrets_manager: Option<aws_sdk_secretsmanager::Client>,
     ) -> Result<Processor, reqwest::Error> {
-        let deliverer = Deliverer::from_config(&config, config.max_concurrency, secrets_manager)?;
+        let deliverer = crate::wiring::deliverer(&config, config.max_concurrency, secrets_manager)?;
         Ok(Processor {
             breakers: config
                 .breaker
@@ -339,7 +260,10 @@ impl Processor {
                 }
             })
             .collect();
-        BatchReport { records }
+        let report = BatchReport { records };
+        // Once per batch, whichever entry point it came from.
+        crate::metrics::emit(&self.config.metrics, &report, &mut std::io::stdout().lock());
+        report
     }
 
     /// FIFO: groups concurrently, each group in order, stopping at the first
@@ -742,6 +666,7 @@ fn panic_message(payload: Box<dyn Any + Send>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::FailureReason;
 
     #[tokio::test]
     async fn a_panic_fails_only_its_own_item() {

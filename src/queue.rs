@@ -16,8 +16,8 @@ use aws_sdk_sqs::types::{
     MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
 };
 
+use crate::batch::Record;
 use crate::check::QueueSettings;
-use crate::process::Record;
 
 use crate::policy::{one_line, DeadLetter};
 
@@ -224,7 +224,7 @@ impl Queues {
                 }
                 LimitsRead {
                     limits: None,
-                    retry_at: Some(crate::breaker::later(LIMITS_RETRY)),
+                    retry_at: Some(crate::clock::later(LIMITS_RETRY)),
                 }
             }
         };

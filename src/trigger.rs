@@ -2,7 +2,7 @@
 //! runs.
 //!
 //! Receives batches from a queue, builds the event exactly as Lambda does
-//! ([`crate::lambda::sqs_event`]), invokes the function over the Lambda
+//! ([`sqs_event`]), invokes the function over the Lambda
 //! invoke API (e.g. `cargo lambda watch`), and deletes the records the answer
 //! does not list in `batchItemFailures`. As with Lambda, a function error,
 //! an answer that is not a batch response, or one naming a record that was
@@ -15,8 +15,9 @@ use std::time::Duration;
 use aws_lambda_events::event::sqs::SqsBatchResponse;
 use url::Url;
 
-use crate::lambda::sqs_event;
 use crate::queue::{QueueError, Queues};
+use aws_lambda_events::encodings::Base64Data;
+use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage, SqsMessageAttribute};
 
 /// The invoke path of the function `retryq-processor`, used when the
 /// function URL has no path of its own (`http://127.0.0.1:9000`).
@@ -197,6 +198,63 @@ pub async fn invoke(
         failed.insert(f.item_identifier);
     }
     Ok(failed)
+}
+
+/// Builds the event Lambda's SQS event source mapping would send for these
+/// received messages (what `retryq trigger` and the tests feed the function).
+pub fn sqs_event(
+    messages: &[aws_sdk_sqs::types::Message],
+    queue_arn: &str,
+    region: &str,
+) -> SqsEvent {
+    let mut event = SqsEvent::default();
+    event.records = messages
+        .iter()
+        .map(|m| {
+            let mut record = SqsMessage::default();
+            record.message_id = m.message_id.clone();
+            record.receipt_handle = m.receipt_handle.clone();
+            record.body = m.body.clone();
+            record.md5_of_body = m.md5_of_body.clone();
+            record.md5_of_message_attributes = m.md5_of_message_attributes.clone();
+            record.attributes = m
+                .attributes
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.as_str().to_owned(), v.clone()))
+                .collect();
+            record.message_attributes = m
+                .message_attributes
+                .iter()
+                .flatten()
+                .map(|(k, v)| {
+                    let mut a = SqsMessageAttribute::default();
+                    a.string_value = v.string_value.clone();
+                    a.binary_value = v.binary_value.as_ref().map(|b| base64_data(b.as_ref()));
+                    a.string_list_values = v.string_list_values.clone().unwrap_or_default();
+                    a.binary_list_values = v
+                        .binary_list_values
+                        .iter()
+                        .flatten()
+                        .map(|b| base64_data(b.as_ref()))
+                        .collect();
+                    a.data_type = Some(v.data_type.clone());
+                    (k.clone(), a)
+                })
+                .collect();
+            record.event_source = Some("aws:sqs".into());
+            record.event_source_arn = Some(queue_arn.to_owned());
+            record.aws_region = Some(region.to_owned());
+            record
+        })
+        .collect();
+    event
+}
+
+fn base64_data(bytes: &[u8]) -> Base64Data {
+    let mut data = Base64Data::default();
+    data.extend_from_slice(bytes);
+    data
 }
 
 #[cfg(test)]

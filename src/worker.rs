@@ -164,11 +164,6 @@ async fn poll(
             .process_batch_in(records, Some(deadline), batch)
             .await;
         beat.abort();
-        crate::metrics::emit(
-            &processor.config().metrics,
-            &report,
-            &mut std::io::stdout().lock(),
-        );
         let acknowledged: Vec<String> = report
             .records
             .iter()

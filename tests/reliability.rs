@@ -31,7 +31,7 @@ fn records(
     q: &TestQueue,
     messages: &[aws_sdk_sqs::types::Message],
 ) -> Vec<retryq::process::Record> {
-    retryq::lambda::sqs_event(messages, &q.arn, REGION)
+    retryq::trigger::sqs_event(messages, &q.arn, REGION)
         .records
         .into_iter()
         .map(retryq::lambda::record)

@@ -283,7 +283,7 @@ async fn a_failed_visibility_change_is_still_reported_as_a_failure() {
     )
     .await;
     received[0].receipt_handle = Some("not-a-real-receipt-handle".into());
-    let event = retryq::lambda::sqs_event(&received, &source.arn, REGION);
+    let event = retryq::trigger::sqs_event(&received, &source.arn, REGION);
     let response = retryq::lambda::handle(p, lambda_runtime::LambdaEvent::new(event, context(60)))
         .await
         .unwrap();
@@ -408,7 +408,7 @@ async fn a_batch_where_one_record_panics_still_answers_listing_only_that_record(
     )
     .await;
     let received = receive_n(&sqs, &source, 3, Duration::from_secs(10)).await;
-    let event = retryq::lambda::sqs_event(&received, &source.arn, REGION);
+    let event = retryq::trigger::sqs_event(&received, &source.arn, REGION);
     let records: Vec<_> = event
         .records
         .into_iter()

@@ -26,7 +26,6 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::auth::{AuthError, Authenticator, Credential, Renewal};
 use crate::breaker::{host_key, Slots};
-use crate::config::Config;
 use crate::message::RetryMessage;
 use crate::policy::classify::{Answer, NoResponse};
 use crate::policy::record::AttemptResult;
@@ -152,30 +151,6 @@ impl Deliverer {
             auth: None,
             slots: None,
         })
-    }
-
-    /// The deliverer the configuration describes: its destination policy,
-    /// request timeout, auth profiles and request slots (`MAX_CONCURRENCY`,
-    /// `MAX_CONCURRENCY_PER_HOST`). Makes no network call.
-    pub fn from_config(
-        config: &Config,
-        max_idle_per_host: usize,
-        secrets_manager: Option<aws_sdk_secretsmanager::Client>,
-    ) -> Result<Deliverer, reqwest::Error> {
-        let auth = Authenticator::new(
-            &config.auth,
-            config.request_timeout,
-            config.secret_ttl,
-            secrets_manager,
-        );
-        let slots = Slots::new(config.max_concurrency, config.max_concurrency_per_host);
-        Ok(Deliverer::new(
-            config.destinations.clone(),
-            config.request_timeout,
-            max_idle_per_host,
-        )?
-        .with_auth(Arc::new(auth))
-        .with_slots(Arc::new(slots)))
     }
 
     /// Makes every HTTP exchange wait for a request slot.

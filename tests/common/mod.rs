@@ -256,7 +256,7 @@ pub async fn invoke_within(
     messages: &[Message],
     secs: u64,
 ) -> SqsBatchResponse {
-    let event = retryq::lambda::sqs_event(messages, &q.arn, REGION);
+    let event = retryq::trigger::sqs_event(messages, &q.arn, REGION);
     let response = retryq::lambda::handle(
         Arc::clone(processor),
         LambdaEvent::new(event, context(secs)),

@@ -1,0 +1,86 @@
+//! The records of a batch and what became of them: plain data shared by
+//! the entry points (Lambda, worker), the processor and the SQS adapter.
+
+use std::time::{Duration, SystemTime};
+
+use crate::policy::FailureReason;
+
+/// One SQS message to process, whichever way it was received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub message_id: String,
+    pub receipt_handle: String,
+    /// The body exactly as received.
+    pub body: String,
+    /// SQS `ApproximateReceiveCount` (1 on the first receive).
+    pub receive_count: u32,
+    /// The ARN of the queue it came from.
+    pub source_queue_arn: String,
+    /// `MessageGroupId`, on FIFO queues.
+    pub message_group_id: Option<String>,
+    /// SQS `SentTimestamp`: when the message entered its queue, from which
+    /// the queue's retention counts.
+    pub sent_at: Option<SystemTime>,
+}
+
+/// How a record ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Delivered: acknowledged.
+    Delivered,
+    /// Retryable: hidden for `delay`, then SQS delivers it again.
+    RetryLater { delay: Duration },
+    /// Copied to the DLQ, then acknowledged.
+    DeadLettered(FailureReason),
+    /// Not finished (an SQS call failed, `DLQ_URL` unset, a panic, the
+    /// deadline): left for SQS to deliver again.
+    Unfinished(String),
+}
+
+impl Disposition {
+    /// May the record be deleted from its queue?
+    pub fn acknowledged(&self) -> bool {
+        matches!(self, Disposition::Delivered | Disposition::DeadLettered(_))
+    }
+}
+
+/// What one record's work produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Processed {
+    pub disposition: Disposition,
+    /// How long the attempt took, when one was made.
+    pub attempt_latency: Option<Duration>,
+}
+
+impl From<Disposition> for Processed {
+    fn from(disposition: Disposition) -> Processed {
+        Processed {
+            disposition,
+            attempt_latency: None,
+        }
+    }
+}
+
+/// What happened to one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordReport {
+    pub message_id: String,
+    pub receipt_handle: String,
+    pub disposition: Disposition,
+    pub attempt_latency: Option<Duration>,
+}
+
+/// What happened to a batch, in the order of its records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    pub records: Vec<RecordReport>,
+}
+
+impl BatchReport {
+    /// The records that were not acknowledged: Lambda's `batchItemFailures`.
+    pub fn unacknowledged(&self) -> impl Iterator<Item = &RecordReport> {
+        self.records
+            .iter()
+            .filter(|r| !r.disposition.acknowledged())
+    }
+}
