@@ -40,7 +40,7 @@ fmt:
 	cargo fmt --all
 
 test: lint
-	scripts/with-moto.sh cargo test --locked
+	scripts/with-moto.sh cargo test --locked --features aws-tests
 
 # The function under `cargo lambda watch`, with a local SQS server on
 # 127.0.0.1:$(SQS_PORT) holding the queues the sample events name.
@@ -60,10 +60,10 @@ bench: tools
 	cargo build --release --bin retryq-processor --example demo_destination
 	cargo bench --bench retryq
 
-# The mutation fuzzer of tests/fuzz.rs, for longer than make test's smoke run.
+# The mutation fuzzer of tests/it/fuzz.rs, for longer than make test's smoke run.
 FUZZ_SECONDS ?= 300
 fuzz:
-	RETRYQ_FUZZ_SECONDS=$(FUZZ_SECONDS) cargo test --release --test fuzz -- --nocapture
+	RETRYQ_FUZZ_SECONDS=$(FUZZ_SECONDS) cargo test --release --test it fuzz -- --nocapture
 
 destination:
 	cargo run --example demo_destination

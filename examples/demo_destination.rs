@@ -15,7 +15,9 @@
 //! (`/ok`, `/unavailable`, `/rate-limited` and `/missing` are the paths of
 //! the sample events in `events/`.) Stops on Ctrl-C or SIGTERM.
 
-#[path = "../tests/common/destination.rs"]
+// The tests' destination; the demo uses only part of it.
+#[path = "../tests/aws/destination.rs"]
+#[allow(dead_code)]
 mod destination;
 
 use std::time::Duration;

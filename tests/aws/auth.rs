@@ -4,12 +4,10 @@
 //! retryable when the token endpoint is down, dead-lettered when it rejects
 //! the credentials.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use base64::Engine as _;
-use common::*;
 use retryq::process::Processor;
 use std::sync::Arc;
 use wiremock::matchers::{body_string_contains, header, method, path};

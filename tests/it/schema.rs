@@ -8,7 +8,7 @@ use retryq::message::RetryMessage;
 
 fn validator() -> jsonschema::Validator {
     let schema: serde_json::Value =
-        serde_json::from_str(include_str!("../schema/retry-message.v1.json"))
+        serde_json::from_str(include_str!("../../schema/retry-message.v1.json"))
             .expect("the schema is JSON");
     jsonschema::options()
         .should_validate_formats(true)

@@ -5,12 +5,10 @@
 //! values, tokens or credential headers appears in its output, in the
 //! answers, or in the DLQ attributes.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use base64::Engine as _;
-use common::*;
 use wiremock::matchers::{any, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 

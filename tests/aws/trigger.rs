@@ -3,12 +3,10 @@
 //! fails or answers something that is not a batch response. The function
 //! here is a real HTTP server speaking the Lambda invoke API.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use aws_lambda_events::event::sqs::SqsEvent;
-use common::*;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 

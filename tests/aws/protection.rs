@@ -3,12 +3,10 @@
 //! healthy host in the same batch gets all its records, half-opens after the
 //! cool-down with a single probe, and the per-host limit holds.
 
-mod common;
-
 use std::time::Duration;
 
-use common::destination::Destination;
-use common::*;
+use crate::common::*;
+use crate::destination::Destination;
 use wiremock::matchers::any;
 use wiremock::{Mock, ResponseTemplate};
 

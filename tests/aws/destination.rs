@@ -1,4 +1,3 @@
-#![allow(dead_code)]
 //! A destination for end-to-end tests: a small HTTP/1.1 server on loopback
 //! that fails in the ways spec §3 lists, by path, and measures what a
 //! user would: requests per idempotency key, 2xx answers, and the most
@@ -87,6 +86,7 @@ impl Destination {
     }
 
     /// What `/stats` answers.
+    #[allow(dead_code)] // for examples/demo_destination.rs, which shares this file
     pub fn stats_json(&self) -> String {
         stats_json(&self.state.lock().unwrap())
     }

@@ -6,15 +6,13 @@
 //! in-process, once with `retryq trigger` feeding the function under
 //! `cargo lambda watch`; and a busy `retryq worker` stopped with SIGTERM.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::destination::Destination;
-use common::*;
+use crate::common::*;
+use crate::destination::Destination;
 
 const MAX_CONCURRENCY: usize = 8;
 

@@ -3,11 +3,9 @@
 //! 1 failure of the work, 2 bad usage or input (with a message naming what
 //! is wrong).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 struct Out {
     code: i32,

@@ -3,11 +3,9 @@
 //! as under Lambda, and the event source mapping's part (deleting what was
 //! acknowledged) is emulated by `common::invoke`.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 

@@ -9,15 +9,13 @@
 //! ask, and traffic to private ranges off this machine is not allowed, so
 //! those addresses are only ever refused here, never connected to.
 
-mod common;
-
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use retryq::deliver::destination::DestinationPolicy;
 use retryq::deliver::{Deliverer, Delivery};
 use retryq::message::RetryMessage;

@@ -3,13 +3,11 @@
 //! first unacknowledged record and resumed in order after redelivery, and
 //! dead letters in a FIFO DLQ with their group.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::common::*;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
-use common::*;
 use wiremock::matchers::{any, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -27,7 +25,6 @@ async fn fifo_queue(sqs: &aws_sdk_sqs::Client, prefix: &str) -> TestQueue {
         .unwrap();
     TestQueue {
         arn: format!("arn:aws:sqs:{REGION}:{ACCOUNT}:{name}"),
-        name,
         url,
     }
 }

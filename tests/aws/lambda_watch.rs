@@ -3,13 +3,11 @@
 //! by `cargo lambda invoke`, against the local SQS server and a destination
 //! on 127.0.0.1:9100 (the address the sample events name).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use wiremock::matchers::path;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 

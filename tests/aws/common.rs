@@ -2,7 +2,6 @@
 //! server that `make test` starts (scripts/with-moto.sh), uniquely named
 //! queues, Retry Message bodies, and an emulation of what Lambda's event
 //! source mapping does around the handler.
-#![allow(dead_code)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -50,7 +49,6 @@ pub fn secrets_manager() -> aws_sdk_secretsmanager::Client {
 }
 
 pub struct TestQueue {
-    pub name: String,
     pub url: String,
     pub arn: String,
 }
@@ -98,7 +96,6 @@ pub async fn named_queue(sqs: &aws_sdk_sqs::Client, name: &str) -> TestQueue {
         .queue_url
         .unwrap();
     TestQueue {
-        name: name.to_owned(),
         url,
         arn: format!("arn:aws:sqs:{REGION}:{ACCOUNT}:{name}"),
     }
@@ -341,8 +338,6 @@ pub async fn send_one(
     assert_eq!(received.len(), 1, "the message sent was received");
     (id, received)
 }
-
-pub mod destination;
 
 /// A process group started by a test, stopped (TERM, then KILL) when dropped.
 pub struct Running(pub std::process::Child);

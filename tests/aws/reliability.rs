@@ -3,13 +3,11 @@
 //! HTTP destinations and token endpoints on loopback, and the worker's own
 //! receive loop. Each test is one way a review lost or looped a message.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use base64::Engine as _;
-use common::*;
 use retryq::process::Disposition;
 use wiremock::matchers::{any, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -422,7 +420,7 @@ async fn the_worker_keeps_a_slow_request_hidden_so_it_is_made_once() {
     let dlq = queue(&sqs, "slow-dlq").await;
     // Five seconds per answer: longer than the visibility timeout, within
     // the request timeout.
-    let dest = destination::Destination::start(Duration::from_secs(5)).await;
+    let dest = crate::destination::Destination::start(Duration::from_secs(5)).await;
     let p = processor(&[
         ("DLQ_URL", &dlq.url),
         ("ALLOW_PRIVATE_DESTINATIONS", "true"),

@@ -1,0 +1,20 @@
+//! Tests against real AWS-compatible parts: the SQS and Secrets Manager
+//! APIs of a local moto server, `cargo lambda watch`, the built binaries and
+//! real HTTP destinations. `make test` starts what they need and runs them
+//! (`cargo test --features aws-tests`); a test that cannot find its server
+//! fails, none skips.
+
+mod common;
+mod destination;
+
+mod auth;
+mod auth_trace;
+mod cli;
+mod end_to_end;
+mod fifo;
+mod lambda_watch;
+mod protection;
+mod reliability;
+mod sqs_actions;
+mod ssrf;
+mod trigger;
