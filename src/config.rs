@@ -101,168 +101,166 @@ impl Config {
 
     /// Reads variables through `get`, for tests and embedding.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let var = |name: &str| get(name).filter(|v| !v.trim().is_empty());
-        // An integer in `min..=max`, or `default` when unset.
-        let bounded = |name: &'static str, default: u64, min: u64, max: u64| {
-            let Some(v) = var(name) else {
-                return Ok(default);
-            };
-            match v.trim().parse::<u64>() {
-                Ok(n) if (min..=max).contains(&n) => Ok(n),
-                Ok(n) if n > max => Err(ConfigError::new(name, format!("must be at most {max}"))),
-                _ if min == 0 => Err(ConfigError::new(
-                    name,
-                    format!("must be a whole number from 0 to {max}, got {v:?}"),
-                )),
-                _ => Err(ConfigError::new(
-                    name,
-                    format!("must be a positive integer, got {v:?}"),
-                )),
+        let vars = Vars(&get);
+        let backoff = Backoff::new(
+            vars.seconds("BACKOFF_BASE_SECONDS", 10)?,
+            vars.seconds("BACKOFF_MAX_SECONDS", 900)?,
+        )
+        .map_err(|e| match e {
+            InvalidBackoff::ZeroBase => ConfigError::new("BACKOFF_BASE_SECONDS", e.to_string()),
+            InvalidBackoff::BaseAboveMax { .. } | InvalidBackoff::AboveVisibilityLimit => {
+                ConfigError::new("BACKOFF_MAX_SECONDS", e.to_string())
             }
-        };
-        let number = |name: &'static str, default: u64| bounded(name, default, 1, u64::MAX);
-        // A duration in seconds: positive and at most 12 hours (spec §8's
-        // bound on every configured duration).
-        let seconds = |name: &'static str, default: u64| -> Result<Duration, ConfigError> {
-            bounded(name, default, 1, MAX_CONFIG_SECONDS).map(Duration::from_secs)
-        };
-        let max_attempts = number("MAX_ATTEMPTS", 5)?;
-        let max_attempts = u32::try_from(max_attempts)
-            .map_err(|_| ConfigError::new("MAX_ATTEMPTS", "is too large"))?;
-        let base = number("BACKOFF_BASE_SECONDS", 10)?;
-        let max = number("BACKOFF_MAX_SECONDS", 900)?;
-        let backoff = Backoff::new(Duration::from_secs(base), Duration::from_secs(max)).map_err(
-            |e| match e {
-                InvalidBackoff::ZeroBase => ConfigError::new("BACKOFF_BASE_SECONDS", e.to_string()),
-                InvalidBackoff::BaseAboveMax { .. } | InvalidBackoff::AboveVisibilityLimit => {
-                    ConfigError::new("BACKOFF_MAX_SECONDS", e.to_string())
-                }
-            },
-        )?;
-        let retry_after_max = number("RETRY_AFTER_MAX_SECONDS", VISIBILITY_LIMIT.as_secs())?;
-        if retry_after_max > VISIBILITY_LIMIT.as_secs() {
-            return Err(ConfigError::new(
-                "RETRY_AFTER_MAX_SECONDS",
-                "must be at most 43200 (SQS's 12-hour visibility limit)",
-            ));
-        }
-        let request_timeout = number("REQUEST_TIMEOUT_SECONDS", 10)?;
-        if request_timeout > 900 {
-            return Err(ConfigError::new(
-                "REQUEST_TIMEOUT_SECONDS",
-                "must be at most 900 (Lambda's longest invocation)",
-            ));
-        }
-        let max_concurrency = number("MAX_CONCURRENCY", 64)?;
-        let max_concurrency = usize::try_from(max_concurrency)
-            .ok()
-            .filter(|&n| n <= 100_000)
-            .ok_or_else(|| ConfigError::new("MAX_CONCURRENCY", "must be at most 100000"))?;
-
-        let allowed = match var("ALLOWED_DESTINATIONS") {
-            None => Vec::new(),
-            Some(list) => list
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| {
-                    s.parse::<HostPattern>().map_err(|e| {
-                        ConfigError::new("ALLOWED_DESTINATIONS", format!("{s:?}: {e}"))
-                    })
-                })
-                .collect::<Result<_, _>>()?,
-        };
-        let allow_private = match var("ALLOW_PRIVATE_DESTINATIONS").as_deref().map(str::trim) {
-            None | Some("false") => false,
-            Some("true") => true,
-            Some(other) => {
-                return Err(ConfigError::new(
-                    "ALLOW_PRIVATE_DESTINATIONS",
-                    format!("must be true or false, got {other:?}"),
-                ))
-            }
-        };
-
-        let optional = |name: &'static str| -> Result<Option<u64>, ConfigError> {
-            var(name).map(|_| number(name, 0)).transpose()
-        };
-        let max_concurrency_per_host =
-            optional("MAX_CONCURRENCY_PER_HOST")?.map(|n| n.min(100_000) as usize);
-        let cooldown = seconds("BREAKER_COOLDOWN_SECONDS", 30)?;
-        let breaker = optional("BREAKER_THRESHOLD")?
-            .map(|n| {
-                u32::try_from(n)
-                    .map_err(|_| ConfigError::new("BREAKER_THRESHOLD", "is too large"))
-                    .map(|threshold| BreakerSettings {
-                        threshold,
-                        cooldown,
-                    })
-            })
-            .transpose()?;
-        let metrics = MetricsSettings {
-            enabled: match var("METRICS_ENABLED").as_deref().map(str::trim) {
-                None | Some("true") => true,
-                Some("false") => false,
-                Some(other) => {
-                    return Err(ConfigError::new(
-                        "METRICS_ENABLED",
-                        format!("must be true or false, got {other:?}"),
-                    ))
-                }
-            },
-            namespace: match var("METRICS_NAMESPACE") {
-                None => "retryq".into(),
-                Some(ns) if ns.len() <= 255 && !ns.starts_with("AWS/") => ns.trim().to_owned(),
-                Some(_) => {
-                    return Err(ConfigError::new(
-                        "METRICS_NAMESPACE",
-                        "must be at most 255 characters and not start with AWS/",
-                    ))
-                }
-            },
-            service: var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|| "retryq-worker".into()),
-        };
-        let auth = match var("AUTH_PROFILES") {
-            None => AuthProfiles::default(),
-            Some(json) => AuthProfiles::parse(&json, &get)
-                .map_err(|e| ConfigError::new("AUTH_PROFILES", e))?,
-        };
-
-        let retention_margin = Duration::from_secs(bounded(
-            "RETENTION_MARGIN_SECONDS",
-            900,
-            0,
-            MAX_CONFIG_SECONDS,
-        )?);
-        let secret_ttl = seconds("SECRET_TTL_SECONDS", 300)?;
-        let batching_window = Duration::from_secs(bounded(
-            "BATCHING_WINDOW_SECONDS",
-            0,
-            0,
-            MAX_BATCHING_WINDOW_SECONDS,
-        )?);
-
+        })?;
+        let breaker_cooldown = vars.seconds("BREAKER_COOLDOWN_SECONDS", 30)?;
         Ok(Config {
-            retention_margin,
-            secret_ttl,
-            batching_window,
-            metrics,
-            auth,
-            max_concurrency_per_host,
-            breaker,
-            dlq_url: var("DLQ_URL").map(|v| v.trim().to_owned()),
+            dlq_url: vars.text("DLQ_URL").map(|v| v.trim().to_owned()),
             retry: RetryPolicy {
-                max_attempts,
+                max_attempts: vars.number("MAX_ATTEMPTS", 5, 1, u32::MAX.into())? as u32,
                 backoff,
-                retry_after_max: Duration::from_secs(retry_after_max),
+                retry_after_max: vars.seconds("RETRY_AFTER_MAX_SECONDS", MAX_CONFIG_SECONDS)?,
             },
-            request_timeout: Duration::from_secs(request_timeout),
-            max_concurrency,
+            request_timeout: Duration::from_secs(vars.number(
+                "REQUEST_TIMEOUT_SECONDS",
+                10,
+                1,
+                MAX_REQUEST_TIMEOUT_SECONDS,
+            )?),
+            max_concurrency: vars.number("MAX_CONCURRENCY", 64, 1, MAX_CONCURRENCY)? as usize,
             destinations: DestinationPolicy {
-                allowed,
-                allow_private,
+                allowed: vars.list("ALLOWED_DESTINATIONS")?,
+                allow_private: vars.flag("ALLOW_PRIVATE_DESTINATIONS", false)?,
             },
+            auth: match vars.text("AUTH_PROFILES") {
+                None => AuthProfiles::default(),
+                Some(json) => AuthProfiles::parse(&json, &get)
+                    .map_err(|e| ConfigError::new("AUTH_PROFILES", e))?,
+            },
+            max_concurrency_per_host: vars
+                .optional("MAX_CONCURRENCY_PER_HOST", MAX_CONCURRENCY)?
+                .map(|n| n as usize),
+            breaker: vars
+                .optional("BREAKER_THRESHOLD", u32::MAX.into())?
+                .map(|threshold| BreakerSettings {
+                    threshold: threshold as u32,
+                    cooldown: breaker_cooldown,
+                }),
+            metrics: MetricsSettings {
+                enabled: vars.flag("METRICS_ENABLED", true)?,
+                namespace: vars.namespace("METRICS_NAMESPACE")?,
+                service: vars
+                    .text("AWS_LAMBDA_FUNCTION_NAME")
+                    .unwrap_or_else(|| "retryq-worker".into()),
+            },
+            retention_margin: Duration::from_secs(vars.number(
+                "RETENTION_MARGIN_SECONDS",
+                900,
+                0,
+                MAX_CONFIG_SECONDS,
+            )?),
+            secret_ttl: vars.seconds("SECRET_TTL_SECONDS", 300)?,
+            batching_window: Duration::from_secs(vars.number(
+                "BATCHING_WINDOW_SECONDS",
+                0,
+                0,
+                MAX_BATCHING_WINDOW_SECONDS,
+            )?),
         })
+    }
+}
+
+/// Longest request timeout: Lambda's longest invocation.
+const MAX_REQUEST_TIMEOUT_SECONDS: u64 = 900;
+/// Most requests in flight (`MAX_CONCURRENCY`, `MAX_CONCURRENCY_PER_HOST`).
+const MAX_CONCURRENCY: u64 = 100_000;
+
+/// A typed reader of variables. A variable that is unset or empty takes its
+/// default; every error names the variable.
+struct Vars<'a, F>(&'a F);
+
+impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
+    /// The value, unless unset or blank.
+    fn text(&self, name: &str) -> Option<String> {
+        (self.0)(name).filter(|v| !v.trim().is_empty())
+    }
+
+    /// A whole number in `min..=max`, or `default` when unset.
+    fn number(
+        &self,
+        name: &'static str,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> Result<u64, ConfigError> {
+        let Some(v) = self.text(name) else {
+            return Ok(default);
+        };
+        match v.trim().parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
+            Ok(n) if n > max => Err(ConfigError::new(name, format!("must be at most {max}"))),
+            _ if min == 0 => Err(ConfigError::new(
+                name,
+                format!("must be a whole number from 0 to {max}, got {v:?}"),
+            )),
+            _ => Err(ConfigError::new(
+                name,
+                format!("must be a positive integer, got {v:?}"),
+            )),
+        }
+    }
+
+    /// A positive number up to `max`, or `None` when unset.
+    fn optional(&self, name: &'static str, max: u64) -> Result<Option<u64>, ConfigError> {
+        match self.text(name) {
+            None => Ok(None),
+            Some(_) => self.number(name, 0, 1, max).map(Some),
+        }
+    }
+
+    /// A duration in whole seconds, positive and at most 12 hours (spec §8).
+    fn seconds(&self, name: &'static str, default: u64) -> Result<Duration, ConfigError> {
+        self.number(name, default, 1, MAX_CONFIG_SECONDS)
+            .map(Duration::from_secs)
+    }
+
+    /// `true` or `false`.
+    fn flag(&self, name: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.text(name).as_deref().map(str::trim) {
+            None => Ok(default),
+            Some("true") => Ok(true),
+            Some("false") => Ok(false),
+            Some(other) => Err(ConfigError::new(
+                name,
+                format!("must be true or false, got {other:?}"),
+            )),
+        }
+    }
+
+    /// A comma list of host patterns.
+    fn list(&self, name: &'static str) -> Result<Vec<HostPattern>, ConfigError> {
+        let Some(list) = self.text(name) else {
+            return Ok(Vec::new());
+        };
+        list.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<HostPattern>()
+                    .map_err(|e| ConfigError::new(name, format!("{s:?}: {e}")))
+            })
+            .collect()
+    }
+
+    /// A CloudWatch namespace (not AWS's own).
+    fn namespace(&self, name: &'static str) -> Result<String, ConfigError> {
+        match self.text(name) {
+            None => Ok("retryq".into()),
+            Some(ns) if ns.len() <= 255 && !ns.starts_with("AWS/") => Ok(ns.trim().to_owned()),
+            Some(_) => Err(ConfigError::new(
+                name,
+                "must be at most 255 characters and not start with AWS/",
+            )),
+        }
     }
 }
 
