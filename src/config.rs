@@ -24,7 +24,7 @@ use std::time::Duration;
 use crate::auth::AuthProfiles;
 use crate::deliver::destination::{DestinationPolicy, HostPattern};
 use crate::metrics::MetricsSettings;
-use crate::policy::backoff::{Backoff, InvalidBackoff, VISIBILITY_LIMIT};
+use crate::policy::backoff::{Backoff, InvalidBackoff};
 use crate::policy::RetryPolicy;
 
 /// Everything the processor reads from its environment.
