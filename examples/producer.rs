@@ -27,7 +27,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Built once per process, like any SDK or HTTP client.
     let config = Config::from_env()?;
     let deliverer = retryq::wiring::deliverer(&config, 8, None)?;
-    let enqueuer = Enqueuer::new(retryq::queue::sqs_client_from_env().await, queue_url);
+    let enqueuer = Enqueuer::new(retryq::wiring::sqs_client_from_env().await, queue_url);
 
     // One call of service A, as a Retry Message.
     let order = MessageBuilder::new(destination)

@@ -535,27 +535,6 @@ pub fn epoch_millis(text: &str) -> Option<SystemTime> {
     SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(ms))
 }
 
-/// Builds an SQS client from the standard AWS environment
-/// (`AWS_REGION`, `AWS_ENDPOINT_URL[_SQS]`, credentials chain). Credentials
-/// are resolved lazily, on the first call.
-pub async fn sqs_client_from_env() -> aws_sdk_sqs::Client {
-    aws_sdk_sqs::Client::new(&sdk_config_from_env().await)
-}
-
-/// The AWS SDK configuration from the standard environment, for all clients.
-pub async fn sdk_config_from_env() -> aws_config::SdkConfig {
-    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
-}
-
-/// The SQS client, and the Secrets Manager client when `needed`.
-pub async fn clients_from_env(
-    secrets_manager_needed: bool,
-) -> (aws_sdk_sqs::Client, Option<aws_sdk_secretsmanager::Client>) {
-    let sdk = sdk_config_from_env().await;
-    let secrets = secrets_manager_needed.then(|| aws_sdk_secretsmanager::Client::new(&sdk));
-    (aws_sdk_sqs::Client::new(&sdk), secrets)
-}
-
 /// `arn:aws:sqs:us-east-1:123456789012:orders` → `("123456789012", "orders")`.
 pub fn parse_queue_arn(arn: &str) -> Option<(&str, &str)> {
     let mut parts = arn.splitn(6, ':');

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use lambda_runtime::service_fn;
 use retryq::config::Config;
 use retryq::process::Processor;
-use retryq::{lambda, queue};
+use retryq::{lambda, wiring};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -22,7 +22,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (sqs, secrets_manager) = queue::clients_from_env(config.auth.uses_secrets_manager()).await;
+    let (sqs, secrets_manager) = wiring::clients_from_env(config.auth.uses_secrets_manager()).await;
     let processor = match Processor::new(config, sqs, secrets_manager) {
         Ok(p) => Arc::new(p),
         Err(e) => {

@@ -4,19 +4,24 @@
 //! Exit codes: 0 success, 1 the work failed, 2 bad usage or input (clap's
 //! own usage errors exit 2 as well).
 
-use std::path::PathBuf;
+mod dlq;
+mod enqueue;
+mod event;
+mod trigger;
+mod validate;
+mod worker;
+
+pub use event::event;
+
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
 use crate::message::RetryMessage;
-use crate::process::Processor;
-use crate::producer::{call_then_enqueue, CallOutcome, Enqueuer, MessageBuilder, SyncRetry};
-use crate::queue::{self, Queues};
-use crate::{check, dlq, trigger, worker};
+use crate::producer::{MessageBuilder, SyncRetry};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -270,233 +275,59 @@ impl RequestArgs {
     }
 }
 
-/// Runs one command.
+/// Runs one command: a dispatcher to the command's own file.
 pub async fn run(
     cli: Cli,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), Failure> {
     match cli.command {
-        Command::Enqueue { queue_url, request } => {
-            let msg = request.message()?;
-            let enqueuer = Enqueuer::new(queue::sqs_client_from_env().await, queue_url);
-            enqueuer
-                .enqueue(&msg)
-                .await
-                .map_err(|e| Failure::Work(e.to_string()))?;
-            println!("{}", msg.id);
-            Ok(())
-        }
+        Command::Enqueue { queue_url, request } => enqueue::enqueue(queue_url, request).await,
         Command::Call {
             queue_url,
             request,
             sync_attempts,
             sync_budget_ms,
         } => {
-            let msg = request.message()?;
-            let config = config()?;
-            let (sqs, secrets_manager) =
-                queue::clients_from_env(config.auth.uses_secrets_manager()).await;
-            let deliverer = crate::wiring::deliverer(&config, 4, secrets_manager)
-                .map_err(|e| Failure::Work(e.to_string()))?;
-            let enqueuer = Enqueuer::new(sqs, queue_url);
             let sync = SyncRetry {
                 attempts: sync_attempts,
                 budget: Duration::from_millis(sync_budget_ms),
             };
-            match call_then_enqueue(&deliverer, &enqueuer, msg, sync).await {
-                Ok(CallOutcome::Delivered { status, attempts }) => {
-                    println!("delivered: HTTP {status} after {attempts} attempt(s)");
-                    Ok(())
-                }
-                Ok(CallOutcome::Enqueued {
-                    id,
-                    attempts,
-                    last_error,
-                    ..
-                }) => {
-                    println!("enqueued {id} after {attempts} attempt(s): {last_error}");
-                    Ok(())
-                }
-                Ok(CallOutcome::Rejected {
-                    error, attempts, ..
-                }) => Err(Failure::Work(format!(
-                    "failed non-retryably after {attempts} attempt(s), not enqueued: {error}"
-                ))),
-                Err(e) => Err(Failure::Work(format!(
-                    "still failing and could not be enqueued: {e}"
-                ))),
-            }
+            enqueue::call(queue_url, request, sync).await
         }
         Command::Worker {
             queue_url,
             wait_seconds,
             pollers,
-        } => {
-            let config = config()?;
-            let mut options = worker::WorkerOptions::new(queue_url, config.max_concurrency);
-            options.wait = Duration::from_secs(wait_seconds);
-            if let Some(n) = pollers {
-                options.pollers = n as usize;
-            }
-            let (sqs, secrets_manager) =
-                queue::clients_from_env(config.auth.uses_secrets_manager()).await;
-            let processor = Processor::new(config, sqs, secrets_manager)
-                .map_err(|e| Failure::Work(e.to_string()))?;
-            let stats = worker::run(Arc::new(processor), options, shutdown)
-                .await
-                .map_err(|e| Failure::Work(e.to_string()))?;
-            eprintln!(
-                "retryq worker: {} records in {} batches, {} acknowledged, {} left for another attempt",
-                stats.records, stats.batches, stats.acknowledged, stats.returned
-            );
-            Ok(())
-        }
+        } => worker::run(queue_url, wait_seconds, pollers, shutdown).await,
         Command::Trigger {
             queue_url,
             function_url,
             batch_size,
             wait_seconds,
-        } => {
-            let function_url = trigger::invoke_url(&function_url)
-                .map_err(|e| Failure::Usage(format!("--function-url {function_url:?}: {e}")))?;
-            let sqs = queue::sqs_client_from_env().await;
-            let region = sqs
-                .config()
-                .region()
-                .map(|r| r.to_string())
-                .unwrap_or_else(|| "us-east-1".into());
-            let options = trigger::TriggerOptions {
-                queue_url,
-                function_url,
-                batch_size: batch_size as usize,
-                wait: Duration::from_secs(wait_seconds),
-            };
-            let stats = trigger::run(&Queues::new(sqs), &region, &options, shutdown)
-                .await
-                .map_err(|e| Failure::Work(e.to_string()))?;
-            eprintln!(
-                "retryq trigger: {} invocations, {} acknowledged, {} returned, {} invocations acknowledged nothing",
-                stats.invocations, stats.acknowledged, stats.returned, stats.failed_invocations
-            );
-            Ok(())
-        }
+        } => trigger::run(queue_url, function_url, batch_size, wait_seconds, shutdown).await,
         Command::Dlq(DlqCommand::List { dlq_url, json, max }) => {
-            let queues = Queues::new(queue::sqs_client_from_env().await);
-            let letters = dlq::list(&queues, &dlq_url, max)
-                .await
-                .map_err(|e| Failure::Work(e.to_string()))?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&letters).expect("serializable")
-                );
-            } else {
-                print!("{}", dlq_table(&letters));
-            }
-            Ok(())
+            dlq::list(&dlq_url, json, max).await
         }
         Command::Dlq(DlqCommand::Redrive {
             dlq_url,
             to,
             max,
             reason,
-        }) => {
-            let queues = Queues::new(queue::sqs_client_from_env().await);
-            let stats = dlq::redrive(&queues, &dlq_url, &to, max, reason.as_deref())
-                .await
-                .map_err(|e| Failure::Work(e.to_string()))?;
-            println!(
-                "moved {}, skipped {}, failed {}",
-                stats.moved, stats.skipped, stats.failed
-            );
-            if stats.failed > 0 {
-                return Err(Failure::Work(format!(
-                    "{} dead letters could not be moved",
-                    stats.failed
-                )));
-            }
-            Ok(())
-        }
+        }) => dlq::redrive(&dlq_url, &to, max, reason.as_deref()).await,
         Command::Validate {
             queue_url: Some(queue_url),
             dlq_url,
             ..
-        } => validate_queues(&queue_url, dlq_url.as_deref()).await,
+        } => validate::queues(&queue_url, dlq_url.as_deref()).await,
         Command::Validate { file, .. } => {
-            let file = file.expect("clap requires FILE without --queue-url");
-            let text = read(&file)?;
-            RetryMessage::parse(&text)
-                .map_err(|e| Failure::Usage(format!("{}: invalid: {e}", file.display())))?;
-            println!("{}: valid Retry Message v1", file.display());
-            Ok(())
+            validate::file(&file.expect("clap requires FILE without --queue-url"))
         }
         Command::Event {
             files,
             queue_arn,
             receive_count,
             raw,
-        } => {
-            let mut bodies = Vec::new();
-            for file in &files {
-                let text = read(file)?;
-                if !raw {
-                    RetryMessage::parse(&text).map_err(|e| {
-                        Failure::Usage(format!(
-                            "{}: invalid: {e} (use --raw to include it anyway)",
-                            file.display()
-                        ))
-                    })?;
-                }
-                bodies.push(text);
-            }
-            let event = event(&bodies, &queue_arn, receive_count);
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&event).expect("serializable")
-            );
-            Ok(())
-        }
-    }
-}
-
-/// `retryq validate --queue-url`: reads both queues, prints what it read
-/// and every finding; exit 1 when there is one.
-async fn validate_queues(queue_url: &str, dlq_url: Option<&str>) -> Result<(), Failure> {
-    let config = config()?;
-    let queues = Queues::new(queue::sqs_client_from_env().await);
-    let read = |url: String| {
-        let queues = &queues;
-        async move {
-            queues
-                .settings(&url)
-                .await
-                .map_err(|e| Failure::Work(format!("{url}: {e}")))
-        }
-    };
-    let source = read(queue_url.to_owned()).await?;
-    let dlq = match dlq_url {
-        Some(url) => Some(read(url.to_owned()).await?),
-        None => None,
-    };
-    for q in std::iter::once(&source).chain(dlq.as_ref()) {
-        println!(
-            "{}: MessageRetentionPeriod {} s, MaximumMessageSize {} bytes, VisibilityTimeout {} s",
-            q.url,
-            q.retention.as_secs(),
-            q.max_message_size,
-            q.visibility_timeout.as_secs()
-        );
-    }
-    let findings = check::check_queues(&config, &source, dlq.as_ref());
-    for finding in &findings {
-        println!("error: {finding}");
-    }
-    match findings.len() {
-        0 => {
-            println!("ok: nothing the processor would refuse or warn about");
-            Ok(())
-        }
-        n => Err(Failure::Work(format!("{n} problem(s) with the queues"))),
+        } => event::run(&files, &queue_arn, receive_count, raw),
     }
 }
 
@@ -504,70 +335,8 @@ fn config() -> Result<Config, Failure> {
     Config::from_env().map_err(|e| Failure::Usage(format!("configuration error: {e}")))
 }
 
-fn read(file: &PathBuf) -> Result<String, Failure> {
+fn read(file: &Path) -> Result<String, Failure> {
     std::fs::read_to_string(file).map_err(|e| Failure::Usage(format!("{}: {e}", file.display())))
-}
-
-/// An SQS event as Lambda would send it for these bodies.
-pub fn event(
-    bodies: &[String],
-    queue_arn: &str,
-    receive_count: u32,
-) -> aws_lambda_events::event::sqs::SqsEvent {
-    let region = queue_arn.split(':').nth(3).unwrap_or("us-east-1");
-    let sent = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis()
-        .to_string();
-    let messages: Vec<aws_sdk_sqs::types::Message> = bodies
-        .iter()
-        .enumerate()
-        .map(|(i, body)| {
-            use aws_sdk_sqs::types::MessageSystemAttributeName as A;
-            aws_sdk_sqs::types::Message::builder()
-                .message_id(uuid::Uuid::new_v4().to_string())
-                .receipt_handle(format!("retryq-event-receipt-handle-{i}"))
-                .body(body)
-                .attributes(A::ApproximateReceiveCount, receive_count.to_string())
-                .attributes(A::SentTimestamp, sent.clone())
-                .attributes(A::ApproximateFirstReceiveTimestamp, sent.clone())
-                .attributes(A::SenderId, "retryq-event")
-                .build()
-        })
-        .collect();
-    crate::trigger::sqs_event(&messages, queue_arn, region)
-}
-
-fn dlq_table(letters: &[dlq::DeadLetterSummary]) -> String {
-    let dash = || "-".to_owned();
-    let mut out = format!(
-        "{:<38} {:<22} {:>6} {:>8} {:>9}  {}\n",
-        "ID", "FAILURE REASON", "STATUS", "ATTEMPTS", "AGE", "DESTINATION"
-    );
-    for l in letters {
-        out.push_str(&format!(
-            "{:<38} {:<22} {:>6} {:>8} {:>9}  {}\n",
-            l.id.clone()
-                .unwrap_or_else(|| format!("({})", l.sqs_message_id)),
-            l.failure_reason.clone().unwrap_or_else(dash),
-            l.last_status_code.clone().unwrap_or_else(dash),
-            l.attempt_count.clone().unwrap_or_else(dash),
-            age(l.age_seconds),
-            l.destination.clone().unwrap_or_else(dash),
-        ));
-    }
-    out.push_str(&format!("{} dead letter(s)\n", letters.len()));
-    out
-}
-
-fn age(secs: u64) -> String {
-    match secs {
-        s if s < 120 => format!("{s}s"),
-        s if s < 7200 => format!("{}m", s / 60),
-        s if s < 172_800 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86_400),
-    }
 }
 
 #[cfg(test)]
@@ -602,25 +371,5 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[test]
-    fn ages_read_naturally() {
-        assert_eq!(age(5), "5s");
-        assert_eq!(age(600), "10m");
-        assert_eq!(age(36_000), "10h");
-        assert_eq!(age(864_000), "10d");
-    }
-
-    #[test]
-    fn events_hold_the_bodies_with_lambda_attributes() {
-        let e = event(&["{}".into()], "arn:aws:sqs:eu-west-1:1:q", 3);
-        assert_eq!(e.records[0].body.as_deref(), Some("{}"));
-        assert_eq!(e.records[0].attributes["ApproximateReceiveCount"], "3");
-        assert_eq!(e.records[0].aws_region.as_deref(), Some("eu-west-1"));
-        assert_eq!(
-            e.records[0].event_source_arn.as_deref(),
-            Some("arn:aws:sqs:eu-west-1:1:q")
-        );
     }
 }
