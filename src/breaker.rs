@@ -154,8 +154,9 @@ impl Breakers {
         self.answered.notify_waiters();
     }
 
-    /// Is the breaker for `host` open now (for tests and metrics)?
-    pub fn is_open(&self, host: &str) -> bool {
+    /// Is the breaker for `host` open now?
+    #[cfg(test)]
+    fn is_open(&self, host: &str) -> bool {
         let hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
         hosts.get(host).is_some_and(|s| s.open_until.is_some())
     }

@@ -25,24 +25,26 @@
 //! | [`policy::classify`] | pure: what kind of answer was this (spec §3) |
 //! | [`policy::backoff`] | pure: exponential backoff with jitter |
 //! | [`batch`] | pure data: the records of a batch and what became of them |
-//! | [`check`] | pure: queue settings the processor would refuse or warn about |
-//! | [`clock`] | instants in the future, without overflow |
+//! | `check` | pure: queue settings the processor would refuse or warn about |
+//! | `clock` | instants in the future, without overflow |
 //! | [`config`] | the environment, parsed and validated once |
-//! | [`auth`] | adapter: auth profiles, the tokens and secrets the processor holds |
+//! | `auth` | adapter: auth profiles, the tokens and secrets the processor holds |
 //! | [`deliver`] | adapter: replay one request over HTTP; [`deliver::destination`] is the SSRF policy |
 //! | [`queue`] | adapter: every SQS call (visibility, DLQ copies, deletes, queue settings) |
-//! | [`breaker`] | per-host circuit breaker, concurrency limit and request slots |
-//! | [`metrics`] | CloudWatch Embedded Metric Format per batch |
+//! | `breaker` | per-host circuit breaker, concurrency limit and request slots |
+//! | `metrics` | CloudWatch Embedded Metric Format per batch |
 //! | [`wiring`] | the adapters the configuration describes, built in one place |
 //! | [`process`] | one batch: plan → attempt → conclude → apply, each record isolated |
 //! | [`lambda`] | entry point: `SqsEvent` → `SqsBatchResponse` |
 //! | [`worker`] | entry point: path 3.2, the long-lived poller, same core |
 //! | [`trigger`] | local: the Lambda SQS event source, emulated |
-//! | [`dlq`] | list and redrive dead letters |
+//! | `dlq` | list and redrive dead letters |
 //! | [`producer`] | service A's side: build, enqueue, call-then-enqueue |
 //! | [`cli`] | entry point: the `retryq` command line |
 //!
-//! Modules depend on each other without cycles (`scripts/module-cycles.py
+//! The public API is the message model, the producer, the policy (for
+//! embedding the decision core), the configuration and the entry points;
+//! the rest is internal. Modules depend on each other without cycles (`scripts/module-cycles.py
 //! --tree` prints the graph; `make lint` checks it).
 //!
 //! The binaries `retryq-processor` and `retryq` only wire these together.
@@ -76,18 +78,18 @@
 //! assert_eq!(action, Action::Retry { delay: Duration::from_secs(30) });
 //! ```
 
-pub mod auth;
+pub(crate) mod auth;
 pub mod batch;
-pub mod breaker;
-pub mod check;
+pub(crate) mod breaker;
+pub(crate) mod check;
 pub mod cli;
-pub mod clock;
+pub(crate) mod clock;
 pub mod config;
 pub mod deliver;
-pub mod dlq;
+pub(crate) mod dlq;
 pub mod lambda;
 pub mod message;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod policy;
 pub mod process;
 pub mod producer;
