@@ -23,6 +23,39 @@ pub struct Record {
     pub sent_at: Option<SystemTime>,
 }
 
+impl Record {
+    /// A record from what SQS says of a message, whichever way it came
+    /// (Lambda's event, our own receive). `attribute` reads its system
+    /// attributes by the names SQS gives them. Missing fields become empty
+    /// values, which the processor treats as invalid (body) or as failed
+    /// SQS calls (receipt handle, ARN), never as success.
+    pub fn from_sqs(
+        message_id: Option<String>,
+        receipt_handle: Option<String>,
+        body: Option<String>,
+        source_queue_arn: String,
+        attribute: impl Fn(&str) -> Option<String>,
+    ) -> Record {
+        Record {
+            receive_count: attribute("ApproximateReceiveCount")
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(1),
+            message_group_id: attribute("MessageGroupId"),
+            sent_at: attribute("SentTimestamp").as_deref().and_then(epoch_millis),
+            message_id: message_id.unwrap_or_default(),
+            receipt_handle: receipt_handle.unwrap_or_default(),
+            body: body.unwrap_or_default(),
+            source_queue_arn,
+        }
+    }
+}
+
+/// An SQS timestamp attribute (epoch milliseconds) as a time.
+fn epoch_millis(text: &str) -> Option<SystemTime> {
+    let ms = text.trim().parse::<u64>().ok()?;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(ms))
+}
+
 /// How a record ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Disposition {

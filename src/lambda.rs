@@ -49,29 +49,16 @@ pub fn batch_response(report: &BatchReport) -> Result<SqsBatchResponse, Error> {
     Ok(response)
 }
 
-/// Converts a Lambda SQS record. Missing fields become empty values, which
-/// the processor treats as invalid (body) or as failed SQS calls (receipt
-/// handle, ARN), never as success.
+/// Converts a Lambda SQS record.
 pub fn record(m: SqsMessage) -> Record {
-    let receive_count = m
-        .attributes
-        .get("ApproximateReceiveCount")
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(1);
-    let message_group_id = m.attributes.get("MessageGroupId").cloned();
-    let sent_at = m
-        .attributes
-        .get("SentTimestamp")
-        .and_then(|t| crate::queue::epoch_millis(t));
-    Record {
-        message_id: m.message_id.unwrap_or_default(),
-        receipt_handle: m.receipt_handle.unwrap_or_default(),
-        body: m.body.unwrap_or_default(),
-        receive_count,
-        source_queue_arn: m.event_source_arn.unwrap_or_default(),
-        message_group_id,
-        sent_at,
-    }
+    let attributes = m.attributes;
+    Record::from_sqs(
+        m.message_id,
+        m.receipt_handle,
+        m.body,
+        m.event_source_arn.unwrap_or_default(),
+        |name| attributes.get(name).cloned(),
+    )
 }
 
 /// Deadlines before this (2001-09-09) cannot be epoch milliseconds.

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{
@@ -511,28 +511,18 @@ pub struct QueueInfo {
 
 /// A received SQS message as the processor's [`Record`].
 pub fn record(m: Message, queue_arn: &str) -> Record {
-    let attribute = |name: MessageSystemAttributeName| {
-        m.attributes.as_ref().and_then(|a| a.get(&name)).cloned()
-    };
-    Record {
-        receive_count: attribute(MessageSystemAttributeName::ApproximateReceiveCount)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(1),
-        message_group_id: attribute(MessageSystemAttributeName::MessageGroupId),
-        sent_at: attribute(MessageSystemAttributeName::SentTimestamp)
-            .as_deref()
-            .and_then(epoch_millis),
-        message_id: m.message_id.unwrap_or_default(),
-        receipt_handle: m.receipt_handle.unwrap_or_default(),
-        body: m.body.unwrap_or_default(),
-        source_queue_arn: queue_arn.to_owned(),
-    }
-}
-
-/// An SQS timestamp attribute (epoch milliseconds) as a time.
-pub fn epoch_millis(text: &str) -> Option<SystemTime> {
-    let ms = text.trim().parse::<u64>().ok()?;
-    SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(ms))
+    let attributes = m.attributes.unwrap_or_default();
+    Record::from_sqs(
+        m.message_id,
+        m.receipt_handle,
+        m.body,
+        queue_arn.to_owned(),
+        |name| {
+            attributes
+                .get(&MessageSystemAttributeName::from(name))
+                .cloned()
+        },
+    )
 }
 
 /// `arn:aws:sqs:us-east-1:123456789012:orders` → `("123456789012", "orders")`.
