@@ -20,7 +20,7 @@ use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
 use serde::Serialize;
 
 use crate::message::RetryMessage;
-use crate::queue::{attribute, QueueError, Queues};
+use crate::queue::{attribute, QueueError, Queues, DEFAULT_GROUP};
 
 /// How long a message stays hidden while a walk is going on.
 const WALK_VISIBILITY: Duration = Duration::from_secs(300);
@@ -205,25 +205,14 @@ async fn move_one(
     to_url: &str,
     m: &Message,
 ) -> Result<(), QueueError> {
-    let mut send = queues
-        .client()
-        .send_message()
-        .queue_url(to_url)
-        .message_body(m.body.clone().unwrap_or_default());
-    if to_url.ends_with(".fifo") {
-        let group = m
-            .attributes
-            .as_ref()
-            .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
-            .cloned()
-            .unwrap_or_else(|| "retryq".into());
-        send = send
-            .message_group_id(group)
-            .message_deduplication_id(m.message_id.clone().unwrap_or_default());
-    }
-    send.send()
-        .await
-        .map_err(|e| QueueError::sqs("SendMessage", e))?;
+    let group = m
+        .attributes
+        .as_ref()
+        .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
+        .map_or(DEFAULT_GROUP, String::as_str);
+    let body = m.body.as_deref().unwrap_or_default();
+    let message_id = m.message_id.as_deref().unwrap_or_default();
+    queues.send(to_url, body, &[], group, message_id).await?;
     let handle = m.receipt_handle.clone().unwrap_or_default();
     let not_deleted = queues.delete_batch(dlq_url, &[handle]).await;
     if not_deleted.is_empty() {

@@ -234,7 +234,7 @@ impl Processor {
             .collect();
         let fifo = records
             .iter()
-            .any(|r| r.source_queue_arn.ends_with(".fifo"));
+            .any(|r| crate::queue::is_fifo(&r.source_queue_arn));
         let finished = if fifo {
             self.run_fifo(records, deadline, heartbeat, Arc::new(work))
                 .await

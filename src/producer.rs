@@ -29,6 +29,7 @@
 //! `Idempotency-Key` the destination already saw, so a late success of an
 //! earlier attempt and a retry from the queue are recognisably the same call.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
@@ -38,7 +39,7 @@ use url::Url;
 use crate::deliver::Deliverer;
 use crate::message::{BodyEncoding, HeaderValues, InvalidMessage, Request, RetryMessage};
 use crate::policy::classify::Outcome;
-use crate::queue::QueueError;
+use crate::queue::{QueueError, Queues, DEFAULT_GROUP};
 
 /// Builds a valid [`RetryMessage`]. Errors surface at [`build`](Self::build),
 /// naming the field.
@@ -187,14 +188,14 @@ impl MessageBuilder {
 /// Sends Retry Messages to one queue.
 #[derive(Debug, Clone)]
 pub struct Enqueuer {
-    client: aws_sdk_sqs::Client,
+    queues: Arc<Queues>,
     queue_url: String,
 }
 
 impl Enqueuer {
     pub fn new(client: aws_sdk_sqs::Client, queue_url: impl Into<String>) -> Enqueuer {
         Enqueuer {
-            client,
+            queues: Arc::new(Queues::new(client)),
             queue_url: queue_url.into(),
         }
     }
@@ -208,21 +209,10 @@ impl Enqueuer {
     /// the deduplication id is the message id.
     pub async fn enqueue(&self, msg: &RetryMessage) -> Result<String, QueueError> {
         let body = serde_json::to_string(msg).expect("a RetryMessage always serializes");
-        let mut send = self
-            .client
-            .send_message()
-            .queue_url(&self.queue_url)
-            .message_body(body);
-        if self.queue_url.ends_with(".fifo") {
-            send = send
-                .message_group_id(msg.destination_url.host_str().unwrap_or("retryq"))
-                .message_deduplication_id(&msg.id);
-        }
-        let sent = send
-            .send()
+        let group = msg.destination_url.host_str().unwrap_or(DEFAULT_GROUP);
+        self.queues
+            .send(&self.queue_url, &body, &[], group, &msg.id)
             .await
-            .map_err(|e| QueueError::sqs("SendMessage", e))?;
-        Ok(sent.message_id.unwrap_or_default())
     }
 }
 

@@ -1,4 +1,5 @@
-//! SQS adapter: the only place that talks to SQS.
+//! SQS adapter: the only place that talks to SQS, and the one that knows
+//! the FIFO rules ([`is_fifo`], [`DEFAULT_GROUP`]).
 //!
 //! Queue URLs are never built by hand. A record names its queue by ARN
 //! (`eventSourceARN`); [`Queues::url_of`] asks SQS (`GetQueueUrl`) once per
@@ -273,11 +274,6 @@ impl Queues {
         })
     }
 
-    /// The SDK client, for callers that need other operations.
-    pub fn client(&self) -> &aws_sdk_sqs::Client {
-        &self.client
-    }
-
     /// The URL of the queue with this ARN, asked of SQS once and cached.
     pub async fn url_of(&self, arn: &str) -> Result<String, QueueError> {
         if let Some(url) = self.urls.lock().unwrap_or_else(|p| p.into_inner()).get(arn) {
@@ -345,23 +341,47 @@ impl Queues {
                 ),
             })?,
         };
+        let group = copy.message_group_id.unwrap_or(DEFAULT_GROUP);
+        self.send(
+            dlq_url,
+            copy.body,
+            &attributes,
+            group,
+            copy.original_message_id,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Sends a message with these String attributes; returns its SQS
+    /// message id. On a FIFO queue it goes to `group`, deduplicated on
+    /// `dedup` (made a valid deduplication id).
+    pub async fn send(
+        &self,
+        queue_url: &str,
+        body: &str,
+        attributes: &[(&str, String)],
+        group: &str,
+        dedup: &str,
+    ) -> Result<String, QueueError> {
         let mut send = self
             .client
             .send_message()
-            .queue_url(dlq_url)
-            .message_body(copy.body);
+            .queue_url(queue_url)
+            .message_body(body);
         for (name, value) in attributes {
-            send = send.message_attributes(name, string(&value));
+            send = send.message_attributes(*name, string(value));
         }
-        if dlq_url.ends_with(".fifo") {
+        if is_fifo(queue_url) {
             send = send
-                .message_group_id(copy.message_group_id.unwrap_or("retryq"))
-                .message_deduplication_id(dedup_id(copy.original_message_id));
+                .message_group_id(group)
+                .message_deduplication_id(dedup_id(dedup));
         }
-        send.send()
+        let sent = send
+            .send()
             .await
             .map_err(|e| QueueError::sqs("SendMessage", e))?;
-        Ok(())
+        Ok(sent.message_id.unwrap_or_default())
     }
 
     /// Sets the visibility of many messages of one queue, ten per call.
@@ -539,6 +559,15 @@ pub fn parse_queue_arn(arn: &str) -> Option<(&str, &str)> {
     (arn_tag == "arn" && service == "sqs" && !account.is_empty() && !name.is_empty())
         .then_some((account, name))
 }
+
+/// Is this queue (URL or ARN) a FIFO queue? Their names end in `.fifo`.
+pub fn is_fifo(url_or_arn: &str) -> bool {
+    url_or_arn.ends_with(".fifo")
+}
+
+/// The message group of a message sent to a FIFO queue without one of its
+/// own (a dead letter from a standard queue, for example).
+pub const DEFAULT_GROUP: &str = "retryq";
 
 /// SQS deduplication ids are at most 128 characters of a restricted
 /// alphabet; SQS message ids (UUIDs) already are.
