@@ -12,12 +12,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON=${PYTHON:-python3}
+. scripts/lib.sh
 : "${RETRYQ_TEST_SQS_ENDPOINT:?run me through scripts/with-moto.sh}"
 export AWS_ENDPOINT_URL=$RETRYQ_TEST_SQS_ENDPOINT
 MAX_ATTEMPTS=4
 SETTLE_LIMIT=110
-free_port() { "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 watch_port=$(free_port)
 dest_port=$(free_port)
 dest="http://127.0.0.1:$dest_port"

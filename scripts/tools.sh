@@ -4,10 +4,8 @@
 # clippy/rustfmt components. With WITH_ZIG=1 also zig (PyPI ziglang) and the
 # arm64 Rust target, for `make build`.
 set -euo pipefail
-
-PYTHON=${PYTHON:-python3}
-scripts_dir=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
-export PATH="$scripts_dir:$HOME/.cargo/bin:$PATH"
+. "$(dirname "$0")/lib.sh"
+use_python_scripts
 
 missing=()
 command -v moto_server >/dev/null && "$PYTHON" -c 'import flask, moto.server' 2>/dev/null || missing+=("moto[server]")

@@ -7,12 +7,10 @@
 #   AWS_ENDPOINT_URL_SQS      the same, for the SDKs
 #   AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY  dummy local values
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+use_python_scripts
 
-PYTHON=${PYTHON:-python3}
-scripts_dir=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
-export PATH="$scripts_dir:$PATH"
-
-port=${MOTO_PORT:-$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
+port=${MOTO_PORT:-$(free_port)}
 log=$(mktemp -t moto.XXXXXX.log)
 # In its own session, so a Ctrl-C reaches the command first and the server
 # stays up while the command shuts down; stopped below in every case.
