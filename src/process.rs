@@ -37,6 +37,7 @@ pub use crate::batch::{BatchReport, Disposition, Processed, Record, RecordReport
 use crate::breaker::{host_key, Admission, Breakers};
 use crate::config::Config;
 use crate::deliver::Deliverer;
+use crate::policy::fifo;
 use crate::policy::record::{self, AttemptResult, Decision, Plan, Received, Settings};
 use crate::policy::{Action, DeadLetter};
 use crate::queue::{smallest_copy_size, DeadLetterCopy, QueueError, Queues};
@@ -280,23 +281,28 @@ impl Processor {
         Fut: Future<Output = Processed> + Send + 'static,
     {
         let count = records.len();
-        let mut groups: Vec<(String, Vec<(usize, Record)>)> = Vec::new();
-        for (i, record) in records.into_iter().enumerate() {
-            let group = record.message_group_id.clone().unwrap_or_default();
-            match groups.iter_mut().find(|(g, _)| *g == group) {
-                Some((_, members)) => members.push((i, record)),
-                None => groups.push((group, vec![(i, record)])),
-            }
-        }
+        let plan = fifo::groups(records.iter().map(|r| r.message_group_id.as_deref()));
+        let mut records: Vec<Option<Record>> = records.into_iter().map(Some).collect();
+        let groups: Vec<(String, Vec<(usize, Record)>)> = plan
+            .into_iter()
+            .map(|g| {
+                let members = g
+                    .members
+                    .into_iter()
+                    .map(|i| (i, records[i].take().expect("each record in one group")))
+                    .collect();
+                (g.id, members)
+            })
+            .collect();
         let group_runs = groups.into_iter().map(|(group, members)| {
             let this = Arc::clone(self);
             let work = Arc::clone(&work);
             let heartbeat = heartbeat.clone();
             async move {
                 let mut out = Vec::with_capacity(members.len());
-                let mut blocked = false;
+                let mut all_acknowledged = true;
                 for (i, record) in members {
-                    if blocked {
+                    if fifo::Group::after(all_acknowledged) == fifo::Next::Release {
                         if let Some(heartbeat) = &heartbeat {
                             heartbeat.leave(&record.receipt_handle).await;
                         }
@@ -311,7 +317,7 @@ impl Processor {
                         .await
                         .pop()
                         .expect("one result per record");
-                    blocked = !matches!(&result, Ok(p) if p.disposition.acknowledged());
+                    all_acknowledged = matches!(&result, Ok(p) if p.disposition.acknowledged());
                     out.push((i, result));
                 }
                 out

@@ -34,6 +34,7 @@
 
 pub mod backoff;
 pub mod classify;
+pub mod fifo;
 pub mod record;
 
 use std::time::{Duration, SystemTime};
