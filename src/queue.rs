@@ -522,6 +522,81 @@ impl Queues {
     }
 }
 
+/// What a receive loop did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoopStats {
+    pub batches: u64,
+    pub records: u64,
+    /// Acknowledged and deleted.
+    pub acknowledged: u64,
+    /// Left in the queue (backoff, unfinished, or not deleted).
+    pub returned: u64,
+}
+
+impl std::ops::AddAssign for LoopStats {
+    fn add_assign(&mut self, o: LoopStats) {
+        self.batches += o.batches;
+        self.records += o.records;
+        self.acknowledged += o.acknowledged;
+        self.returned += o.returned;
+    }
+}
+
+/// Pause after a failed receive, so a broken endpoint is not hammered.
+const RECEIVE_ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+/// The receive loop of `retryq worker` and `retryq trigger`: until `stop`
+/// completes, `receive` a batch, give it to `handle`, which answers with the
+/// receipt handles it acknowledged, and delete those. A failed receive is
+/// logged and retried after a pause; a receive cut short by `stop` loses
+/// nothing (its messages reappear), and a batch being handled is finished
+/// first.
+pub async fn receive_loop<R, RFut, H, HFut>(
+    queues: &Queues,
+    queue_url: &str,
+    stop: impl std::future::Future<Output = ()>,
+    mut receive: R,
+    mut handle: H,
+) -> LoopStats
+where
+    R: FnMut() -> RFut,
+    RFut: std::future::Future<Output = Result<Vec<Message>, QueueError>>,
+    H: FnMut(Vec<Message>) -> HFut,
+    HFut: std::future::Future<Output = Vec<String>>,
+{
+    let mut stats = LoopStats::default();
+    tokio::pin!(stop);
+    loop {
+        let received = tokio::select! {
+            biased;
+            _ = &mut stop => break,
+            r = receive() => r,
+        };
+        let messages = match received {
+            Ok(m) if m.is_empty() => continue,
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "receive failed");
+                tokio::select! {
+                    _ = &mut stop => break,
+                    _ = tokio::time::sleep(RECEIVE_ERROR_PAUSE) => continue,
+                }
+            }
+        };
+        let count = messages.len() as u64;
+        let acknowledged = handle(messages).await;
+        let not_deleted = queues.delete_batch(queue_url, &acknowledged).await;
+        let deleted = (acknowledged.len() - not_deleted.len()) as u64;
+        stats += LoopStats {
+            batches: 1,
+            records: count,
+            acknowledged: deleted,
+            returned: count - deleted,
+        };
+    }
+    stats
+}
+
 /// What the worker and the trigger need to know of a queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueInfo {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use aws_lambda_events::event::sqs::SqsBatchResponse;
 use url::Url;
 
-use crate::queue::{QueueError, Queues};
+use crate::queue::{self, QueueError, Queues};
 use aws_lambda_events::encodings::Base64Data;
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage, SqsMessageAttribute};
 
@@ -85,45 +85,33 @@ pub async fn run(
             operation: "invoke",
             detail: e.to_string(),
         })?;
-    let mut stats = TriggerStats::default();
-    tokio::pin!(shutdown);
-    loop {
-        let batch = tokio::select! {
-            _ = &mut shutdown => break,
-            b = receive_batch(queues, options) => b,
-        };
-        let messages = match batch {
-            Ok(m) if m.is_empty() => continue,
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "receive failed");
-                tokio::select! {
-                    _ = &mut shutdown => break,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                }
-            }
-        };
-        let event = sqs_event(&messages, &info.arn, region);
-        stats.invocations += 1;
-        match invoke(&http, &options.function_url, &event).await {
-            Ok(failed) => {
-                let acknowledged: Vec<String> = messages
+    let failed_invocations = std::cell::Cell::new(0u64);
+    let receive = || receive_batch(queues, options);
+    let handle = |messages: Vec<aws_sdk_sqs::types::Message>| {
+        let (http, arn, failed_invocations) = (&http, &info.arn, &failed_invocations);
+        async move {
+            let event = sqs_event(&messages, arn, region);
+            match invoke(http, &options.function_url, &event).await {
+                Ok(failed) => messages
                     .iter()
                     .filter(|m| !failed.contains(m.message_id.as_deref().unwrap_or_default()))
                     .filter_map(|m| m.receipt_handle.clone())
-                    .collect();
-                let not_deleted = queues.delete_batch(&options.queue_url, &acknowledged).await;
-                stats.acknowledged += (acknowledged.len() - not_deleted.len()) as u64;
-                stats.returned += (messages.len() - acknowledged.len() + not_deleted.len()) as u64;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, records = messages.len(), "invocation acknowledged nothing");
-                stats.failed_invocations += 1;
-                stats.returned += messages.len() as u64;
+                    .collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, records = messages.len(), "invocation acknowledged nothing");
+                    failed_invocations.set(failed_invocations.get() + 1);
+                    Vec::new()
+                }
             }
         }
-    }
-    Ok(stats)
+    };
+    let stats = queue::receive_loop(queues, &options.queue_url, shutdown, receive, handle).await;
+    Ok(TriggerStats {
+        invocations: stats.batches,
+        acknowledged: stats.acknowledged,
+        returned: stats.returned,
+        failed_invocations: failed_invocations.get(),
+    })
 }
 
 /// Up to `batch_size` messages: a long poll for the first, then whatever is

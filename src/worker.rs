@@ -33,9 +33,6 @@ use crate::queue::{self, QueueError, QueueInfo};
 /// How long one receive waits for messages (SQS's longest long poll).
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(20);
 
-/// Pause after a failed receive, so a broken endpoint is not hammered.
-const RECEIVE_ERROR_PAUSE: Duration = Duration::from_secs(1);
-
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
     pub queue_url: String,
@@ -56,25 +53,10 @@ impl WorkerOptions {
     }
 }
 
-/// What a worker did before it stopped.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WorkerStats {
-    pub batches: u64,
-    pub records: u64,
-    /// Delivered or dead-lettered, and deleted.
-    pub acknowledged: u64,
-    /// Left in the queue (backoff, or unfinished).
-    pub returned: u64,
-}
-
-impl std::ops::AddAssign for WorkerStats {
-    fn add_assign(&mut self, o: WorkerStats) {
-        self.batches += o.batches;
-        self.records += o.records;
-        self.acknowledged += o.acknowledged;
-        self.returned += o.returned;
-    }
-}
+/// What a worker did before it stopped: batches and records received,
+/// acknowledged (delivered or dead-lettered, and deleted), and returned
+/// (left in the queue for their backoff, or unfinished).
+pub type WorkerStats = crate::queue::LoopStats;
 
 /// Polls `options.queue_url` until `shutdown` completes, then finishes the
 /// batches in flight. Fails only if the queue cannot be described at start.
@@ -117,64 +99,49 @@ async fn poll(
     mut stopped: watch::Receiver<bool>,
 ) -> WorkerStats {
     let queues = processor.queues();
-    let mut stats = WorkerStats::default();
     // Abandon a record before SQS would hand it to someone else.
     let margin = (info.visibility_timeout / 5).min(Duration::from_secs(5));
-    loop {
-        if *stopped.borrow() {
-            break;
-        }
-        let received = tokio::select! {
-            _ = stopped.changed() => break,
-            r = queues.receive(&options.queue_url, 10, options.wait, None) => r,
-        };
-        let messages = match received {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "receive failed");
-                tokio::select! {
-                    _ = stopped.changed() => break,
-                    _ = tokio::time::sleep(RECEIVE_ERROR_PAUSE) => continue,
-                }
-            }
-        };
-        if messages.is_empty() {
-            continue;
-        }
-        let work_limit = info
-            .visibility_timeout
-            .saturating_sub(margin)
-            .max(processor.config().request_timeout * 3 + Duration::from_secs(60));
-        let deadline = Instant::now() + work_limit;
-        let heartbeat = Arc::new(Heartbeat::new(
-            &options.queue_url,
+    let work_limit = info
+        .visibility_timeout
+        .saturating_sub(margin)
+        .max(processor.config().request_timeout * 3 + Duration::from_secs(60));
+    let stop = async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    let receive = || queues.receive(&options.queue_url, 10, options.wait, None);
+    let handle = |messages: Vec<aws_sdk_sqs::types::Message>| {
+        let processor = Arc::clone(&processor);
+        let (queue_url, arn, visibility) = (
+            options.queue_url.clone(),
+            info.arn.clone(),
             info.visibility_timeout,
-            messages.iter().filter_map(|m| m.receipt_handle.clone()),
-        ));
-        let records = messages
-            .into_iter()
-            .map(|m| queue::record(m, &info.arn))
-            .collect();
-        let beat = tokio::spawn(Arc::clone(&heartbeat).run(Arc::clone(queues)));
-        let batch = Batch {
-            started: Instant::now(),
-            heartbeat: Some(heartbeat),
-        };
-        let report = processor
-            .process_batch_in(records, Some(deadline), batch)
-            .await;
-        beat.abort();
-        let acknowledged: Vec<String> = report
-            .records
-            .iter()
-            .filter(|r| r.disposition.acknowledged())
-            .map(|r| r.receipt_handle.clone())
-            .collect();
-        let not_deleted = queues.delete_batch(&options.queue_url, &acknowledged).await;
-        stats.batches += 1;
-        stats.records += report.records.len() as u64;
-        stats.acknowledged += (acknowledged.len() - not_deleted.len()) as u64;
-        stats.returned += (report.records.len() - acknowledged.len() + not_deleted.len()) as u64;
-    }
-    stats
+        );
+        async move {
+            let heartbeat = Arc::new(Heartbeat::new(
+                queue_url,
+                visibility,
+                messages.iter().filter_map(|m| m.receipt_handle.clone()),
+            ));
+            let records = messages
+                .into_iter()
+                .map(|m| queue::record(m, &arn))
+                .collect();
+            let beat = tokio::spawn(Arc::clone(&heartbeat).run(Arc::clone(processor.queues())));
+            let batch = Batch {
+                started: Instant::now(),
+                heartbeat: Some(heartbeat),
+            };
+            let report = processor
+                .process_batch_in(records, Some(Instant::now() + work_limit), batch)
+                .await;
+            beat.abort();
+            report
+                .records
+                .into_iter()
+                .filter(|r| r.disposition.acknowledged())
+                .map(|r| r.receipt_handle)
+                .collect()
+        }
+    };
+    queue::receive_loop(queues, &options.queue_url, stop, receive, handle).await
 }
