@@ -35,6 +35,9 @@ lint: tools
 	cargo clippy --locked --all-targets -- -D warnings
 	cfn-lint template.yaml
 	$(PYTHON) scripts/module-cycles.py
+	# The producer alone: no Lambda runtime, CLI or Secrets Manager SDK.
+	cargo clippy --locked --no-default-features --lib -- -D warnings
+	! cargo tree --locked --no-default-features -e normal | grep -E "^.*(lambda_runtime|aws_lambda_events|clap|aws-sdk-secretsmanager) v"
 
 fmt:
 	cargo fmt --all

@@ -292,6 +292,15 @@ impl AuthProfiles {
     }
 }
 
+/// The Secrets Manager client: the SDK's with the `secrets-manager` feature
+/// (part of the default `processor` feature), else a type with no value, so
+/// a producer-only build neither compiles the SDK nor reads a secret.
+#[cfg(feature = "secrets-manager")]
+pub type SecretsManager = aws_sdk_secretsmanager::Client;
+#[cfg(not(feature = "secrets-manager"))]
+#[derive(Debug, Clone)]
+pub enum SecretsManager {}
+
 /// Why no credential could be had.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
@@ -415,7 +424,7 @@ pub struct Authenticator {
     /// The token endpoints' client, built on the first token request so
     /// that start-up does not pay for it.
     http: tokio::sync::OnceCell<reqwest::Client>,
-    secrets_manager: Option<aws_sdk_secretsmanager::Client>,
+    secrets_manager: Option<SecretsManager>,
     timeout: Duration,
     secret_ttl: Duration,
 }
@@ -445,7 +454,7 @@ impl Authenticator {
         profiles: &AuthProfiles,
         timeout: Duration,
         secret_ttl: Duration,
-        secrets_manager: Option<aws_sdk_secretsmanager::Client>,
+        secrets_manager: Option<SecretsManager>,
     ) -> Authenticator {
         Authenticator {
             profiles: profiles
@@ -775,24 +784,8 @@ impl Authenticator {
                 "profile {profile:?} needs Secrets Manager, which is not set up"
             ))
         })?;
-        let answer = tokio::time::timeout(
-            self.timeout,
-            client.get_secret_value().secret_id(arn).send(),
-        )
-        .await
-        .map_err(|_| {
-            AuthError::Unavailable(format!("Secrets Manager timed out for profile {profile:?}"))
-        })?
-        .map_err(|e| {
-            use aws_sdk_secretsmanager::error::ProvideErrorMetadata;
-            AuthError::Unavailable(format!(
-                "Secrets Manager failed for profile {profile:?}: {}",
-                e.code().unwrap_or("no answer")
-            ))
-        })?;
-        let text = answer.secret_string().ok_or_else(|| {
-            AuthError::Rejected(format!("the secret of profile {profile:?} is not a string"))
-        })?;
+        let text = read_secret_string(client, arn, self.timeout, profile).await?;
+        let text = text.as_str();
         match json_key {
             None => Ok(Secret::new(text)),
             Some(key) => serde_json::from_str::<serde_json::Value>(text)
@@ -805,6 +798,41 @@ impl Authenticator {
                 }),
         }
     }
+}
+
+/// A secret's string from Secrets Manager, within `timeout`.
+#[cfg(feature = "secrets-manager")]
+async fn read_secret_string(
+    client: &SecretsManager,
+    arn: &str,
+    timeout: Duration,
+    profile: &str,
+) -> Result<String, AuthError> {
+    use aws_sdk_secretsmanager::error::ProvideErrorMetadata;
+    let answer = tokio::time::timeout(timeout, client.get_secret_value().secret_id(arn).send())
+        .await
+        .map_err(|_| {
+            AuthError::Unavailable(format!("Secrets Manager timed out for profile {profile:?}"))
+        })?
+        .map_err(|e| {
+            AuthError::Unavailable(format!(
+                "Secrets Manager failed for profile {profile:?}: {}",
+                e.code().unwrap_or("no answer")
+            ))
+        })?;
+    answer.secret_string().map(str::to_owned).ok_or_else(|| {
+        AuthError::Rejected(format!("the secret of profile {profile:?} is not a string"))
+    })
+}
+
+#[cfg(not(feature = "secrets-manager"))]
+async fn read_secret_string(
+    client: &SecretsManager,
+    _: &str,
+    _: Duration,
+    _: &str,
+) -> Result<String, AuthError> {
+    match *client {}
 }
 
 /// Why one token request failed.

@@ -4,21 +4,8 @@
 //! [`check_queues`] is pure: it compares the queues' settings with the
 //! configuration and names the queue and the attribute of each problem.
 
-use std::time::Duration;
-
 use crate::config::Config;
-
-/// The settings of one queue that matter here.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueSettings {
-    pub url: String,
-    /// `MessageRetentionPeriod`.
-    pub retention: Duration,
-    /// `MaximumMessageSize`, bytes.
-    pub max_message_size: usize,
-    /// `VisibilityTimeout`.
-    pub visibility_timeout: Duration,
-}
+pub use crate::queue::QueueSettings;
 
 /// One problem: the queue, its attribute, and what goes wrong at run time.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +98,7 @@ pub fn check_queues(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn config(vars: &[(&str, &str)]) -> Config {
         Config::from_lookup(|name| {

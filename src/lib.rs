@@ -42,6 +42,14 @@
 //! | [`producer`] | service A's side: build, enqueue, call-then-enqueue |
 //! | [`cli`] | entry point: the `retryq` command line |
 //!
+//! **Features.** `processor` (default) builds the Lambda function, the CLI
+//! and the local trigger, with `lambda_runtime`, `aws_lambda_events`, `clap`
+//! and the Secrets Manager SDK (`secrets-manager`). A service that only
+//! builds and enqueues Retry Messages can depend on
+//! `retryq = { default-features = false }`: the message model, the producer
+//! (including `call_then_enqueue` with env-var auth profiles) and the
+//! decision core, without any of those.
+//!
 //! The public API is the message model, the producer, the policy (for
 //! embedding the decision core), the configuration and the entry points;
 //! the rest is internal. Modules depend on each other without cycles (`scripts/module-cycles.py
@@ -81,12 +89,16 @@
 pub(crate) mod auth;
 pub mod batch;
 pub(crate) mod breaker;
+#[cfg(feature = "processor")]
 pub(crate) mod check;
+#[cfg(feature = "processor")]
 pub mod cli;
 pub(crate) mod clock;
 pub mod config;
 pub mod deliver;
+#[cfg(feature = "processor")]
 pub(crate) mod dlq;
+#[cfg(feature = "processor")]
 pub mod lambda;
 pub mod message;
 pub(crate) mod metrics;
@@ -94,6 +106,7 @@ pub mod policy;
 pub mod process;
 pub mod producer;
 pub mod queue;
+#[cfg(feature = "processor")]
 pub mod trigger;
 pub mod wiring;
 pub mod worker;

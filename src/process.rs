@@ -146,7 +146,7 @@ impl Processor {
     pub fn new(
         config: Config,
         sqs: aws_sdk_sqs::Client,
-        secrets_manager: Option<aws_sdk_secretsmanager::Client>,
+        secrets_manager: Option<crate::auth::SecretsManager>,
     ) -> Result<Processor, reqwest::Error> {
         let deliverer = crate::wiring::deliverer(&config, config.max_concurrency, secrets_manager)?;
         Ok(Processor {

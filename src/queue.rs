@@ -18,7 +18,6 @@ use aws_sdk_sqs::types::{
 };
 
 use crate::batch::Record;
-use crate::check::QueueSettings;
 
 use crate::policy::{one_line, DeadLetter};
 
@@ -160,6 +159,18 @@ pub struct Queues {
     urls: Mutex<HashMap<String, String>>,
     /// Each queue's limits, by URL, as last read.
     limits: tokio::sync::Mutex<HashMap<String, LimitsRead>>,
+}
+
+/// A queue's settings that matter to the processor and `retryq validate`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSettings {
+    pub url: String,
+    /// `MessageRetentionPeriod`.
+    pub retention: Duration,
+    /// `MaximumMessageSize`, bytes.
+    pub max_message_size: usize,
+    /// `VisibilityTimeout`.
+    pub visibility_timeout: Duration,
 }
 
 /// What the processor must know of a queue's settings (§8.1, §8.2).

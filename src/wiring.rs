@@ -15,7 +15,7 @@ use crate::deliver::Deliverer;
 pub fn deliverer(
     config: &Config,
     max_idle_per_host: usize,
-    secrets_manager: Option<aws_sdk_secretsmanager::Client>,
+    secrets_manager: Option<crate::auth::SecretsManager>,
 ) -> Result<Deliverer, reqwest::Error> {
     let auth = Authenticator::new(
         &config.auth,
@@ -45,11 +45,18 @@ pub async fn sdk_config_from_env() -> aws_config::SdkConfig {
     aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
 }
 
-/// The SQS client, and the Secrets Manager client when `needed`.
+/// The SQS client, and the Secrets Manager client when `needed` (and
+/// compiled in: the `secrets-manager` feature).
 pub async fn clients_from_env(
     secrets_manager_needed: bool,
-) -> (aws_sdk_sqs::Client, Option<aws_sdk_secretsmanager::Client>) {
+) -> (aws_sdk_sqs::Client, Option<crate::auth::SecretsManager>) {
     let sdk = sdk_config_from_env().await;
+    #[cfg(feature = "secrets-manager")]
     let secrets = secrets_manager_needed.then(|| aws_sdk_secretsmanager::Client::new(&sdk));
+    #[cfg(not(feature = "secrets-manager"))]
+    let secrets = {
+        let _ = secrets_manager_needed;
+        None
+    };
     (aws_sdk_sqs::Client::new(&sdk), secrets)
 }
