@@ -110,7 +110,9 @@ async fn after_the_cooldown_a_single_probe_goes_out_and_success_closes_the_break
     let p = processor(&[
         ("ALLOW_PRIVATE_DESTINATIONS", "true"),
         ("BREAKER_THRESHOLD", "3"),
-        ("BREAKER_COOLDOWN_SECONDS", "1"),
+        // Long enough that the "still open" batch is surely sent, received
+        // and handled within it, even on a busy machine.
+        ("BREAKER_COOLDOWN_SECONDS", "5"),
         ("BACKOFF_BASE_SECONDS", "300"),
     ]);
     let batch = |tag: &str| {
@@ -128,7 +130,7 @@ async fn after_the_cooldown_a_single_probe_goes_out_and_success_closes_the_break
     assert_eq!(requests().await, 3);
 
     // After the cool-down, one probe; it fails, so the breaker reopens.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(5500)).await;
     assert_eq!(
         one_batch(&sqs, &q, &p, &batch("probe-fails")).await.len(),
         10
@@ -141,7 +143,7 @@ async fn after_the_cooldown_a_single_probe_goes_out_and_success_closes_the_break
         .respond_with(ResponseTemplate::new(200))
         .mount(&dest)
         .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(5500)).await;
     let failed = one_batch(&sqs, &q, &p, &batch("probe-works")).await;
     // The probe went out alone; once it succeeded the breaker closed, so
     // records of this batch that reached it later went out too, and the

@@ -49,7 +49,7 @@ fn message_of_len(id: &str, url: &str, len: usize) -> String {
 
 #[tokio::test]
 async fn a_retry_that_would_outlive_the_retention_is_dead_lettered_not_lost() {
-    // Retention 60 s, margin 50 s: no retry may end more than 10 s after the
+    // Retention 60 s, margin 40 s: no retry may end more than 20 s after the
     // message was sent. The destination asks for 2 s every time.
     let sqs = sqs();
     let source = queue_with(&sqs, "retention", &[("MessageRetentionPeriod", "60")]).await;
@@ -58,7 +58,7 @@ async fn a_retry_that_would_outlive_the_retention_is_dead_lettered_not_lost() {
         ("DLQ_URL", &dlq.url),
         ("ALLOW_PRIVATE_DESTINATIONS", "true"),
         ("MAX_ATTEMPTS", "50"),
-        ("RETENTION_MARGIN_SECONDS", "50"),
+        ("RETENTION_MARGIN_SECONDS", "40"),
     ]);
     let dest = serving(ResponseTemplate::new(503).insert_header("retry-after", "2")).await;
     let sent = Instant::now();
@@ -416,11 +416,11 @@ async fn a_hanging_token_endpoint_holds_no_request_slot_and_is_asked_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_keeps_a_slow_request_hidden_so_it_is_made_once() {
     let sqs = sqs();
-    let source = queue_with(&sqs, "slow", &[("VisibilityTimeout", "2")]).await;
+    let source = queue_with(&sqs, "slow", &[("VisibilityTimeout", "3")]).await;
     let dlq = queue(&sqs, "slow-dlq").await;
-    // Five seconds per answer: longer than the visibility timeout, within
+    // Seven seconds per answer: longer than the visibility timeout, within
     // the request timeout.
-    let dest = crate::destination::Destination::start(Duration::from_secs(5)).await;
+    let dest = crate::destination::Destination::start(Duration::from_secs(7)).await;
     let p = processor(&[
         ("DLQ_URL", &dlq.url),
         ("ALLOW_PRIVATE_DESTINATIONS", "true"),
@@ -444,8 +444,8 @@ async fn the_worker_keeps_a_slow_request_hidden_so_it_is_made_once() {
     while dest.delivered().is_empty() && start.elapsed() < Duration::from_secs(30) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // Another few visibility timeouts for a second copy to show up, if any.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Two more visibility timeouts for a second copy to show up, if any.
+    tokio::time::sleep(Duration::from_secs(6)).await;
     let _ = stop.send(());
     let stats = tokio::time::timeout(Duration::from_secs(30), worker)
         .await
