@@ -700,28 +700,13 @@ impl Authenticator {
         let body = response.bytes().await.map_err(|e| {
             TokenError::Unavailable(format!("failed mid-answer ({})", transport_kind(&e)))
         })?;
-        if credentials_refused(status, &body) {
-            return Err(TokenError::Rejected(status));
-        }
-        if !(200..300).contains(&status) {
-            return Err(TokenError::Unavailable(format!("answered HTTP {status}")));
-        }
-        #[derive(Deserialize)]
-        struct TokenAnswer {
-            access_token: String,
-            expires_in: Option<u64>,
-        }
-        let answer: TokenAnswer = serde_json::from_slice(&body)
-            .map_err(|_| TokenError::Unavailable("answered without an access_token".into()))?;
-        let lifetime = answer
-            .expires_in
-            .map_or(DEFAULT_LIFETIME, Duration::from_secs)
-            .min(MAX_LIFETIME);
-        let early = EARLY_REFRESH.min(lifetime / 10);
+        let (value, lifetime) = token_answer(status, &body)?;
         tracing::debug!(profile, lifetime_s = lifetime.as_secs(), "fetched a token");
         Ok(Token {
-            value: Secret::new(answer.access_token),
-            refresh_at: crate::clock::later(lifetime.saturating_sub(early)),
+            value,
+            refresh_at: crate::clock::later(
+                lifetime.saturating_sub(EARLY_REFRESH.min(lifetime / 10)),
+            ),
             generation: self.next_generation(),
         })
     }
@@ -860,6 +845,30 @@ fn rejected(profile: &str, status: u16) -> AuthError {
     AuthError::Rejected(format!(
         "token endpoint of profile {profile:?} rejected the credentials (HTTP {status})"
     ))
+}
+
+/// The token and its lifetime (believed up to [`MAX_LIFETIME`]) from the
+/// token endpoint's answer; a refusal of the credentials, or why there is no
+/// usable token.
+fn token_answer(status: u16, body: &[u8]) -> Result<(Secret, Duration), TokenError> {
+    if credentials_refused(status, body) {
+        return Err(TokenError::Rejected(status));
+    }
+    if !(200..300).contains(&status) {
+        return Err(TokenError::Unavailable(format!("answered HTTP {status}")));
+    }
+    #[derive(Deserialize)]
+    struct TokenAnswer {
+        access_token: String,
+        expires_in: Option<u64>,
+    }
+    let answer: TokenAnswer = serde_json::from_slice(body)
+        .map_err(|_| TokenError::Unavailable("answered without an access_token".into()))?;
+    let lifetime = answer
+        .expires_in
+        .map_or(DEFAULT_LIFETIME, Duration::from_secs)
+        .min(MAX_LIFETIME);
+    Ok((Secret::new(answer.access_token), lifetime))
 }
 
 /// Did the token endpoint refuse the client's credentials (RFC 6749 §5.2:
@@ -1027,6 +1036,35 @@ mod tests {
             !expired.matches(401, &h, b"expired"),
             "the default body rule no longer applies"
         );
+    }
+
+    #[test]
+    fn token_answers_are_read_and_their_lifetime_bounded() {
+        let ok = |body: &str| {
+            token_answer(200, body.as_bytes())
+                .ok()
+                .map(|(t, l)| (t.expose().to_owned(), l))
+        };
+        assert_eq!(
+            ok(r#"{"access_token":"t","expires_in":3600}"#),
+            Some(("t".into(), Duration::from_secs(3600)))
+        );
+        assert_eq!(ok(r#"{"access_token":"t"}"#).unwrap().1, DEFAULT_LIFETIME);
+        assert_eq!(
+            ok(r#"{"access_token":"t","expires_in":18446744073709551615}"#)
+                .unwrap()
+                .1,
+            MAX_LIFETIME
+        );
+        assert_eq!(ok(r#"{"expires_in":1}"#), None);
+        assert!(matches!(
+            token_answer(401, b""),
+            Err(TokenError::Rejected(401))
+        ));
+        assert!(matches!(
+            token_answer(503, b""),
+            Err(TokenError::Unavailable(_))
+        ));
     }
 
     #[test]

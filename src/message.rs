@@ -175,50 +175,69 @@ impl RetryMessage {
     /// express.
     pub fn validate(&self) -> Result<(), InvalidMessage> {
         validate_id(&self.id)?;
-        match self.destination_url.scheme() {
-            "http" | "https" => {}
-            _ => {
-                return Err(InvalidMessage::new(
-                    "destinationUrl",
-                    "scheme must be http or https",
-                ))
-            }
-        }
-        if self.destination_url.host().is_none() {
-            return Err(InvalidMessage::new("destinationUrl", "has no host"));
-        }
-        if self.destination_url.as_str().len() > limits::URL_BYTES {
+        self.validate_destination()?;
+        self.validate_method()?;
+        self.validate_headers()?;
+        if self.body_bytes()?.len() > limits::BODY_BYTES {
             return Err(InvalidMessage::new(
-                "destinationUrl",
-                format!("is longer than {} bytes", limits::URL_BYTES),
+                "request.body",
+                format!("is larger than {} bytes", limits::BODY_BYTES),
             ));
         }
-        if self.request.method.len() > limits::METHOD_BYTES {
+        if self.auth.as_deref() == Some("") {
+            return Err(InvalidMessage::new("auth", "must not be empty"));
+        }
+        if self.max_attempts == Some(0) {
+            return Err(InvalidMessage::new("maxAttempts", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    fn validate_destination(&self) -> Result<(), InvalidMessage> {
+        let url = &self.destination_url;
+        let problem = if !matches!(url.scheme(), "http" | "https") {
+            "scheme must be http or https".to_owned()
+        } else if url.host().is_none() {
+            "has no host".to_owned()
+        } else if url.as_str().len() > limits::URL_BYTES {
+            format!("is longer than {} bytes", limits::URL_BYTES)
+        } else {
+            return Ok(());
+        };
+        Err(InvalidMessage::new("destinationUrl", problem))
+    }
+
+    fn validate_method(&self) -> Result<(), InvalidMessage> {
+        let method = &self.request.method;
+        if method.len() > limits::METHOD_BYTES {
             return Err(InvalidMessage::new(
                 "request.method",
                 format!("is longer than {} characters", limits::METHOD_BYTES),
             ));
         }
-        if !is_token(&self.request.method) {
+        if !is_token(method) {
             return Err(InvalidMessage::new(
                 "request.method",
                 "must be an HTTP method token such as GET or POST",
             ));
         }
-        let (mut count, mut bytes) = (0usize, 0usize);
-        for (name, values) in &self.request.headers {
-            for value in values.iter() {
-                count += 1;
-                bytes += name.len() + value.len();
-            }
-        }
-        if count > limits::HEADER_VALUES {
+        Ok(())
+    }
+
+    fn validate_headers(&self) -> Result<(), InvalidMessage> {
+        let values = || {
+            self.request
+                .headers
+                .iter()
+                .flat_map(|(name, values)| values.iter().map(move |v| (name, v)))
+        };
+        if values().count() > limits::HEADER_VALUES {
             return Err(InvalidMessage::new(
                 "request.headers",
                 format!("has more than {} values", limits::HEADER_VALUES),
             ));
         }
-        if bytes > limits::HEADER_BYTES {
+        if values().map(|(n, v)| n.len() + v.len()).sum::<usize>() > limits::HEADER_BYTES {
             return Err(InvalidMessage::new(
                 "request.headers",
                 format!("are larger than {} bytes in all", limits::HEADER_BYTES),
@@ -229,28 +248,15 @@ impl RetryMessage {
             if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
                 return Err(InvalidMessage::new(field(), "is not a valid header name"));
             }
-            for value in values.iter() {
-                if http::HeaderValue::from_bytes(value.as_bytes()).is_err() {
-                    return Err(InvalidMessage::new(
-                        field(),
-                        "value contains characters not allowed in a header (control characters or line breaks)",
-                    ));
-                }
+            if values
+                .iter()
+                .any(|v| http::HeaderValue::from_bytes(v.as_bytes()).is_err())
+            {
+                return Err(InvalidMessage::new(
+                    field(),
+                    "value contains characters not allowed in a header (control characters or line breaks)",
+                ));
             }
-        }
-        if self.body_bytes()?.len() > limits::BODY_BYTES {
-            return Err(InvalidMessage::new(
-                "request.body",
-                format!("is larger than {} bytes", limits::BODY_BYTES),
-            ));
-        }
-        if let Some(auth) = &self.auth {
-            if auth.is_empty() {
-                return Err(InvalidMessage::new("auth", "must not be empty"));
-            }
-        }
-        if self.max_attempts == Some(0) {
-            return Err(InvalidMessage::new("maxAttempts", "must be at least 1"));
         }
         Ok(())
     }

@@ -607,7 +607,7 @@ pub enum Unfinished {
 /// order. A panic or the deadline ends only the item concerned. At most
 /// `max_tasks` run at once: the rest wait as plain data, so a batch of
 /// 10 000 records costs 10 000 records of memory, not 10 000 futures.
-pub async fn run_isolated<T, F, Fut>(
+pub(crate) async fn run_isolated<T, F, Fut>(
     items: Vec<T>,
     deadline: Option<Instant>,
     max_tasks: usize,

@@ -158,7 +158,9 @@ pub struct Queues {
     client: aws_sdk_sqs::Client,
     urls: Mutex<HashMap<String, String>>,
     /// Each queue's limits, by URL, as last read.
-    limits: tokio::sync::Mutex<HashMap<String, LimitsRead>>,
+    limits: Mutex<HashMap<String, LimitsRead>>,
+    /// One read of queue limits at a time.
+    limits_read: tokio::sync::Mutex<()>,
 }
 
 /// A queue's settings that matter to the processor and `retryq validate`.
@@ -199,7 +201,8 @@ impl Queues {
         Queues {
             client,
             urls: Mutex::new(HashMap::new()),
-            limits: tokio::sync::Mutex::new(HashMap::new()),
+            limits: Mutex::new(HashMap::new()),
+            limits_read: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -207,11 +210,12 @@ impl Queues {
     /// `None` when they cannot be read: one warning is logged, and the read
     /// is tried again a few minutes later.
     pub async fn limits_of(&self, queue_url: &str) -> Option<QueueLimits> {
-        let mut cache = self.limits.lock().await;
-        if let Some(read) = cache.get(queue_url) {
-            if read.retry_at.is_none_or(|at| Instant::now() < at) {
-                return read.limits;
-            }
+        if let Some(limits) = self.cached_limits(queue_url) {
+            return limits;
+        }
+        let _one_reader = self.limits_read.lock().await;
+        if let Some(limits) = self.cached_limits(queue_url) {
+            return limits;
         }
         // Bounded: every record waits for this read, so a hanging SQS must
         // not hold the batch.
@@ -223,14 +227,14 @@ impl Queues {
                     detail: "no answer within 5 s".into(),
                 })
             });
-        let warned = cache.contains_key(queue_url);
+        let mut cache = self.limits.lock().unwrap_or_else(|p| p.into_inner());
         let read = match result {
             Ok(limits) => LimitsRead {
                 limits: Some(limits),
                 retry_at: None,
             },
             Err(e) => {
-                if !warned {
+                if !cache.contains_key(queue_url) {
                     tracing::warn!(queue = %queue_url, error = %e,
                         "cannot read the queue's MessageRetentionPeriod and MaximumMessageSize: going on without the retention and DLQ size checks");
                 }
@@ -243,6 +247,15 @@ impl Queues {
         let limits = read.limits;
         cache.insert(queue_url.to_owned(), read);
         limits
+    }
+
+    /// The limits as last read, unless never read or due for another try.
+    fn cached_limits(&self, queue_url: &str) -> Option<Option<QueueLimits>> {
+        let cache = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        let read = cache.get(queue_url)?;
+        read.retry_at
+            .is_none_or(|at| Instant::now() < at)
+            .then_some(read.limits)
     }
 
     async fn read_limits(&self, queue_url: &str) -> Result<QueueLimits, QueueError> {
