@@ -39,7 +39,7 @@ use crate::config::Config;
 use crate::deliver::Deliverer;
 use crate::policy::fifo;
 use crate::policy::record::{self, AttemptResult, Decision, Plan, Received, Settings};
-use crate::policy::{Action, DeadLetter};
+use crate::policy::{Action, Attempt, DeadLetter};
 use crate::queue::{smallest_copy_size, DeadLetterCopy, QueueError, Queues};
 
 /// Most records whose dead letter is remembered as not yet sent.
@@ -411,7 +411,9 @@ impl Processor {
         let received = Received {
             body: &record.body,
             receive_count: record.receive_count,
-            retained_until: self.retained_until(record).await,
+            // Asked of SQS only when a retry is decided (below): a batch
+            // that only delivers makes no SQS call for it.
+            retained_until: None,
             pending_dead_letter: self.pending_dead_letter(&record.message_id),
             too_large_for_dlq: self.check_dlq_can_hold(record).await.err(),
         };
@@ -420,42 +422,56 @@ impl Processor {
             retry: &self.config.retry,
             has_profile: &has_profile,
         };
-        let (message, attempt) = match record::plan(&received, &settings, SystemTime::now()) {
+        let (message, mut attempt) = match record::plan(&received, &settings, SystemTime::now()) {
             Plan::Leave(why) => return (Err(why), None),
             Plan::Decided(decision) => return (Ok(decision), None),
             Plan::Attempt { message, attempt } => (message, attempt),
         };
         let host = host_key(&message.destination_url);
-        let conclude = |result| {
+        // `None` when the breaker refuses the attempt; else its ticket, if
+        // there is a breaker.
+        let admitted = match &self.breakers {
+            None => Some(None),
+            Some(breakers) => match breakers.admit(&host).await {
+                Admission::Go(ticket) => Some(Some(ticket)),
+                Admission::Open => None,
+            },
+        };
+        let (delivery, latency, ticket) = match admitted {
+            None => (None, None, None),
+            Some(ticket) => {
+                let started = Instant::now();
+                let delivery = self.deliverer.deliver(&message).await;
+                (Some(delivery), Some(started.elapsed()), ticket)
+            }
+        };
+        let result = || match &delivery {
+            Some(delivery) => delivery.result(),
+            None => AttemptResult::BreakerOpen { host: &host },
+        };
+        let conclude = |attempt: &Attempt| {
             record::conclude(
                 &settings,
-                &attempt,
-                result,
+                attempt,
+                result(),
                 SystemTime::now(),
                 record::receive_limit(batch.started.elapsed(), self.config.batching_window),
                 &mut fastrand::Rng::new(),
             )
         };
-        let ticket = match &self.breakers {
-            None => None,
-            Some(breakers) => match breakers.admit(&host).await {
-                Admission::Go(ticket) => Some(ticket),
-                Admission::Open => {
-                    return (
-                        Ok(conclude(AttemptResult::BreakerOpen { host: &host })),
-                        None,
-                    )
-                }
-            },
-        };
-        let started = Instant::now();
-        let delivery = self.deliverer.deliver(&message).await;
-        let latency = started.elapsed();
-        let decision = conclude(delivery.result());
+        let mut decision = conclude(&attempt);
         if let Some(ticket) = ticket {
             ticket.report(decision.health);
         }
-        (Ok(decision), Some(latency))
+        if matches!(decision.action, Action::Retry { .. }) {
+            // A retry must end before the queue's retention would delete the
+            // message (§8.1): decide again, knowing the horizon.
+            attempt.retained_until = self.retained_until(record).await;
+            if attempt.retained_until.is_some() {
+                decision = conclude(&attempt);
+            }
+        }
+        (Ok(decision), latency)
     }
 
     /// The latest a retry of this record may end (§8.1): the source queue's
@@ -494,17 +510,18 @@ impl Processor {
         Ok(())
     }
 
-    /// Logs, once per process, a DLQ smaller than the record's source queue.
+    /// Logs, once per process, a DLQ smaller than the record's source queue
+    /// (one try: a source that cannot be read is not asked again per record).
     async fn compare_dlq_with_source(&self, dlq_url: &str, dlq_max: usize, record: &Record) {
+        if self.dlq_size_checked.swap(true, Ordering::Relaxed) {
+            return;
+        }
         let Ok(url) = self.queues.url_of(&record.source_queue_arn).await else {
             return;
         };
         let Some(source) = self.queues.limits_of(&url).await else {
             return;
         };
-        if self.dlq_size_checked.swap(true, Ordering::Relaxed) {
-            return;
-        }
         if dlq_max < source.max_message_size {
             tracing::error!(
                 dlq = %dlq_url,
