@@ -891,28 +891,28 @@ fn header_credential(
     spec: &ProfileSpec,
     secret: &SecretRead,
 ) -> Result<Credential, AuthError> {
-    let ProfileSpec::Header { name, prefix, .. } = spec else {
+    let ProfileSpec::Header { name, .. } = spec else {
         unreachable!("only header profiles")
     };
-    let text = format!(
-        "{}{}",
-        prefix.as_deref().unwrap_or(""),
-        secret.value.expose()
-    );
     Ok(Credential {
         name: name.clone(),
-        value: sensitive(&text, profile)?,
+        value: sensitive(&header_text(spec, &secret.value), profile)?,
         generation: secret.generation,
     })
 }
 
+/// The value a header profile sends: its prefix, then the secret.
+fn header_text(spec: &ProfileSpec, secret: &Secret) -> String {
+    let prefix = match spec {
+        ProfileSpec::Header { prefix, .. } => prefix.as_deref().unwrap_or(""),
+        ProfileSpec::OAuth2 { .. } => "",
+    };
+    format!("{prefix}{}", secret.expose())
+}
+
 /// Would `secret` make the same header as `sent`?
 fn same(secret: &Secret, sent: &Credential, spec: &ProfileSpec) -> bool {
-    let ProfileSpec::Header { prefix, .. } = spec else {
-        return false;
-    };
-    let text = format!("{}{}", prefix.as_deref().unwrap_or(""), secret.expose());
-    sent.value.as_bytes() == text.as_bytes()
+    sent.value.as_bytes() == header_text(spec, secret).as_bytes()
 }
 
 fn sensitive(text: &str, profile: &str) -> Result<HeaderValue, AuthError> {

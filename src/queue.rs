@@ -270,32 +270,42 @@ impl Queues {
     pub async fn settings(&self, queue_url: &str) -> Result<QueueSettings, QueueError> {
         use QueueAttributeName as A;
         let attrs = self
+            .attributes(
+                queue_url,
+                &[
+                    A::MessageRetentionPeriod,
+                    A::MaximumMessageSize,
+                    A::VisibilityTimeout,
+                ],
+            )
+            .await?;
+        let seconds = |name| attrs.number(name).map(Duration::from_secs);
+        Ok(QueueSettings {
+            url: queue_url.to_owned(),
+            retention: seconds(A::MessageRetentionPeriod)?,
+            max_message_size: usize::try_from(attrs.number(A::MaximumMessageSize)?)
+                .unwrap_or(usize::MAX),
+            visibility_timeout: seconds(A::VisibilityTimeout)?,
+        })
+    }
+
+    /// These attributes of the queue (`GetQueueAttributes`).
+    async fn attributes(
+        &self,
+        queue_url: &str,
+        names: &[QueueAttributeName],
+    ) -> Result<Attributes, QueueError> {
+        let attrs = self
             .client
             .get_queue_attributes()
             .queue_url(queue_url)
-            .attribute_names(A::MessageRetentionPeriod)
-            .attribute_names(A::MaximumMessageSize)
-            .attribute_names(A::VisibilityTimeout)
+            .set_attribute_names(Some(names.to_vec()))
             .send()
             .await
             .map_err(|e| QueueError::sqs("GetQueueAttributes", e))?
             .attributes
             .unwrap_or_default();
-        let number = |name: A| {
-            attrs
-                .get(&name)
-                .and_then(|v| v.parse::<u64>().ok())
-                .ok_or_else(|| QueueError::Sqs {
-                    operation: "GetQueueAttributes",
-                    detail: format!("the answer had no numeric {}", name.as_str()),
-                })
-        };
-        Ok(QueueSettings {
-            url: queue_url.to_owned(),
-            retention: Duration::from_secs(number(A::MessageRetentionPeriod)?),
-            max_message_size: usize::try_from(number(A::MaximumMessageSize)?).unwrap_or(usize::MAX),
-            visibility_timeout: Duration::from_secs(number(A::VisibilityTimeout)?),
-        })
+        Ok(Attributes(attrs))
     }
 
     /// The URL of the queue with this ARN, asked of SQS once and cached.
@@ -517,32 +527,38 @@ impl Queues {
 
     /// The queue's ARN and visibility timeout.
     pub async fn describe(&self, queue_url: &str) -> Result<QueueInfo, QueueError> {
+        use QueueAttributeName as A;
         let attrs = self
-            .client
-            .get_queue_attributes()
-            .queue_url(queue_url)
-            .attribute_names(QueueAttributeName::QueueArn)
-            .attribute_names(QueueAttributeName::VisibilityTimeout)
-            .send()
-            .await
-            .map_err(|e| QueueError::sqs("GetQueueAttributes", e))?
-            .attributes
-            .unwrap_or_default();
-        let arn = attrs
-            .get(&QueueAttributeName::QueueArn)
-            .cloned()
+            .attributes(queue_url, &[A::QueueArn, A::VisibilityTimeout])
+            .await?;
+        Ok(QueueInfo {
+            arn: attrs.text(A::QueueArn)?.to_owned(),
+            visibility_timeout: Duration::from_secs(attrs.number(A::VisibilityTimeout)?),
+        })
+    }
+}
+
+/// A `GetQueueAttributes` answer; a missing attribute is an error naming it.
+struct Attributes(HashMap<QueueAttributeName, String>);
+
+impl Attributes {
+    fn text(&self, name: QueueAttributeName) -> Result<&str, QueueError> {
+        self.0
+            .get(&name)
+            .map(String::as_str)
             .ok_or_else(|| QueueError::Sqs {
                 operation: "GetQueueAttributes",
-                detail: "the answer had no QueueArn".into(),
-            })?;
-        let visibility = attrs
-            .get(&QueueAttributeName::VisibilityTimeout)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(30);
-        Ok(QueueInfo {
-            arn,
-            visibility_timeout: Duration::from_secs(visibility),
-        })
+                detail: format!("the answer had no {}", name.as_str()),
+            })
+    }
+
+    fn number(&self, name: QueueAttributeName) -> Result<u64, QueueError> {
+        self.text(name.clone())?
+            .parse()
+            .map_err(|_| QueueError::Sqs {
+                operation: "GetQueueAttributes",
+                detail: format!("{} is not a number", name.as_str()),
+            })
     }
 }
 
