@@ -59,6 +59,36 @@ pub struct Config {
     /// `BATCHING_WINDOW_SECONDS`: the event source mapping's batching window,
     /// the longest a record may wait between its receive and the invocation.
     pub batching_window: Duration,
+    /// `LOG_DELIVERED`: which delivered records get their log line.
+    pub log_delivered: LogDelivered,
+}
+
+/// `LOG_DELIVERED`: a record that was not delivered is always logged; a
+/// delivered one as this says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogDelivered {
+    /// Every delivered record (`all`, the default).
+    #[default]
+    All,
+    /// About one delivered record in [`LogDelivered::SAMPLE`] (`sampled`).
+    Sampled,
+    /// None (`none`); the EMF metrics still count them.
+    None,
+}
+
+impl LogDelivered {
+    /// One delivered record in this many is logged when `sampled`.
+    pub const SAMPLE: u32 = 100;
+
+    /// Whether a delivered record gets its line; `roll` is uniform in
+    /// `0..SAMPLE`.
+    pub fn logs(self, roll: u32) -> bool {
+        match self {
+            LogDelivered::All => true,
+            LogDelivered::Sampled => roll == 0,
+            LogDelivered::None => false,
+        }
+    }
 }
 
 /// Longest duration any variable may hold: SQS's 12-hour visibility limit.
@@ -165,6 +195,17 @@ impl Config {
                 0,
                 MAX_BATCHING_WINDOW_SECONDS,
             )?),
+            log_delivered: match vars.text("LOG_DELIVERED").as_deref().map(str::trim) {
+                None | Some("all") => LogDelivered::All,
+                Some("sampled") => LogDelivered::Sampled,
+                Some("none") => LogDelivered::None,
+                Some(other) => {
+                    return Err(ConfigError::new(
+                        "LOG_DELIVERED",
+                        format!("must be all, sampled or none, got {other:?}"),
+                    ))
+                }
+            },
         })
     }
 }
@@ -295,6 +336,22 @@ mod tests {
         assert_eq!(c.retention_margin, Duration::from_secs(900));
         assert_eq!(c.secret_ttl, Duration::from_secs(300));
         assert_eq!(c.batching_window, Duration::ZERO);
+        assert_eq!(c.log_delivered, LogDelivered::All);
+    }
+
+    #[test]
+    fn log_delivered_takes_three_values_and_names_itself_otherwise() {
+        for (v, want) in [
+            ("all", LogDelivered::All),
+            ("sampled", LogDelivered::Sampled),
+            ("none", LogDelivered::None),
+        ] {
+            assert_eq!(with(&[("LOG_DELIVERED", v)]).unwrap().log_delivered, want);
+        }
+        let e = with(&[("LOG_DELIVERED", "some")]).unwrap_err();
+        assert_eq!(e.variable, "LOG_DELIVERED");
+        assert!(LogDelivered::Sampled.logs(0) && !LogDelivered::Sampled.logs(1));
+        assert!(!LogDelivered::None.logs(0) && LogDelivered::All.logs(7));
     }
 
     #[test]

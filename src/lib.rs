@@ -32,6 +32,7 @@
 //! | [`deliver`] | adapter: replay one request over HTTP; [`deliver::destination`] is the SSRF policy |
 //! | [`queue`] | adapter: every SQS call (visibility, DLQ copies, deletes, queue settings) |
 //! | `breaker` | per-host circuit breaker, concurrency limit and request slots |
+//! | [`logging`] | log lines buffered per batch; the binaries' subscriber |
 //! | `metrics` | CloudWatch Embedded Metric Format per batch |
 //! | [`wiring`] | the adapters the configuration describes, built in one place |
 //! | [`process`] | one batch: plan → attempt → conclude → apply, each record isolated |
@@ -100,6 +101,7 @@ pub mod deliver;
 pub(crate) mod dlq;
 #[cfg(feature = "processor")]
 pub mod lambda;
+pub mod logging;
 pub mod message;
 pub(crate) mod metrics;
 pub mod policy;

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 pub use crate::batch::{BatchReport, Disposition, Processed, Record, RecordReport};
 use crate::breaker::{host_key, Admission, Breakers};
-use crate::config::Config;
+use crate::config::{Config, LogDelivered};
 use crate::deliver::Deliverer;
 use crate::policy::fifo;
 use crate::policy::record::{self, AttemptResult, Decision, Plan, Received, Settings};
@@ -229,6 +229,7 @@ impl Processor {
         F: Fn(Arc<Processor>, Record) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Processed> + Send + 'static,
     {
+        let logs = crate::logging::BatchLogs::begin();
         let ids: Vec<(String, String)> = records
             .iter()
             .map(|r| (r.message_id.clone(), r.receipt_handle.clone()))
@@ -250,7 +251,7 @@ impl Processor {
             .zip(finished)
             .map(|((message_id, receipt_handle), result)| {
                 let processed = result.unwrap_or_else(|unfinished| {
-                    tracing::error!(message_id = %message_id, reason = %unfinished, "record not finished");
+                    tracing::error!(id = %message_id, err = %unfinished, "record not finished");
                     Disposition::Unfinished(unfinished.to_string()).into()
                 });
                 RecordReport {
@@ -262,8 +263,10 @@ impl Processor {
             })
             .collect();
         let report = BatchReport { records };
-        // Once per batch, whichever entry point it came from.
-        crate::metrics::emit(&self.config.metrics, &report, &mut std::io::stdout().lock());
+        // Once per batch, whichever entry point it came from, after the
+        // batch's log lines.
+        crate::metrics::emit(&self.config.metrics, &report, &mut MetricsOut(&logs));
+        drop(logs);
         report
     }
 
@@ -307,7 +310,7 @@ impl Processor {
                             heartbeat.leave(&record.receipt_handle).await;
                         }
                         this.release(&record, deadline).await;
-                        tracing::info!(message_id = %record.message_id, group = %group, "record processed: not attempted, an earlier record of its group was not acknowledged");
+                        tracing::info!(id = %record.message_id, out = "not-attempted", err = "an earlier record of its message group was not acknowledged", group = %group, "record");
                         out.push((i, Ok(Disposition::Unfinished(format!(
                             "not attempted: an earlier record of message group {group:?} was not acknowledged"
                         )).into())));
@@ -382,17 +385,26 @@ impl Processor {
             Disposition::Unfinished(why) => Some(why.as_str()),
             _ => None,
         };
-        tracing::info!(
-            message_id = %record.message_id,
-            attempt = decision.as_ref().map(|d| d.attempt),
-            outcome = decision.as_ref().map_or("not-attempted", |d| d.label.as_str()),
-            status = decision.as_ref().and_then(|d| d.status),
-            delay_s,
-            reason,
-            acknowledged = disposition.acknowledged(),
-            failure,
-            "record processed"
-        );
+        let delivered = matches!(disposition, Disposition::Delivered);
+        if !delivered
+            || self
+                .config
+                .log_delivered
+                .logs(fastrand::u32(..LogDelivered::SAMPLE))
+        {
+            // One short line per record (docs/operations.md explains the
+            // keys): at a million records a byte here is a megabyte of logs.
+            tracing::info!(
+                id = %record.message_id,
+                n = decision.as_ref().map(|d| d.attempt),
+                out = decision.as_ref().map_or("not-attempted", |d| d.label.as_str()),
+                st = decision.as_ref().and_then(|d| d.status),
+                delay = delay_s,
+                dlq = reason,
+                err = failure,
+                "record"
+            );
+        }
         Processed {
             disposition,
             attempt_latency: latency,
@@ -606,6 +618,21 @@ impl Processor {
         self.queues
             .change_visibility(&url, &record.receipt_handle, delay)
             .await
+    }
+}
+
+/// The EMF lines, always on stdout (CloudWatch reads them there), after the
+/// batch's log lines.
+struct MetricsOut<'a>(&'a crate::logging::BatchLogs);
+
+impl std::io::Write for MetricsOut<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.metrics(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

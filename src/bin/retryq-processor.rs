@@ -14,7 +14,7 @@ use retryq::{lambda, wiring};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    lambda_runtime::tracing::init_default_subscriber();
+    retryq::logging::init(retryq::logging::Stream::Stdout, "info");
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => {

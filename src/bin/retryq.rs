@@ -7,13 +7,7 @@ use retryq::cli::{self, Cli};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,retryq=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    retryq::logging::init(retryq::logging::Stream::Stderr, "warn,retryq=info");
     let cli = Cli::parse();
     match cli::run(cli, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,6 +9,7 @@ mod destination;
 
 mod auth;
 mod auth_trace;
+mod batched;
 mod cli;
 mod end_to_end;
 mod fifo;
@@ -16,5 +17,6 @@ mod lambda_watch;
 mod protection;
 mod reliability;
 mod sqs_actions;
+mod sqs_proxy;
 mod ssrf;
 mod trigger;

@@ -13,9 +13,13 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
-    MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
+    BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry,
+    DeleteMessageBatchRequestEntry, Message, MessageAttributeValue, MessageSystemAttributeName,
+    QueueAttributeName, SendMessageBatchRequestEntry,
 };
+
+mod batches;
+use batches::Gather;
 
 use crate::batch::Record;
 
@@ -161,7 +165,32 @@ pub struct Queues {
     limits: Mutex<HashMap<String, LimitsRead>>,
     /// One read of queue limits at a time.
     limits_read: tokio::sync::Mutex<()>,
+    /// Records' visibility changes (receipt handle, seconds), sent ten per
+    /// `ChangeMessageVisibilityBatch`.
+    visibility: Gather<(String, i32)>,
+    /// Dead letters, sent ten per `SendMessageBatch`.
+    dead_letters: Gather<Outgoing>,
 }
+
+/// A message to send: body, String attributes, and for FIFO queues its
+/// group and deduplication id.
+#[derive(Debug)]
+struct Outgoing {
+    body: String,
+    attributes: Vec<(&'static str, String)>,
+    group: String,
+    dedup: String,
+}
+
+impl Outgoing {
+    fn size(&self) -> usize {
+        message_size(&self.body, &self.attributes)
+    }
+}
+
+/// The largest total of one `SendMessageBatch` that every SQS region
+/// accepts (bodies plus attributes); a larger message is sent alone.
+const BATCH_PAYLOAD_MAX: usize = 256 * 1024;
 
 /// A queue's settings that matter to the processor and `retryq validate`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,6 +232,8 @@ impl Queues {
             urls: Mutex::new(HashMap::new()),
             limits: Mutex::new(HashMap::new()),
             limits_read: tokio::sync::Mutex::new(()),
+            visibility: Gather::new("ChangeMessageVisibilityBatch"),
+            dead_letters: Gather::new("SendMessageBatch"),
         }
     }
 
@@ -335,7 +366,9 @@ impl Queues {
         Ok(url)
     }
 
-    /// Hides the message for `delay` (SQS counts whole seconds).
+    /// Hides the message for `delay` (SQS counts whole seconds). Sent with
+    /// other records' changes to the same queue, ten per
+    /// `ChangeMessageVisibilityBatch`; the result is this message's own.
     pub async fn change_visibility(
         &self,
         queue_url: &str,
@@ -343,15 +376,49 @@ impl Queues {
         delay: Duration,
     ) -> Result<(), QueueError> {
         let secs = i32::try_from(delay.as_secs()).unwrap_or(i32::MAX);
-        self.client
-            .change_message_visibility()
+        self.visibility
+            .submit(
+                queue_url,
+                (receipt_handle.to_owned(), secs),
+                |url, entries| async move { self.change_visibility_entries(&url, &entries).await },
+            )
+            .await
+    }
+
+    /// One `ChangeMessageVisibilityBatch` call for up to ten (receipt
+    /// handle, seconds) entries: one result per entry, in order.
+    async fn change_visibility_entries(
+        &self,
+        queue_url: &str,
+        entries: &[(String, i32)],
+    ) -> Vec<Result<(), QueueError>> {
+        const OPERATION: &str = "ChangeMessageVisibilityBatch";
+        let request: Vec<_> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, (handle, secs))| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(handle)
+                    .visibility_timeout(*secs)
+                    .build()
+                    .expect("id and receipt handle are set")
+            })
+            .collect();
+        let answer = self
+            .client
+            .change_message_visibility_batch()
             .queue_url(queue_url)
-            .receipt_handle(receipt_handle)
-            .visibility_timeout(secs)
+            .set_entries(Some(request))
             .send()
             .await
-            .map_err(|e| QueueError::sqs("ChangeMessageVisibility", e))?;
-        Ok(())
+            .map(|out| {
+                (
+                    out.successful.into_iter().map(|s| s.id).collect(),
+                    out.failed,
+                )
+            });
+        entry_results(OPERATION, entries.len(), answer)
     }
 
     /// Sends the DLQ copy with the attributes of spec §4. To a FIFO DLQ
@@ -375,16 +442,88 @@ impl Queues {
                 ),
             })?,
         };
-        let group = copy.message_group_id.unwrap_or(DEFAULT_GROUP);
-        self.send(
-            dlq_url,
-            copy.body,
-            &attributes,
-            group,
-            copy.original_message_id,
-        )
-        .await
-        .map(drop)
+        let outgoing = Outgoing {
+            body: copy.body.to_owned(),
+            attributes,
+            group: copy.message_group_id.unwrap_or(DEFAULT_GROUP).to_owned(),
+            dedup: copy.original_message_id.to_owned(),
+        };
+        self.dead_letters
+            .submit(dlq_url, outgoing, |url, entries| async move {
+                self.send_entries(&url, &entries).await
+            })
+            .await
+    }
+
+    /// Sends up to ten messages to one queue: `SendMessageBatch` calls
+    /// within [`BATCH_PAYLOAD_MAX`], and `SendMessage` for a message larger
+    /// than that. One result per message, in order.
+    async fn send_entries(
+        &self,
+        queue_url: &str,
+        entries: &[Outgoing],
+    ) -> Vec<Result<(), QueueError>> {
+        let sizes: Vec<usize> = entries.iter().map(Outgoing::size).collect();
+        let mut results = Vec::with_capacity(entries.len());
+        let mut rest = entries;
+        for len in batches::runs_within(&sizes, BATCH_PAYLOAD_MAX) {
+            let (run, after) = rest.split_at(len);
+            rest = after;
+            if let [one] = run {
+                if one.size() > BATCH_PAYLOAD_MAX {
+                    let sent = self
+                        .send(
+                            queue_url,
+                            &one.body,
+                            &one.attributes,
+                            &one.group,
+                            &one.dedup,
+                        )
+                        .await;
+                    results.push(sent.map(drop));
+                    continue;
+                }
+            }
+            results.extend(self.send_batch(queue_url, run).await);
+        }
+        results
+    }
+
+    async fn send_batch(&self, queue_url: &str, run: &[Outgoing]) -> Vec<Result<(), QueueError>> {
+        const OPERATION: &str = "SendMessageBatch";
+        let fifo = is_fifo(queue_url);
+        let request: Vec<_> = run
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let mut entry = SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(&m.body);
+                for (name, value) in &m.attributes {
+                    entry = entry.message_attributes(*name, string(value));
+                }
+                if fifo {
+                    entry = entry
+                        .message_group_id(&m.group)
+                        .message_deduplication_id(dedup_id(&m.dedup));
+                }
+                entry.build().expect("id and body are set")
+            })
+            .collect();
+        let answer = self
+            .client
+            .send_message_batch()
+            .queue_url(queue_url)
+            .set_entries(Some(request))
+            .send()
+            .await
+            .map(|out| {
+                (
+                    out.successful.into_iter().map(|s| s.id).collect(),
+                    out.failed,
+                )
+            });
+        entry_results(OPERATION, run.len(), answer)
     }
 
     /// Sends a message with these String attributes; returns its SQS
@@ -428,31 +567,12 @@ impl Queues {
     ) -> usize {
         let secs = i32::try_from(visibility.as_secs()).unwrap_or(i32::MAX);
         let mut failed = 0;
-        for chunk in receipt_handles.chunks(10) {
-            let entries: Vec<_> = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, handle)| {
-                    ChangeMessageVisibilityBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(handle)
-                        .visibility_timeout(secs)
-                        .build()
-                        .expect("id and receipt handle are set")
-                })
-                .collect();
-            match self
-                .client
-                .change_message_visibility_batch()
-                .queue_url(queue_url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-            {
-                Ok(out) => failed += out.failed.len(),
-                Err(e) => {
-                    tracing::warn!(error = %QueueError::sqs("ChangeMessageVisibilityBatch", e), "visibility not extended");
-                    failed += chunk.len();
+        for chunk in receipt_handles.chunks(batches::MAX_ENTRIES) {
+            let entries: Vec<(String, i32)> = chunk.iter().map(|h| (h.clone(), secs)).collect();
+            for result in self.change_visibility_entries(queue_url, &entries).await {
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "visibility not extended");
+                    failed += 1;
                 }
             }
         }
@@ -683,6 +803,55 @@ pub fn is_fifo(url_or_arn: &str) -> bool {
 /// The message group of a message sent to a FIFO queue without one of its
 /// own (a dead letter from a standard queue, for example).
 pub const DEFAULT_GROUP: &str = "retryq";
+
+/// Each entry's result from a batch call's answer: the ids SQS lists as
+/// successful and the entries it lists as failed (ids are the entries'
+/// positions). A failed call fails every entry; an entry in neither list
+/// is counted as failed.
+fn entry_results<E, R>(
+    operation: &'static str,
+    count: usize,
+    answer: Result<(Vec<String>, Vec<BatchResultErrorEntry>), SdkError<E, R>>,
+) -> Vec<Result<(), QueueError>>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let (successful, failed) = match answer {
+        Ok(lists) => lists,
+        Err(e) => {
+            let error = QueueError::sqs(operation, e);
+            return vec![Err(error); count];
+        }
+    };
+    let mut results: Vec<Result<(), QueueError>> = (0..count)
+        .map(|_| {
+            Err(QueueError::Sqs {
+                operation,
+                detail: "the answer did not mention this entry".into(),
+            })
+        })
+        .collect();
+    for id in successful {
+        if let Some(r) = id.parse::<usize>().ok().and_then(|i| results.get_mut(i)) {
+            *r = Ok(());
+        }
+    }
+    for f in failed {
+        if let Some(r) = f.id.parse::<usize>().ok().and_then(|i| results.get_mut(i)) {
+            let detail = format!(
+                "{}: {}",
+                f.code,
+                f.message.as_deref().unwrap_or("no message")
+            );
+            *r = Err(QueueError::Sqs {
+                operation,
+                detail: one_line(&detail, 300),
+            });
+        }
+    }
+    results
+}
 
 /// SQS deduplication ids are at most 128 characters of a restricted
 /// alphabet; SQS message ids (UUIDs) already are.

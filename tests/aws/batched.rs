@@ -1,0 +1,131 @@
+//! Retries and dead letters go to SQS ten per call
+//! (`ChangeMessageVisibilityBatch`, `SendMessageBatch`), and a failed entry
+//! of such a call leaves only its own record unfinished. Requests are
+//! counted, and a dead letter refused, by a proxy in front of the real
+//! local SQS server (see sqs_proxy.rs).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use retryq::process::{Disposition, Processor};
+
+use crate::common::*;
+use crate::sqs_proxy::SqsProxy;
+
+/// A processor whose SQS calls go through `proxy`, dead-lettering to `dlq`.
+fn processor_via(proxy: &SqsProxy, dlq: &TestQueue) -> Arc<Processor> {
+    let config = config(&[
+        ("DLQ_URL", dlq.url.as_str()),
+        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+    ]);
+    Arc::new(Processor::new(config, proxy.client(), None).expect("processor"))
+}
+
+#[tokio::test]
+async fn retries_and_dead_letters_are_sent_several_per_sqs_call() {
+    let sqs = sqs();
+    let (source, dlq) = (
+        queue(&sqs, "batched").await,
+        queue(&sqs, "batched-dlq").await,
+    );
+    let (busy, refusing) = (answering(503).await, answering(400).await);
+    let bodies: Vec<String> = (0..30)
+        .map(|i| {
+            let dest = if i % 2 == 0 { &busy } else { &refusing };
+            message(&format!("m-{i}"), &dest.uri(), serde_json::json!({}))
+        })
+        .collect();
+    send_batch(&sqs, &source, &bodies).await;
+    let received = receive_n(&sqs, &source, 30, Duration::from_secs(20)).await;
+    assert_eq!(received.len(), 30);
+    let proxy = SqsProxy::start(endpoint(), None).await;
+    let p = processor_via(&proxy, &dlq);
+
+    let response = invoke(&p, &sqs, &source, &received).await;
+
+    assert_eq!(failures(&response).len(), 15, "the 503s come back");
+    let copies = receive_n(&sqs, &dlq, 15, Duration::from_secs(20)).await;
+    assert_eq!(copies.len(), 15, "every 400 is dead-lettered");
+    let counts = proxy.counts();
+    assert_eq!(
+        proxy.count("ChangeMessageVisibility") + proxy.count("SendMessage"),
+        0,
+        "no single-record call: {counts:?}"
+    );
+    let calls = proxy.count("ChangeMessageVisibilityBatch") + proxy.count("SendMessageBatch");
+    assert!(
+        (4..=15).contains(&calls),
+        "30 actions in at least 4 and at most 15 calls: {counts:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_dead_letter_entry_leaves_only_its_record_in_the_queue() {
+    let sqs = sqs();
+    let (source, dlq) = (
+        queue(&sqs, "dl-entry").await,
+        queue(&sqs, "dl-entry-dlq").await,
+    );
+    let refusing = answering(400).await;
+    let bodies: Vec<String> = (0..5)
+        .map(|i| {
+            let id = if i == 2 {
+                "refuse-me".to_owned()
+            } else {
+                format!("m-{i}")
+            };
+            message(&id, &refusing.uri(), serde_json::json!({}))
+        })
+        .collect();
+    send_batch(&sqs, &source, &bodies).await;
+    let received = receive_n(&sqs, &source, 5, Duration::from_secs(20)).await;
+    assert_eq!(received.len(), 5);
+    let refused_id = received
+        .iter()
+        .find(|m| m.body().unwrap_or_default().contains("refuse-me"))
+        .and_then(|m| m.message_id.clone())
+        .unwrap();
+    let proxy = SqsProxy::start(endpoint(), Some("refuse-me")).await;
+    let p = processor_via(&proxy, &dlq);
+
+    let response = invoke(&p, &sqs, &source, &received).await;
+
+    assert_eq!(failures(&response), [refused_id], "only the refused entry");
+    let copies = receive_n(&sqs, &dlq, 4, Duration::from_secs(20)).await;
+    assert_eq!(copies.len(), 4);
+    assert!(copies
+        .iter()
+        .all(|m| !m.body().unwrap_or_default().contains("refuse-me")));
+    assert_eq!(depth(&sqs, &source).await, (0, 1), "the refused one stays");
+    assert_eq!(depth(&sqs, &dlq).await.0, 0);
+}
+
+#[tokio::test]
+async fn a_refused_visibility_entry_fails_only_its_record() {
+    let (sqs, source, _dlq, p) = with_dlq("vis-entry", &[]).await;
+    let busy = answering(503).await;
+    let bodies: Vec<String> = (0..5)
+        .map(|i| message(&format!("m-{i}"), &busy.uri(), serde_json::json!({})))
+        .collect();
+    send_batch(&sqs, &source, &bodies).await;
+    let mut received = receive_n(&sqs, &source, 5, Duration::from_secs(20)).await;
+    assert_eq!(received.len(), 5);
+    // SQS refuses this one entry of the batch call: its handle is stale.
+    received[3].receipt_handle = Some("not-a-receipt-handle".into());
+    let records = received
+        .iter()
+        .map(|m| retryq::queue::record(m.clone(), &source.arn))
+        .collect();
+
+    let report = p.process_batch(records, None).await;
+
+    for (i, r) in report.records.iter().enumerate() {
+        match (&r.disposition, i) {
+            (Disposition::Unfinished(why), 3) => {
+                assert!(why.contains("ReceiptHandleIsInvalid"), "{why}")
+            }
+            (Disposition::RetryLater { .. }, i) if i != 3 => {}
+            (other, i) => panic!("record {i}: {other:?}"),
+        }
+    }
+}
