@@ -60,8 +60,8 @@ invoke: tools
 # Benchmarks (not part of make test): see benches/retryq.rs and README's
 # Performance section. Release builds; a few minutes on 2 cores.
 bench: tools
-	cargo build --release --bin retryq-processor --example demo_destination
-	cargo bench --bench retryq
+	cargo build --release --bin retryq-processor --example demo_destination --example floor
+	scripts/with-moto.sh cargo bench --bench retryq
 
 # The mutation fuzzer of tests/it/fuzz.rs, for longer than make test's smoke run.
 FUZZ_SECONDS ?= 300
