@@ -327,10 +327,9 @@ impl Function {
                     chunk.iter().filter(|b| **b == b'\n').count() as u64,
                     Relaxed,
                 );
-                count.escapes.fetch_add(
-                    chunk.iter().filter(|b| **b == 0x1b).count() as u64,
-                    Relaxed,
-                );
+                count
+                    .escapes
+                    .fetch_add(chunk.iter().filter(|b| **b == 0x1b).count() as u64, Relaxed);
             }
         });
         Function {
@@ -431,6 +430,7 @@ async fn runtime_api(
             invocations.clone(),
             Arc::clone(&first_next),
         );
+        let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut reader = BufReader::new(read);
@@ -461,8 +461,11 @@ async fn runtime_api(
                          lambda-runtime-trace-id: Root=1-00000000-000000000000000000000000\r\ncontent-length: {}\r\n\r\n",
                         event.len()
                     );
-                    let _ = write.write_all(head.as_bytes()).await;
-                    let _ = write.write_all(&event).await;
+                    // One write: a second one would wait for the client's
+                    // delayed ACK (Nagle), adding ~40 ms to every invocation.
+                    let mut answer = head.into_bytes();
+                    answer.extend_from_slice(&event);
+                    let _ = write.write_all(&answer).await;
                 } else {
                     if line.contains("/response") || line.contains("/error") {
                         let (at, pid, served) = {
@@ -534,7 +537,11 @@ fn batches(rt: &tokio::runtime::Runtime, dest_port: u16) -> Vec<Value> {
         for _ in 0..runs {
             for (h, f) in &mut functions {
                 let inv = f.invoke(rt, &ev);
-                assert_eq!(failures_in(&inv.response), 0, "{h:?}: every record delivered");
+                assert_eq!(
+                    failures_in(&inv.response),
+                    0,
+                    "{h:?}: every record delivered"
+                );
                 let e = per.entry(h.name()).or_default();
                 e.0.push(inv.wall.as_secs_f64() * 1000.0);
                 e.1.push(inv.cpu.as_secs_f64() * 1e6 / n as f64);
@@ -545,7 +552,10 @@ fn batches(rt: &tokio::runtime::Runtime, dest_port: u16) -> Vec<Value> {
             let wall = median(walls);
             rows.push(json!({"handler": name, "records": n, "maxConcurrency": CONCURRENCY, "latencyMs": LATENCY_MS,
                 "wallMs": wall, "idealMs": ideal, "ratio": wall / ideal, "cpuUsPerRecord": median(cpus), "runs": runs}));
-            eprintln!("{name:>6} batch {n:>5}: {wall:8.1} ms (ideal {ideal:.0} ms), {:.1} µs CPU/record", rows.last().unwrap()["cpuUsPerRecord"].as_f64().unwrap());
+            eprintln!(
+                "{name:>6} batch {n:>5}: {wall:8.1} ms (ideal {ideal:.0} ms), {:.1} µs CPU/record",
+                rows.last().unwrap()["cpuUsPerRecord"].as_f64().unwrap()
+            );
         }
     }
     rows
@@ -590,13 +600,32 @@ fn failure_heavy(rt: &tokio::runtime::Runtime) -> Value {
     };
     let dest_port = free_port();
     let _dest = Destination::start(dest_port, LATENCY_MS);
-    let proxy = rt.block_on(sqs_proxy::SqsProxy::start(upstream, None));
-    let sqs = proxy.client();
+    let proxy = rt.block_on(sqs_proxy::SqsProxy::start(upstream.clone(), None));
+    // Setting up talks to the server directly; only the function's calls
+    // go through the counting proxy.
+    let sqs = aws_sdk_sqs::Client::from_conf(
+        aws_sdk_sqs::Config::builder()
+            .behavior_version_latest()
+            .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+            .endpoint_url(&upstream)
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+                "x", "x", None, None, "bench",
+            ))
+            .build(),
+    );
     let name = format!("bench-{}", std::process::id());
     let (queue_url, dlq_url) = rt.block_on(async {
         let mut urls = Vec::new();
         for n in [name.clone(), format!("{name}-dlq")] {
-            urls.push(sqs.create_queue().queue_name(n).send().await.unwrap().queue_url.unwrap());
+            urls.push(
+                sqs.create_queue()
+                    .queue_name(n)
+                    .send()
+                    .await
+                    .unwrap()
+                    .queue_url
+                    .unwrap(),
+            );
         }
         (urls[0].clone(), urls[1].clone())
     });
@@ -611,12 +640,21 @@ fn failure_heavy(rt: &tokio::runtime::Runtime) -> Value {
                 .map(|i| {
                     aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
                         .id(i.to_string())
-                        .message_body(body(*i, &format!("http://127.0.0.1:{dest_port}/down/{i}"), 1024))
+                        .message_body(body(
+                            *i,
+                            &format!("http://127.0.0.1:{dest_port}/down/{i}"),
+                            1024,
+                        ))
                         .build()
                         .unwrap()
                 })
                 .collect();
-            sqs.send_message_batch().queue_url(&queue_url).set_entries(Some(entries)).send().await.unwrap();
+            sqs.send_message_batch()
+                .queue_url(&queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .unwrap();
         }
         let mut all = Vec::new();
         for _ in 0..5 * failing {
@@ -661,7 +699,10 @@ fn failure_heavy(rt: &tokio::runtime::Runtime) -> Value {
         ("BACKOFF_BASE_SECONDS", "600".to_owned()),
     ];
     let mut f = Function::spawn(rt, Handler::Retryq, &env);
-    f.invoke(rt, &Arc::new(serde_json::to_vec(&event(CONCURRENCY, dest_port, 1024)).unwrap()));
+    f.invoke(
+        rt,
+        &Arc::new(serde_json::to_vec(&event(CONCURRENCY, dest_port, 1024)).unwrap()),
+    );
     let (mut ok_walls, mut mixed_walls, mut requests) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..2 {
         ok_walls.push(f.invoke(rt, &all_ok).wall.as_secs_f64() * 1000.0);
@@ -686,19 +727,32 @@ fn chart(rows: &[Value]) -> String {
     let (w, h, left, bottom) = (760.0, 360.0, 70.0, 60.0);
     let bar_w = 20.0;
     let sizes: Vec<u64> = {
-        let mut v: Vec<u64> = rows.iter().map(|r| r["records"].as_u64().unwrap()).collect();
+        let mut v: Vec<u64> = rows
+            .iter()
+            .map(|r| r["records"].as_u64().unwrap())
+            .collect();
         v.dedup();
         v
     };
     let wall = |n: u64, h: &str| {
         rows.iter()
             .find(|r| r["records"] == n && r["handler"] == h)
-            .map(|r| (r["wallMs"].as_f64().unwrap(), r["idealMs"].as_f64().unwrap()))
+            .map(|r| {
+                (
+                    r["wallMs"].as_f64().unwrap(),
+                    r["idealMs"].as_f64().unwrap(),
+                )
+            })
             .unwrap()
     };
     let max = rows
         .iter()
-        .map(|r| r["wallMs"].as_f64().unwrap().max(r["idealMs"].as_f64().unwrap()))
+        .map(|r| {
+            r["wallMs"]
+                .as_f64()
+                .unwrap()
+                .max(r["idealMs"].as_f64().unwrap())
+        })
         .fold(0.0, f64::max);
     let scale = |v: f64| ((v.max(1.0)).log10() / max.log10()) * (h - bottom - 30.0);
     let mut svg = format!(
@@ -707,7 +761,11 @@ fn chart(rows: &[Value]) -> String {
          <text x=\"{}\" y=\"18\" text-anchor=\"middle\" font-size=\"14\">Batch wall time: ideal ⌈N/{CONCURRENCY}⌉ × {LATENCY_MS} ms, the floor handler, retryq (same run, log scale)</text>\n",
         w / 2.0
     );
-    let colors = [("ideal", "#c9d6e3"), ("floor", "#9bb7d4"), ("retryq", "#1f5f99")];
+    let colors = [
+        ("ideal", "#c9d6e3"),
+        ("floor", "#9bb7d4"),
+        ("retryq", "#1f5f99"),
+    ];
     for (i, n) in sizes.iter().enumerate() {
         let x = left + i as f64 * ((w - left - 20.0) / sizes.len() as f64);
         let (floor, ideal) = wall(*n, "floor");
@@ -753,6 +811,14 @@ const LOG_EVENT_OVERHEAD: f64 = 26.0;
 const PLATFORM_LOG_BYTES: f64 = 3.0 * (120.0 + LOG_EVENT_OVERHEAD);
 
 fn main() {
+    // `RETRYQ_BENCH_ONLY=rss`: only the 10 000-record batch of each binary,
+    // for a profiler to watch (`perf record -a -g -- cargo bench …`).
+    if std::env::var("RETRYQ_BENCH_ONLY").as_deref() == Ok("rss") {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (rss, log, escapes) = peak_rss(&rt);
+        println!("peak RSS {rss:?}, log bytes and lines per record {log:?}, escapes {escapes}");
+        return;
+    }
     let mut criterion = Criterion::default()
         .sample_size(30)
         .warm_up_time(Duration::from_millis(500))
@@ -772,7 +838,21 @@ fn main() {
     };
     let (rss, log_bytes, escapes) = peak_rss(&rt);
     let failures = failure_heavy(&rt);
-    let size_mib = |h: Handler| std::fs::metadata(h.binary()).unwrap().len() as f64 / 1024.0 / 1024.0;
+    // The size of a stripped copy (the release profile keeps symbols).
+    let size_mib = |h: Handler| {
+        let copy =
+            std::env::temp_dir().join(format!("retryq-bench-{}-{}", h.name(), std::process::id()));
+        let status = Command::new("strip")
+            .arg("-o")
+            .arg(&copy)
+            .arg(h.binary())
+            .status()
+            .expect("strip (binutils) is installed");
+        assert!(status.success());
+        let size = std::fs::metadata(&copy).unwrap().len() as f64 / 1024.0 / 1024.0;
+        let _ = std::fs::remove_file(&copy);
+        size
+    };
 
     let row = |h: &str, n: u64| {
         rows.iter()
@@ -780,29 +860,89 @@ fn main() {
             .unwrap()
             .clone()
     };
-    let pair = |n: u64, key: &str| (row("retryq", n)[key].as_f64().unwrap(), row("floor", n)[key].as_f64().unwrap());
+    let pair = |n: u64, key: &str| {
+        (
+            row("retryq", n)[key].as_f64().unwrap(),
+            row("floor", n)[key].as_f64().unwrap(),
+        )
+    };
     // (metric, retryq, floor, unit, limit, how the limit applies)
     let mut targets = Vec::new();
     let mut ratio = |metric: &str, (r, f): (f64, f64), unit: &str, limit: f64| {
         targets.push(json!({"metric": metric, "retryq": r, "floor": f, "unit": unit, "measure": r / f, "target": limit, "kind": "ratio"}))
     };
-    ratio("cold start, spawn → first /next (median)", (cold["retryq"], cold["floor"]), "ms", 1.5);
-    ratio("CPU per record, 1 000-record batch", pair(1000, "cpuUsPerRecord"), "µs", 1.15);
-    ratio("CPU per record, 10 000-record batch", pair(10_000, "cpuUsPerRecord"), "µs", 1.15);
-    ratio("peak RSS, 10 000 × 1 KiB batch", (rss["retryq"], rss["floor"]), "MiB", 1.15);
+    ratio(
+        "cold start, spawn → first /next (median)",
+        (cold["retryq"], cold["floor"]),
+        "ms",
+        1.5,
+    );
+    ratio(
+        "CPU per record, 1 000-record batch",
+        pair(1000, "cpuUsPerRecord"),
+        "µs",
+        1.15,
+    );
+    ratio(
+        "CPU per record, 10 000-record batch",
+        pair(10_000, "cpuUsPerRecord"),
+        "µs",
+        1.15,
+    );
+    ratio(
+        "peak RSS, 10 000 × 1 KiB batch",
+        (rss["retryq"], rss["floor"]),
+        "MiB",
+        1.15,
+    );
     let mut plus = |metric: &str, (r, f): (f64, f64), unit: &str, limit: f64| {
         targets.push(json!({"metric": metric, "retryq": r, "floor": f, "unit": unit, "measure": r - f, "target": limit, "kind": "difference"}))
     };
-    plus("wall / ideal, 1 000 records", pair(1000, "ratio"), "×", 0.03);
-    plus("wall / ideal, 10 000 records", pair(10_000, "ratio"), "×", 0.03);
-    plus("batch of 10 at 50 ms (median)", pair(10, "wallMs"), "ms", 1.0);
+    plus(
+        "wall / ideal, 1 000 records",
+        pair(1000, "ratio"),
+        "×",
+        0.03,
+    );
+    plus(
+        "wall / ideal, 10 000 records",
+        pair(10_000, "ratio"),
+        "×",
+        0.03,
+    );
+    plus(
+        "batch of 10 at 50 ms (median)",
+        pair(10, "wallMs"),
+        "ms",
+        1.0,
+    );
     let mut absolute = |metric: &str, v: f64, unit: &str, limit: f64| {
         targets.push(json!({"metric": metric, "retryq": v, "floor": null, "unit": unit, "measure": v, "target": limit, "kind": "absolute"}))
     };
-    absolute("stripped bootstrap size", size_mib(Handler::Retryq), "MiB", 12.0);
-    absolute("SQS requests per retried record (10 000, half 503)", failures["sqsRequestsPerRetriedRecord"].as_f64().unwrap(), "requests", 0.12);
-    absolute("failure-heavy wall / all-delivered wall", failures["wallRatio"].as_f64().unwrap(), "×", 1.1);
-    absolute("ANSI escape bytes in the function's output", escapes as f64, "bytes", 0.0);
+    absolute(
+        "stripped bootstrap size",
+        size_mib(Handler::Retryq),
+        "MiB",
+        12.0,
+    );
+    absolute(
+        "SQS requests per retried record (10 000, half 503)",
+        failures["sqsRequestsPerRetriedRecord"].as_f64().unwrap(),
+        "requests",
+        0.12,
+    );
+    absolute(
+        "failure-heavy wall / all-delivered wall",
+        failures["wallRatio"].as_f64().unwrap(),
+        "×",
+        1.1,
+    );
+    absolute(
+        "ANSI escape bytes in the function's output",
+        escapes as f64,
+        "bytes",
+        0.0,
+    );
 
     // The cost model: per-record quantities measured above, at the
     // template's defaults (batch 100, window 1 s, 256 MB, JSON logs).
@@ -829,7 +969,12 @@ fn main() {
             "unbatched": PRICE_SQS_MILLION,
         },
     });
-    let total: f64 = cost["usdPerMillion"].as_object().unwrap().values().map(|v| v.as_f64().unwrap()).sum();
+    let total: f64 = cost["usdPerMillion"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_f64().unwrap())
+        .sum();
 
     let results = json!({
         "machine": {"cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)},
@@ -853,14 +998,26 @@ fn main() {
     std::fs::write(dir.join("chart.svg"), chart(&rows)).unwrap();
 
     let mut out = std::io::stdout().lock();
-    writeln!(out, "\n| metric | retryq | floor (same run) | measured | target | |\n|---|---|---|---|---|---|").unwrap();
+    writeln!(
+        out,
+        "\n| metric | retryq | floor (same run) | measured | target | |\n|---|---|---|---|---|---|"
+    )
+    .unwrap();
     for t in &targets {
-        let (m, target) = (t["measure"].as_f64().unwrap(), t["target"].as_f64().unwrap());
+        let (m, target) = (
+            t["measure"].as_f64().unwrap(),
+            t["target"].as_f64().unwrap(),
+        );
         let unit = t["unit"].as_str().unwrap();
-        let floor = t["floor"].as_f64().map_or("—".into(), |f| format!("{f:.2} {unit}"));
+        let floor = t["floor"]
+            .as_f64()
+            .map_or("—".into(), |f| format!("{f:.2} {unit}"));
         let (measured, wanted) = match t["kind"].as_str().unwrap() {
             "ratio" => (format!("{m:.2} × floor"), format!("≤ {target} × floor")),
-            "difference" => (format!("floor + {m:.2} {unit}"), format!("≤ floor + {target} {unit}")),
+            "difference" => (
+                format!("floor + {m:.2} {unit}"),
+                format!("≤ floor + {target} {unit}"),
+            ),
             _ => (format!("{m:.3} {unit}"), format!("≤ {target} {unit}")),
         };
         writeln!(
@@ -886,10 +1043,20 @@ fn main() {
         )
         .unwrap();
     }
-    writeln!(out, "\ncost per million deliveries at the template's defaults: {total:.4} USD {}", serde_json::to_string(&cost["usdPerMillion"]).unwrap()).unwrap();
+    writeln!(
+        out,
+        "\ncost per million deliveries at the template's defaults: {total:.4} USD {}",
+        serde_json::to_string(&cost["usdPerMillion"]).unwrap()
+    )
+    .unwrap();
     writeln!(out, "per record: {:.1} bytes of log ({log_bytes:.1} written by the function), {:.3} SQS requests, {:.3} invocations, {:.2e} GB-s",
         log_per_record, sqs_per_record, 1.0 / batch, gb_s).unwrap();
-    writeln!(out, "retried records: {:.3} SQS requests each (1 without batching)", failures["sqsRequestsPerRetriedRecord"].as_f64().unwrap()).unwrap();
+    writeln!(
+        out,
+        "retried records: {:.3} SQS requests each (1 without batching)",
+        failures["sqsRequestsPerRetriedRecord"].as_f64().unwrap()
+    )
+    .unwrap();
     writeln!(
         out,
         "\ndecision core (median µs per call): {}",

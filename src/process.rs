@@ -148,13 +148,23 @@ impl Processor {
         sqs: aws_sdk_sqs::Client,
         secrets_manager: Option<crate::auth::SecretsManager>,
     ) -> Result<Processor, reqwest::Error> {
+        Processor::with_queues(config, Queues::new(sqs), secrets_manager)
+    }
+
+    /// As [`new`](Self::new), with the SQS adapter given (for example
+    /// [`Queues::from_env`], whose client is built on first use).
+    pub fn with_queues(
+        config: Config,
+        queues: Queues,
+        secrets_manager: Option<crate::auth::SecretsManager>,
+    ) -> Result<Processor, reqwest::Error> {
         let deliverer = crate::wiring::deliverer(&config, config.max_concurrency, secrets_manager)?;
         Ok(Processor {
             breakers: config
                 .breaker
                 .map(|b| Breakers::new(b.threshold, b.cooldown)),
             deliverer,
-            queues: Arc::new(Queues::new(sqs)),
+            queues: Arc::new(queues),
             pending_dead_letters: Mutex::new(HashMap::new()),
             dlq_size_checked: AtomicBool::new(false),
             config,

@@ -45,6 +45,19 @@ pub async fn sdk_config_from_env() -> aws_config::SdkConfig {
     aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
 }
 
+/// The Secrets Manager client when `needed` (and compiled in: the
+/// `secrets-manager` feature); the AWS configuration is read only then.
+pub async fn secrets_manager_from_env(needed: bool) -> Option<crate::auth::SecretsManager> {
+    #[cfg(feature = "secrets-manager")]
+    if needed {
+        return Some(aws_sdk_secretsmanager::Client::new(
+            &sdk_config_from_env().await,
+        ));
+    }
+    let _ = needed;
+    None
+}
+
 /// The SQS client, and the Secrets Manager client when `needed` (and
 /// compiled in: the `secrets-manager` feature).
 pub async fn clients_from_env(

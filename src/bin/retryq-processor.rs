@@ -10,6 +10,7 @@ use std::sync::Arc;
 use lambda_runtime::service_fn;
 use retryq::config::Config;
 use retryq::process::Processor;
+use retryq::queue::Queues;
 use retryq::{lambda, wiring};
 
 #[tokio::main]
@@ -22,8 +23,11 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (sqs, secrets_manager) = wiring::clients_from_env(config.auth.uses_secrets_manager()).await;
-    let processor = match Processor::new(config, sqs, secrets_manager) {
+    // The SQS client is built on the first SQS call (a delivered-only batch
+    // makes none); Secrets Manager's only when a profile reads it.
+    let secrets_manager =
+        wiring::secrets_manager_from_env(config.auth.uses_secrets_manager()).await;
+    let processor = match Processor::with_queues(config, Queues::from_env(), secrets_manager) {
         Ok(p) => Arc::new(p),
         Err(e) => {
             eprintln!("retryq-processor: cannot build the HTTP client: {e}");

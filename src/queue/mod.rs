@@ -159,7 +159,8 @@ pub fn smallest_copy_size(body: &str, original_message_id: &str) -> usize {
 /// SQS operations the processor needs. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Queues {
-    client: aws_sdk_sqs::Client,
+    /// Built on first use: a batch that only delivers never needs it.
+    client: tokio::sync::OnceCell<aws_sdk_sqs::Client>,
     urls: Mutex<HashMap<String, String>>,
     /// Each queue's limits, by URL, as last read.
     limits: Mutex<HashMap<String, LimitsRead>>,
@@ -227,6 +228,28 @@ const LIMITS_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Queues {
     pub fn new(client: aws_sdk_sqs::Client) -> Queues {
+        Queues::with_client(tokio::sync::OnceCell::new_with(Some(client)))
+    }
+
+    /// Queues whose SQS client is built from the standard AWS environment
+    /// (`AWS_REGION`, `AWS_ENDPOINT_URL[_SQS]`, the credentials chain) on the
+    /// first SQS call, not before: the Lambda function asks for its first
+    /// event sooner, and a batch that only delivers never builds it.
+    pub fn from_env() -> Queues {
+        Queues::with_client(tokio::sync::OnceCell::new())
+    }
+
+    async fn client(&self) -> &aws_sdk_sqs::Client {
+        self.client
+            .get_or_init(|| async {
+                aws_sdk_sqs::Client::new(
+                    &aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await,
+                )
+            })
+            .await
+    }
+
+    fn with_client(client: tokio::sync::OnceCell<aws_sdk_sqs::Client>) -> Queues {
         Queues {
             client,
             urls: Mutex::new(HashMap::new()),
@@ -327,7 +350,8 @@ impl Queues {
         names: &[QueueAttributeName],
     ) -> Result<Attributes, QueueError> {
         let attrs = self
-            .client
+            .client()
+            .await
             .get_queue_attributes()
             .queue_url(queue_url)
             .set_attribute_names(Some(names.to_vec()))
@@ -347,7 +371,8 @@ impl Queues {
         let (account, name) =
             parse_queue_arn(arn).ok_or_else(|| QueueError::BadArn(arn.to_owned()))?;
         let url = self
-            .client
+            .client()
+            .await
             .get_queue_url()
             .queue_name(name)
             .queue_owner_aws_account_id(account)
@@ -406,7 +431,8 @@ impl Queues {
             })
             .collect();
         let answer = self
-            .client
+            .client()
+            .await
             .change_message_visibility_batch()
             .queue_url(queue_url)
             .set_entries(Some(request))
@@ -511,7 +537,8 @@ impl Queues {
             })
             .collect();
         let answer = self
-            .client
+            .client()
+            .await
             .send_message_batch()
             .queue_url(queue_url)
             .set_entries(Some(request))
@@ -538,7 +565,8 @@ impl Queues {
         dedup: &str,
     ) -> Result<String, QueueError> {
         let mut send = self
-            .client
+            .client()
+            .await
             .send_message()
             .queue_url(queue_url)
             .message_body(body);
@@ -597,7 +625,8 @@ impl Queues {
                 })
                 .collect();
             match self
-                .client
+                .client()
+                .await
                 .delete_message_batch()
                 .queue_url(queue_url)
                 .set_entries(Some(entries))
@@ -629,7 +658,8 @@ impl Queues {
         visibility: Option<Duration>,
     ) -> Result<Vec<Message>, QueueError> {
         let out = self
-            .client
+            .client()
+            .await
             .receive_message()
             .queue_url(queue_url)
             .max_number_of_messages(max.clamp(1, 10))

@@ -28,6 +28,7 @@ impl SqsProxy {
         let c = Arc::clone(&counts);
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                let _ = stream.set_nodelay(true);
                 let (client, upstream, counts) = (client.clone(), upstream.clone(), Arc::clone(&c));
                 tokio::spawn(serve(stream, client, upstream, counts, refuse));
             }
@@ -128,8 +129,10 @@ async fn serve(
                 "HTTP/1.1 200 OK\r\ncontent-type: application/x-amz-json-1.0\r\ncontent-length: {}\r\n\r\n",
                 answer.len()
             );
-            if write.write_all(head.as_bytes()).await.is_err()
-                || write.write_all(&answer).await.is_err()
+            if write
+                .write_all(&[head.as_bytes(), &answer].concat())
+                .await
+                .is_err()
             {
                 return;
             }
@@ -161,8 +164,11 @@ async fn serve(
             "HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
             answer.len()
         );
-        if write.write_all(head.as_bytes()).await.is_err()
-            || write.write_all(&answer).await.is_err()
+        // One write: two would wait on the client's delayed ACK.
+        if write
+            .write_all(&[head.as_bytes(), &answer].concat())
+            .await
+            .is_err()
         {
             return;
         }
