@@ -165,8 +165,17 @@ impl RetryMessage {
         if !body.trim_start().starts_with('{') {
             return Err(InvalidMessage::new("body", "must be a JSON object"));
         }
+        // Most bodies are well formed: read them at serde_json's full speed,
+        // and only a body that fails is read again, tracking the path, to
+        // name the field at fault.
         let de = &mut serde_json::Deserializer::from_str(body);
-        let msg: RetryMessage = serde_path_to_error::deserialize(de).map_err(from_serde)?;
+        let msg = match RetryMessage::deserialize(&mut *de) {
+            Ok(msg) => msg,
+            Err(_) => {
+                let de = &mut serde_json::Deserializer::from_str(body);
+                serde_path_to_error::deserialize(de).map_err(from_serde)?
+            }
+        };
         msg.validate()?;
         Ok(msg)
     }

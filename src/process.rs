@@ -349,9 +349,10 @@ impl Processor {
     }
 
     /// Records (or FIFO groups) worked on at once: enough to keep
-    /// `MAX_CONCURRENCY` requests in flight while others do their SQS calls.
+    /// `MAX_CONCURRENCY` requests in flight while others wait for their SQS
+    /// calls, which gather records' actions for a few milliseconds.
     fn max_tasks(&self) -> usize {
-        self.config.max_concurrency.saturating_mul(2).max(16)
+        self.config.max_concurrency.saturating_mul(4).max(16)
     }
 
     /// Makes a record visible again at once (best effort, and never past the
