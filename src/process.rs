@@ -320,7 +320,7 @@ impl Processor {
                             heartbeat.leave(&record.receipt_handle).await;
                         }
                         this.release(&record, deadline).await;
-                        tracing::info!(id = %record.message_id, out = "not-attempted", err = "an earlier record of its message group was not acknowledged", group = %group, "record");
+                        tracing::info!(id = %record.message_id, out = %"not-attempted", err = "an earlier record of its message group was not acknowledged", group = %group, "record");
                         out.push((i, Ok(Disposition::Unfinished(format!(
                             "not attempted: an earlier record of message group {group:?} was not acknowledged"
                         )).into())));
@@ -408,10 +408,10 @@ impl Processor {
             tracing::info!(
                 id = %record.message_id,
                 n = decision.as_ref().map(|d| d.attempt),
-                out = decision.as_ref().map_or("not-attempted", |d| d.label.as_str()),
+                out = %decision.as_ref().map_or("not-attempted", |d| d.label.as_str()),
                 st = decision.as_ref().and_then(|d| d.status),
                 delay = delay_s,
-                dlq = reason,
+                dlq = reason.map(tracing::field::display),
                 err = failure,
                 "record"
             );

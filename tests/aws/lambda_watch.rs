@@ -156,6 +156,27 @@ async fn the_function_under_cargo_lambda_watch_answers_each_sample_event() {
     // The function wrote its metrics as EMF lines: the mixed batch's match
     // what it did (1 delivered, 2 unfinished, 4 dead letters, one per reason).
     let output = std::fs::read_to_string(&log).unwrap();
+    // And one short line per record, without colour codes in a log file.
+    assert!(
+        !output.contains('\u{1b}'),
+        "no ANSI escape codes when stdout is not a terminal"
+    );
+    let record_lines: Vec<&str> = output
+        .lines()
+        .filter(|l| l.contains("INFO record id=") || l.contains("\"message\":\"record\""))
+        .collect();
+    assert!(
+        record_lines
+            .iter()
+            .any(|l| l.contains("out=delivered") || l.contains("\"out\":\"delivered\"")),
+        "{record_lines:?}"
+    );
+    assert!(
+        record_lines
+            .iter()
+            .any(|l| l.contains("dlq=non-retryable") || l.contains("\"dlq\":\"non-retryable\"")),
+        "{record_lines:?}"
+    );
     let docs: Vec<serde_json::Value> = output
         .lines()
         .filter(|l| l.starts_with('{') && l.contains("\"_aws\""))
