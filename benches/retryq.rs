@@ -290,9 +290,23 @@ impl Function {
             inv_tx,
             Arc::new(first_tx),
         ));
-        let mut command = Command::new(handler.binary());
+        // `RETRYQ_BENCH_WRAP="heaptrack -o /tmp/ht-{name}"` runs each function under
+        // a profiler (its CPU figures then include the profiler's).
+        let mut command = match std::env::var("RETRYQ_BENCH_WRAP") {
+            Ok(wrap) if !wrap.trim().is_empty() => {
+                let words: Vec<String> = wrap
+                    .split_whitespace()
+                    .map(|w| w.replace("{name}", handler.name()))
+                    .collect();
+                let mut c = Command::new(&words[0]);
+                c.args(&words[1..]).arg(handler.binary());
+                c
+            }
+            _ => Command::new(handler.binary()),
+        };
         command
             .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("AWS_LAMBDA_RUNTIME_API", format!("127.0.0.1:{port}"))
             .env("AWS_LAMBDA_FUNCTION_NAME", "bench")
             .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")

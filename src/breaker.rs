@@ -211,11 +211,11 @@ impl Slots {
         }
     }
 
-    /// Waits for a slot for a request to `host` (the host's first, so a
-    /// busy host does not hold global slots while it waits).
-    pub async fn acquire(&self, host: &str) -> SlotPermit<'_> {
+    /// Waits for a slot for a request to `url`'s host (the host's first, so
+    /// a busy host does not hold global slots while it waits).
+    pub async fn acquire(&self, url: &Url) -> SlotPermit<'_> {
         let host = match &self.per_host {
-            Some(limits) => Some(limits.acquire(host).await),
+            Some(limits) => Some(limits.acquire(&host_key(url)).await),
             None => None,
         };
         SlotPermit {

@@ -450,7 +450,11 @@ impl Processor {
             Plan::Decided(decision) => return (Ok(decision), None),
             Plan::Attempt { message, attempt } => (message, attempt),
         };
-        let host = host_key(&message.destination_url);
+        // Only a breaker needs the host's key (a string built per record).
+        let host = match &self.breakers {
+            Some(_) => host_key(&message.destination_url),
+            None => String::new(),
+        };
         // `None` when the breaker refuses the attempt; else its ticket, if
         // there is a breaker.
         let admitted = match &self.breakers {

@@ -25,7 +25,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::auth::{AuthError, Authenticator, Credential, Renewal};
-use crate::breaker::{host_key, Slots};
+use crate::breaker::Slots;
 use crate::message::RetryMessage;
 use crate::policy::classify::{Answer, NoResponse};
 use crate::policy::record::AttemptResult;
@@ -115,6 +115,9 @@ pub(crate) fn trusted_roots() -> Vec<reqwest::Certificate> {
         .collect()
 }
 
+/// The `User-Agent` of a replayed request that did not carry one.
+const USER_AGENT: &str = concat!("retryq/", env!("CARGO_PKG_VERSION"));
+
 /// Replays requests. Cheap to share behind an `Arc`.
 #[derive(Debug, Clone)]
 pub struct Deliverer {
@@ -151,7 +154,6 @@ impl Deliverer {
                 policy: Arc::clone(&policy),
                 inner: resolver,
             }))
-            .user_agent(concat!("retryq/", env!("CARGO_PKG_VERSION")))
             .pool_max_idle_per_host(max_idle_per_host)
             .connect_timeout(timeout)
             .no_proxy()
@@ -254,7 +256,7 @@ impl Deliverer {
             Err(reason) => return (Delivery::Invalid(reason), Vec::new()),
         };
         let _slot = match &self.slots {
-            Some(slots) => Some(slots.acquire(&host_key(&msg.destination_url)).await),
+            Some(slots) => Some(slots.acquire(&msg.destination_url).await),
             None => None,
         };
         match self.client.execute(request).await {
@@ -291,6 +293,11 @@ impl Deliverer {
             // Replaces the message's own (stale) header of that name.
             headers.insert(c.name.clone(), c.value.clone());
         }
+        // Set here rather than as the client's default header, which the
+        // client would copy into every request; the message's own wins.
+        headers
+            .entry(http::header::USER_AGENT)
+            .or_insert(HeaderValue::from_static(USER_AGENT));
         let mut builder = self
             .client
             .request(method, msg.destination_url.clone())
@@ -319,8 +326,11 @@ pub fn request_headers(msg: &RetryMessage) -> Result<HeaderMap, String> {
         .collect();
     let mut headers = HeaderMap::with_capacity(msg.request.headers.len() + 1);
     for (name, values) in &msg.request.headers {
-        let lower = name.to_ascii_lowercase();
-        if DROPPED_HEADERS.contains(&lower.as_str()) || connection_named.contains(&lower) {
+        let dropped = DROPPED_HEADERS.iter().any(|d| d.eq_ignore_ascii_case(name))
+            || connection_named
+                .iter()
+                .any(|c| c.eq_ignore_ascii_case(name));
+        if dropped {
             continue;
         }
         let header = HeaderName::from_bytes(name.as_bytes())

@@ -17,6 +17,10 @@ async fn a_delivered_message_is_acknowledged_and_gone_from_the_queue() {
         .and(path("/orders/42"))
         .and(header("idempotency-key", "order-42"))
         .and(header("x-tenant", "t1"))
+        .and(header(
+            "user-agent",
+            concat!("retryq/", env!("CARGO_PKG_VERSION")),
+        ))
         .respond_with(ResponseTemplate::new(201))
         .expect(1)
         .mount(&dest)
