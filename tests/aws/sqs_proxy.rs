@@ -125,12 +125,7 @@ async fn serve(
         };
         if nothing_left {
             let answer = add_failed(b"{\"Successful\":[]}", &refused);
-            let head = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/x-amz-json-1.0\r\ncontent-length: {}\r\n\r\n",
-                answer.len()
-            );
-            if write
-                .write_all(&[head.as_bytes(), &answer].concat())
+            if respond(&mut write, 200, "application/x-amz-json-1.0", &answer)
                 .await
                 .is_err()
             {
@@ -160,19 +155,28 @@ async fn serve(
         if !refused.is_empty() && status == 200 {
             answer = add_failed(&answer, &refused);
         }
-        let head = format!(
-            "HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
-            answer.len()
-        );
-        // One write: two would wait on the client's delayed ACK.
-        if write
-            .write_all(&[head.as_bytes(), &answer].concat())
+        if respond(&mut write, status, &content_type, &answer)
             .await
             .is_err()
         {
             return;
         }
     }
+}
+
+/// Writes one answer, in one write: two would wait on the client's delayed
+/// ACK.
+async fn respond(
+    write: &mut tokio::net::tcp::OwnedWriteHalf,
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    write.write_all(&[head.as_bytes(), body].concat()).await
 }
 
 /// Removes the batch entries whose body contains `marker`: their ids, and
