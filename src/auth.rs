@@ -491,7 +491,7 @@ impl Authenticator {
                     .user_agent(concat!("retryq/", env!("CARGO_PKG_VERSION")))
                     .timeout(self.timeout)
                     .no_proxy()
-                    .tls_certs_only(crate::deliver::trusted_roots())
+                    .tls_certs_only(crate::tls::trusted_roots())
                     .build()
                     .map_err(|e| {
                         AuthError::Unavailable(format!("cannot build the token client: {e}"))

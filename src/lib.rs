@@ -33,6 +33,7 @@
 //! | [`queue`] | adapter: every SQS call (visibility, DLQ copies, deletes, queue settings) |
 //! | `breaker` | per-host circuit breaker, concurrency limit and request slots |
 //! | [`logging`] | log lines buffered per batch; the binaries' subscriber |
+//! | `tls` | the certificate authorities HTTPS clients trust |
 //! | `metrics` | CloudWatch Embedded Metric Format per batch |
 //! | [`wiring`] | the adapters the configuration describes, built in one place |
 //! | [`process`] | one batch: plan → attempt → conclude → apply, each record isolated |
@@ -108,6 +109,7 @@ pub mod policy;
 pub mod process;
 pub mod producer;
 pub mod queue;
+pub(crate) mod tls;
 #[cfg(feature = "processor")]
 pub mod trigger;
 pub mod wiring;

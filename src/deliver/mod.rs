@@ -103,18 +103,6 @@ impl Delivery {
     }
 }
 
-/// The certificate authorities that destinations and token endpoints are
-/// checked against: Mozilla's root program, compiled in
-/// (`webpki-root-certs`). Reading the system's store instead opens every
-/// file under `/etc/ssl/certs` at each cold start; Lambda's store holds the
-/// same public roots. A private CA is added with `CA_BUNDLE` (docs/security.md).
-pub(crate) fn trusted_roots() -> Vec<reqwest::Certificate> {
-    webpki_root_certs::TLS_SERVER_ROOT_CERTS
-        .iter()
-        .filter_map(|der| reqwest::Certificate::from_der(der.as_ref()).ok())
-        .collect()
-}
-
 /// The `User-Agent` of a replayed request that did not carry one.
 const USER_AGENT: &str = concat!("retryq/", env!("CARGO_PKG_VERSION"));
 
@@ -157,7 +145,7 @@ impl Deliverer {
             .pool_max_idle_per_host(max_idle_per_host)
             .connect_timeout(timeout)
             .no_proxy()
-            .tls_certs_only(trusted_roots())
+            .tls_certs_only(crate::tls::trusted_roots())
             .build()?;
         Ok(Deliverer {
             client,

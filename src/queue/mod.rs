@@ -241,11 +241,7 @@ impl Queues {
 
     async fn client(&self) -> &aws_sdk_sqs::Client {
         self.client
-            .get_or_init(|| async {
-                aws_sdk_sqs::Client::new(
-                    &aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await,
-                )
-            })
+            .get_or_init(crate::wiring::sqs_client_from_env)
             .await
     }
 
