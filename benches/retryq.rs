@@ -34,7 +34,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use criterion::Criterion;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 
 const LATENCY_MS: u64 = 50;
 
@@ -405,31 +405,6 @@ impl Drop for Function {
     }
 }
 
-async fn read_request(
-    reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
-) -> Option<(String, Vec<u8>)> {
-    let mut line = String::new();
-    if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
-        return None;
-    }
-    let mut length = 0usize;
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h).await.unwrap_or(0) == 0 {
-            return None;
-        }
-        if h.trim().is_empty() {
-            break;
-        }
-        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-            length = v.trim().parse().unwrap_or(0);
-        }
-    }
-    let mut body = vec![0u8; length];
-    reader.read_exact(&mut body).await.ok()?;
-    Some((line, body))
-}
-
 async fn runtime_api(
     listener: tokio::net::TcpListener,
     state: Arc<std::sync::Mutex<ApiState>>,
@@ -448,8 +423,10 @@ async fn runtime_api(
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut reader = BufReader::new(read);
-            while let Some((line, body)) = read_request(&mut reader).await {
-                if line.contains("/invocation/next") {
+            while let Some(sqs_proxy::Request { path, body, .. }) =
+                sqs_proxy::read_request(&mut reader).await
+            {
+                if path.contains("/invocation/next") {
                     {
                         let mut s = state.lock().unwrap();
                         s.first_next.get_or_insert_with(Instant::now);
@@ -481,7 +458,7 @@ async fn runtime_api(
                     answer.extend_from_slice(&event);
                     let _ = write.write_all(&answer).await;
                 } else {
-                    if line.contains("/response") || line.contains("/error") {
+                    if path.contains("/response") || path.contains("/error") {
                         let (at, pid, served) = {
                             let s = state.lock().unwrap();
                             (Instant::now(), s.pid, s.served)
