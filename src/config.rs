@@ -80,12 +80,12 @@ impl LogDelivered {
     /// One delivered record in this many is logged when `sampled`.
     pub const SAMPLE: u32 = 100;
 
-    /// Whether a delivered record gets its line; `roll` is uniform in
-    /// `0..SAMPLE`.
-    pub fn logs(self, roll: u32) -> bool {
+    /// Whether a delivered record gets its line; `roll` gives a number
+    /// uniform in `0..SAMPLE`, asked only when sampling.
+    pub fn logs(self, roll: impl FnOnce() -> u32) -> bool {
         match self {
             LogDelivered::All => true,
-            LogDelivered::Sampled => roll == 0,
+            LogDelivered::Sampled => roll() == 0,
             LogDelivered::None => false,
         }
     }
@@ -350,8 +350,8 @@ mod tests {
         }
         let e = with(&[("LOG_DELIVERED", "some")]).unwrap_err();
         assert_eq!(e.variable, "LOG_DELIVERED");
-        assert!(LogDelivered::Sampled.logs(0) && !LogDelivered::Sampled.logs(1));
-        assert!(!LogDelivered::None.logs(0) && LogDelivered::All.logs(7));
+        assert!(LogDelivered::Sampled.logs(|| 0) && !LogDelivered::Sampled.logs(|| 1));
+        assert!(!LogDelivered::None.logs(|| 0) && LogDelivered::All.logs(|| 7));
     }
 
     #[test]

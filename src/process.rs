@@ -401,7 +401,7 @@ impl Processor {
             || self
                 .config
                 .log_delivered
-                .logs(fastrand::u32(..LogDelivered::SAMPLE))
+                .logs(|| fastrand::u32(..LogDelivered::SAMPLE))
         {
             // One short line per record (docs/operations.md explains the
             // keys): at a million records a byte here is a megabyte of logs.

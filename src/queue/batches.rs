@@ -286,9 +286,22 @@ mod tests {
             .await
         });
         tokio::task::yield_now().await;
+        assert_eq!(
+            gather.lock().get("q").map(Vec::len),
+            Some(1),
+            "the entry waits for others"
+        );
         abandoned.abort();
         let _ = abandoned.await;
         assert!(gather.lock().get("q").is_none(), "the entry was taken back");
+        // The next record's call carries only its own entry.
+        let result = gather
+            .submit("q", 2, |_, entries: Vec<u32>| async move {
+                assert_eq!(entries, [2]);
+                vec![Ok(())]
+            })
+            .await;
+        assert_eq!(result, Ok(()));
         assert_eq!(sent.load(Ordering::SeqCst), 0);
     }
 

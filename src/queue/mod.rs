@@ -433,13 +433,7 @@ impl Queues {
             .queue_url(queue_url)
             .set_entries(Some(request))
             .send()
-            .await
-            .map(|out| {
-                (
-                    out.successful.into_iter().map(|s| s.id).collect(),
-                    out.failed,
-                )
-            });
+            .await;
         entry_results(OPERATION, entries.len(), answer)
     }
 
@@ -539,13 +533,7 @@ impl Queues {
             .queue_url(queue_url)
             .set_entries(Some(request))
             .send()
-            .await
-            .map(|out| {
-                (
-                    out.successful.into_iter().map(|s| s.id).collect(),
-                    out.failed,
-                )
-            });
+            .await;
         entry_results(OPERATION, run.len(), answer)
     }
 
@@ -830,21 +818,47 @@ pub fn is_fifo(url_or_arn: &str) -> bool {
 /// own (a dead letter from a standard queue, for example).
 pub const DEFAULT_GROUP: &str = "retryq";
 
+/// The answer of an SQS batch call: the ids it carried out, and the entries
+/// it refused.
+trait BatchAnswer {
+    fn lists(self) -> (Vec<String>, Vec<BatchResultErrorEntry>);
+}
+
+impl BatchAnswer
+    for aws_sdk_sqs::operation::change_message_visibility_batch::ChangeMessageVisibilityBatchOutput
+{
+    fn lists(self) -> (Vec<String>, Vec<BatchResultErrorEntry>) {
+        (
+            self.successful.into_iter().map(|s| s.id).collect(),
+            self.failed,
+        )
+    }
+}
+
+impl BatchAnswer for aws_sdk_sqs::operation::send_message_batch::SendMessageBatchOutput {
+    fn lists(self) -> (Vec<String>, Vec<BatchResultErrorEntry>) {
+        (
+            self.successful.into_iter().map(|s| s.id).collect(),
+            self.failed,
+        )
+    }
+}
+
 /// Each entry's result from a batch call's answer: the ids SQS lists as
 /// successful and the entries it lists as failed (ids are the entries'
 /// positions). A failed call fails every entry; an entry in neither list
 /// is counted as failed.
-fn entry_results<E, R>(
+fn entry_results<A: BatchAnswer, E, R>(
     operation: &'static str,
     count: usize,
-    answer: Result<(Vec<String>, Vec<BatchResultErrorEntry>), SdkError<E, R>>,
+    answer: Result<A, SdkError<E, R>>,
 ) -> Vec<Result<(), QueueError>>
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
 {
     let (successful, failed) = match answer {
-        Ok(lists) => lists,
+        Ok(answer) => answer.lists(),
         Err(e) => {
             let error = QueueError::sqs(operation, e);
             return vec![Err(error); count];
