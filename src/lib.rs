@@ -34,6 +34,7 @@
 //! | `breaker` | per-host circuit breaker, concurrency limit and request slots |
 //! | [`logging`] | log lines buffered per batch; the binaries' subscriber |
 //! | `tls` | the certificate authorities HTTPS clients trust |
+//! | `gather` | many records' calls gathered into batch calls (SQS, DynamoDB) |
 //! | `metrics` | CloudWatch Embedded Metric Format per batch |
 //! | [`wiring`] | the adapters the configuration describes, built in one place |
 //! | [`process`] | one batch: plan → attempt → conclude → apply, each record isolated |
@@ -100,6 +101,7 @@ pub mod config;
 pub mod deliver;
 #[cfg(feature = "processor")]
 pub(crate) mod dlq;
+pub(crate) mod gather;
 #[cfg(feature = "processor")]
 pub mod lambda;
 pub mod logging;

@@ -18,8 +18,7 @@ use aws_sdk_sqs::types::{
     QueueAttributeName, SendMessageBatchRequestEntry,
 };
 
-mod batches;
-use batches::Gather;
+use crate::gather::{Gather, Unanswered};
 
 use crate::batch::Record;
 
@@ -54,6 +53,35 @@ pub enum QueueError {
         operation: &'static str,
         detail: String,
     },
+}
+
+impl Unanswered for QueueError {
+    fn unanswered(operation: &'static str, detail: String) -> QueueError {
+        QueueError::Sqs { operation, detail }
+    }
+}
+
+/// Most entries in one SQS batch call.
+pub const MAX_ENTRIES: usize = 10;
+
+/// Splits `sizes` (in order) into runs of at most [`MAX_ENTRIES`] whose
+/// total stays within `max_total`; an entry larger than `max_total` is a
+/// run of its own. Returns each run's length.
+pub fn runs_within(sizes: &[usize], max_total: usize) -> Vec<usize> {
+    let mut runs = Vec::new();
+    let (mut len, mut total) = (0usize, 0usize);
+    for &size in sizes {
+        if len > 0 && (len == MAX_ENTRIES || total + size > max_total) {
+            runs.push(len);
+            (len, total) = (0, 0);
+        }
+        len += 1;
+        total += size;
+    }
+    if len > 0 {
+        runs.push(len);
+    }
+    runs
 }
 
 impl QueueError {
@@ -168,9 +196,9 @@ pub struct Queues {
     limits_read: tokio::sync::Mutex<()>,
     /// Records' visibility changes (receipt handle, seconds), sent ten per
     /// `ChangeMessageVisibilityBatch`.
-    visibility: Gather<(String, i32)>,
+    visibility: Gather<(String, i32), (), QueueError>,
     /// Dead letters, sent ten per `SendMessageBatch`.
-    dead_letters: Gather<Outgoing>,
+    dead_letters: Gather<Outgoing, (), QueueError>,
 }
 
 /// A message to send: body, String attributes, and for FIFO queues its
@@ -251,8 +279,8 @@ impl Queues {
             urls: Mutex::new(HashMap::new()),
             limits: Mutex::new(HashMap::new()),
             limits_read: tokio::sync::Mutex::new(()),
-            visibility: Gather::new("ChangeMessageVisibilityBatch"),
-            dead_letters: Gather::new("SendMessageBatch"),
+            visibility: Gather::new("ChangeMessageVisibilityBatch", MAX_ENTRIES),
+            dead_letters: Gather::new("SendMessageBatch", MAX_ENTRIES),
         }
     }
 
@@ -482,7 +510,7 @@ impl Queues {
         let sizes: Vec<usize> = entries.iter().map(Outgoing::size).collect();
         let mut results = Vec::with_capacity(entries.len());
         let mut rest = entries;
-        for len in batches::runs_within(&sizes, BATCH_PAYLOAD_MAX) {
+        for len in runs_within(&sizes, BATCH_PAYLOAD_MAX) {
             let (run, after) = rest.split_at(len);
             rest = after;
             if let [one] = run {
@@ -579,7 +607,7 @@ impl Queues {
     ) -> usize {
         let secs = i32::try_from(visibility.as_secs()).unwrap_or(i32::MAX);
         let mut failed = 0;
-        for chunk in receipt_handles.chunks(batches::MAX_ENTRIES) {
+        for chunk in receipt_handles.chunks(MAX_ENTRIES) {
             let entries: Vec<(String, i32)> = chunk.iter().map(|h| (h.clone(), secs)).collect();
             for result in self.change_visibility_entries(queue_url, &entries).await {
                 if let Err(e) = result {
@@ -994,5 +1022,13 @@ mod tests {
             "059f36b4-87a3-44ab-83d2-661975830a7d"
         );
         assert_eq!(dedup_id(&"x".repeat(300)).len(), 128);
+    }
+
+    #[test]
+    fn runs_respect_both_the_count_and_the_total_size() {
+        assert_eq!(runs_within(&[1; 25], 1000), [10, 10, 5]);
+        assert_eq!(runs_within(&[400, 400, 400, 100], 1000), [2, 2]);
+        assert_eq!(runs_within(&[5000, 1, 1], 1000), [1, 2]);
+        assert_eq!(runs_within(&[], 1000), Vec::<usize>::new());
     }
 }

@@ -1,15 +1,16 @@
-//! Many records' SQS actions, sent ten at a time.
+//! Many records' calls, sent together.
 //!
-//! A retry costs a `ChangeMessageVisibility` and a dead letter a
-//! `SendMessage`. Records of one batch finish close together, so their
-//! actions are gathered per queue and sent as `ChangeMessageVisibilityBatch`
-//! and `SendMessageBatch` calls of up to ten entries: a batch of 10 000
-//! records that are half `503`s makes about 500 SQS requests instead of
-//! 5 000.
+//! A retry costs a `ChangeMessageVisibility`, a dead letter a `SendMessage`
+//! and a failed attempt a ledger write. Records of one batch finish close
+//! together, so their calls are gathered per target (a queue URL, a table)
+//! and sent as one batch call of up to `max_entries` entries
+//! (ten for SQS, 25 for `BatchWriteItem`, 100 for `BatchGetItem`): a batch
+//! of 10 000 records that are half `503`s makes about 500 SQS requests
+//! instead of 5 000.
 //!
 //! Each record still gets its own answer. A call that fails fails only the
-//! entries it carried; an entry SQS lists as failed fails only its record.
-//! The record that fills ten entries sends them at once; otherwise the
+//! entries it carried; an entry the service lists as failed fails only its
+//! record. The record that fills the call sends it at once; otherwise the
 //! first record to wait sends whatever has gathered after [`LINGER`]. A
 //! record abandoned while its entry waits (the batch's deadline) takes the
 //! entry back, so nothing is sent for a record already reported unfinished.
@@ -22,32 +23,37 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::QueueError;
-
-/// Most entries in one SQS batch call.
-pub const MAX_ENTRIES: usize = 10;
-
 /// How long a lone entry waits for others before it is sent anyway. At
 /// `MAX_CONCURRENCY` 64 and 50 ms per request, a batch that is half
 /// failures finishes about ten failed records every 15 ms: long enough to
 /// fill most calls, and nothing beside a retry's own delay.
 pub const LINGER: Duration = Duration::from_millis(25);
 
+/// The error a gathered call answers with when its entry got no answer.
+pub trait Unanswered {
+    fn unanswered(operation: &'static str, detail: String) -> Self;
+}
+
 /// One entry waiting to be sent, and where its answer goes.
-pub struct Job<E> {
+pub struct Job<E, R, X> {
     id: u64,
     pub entry: E,
-    answer: oneshot::Sender<Result<(), QueueError>>,
+    answer: oneshot::Sender<Result<R, X>>,
 }
 
-/// Entries of type `E` waiting per queue URL.
-pub struct Gather<E> {
-    pending: Mutex<HashMap<String, Vec<Job<E>>>>,
+/// The jobs waiting, per target.
+type Waiting<E, R, X> = HashMap<String, Vec<Job<E, R, X>>>;
+
+/// Entries of type `E` waiting per target, each answered with a
+/// `Result<R, X>`.
+pub struct Gather<E, R, X> {
+    pending: Mutex<Waiting<E, R, X>>,
     next_id: AtomicU64,
     operation: &'static str,
+    max_entries: usize,
 }
 
-impl<E> std::fmt::Debug for Gather<E> {
+impl<E, R, X> std::fmt::Debug for Gather<E, R, X> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gather")
             .field("operation", &self.operation)
@@ -55,23 +61,26 @@ impl<E> std::fmt::Debug for Gather<E> {
     }
 }
 
-impl<E: Send> Gather<E> {
-    /// Gathers entries for `operation` (named in errors).
-    pub fn new(operation: &'static str) -> Gather<E> {
+impl<E: Send, R, X: Unanswered> Gather<E, R, X> {
+    /// Gathers entries for `operation` (named in errors), at most
+    /// `max_entries` per call.
+    pub fn new(operation: &'static str, max_entries: usize) -> Gather<E, R, X> {
         Gather {
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             operation,
+            max_entries: max_entries.max(1),
         }
     }
 
-    /// Sends `entry` to `queue_url` with others, and returns its own
-    /// result. `send` makes one call for up to [`MAX_ENTRIES`] entries and
-    /// returns one result per entry, in their order.
-    pub async fn submit<F, Fut>(&self, queue_url: &str, entry: E, send: F) -> Result<(), QueueError>
+    /// Sends `entry` to `queue_url` (the target) with others, and returns
+    /// its own result. `send` makes one call for up to
+    /// `max_entries` entries and returns one result
+    /// per entry, in their order.
+    pub async fn submit<F, Fut>(&self, queue_url: &str, entry: E, send: F) -> Result<R, X>
     where
         F: Fn(String, Vec<E>) -> Fut,
-        Fut: Future<Output = Vec<Result<(), QueueError>>>,
+        Fut: Future<Output = Vec<Result<R, X>>>,
     {
         let (answer, answered) = oneshot::channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -85,7 +94,7 @@ impl<E: Send> Gather<E> {
             let mut pending = self.lock();
             let jobs = pending.entry(queue_url.to_owned()).or_default();
             jobs.push(job);
-            (jobs.len() >= MAX_ENTRIES).then(|| std::mem::take(jobs))
+            (jobs.len() >= self.max_entries).then(|| std::mem::take(jobs))
         };
         let jobs = match full {
             Some(jobs) => jobs,
@@ -101,17 +110,17 @@ impl<E: Send> Gather<E> {
             self.flush(queue_url, jobs, &send).await;
         }
         answered.await.unwrap_or_else(|_| {
-            Err(QueueError::Sqs {
-                operation: self.operation,
-                detail: "the batch call carrying this entry was abandoned".into(),
-            })
+            Err(X::unanswered(
+                self.operation,
+                "the batch call carrying this entry was abandoned".into(),
+            ))
         })
     }
 
-    async fn flush<F, Fut>(&self, queue_url: &str, jobs: Vec<Job<E>>, send: &F)
+    async fn flush<F, Fut>(&self, queue_url: &str, jobs: Vec<Job<E, R, X>>, send: &F)
     where
         F: Fn(String, Vec<E>) -> Fut,
-        Fut: Future<Output = Vec<Result<(), QueueError>>>,
+        Fut: Future<Output = Vec<Result<R, X>>>,
     {
         let (entries, answers): (Vec<E>, Vec<_>) =
             jobs.into_iter().map(|j| (j.entry, j.answer)).unzip();
@@ -119,16 +128,16 @@ impl<E: Send> Gather<E> {
         let mut results = send(queue_url.to_owned(), entries).await.into_iter();
         for answer in answers {
             let result = results.next().unwrap_or_else(|| {
-                Err(QueueError::Sqs {
-                    operation: self.operation,
-                    detail: format!("no result for this entry among {count}"),
-                })
+                Err(X::unanswered(
+                    self.operation,
+                    format!("no result for this entry among {count}"),
+                ))
             });
             let _ = answer.send(result);
         }
     }
 
-    fn take_if_waiting(&self, queue_url: &str, id: u64) -> Vec<Job<E>> {
+    fn take_if_waiting(&self, queue_url: &str, id: u64) -> Vec<Job<E, R, X>> {
         let mut pending = self.lock();
         match pending.get(queue_url) {
             Some(jobs) if jobs.iter().any(|j| j.id == id) => {
@@ -138,19 +147,19 @@ impl<E: Send> Gather<E> {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Job<E>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting<E, R, X>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 /// Removes a job still waiting when its record's work is dropped.
-struct TakeBack<'a, E> {
-    gather: &'a Gather<E>,
+struct TakeBack<'a, E, R, X> {
+    gather: &'a Gather<E, R, X>,
     queue_url: &'a str,
     id: u64,
 }
 
-impl<E> Drop for TakeBack<'_, E> {
+impl<E, R, X> Drop for TakeBack<'_, E, R, X> {
     fn drop(&mut self) {
         let mut pending = self
             .gather
@@ -166,31 +175,14 @@ impl<E> Drop for TakeBack<'_, E> {
     }
 }
 
-/// Splits `sizes` (in order) into runs of at most [`MAX_ENTRIES`] whose
-/// total stays within `max_total`; an entry larger than `max_total` is a
-/// run of its own. Returns each run's length.
-pub fn runs_within(sizes: &[usize], max_total: usize) -> Vec<usize> {
-    let mut runs = Vec::new();
-    let (mut len, mut total) = (0usize, 0usize);
-    for &size in sizes {
-        if len > 0 && (len == MAX_ENTRIES || total + size > max_total) {
-            runs.push(len);
-            (len, total) = (0, 0);
-        }
-        len += 1;
-        total += size;
-    }
-    if len > 0 {
-        runs.push(len);
-    }
-    runs
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::QueueError;
     use std::sync::atomic::AtomicUsize;
     use std::sync::Arc;
+
+    const MAX_ENTRIES: usize = 10;
 
     fn failing_odd(entries: &[u32]) -> Vec<Result<(), QueueError>> {
         entries
@@ -210,7 +202,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn entries_are_sent_ten_per_call_and_answered_one_by_one() {
-        let gather = Arc::new(Gather::<u32>::new("Test"));
+        let gather = Arc::new(Gather::<u32, (), QueueError>::new("Test", MAX_ENTRIES));
         let calls = Arc::new(AtomicUsize::new(0));
         let tasks: Vec<_> = (0..25u32)
             .map(|n| {
@@ -238,7 +230,7 @@ mod tests {
     async fn entries_arriving_one_by_one_still_fill_their_calls() {
         // One entry a millisecond for 100 ms: calls of ten, not one per
         // entry whose linger ran out.
-        let gather = Arc::new(Gather::<u32>::new("Test"));
+        let gather = Arc::new(Gather::<u32, (), QueueError>::new("Test", MAX_ENTRIES));
         let calls = Arc::new(AtomicUsize::new(0));
         let tasks: Vec<_> = (0..100u32)
             .map(|n| {
@@ -263,7 +255,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_lone_entry_is_sent_after_the_linger() {
-        let gather = Gather::<u32>::new("Test");
+        let gather = Gather::<u32, (), QueueError>::new("Test", MAX_ENTRIES);
         let result = gather
             .submit("q", 2, |url, entries| async move {
                 assert_eq!((url.as_str(), entries.as_slice()), ("q", &[2][..]));
@@ -275,7 +267,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_abandoned_entry_is_never_sent() {
-        let gather = Arc::new(Gather::<u32>::new("Test"));
+        let gather = Arc::new(Gather::<u32, (), QueueError>::new("Test", MAX_ENTRIES));
         let sent = Arc::new(AtomicUsize::new(0));
         let (g, s) = (Arc::clone(&gather), Arc::clone(&sent));
         let abandoned = tokio::spawn(async move {
@@ -303,13 +295,5 @@ mod tests {
             .await;
         assert_eq!(result, Ok(()));
         assert_eq!(sent.load(Ordering::SeqCst), 0);
-    }
-
-    #[test]
-    fn runs_respect_both_the_count_and_the_total_size() {
-        assert_eq!(runs_within(&[1; 25], 1000), [10, 10, 5]);
-        assert_eq!(runs_within(&[400, 400, 400, 100], 1000), [2, 2]);
-        assert_eq!(runs_within(&[5000, 1, 1], 1000), [1, 2]);
-        assert_eq!(runs_within(&[], 1000), Vec::<usize>::new());
     }
 }
