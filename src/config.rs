@@ -25,6 +25,7 @@ use crate::auth::AuthProfiles;
 use crate::deliver::destination::{DestinationPolicy, HostPattern};
 use crate::metrics::MetricsSettings;
 use crate::policy::backoff::{Backoff, InvalidBackoff};
+use crate::policy::destinations::DestinationPolicies;
 use crate::policy::RetryPolicy;
 
 /// Everything the processor reads from its environment.
@@ -61,6 +62,35 @@ pub struct Config {
     pub batching_window: Duration,
     /// `LOG_DELIVERED`: which delivered records get their log line.
     pub log_delivered: LogDelivered,
+    /// `DESTINATION_POLICIES`: per-destination rate, concurrency, attempts,
+    /// backoff, breaker and extra retried statuses.
+    pub destination_policies: DestinationPolicies,
+    /// `STATE_TABLE` and the ledger's settings: fleet-wide state (spec §9).
+    pub state: Option<StateSettings>,
+}
+
+/// The fleet-wide state table and its attempt ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateSettings {
+    /// `STATE_TABLE`: the DynamoDB table's name.
+    pub table: String,
+    /// `LEDGER`: which attempts are recorded.
+    pub ledger: Ledger,
+    /// `LEDGER_TTL_DAYS`: how long an attempt stays recorded.
+    pub ttl: Duration,
+    /// `RESPONSE_SNIPPET_BYTES`: how much of a non-2xx answer is recorded.
+    pub snippet_bytes: usize,
+}
+
+/// `LEDGER`: which attempts the ledger records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ledger {
+    /// Attempts that did not deliver (`failures`, the default): a batch
+    /// that only delivers costs no DynamoDB request.
+    #[default]
+    Failures,
+    /// Every attempt (`all`).
+    All,
 }
 
 /// `LOG_DELIVERED`: a record that was not delivered is always logged; a
@@ -97,14 +127,7 @@ pub const MAX_CONFIG_SECONDS: u64 = 43_200;
 /// Lambda's longest batching window for an SQS event source.
 pub const MAX_BATCHING_WINDOW_SECONDS: u64 = 300;
 
-/// The per-host circuit breaker's settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BreakerSettings {
-    /// Consecutive retryable failures that open it.
-    pub threshold: u32,
-    /// How long it stays open before a probe.
-    pub cooldown: Duration,
-}
+pub use crate::policy::destinations::BreakerSettings;
 
 /// A malformed variable. Displays as `VARIABLE: what is wrong`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -143,13 +166,14 @@ impl Config {
             }
         })?;
         let breaker_cooldown = vars.seconds("BREAKER_COOLDOWN_SECONDS", 30)?;
+        let retry = RetryPolicy {
+            max_attempts: vars.number("MAX_ATTEMPTS", 5, 1, u32::MAX.into())? as u32,
+            backoff,
+            retry_after_max: vars.seconds("RETRY_AFTER_MAX_SECONDS", MAX_CONFIG_SECONDS)?,
+        };
         Ok(Config {
             dlq_url: vars.text("DLQ_URL").map(|v| v.trim().to_owned()),
-            retry: RetryPolicy {
-                max_attempts: vars.number("MAX_ATTEMPTS", 5, 1, u32::MAX.into())? as u32,
-                backoff,
-                retry_after_max: vars.seconds("RETRY_AFTER_MAX_SECONDS", MAX_CONFIG_SECONDS)?,
-            },
+            retry,
             request_timeout: Duration::from_secs(vars.number(
                 "REQUEST_TIMEOUT_SECONDS",
                 10,
@@ -206,12 +230,22 @@ impl Config {
                     ))
                 }
             },
+            destination_policies: match vars.text("DESTINATION_POLICIES") {
+                None => DestinationPolicies::default(),
+                Some(json) => DestinationPolicies::parse(&json, &retry)
+                    .map_err(|e| ConfigError::new("DESTINATION_POLICIES", e))?,
+            },
+            state: vars.state()?,
         })
     }
 }
 
 /// Longest request timeout: Lambda's longest invocation.
 const MAX_REQUEST_TIMEOUT_SECONDS: u64 = 900;
+/// Longest `LEDGER_TTL_DAYS`: about ten years.
+const MAX_LEDGER_TTL_DAYS: u64 = 3650;
+/// Largest `RESPONSE_SNIPPET_BYTES`: a DynamoDB item holds at most 400 KB.
+const MAX_SNIPPET_BYTES: u64 = 16_384;
 /// Most requests in flight (`MAX_CONCURRENCY`, `MAX_CONCURRENCY_PER_HOST`).
 const MAX_CONCURRENCY: u64 = 100_000;
 
@@ -275,6 +309,30 @@ impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
                 format!("must be true or false, got {other:?}"),
             )),
         }
+    }
+
+    /// `STATE_TABLE` and the ledger's variables (read, and checked, even
+    /// without a table, so a typo shows before the table is turned on).
+    fn state(&self) -> Result<Option<StateSettings>, ConfigError> {
+        let ledger = match self.text("LEDGER").as_deref().map(str::trim) {
+            None | Some("failures") => Ledger::Failures,
+            Some("all") => Ledger::All,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "LEDGER",
+                    format!("must be failures or all, got {other:?}"),
+                ))
+            }
+        };
+        let ttl_days = self.number("LEDGER_TTL_DAYS", 14, 1, MAX_LEDGER_TTL_DAYS)?;
+        let snippet_bytes =
+            self.number("RESPONSE_SNIPPET_BYTES", 512, 0, MAX_SNIPPET_BYTES)? as usize;
+        Ok(self.text("STATE_TABLE").map(|table| StateSettings {
+            table: table.trim().to_owned(),
+            ledger,
+            ttl: Duration::from_secs(ttl_days * 86_400),
+            snippet_bytes,
+        }))
     }
 
     /// A comma list of host patterns.
@@ -393,6 +451,42 @@ mod tests {
         );
         let c = with(&[("BREAKER_THRESHOLD", "5")]).unwrap();
         assert_eq!(c.breaker.unwrap().cooldown, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_state_table_and_destination_policies_are_read() {
+        let c = with(&[]).unwrap();
+        assert_eq!(c.state, None);
+        assert!(c.destination_policies.is_empty());
+        let c = with(&[
+            ("STATE_TABLE", "retryq-state"),
+            ("LEDGER", "all"),
+            ("LEDGER_TTL_DAYS", "3"),
+            ("RESPONSE_SNIPPET_BYTES", "0"),
+            ("MAX_ATTEMPTS", "4"),
+            ("DESTINATION_POLICIES", r#"{"api.partner.com": {"rps": 5}}"#),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.state,
+            Some(StateSettings {
+                table: "retryq-state".into(),
+                ledger: Ledger::All,
+                ttl: Duration::from_secs(3 * 86_400),
+                snippet_bytes: 0,
+            })
+        );
+        let url = url::Url::parse("https://api.partner.com/x").unwrap();
+        let rules = c.destination_policies.for_url(&url).unwrap();
+        assert_eq!(rules.retry.max_attempts, 4, "resolved against MAX_ATTEMPTS");
+        for (name, value) in [
+            ("LEDGER", "some"),
+            ("LEDGER_TTL_DAYS", "0"),
+            ("RESPONSE_SNIPPET_BYTES", "1000000"),
+            ("DESTINATION_POLICIES", r#"{"a.com": {"rps": -1}}"#),
+        ] {
+            assert_eq!(with(&[(name, value)]).unwrap_err().variable, name);
+        }
     }
 
     #[test]

@@ -17,77 +17,9 @@
 //! ([`crate::deliver`]), so the addresses checked are the ones connected to.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::str::FromStr;
-
 use url::{Host, Url};
 
-/// One entry of `ALLOWED_DESTINATIONS`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostPattern {
-    host: HostMatch,
-    port: Option<u16>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum HostMatch {
-    /// `api.partner.com`, `127.0.0.1`, `[::1]`: this host only.
-    Exact(String),
-    /// `*.example.com`: any subdomain of `example.com` (not itself).
-    Subdomain(String),
-}
-
-impl FromStr for HostPattern {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<HostPattern, String> {
-        if s.contains("://") || s.contains('/') {
-            return Err("a pattern is a host with an optional port, not a URL".into());
-        }
-        // Split off a port: `host:8443`, `[::1]:8443`; a bare IPv6 address
-        // must be bracketed.
-        let (host, port) = match s.rsplit_once(':') {
-            Some((h, p)) if !h.contains(':') || h.ends_with(']') => {
-                let port = p
-                    .parse::<u16>()
-                    .map_err(|_| format!("{p:?} is not a port"))?;
-                (h, Some(port))
-            }
-            _ => (s, None),
-        };
-        let (wildcard, name) = match host.strip_prefix("*.") {
-            Some(rest) => (true, rest),
-            None => (false, host),
-        };
-        // Let the URL parser normalise the host exactly as it will for
-        // destinations (case, IDNA, IP notations).
-        let parsed = Host::parse(name).map_err(|e| format!("{name:?} is not a host: {e}"))?;
-        let normalised = parsed.to_string();
-        if wildcard && !matches!(parsed, Host::Domain(_)) {
-            return Err("a wildcard needs a domain name after '*.'".into());
-        }
-        Ok(HostPattern {
-            host: if wildcard {
-                HostMatch::Subdomain(normalised)
-            } else {
-                HostMatch::Exact(normalised)
-            },
-            port,
-        })
-    }
-}
-
-impl HostPattern {
-    /// Does `host` (as the URL parser normalised it) on `port` match?
-    pub fn matches(&self, host: &str, port: Option<u16>) -> bool {
-        let host_ok = match &self.host {
-            HostMatch::Exact(h) => h == host,
-            HostMatch::Subdomain(suffix) => host
-                .strip_suffix(suffix.as_str())
-                .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
-        };
-        host_ok && self.port.is_none_or(|p| Some(p) == port)
-    }
-}
+pub use crate::policy::hosts::HostPattern;
 
 /// The whole destination policy.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -59,6 +59,16 @@ impl Backoff {
         Ok(Backoff { base, max })
     }
 
+    /// The first delay.
+    pub fn base(&self) -> Duration {
+        Duration::from_secs(self.base)
+    }
+
+    /// The longest delay.
+    pub fn max(&self) -> Duration {
+        Duration::from_secs(self.max)
+    }
+
     /// The un-jittered delay for attempt `n` (1-based): `min(base·2^(n-1), max)`.
     pub fn nominal(&self, attempt: u32) -> Duration {
         let exp = attempt.saturating_sub(1).min(63);

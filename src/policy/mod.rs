@@ -34,7 +34,9 @@
 
 pub mod backoff;
 pub mod classify;
+pub mod destinations;
 pub mod fifo;
+pub mod hosts;
 pub mod record;
 
 use std::time::{Duration, SystemTime};
