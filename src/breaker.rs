@@ -19,6 +19,10 @@
 //! requests in flight to one `host:port`, inside the global
 //! `MAX_CONCURRENCY`.
 
+// The breakers and buckets serve the processor; without it (a producer
+// build) only the request slots are used.
+#![cfg_attr(not(feature = "processor"), allow(dead_code))]
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,6 +30,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use url::Url;
 
+pub use crate::policy::destinations::BreakerSettings;
+use crate::policy::destinations::{refill, DestinationPolicies, Rate, Token};
 pub use crate::policy::record::Health;
 
 /// The key breakers and limits are kept by: `host:port`.
@@ -56,21 +62,18 @@ pub enum Admission {
     Open,
 }
 
-/// Per-host breakers, shared by every batch of the process.
+/// Per-host breakers, shared by every batch of the process. Each admission
+/// names the breaker's settings (`BREAKER_*`, or the destination's policy).
 #[derive(Debug)]
 pub struct Breakers {
-    threshold: u32,
-    cooldown: Duration,
     hosts: Mutex<HashMap<String, HostState>>,
     /// Wakes attempts waiting for an answer from an unproven host.
     answered: Notify,
 }
 
 impl Breakers {
-    pub fn new(threshold: u32, cooldown: Duration) -> Arc<Breakers> {
+    pub fn new() -> Arc<Breakers> {
         Arc::new(Breakers {
-            threshold: threshold.max(1),
-            cooldown,
             hosts: Mutex::new(HashMap::new()),
             answered: Notify::new(),
         })
@@ -78,7 +81,8 @@ impl Breakers {
 
     /// May an attempt to `host` go out now? Waits while the host's allowance
     /// of unproven attempts is used up.
-    pub async fn admit(self: &Arc<Self>, host: &str) -> Admission {
+    pub async fn admit(self: &Arc<Self>, host: &str, settings: BreakerSettings) -> Admission {
+        let threshold = settings.threshold.max(1);
         loop {
             let notified = self.answered.notified();
             tokio::pin!(notified);
@@ -93,12 +97,12 @@ impl Breakers {
                     state.probing = true;
                     state.in_flight += 1;
                     tracing::info!(host, "circuit breaker half-open: sending one probe");
-                    return Admission::Go(self.ticket(host, true));
+                    return Admission::Go(self.ticket(host, true, settings));
                 }
                 let proven = state.known_good && state.consecutive_failures == 0;
-                if proven || state.consecutive_failures + state.in_flight < self.threshold {
+                if proven || state.consecutive_failures + state.in_flight < threshold {
                     state.in_flight += 1;
-                    return Admission::Go(self.ticket(host, false));
+                    return Admission::Go(self.ticket(host, false, settings));
                 }
                 // Wait for an answer. Registered while the lock is held, so
                 // no answer reported after this look can be missed.
@@ -108,16 +112,17 @@ impl Breakers {
         }
     }
 
-    fn ticket(self: &Arc<Self>, host: &str, probe: bool) -> Ticket {
+    fn ticket(self: &Arc<Self>, host: &str, probe: bool, settings: BreakerSettings) -> Ticket {
         Ticket {
             breakers: Arc::clone(self),
             host: host.to_owned(),
             probe,
+            settings,
             done: false,
         }
     }
 
-    fn finish(&self, host: &str, probe: bool, health: Option<Health>) {
+    fn finish(&self, host: &str, probe: bool, settings: BreakerSettings, health: Option<Health>) {
         let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
         let state = hosts.entry(host.to_owned()).or_default();
         state.in_flight = state.in_flight.saturating_sub(1);
@@ -137,13 +142,14 @@ impl Breakers {
                 state.consecutive_failures += 1;
                 state.known_good = false;
                 if probe
-                    || (state.open_until.is_none() && state.consecutive_failures >= self.threshold)
+                    || (state.open_until.is_none()
+                        && state.consecutive_failures >= settings.threshold.max(1))
                 {
-                    state.open_until = Some(crate::clock::later(self.cooldown));
+                    state.open_until = Some(crate::clock::later(settings.cooldown));
                     tracing::warn!(
                         host,
                         failures = state.consecutive_failures,
-                        cooldown_s = self.cooldown.as_secs(),
+                        cooldown_s = settings.cooldown.as_secs(),
                         "circuit breaker open: not attempting this host until the cool-down ends"
                     );
                 }
@@ -169,20 +175,23 @@ pub struct Ticket {
     breakers: Arc<Breakers>,
     host: String,
     probe: bool,
+    settings: BreakerSettings,
     done: bool,
 }
 
 impl Ticket {
     pub fn report(mut self, health: Option<Health>) {
         self.done = true;
-        self.breakers.finish(&self.host, self.probe, health);
+        self.breakers
+            .finish(&self.host, self.probe, self.settings, health);
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
         if !self.done {
-            self.breakers.finish(&self.host, self.probe, None);
+            self.breakers
+                .finish(&self.host, self.probe, self.settings, None);
         }
     }
 }
@@ -193,7 +202,11 @@ impl Drop for Ticket {
 #[derive(Debug)]
 pub struct Slots {
     requests: Semaphore,
-    per_host: Option<HostLimits>,
+    /// `MAX_CONCURRENCY_PER_HOST`.
+    per_host: Option<usize>,
+    /// A destination policy's `maxConcurrency` replaces it for its hosts.
+    policies: DestinationPolicies,
+    hosts: HostLimits,
 }
 
 /// A request's slots; released when dropped.
@@ -207,15 +220,27 @@ impl Slots {
     pub fn new(max_concurrency: usize, per_host: Option<usize>) -> Slots {
         Slots {
             requests: Semaphore::new(max_concurrency.max(1)),
-            per_host: per_host.map(HostLimits::new),
+            per_host,
+            policies: DestinationPolicies::none(),
+            hosts: HostLimits::default(),
         }
+    }
+
+    /// With the `maxConcurrency` of these destination policies.
+    pub fn with_policies(mut self, policies: DestinationPolicies) -> Slots {
+        self.policies = policies;
+        self
     }
 
     /// Waits for a slot for a request to `url`'s host (the host's first, so
     /// a busy host does not hold global slots while it waits).
     pub async fn acquire(&self, url: &Url) -> SlotPermit<'_> {
-        let host = match &self.per_host {
-            Some(limits) => Some(limits.acquire(&host_key(url)).await),
+        let limit = match self.policies.for_url(url) {
+            Some(rules) => rules.max_concurrency.or(self.per_host),
+            None => self.per_host,
+        };
+        let host = match limit {
+            Some(limit) => Some(self.hosts.acquire(&host_key(url), limit).await),
             None => None,
         };
         SlotPermit {
@@ -225,38 +250,115 @@ impl Slots {
     }
 }
 
-/// `MAX_CONCURRENCY_PER_HOST`: a semaphore per `host:port`.
-#[derive(Debug)]
+/// Per-host limits: a semaphore per `host:port`.
+#[derive(Debug, Default)]
 pub struct HostLimits {
-    per_host: usize,
     hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 impl HostLimits {
-    pub fn new(per_host: usize) -> HostLimits {
-        HostLimits {
-            per_host,
-            hosts: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Waits for a slot for `host`.
-    pub async fn acquire(&self, host: &str) -> OwnedSemaphorePermit {
+    /// Waits for a slot for `host`, which has `limit` slots (a host always
+    /// has the same limit: it comes from the configuration).
+    pub async fn acquire(&self, host: &str, limit: usize) -> OwnedSemaphorePermit {
         let semaphore = {
             let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
             Arc::clone(
                 hosts
                     .entry(host.to_owned())
-                    .or_insert_with(|| Arc::new(Semaphore::new(self.per_host))),
+                    .or_insert_with(|| Arc::new(Semaphore::new(limit.max(1)))),
             )
         };
         semaphore.acquire_owned().await.expect("never closed")
     }
 }
 
+/// Rate limits of `DESTINATION_POLICIES` kept in this process: without a
+/// state table, or for a batch whose table calls failed. One token bucket
+/// per pattern.
+#[derive(Debug, Default)]
+pub struct LocalBuckets {
+    buckets: Mutex<HashMap<String, LocalBucket>>,
+}
+
+#[derive(Debug)]
+struct LocalBucket {
+    tokens: f64,
+    at: tokio::time::Instant,
+    waiting: u32,
+}
+
+impl LocalBuckets {
+    /// A token of `pattern`'s bucket, waiting for one at most until `until`.
+    pub async fn token(&self, pattern: &str, rate: Rate, until: Instant) -> Token {
+        let until = tokio::time::Instant::from_std(until);
+        self.with(pattern, rate, |b| b.waiting += 1);
+        let token = loop {
+            let wait = self.with(pattern, rate, |b| {
+                let now = tokio::time::Instant::now();
+                b.tokens = refill(rate, b.tokens, now - b.at);
+                b.at = now;
+                if b.tokens >= 1.0 {
+                    b.tokens -= 1.0;
+                    Ok(())
+                } else {
+                    Err((
+                        Duration::from_secs_f64((1.0 - b.tokens) / rate.rps),
+                        b.waiting,
+                    ))
+                }
+            });
+            match wait {
+                Ok(()) => break Token::Granted,
+                Err((wait, waiting)) if tokio::time::Instant::now() + wait > until => {
+                    break Token::Deferred(
+                        wait + Duration::from_secs_f64(f64::from(waiting) / rate.rps),
+                    )
+                }
+                Err((wait, _)) => tokio::time::sleep(wait).await,
+            }
+        };
+        self.with(pattern, rate, |b| b.waiting -= 1);
+        token
+    }
+
+    fn with<T>(&self, pattern: &str, rate: Rate, f: impl FnOnce(&mut LocalBucket) -> T) -> T {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let bucket = buckets
+            .entry(pattern.to_owned())
+            .or_insert_with(|| LocalBucket {
+                tokens: f64::from(rate.burst),
+                at: tokio::time::Instant::now(),
+                waiting: 0,
+            });
+        f(bucket)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_local_bucket_grants_its_burst_then_its_rate_then_defers() {
+        let buckets = LocalBuckets::default();
+        let rate = Rate { rps: 2.0, burst: 2 };
+        let far = Instant::now() + Duration::from_secs(60);
+        let started = tokio::time::Instant::now();
+        for _ in 0..6 {
+            assert_eq!(buckets.token("p", rate, far).await, Token::Granted);
+        }
+        // Two at once, then one every half second.
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        match buckets.token("p", rate, Instant::now()).await {
+            Token::Deferred(wait) => assert!(wait >= Duration::from_millis(500), "{wait:?}"),
+            Token::Granted => panic!("no token was due"),
+        }
+        assert_eq!(
+            buckets.token("other", rate, Instant::now()).await,
+            Token::Granted,
+            "each pattern has its own bucket"
+        );
+    }
 
     fn go(a: Admission) -> Ticket {
         match a {
@@ -267,39 +369,51 @@ mod tests {
 
     #[tokio::test]
     async fn n_consecutive_failures_open_the_breaker() {
-        let b = Breakers::new(3, Duration::from_secs(60));
+        let b = Breakers::new();
+        let s = BreakerSettings {
+            threshold: 3,
+            cooldown: Duration::from_secs(60),
+        };
         for _ in 0..3 {
-            go(b.admit("h:80").await).report(Some(Health::Failed));
+            go(b.admit("h:80", s).await).report(Some(Health::Failed));
         }
         assert!(b.is_open("h:80"));
-        assert!(matches!(b.admit("h:80").await, Admission::Open));
+        assert!(matches!(b.admit("h:80", s).await, Admission::Open));
         assert!(
-            matches!(b.admit("other:80").await, Admission::Go(_)),
+            matches!(b.admit("other:80", s).await, Admission::Go(_)),
             "other hosts are unaffected"
         );
     }
 
     #[tokio::test]
     async fn a_success_resets_the_count() {
-        let b = Breakers::new(3, Duration::from_secs(60));
+        let b = Breakers::new();
+        let s = BreakerSettings {
+            threshold: 3,
+            cooldown: Duration::from_secs(60),
+        };
         for _ in 0..2 {
-            go(b.admit("h:80").await).report(Some(Health::Failed));
+            go(b.admit("h:80", s).await).report(Some(Health::Failed));
         }
-        go(b.admit("h:80").await).report(Some(Health::Answered));
+        go(b.admit("h:80", s).await).report(Some(Health::Answered));
         for _ in 0..2 {
-            go(b.admit("h:80").await).report(Some(Health::Failed));
+            go(b.admit("h:80", s).await).report(Some(Health::Failed));
         }
         assert!(!b.is_open("h:80"));
     }
 
     #[tokio::test]
     async fn an_unproven_host_gets_no_more_attempts_in_flight_than_failures_allowed() {
-        let b = Breakers::new(2, Duration::from_secs(60));
-        let t1 = go(b.admit("h:80").await);
-        let t2 = go(b.admit("h:80").await);
+        let b = Breakers::new();
+        let s = BreakerSettings {
+            threshold: 2,
+            cooldown: Duration::from_secs(60),
+        };
+        let t1 = go(b.admit("h:80", s).await);
+        let t2 = go(b.admit("h:80", s).await);
         let waiting = tokio::spawn({
             let b = Arc::clone(&b);
-            async move { matches!(b.admit("h:80").await, Admission::Open) }
+            async move { matches!(b.admit("h:80", s).await, Admission::Open) }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiting.is_finished(), "the third waits for an answer");
@@ -310,60 +424,71 @@ mod tests {
 
     #[tokio::test]
     async fn a_proven_host_is_not_limited() {
-        let b = Breakers::new(1, Duration::from_secs(60));
-        go(b.admit("h:80").await).report(Some(Health::Answered));
-        let tickets: Vec<Ticket> = futures_admit(&b, 20).await;
-        assert_eq!(tickets.len(), 20);
-    }
-
-    async fn futures_admit(b: &Arc<Breakers>, n: usize) -> Vec<Ticket> {
-        let mut out = Vec::new();
-        for _ in 0..n {
-            out.push(go(b.admit("h:80").await));
+        let b = Breakers::new();
+        let s = BreakerSettings {
+            threshold: 1,
+            cooldown: Duration::from_secs(60),
+        };
+        go(b.admit("h:80", s).await).report(Some(Health::Answered));
+        let mut tickets = Vec::new();
+        for _ in 0..20 {
+            tickets.push(go(b.admit("h:80", s).await));
         }
-        out
+        assert_eq!(tickets.len(), 20);
     }
 
     #[tokio::test]
     async fn after_the_cooldown_a_single_probe_goes_out() {
-        let b = Breakers::new(1, Duration::from_millis(100));
-        go(b.admit("h:80").await).report(Some(Health::Failed));
-        assert!(matches!(b.admit("h:80").await, Admission::Open));
+        let b = Breakers::new();
+        let s = BreakerSettings {
+            threshold: 1,
+            cooldown: Duration::from_millis(100),
+        };
+        go(b.admit("h:80", s).await).report(Some(Health::Failed));
+        assert!(matches!(b.admit("h:80", s).await, Admission::Open));
         tokio::time::sleep(Duration::from_millis(150)).await;
-        let probe = go(b.admit("h:80").await);
+        let probe = go(b.admit("h:80", s).await);
         assert!(
-            matches!(b.admit("h:80").await, Admission::Open),
+            matches!(b.admit("h:80", s).await, Admission::Open),
             "only one probe"
         );
         probe.report(Some(Health::Failed));
         assert!(
-            matches!(b.admit("h:80").await, Admission::Open),
+            matches!(b.admit("h:80", s).await, Admission::Open),
             "a failed probe reopens"
         );
         tokio::time::sleep(Duration::from_millis(150)).await;
-        go(b.admit("h:80").await).report(Some(Health::Answered));
+        go(b.admit("h:80", s).await).report(Some(Health::Answered));
         assert!(!b.is_open("h:80"), "a successful probe closes");
-        assert!(matches!(b.admit("h:80").await, Admission::Go(_)));
+        assert!(matches!(b.admit("h:80", s).await, Admission::Go(_)));
     }
 
     #[tokio::test]
     async fn a_huge_cooldown_keeps_the_breaker_open_without_a_panic() {
-        let b = Breakers::new(1, Duration::MAX);
-        go(b.admit("h:80").await).report(Some(Health::Failed));
+        let b = Breakers::new();
+        let s = BreakerSettings {
+            threshold: 1,
+            cooldown: Duration::MAX,
+        };
+        go(b.admit("h:80", s).await).report(Some(Health::Failed));
         assert!(b.is_open("h:80"));
-        assert!(matches!(b.admit("h:80").await, Admission::Open));
+        assert!(matches!(b.admit("h:80", s).await, Admission::Open));
         assert!(
-            matches!(b.admit("other:80").await, Admission::Go(_)),
+            matches!(b.admit("other:80", s).await, Admission::Go(_)),
             "the lock was not poisoned: other hosts still go"
         );
     }
 
     #[tokio::test]
     async fn a_dropped_ticket_frees_its_slot() {
-        let b = Breakers::new(1, Duration::from_secs(60));
-        drop(go(b.admit("h:80").await));
-        go(b.admit("h:80").await).report(None);
-        assert!(matches!(b.admit("h:80").await, Admission::Go(_)));
+        let b = Breakers::new();
+        let s = BreakerSettings {
+            threshold: 1,
+            cooldown: Duration::from_secs(60),
+        };
+        drop(go(b.admit("h:80", s).await));
+        go(b.admit("h:80", s).await).report(None);
+        assert!(matches!(b.admit("h:80", s).await, Admission::Go(_)));
     }
 
     #[test]

@@ -34,6 +34,7 @@
 //! | `breaker` | per-host circuit breaker, concurrency limit and request slots |
 //! | [`logging`] | log lines buffered per batch; the binaries' subscriber |
 //! | `tls` | the certificate authorities HTTPS clients trust |
+//! | [`fleet`] | adapter: the optional DynamoDB table the fleet shares (ledger, breaker, rate limits) |
 //! | `gather` | many records' calls gathered into batch calls (SQS, DynamoDB) |
 //! | `metrics` | CloudWatch Embedded Metric Format per batch |
 //! | [`wiring`] | the adapters the configuration describes, built in one place |
@@ -101,6 +102,8 @@ pub mod config;
 pub mod deliver;
 #[cfg(feature = "processor")]
 pub(crate) mod dlq;
+#[cfg(feature = "processor")]
+pub mod fleet;
 pub(crate) mod gather;
 #[cfg(feature = "processor")]
 pub mod lambda;
@@ -108,6 +111,7 @@ pub mod logging;
 pub mod message;
 pub(crate) mod metrics;
 pub mod policy;
+#[cfg(feature = "processor")]
 pub mod process;
 pub mod producer;
 pub mod queue;
@@ -115,4 +119,5 @@ pub(crate) mod tls;
 #[cfg(feature = "processor")]
 pub mod trigger;
 pub mod wiring;
+#[cfg(feature = "processor")]
 pub mod worker;

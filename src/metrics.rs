@@ -17,6 +17,9 @@
 //! A small writer rather than a metrics crate: the format is a few keys of
 //! JSON, and the values come straight from the batch report.
 
+// Emitted by the processor; a producer build reads only the settings.
+#![cfg_attr(not(feature = "processor"), allow(dead_code))]
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::SystemTime;

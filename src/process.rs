@@ -34,13 +34,54 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 pub use crate::batch::{BatchReport, Disposition, Processed, Record, RecordReport};
-use crate::breaker::{host_key, Admission, Breakers};
-use crate::config::{Config, LogDelivered};
+use crate::breaker::{host_key, Admission, Breakers, LocalBuckets};
+use crate::config::{BreakerSettings, Config, LogDelivered};
 use crate::deliver::Deliverer;
+use crate::fleet::breaker::{FleetAdmission, FleetTicket};
+use crate::fleet::ledger::AttemptRecord;
+use crate::fleet::{FleetState, StateError};
+use crate::policy::destinations::Token;
 use crate::policy::fifo;
-use crate::policy::record::{self, AttemptResult, Decision, Plan, Received, Settings};
+use crate::policy::record::{
+    self, AttemptResult, Decision, Deferral, Label, Plan, Received, Settings,
+};
 use crate::policy::{Action, Attempt, DeadLetter};
 use crate::queue::{smallest_copy_size, DeadLetterCopy, QueueError, Queues};
+
+/// Longest a record waits for a rate-limit token or the breaker's probe
+/// before it is deferred.
+pub const MAX_WAIT: Duration = Duration::from_secs(20);
+
+/// A fleet probe's lease outlives its request by this much.
+const PROBE_LEASE_SLACK: Duration = Duration::from_secs(5);
+
+/// What the breaker said.
+enum Admitted {
+    /// Go, reporting on the ticket if there is a breaker.
+    Go(Option<Ticket>),
+    /// Put the record back without an attempt, for about this long.
+    Defer(Duration),
+    /// Refused; without a ledger this counts as an attempt (v1).
+    Refused,
+}
+
+/// An admitted attempt's ticket, from this process's breaker or the fleet's.
+enum Ticket {
+    Local(crate::breaker::Ticket),
+    Fleet(FleetTicket),
+}
+
+/// A one-line error of an attempt that got no answer (for the ledger).
+fn delivery_error(delivery: &crate::deliver::Delivery) -> Option<String> {
+    use crate::deliver::Delivery;
+    match delivery {
+        Delivery::Answered { .. } => None,
+        Delivery::AuthFailed(e) => Some(e.to_string()),
+        Delivery::NoResponse { kind, detail } => Some(format!("{kind:?}: {detail}")),
+        Delivery::NotAllowed(e) => Some(e.to_string()),
+        Delivery::Invalid(e) => Some(e.clone()),
+    }
+}
 
 /// Most records whose dead letter is remembered as not yet sent.
 const PENDING_DEAD_LETTERS: usize = 10_000;
@@ -52,6 +93,11 @@ pub struct Batch {
     pub started: Instant,
     /// Keeps the records in work hidden (`retryq worker`).
     pub heartbeat: Option<Arc<Heartbeat>>,
+    /// When the batch must answer.
+    pub(crate) deadline: Option<Instant>,
+    /// A call to the state table failed: the rest of the batch goes on
+    /// without it (§9), and the log says so once.
+    pub(crate) without_table: Arc<AtomicBool>,
 }
 
 impl Batch {
@@ -61,6 +107,16 @@ impl Batch {
         Batch {
             started: Instant::now(),
             heartbeat: None,
+            deadline: None,
+            without_table: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// A batch starting now, kept hidden by `heartbeat`.
+    pub fn with_heartbeat(heartbeat: Arc<Heartbeat>) -> Batch {
+        Batch {
+            heartbeat: Some(heartbeat),
+            ..Batch::starting_now()
         }
     }
 }
@@ -132,7 +188,11 @@ pub struct Processor {
     config: Config,
     deliverer: Deliverer,
     queues: Arc<Queues>,
-    breakers: Option<Arc<Breakers>>,
+    breakers: Arc<Breakers>,
+    /// `STATE_TABLE`: the fleet's shared state, when configured.
+    fleet: Option<FleetState>,
+    /// Rate-limit buckets of this process (no table, or the table failed).
+    buckets: LocalBuckets,
     /// Records whose dead letter could not be sent, by SQS message id: their
     /// next receive sends it again without a new attempt.
     pending_dead_letters: Mutex<HashMap<String, DeadLetter>>,
@@ -160,9 +220,9 @@ impl Processor {
     ) -> Result<Processor, reqwest::Error> {
         let deliverer = crate::wiring::deliverer(&config, config.max_concurrency, secrets_manager)?;
         Ok(Processor {
-            breakers: config
-                .breaker
-                .map(|b| Breakers::new(b.threshold, b.cooldown)),
+            breakers: Breakers::new(),
+            fleet: config.state.clone().map(FleetState::from_env),
+            buckets: LocalBuckets::default(),
             deliverer,
             queues: Arc::new(queues),
             pending_dead_letters: Mutex::new(HashMap::new()),
@@ -196,8 +256,9 @@ impl Processor {
         self: &Arc<Self>,
         records: Vec<Record>,
         deadline: Option<Instant>,
-        batch: Batch,
+        mut batch: Batch,
     ) -> BatchReport {
+        batch.deadline = batch.deadline.or(deadline);
         let heartbeat = batch.heartbeat.clone();
         self.run_batch(records, deadline, heartbeat, move |this, record| {
             let batch = batch.clone();
@@ -423,14 +484,25 @@ impl Processor {
     }
 
     /// The I/O around the pure decision ([`record::plan`] and
-    /// [`record::conclude`]): what the queues say of the record, the
-    /// breaker's admission, the attempt. `Err` leaves the record in its
-    /// queue unattempted, saying why. Also returns the attempt's latency.
+    /// [`record::conclude`]): what the queues and the attempt ledger say of
+    /// the record, the rate limit, the breaker's admission, the attempt,
+    /// and its ledger entry. `Err` leaves the record in its queue
+    /// unattempted, saying why. Also returns the attempt's latency.
     async fn decide(
         &self,
         record: &Record,
         batch: &Batch,
     ) -> (Result<Decision, String>, Option<Duration>) {
+        // With a ledger, attempts are counted from it (§9): a record seen
+        // for the first time has none; others are looked up.
+        let recorded_failures = match self.table(batch) {
+            None => None,
+            Some(_) if record.receive_count <= 1 => Some(0),
+            Some(fleet) => match fleet.recorded_failures(&record.message_id).await {
+                Ok(failed) => Some(failed),
+                Err(e) => self.without_table(batch, &e),
+            },
+        };
         let received = Received {
             body: &record.body,
             receive_count: record.receive_count,
@@ -439,56 +511,118 @@ impl Processor {
             retained_until: None,
             pending_dead_letter: self.pending_dead_letter(&record.message_id),
             too_large_for_dlq: self.check_dlq_can_hold(record).await.err(),
+            recorded_failures,
         };
         let has_profile = |p: &str| self.deliverer.has_profile(p);
-        let settings = Settings {
-            retry: &self.config.retry,
-            has_profile: &has_profile,
-        };
+        let settings = Settings::new(&self.config.retry, &has_profile)
+            .with_destinations(&self.config.destination_policies);
         let (message, mut attempt) = match record::plan(&received, &settings, SystemTime::now()) {
             Plan::Leave(why) => return (Err(why), None),
             Plan::Decided(decision) => return (Ok(decision), None),
             Plan::Attempt { message, attempt } => (message, attempt),
         };
-        // Only a breaker needs the host's key (a string built per record).
-        let host = match &self.breakers {
+        let settings = settings.for_destination(&message.destination_url);
+        let rules = self
+            .config
+            .destination_policies
+            .for_url(&message.destination_url);
+        let max_delay =
+            || record::receive_limit(batch.started.elapsed(), self.config.batching_window);
+        let until = self.wait_limit(batch);
+
+        // A fleet-wide (or this process's) rate limit: no token in time
+        // defers the record, using up no attempt.
+        if let Some((pattern, rate)) = rules.and_then(|r| Some((&r.pattern, r.rate?))) {
+            let token = match self.table(batch) {
+                Some(fleet) => match fleet.token(pattern, rate, until).await {
+                    Ok(token) => Some(token),
+                    Err(e) => self.without_table(batch, &e),
+                },
+                None => None,
+            };
+            let token = match token {
+                Some(token) => token,
+                None => self.buckets.token(pattern, rate, until).await,
+            };
+            if let Token::Deferred(wait) = token {
+                let decision = self
+                    .deferred(
+                        record,
+                        &settings,
+                        attempt,
+                        Deferral::RateLimited,
+                        wait,
+                        max_delay(),
+                    )
+                    .await;
+                return (Ok(decision), None);
+            }
+        }
+
+        // The circuit breaker: the fleet's, or this process's.
+        let breaker = rules.and_then(|r| r.breaker).or(self.config.breaker);
+        let host = match breaker {
             Some(_) => host_key(&message.destination_url),
             None => String::new(),
         };
-        // `None` when the breaker refuses the attempt; else its ticket, if
-        // there is a breaker.
-        let admitted = match &self.breakers {
-            None => Some(None),
-            Some(breakers) => match breakers.admit(&host).await {
-                Admission::Go(ticket) => Some(Some(ticket)),
-                Admission::Open => None,
-            },
+        let admitted = match breaker {
+            None => Admitted::Go(None),
+            Some(settings) => self.admit(batch, &host, settings, until).await,
         };
-        let (delivery, latency, ticket) = match admitted {
-            None => (None, None, None),
-            Some(ticket) => {
-                let started = Instant::now();
-                let delivery = self.deliverer.deliver(&message).await;
-                (Some(delivery), Some(started.elapsed()), ticket)
+        let ticket = match admitted {
+            Admitted::Go(ticket) => ticket,
+            Admitted::Defer(wait) => {
+                let decision = self
+                    .deferred(
+                        record,
+                        &settings,
+                        attempt,
+                        Deferral::BreakerOpen,
+                        wait,
+                        max_delay(),
+                    )
+                    .await;
+                return (Ok(decision), None);
+            }
+            Admitted::Refused => {
+                // Without a ledger, a refusal counts as an attempt (v1).
+                let decision = record::conclude(
+                    &settings,
+                    &attempt,
+                    AttemptResult::BreakerOpen { host: &host },
+                    SystemTime::now(),
+                    max_delay(),
+                    &mut fastrand::Rng::new(),
+                );
+                return (Ok(decision), None);
             }
         };
-        let result = || match &delivery {
-            Some(delivery) => delivery.result(),
-            None => AttemptResult::BreakerOpen { host: &host },
-        };
+
+        let started_at = SystemTime::now();
+        let started = Instant::now();
+        let delivery = self.deliverer.deliver(&message).await;
+        let latency = started.elapsed();
         let conclude = |attempt: &Attempt| {
             record::conclude(
                 &settings,
                 attempt,
-                result(),
+                delivery.result(),
                 SystemTime::now(),
-                record::receive_limit(batch.started.elapsed(), self.config.batching_window),
+                max_delay(),
                 &mut fastrand::Rng::new(),
             )
         };
         let mut decision = conclude(&attempt);
-        if let Some(ticket) = ticket {
-            ticket.report(decision.health);
+        match ticket {
+            None => {}
+            Some(Ticket::Local(ticket)) => ticket.report(decision.health),
+            Some(Ticket::Fleet(ticket)) => {
+                if let Some(fleet) = &self.fleet {
+                    if let Err(e) = fleet.report(ticket, decision.health).await {
+                        self.without_table::<()>(batch, &e);
+                    }
+                }
+            }
         }
         if matches!(decision.action, Action::Retry { .. }) {
             // A retry must end before the queue's retention would delete the
@@ -498,7 +632,111 @@ impl Processor {
                 decision = conclude(&attempt);
             }
         }
-        (Ok(decision), latency)
+        if let (Some(fleet), Some(failed_before)) = (self.table(batch), recorded_failures) {
+            let failed = decision.label != Label::Delivered;
+            if fleet.records(failed) {
+                let entry = AttemptRecord {
+                    id: &message.id,
+                    sqs_message_id: &record.message_id,
+                    attempt: decision.attempt,
+                    started: started_at,
+                    outcome: decision.label.as_str(),
+                    status: decision.status,
+                    latency,
+                    last_error: match &decision.action {
+                        Action::DeadLetter(d) => Some(d.last_error.as_str()),
+                        _ => None,
+                    },
+                    snippet: delivery.snippet(),
+                    failed,
+                    failed_before,
+                };
+                let error = delivery_error(&delivery);
+                let entry = AttemptRecord {
+                    last_error: entry.last_error.or(error.as_deref()),
+                    ..entry
+                };
+                if let Err(e) = fleet.record(&entry).await {
+                    self.without_table::<()>(batch, &e);
+                }
+            }
+        }
+        (Ok(decision), Some(latency))
+    }
+
+    /// The breaker's word on an attempt to `host`: the fleet's when there
+    /// is a table (falling back to this process's if it fails).
+    async fn admit(
+        &self,
+        batch: &Batch,
+        host: &str,
+        settings: BreakerSettings,
+        until: Instant,
+    ) -> Admitted {
+        if let Some(fleet) = self.table(batch) {
+            let lease_for = self.config.request_timeout + PROBE_LEASE_SLACK;
+            match fleet.admit(host, settings, lease_for, until).await {
+                Ok(FleetAdmission::Go(ticket)) => return Admitted::Go(Some(Ticket::Fleet(ticket))),
+                Ok(FleetAdmission::Open { wait }) => return Admitted::Defer(wait),
+                Err(e) => self.without_table::<()>(batch, &e),
+            };
+        }
+        match self.breakers.admit(host, settings).await {
+            Admission::Go(ticket) => Admitted::Go(Some(Ticket::Local(ticket))),
+            // With a ledger (the table failed only for this batch) the
+            // refusal still uses up no attempt.
+            Admission::Open if self.fleet.is_some() => Admitted::Defer(settings.cooldown),
+            Admission::Open => Admitted::Refused,
+        }
+    }
+
+    /// A record put back without an attempt (§9), for about `wait`.
+    async fn deferred(
+        &self,
+        record: &Record,
+        settings: &Settings<'_>,
+        mut attempt: Attempt,
+        why: Deferral,
+        wait: Duration,
+        max_delay: Duration,
+    ) -> Decision {
+        // Spread the records that come back together.
+        let wait = wait + Duration::from_millis(fastrand::u64(0..1000));
+        attempt.retained_until = self.retained_until(record).await;
+        record::defer(settings, &attempt, why, wait, SystemTime::now(), max_delay)
+    }
+
+    /// The latest a record may wait for a token or the breaker's probe: in
+    /// time to make its request before the batch must answer, and never
+    /// more than [`MAX_WAIT`].
+    fn wait_limit(&self, batch: &Batch) -> Instant {
+        let cap = Instant::now() + MAX_WAIT;
+        match batch.deadline {
+            None => cap,
+            Some(deadline) => deadline
+                .checked_sub(self.config.request_timeout + Duration::from_secs(1))
+                .unwrap_or_else(Instant::now)
+                .min(cap),
+        }
+    }
+
+    /// The state table, unless there is none or it failed in this batch.
+    fn table(&self, batch: &Batch) -> Option<&FleetState> {
+        self.fleet
+            .as_ref()
+            .filter(|_| !batch.without_table.load(Ordering::Relaxed))
+    }
+
+    /// A table call failed: the rest of the batch goes on without the
+    /// table, and the log says so once per batch.
+    fn without_table<T>(&self, batch: &Batch, e: &StateError) -> Option<T> {
+        if !batch.without_table.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                err = %e,
+                "state table unavailable: this batch goes on with per-process breakers and rate limits, and counts attempts by receives"
+            );
+        }
+        None
     }
 
     /// The latest a retry of this record may end (§8.1): the source queue's

@@ -23,14 +23,16 @@ pub fn deliverer(
         config.secret_ttl,
         secrets_manager,
     );
-    let slots = Slots::new(config.max_concurrency, config.max_concurrency_per_host);
+    let slots = Slots::new(config.max_concurrency, config.max_concurrency_per_host)
+        .with_policies(config.destination_policies.clone());
     Ok(Deliverer::new(
         config.destinations.clone(),
         config.request_timeout,
         max_idle_per_host,
     )?
     .with_auth(Arc::new(auth))
-    .with_slots(Arc::new(slots)))
+    .with_slots(Arc::new(slots))
+    .with_snippets(config.state.as_ref().map_or(0, |s| s.snippet_bytes)))
 }
 
 /// Builds an SQS client from the standard AWS environment

@@ -127,10 +127,7 @@ async fn poll(
                 .map(|m| queue::record(m, &arn))
                 .collect();
             let beat = tokio::spawn(Arc::clone(&heartbeat).run(Arc::clone(processor.queues())));
-            let batch = Batch {
-                started: Instant::now(),
-                heartbeat: Some(heartbeat),
-            };
+            let batch = Batch::with_heartbeat(heartbeat);
             let report = processor
                 .process_batch_in(records, Some(Instant::now() + work_limit), batch)
                 .await;

@@ -63,6 +63,9 @@ pub enum Delivery {
         status: u16,
         headers: HeaderMap,
         token_expired: bool,
+        /// The first bytes of a non-2xx answer's body, when the deliverer
+        /// keeps them (the attempt ledger's `RESPONSE_SNIPPET_BYTES`).
+        snippet: Vec<u8>,
     },
     /// No credential could be had for the message's auth profile.
     AuthFailed(AuthError),
@@ -75,6 +78,14 @@ pub enum Delivery {
 }
 
 impl Delivery {
+    /// The start of a non-2xx answer's body, if kept.
+    pub fn snippet(&self) -> &[u8] {
+        match self {
+            Delivery::Answered { snippet, .. } => snippet,
+            _ => &[],
+        }
+    }
+
     /// What became of the attempt, for [`crate::policy::record::conclude`].
     pub fn result(&self) -> AttemptResult<'_> {
         match self {
@@ -114,6 +125,8 @@ pub struct Deliverer {
     timeout: Duration,
     auth: Option<Arc<Authenticator>>,
     slots: Option<Arc<Slots>>,
+    /// How much of a non-2xx answer's body to keep.
+    snippet_bytes: usize,
 }
 
 impl Deliverer {
@@ -153,12 +166,20 @@ impl Deliverer {
             timeout,
             auth: None,
             slots: None,
+            snippet_bytes: 0,
         })
     }
 
     /// Makes every HTTP exchange wait for a request slot.
     pub fn with_slots(mut self, slots: Arc<Slots>) -> Deliverer {
         self.slots = Some(slots);
+        self
+    }
+
+    /// Keeps the first `bytes` of every non-2xx answer's body
+    /// ([`Delivery::snippet`]).
+    pub fn with_snippets(mut self, bytes: usize) -> Deliverer {
+        self.snippet_bytes = bytes;
         self
     }
 
@@ -221,6 +242,7 @@ impl Deliverer {
             status,
             headers,
             token_expired,
+            ..
         } = &mut second
         {
             // Only a token that expired again right after its refresh is
@@ -251,16 +273,19 @@ impl Deliverer {
             Ok(mut response) => {
                 let status = response.status().as_u16();
                 let headers = std::mem::take(response.headers_mut());
+                let failed = !(200..300).contains(&status);
+                let snippet_bytes = if failed { self.snippet_bytes } else { 0 };
                 let keep = if read_401_body && status == 401 {
-                    AUTH_BODY_LIMIT
+                    AUTH_BODY_LIMIT.max(snippet_bytes)
                 } else {
-                    0
+                    snippet_bytes
                 };
                 let body = drain(response, keep).await;
                 let answered = Delivery::Answered {
                     status,
                     headers,
                     token_expired: false,
+                    snippet: body[..body.len().min(snippet_bytes)].to_vec(),
                 };
                 (answered, body)
             }

@@ -113,6 +113,13 @@ struct BreakerEntry {
 }
 
 impl DestinationPolicies {
+    /// No policies.
+    pub const fn none() -> DestinationPolicies {
+        DestinationPolicies {
+            entries: Vec::new(),
+        }
+    }
+
     /// Parses the JSON object; `base` is the processor's own retry policy,
     /// which absent fields keep. An error names the pattern and the field.
     pub fn parse(json: &str, base: &RetryPolicy) -> Result<DestinationPolicies, String> {
@@ -247,6 +254,26 @@ impl Entry {
     }
 }
 
+/// What became of a request for a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Token {
+    /// Go ahead.
+    Granted,
+    /// None before the record must answer: defer it for about this long.
+    Deferred(Duration),
+}
+
+/// A bucket's fill after `elapsed`, from `tokens`: `rps` a second, at most
+/// `burst`.
+pub fn refill(rate: Rate, tokens: f64, elapsed: Duration) -> f64 {
+    (tokens + elapsed.as_secs_f64() * rate.rps).min(f64::from(rate.burst))
+}
+
+/// Tokens leased at a time for `rate`.
+pub fn lease_size(rate: Rate) -> u32 {
+    ((rate.rps * 0.2).ceil() as u32).clamp(1, rate.burst.max(1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,6 +373,20 @@ mod tests {
             let p = DestinationPolicies::parse(&format!(r#"{{"a.com": {{"rps": {rps}}}}}"#), &base()).unwrap();
             let rate = rules(&p, "https://a.com/").unwrap().rate.unwrap();
             prop_assert!(rate.burst >= 1 && f64::from(rate.burst) >= rps.min(100_000.0).floor());
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn a_bucket_never_holds_more_than_its_burst(
+            rps in 0.01f64..10_000.0, burst in 1u32..10_000, tokens in 0.0f64..10_000.0, ms in 0u64..10_000_000,
+        ) {
+            let rate = Rate { rps, burst };
+            let full = refill(rate, tokens.min(f64::from(burst)), Duration::from_millis(ms));
+            prop_assert!(full <= f64::from(burst));
+            prop_assert!(full >= tokens.min(f64::from(burst)));
+            let lease = lease_size(rate);
+            prop_assert!(lease >= 1 && lease <= burst);
         }
     }
 }

@@ -136,6 +136,24 @@ impl Attempt {
         received_count.saturating_add(approximate_receive_count)
     }
 
+    /// The attempt number with an attempt ledger (§9): attempts made
+    /// before the message was enqueued, this one, and the failed attempts
+    /// recorded for this SQS message; never more than the receive count
+    /// would give.
+    pub fn from_ledger(
+        received_count: u32,
+        recorded_failures: u32,
+        approximate_receive_count: u32,
+    ) -> u32 {
+        received_count
+            .saturating_add(1)
+            .saturating_add(recorded_failures)
+            .min(Attempt::number(
+                received_count,
+                approximate_receive_count.max(1),
+            ))
+    }
+
     pub fn is_final(&self) -> bool {
         self.number >= self.limit
     }
@@ -214,29 +232,27 @@ impl RetryPolicy {
             ));
         }
         let delay = self.delay(attempt.number, retry_after, max_delay, rng);
-        let next = now + delay;
-        if attempt.expires_at.is_some_and(|at| next > at) {
-            return Action::DeadLetter(DeadLetter::new(
-                FailureReason::Expired,
-                attempt.number,
-                status,
-                &format!("{error}; no time left before expiresAt for another attempt"),
-            ));
-        }
-        if attempt.retained_until.is_some_and(|until| next > until) {
-            // SQS would delete the message before it came back: dead-letter
-            // it now, while it can still be.
-            return Action::DeadLetter(DeadLetter::new(
-                FailureReason::Expired,
-                attempt.number,
-                status,
-                &format!(
-                    "retention: the queue would delete the message before attempt {} ({error})",
-                    attempt.number.saturating_add(1)
-                ),
-            ));
-        }
-        Action::Retry { delay }
+        put_back(
+            attempt,
+            status,
+            delay,
+            now,
+            &error,
+            attempt.number.saturating_add(1),
+        )
+    }
+
+    /// A record put back for `delay` without an attempt: a retry, unless
+    /// it would come back after `expiresAt` or after the queue's retention
+    /// (then `expired`). Never `attempts-exhausted`: no attempt was made.
+    pub fn defer_within(
+        &self,
+        attempt: &Attempt,
+        delay: Duration,
+        now: SystemTime,
+        why: &str,
+    ) -> Action {
+        put_back(attempt, None, delay, now, why, attempt.number)
     }
 
     /// The longest a message can stay in its queue while still being
@@ -270,6 +286,38 @@ impl RetryPolicy {
         };
         wanted.min(max_delay).min(VISIBILITY_LIMIT)
     }
+}
+
+/// A retry after `delay`, or `expired` when the record would come back
+/// after `expiresAt` or after the queue's retention would delete it (§8.1).
+fn put_back(
+    attempt: &Attempt,
+    status: Option<u16>,
+    delay: Duration,
+    now: SystemTime,
+    error: &str,
+    next_attempt: u32,
+) -> Action {
+    let next = now + delay;
+    if attempt.expires_at.is_some_and(|at| next > at) {
+        return Action::DeadLetter(DeadLetter::new(
+            FailureReason::Expired,
+            attempt.number,
+            status,
+            &format!("{error}; no time left before expiresAt for another attempt"),
+        ));
+    }
+    if attempt.retained_until.is_some_and(|until| next > until) {
+        // SQS would delete the message before it came back: dead-letter
+        // it now, while it can still be.
+        return Action::DeadLetter(DeadLetter::new(
+            FailureReason::Expired,
+            attempt.number,
+            status,
+            &format!("retention: the queue would delete the message before attempt {next_attempt} ({error})"),
+        ));
+    }
+    Action::Retry { delay }
 }
 
 /// `text` on one line (control characters become spaces), cut to `max` chars.

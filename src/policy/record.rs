@@ -15,7 +15,7 @@
 //!     backoff: Backoff::new(Duration::from_secs(10), Duration::from_secs(900)).unwrap(),
 //!     retry_after_max: Duration::from_secs(43_200),
 //! };
-//! let settings = Settings { retry: &retry, has_profile: &|_| false };
+//! let settings = Settings::new(&retry, &|_| false);
 //! let body = r#"{"id": "o-1", "destinationUrl": "https://partner.example.com/", "request": {"method": "GET"}}"#;
 //! let now = SystemTime::now();
 //! let Plan::Attempt { attempt, .. } = plan(&Received::new(body, 1), &settings, now) else { panic!() };
@@ -31,6 +31,7 @@ use std::time::{Duration, SystemTime};
 
 use super::backoff::VISIBILITY_LIMIT;
 use super::classify::{classify, Answer, NoResponse, Outcome};
+use super::destinations::DestinationPolicies;
 use super::{Action, Attempt, DeadLetter, FailureReason, RetryPolicy};
 use crate::message::RetryMessage;
 
@@ -45,6 +46,45 @@ pub struct Settings<'a> {
     pub retry: &'a RetryPolicy,
     /// Is this auth profile configured?
     pub has_profile: &'a (dyn Fn(&str) -> bool + Sync),
+    /// `DESTINATION_POLICIES`.
+    pub destinations: &'a DestinationPolicies,
+    /// Statuses retried besides those of §3 (a destination's `retryOn`).
+    pub retry_on: &'a [u16],
+}
+
+static NO_POLICIES: DestinationPolicies = DestinationPolicies::none();
+
+impl<'a> Settings<'a> {
+    /// The processor's settings, without destination policies.
+    pub fn new(retry: &'a RetryPolicy, has_profile: &'a (dyn Fn(&str) -> bool + Sync)) -> Self {
+        Settings {
+            retry,
+            has_profile,
+            destinations: &NO_POLICIES,
+            retry_on: &[],
+        }
+    }
+
+    /// With these destination policies.
+    pub fn with_destinations(self, destinations: &'a DestinationPolicies) -> Self {
+        Settings {
+            destinations,
+            ..self
+        }
+    }
+
+    /// The settings for a request to `url`: its destination policy's
+    /// attempts, backoff and `retryOn`, if one matches.
+    pub fn for_destination(&self, url: &url::Url) -> Settings<'a> {
+        match self.destinations.for_url(url) {
+            None => *self,
+            Some(rules) => Settings {
+                retry: &rules.retry,
+                retry_on: &rules.retry_on,
+                ..*self
+            },
+        }
+    }
 }
 
 /// The parts of a received record the decision looks at.
@@ -62,6 +102,10 @@ pub struct Received<'a> {
     /// Is the record too large for the DLQ even with the fewest attributes?
     /// It is then left in its queue, unattempted (§8.2).
     pub too_large_for_dlq: Option<String>,
+    /// With an attempt ledger (§9): the failed attempts it holds for this
+    /// SQS message. The attempt number then counts these, not receives, so
+    /// a receive that made no request uses up no attempt.
+    pub recorded_failures: Option<u32>,
 }
 
 impl<'a> Received<'a> {
@@ -73,6 +117,7 @@ impl<'a> Received<'a> {
             retained_until: None,
             pending_dead_letter: None,
             too_large_for_dlq: None,
+            recorded_failures: None,
         }
     }
 }
@@ -105,6 +150,8 @@ pub enum Label {
     Expired,
     /// The circuit breaker refused the attempt.
     CircuitOpen,
+    /// No rate-limit token in time: deferred, without an attempt (§9).
+    RateLimited,
     /// A dead letter from an earlier receive, sent again.
     DeadLetterPending,
 }
@@ -119,6 +166,7 @@ impl Label {
             Label::NotAllowed => "not-allowed",
             Label::Expired => "expired",
             Label::CircuitOpen => "circuit-open",
+            Label::RateLimited => "rate-limited",
             Label::DeadLetterPending => "dead-letter-pending",
         }
     }
@@ -193,9 +241,15 @@ pub fn plan(received: &Received<'_>, settings: &Settings<'_>, now: SystemTime) -
             ))
         }
     };
+    let settings = settings.for_destination(&message.destination_url);
     let retry = settings.retry;
     let attempt = Attempt {
-        number: Attempt::number(message.received_count, received.receive_count),
+        number: match received.recorded_failures {
+            None => Attempt::number(message.received_count, received.receive_count),
+            Some(failed) => {
+                Attempt::from_ledger(message.received_count, failed, received.receive_count)
+            }
+        },
         limit: message.attempt_limit(retry.max_attempts),
         expires_at: message.expires_at.map(SystemTime::from),
         retained_until: received.retained_until,
@@ -239,7 +293,7 @@ pub fn conclude(
         outcome,
         label,
         health,
-    } = match classify_result(result, now) {
+    } = match classify_result(result, now, settings.retry_on) {
         Ok(classified) => classified,
         Err(Refusal { reason, error }) => return refused(reason, attempt.number, &error),
     };
@@ -260,7 +314,7 @@ pub fn conclude(
 /// themselves, such as `retryq call`), or, when the request was refused
 /// before it was made, why.
 pub fn outcome(result: AttemptResult<'_>, now: SystemTime) -> Result<Outcome, String> {
-    classify_result(result, now)
+    classify_result(result, now, &[])
         .map(|c| c.outcome)
         .map_err(|r| r.error)
 }
@@ -277,7 +331,11 @@ struct Refusal {
     error: String,
 }
 
-fn classify_result(result: AttemptResult<'_>, now: SystemTime) -> Result<Classified, Refusal> {
+fn classify_result(
+    result: AttemptResult<'_>,
+    now: SystemTime,
+    retry_on: &[u16],
+) -> Result<Classified, Refusal> {
     let retryable = |error: String| Outcome::Retryable {
         status: None,
         retry_after: None,
@@ -318,7 +376,17 @@ fn classify_result(result: AttemptResult<'_>, now: SystemTime) -> Result<Classif
             (outcome, None, Some(Health::Failed))
         }
         AttemptResult::Answer(answer) => {
-            let outcome = classify(&answer, now);
+            let outcome = match classify(&answer, now) {
+                Outcome::NonRetryable {
+                    status: Some(status),
+                    error,
+                } if retry_on.contains(&status) => Outcome::Retryable {
+                    status: Some(status),
+                    retry_after: None,
+                    error: format!("{error} (in this destination's retryOn)"),
+                },
+                outcome => outcome,
+            };
             let health = match outcome {
                 Outcome::Retryable { .. } => Health::Failed,
                 _ => Health::Answered,
@@ -336,6 +404,50 @@ fn classify_result(result: AttemptResult<'_>, now: SystemTime) -> Result<Classif
         label,
         health,
     })
+}
+
+/// Why a record is deferred: put back without an attempt (§9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deferral {
+    /// The circuit breaker for its host is open, or another process holds
+    /// the probe.
+    BreakerOpen,
+    /// No rate-limit token could be had before the batch must answer.
+    RateLimited,
+}
+
+/// A record put back unattempted for about `wait`. With an attempt ledger
+/// this uses up no attempt, so it is never dead-lettered as
+/// `attempts-exhausted`; only `expiresAt` or the queue's retention can end
+/// it (as `expired`), as they would end a retry.
+pub fn defer(
+    settings: &Settings<'_>,
+    attempt: &Attempt,
+    why: Deferral,
+    wait: Duration,
+    now: SystemTime,
+    max_delay: Duration,
+) -> Decision {
+    let (label, error) = match why {
+        Deferral::BreakerOpen => (Label::CircuitOpen, "circuit breaker open: not attempted"),
+        Deferral::RateLimited => (Label::RateLimited, "rate limit: deferred, not attempted"),
+    };
+    // Whole seconds (SQS's unit), rounded up, and at least one so a
+    // deferred record does not come straight back.
+    let wait = Duration::from_secs(
+        wait.as_secs()
+            .saturating_add(u64::from(wait.subsec_nanos() > 0))
+            .max(1),
+    );
+    let delay = wait.min(max_delay).min(VISIBILITY_LIMIT);
+    let action = settings.retry.defer_within(attempt, delay, now, error);
+    Decision {
+        attempt: attempt.number,
+        label,
+        status: None,
+        action,
+        health: None,
+    }
 }
 
 /// The longest delay SQS still accepts for a receive: its 12-hour limit,
@@ -387,19 +499,13 @@ mod tests {
 
     fn planned(received: &Received<'_>) -> Plan {
         let retry = retry();
-        let settings = Settings {
-            retry: &retry,
-            has_profile: &|p| p == "known",
-        };
+        let settings = Settings::new(&retry, &|p| p == "known");
         plan(received, &settings, NOW)
     }
 
     fn concluded(attempt: u32, result: AttemptResult<'_>) -> Decision {
         let retry = retry();
-        let settings = Settings {
-            retry: &retry,
-            has_profile: &|_| true,
-        };
+        let settings = Settings::new(&retry, &|_| true);
         let attempt = Attempt {
             number: attempt,
             limit: 3,

@@ -1,0 +1,415 @@
+//! The circuit breaker the whole fleet shares (spec §9).
+//!
+//! One item per host holds its consecutive failures, whether its last
+//! answer was good (`proven`), until when it is open, and the probe lease.
+//! A proven host is not limited: its attempts cost no DynamoDB request. A
+//! host that is not proven (never answered well, or failed since) is tried
+//! by one request at a time across the fleet: each takes the probe lease
+//! with a conditional write. So a down host sees its `threshold` failures,
+//! then the breaker opens, and after each cool-down exactly one probe goes
+//! out, fleet-wide.
+//!
+//! Each process keeps the item it last read, and reads it again at most
+//! once a second per host.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::ReturnValue;
+
+use super::{n, now_ms, number, s, FleetState, Item, StateError, CALL_TIMEOUT};
+use crate::config::BreakerSettings;
+use crate::policy::record::Health;
+
+/// How long a process trusts what it last read of a host.
+const FRESH: Duration = Duration::from_secs(1);
+
+/// What this process knows of every host's fleet breaker.
+#[derive(Debug, Default)]
+pub struct FleetBreakers {
+    hosts: Mutex<HashMap<String, Arc<Host>>>,
+}
+
+#[derive(Debug, Default)]
+struct Host {
+    view: Mutex<View>,
+    /// One read of the item at a time.
+    reading: tokio::sync::Mutex<()>,
+    /// Wakes records waiting while a local probe is out.
+    answered: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct View {
+    failures: u32,
+    proven: bool,
+    open_until_ms: u64,
+    probe_until_ms: u64,
+    read_at: Option<Instant>,
+    /// A record of this process holds the probe lease.
+    probing_here: bool,
+}
+
+impl View {
+    fn of(item: Option<&Item>) -> View {
+        let Some(item) = item else {
+            return View {
+                read_at: Some(Instant::now()),
+                ..View::default()
+            };
+        };
+        View {
+            failures: number(item, "failures").unwrap_or(0),
+            proven: matches!(item.get("proven").map(|v| v.as_bool()), Some(Ok(true))),
+            open_until_ms: number(item, "openUntil").unwrap_or(0),
+            probe_until_ms: number(item, "probeUntil").unwrap_or(0),
+            read_at: Some(Instant::now()),
+            probing_here: false,
+        }
+    }
+}
+
+/// What the fleet's breaker says about one attempt.
+#[derive(Debug)]
+pub enum FleetAdmission {
+    /// Go ahead, and report how it went.
+    Go(FleetTicket),
+    /// Open, or another process holds the probe: defer for about `wait`.
+    Open { wait: Duration },
+}
+
+/// One admitted attempt.
+#[derive(Debug)]
+pub struct FleetTicket {
+    host: Arc<Host>,
+    key: String,
+    /// Holds the probe lease.
+    lease: bool,
+    /// The host was proven when admitted.
+    proven: bool,
+    settings: BreakerSettings,
+}
+
+impl Drop for FleetTicket {
+    fn drop(&mut self) {
+        if self.lease {
+            // Unreported (a panic, the deadline): the lease runs out by
+            // itself; this process may try again.
+            lock(&self.host.view).probing_here = false;
+            self.host.answered.notify_waiters();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl FleetState {
+    /// May an attempt to `host` go out? Waits, at most until `until`, while
+    /// another record holds the probe.
+    pub async fn admit(
+        &self,
+        host: &str,
+        settings: BreakerSettings,
+        lease_for: Duration,
+        until: Instant,
+    ) -> Result<FleetAdmission, StateError> {
+        let state = self.hosts.host(host);
+        let key = format!("breaker#{host}");
+        loop {
+            let view = self.fresh_view(&state, &key).await?;
+            let now = now_ms();
+            if view.open_until_ms > now {
+                return Ok(FleetAdmission::Open {
+                    wait: Duration::from_millis(view.open_until_ms - now),
+                });
+            }
+            if view.proven && view.failures == 0 {
+                return Ok(FleetAdmission::Go(FleetTicket {
+                    host: state,
+                    key,
+                    lease: false,
+                    proven: true,
+                    settings,
+                }));
+            }
+            let watched = Arc::clone(&state);
+            let notified = watched.answered.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let try_lease = {
+                let mut v = lock(&state.view);
+                !std::mem::replace(&mut v.probing_here, true)
+            };
+            if try_lease {
+                match self.take_probe(&key, lease_for).await {
+                    Ok(true) => {
+                        return Ok(FleetAdmission::Go(FleetTicket {
+                            host: state,
+                            key,
+                            lease: true,
+                            proven: false,
+                            settings,
+                        }))
+                    }
+                    Ok(false) => {
+                        // Taken elsewhere, or just opened: look again.
+                        let item = self.get(&key, "state").await;
+                        let mut v = lock(&state.view);
+                        v.probing_here = false;
+                        if let Ok(item) = &item {
+                            *v = View::of(item.as_ref());
+                        }
+                        drop(v);
+                        state.answered.notify_waiters();
+                        item?;
+                        let v = *lock(&state.view);
+                        if v.open_until_ms > now_ms() {
+                            continue;
+                        }
+                    }
+                    Err(e) => {
+                        lock(&state.view).probing_here = false;
+                        state.answered.notify_waiters();
+                        return Err(e);
+                    }
+                }
+            }
+            // Someone probes: wait for news (here, or a second), within
+            // the time this record has.
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let v = *lock(&state.view);
+                let wait = Duration::from_millis(v.probe_until_ms.saturating_sub(now_ms()));
+                return Ok(FleetAdmission::Open {
+                    wait: wait.max(Duration::from_secs(1)),
+                });
+            }
+            let _ = tokio::time::timeout(left.min(FRESH), notified).await;
+        }
+    }
+
+    /// Reports how an admitted attempt went.
+    pub async fn report(
+        &self,
+        ticket: FleetTicket,
+        health: Option<Health>,
+    ) -> Result<(), StateError> {
+        let result = self.write_report(&ticket, health).await;
+        if ticket.lease {
+            lock(&ticket.host.view).probing_here = false;
+        }
+        ticket.host.answered.notify_waiters();
+        // The Drop above has nothing left to do.
+        let mut ticket = ticket;
+        ticket.lease = false;
+        result
+    }
+
+    async fn write_report(
+        &self,
+        ticket: &FleetTicket,
+        health: Option<Health>,
+    ) -> Result<(), StateError> {
+        let FleetTicket {
+            key,
+            lease,
+            proven,
+            settings,
+            ..
+        } = ticket;
+        let host = key.trim_start_matches("breaker#");
+        let remove_lease = if *lease {
+            " REMOVE probeUntil, prober"
+        } else {
+            ""
+        };
+        match health {
+            Some(Health::Answered) if *proven && !lease => Ok(()),
+            Some(Health::Answered) => {
+                let old = self
+                    .update(
+                        key,
+                        &format!(
+                            "SET failures = :zero, proven = :yes, #ttl = :ttl REMOVE openUntil{}",
+                            if *lease { ", probeUntil, prober" } else { "" }
+                        ),
+                        &[
+                            (":zero", n(0)),
+                            (":yes", aws_sdk_dynamodb::types::AttributeValue::Bool(true)),
+                            (":ttl", self.ttl()),
+                        ],
+                        None,
+                        ReturnValue::AllOld,
+                    )
+                    .await?;
+                if old
+                    .as_ref()
+                    .and_then(|o| number::<u64>(o, "openUntil"))
+                    .is_some()
+                {
+                    tracing::info!(host, "breaker closed: the probe succeeded");
+                }
+                let mut v = lock(&ticket.host.view);
+                *v = View {
+                    failures: 0,
+                    proven: true,
+                    read_at: Some(Instant::now()),
+                    probing_here: v.probing_here,
+                    ..View::default()
+                };
+                Ok(())
+            }
+            Some(Health::Failed) => {
+                let new = self
+                    .update(
+                        key,
+                        &format!("ADD failures :one SET proven = :no, #ttl = :ttl{remove_lease}"),
+                        &[
+                            (":one", n(1)),
+                            (":no", aws_sdk_dynamodb::types::AttributeValue::Bool(false)),
+                            (":ttl", self.ttl()),
+                        ],
+                        None,
+                        ReturnValue::AllNew,
+                    )
+                    .await?;
+                let failures: u32 = new
+                    .as_ref()
+                    .and_then(|i| number(i, "failures"))
+                    .unwrap_or(1);
+                {
+                    let mut v = lock(&ticket.host.view);
+                    let probing_here = v.probing_here;
+                    *v = View::of(new.as_ref());
+                    v.probing_here = probing_here;
+                }
+                if failures >= settings.threshold {
+                    let now = now_ms();
+                    let until = now.saturating_add(settings.cooldown.as_millis() as u64);
+                    // Only one process opens it (and says so).
+                    let opened = self
+                        .update(
+                            key,
+                            "SET openUntil = :until",
+                            &[(":until", n(until)), (":now", n(now))],
+                            Some("attribute_not_exists(openUntil) OR openUntil <= :now"),
+                            ReturnValue::None,
+                        )
+                        .await;
+                    match opened {
+                        Ok(_) => {
+                            lock(&ticket.host.view).open_until_ms = until;
+                            tracing::warn!(
+                                host,
+                                failures,
+                                cooldown_s = settings.cooldown.as_secs(),
+                                "breaker opened: the fleet does not attempt this host until the cool-down ends"
+                            );
+                        }
+                        Err(e) if e.is_conditional() => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            }
+            None if *lease => self
+                .update(
+                    key,
+                    "REMOVE probeUntil, prober",
+                    &[(":me", s(&self.owner))],
+                    Some("prober = :me"),
+                    ReturnValue::None,
+                )
+                .await
+                .map(|_| ())
+                .or_else(|e| if e.is_conditional() { Ok(()) } else { Err(e) }),
+            None => Ok(()),
+        }
+    }
+
+    /// The host's view, read again if older than a second.
+    async fn fresh_view(&self, state: &Host, key: &str) -> Result<View, StateError> {
+        let is_fresh = |v: &View| v.read_at.is_some_and(|at| at.elapsed() < FRESH);
+        let v = *lock(&state.view);
+        if is_fresh(&v) {
+            return Ok(v);
+        }
+        let _reading = state.reading.lock().await;
+        let v = *lock(&state.view);
+        if is_fresh(&v) {
+            return Ok(v);
+        }
+        let item = self.get(key, "state").await?;
+        let mut v = lock(&state.view);
+        let probing_here = v.probing_here;
+        *v = View::of(item.as_ref());
+        v.probing_here = probing_here;
+        Ok(*v)
+    }
+
+    /// Takes the fleet's probe lease for `lease_for`; `false` when another
+    /// process holds it or the breaker is open.
+    async fn take_probe(&self, key: &str, lease_for: Duration) -> Result<bool, StateError> {
+        let now = now_ms();
+        let result = self
+            .update(
+                key,
+                "SET probeUntil = :lease, prober = :me, #ttl = :ttl",
+                &[
+                    (":lease", n(now.saturating_add(lease_for.as_millis() as u64))),
+                    (":me", s(&self.owner)),
+                    (":now", n(now)),
+                    (":ttl", self.ttl()),
+                ],
+                Some("(attribute_not_exists(probeUntil) OR probeUntil < :now) AND (attribute_not_exists(openUntil) OR openUntil <= :now)"),
+                ReturnValue::None,
+            )
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_conditional() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One `UpdateItem` on `key`'s `state` item.
+    async fn update(
+        &self,
+        key: &str,
+        expression: &str,
+        values: &[(&str, aws_sdk_dynamodb::types::AttributeValue)],
+        condition: Option<&str>,
+        returns: ReturnValue,
+    ) -> Result<Option<Item>, StateError> {
+        let mut call = self
+            .client()
+            .await
+            .update_item()
+            .table_name(self.table())
+            .key("pk", s(key))
+            .key("sk", s("state"))
+            .update_expression(expression)
+            .set_condition_expression(condition.map(str::to_owned))
+            .return_values(returns);
+        if expression.contains("#ttl") {
+            call = call.expression_attribute_names("#ttl", "ttl");
+        }
+        for (name, value) in values {
+            call = call.expression_attribute_values(*name, value.clone());
+        }
+        match tokio::time::timeout(CALL_TIMEOUT, call.send()).await {
+            Err(_) => Err(StateError::timeout("UpdateItem")),
+            Ok(Err(e)) => Err(StateError::from_sdk("UpdateItem", &e)),
+            Ok(Ok(out)) => Ok(out.attributes),
+        }
+    }
+}
+
+impl FleetBreakers {
+    fn host(&self, host: &str) -> Arc<Host> {
+        Arc::clone(lock(&self.hosts).entry(host.to_owned()).or_default())
+    }
+}

@@ -1,0 +1,319 @@
+//! The attempt ledger (spec §9): one item per recorded attempt, keyed by the
+//! Retry Message `id`, and one counter per SQS message of its failed
+//! attempts, from which the attempt number is counted.
+//!
+//! The counter is keyed by the SQS message id, not the Retry Message id: a
+//! redriven copy is a new SQS message, so it starts afresh, while
+//! `retryq attempts ID` still shows every attempt of every copy.
+
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_dynamodb::types::{KeysAndAttributes, PutRequest, WriteRequest};
+
+use super::{n, number, s, string, FleetState, Item, StateError, CALL_TIMEOUT};
+use crate::config::Ledger;
+
+/// Records whose writes share one `BatchWriteItem` (two items each at
+/// most; the call takes 25).
+pub const WRITES_PER_CALL: usize = 12;
+/// Keys in one `BatchGetItem` (its limit).
+pub const READS_PER_CALL: usize = 100;
+
+/// One attempt, as the ledger records it.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord<'a> {
+    /// The Retry Message `id`.
+    pub id: &'a str,
+    pub sqs_message_id: &'a str,
+    /// The attempt number (§2, counted as §9 says).
+    pub attempt: u32,
+    pub started: SystemTime,
+    /// The record's outcome label (`delivered`, `retryable`, …).
+    pub outcome: &'a str,
+    pub status: Option<u16>,
+    pub latency: Duration,
+    /// `LastError`, when it did not deliver.
+    pub last_error: Option<&'a str>,
+    /// The first bytes of a non-2xx answer's body.
+    pub snippet: &'a [u8],
+    /// Did it fail to deliver? Then the SQS message's counter moves on.
+    pub failed: bool,
+    /// The failed attempts recorded before this one.
+    pub failed_before: u32,
+}
+
+/// One attempt, as `retryq attempts` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordedAttempt {
+    pub attempt: u32,
+    pub started_at: String,
+    pub sqs_message_id: String,
+    pub outcome: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    pub latency_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_snippet: Option<String>,
+}
+
+impl FleetState {
+    /// Does the ledger record this attempt?
+    pub fn records(&self, failed: bool) -> bool {
+        failed || self.settings.ledger == Ledger::All
+    }
+
+    /// Records an attempt (with others, in one `BatchWriteItem`).
+    pub async fn record(&self, a: &AttemptRecord<'_>) -> Result<(), StateError> {
+        let ttl = self.ttl();
+        let started = time::OffsetDateTime::from(a.started);
+        let started_ms = (started.unix_timestamp_nanos() / 1_000_000).max(0);
+        let mut attempt: Item = [
+            ("pk", s(format!("msg#{}", a.id))),
+            (
+                "sk",
+                s(format!("attempt#{started_ms:013}#{}", a.sqs_message_id)),
+            ),
+            ("attempt", n(a.attempt)),
+            (
+                "startedAt",
+                s(started
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default()),
+            ),
+            ("sqsMessageId", s(a.sqs_message_id)),
+            ("outcome", s(a.outcome)),
+            ("latencyMs", n(a.latency.as_millis())),
+            ("ttl", ttl.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        if let Some(status) = a.status {
+            attempt.insert("status".into(), n(status));
+        }
+        if let Some(e) = a.last_error {
+            attempt.insert("lastError".into(), s(e));
+        }
+        let snippet = &a.snippet[..a.snippet.len().min(self.settings.snippet_bytes)];
+        if !snippet.is_empty() {
+            attempt.insert(
+                "responseSnippet".into(),
+                s(String::from_utf8_lossy(snippet)),
+            );
+        }
+        let mut items = vec![attempt];
+        if a.failed {
+            items.push(
+                [
+                    ("pk", s(format!("sqs#{}", a.sqs_message_id))),
+                    ("sk", s("failures")),
+                    ("failed", n(a.failed_before.saturating_add(1))),
+                    ("id", s(a.id)),
+                    ("ttl", ttl),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+            );
+        }
+        self.writes
+            .submit(self.table(), items, |table, entries| {
+                self.write_batch(table, entries)
+            })
+            .await
+    }
+
+    /// The failed attempts recorded for an SQS message (with others, in
+    /// one `BatchGetItem`).
+    pub async fn recorded_failures(&self, sqs_message_id: &str) -> Result<u32, StateError> {
+        self.reads
+            .submit(self.table(), sqs_message_id.to_owned(), |table, ids| {
+                self.read_batch(table, ids)
+            })
+            .await
+    }
+
+    /// Every recorded attempt of a Retry Message, oldest first.
+    pub async fn attempts(&self, id: &str) -> Result<Vec<RecordedAttempt>, StateError> {
+        let mut out = Vec::new();
+        let mut start = None;
+        loop {
+            let call = self
+                .client()
+                .await
+                .query()
+                .table_name(self.table())
+                .key_condition_expression("pk = :pk AND begins_with(sk, :attempt)")
+                .expression_attribute_values(":pk", s(format!("msg#{id}")))
+                .expression_attribute_values(":attempt", s("attempt#"))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send();
+            let page = match tokio::time::timeout(CALL_TIMEOUT, call).await {
+                Err(_) => return Err(StateError::timeout("Query")),
+                Ok(Err(e)) => return Err(StateError::from_sdk("Query", &e)),
+                Ok(Ok(page)) => page,
+            };
+            out.extend(page.items().iter().map(recorded));
+            match page.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// One `BatchWriteItem`; items it leaves unprocessed are sent once more.
+    async fn write_batch(
+        &self,
+        table: String,
+        entries: Vec<Vec<Item>>,
+    ) -> Vec<Result<(), StateError>> {
+        let requests: Vec<WriteRequest> = entries
+            .iter()
+            .flatten()
+            .filter_map(|item| {
+                let put = PutRequest::builder()
+                    .set_item(Some(item.clone()))
+                    .build()
+                    .ok()?;
+                Some(WriteRequest::builder().put_request(put).build())
+            })
+            .collect();
+        let mut pending = requests;
+        let mut result = Ok(());
+        for _ in 0..2 {
+            let call = self
+                .client()
+                .await
+                .batch_write_item()
+                .request_items(&table, pending.clone())
+                .send();
+            match tokio::time::timeout(CALL_TIMEOUT, call).await {
+                Err(_) => {
+                    result = Err(StateError::timeout("BatchWriteItem"));
+                    break;
+                }
+                Ok(Err(e)) => {
+                    result = Err(StateError::from_sdk("BatchWriteItem", &e));
+                    break;
+                }
+                Ok(Ok(out)) => {
+                    pending = out
+                        .unprocessed_items
+                        .and_then(|mut u| u.remove(&table))
+                        .unwrap_or_default();
+                    if pending.is_empty() {
+                        result = Ok(());
+                        break;
+                    }
+                    result = Err(StateError {
+                        operation: "BatchWriteItem",
+                        detail: format!("{} items left unprocessed", pending.len()),
+                    });
+                }
+            }
+        }
+        // Which entries' items are still unwritten (none if the call went
+        // through; all if it failed).
+        let unwritten = |entry: &Vec<Item>| match &result {
+            Ok(()) => false,
+            Err(_) if pending.is_empty() => true,
+            Err(_) => entry.iter().any(|item| {
+                pending.iter().any(|w| {
+                    w.put_request().is_some_and(|p| {
+                        p.item().get("pk") == item.get("pk") && p.item().get("sk") == item.get("sk")
+                    })
+                })
+            }),
+        };
+        entries
+            .iter()
+            .map(|entry| match (&result, unwritten(entry)) {
+                (Err(e), true) => Err(e.clone()),
+                _ => Ok(()),
+            })
+            .collect()
+    }
+
+    /// One `BatchGetItem` of failure counters.
+    async fn read_batch(&self, table: String, ids: Vec<String>) -> Vec<Result<u32, StateError>> {
+        let mut unique = ids.clone();
+        unique.sort();
+        unique.dedup();
+        let keys: Vec<Item> = unique
+            .iter()
+            .map(|id| {
+                [("pk", s(format!("sqs#{id}"))), ("sk", s("failures"))]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .collect()
+            })
+            .collect();
+        let answer = async {
+            let request = KeysAndAttributes::builder()
+                .set_keys(Some(keys))
+                .consistent_read(true)
+                .build()
+                .map_err(|e| StateError {
+                    operation: "BatchGetItem",
+                    detail: e.to_string(),
+                })?;
+            let call = self
+                .client()
+                .await
+                .batch_get_item()
+                .request_items(&table, request)
+                .send();
+            let out = match tokio::time::timeout(CALL_TIMEOUT, call).await {
+                Err(_) => return Err(StateError::timeout("BatchGetItem")),
+                Ok(Err(e)) => return Err(StateError::from_sdk("BatchGetItem", &e)),
+                Ok(Ok(out)) => out,
+            };
+            let unprocessed = out
+                .unprocessed_keys
+                .as_ref()
+                .and_then(|u| u.get(&table))
+                .is_some_and(|k| !k.keys().is_empty());
+            if unprocessed {
+                return Err(StateError {
+                    operation: "BatchGetItem",
+                    detail: "keys left unprocessed".into(),
+                });
+            }
+            let found: std::collections::HashMap<String, u32> = out
+                .responses
+                .and_then(|mut r| r.remove(&table))
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|item| {
+                    let id = string(item, "pk")?.strip_prefix("sqs#")?.to_owned();
+                    Some((id, number(item, "failed").unwrap_or(0)))
+                })
+                .collect();
+            Ok(found)
+        }
+        .await;
+        ids.iter()
+            .map(|id| match &answer {
+                Ok(found) => Ok(found.get(id).copied().unwrap_or(0)),
+                Err(e) => Err(e.clone()),
+            })
+            .collect()
+    }
+}
+
+fn recorded(item: &Item) -> RecordedAttempt {
+    RecordedAttempt {
+        attempt: number(item, "attempt").unwrap_or(0),
+        started_at: string(item, "startedAt").unwrap_or_default().to_owned(),
+        sqs_message_id: string(item, "sqsMessageId").unwrap_or_default().to_owned(),
+        outcome: string(item, "outcome").unwrap_or_default().to_owned(),
+        status: number(item, "status"),
+        latency_ms: number(item, "latencyMs").unwrap_or(0),
+        last_error: string(item, "lastError").map(str::to_owned),
+        response_snippet: string(item, "responseSnippet").map(str::to_owned),
+    }
+}
