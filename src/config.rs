@@ -82,6 +82,18 @@ pub struct StateSettings {
     pub snippet_bytes: usize,
 }
 
+impl Default for StateSettings {
+    /// The defaults of spec §9, without a table name.
+    fn default() -> StateSettings {
+        StateSettings {
+            table: String::new(),
+            ledger: Ledger::Failures,
+            ttl: Duration::from_secs(14 * 86_400),
+            snippet_bytes: 512,
+        }
+    }
+}
+
 /// `LEDGER`: which attempts the ledger records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Ledger {

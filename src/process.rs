@@ -75,7 +75,8 @@ enum Ticket {
 fn delivery_error(delivery: &crate::deliver::Delivery) -> Option<String> {
     use crate::deliver::Delivery;
     match delivery {
-        Delivery::Answered { .. } => None,
+        Delivery::Answered { status, .. } if (200..300).contains(status) => None,
+        Delivery::Answered { status, .. } => Some(format!("HTTP {status}")),
         Delivery::AuthFailed(e) => Some(e.to_string()),
         Delivery::NoResponse { kind, detail } => Some(format!("{kind:?}: {detail}")),
         Delivery::NotAllowed(e) => Some(e.to_string()),
@@ -229,6 +230,13 @@ impl Processor {
             dlq_size_checked: AtomicBool::new(false),
             config,
         })
+    }
+
+    /// With this state table (its client given) instead of the one
+    /// `STATE_TABLE` names.
+    pub fn with_fleet(mut self, fleet: FleetState) -> Processor {
+        self.fleet = Some(fleet);
+        self
     }
 
     pub fn config(&self) -> &Config {

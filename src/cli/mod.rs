@@ -4,6 +4,7 @@
 //! Exit codes: 0 success, 1 the work failed, 2 bad usage or input (clap's
 //! own usage errors exit 2 as well).
 
+mod attempts;
 mod dlq;
 mod enqueue;
 mod event;
@@ -33,6 +34,7 @@ Examples:
   retryq trigger --queue-url $Q --function-url http://127.0.0.1:9000
   retryq dlq list --dlq-url $DLQ
   retryq dlq redrive --dlq-url $DLQ --to $Q --reason attempts-exhausted --max 100
+  retryq attempts order-42 --state-table retryq-state
   retryq validate message.json
   retryq event message.json other.json > event.json
 
@@ -108,6 +110,20 @@ pub enum Command {
     /// Inspect and redrive dead letters.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Show a Retry Message's recorded attempts (needs the fleet's state table).
+    #[command(
+        after_help = "Each attempt the ledger holds for this id, oldest first: number, start, SQS message, outcome, status, latency, LastError and the start of the answer's body. Copies of one message (a redrive) appear together; each counts its attempts afresh.\n\nExample:\n  retryq attempts order-42 --state-table retryq-state --json"
+    )]
+    Attempts {
+        /// The Retry Message id.
+        id: String,
+        /// The DynamoDB table (default: STATE_TABLE).
+        #[arg(long, env = "STATE_TABLE")]
+        state_table: String,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a Retry Message file against v1, or a retry queue and its DLQ against the configuration.
     #[command(
         after_help = "With --queue-url, reads the queues' MessageRetentionPeriod, MaximumMessageSize and VisibilityTimeout and reports what the processor would refuse or warn about at run time: a DLQ smaller than its source, a retention shorter than the worst-case retry horizon of MAX_ATTEMPTS and the delays, a visibility timeout shorter than REQUEST_TIMEOUT_SECONDS. Exit 1 when something is wrong.\n\nExamples:\n  retryq validate message.json\n  MAX_ATTEMPTS=8 retryq validate --queue-url $Q --dlq-url $DLQ"
@@ -314,6 +330,11 @@ pub async fn run(
             max,
             reason,
         }) => dlq::redrive(&dlq_url, &to, max, reason.as_deref()).await,
+        Command::Attempts {
+            id,
+            state_table,
+            json,
+        } => attempts::run(&id, state_table, json).await,
         Command::Validate {
             queue_url: Some(queue_url),
             dlq_url,

@@ -86,6 +86,9 @@ pub struct FleetTicket {
     key: String,
     /// Holds the probe lease.
     lease: bool,
+    /// The host's failures when the lease was taken (the lease holder is
+    /// the only one trying the host, so it knows the count).
+    failures: u32,
     /// The host was proven when admitted.
     proven: bool,
     settings: BreakerSettings,
@@ -131,6 +134,7 @@ impl FleetState {
                     host: state,
                     key,
                     lease: false,
+                    failures: 0,
                     proven: true,
                     settings,
                 }));
@@ -144,29 +148,40 @@ impl FleetState {
                 !std::mem::replace(&mut v.probing_here, true)
             };
             if try_lease {
-                match self.take_probe(&key, lease_for).await {
-                    Ok(true) => {
+                match self.take_probe(&key, settings, lease_for).await {
+                    Ok(Some(failures)) => {
                         return Ok(FleetAdmission::Go(FleetTicket {
                             host: state,
                             key,
                             lease: true,
+                            failures,
                             proven: false,
                             settings,
                         }))
                     }
-                    Ok(false) => {
+                    Ok(None) => {
                         // Taken elsewhere, or just opened: look again.
                         let item = self.get(&key, "state").await;
-                        let mut v = lock(&state.view);
-                        v.probing_here = false;
-                        if let Ok(item) = &item {
-                            *v = View::of(item.as_ref());
+                        {
+                            let mut v = lock(&state.view);
+                            v.probing_here = false;
+                            if let Ok(item) = &item {
+                                *v = View::of(item.as_ref());
+                            }
                         }
-                        drop(v);
                         state.answered.notify_waiters();
                         item?;
                         let v = *lock(&state.view);
                         if v.open_until_ms > now_ms() {
+                            continue;
+                        }
+                        if v.failures >= settings.threshold
+                            && v.open_until_ms == 0
+                            && v.probe_until_ms < now_ms()
+                        {
+                            // At its threshold but never opened (the process
+                            // that should have opened it stopped): open it.
+                            self.open(&key, settings, false).await?;
                             continue;
                         }
                     }
@@ -216,31 +231,22 @@ impl FleetState {
         let FleetTicket {
             key,
             lease,
+            failures,
             proven,
             settings,
             ..
         } = ticket;
         let host = key.trim_start_matches("breaker#");
-        let remove_lease = if *lease {
-            " REMOVE probeUntil, prober"
-        } else {
-            ""
-        };
-        match health {
-            Some(Health::Answered) if *proven && !lease => Ok(()),
-            Some(Health::Answered) => {
+        let yes = || aws_sdk_dynamodb::types::AttributeValue::Bool(true);
+        let no = || aws_sdk_dynamodb::types::AttributeValue::Bool(false);
+        let item = match (health, *lease) {
+            (Some(Health::Answered), false) if *proven => return Ok(()),
+            (Some(Health::Answered), _) => {
                 let old = self
                     .update(
                         key,
-                        &format!(
-                            "SET failures = :zero, proven = :yes, #ttl = :ttl REMOVE openUntil{}",
-                            if *lease { ", probeUntil, prober" } else { "" }
-                        ),
-                        &[
-                            (":zero", n(0)),
-                            (":yes", aws_sdk_dynamodb::types::AttributeValue::Bool(true)),
-                            (":ttl", self.ttl()),
-                        ],
+                        "SET failures = :zero, proven = :yes, #ttl = :ttl REMOVE openUntil, probeUntil, prober",
+                        &[(":zero", n(0)), (":yes", yes()), (":ttl", self.ttl())],
                         None,
                         ReturnValue::AllOld,
                     )
@@ -254,79 +260,114 @@ impl FleetState {
                 }
                 let mut v = lock(&ticket.host.view);
                 *v = View {
-                    failures: 0,
                     proven: true,
                     read_at: Some(Instant::now()),
                     probing_here: v.probing_here,
                     ..View::default()
                 };
-                Ok(())
+                return Ok(());
             }
-            Some(Health::Failed) => {
-                let new = self
+            // The lease holder alone tries the host: it knows whether this
+            // failure reaches the threshold, and opens the breaker in the
+            // same write.
+            (Some(Health::Failed), true) if failures + 1 >= settings.threshold => {
+                let until = now_ms().saturating_add(settings.cooldown.as_millis() as u64);
+                let item = self
                     .update(
                         key,
-                        &format!("ADD failures :one SET proven = :no, #ttl = :ttl{remove_lease}"),
-                        &[
-                            (":one", n(1)),
-                            (":no", aws_sdk_dynamodb::types::AttributeValue::Bool(false)),
-                            (":ttl", self.ttl()),
-                        ],
+                        "ADD failures :one SET proven = :no, openUntil = :until, #ttl = :ttl REMOVE probeUntil, prober",
+                        &[(":one", n(1)), (":no", no()), (":until", n(until)), (":ttl", self.ttl())],
                         None,
                         ReturnValue::AllNew,
                     )
                     .await?;
-                let failures: u32 = new
+                opened(host, failures + 1, settings);
+                item
+            }
+            (Some(Health::Failed), true) => {
+                self.update(
+                    key,
+                    "ADD failures :one SET proven = :no, #ttl = :ttl REMOVE probeUntil, prober",
+                    &[(":one", n(1)), (":no", no()), (":ttl", self.ttl())],
+                    None,
+                    ReturnValue::AllNew,
+                )
+                .await?
+            }
+            // A proven host failed: others may be failing at once.
+            (Some(Health::Failed), false) => {
+                let item = self
+                    .update(
+                        key,
+                        "ADD failures :one SET proven = :no, #ttl = :ttl",
+                        &[(":one", n(1)), (":no", no()), (":ttl", self.ttl())],
+                        None,
+                        ReturnValue::AllNew,
+                    )
+                    .await?;
+                let count: u32 = item
                     .as_ref()
                     .and_then(|i| number(i, "failures"))
                     .unwrap_or(1);
-                {
-                    let mut v = lock(&ticket.host.view);
-                    let probing_here = v.probing_here;
-                    *v = View::of(new.as_ref());
-                    v.probing_here = probing_here;
+                if count >= settings.threshold {
+                    self.open(key, *settings, true).await?;
                 }
-                if failures >= settings.threshold {
-                    let now = now_ms();
-                    let until = now.saturating_add(settings.cooldown.as_millis() as u64);
-                    // Only one process opens it (and says so).
-                    let opened = self
-                        .update(
-                            key,
-                            "SET openUntil = :until",
-                            &[(":until", n(until)), (":now", n(now))],
-                            Some("attribute_not_exists(openUntil) OR openUntil <= :now"),
-                            ReturnValue::None,
-                        )
-                        .await;
-                    match opened {
-                        Ok(_) => {
-                            lock(&ticket.host.view).open_until_ms = until;
-                            tracing::warn!(
-                                host,
-                                failures,
-                                cooldown_s = settings.cooldown.as_secs(),
-                                "breaker opened: the fleet does not attempt this host until the cool-down ends"
-                            );
-                        }
-                        Err(e) if e.is_conditional() => {}
-                        Err(e) => return Err(e),
-                    }
+                item
+            }
+            (None, true) => {
+                return self
+                    .update(
+                        key,
+                        "REMOVE probeUntil, prober",
+                        &[(":me", s(&self.owner))],
+                        Some("prober = :me"),
+                        ReturnValue::None,
+                    )
+                    .await
+                    .map(|_| ())
+                    .or_else(|e| if e.is_conditional() { Ok(()) } else { Err(e) });
+            }
+            (None, false) => return Ok(()),
+        };
+        let mut v = lock(&ticket.host.view);
+        let probing_here = v.probing_here;
+        *v = View::of(item.as_ref());
+        v.probing_here = probing_here;
+        Ok(())
+    }
+
+    /// Opens the breaker unless it is open already (one process does, and
+    /// says so).
+    async fn open(
+        &self,
+        key: &str,
+        settings: BreakerSettings,
+        log: bool,
+    ) -> Result<(), StateError> {
+        let now = now_ms();
+        let until = now.saturating_add(settings.cooldown.as_millis() as u64);
+        let result = self
+            .update(
+                key,
+                "SET openUntil = :until",
+                &[(":until", n(until)), (":now", n(now))],
+                Some("attribute_not_exists(openUntil) OR openUntil <= :now"),
+                ReturnValue::AllNew,
+            )
+            .await;
+        match result {
+            Ok(item) => {
+                let failures = item
+                    .as_ref()
+                    .and_then(|i| number(i, "failures"))
+                    .unwrap_or(0);
+                if log {
+                    opened(key.trim_start_matches("breaker#"), failures, &settings);
                 }
                 Ok(())
             }
-            None if *lease => self
-                .update(
-                    key,
-                    "REMOVE probeUntil, prober",
-                    &[(":me", s(&self.owner))],
-                    Some("prober = :me"),
-                    ReturnValue::None,
-                )
-                .await
-                .map(|_| ())
-                .or_else(|e| if e.is_conditional() { Ok(()) } else { Err(e) }),
-            None => Ok(()),
+            Err(e) if e.is_conditional() => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -350,9 +391,15 @@ impl FleetState {
         Ok(*v)
     }
 
-    /// Takes the fleet's probe lease for `lease_for`; `false` when another
-    /// process holds it or the breaker is open.
-    async fn take_probe(&self, key: &str, lease_for: Duration) -> Result<bool, StateError> {
+    /// Takes the fleet's probe lease for `lease_for`: the host's failures
+    /// so far, or `None` when another process holds it, the breaker is
+    /// open, or it is about to open (at its threshold).
+    async fn take_probe(
+        &self,
+        key: &str,
+        settings: BreakerSettings,
+        lease_for: Duration,
+    ) -> Result<Option<u32>, StateError> {
         let now = now_ms();
         let result = self
             .update(
@@ -362,15 +409,24 @@ impl FleetState {
                     (":lease", n(now.saturating_add(lease_for.as_millis() as u64))),
                     (":me", s(&self.owner)),
                     (":now", n(now)),
+                    (":threshold", n(settings.threshold)),
                     (":ttl", self.ttl()),
                 ],
-                Some("(attribute_not_exists(probeUntil) OR probeUntil < :now) AND (attribute_not_exists(openUntil) OR openUntil <= :now)"),
-                ReturnValue::None,
+                Some(
+                    "(attribute_not_exists(probeUntil) OR probeUntil < :now) \
+                     AND (attribute_not_exists(openUntil) OR openUntil <= :now) \
+                     AND (attribute_not_exists(failures) OR failures < :threshold OR attribute_exists(openUntil))",
+                ),
+                ReturnValue::AllNew,
             )
             .await;
         match result {
-            Ok(_) => Ok(true),
-            Err(e) if e.is_conditional() => Ok(false),
+            Ok(item) => Ok(Some(
+                item.as_ref()
+                    .and_then(|i| number(i, "failures"))
+                    .unwrap_or(0),
+            )),
+            Err(e) if e.is_conditional() => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -406,6 +462,15 @@ impl FleetState {
             Ok(Ok(out)) => Ok(out.attributes),
         }
     }
+}
+
+fn opened(host: &str, failures: u32, settings: &BreakerSettings) {
+    tracing::warn!(
+        host,
+        failures,
+        cooldown_s = settings.cooldown.as_secs(),
+        "breaker opened: the fleet does not attempt this host until the cool-down ends"
+    );
 }
 
 impl FleetBreakers {

@@ -33,6 +33,8 @@ struct State {
     requests: usize,
     /// 2xx answers to a path that had been tried before.
     delivered_after_retry: usize,
+    /// When each request arrived.
+    arrivals: Vec<std::time::Instant>,
 }
 
 #[derive(Clone)]
@@ -78,6 +80,12 @@ impl Destination {
 
     pub fn requests(&self) -> usize {
         self.state.lock().unwrap().requests
+    }
+
+    /// When each request arrived, in order.
+    #[allow(dead_code)] // for examples/demo_destination.rs, which shares this file
+    pub fn arrivals(&self) -> Vec<std::time::Instant> {
+        self.state.lock().unwrap().arrivals.clone()
     }
 
     /// Idempotency keys answered 2xx, and how many times each.
@@ -170,6 +178,7 @@ async fn serve(stream: tokio::net::TcpStream, state: Arc<Mutex<State>>, delay: D
             s.in_flight += 1;
             s.max_in_flight = s.max_in_flight.max(s.in_flight);
             s.requests += 1;
+            s.arrivals.push(std::time::Instant::now());
             let n = s.per_path.entry(path.clone()).or_default();
             *n += 1;
             *n - 1
@@ -189,7 +198,16 @@ async fn serve(stream: tokio::net::TcpStream, state: Arc<Mutex<State>>, delay: D
         let extra = retry_after
             .map(|r| format!("retry-after: {r}\r\n"))
             .unwrap_or_default();
-        let response = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n{extra}\r\n");
+        // A failure says why, as destinations do.
+        let body = if status >= 500 {
+            "{\"error\":\"the service is down for maintenance\"}"
+        } else {
+            ""
+        };
+        let response = format!(
+            "HTTP/1.1 {status} X\r\ncontent-length: {}\r\n{extra}\r\n{body}",
+            body.len()
+        );
         if write.write_all(response.as_bytes()).await.is_err() {
             return;
         }

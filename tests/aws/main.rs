@@ -13,6 +13,7 @@ mod batched;
 mod cli;
 mod end_to_end;
 mod fifo;
+mod fleet;
 mod lambda_watch;
 mod protection;
 mod reliability;
