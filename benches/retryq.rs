@@ -508,8 +508,14 @@ fn cold_start(rt: &tokio::runtime::Runtime) -> BTreeMap<&'static str, f64> {
 
 const CONCURRENCY: usize = 64;
 
-/// Both handlers, same destination, same events, alternating runs.
-fn batches(rt: &tokio::runtime::Runtime, dest_port: u16) -> Vec<Value> {
+/// Both handlers, same destination, same events, alternating runs. With
+/// `table` (a state table and the counting proxy in front of the local
+/// server), also retryq with `STATE_TABLE` set.
+fn batches(
+    rt: &tokio::runtime::Runtime,
+    dest_port: u16,
+    table: Option<(&str, &sqs_proxy::SqsProxy)>,
+) -> Vec<Value> {
     // retryq, the floor, and retryq without the delivered records' log
     // lines (the cost of that line, in the same run).
     let quiet = [("LOG_DELIVERED", "none".to_owned())];
@@ -521,6 +527,13 @@ fn batches(rt: &tokio::runtime::Runtime, dest_port: u16) -> Vec<Value> {
             Function::spawn(rt, Handler::Retryq, &quiet),
         ),
     ];
+    if let Some((table, proxy)) = table {
+        let env = [
+            ("STATE_TABLE", table.to_owned()),
+            ("AWS_ENDPOINT_URL", proxy.endpoint.clone()),
+        ];
+        functions.push(("retryq-table", Function::spawn(rt, Handler::Retryq, &env)));
+    }
     let warm = Arc::new(serde_json::to_vec(&event(CONCURRENCY, dest_port, 1024)).unwrap());
     for (_, f) in &mut functions {
         f.invoke(rt, &warm);
@@ -544,7 +557,7 @@ fn batches(rt: &tokio::runtime::Runtime, dest_port: u16) -> Vec<Value> {
             rows.push(json!({"handler": name, "records": n, "maxConcurrency": CONCURRENCY, "latencyMs": LATENCY_MS,
                 "wallMs": wall, "idealMs": ideal, "ratio": wall / ideal, "cpuUsPerRecord": median(cpus), "runs": runs}));
             eprintln!(
-                "{name:>6} batch {n:>5}: {wall:8.1} ms (ideal {ideal:.0} ms), {:.1} µs CPU/record",
+                "{name:>13} batch {n:>5}: {wall:8.1} ms (ideal {ideal:.0} ms), {:.1} µs CPU/record",
                 rows.last().unwrap()["cpuUsPerRecord"].as_f64().unwrap()
             );
         }
@@ -582,10 +595,66 @@ fn peak_rss(rt: &tokio::runtime::Runtime) -> (BTreeMap<&'static str, f64>, (f64,
 #[allow(dead_code)]
 mod sqs_proxy;
 
+/// A state table on the local server, as the template creates it.
+fn state_table(rt: &tokio::runtime::Runtime, endpoint: &str) -> String {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    let ddb = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::Config::builder()
+            .behavior_version_latest()
+            .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+            .endpoint_url(endpoint)
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+                "x", "x", None, None, "bench",
+            ))
+            .build(),
+    );
+    let name = format!("bench-state-{}-{}", std::process::id(), fastrand::u32(..));
+    let key = |n: &str, k| {
+        KeySchemaElement::builder()
+            .attribute_name(n)
+            .key_type(k)
+            .build()
+            .unwrap()
+    };
+    let attr = |n: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(n)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .unwrap()
+    };
+    rt.block_on(
+        ddb.create_table()
+            .table_name(&name)
+            .billing_mode(BillingMode::PayPerRequest)
+            .key_schema(key("pk", KeyType::Hash))
+            .key_schema(key("sk", KeyType::Range))
+            .attribute_definitions(attr("pk"))
+            .attribute_definitions(attr("sk"))
+            .send(),
+    )
+    .expect("create_table on the local server");
+    name
+}
+
+/// DynamoDB requests the proxy has seen.
+fn dynamodb_requests(proxy: &sqs_proxy::SqsProxy) -> usize {
+    proxy
+        .counts()
+        .iter()
+        .filter(|(op, _)| op.starts_with("DynamoDB"))
+        .map(|(_, n)| n)
+        .sum()
+}
+
 /// 10 000 records, half of them `503`s, against the local SQS server
 /// through a counting proxy: SQS requests per retried record, and the wall
-/// time beside the same batch all delivered.
-fn failure_heavy(rt: &tokio::runtime::Runtime) -> Value {
+/// time beside the same batch all delivered. Then the same with
+/// `STATE_TABLE`: DynamoDB requests per failed record (the failing half
+/// are on their second receive, so their ledger is read too).
+fn failure_heavy(rt: &tokio::runtime::Runtime, table: &str) -> Value {
     let Ok(upstream) = std::env::var("RETRYQ_TEST_SQS_ENDPOINT") else {
         panic!("RETRYQ_TEST_SQS_ENDPOINT is not set: run `make bench`, which starts the local SQS server");
     };
@@ -642,6 +711,7 @@ fn failure_heavy(rt: &tokio::runtime::Runtime) -> Value {
             1024
         ));
         r["eventSourceARN"] = json!(arn);
+        r["attributes"]["ApproximateReceiveCount"] = json!("2");
         records.push(r);
         let mut ok = event(1, dest_port, 1024)["Records"][0].clone();
         ok["messageId"] = json!(format!("10000000-0000-4000-8000-{i:012}"));
@@ -677,10 +747,41 @@ fn failure_heavy(rt: &tokio::runtime::Runtime) -> Value {
     }
     let (ok_wall, mixed_wall) = (median(ok_walls), median(mixed_walls));
     let per_record = requests.iter().cloned().fold(0.0, f64::max);
-    eprintln!("failure-heavy: {mixed_wall:.0} ms vs all-delivered {ok_wall:.0} ms; SQS requests per retried record {per_record:.3} ({:?})", proxy.counts());
+    let sqs_counts = proxy.counts();
+    eprintln!("failure-heavy: {mixed_wall:.0} ms vs all-delivered {ok_wall:.0} ms; SQS requests per retried record {per_record:.3} ({sqs_counts:?})");
+    drop(f);
+
+    // The same two batches with the fleet's table.
+    let mut env = env.to_vec();
+    env.push(("STATE_TABLE", table.to_owned()));
+    let mut f = Function::spawn(rt, Handler::Retryq, &env);
+    let (mut table_walls, mut table_requests, mut ok_requests) =
+        (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..2 {
+        let before = dynamodb_requests(&proxy);
+        f.invoke(rt, &all_ok);
+        let between = dynamodb_requests(&proxy);
+        let inv = f.invoke(rt, &mixed);
+        assert_eq!(failures_in(&inv.response), failing, "the 503s come back");
+        table_walls.push(inv.wall.as_secs_f64() * 1000.0);
+        ok_requests.push((between - before) as f64);
+        table_requests.push((dynamodb_requests(&proxy) - between) as f64 / failing as f64);
+    }
+    let table_wall = median(table_walls);
+    let ddb_per_failed = table_requests.iter().cloned().fold(0.0, f64::max);
+    let ddb_when_delivered = ok_requests.iter().cloned().fold(0.0, f64::max);
+    eprintln!("failure-heavy with STATE_TABLE: {table_wall:.0} ms; DynamoDB requests per failed record {ddb_per_failed:.3}, for an all-delivered batch {ddb_when_delivered}");
+    let ddb_counts: BTreeMap<String, usize> = proxy
+        .counts()
+        .into_iter()
+        .filter(|(op, _)| op.starts_with("DynamoDB"))
+        .collect();
     json!({"records": 2 * failing, "retried": failing, "allDeliveredWallMs": ok_wall, "halfFailingWallMs": mixed_wall,
-        "wallRatio": mixed_wall / ok_wall, "sqsRequestsPerRetriedRecord": per_record, "sqsRequestsByOperation": proxy.counts(),
-        "sqsRequestsPerRetriedRecordUnbatched": 1.0})
+        "wallRatio": mixed_wall / ok_wall, "sqsRequestsPerRetriedRecord": per_record, "sqsRequestsByOperation": sqs_counts,
+        "sqsRequestsPerRetriedRecordUnbatched": 1.0,
+        "stateTable": {"halfFailingWallMs": table_wall, "wallRatioToWithout": table_wall / mixed_wall,
+            "dynamodbRequestsPerFailedRecord": ddb_per_failed, "dynamodbRequestsAllDeliveredBatch": ddb_when_delivered,
+            "dynamodbRequestsByOperation": ddb_counts}})
 }
 
 // --------------------------------------------------------------- output
@@ -780,7 +881,7 @@ fn main() {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let dest_port = free_port();
         let _dest = Destination::start(dest_port, LATENCY_MS);
-        batches(&rt, dest_port);
+        batches(&rt, dest_port, None);
         return;
     }
     if std::env::var("RETRYQ_BENCH_ONLY").as_deref() == Ok("rss") {
@@ -801,13 +902,19 @@ fn main() {
         .build()
         .unwrap();
     let cold = cold_start(&rt);
+    let Ok(upstream) = std::env::var("RETRYQ_TEST_SQS_ENDPOINT") else {
+        panic!("RETRYQ_TEST_SQS_ENDPOINT is not set: run `make bench`, which starts the local SQS and DynamoDB server");
+    };
+    let table = state_table(&rt, &upstream);
+    let proxy = rt.block_on(sqs_proxy::SqsProxy::start(upstream, None));
     let dest_port = free_port();
     let rows = {
         let _dest = Destination::start(dest_port, LATENCY_MS);
-        batches(&rt, dest_port)
+        batches(&rt, dest_port, Some((&table, &proxy)))
     };
+    let table_requests_delivered = dynamodb_requests(&proxy);
     let (rss, log_bytes, escapes) = peak_rss(&rt);
-    let failures = failure_heavy(&rt);
+    let failures = failure_heavy(&rt, &table);
     // The size of a stripped copy (the release profile keeps symbols).
     let size_mib = |h: Handler| {
         let copy =
@@ -865,6 +972,25 @@ fn main() {
         "MiB",
         1.15,
     );
+    // STATE_TABLE against retryq without it (the baseline of this ratio).
+    let with_table = |n: u64| {
+        (
+            row("retryq-table", n)["cpuUsPerRecord"].as_f64().unwrap(),
+            row("retryq", n)["cpuUsPerRecord"].as_f64().unwrap(),
+        )
+    };
+    ratio(
+        "CPU per record with STATE_TABLE, 1 000 delivered (floor = retryq without)",
+        with_table(1000),
+        "µs",
+        1.05,
+    );
+    ratio(
+        "CPU per record with STATE_TABLE, 10 000 delivered (floor = retryq without)",
+        with_table(10_000),
+        "µs",
+        1.05,
+    );
     let mut plus = |metric: &str, (r, f): (f64, f64), unit: &str, limit: f64| {
         targets.push(json!({"metric": metric, "retryq": r, "floor": f, "unit": unit, "measure": r - f, "target": limit, "kind": "difference"}))
     };
@@ -900,6 +1026,23 @@ fn main() {
         failures["sqsRequestsPerRetriedRecord"].as_f64().unwrap(),
         "requests",
         0.12,
+    );
+    absolute(
+        "DynamoDB requests per failed record (STATE_TABLE, 10 000, half 503)",
+        failures["stateTable"]["dynamodbRequestsPerFailedRecord"]
+            .as_f64()
+            .unwrap(),
+        "requests",
+        0.3,
+    );
+    absolute(
+        "DynamoDB requests, all-delivered batches (LEDGER=failures)",
+        table_requests_delivered as f64
+            + failures["stateTable"]["dynamodbRequestsAllDeliveredBatch"]
+                .as_f64()
+                .unwrap(),
+        "requests",
+        0.0,
     );
     absolute(
         "failure-heavy wall / all-delivered wall",
