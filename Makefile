@@ -16,7 +16,7 @@ ARCH ?= arm64
 help:
 	@echo "make demo      the processor's main job, locally, end to end"
 	@echo "make test      make lint, then start a local SQS server and run every test"
-	@echo "make lint      cargo fmt --check, clippy -D warnings, cfn-lint template.yaml, no module cycle"
+	@echo "make lint      cargo fmt --check, clippy -D warnings, cfn-lint and sam validate --lint, no module cycle"
 	@echo "make watch     run the function under cargo lambda watch (port $(WATCH_PORT))"
 	@echo "make invoke    EVENT=events/delivered.json: invoke the watched function"
 	@echo "make destination  a demo destination on 127.0.0.1:9100 for the sample events"
@@ -34,6 +34,7 @@ lint: tools
 	cargo fmt --all -- --check
 	cargo clippy --locked --all-targets -- -D warnings
 	cfn-lint template.yaml
+	SAM_CLI_TELEMETRY=0 .tools/sam/bin/sam validate --lint --template template.yaml
 	$(PYTHON) scripts/module-cycles.py
 	# The producer alone: no Lambda runtime, CLI or Secrets Manager SDK.
 	cargo clippy --locked --no-default-features --lib -- -D warnings

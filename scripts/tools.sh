@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the tools `make test` needs when they are missing: the local SQS
 # server (moto[server]), cargo-lambda and cfn-lint, all from PyPI, plus the
-# clippy/rustfmt components. With WITH_ZIG=1 also zig (PyPI ziglang) and the
+# clippy/rustfmt components, and the SAM CLI (PyPI aws-sam-cli, in its own
+# virtualenv under .tools/sam: its pinned dependencies stay apart from moto's). With WITH_ZIG=1 also zig (PyPI ziglang) and the
 # arm64 Rust target, for `make build`.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -19,6 +20,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   "$PYTHON" -m pip install --quiet --disable-pip-version-check "${missing[@]}"
 fi
 
+sam_dir="$(dirname "$0")/../.tools/sam"
+if [ ! -x "$sam_dir/bin/sam" ]; then
+  echo "tools: installing aws-sam-cli into .tools/sam"
+  rm -rf "$sam_dir"
+  "$PYTHON" -m venv "$sam_dir"
+  "$sam_dir/bin/pip" install --quiet --disable-pip-version-check aws-sam-cli
+fi
+
 for component in clippy rustfmt; do
   rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
 done
@@ -26,4 +35,4 @@ if [ "${WITH_ZIG:-0}" = 1 ]; then
   rustup target list --installed | grep -q aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
 fi
 
-echo "tools: moto_server $(command -v moto_server), $(cfn-lint --version), $(cargo-lambda --version 2>/dev/null || cargo lambda --version)"
+echo "tools: moto_server $(command -v moto_server), $(cfn-lint --version), $(cargo-lambda --version 2>/dev/null || cargo lambda --version), $("$sam_dir/bin/sam" --version)"

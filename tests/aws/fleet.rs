@@ -338,7 +338,8 @@ fn worker(
     log: &std::path::Path,
 ) -> Running {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_retryq"));
-    cmd.args(["worker", "--wait-seconds", "1", "--queue-url", &q.url])
+    // One receive loop: batches of up to ten records.
+    cmd.args(["worker", "--wait-seconds", "1", "--pollers", "1", "--queue-url", &q.url])
         .env("DLQ_URL", &dlq.url)
         .env("STATE_TABLE", table)
         .env("ALLOW_PRIVATE_DESTINATIONS", "true")
@@ -502,6 +503,36 @@ async fn without_its_table_the_batch_goes_on_per_process_and_loses_nothing() {
     let letter = receive_one(&sqs, &dlq).await;
     assert_eq!(attr(&letter, "AttemptCount").as_deref(), Some("2"));
     assert_eq!(dest.delivered().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_table_is_reported_once_per_batch_not_per_record() {
+    let sqs = sqs();
+    let source = queue(&sqs, "fleet-missing").await;
+    let dlq = queue(&sqs, "fleet-missing-dlq").await;
+    let dest = Destination::start(Duration::ZERO).await;
+    let bodies: Vec<String> = (0..30)
+        .map(|i| message(&format!("m-{i}"), &dest.url(&format!("/down/{i}")), serde_json::json!({})))
+        .collect();
+    send_batch(&sqs, &source, &bodies).await;
+    let log = std::env::temp_dir().join(format!("fleet-missing-{}.log", std::process::id()));
+    // Failed records come back only after a minute: each is tried once.
+    let vars = [("BACKOFF_BASE_SECONDS", "60"), ("BACKOFF_MAX_SECONDS", "60"), ("RUST_LOG", "warn")];
+    let mut cmd_worker = worker(&source, &dlq, "retryq-no-such-table", &vars, &log);
+    let started = Instant::now();
+    while dest.requests() < 30 && started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cmd_worker.terminate();
+    cmd_worker.wait_for_exit(Duration::from_secs(10));
+    assert_eq!(dest.requests(), 30, "every record was tried, table or not");
+    assert_eq!(depth(&sqs, &dlq).await, (0, 0));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let said = text.matches("state table unavailable").count();
+    // One receive loop of up to ten records: a few batches, never a line
+    // per record.
+    assert!((1..=10).contains(&said), "{said} lines for 30 records:\n{text}");
 }
 
 #[tokio::test]
