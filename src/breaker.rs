@@ -338,6 +338,43 @@ impl LocalBuckets {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_destination_policys_max_concurrency_limits_its_hosts_only() {
+        let retry = crate::policy::RetryPolicy {
+            max_attempts: 1,
+            backoff: crate::policy::backoff::Backoff::new(
+                Duration::from_secs(1),
+                Duration::from_secs(1),
+            )
+            .unwrap(),
+            retry_after_max: Duration::from_secs(1),
+        };
+        let policies =
+            DestinationPolicies::parse(r#"{"slow.example.com": {"maxConcurrency": 2}}"#, &retry)
+                .unwrap();
+        let slots = Slots::new(64, Some(10)).with_policies(policies);
+        let slow = Url::parse("https://slow.example.com/a").unwrap();
+        let other = Url::parse("https://fast.example.com/a").unwrap();
+        let held = [slots.acquire(&slow).await, slots.acquire(&slow).await];
+        let third = tokio::time::timeout(Duration::from_millis(50), slots.acquire(&slow)).await;
+        assert!(third.is_err(), "a third request to the slow host waits");
+        let mut others = Vec::new();
+        for _ in 0..10 {
+            others.push(slots.acquire(&other).await);
+        }
+        let eleventh = tokio::time::timeout(Duration::from_millis(50), slots.acquire(&other)).await;
+        assert!(
+            eleventh.is_err(),
+            "other hosts keep MAX_CONCURRENCY_PER_HOST"
+        );
+        drop(held);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), slots.acquire(&slow))
+                .await
+                .is_ok()
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_local_bucket_grants_its_burst_then_its_rate_then_defers() {
         let buckets = LocalBuckets::default();

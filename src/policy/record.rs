@@ -74,7 +74,8 @@ impl<'a> Settings<'a> {
     }
 
     /// The settings for a request to `url`: its destination policy's
-    /// attempts, backoff and `retryOn`, if one matches.
+    /// attempts, backoff and `retryOn`, if one matches. Call it on the
+    /// processor's settings (a narrowed one keeps its destination's).
     pub fn for_destination(&self, url: &url::Url) -> Settings<'a> {
         match self.destinations.for_url(url) {
             None => *self,
@@ -520,6 +521,140 @@ mod tests {
             VISIBILITY_LIMIT,
             &mut fastrand::Rng::with_seed(7),
         )
+    }
+
+    #[test]
+    fn a_destination_policy_sets_attempts_backoff_and_extra_retried_statuses() {
+        let retry = retry();
+        let policies = DestinationPolicies::parse(
+            r#"{"h.example.com": {"maxAttempts": 2, "backoff": {"baseSeconds": 100, "maxSeconds": 100}, "retryOn": [404]}}"#,
+            &retry,
+        )
+        .unwrap();
+        let base = Settings::new(&retry, &|_| true).with_destinations(&policies);
+        let text = body("");
+        let Plan::Attempt { message, attempt } = plan(&Received::new(&text, 1), &base, NOW) else {
+            panic!("expected an attempt")
+        };
+        assert_eq!(attempt.limit, 2, "maxAttempts of the matching pattern");
+        let settings = base.for_destination(&message.destination_url);
+        let headers = http::HeaderMap::new();
+        let not_found = || {
+            AttemptResult::Answer(Answer::Status {
+                status: 404,
+                headers: &headers,
+            })
+        };
+        let mut rng = fastrand::Rng::with_seed(1);
+        let d = conclude(
+            &settings,
+            &attempt,
+            not_found(),
+            NOW,
+            VISIBILITY_LIMIT,
+            &mut rng,
+        );
+        assert_eq!(d.label, Label::Retryable, "404 is in retryOn");
+        let Action::Retry { delay } = d.action else {
+            panic!("expected a retry")
+        };
+        assert!(
+            (50..=100).contains(&delay.as_secs()),
+            "its backoff (100 s, jittered): {delay:?}"
+        );
+        let last = Attempt {
+            number: 2,
+            ..attempt
+        };
+        let d = conclude(
+            &settings,
+            &last,
+            not_found(),
+            NOW,
+            VISIBILITY_LIMIT,
+            &mut rng,
+        );
+        assert_eq!(reason(&d), Some(FailureReason::AttemptsExhausted));
+        // Another host keeps the processor's own settings.
+        let other = body("").replace("h.example.com", "other.example.com");
+        let Plan::Attempt { attempt, .. } = plan(&Received::new(&other, 1), &base, NOW) else {
+            panic!("expected an attempt")
+        };
+        assert_eq!(attempt.limit, 3);
+    }
+
+    #[test]
+    fn with_a_ledger_the_attempt_counts_recorded_failures_not_receives() {
+        let text = body(r#", "receivedCount": 1"#);
+        let mut received = Received::new(&text, 7);
+        received.recorded_failures = Some(1);
+        let Plan::Attempt { attempt, .. } = planned(&received) else {
+            panic!("expected an attempt")
+        };
+        assert_eq!(
+            attempt.number, 3,
+            "1 before enqueueing + 1 recorded + this one"
+        );
+        assert!(attempt.is_final());
+        received.recorded_failures = None;
+        let Plan::Attempt { attempt, .. } = planned(&received) else {
+            panic!("expected an attempt")
+        };
+        assert_eq!(
+            attempt.number, 8,
+            "without a ledger: receivedCount + receives"
+        );
+        // Never more than the receive count would give.
+        let mut received = Received::new(&text, 1);
+        received.recorded_failures = Some(5);
+        let Plan::Attempt { attempt, .. } = planned(&received) else {
+            panic!("expected an attempt")
+        };
+        assert_eq!(attempt.number, 2);
+    }
+
+    #[test]
+    fn a_deferral_on_the_final_attempt_is_not_dead_lettered_but_expiry_still_ends_it() {
+        let retry = retry();
+        let settings = Settings::new(&retry, &|_| true);
+        let last = Attempt {
+            number: 3,
+            limit: 3,
+            expires_at: None,
+            retained_until: None,
+        };
+        for why in [Deferral::BreakerOpen, Deferral::RateLimited] {
+            let d = defer(
+                &settings,
+                &last,
+                why,
+                Duration::from_millis(1500),
+                NOW,
+                VISIBILITY_LIMIT,
+            );
+            assert_eq!(
+                d.action,
+                Action::Retry {
+                    delay: Duration::from_secs(2)
+                },
+                "rounded up"
+            );
+            assert_eq!(d.health, None);
+        }
+        let expiring = Attempt {
+            expires_at: Some(NOW + Duration::from_secs(10)),
+            ..last
+        };
+        let d = defer(
+            &settings,
+            &expiring,
+            Deferral::RateLimited,
+            Duration::from_secs(30),
+            NOW,
+            VISIBILITY_LIMIT,
+        );
+        assert_eq!(reason(&d), Some(FailureReason::Expired));
+        assert_eq!(d.label, Label::RateLimited);
     }
 
     fn reason(d: &Decision) -> Option<FailureReason> {

@@ -186,6 +186,77 @@ fn attr_count(m: &aws_sdk_sqs::types::Message) -> u32 {
 }
 
 #[tokio::test]
+async fn a_record_refused_by_an_open_breaker_uses_up_no_attempt() {
+    let sqs = sqs();
+    let table = state_table().await;
+    let source = queue(&sqs, "fleet-refused").await;
+    let dlq = queue(&sqs, "fleet-refused-dlq").await;
+    let dest = Destination::start(Duration::ZERO).await;
+    // The breaker comes from the destination's policy: one failure opens
+    // it for a minute.
+    let p = fleet_processor(
+        &table,
+        &dlq,
+        &[
+            ("MAX_ATTEMPTS", "2"),
+            (
+                "DESTINATION_POLICIES",
+                r#"{"127.0.0.1": {"breaker": {"threshold": 1, "cooldownSeconds": 60}}}"#,
+            ),
+        ],
+    );
+    send(
+        &sqs,
+        &source,
+        &message("opener", &dest.url("/down/opener"), serde_json::json!({})),
+    )
+    .await;
+    let m = receive_one(&sqs, &source).await;
+    let opener = m.receipt_handle.clone().unwrap();
+    invoke(&p, &sqs, &source, &[m]).await;
+    assert_eq!(dest.requests(), 1, "the first failure opens the breaker");
+    sqs.delete_message()
+        .queue_url(&source.url)
+        .receipt_handle(opener)
+        .send()
+        .await
+        .unwrap();
+
+    send(
+        &sqs,
+        &source,
+        &message("refused", &dest.url("/ok/refused"), serde_json::json!({})),
+    )
+    .await;
+    for receive in 1..=3 {
+        let m = receive_one(&sqs, &source).await;
+        let handle = m.receipt_handle.clone().unwrap();
+        assert_eq!(failures(&invoke(&p, &sqs, &source, &[m]).await).len(), 1);
+        // Deferred until the breaker's cool-down ends: hidden about a minute.
+        assert!(
+            receive_n(&sqs, &source, 1, Duration::from_millis(300))
+                .await
+                .is_empty(),
+            "receive {receive}: hidden until the cool-down ends"
+        );
+        sqs.change_message_visibility()
+            .queue_url(&source.url)
+            .receipt_handle(handle)
+            .visibility_timeout(0)
+            .send()
+            .await
+            .unwrap();
+    }
+    assert_eq!(dest.requests(), 1, "no request while the breaker is open");
+    // Three receives past MAX_ATTEMPTS=2, and nothing dead-lettered.
+    assert_eq!(depth(&sqs, &dlq).await, (0, 0));
+    assert!(
+        attempts(&table, "refused").is_empty(),
+        "no attempt recorded"
+    );
+}
+
+#[tokio::test]
 async fn delivered_attempts_cost_no_table_request_unless_ledger_is_all() {
     let sqs = sqs();
     let table = state_table().await;
@@ -193,7 +264,11 @@ async fn delivered_attempts_cost_no_table_request_unless_ledger_is_all() {
     let dlq = queue(&sqs, "fleet-all-dlq").await;
     let dest = Destination::start(Duration::ZERO).await;
     for (ledger, id) in [("failures", "quiet-1"), ("all", "loud-1")] {
-        let p = fleet_processor(&table, &dlq, &[("LEDGER", ledger)]);
+        let p = fleet_processor(
+            &table,
+            &dlq,
+            &[("LEDGER", ledger), ("LEDGER_TTL_DAYS", "3")],
+        );
         send(
             &sqs,
             &source,
@@ -339,15 +414,23 @@ fn worker(
 ) -> Running {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_retryq"));
     // One receive loop: batches of up to ten records.
-    cmd.args(["worker", "--wait-seconds", "1", "--pollers", "1", "--queue-url", &q.url])
-        .env("DLQ_URL", &dlq.url)
-        .env("STATE_TABLE", table)
-        .env("ALLOW_PRIVATE_DESTINATIONS", "true")
-        .env("METRICS_ENABLED", "false")
-        .envs(vars.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap());
+    cmd.args([
+        "worker",
+        "--wait-seconds",
+        "1",
+        "--pollers",
+        "1",
+        "--queue-url",
+        &q.url,
+    ])
+    .env("DLQ_URL", &dlq.url)
+    .env("STATE_TABLE", table)
+    .env("ALLOW_PRIVATE_DESTINATIONS", "true")
+    .env("METRICS_ENABLED", "false")
+    .envs(vars.iter().copied())
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(log).unwrap());
     aws_env(&mut cmd);
     Running::spawn(cmd)
 }
@@ -512,12 +595,22 @@ async fn a_missing_table_is_reported_once_per_batch_not_per_record() {
     let dlq = queue(&sqs, "fleet-missing-dlq").await;
     let dest = Destination::start(Duration::ZERO).await;
     let bodies: Vec<String> = (0..30)
-        .map(|i| message(&format!("m-{i}"), &dest.url(&format!("/down/{i}")), serde_json::json!({})))
+        .map(|i| {
+            message(
+                &format!("m-{i}"),
+                &dest.url(&format!("/down/{i}")),
+                serde_json::json!({}),
+            )
+        })
         .collect();
     send_batch(&sqs, &source, &bodies).await;
     let log = std::env::temp_dir().join(format!("fleet-missing-{}.log", std::process::id()));
     // Failed records come back only after a minute: each is tried once.
-    let vars = [("BACKOFF_BASE_SECONDS", "60"), ("BACKOFF_MAX_SECONDS", "60"), ("RUST_LOG", "warn")];
+    let vars = [
+        ("BACKOFF_BASE_SECONDS", "60"),
+        ("BACKOFF_MAX_SECONDS", "60"),
+        ("RUST_LOG", "warn"),
+    ];
     let mut cmd_worker = worker(&source, &dlq, "retryq-no-such-table", &vars, &log);
     let started = Instant::now();
     while dest.requests() < 30 && started.elapsed() < Duration::from_secs(30) {
@@ -532,7 +625,10 @@ async fn a_missing_table_is_reported_once_per_batch_not_per_record() {
     let said = text.matches("state table unavailable").count();
     // One receive loop of up to ten records: a few batches, never a line
     // per record.
-    assert!((1..=10).contains(&said), "{said} lines for 30 records:\n{text}");
+    assert!(
+        (1..=10).contains(&said),
+        "{said} lines for 30 records:\n{text}"
+    );
 }
 
 #[tokio::test]
