@@ -447,14 +447,26 @@ impl Processor {
 
     /// All the work for one record: decide, apply, log one line.
     pub async fn process_record(&self, record: Record, batch: &Batch) -> Processed {
-        let (decision, latency) = self.decide(&record, batch).await;
+        let (decision, latency, ledger) = self.decide(&record, batch).await;
         if let Some(heartbeat) = &batch.heartbeat {
             heartbeat.leave(&record.receipt_handle).await;
         }
-        let disposition = match &decision {
-            Ok(decision) => self.apply(&record, &decision.action).await,
-            Err(why) => Disposition::Unfinished(why.clone()),
+        let apply = async {
+            match &decision {
+                Ok(decision) => self.apply(&record, &decision.action).await,
+                Err(why) => Disposition::Unfinished(why.clone()),
+            }
         };
+        // The attempt's ledger entry goes out beside its SQS action: a
+        // retried record is received again only after its backoff.
+        let write = async {
+            if let (Some(entry), Some(fleet)) = (ledger, self.table(batch)) {
+                if let Err(e) = fleet.record(&entry).await {
+                    self.without_table::<()>(batch, &e);
+                }
+            }
+        };
+        let (disposition, ()) = tokio::join!(apply, write);
         let decision = decision.ok();
         let (delay_s, reason) = match decision.as_ref().map(|d| &d.action) {
             Some(Action::Retry { delay }) => (Some(delay.as_secs()), None),
@@ -500,16 +512,18 @@ impl Processor {
         &self,
         record: &Record,
         batch: &Batch,
-    ) -> (Result<Decision, String>, Option<Duration>) {
+    ) -> (
+        Result<Decision, String>,
+        Option<Duration>,
+        Option<AttemptRecord>,
+    ) {
         // With a ledger, attempts are counted from it (§9): a record seen
-        // for the first time has none; others are looked up.
+        // for the first time has none; for the others it is read while the
+        // request is in flight (until then the receive count stands in).
+        let first_receive = record.receive_count <= 1;
         let recorded_failures = match self.table(batch) {
-            None => None,
-            Some(_) if record.receive_count <= 1 => Some(0),
-            Some(fleet) => match fleet.recorded_failures(&record.message_id).await {
-                Ok(failed) => Some(failed),
-                Err(e) => self.without_table(batch, &e),
-            },
+            Some(_) if first_receive => Some(0),
+            _ => None,
         };
         let received = Received {
             body: &record.body,
@@ -525,8 +539,8 @@ impl Processor {
         let settings = Settings::new(&self.config.retry, &has_profile)
             .with_destinations(&self.config.destination_policies);
         let (message, mut attempt) = match record::plan(&received, &settings, SystemTime::now()) {
-            Plan::Leave(why) => return (Err(why), None),
-            Plan::Decided(decision) => return (Ok(decision), None),
+            Plan::Leave(why) => return (Err(why), None, None),
+            Plan::Decided(decision) => return (Ok(decision), None, None),
             Plan::Attempt { message, attempt } => (message, attempt),
         };
         let settings = settings.for_destination(&message.destination_url);
@@ -563,7 +577,7 @@ impl Processor {
                         max_delay(),
                     )
                     .await;
-                return (Ok(decision), None);
+                return (Ok(decision), None, None);
             }
         }
 
@@ -590,7 +604,7 @@ impl Processor {
                         max_delay(),
                     )
                     .await;
-                return (Ok(decision), None);
+                return (Ok(decision), None, None);
             }
             Admitted::Refused => {
                 // Without a ledger, a refusal counts as an attempt (v1).
@@ -602,14 +616,34 @@ impl Processor {
                     max_delay(),
                     &mut fastrand::Rng::new(),
                 );
-                return (Ok(decision), None);
+                return (Ok(decision), None, None);
             }
         };
 
         let started_at = SystemTime::now();
-        let started = Instant::now();
-        let delivery = self.deliverer.deliver(&message).await;
-        let latency = started.elapsed();
+        let deliver = async {
+            let started = Instant::now();
+            let delivery = self.deliverer.deliver(&message).await;
+            (delivery, started.elapsed())
+        };
+        let read = async {
+            match self.table(batch) {
+                Some(fleet) if !first_receive => {
+                    Some(fleet.recorded_failures(&record.message_id).await)
+                }
+                _ => None,
+            }
+        };
+        let ((delivery, latency), read) = tokio::join!(deliver, read);
+        let recorded_failures = match read {
+            None => recorded_failures,
+            Some(Ok(failed)) => {
+                attempt.number =
+                    Attempt::from_ledger(message.received_count, failed, record.receive_count);
+                Some(failed)
+            }
+            Some(Err(e)) => self.without_table(batch, &e),
+        };
         let conclude = |attempt: &Attempt| {
             record::conclude(
                 &settings,
@@ -640,36 +674,29 @@ impl Processor {
                 decision = conclude(&attempt);
             }
         }
-        if let (Some(fleet), Some(failed_before)) = (self.table(batch), recorded_failures) {
-            let failed = decision.label != Label::Delivered;
-            if fleet.records(failed) {
-                let entry = AttemptRecord {
-                    id: &message.id,
-                    sqs_message_id: &record.message_id,
+        let ledger = match (self.table(batch), recorded_failures) {
+            (Some(fleet), Some(failed_before)) => {
+                let failed = decision.label != Label::Delivered;
+                fleet.records(failed).then(|| AttemptRecord {
+                    id: message.id.clone(),
+                    sqs_message_id: record.message_id.clone(),
                     attempt: decision.attempt,
                     started: started_at,
                     outcome: decision.label.as_str(),
                     status: decision.status,
                     latency,
                     last_error: match &decision.action {
-                        Action::DeadLetter(d) => Some(d.last_error.as_str()),
-                        _ => None,
+                        Action::DeadLetter(d) => Some(d.last_error.clone()),
+                        _ => delivery_error(&delivery),
                     },
-                    snippet: delivery.snippet(),
+                    snippet: delivery.snippet().to_vec(),
                     failed,
                     failed_before,
-                };
-                let error = delivery_error(&delivery);
-                let entry = AttemptRecord {
-                    last_error: entry.last_error.or(error.as_deref()),
-                    ..entry
-                };
-                if let Err(e) = fleet.record(&entry).await {
-                    self.without_table::<()>(batch, &e);
-                }
+                })
             }
-        }
-        (Ok(decision), Some(latency))
+            _ => None,
+        };
+        (Ok(decision), Some(latency), ledger)
     }
 
     /// The breaker's word on an attempt to `host`: the fleet's when there

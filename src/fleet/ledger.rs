@@ -21,21 +21,21 @@ pub const READS_PER_CALL: usize = 100;
 
 /// One attempt, as the ledger records it.
 #[derive(Debug, Clone)]
-pub struct AttemptRecord<'a> {
+pub struct AttemptRecord {
     /// The Retry Message `id`.
-    pub id: &'a str,
-    pub sqs_message_id: &'a str,
+    pub id: String,
+    pub sqs_message_id: String,
     /// The attempt number (§2, counted as §9 says).
     pub attempt: u32,
     pub started: SystemTime,
     /// The record's outcome label (`delivered`, `retryable`, …).
-    pub outcome: &'a str,
+    pub outcome: &'static str,
     pub status: Option<u16>,
     pub latency: Duration,
     /// `LastError`, when it did not deliver.
-    pub last_error: Option<&'a str>,
+    pub last_error: Option<String>,
     /// The first bytes of a non-2xx answer's body.
-    pub snippet: &'a [u8],
+    pub snippet: Vec<u8>,
     /// Did it fail to deliver? Then the SQS message's counter moves on.
     pub failed: bool,
     /// The failed attempts recorded before this one.
@@ -66,7 +66,7 @@ impl FleetState {
     }
 
     /// Records an attempt (with others, in one `BatchWriteItem`).
-    pub async fn record(&self, a: &AttemptRecord<'_>) -> Result<(), StateError> {
+    pub async fn record(&self, a: &AttemptRecord) -> Result<(), StateError> {
         let ttl = self.ttl();
         let started = time::OffsetDateTime::from(a.started);
         let started_ms = (started.unix_timestamp_nanos() / 1_000_000).max(0);
@@ -83,7 +83,7 @@ impl FleetState {
                     .format(&time::format_description::well_known::Rfc3339)
                     .unwrap_or_default()),
             ),
-            ("sqsMessageId", s(a.sqs_message_id)),
+            ("sqsMessageId", s(&a.sqs_message_id)),
             ("outcome", s(a.outcome)),
             ("latencyMs", n(a.latency.as_millis())),
             ("ttl", ttl.clone()),
@@ -94,7 +94,7 @@ impl FleetState {
         if let Some(status) = a.status {
             attempt.insert("status".into(), n(status));
         }
-        if let Some(e) = a.last_error {
+        if let Some(e) = &a.last_error {
             attempt.insert("lastError".into(), s(e));
         }
         let snippet = &a.snippet[..a.snippet.len().min(self.settings.snippet_bytes)];
@@ -111,7 +111,7 @@ impl FleetState {
                     ("pk", s(format!("sqs#{}", a.sqs_message_id))),
                     ("sk", s("failures")),
                     ("failed", n(a.failed_before.saturating_add(1))),
-                    ("id", s(a.id)),
+                    ("id", s(&a.id)),
                     ("ttl", ttl),
                 ]
                 .into_iter()
