@@ -61,7 +61,10 @@ invoke: tools
 # Benchmarks (not part of make test): see benches/retryq.rs and README's
 # Performance section. Release builds; a few minutes on 2 cores.
 bench: tools
-	cargo build --release --bin retryq-processor --example demo_destination --example floor
+	# The bootstrap alone, as `make build` makes it (built with the examples,
+	# it would take the dev-dependencies' features and grow).
+	cargo build --release --bin retryq-processor
+	cargo build --release --example demo_destination --example floor
 	scripts/with-moto.sh cargo bench --bench retryq
 
 # The mutation fuzzer of tests/it/fuzz.rs, for longer than make test's smoke run.
