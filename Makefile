@@ -61,9 +61,10 @@ invoke: tools
 # Benchmarks (not part of make test): see benches/retryq.rs and README's
 # Performance section. Release builds; a few minutes on 2 cores.
 bench: tools
-	# The bootstrap alone, as `make build` makes it (built with the examples,
-	# it would take the dev-dependencies' features and grow).
+	# The bootstrap alone, as `make build` makes it, kept for its size: the
+	# bench's own build of the binaries takes the dev-dependencies' features.
 	cargo build --release --bin retryq-processor
+	cp target/release/retryq-processor target/release/retryq-processor.deployed
 	cargo build --release --example demo_destination --example floor
 	scripts/with-moto.sh cargo bench --bench retryq
 
