@@ -201,6 +201,9 @@ impl Drop for Destination {
 enum Handler {
     Retryq,
     Floor,
+    /// Another build of retryq (`RETRYQ_BENCH_BASELINE=path`), for example
+    /// an earlier commit's, measured in the same run.
+    Baseline,
 }
 
 impl Handler {
@@ -208,12 +211,16 @@ impl Handler {
         match self {
             Handler::Retryq => release("retryq-processor"),
             Handler::Floor => release("examples/floor"),
+            Handler::Baseline => PathBuf::from(
+                std::env::var("RETRYQ_BENCH_BASELINE").expect("RETRYQ_BENCH_BASELINE names a bootstrap"),
+            ),
         }
     }
     fn name(self) -> &'static str {
         match self {
             Handler::Retryq => "retryq",
             Handler::Floor => "floor",
+            Handler::Baseline => "baseline",
         }
     }
 }
@@ -527,6 +534,9 @@ fn batches(
             Function::spawn(rt, Handler::Retryq, &quiet),
         ),
     ];
+    if std::env::var_os("RETRYQ_BENCH_BASELINE").is_some() {
+        functions.push(("baseline", Function::spawn(rt, Handler::Baseline, &[])));
+    }
     if let Some((table, proxy)) = table {
         let env = [
             ("STATE_TABLE", table.to_owned()),
@@ -877,6 +887,7 @@ fn main() {
     // `RETRYQ_BENCH_ONLY=rss`: only the 10 000-record batch of each binary,
     // for a profiler to watch (`perf record -a -g -- cargo bench …`).
     // `RETRYQ_BENCH_ONLY=batches`: only the side-by-side batches.
+    // `RETRYQ_BENCH_BASELINE=path`: one more column, another bootstrap.
     if std::env::var("RETRYQ_BENCH_ONLY").as_deref() == Ok("batches") {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let dest_port = free_port();
