@@ -212,7 +212,8 @@ impl Handler {
             Handler::Retryq => release("retryq-processor"),
             Handler::Floor => release("examples/floor"),
             Handler::Baseline => PathBuf::from(
-                std::env::var("RETRYQ_BENCH_BASELINE").expect("RETRYQ_BENCH_BASELINE names a bootstrap"),
+                std::env::var("RETRYQ_BENCH_BASELINE")
+                    .expect("RETRYQ_BENCH_BASELINE names a bootstrap"),
             ),
         }
     }
@@ -605,11 +606,11 @@ fn peak_rss(rt: &tokio::runtime::Runtime) -> (BTreeMap<&'static str, f64>, (f64,
 #[allow(dead_code)]
 mod sqs_proxy;
 
+#[path = "../tests/aws/state_table.rs"]
+mod state_table;
+
 /// A state table on the local server, as the template creates it.
 fn state_table(rt: &tokio::runtime::Runtime, endpoint: &str) -> String {
-    use aws_sdk_dynamodb::types::{
-        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    };
     let ddb = aws_sdk_dynamodb::Client::from_conf(
         aws_sdk_dynamodb::Config::builder()
             .behavior_version_latest()
@@ -621,31 +622,7 @@ fn state_table(rt: &tokio::runtime::Runtime, endpoint: &str) -> String {
             .build(),
     );
     let name = format!("bench-state-{}-{}", std::process::id(), fastrand::u32(..));
-    let key = |n: &str, k| {
-        KeySchemaElement::builder()
-            .attribute_name(n)
-            .key_type(k)
-            .build()
-            .unwrap()
-    };
-    let attr = |n: &str| {
-        AttributeDefinition::builder()
-            .attribute_name(n)
-            .attribute_type(ScalarAttributeType::S)
-            .build()
-            .unwrap()
-    };
-    rt.block_on(
-        ddb.create_table()
-            .table_name(&name)
-            .billing_mode(BillingMode::PayPerRequest)
-            .key_schema(key("pk", KeyType::Hash))
-            .key_schema(key("sk", KeyType::Range))
-            .attribute_definitions(attr("pk"))
-            .attribute_definitions(attr("sk"))
-            .send(),
-    )
-    .expect("create_table on the local server");
+    rt.block_on(state_table::create(&ddb, &name));
     name
 }
 
@@ -936,7 +913,7 @@ fn main() {
         let deployed = release("retryq-processor.deployed");
         let binary = match h {
             Handler::Retryq => deployed,
-            Handler::Floor => h.binary(),
+            Handler::Floor | Handler::Baseline => h.binary(),
         };
         let status = Command::new("strip")
             .arg("-o")

@@ -461,7 +461,7 @@ impl Processor {
         // retried record is received again only after its backoff.
         let write = async {
             if let (Some(entry), Some(fleet)) = (ledger, self.table(batch)) {
-                if let Err(e) = fleet.record(&entry).await {
+                if let Err(e) = Box::pin(fleet.record(&entry)).await {
                     self.without_table::<()>(batch, &e);
                 }
             }
@@ -503,6 +503,10 @@ impl Processor {
         }
     }
 
+    /// The state table's calls are boxed: their futures (the DynamoDB SDK's)
+    /// are large, and a record without a table should not carry their
+    /// room in its own future.
+    ///
     /// The I/O around the pure decision ([`record::plan`] and
     /// [`record::conclude`]): what the queues and the attempt ledger say of
     /// the record, the rate limit, the breaker's admission, the attempt,
@@ -556,7 +560,7 @@ impl Processor {
         // defers the record, using up no attempt.
         if let Some((pattern, rate)) = rules.and_then(|r| Some((&r.pattern, r.rate?))) {
             let token = match self.table(batch) {
-                Some(fleet) => match fleet.token(pattern, rate, until).await {
+                Some(fleet) => match Box::pin(fleet.token(pattern, rate, until)).await {
                     Ok(token) => Some(token),
                     Err(e) => self.without_table(batch, &e),
                 },
@@ -564,7 +568,7 @@ impl Processor {
             };
             let token = match token {
                 Some(token) => token,
-                None => self.buckets.token(pattern, rate, until).await,
+                None => Box::pin(self.buckets.token(pattern, rate, until)).await,
             };
             if let Token::Deferred(wait) = token {
                 let decision = self
@@ -589,7 +593,7 @@ impl Processor {
         };
         let admitted = match breaker {
             None => Admitted::Go(None),
-            Some(settings) => self.admit(batch, &host, settings, until).await,
+            Some(settings) => Box::pin(self.admit(batch, &host, settings, until)).await,
         };
         let ticket = match admitted {
             Admitted::Go(ticket) => ticket,
@@ -629,7 +633,7 @@ impl Processor {
         let read = async {
             match self.table(batch) {
                 Some(fleet) if !first_receive => {
-                    Some(fleet.recorded_failures(&record.message_id).await)
+                    Some(Box::pin(fleet.recorded_failures(&record.message_id)).await)
                 }
                 _ => None,
             }
@@ -660,7 +664,7 @@ impl Processor {
             Some(Ticket::Local(ticket)) => ticket.report(decision.health),
             Some(Ticket::Fleet(ticket)) => {
                 if let Some(fleet) = &self.fleet {
-                    if let Err(e) = fleet.report(ticket, decision.health).await {
+                    if let Err(e) = Box::pin(fleet.report(ticket, decision.health)).await {
                         self.without_table::<()>(batch, &e);
                     }
                 }

@@ -43,6 +43,13 @@ struct Leased {
     waiting: u32,
 }
 
+impl Bucket {
+    /// Takes a leased token, if one is left.
+    fn take(&self) -> bool {
+        self.local.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
 impl Leased {
     fn take(&mut self) -> bool {
         if self.tokens > 0 && self.until.is_some_and(|u| Instant::now() < u) {
@@ -92,21 +99,13 @@ impl FleetState {
         until: Instant,
     ) -> Result<Token, StateError> {
         loop {
-            if bucket
-                .local
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take()
-            {
+            if bucket.take() {
                 return Ok(Token::Granted);
             }
+            // One lease call at a time; whoever waited may find tokens the
+            // last one leased.
             let leasing = bucket.leasing.lock().await;
-            if bucket
-                .local
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take()
-            {
+            if bucket.take() {
                 return Ok(Token::Granted);
             }
             let wait = match self.lease(pattern, rate).await? {

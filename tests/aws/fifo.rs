@@ -11,7 +11,8 @@ use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use wiremock::matchers::{any, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-async fn fifo_queue(sqs: &aws_sdk_sqs::Client, prefix: &str) -> TestQueue {
+/// A FIFO queue (content-based deduplication) whose name no other test uses.
+pub(crate) async fn fifo_queue(sqs: &aws_sdk_sqs::Client, prefix: &str) -> TestQueue {
     let name = format!("{prefix}-{}-{}.fifo", std::process::id(), fastrand::u32(..));
     let url = sqs
         .create_queue()

@@ -8,16 +8,12 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    TimeToLiveSpecification,
-};
-use aws_sdk_sqs::types::QueueAttributeName;
 use retryq::fleet::FleetState;
 use retryq::process::Processor;
 
 use crate::common::*;
 use crate::destination::Destination;
+use crate::fifo::fifo_queue;
 
 pub fn dynamodb() -> aws_sdk_dynamodb::Client {
     let config = aws_sdk_dynamodb::Config::builder()
@@ -31,46 +27,10 @@ pub fn dynamodb() -> aws_sdk_dynamodb::Client {
     aws_sdk_dynamodb::Client::from_conf(config)
 }
 
-/// A state table as the template creates it: `pk`/`sk`, on demand, TTL on.
+/// A state table as the template creates it, named for this test.
 pub async fn state_table() -> String {
     let name = format!("retryq-state-{}-{}", std::process::id(), fastrand::u32(..));
-    let ddb = dynamodb();
-    let key = |name: &str, kind| {
-        KeySchemaElement::builder()
-            .attribute_name(name)
-            .key_type(kind)
-            .build()
-            .unwrap()
-    };
-    let attr = |name: &str| {
-        AttributeDefinition::builder()
-            .attribute_name(name)
-            .attribute_type(ScalarAttributeType::S)
-            .build()
-            .unwrap()
-    };
-    ddb.create_table()
-        .table_name(&name)
-        .billing_mode(BillingMode::PayPerRequest)
-        .key_schema(key("pk", KeyType::Hash))
-        .key_schema(key("sk", KeyType::Range))
-        .attribute_definitions(attr("pk"))
-        .attribute_definitions(attr("sk"))
-        .send()
-        .await
-        .expect("create_table on the local DynamoDB (moto)");
-    ddb.update_time_to_live()
-        .table_name(&name)
-        .time_to_live_specification(
-            TimeToLiveSpecification::builder()
-                .attribute_name("ttl")
-                .enabled(true)
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .expect("update_time_to_live");
+    crate::state_table::create(&dynamodb(), &name).await;
     name
 }
 
@@ -339,24 +299,6 @@ async fn a_redriven_copy_starts_afresh() {
         .map(|a| a["sqsMessageId"].as_str().unwrap())
         .collect();
     assert_eq!(copies.len(), 2, "two SQS messages, one history");
-}
-
-async fn fifo_queue(sqs: &aws_sdk_sqs::Client, prefix: &str) -> TestQueue {
-    let name = format!("{prefix}-{}-{}.fifo", std::process::id(), fastrand::u32(..));
-    let url = sqs
-        .create_queue()
-        .queue_name(&name)
-        .attributes(QueueAttributeName::FifoQueue, "true")
-        .attributes(QueueAttributeName::ContentBasedDeduplication, "true")
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
-    TestQueue {
-        arn: format!("arn:aws:sqs:{REGION}:{ACCOUNT}:{name}"),
-        url,
-    }
 }
 
 #[tokio::test]

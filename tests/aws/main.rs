@@ -20,4 +20,5 @@ mod reliability;
 mod sqs_actions;
 mod sqs_proxy;
 mod ssrf;
+mod state_table;
 mod trigger;
