@@ -346,6 +346,19 @@ async fn a_fifo_follower_released_behind_a_blocked_record_gets_all_its_attempts(
     assert_eq!(follower, [1, 2], "its two failures, numbered from 1");
 }
 
+/// `n` Retry Messages with ids `<prefix>-<i>` to `/<path>/<i>` of `dest`.
+fn messages_to(dest: &Destination, prefix: &str, path: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            message(
+                &format!("{prefix}-{i}"),
+                &dest.url(&format!("/{path}/{i}")),
+                serde_json::json!({}),
+            )
+        })
+        .collect()
+}
+
 /// A `retryq worker` on `q` with the fleet's table and `vars`.
 fn worker(
     q: &TestQueue,
@@ -377,6 +390,23 @@ fn worker(
     Running::spawn(cmd)
 }
 
+/// Two `retryq worker`s sharing `table`, and their logs.
+fn two_workers(
+    q: &TestQueue,
+    dlq: &TestQueue,
+    table: &str,
+    vars: &[(&str, &str)],
+    name: &str,
+) -> ([Running; 2], [std::path::PathBuf; 2]) {
+    let log = |n| std::env::temp_dir().join(format!("fleet-{name}-{n}-{}.log", std::process::id()));
+    let logs = [log("a"), log("b")];
+    let workers = [
+        worker(q, dlq, table, vars, &logs[0]),
+        worker(q, dlq, table, vars, &logs[1]),
+    ];
+    (workers, logs)
+}
+
 /// The most arrivals in any window of `span`.
 fn most_within(arrivals: &[Instant], span: Duration) -> usize {
     (0..arrivals.len())
@@ -397,15 +427,7 @@ async fn two_workers_share_one_breaker_a_down_host_sees_threshold_plus_one_per_c
     let source = queue(&sqs, "fleet-breaker").await;
     let dlq = queue(&sqs, "fleet-breaker-dlq").await;
     let dest = Destination::start(Duration::from_millis(20)).await;
-    let bodies: Vec<String> = (0..30)
-        .map(|i| {
-            message(
-                &format!("b-{i}"),
-                &dest.url(&format!("/down/{i}")),
-                serde_json::json!({}),
-            )
-        })
-        .collect();
+    let bodies = messages_to(&dest, "b", "down", 30);
     send_batch(&sqs, &source, &bodies).await;
     let vars = [
         ("BREAKER_THRESHOLD", "3"),
@@ -414,15 +436,7 @@ async fn two_workers_share_one_breaker_a_down_host_sees_threshold_plus_one_per_c
         ("BACKOFF_BASE_SECONDS", "1"),
         ("BACKOFF_MAX_SECONDS", "2"),
     ];
-    let dir = std::env::temp_dir();
-    let logs = [
-        dir.join(format!("fleet-breaker-a-{}.log", std::process::id())),
-        dir.join(format!("fleet-breaker-b-{}.log", std::process::id())),
-    ];
-    let workers = [
-        worker(&source, &dlq, &table, &vars, &logs[0]),
-        worker(&source, &dlq, &table, &vars, &logs[1]),
-    ];
+    let (workers, logs) = two_workers(&source, &dlq, &table, &vars, "breaker");
     tokio::time::sleep(Duration::from_secs(14)).await;
     drop(workers);
     let arrivals = dest.arrivals();
@@ -457,28 +471,12 @@ async fn two_workers_share_one_rate_limit_and_deferrals_dead_letter_nothing() {
     let source = queue(&sqs, "fleet-rate").await;
     let dlq = queue(&sqs, "fleet-rate-dlq").await;
     let dest = Destination::start(Duration::from_millis(5)).await;
-    let bodies: Vec<String> = (0..80)
-        .map(|i| {
-            message(
-                &format!("r-{i}"),
-                &dest.url(&format!("/ok/{i}")),
-                serde_json::json!({}),
-            )
-        })
-        .collect();
+    let bodies = messages_to(&dest, "r", "ok", 80);
     send_batch(&sqs, &source, &bodies).await;
     let policies = r#"{"127.0.0.1": {"rps": 5}}"#;
     // One attempt each: a deferral that used one up would dead-letter.
     let vars = [("DESTINATION_POLICIES", policies), ("MAX_ATTEMPTS", "1")];
-    let dir = std::env::temp_dir();
-    let logs = [
-        dir.join(format!("fleet-rate-a-{}.log", std::process::id())),
-        dir.join(format!("fleet-rate-b-{}.log", std::process::id())),
-    ];
-    let workers = [
-        worker(&source, &dlq, &table, &vars, &logs[0]),
-        worker(&source, &dlq, &table, &vars, &logs[1]),
-    ];
+    let (workers, _logs) = two_workers(&source, &dlq, &table, &vars, "rate");
     let started = Instant::now();
     while dest.delivered().len() < 80 && started.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -536,15 +534,7 @@ async fn a_missing_table_is_reported_once_per_batch_not_per_record() {
     let source = queue(&sqs, "fleet-missing").await;
     let dlq = queue(&sqs, "fleet-missing-dlq").await;
     let dest = Destination::start(Duration::ZERO).await;
-    let bodies: Vec<String> = (0..30)
-        .map(|i| {
-            message(
-                &format!("m-{i}"),
-                &dest.url(&format!("/down/{i}")),
-                serde_json::json!({}),
-            )
-        })
-        .collect();
+    let bodies = messages_to(&dest, "m", "down", 30);
     send_batch(&sqs, &source, &bodies).await;
     let log = std::env::temp_dir().join(format!("fleet-missing-{}.log", std::process::id()));
     // Failed records come back only after a minute: each is tried once.
