@@ -67,6 +67,9 @@ pub struct Config {
     pub destination_policies: DestinationPolicies,
     /// `STATE_TABLE` and the ledger's settings: fleet-wide state (spec §9).
     pub state: Option<StateSettings>,
+    /// `CA_BUNDLE`: roots trusted besides the public ones, for destinations
+    /// and token endpoints behind a private CA.
+    pub ca_bundle: Option<crate::tls::CaBundle>,
 }
 
 /// The fleet-wide state table and its attempt ledger.
@@ -248,6 +251,13 @@ impl Config {
                     .map_err(|e| ConfigError::new("DESTINATION_POLICIES", e))?,
             },
             state: vars.state()?,
+            ca_bundle: match vars.text("CA_BUNDLE") {
+                None => None,
+                Some(path) => Some(
+                    crate::tls::CaBundle::read(std::path::Path::new(path.trim()))
+                        .map_err(|e| ConfigError::new("CA_BUNDLE", e))?,
+                ),
+            },
         })
     }
 }

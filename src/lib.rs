@@ -115,7 +115,7 @@ pub mod policy;
 pub mod process;
 pub mod producer;
 pub mod queue;
-pub(crate) mod tls;
+pub mod tls;
 #[cfg(feature = "processor")]
 pub mod trigger;
 pub mod wiring;

@@ -22,7 +22,8 @@ pub fn deliverer(
         config.request_timeout,
         config.secret_ttl,
         secrets_manager,
-    );
+    )
+    .with_ca_bundle(config.ca_bundle.clone());
     let slots = Slots::new(config.max_concurrency, config.max_concurrency_per_host)
         .with_policies(config.destination_policies.clone());
     Ok(Deliverer::new(
@@ -30,6 +31,7 @@ pub fn deliverer(
         config.request_timeout,
         max_idle_per_host,
     )?
+    .with_ca_bundle(config.ca_bundle.clone())?
     .with_auth(Arc::new(auth))
     .with_slots(Arc::new(slots))
     .with_snippets(config.state.as_ref().map_or(0, |s| s.snippet_bytes)))

@@ -17,14 +17,15 @@
 
 pub mod destination;
 
+use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::auth::{AuthError, Authenticator, Credential, Renewal};
+use crate::auth::{AuthError, Authenticator, CertificateRead, Credential, Renewal};
 use crate::breaker::Slots;
 use crate::message::RetryMessage;
 use crate::policy::classify::{Answer, NoResponse};
@@ -121,6 +122,10 @@ const USER_AGENT: &str = concat!("retryq/", env!("CARGO_PKG_VERSION"));
 #[derive(Debug, Clone)]
 pub struct Deliverer {
     client: reqwest::Client,
+    settings: ClientSettings,
+    /// The clients of profiles with a client certificate, built on their
+    /// first request, each with the certificate it presents.
+    tls_clients: Arc<Mutex<HashMap<String, TlsClient>>>,
     policy: Arc<DestinationPolicy>,
     timeout: Duration,
     auth: Option<Arc<Authenticator>>,
@@ -149,25 +154,37 @@ impl Deliverer {
         resolver: Option<Arc<dyn reqwest::dns::Resolve>>,
     ) -> Result<Deliverer, reqwest::Error> {
         let policy = Arc::new(policy);
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(GuardedResolver {
+        let settings = ClientSettings {
+            resolver: Arc::new(GuardedResolver {
                 policy: Arc::clone(&policy),
                 inner: resolver,
-            }))
-            .pool_max_idle_per_host(max_idle_per_host)
-            .connect_timeout(timeout)
-            .no_proxy()
-            .tls_certs_only(crate::tls::trusted_roots())
-            .build()?;
+            }),
+            max_idle_per_host,
+            timeout,
+            ca_bundle: None,
+        };
         Ok(Deliverer {
-            client,
+            client: settings.client(None)?,
+            settings,
+            tls_clients: Arc::default(),
             policy,
             timeout,
             auth: None,
             slots: None,
             snippet_bytes: 0,
         })
+    }
+
+    /// Trusts the roots of `CA_BUNDLE` too (rebuilds the client when set).
+    pub fn with_ca_bundle(
+        mut self,
+        bundle: Option<crate::tls::CaBundle>,
+    ) -> Result<Deliverer, reqwest::Error> {
+        if bundle.is_some() {
+            self.settings.ca_bundle = bundle;
+            self.client = self.settings.client(None)?;
+        }
+        Ok(self)
     }
 
     /// Makes every HTTP exchange wait for a request slot.
@@ -201,16 +218,17 @@ impl Deliverer {
 
     /// Makes one attempt within `timeout` (never longer than the configured
     /// request timeout). With an auth profile, an answer that asks for a
-    /// newer credential (an expired token; a refused API key that was
-    /// rotated) gets one renewal and one immediate retry, within the attempt.
-    /// Waiting for a credential holds no request slot.
+    /// newer credential (an expired token; a refused API key or webhook
+    /// secret that was rotated; a client certificate refused in the TLS
+    /// handshake that was rotated) gets one renewal and one immediate retry,
+    /// within the attempt. Waiting for a credential holds no request slot.
     pub async fn deliver_within(&self, msg: &RetryMessage, timeout: Duration) -> Delivery {
         if let Err(e) = self.policy.check(&msg.destination_url) {
             return Delivery::NotAllowed(e);
         }
         let timeout = timeout.min(self.timeout).max(Duration::from_millis(1));
         let Some(profile) = msg.auth.as_deref() else {
-            return self.send(msg, None, timeout, false).await.0;
+            return self.send(&self.client, msg, None, timeout, false).await.0;
         };
         let Some(auth) = self.auth.as_ref().filter(|a| a.has(profile)) else {
             return Delivery::AuthFailed(AuthError::Rejected(format!(
@@ -221,23 +239,53 @@ impl Deliverer {
             Ok(c) => c,
             Err(e) => return Delivery::AuthFailed(e),
         };
+        let (client, certificate) = match self.client_for(auth, profile, None).await {
+            Ok(c) => c,
+            Err(e) => return Delivery::AuthFailed(e),
+        };
         let read_body = auth.needs_body(profile);
-        let (first, body) = self.send(msg, Some(&credential), timeout, read_body).await;
-        let Delivery::Answered {
-            status, headers, ..
-        } = &first
-        else {
-            return first;
+        let (first, body) = self
+            .send(&client, msg, Some(&credential), timeout, read_body)
+            .await;
+        let renewed = match &first {
+            Delivery::NoResponse {
+                kind: NoResponse::Tls,
+                ..
+            } => {
+                // A client certificate the server refused may have been
+                // rotated: read it again, and try once more if it changed.
+                let Some(sent) = certificate else {
+                    return first;
+                };
+                match self.client_for(auth, profile, Some(sent)).await {
+                    Ok((client, Some(read))) if read != sent => {
+                        tracing::info!(
+                            profile,
+                            "client certificate re-read after a TLS failure: trying once more"
+                        );
+                        return self
+                            .send(&client, msg, Some(&credential), timeout, read_body)
+                            .await
+                            .0;
+                    }
+                    _ => return first,
+                }
+            }
+            Delivery::Answered {
+                status, headers, ..
+            } => match auth
+                .renew(profile, &credential, *status, headers, &body)
+                .await
+            {
+                Renewal::Keep => return first,
+                Renewal::Failed(e) => return Delivery::AuthFailed(e),
+                Renewal::Retry(c) => c,
+            },
+            _ => return first,
         };
-        let renewed = match auth
-            .renew(profile, &credential, *status, headers, &body)
-            .await
-        {
-            Renewal::Keep => return first,
-            Renewal::Failed(e) => return Delivery::AuthFailed(e),
-            Renewal::Retry(c) => c,
-        };
-        let (mut second, body) = self.send(msg, Some(&renewed), timeout, read_body).await;
+        let (mut second, body) = self
+            .send(&client, msg, Some(&renewed), timeout, read_body)
+            .await;
         if let Delivery::Answered {
             status,
             headers,
@@ -252,16 +300,67 @@ impl Deliverer {
         second
     }
 
+    /// The client for a request under `profile`: the shared one, or the
+    /// profile's own when it presents a client certificate (built again when
+    /// the certificate was read anew with another value). `stale` names a
+    /// certificate the server refused, to read it again.
+    async fn client_for(
+        &self,
+        auth: &Authenticator,
+        profile: &str,
+        stale: Option<(u64, u64)>,
+    ) -> Result<(reqwest::Client, Option<(u64, u64)>), AuthError> {
+        if !auth.has_client_certificate(profile) {
+            return Ok((self.client.clone(), None));
+        }
+        let Some(read) = auth.client_certificate(profile, stale).await? else {
+            return Ok((self.client.clone(), None));
+        };
+        let generation = read.generation;
+        {
+            let mut clients = self.tls_clients.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(held) = clients.get_mut(profile) {
+                if held.read.generation == generation || held.read.same_pem(&read) {
+                    held.read.generation = generation;
+                    return Ok((held.client.clone(), Some(generation)));
+                }
+            }
+        }
+        let identity = read.identity().map_err(|e| {
+            AuthError::Rejected(format!(
+                "the client certificate of profile {profile:?}: {e}"
+            ))
+        })?;
+        let client = self.settings.client(Some(identity)).map_err(|e| {
+            AuthError::Rejected(format!(
+                "profile {profile:?}: cannot build a client with its certificate ({})",
+                e.without_url()
+            ))
+        })?;
+        self.tls_clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                profile.to_owned(),
+                TlsClient {
+                    read,
+                    client: client.clone(),
+                },
+            );
+        Ok((client, Some(generation)))
+    }
+
     /// One HTTP exchange. Returns the body too when it is a 401 and
     /// `read_401_body` (for the expired-token rule), else an empty one.
     async fn send(
         &self,
+        client: &reqwest::Client,
         msg: &RetryMessage,
         credential: Option<&Credential>,
         timeout: Duration,
         read_401_body: bool,
     ) -> (Delivery, Vec<u8>) {
-        let request = match self.build(msg, credential, timeout) {
+        let request = match build(client, msg, credential, timeout) {
             Ok(r) => r,
             Err(reason) => return (Delivery::Invalid(reason), Vec::new()),
         };
@@ -269,7 +368,7 @@ impl Deliverer {
             Some(slots) => Some(slots.acquire(&msg.destination_url).await),
             None => None,
         };
-        match self.client.execute(request).await {
+        match client.execute(request).await {
             Ok(mut response) => {
                 let status = response.status().as_u16();
                 let headers = std::mem::take(response.headers_mut());
@@ -292,36 +391,84 @@ impl Deliverer {
             Err(e) => (transport_failure(e), Vec::new()),
         }
     }
+}
 
-    fn build(
-        &self,
-        msg: &RetryMessage,
-        credential: Option<&Credential>,
-        timeout: Duration,
-    ) -> Result<reqwest::Request, String> {
-        let method = reqwest::Method::from_bytes(msg.request.method.as_bytes())
-            .map_err(|_| "request.method: not a valid method".to_owned())?;
-        let mut headers = request_headers(msg)?;
-        if let Some(c) = credential {
-            // Replaces the message's own (stale) header of that name.
-            headers.insert(c.name.clone(), c.value.clone());
-        }
-        // Set here rather than as the client's default header, which the
-        // client would copy into every request; the message's own wins.
-        headers
-            .entry(http::header::USER_AGENT)
-            .or_insert(HeaderValue::from_static(USER_AGENT));
-        let mut builder = self
-            .client
-            .request(method, msg.destination_url.clone())
-            .headers(headers)
-            .timeout(timeout);
-        if msg.request.body.is_some() {
-            let body = msg.body_bytes().map_err(|e| e.to_string())?;
-            builder = builder.body(body.into_owned());
-        }
-        builder.build().map_err(|e| e.without_url().to_string())
+/// The request as it will be sent. A credential is applied last, after
+/// every other header is final, so a signature covers exactly what is sent.
+fn build(
+    client: &reqwest::Client,
+    msg: &RetryMessage,
+    credential: Option<&Credential>,
+    timeout: Duration,
+) -> Result<reqwest::Request, String> {
+    let method = reqwest::Method::from_bytes(msg.request.method.as_bytes())
+        .map_err(|_| "request.method: not a valid method".to_owned())?;
+    let mut headers = request_headers(msg)?;
+    // Set here rather than as the client's default header, which the
+    // client would copy into every request; the message's own wins.
+    headers
+        .entry(http::header::USER_AGENT)
+        .or_insert(HeaderValue::from_static(USER_AGENT));
+    let mut builder = client
+        .request(method, msg.destination_url.clone())
+        .headers(headers)
+        .timeout(timeout);
+    if msg.request.body.is_some() {
+        let body = msg.body_bytes().map_err(|e| e.to_string())?;
+        builder = builder.body(body.into_owned());
     }
+    let mut request = builder.build().map_err(|e| e.without_url().to_string())?;
+    if let Some(c) = credential {
+        c.apply(&mut request, &msg.id, SystemTime::now())?;
+    }
+    Ok(request)
+}
+
+/// What every client of the deliverer shares; a profile's client adds its
+/// certificate.
+#[derive(Clone)]
+struct ClientSettings {
+    resolver: Arc<GuardedResolver>,
+    max_idle_per_host: usize,
+    timeout: Duration,
+    ca_bundle: Option<crate::tls::CaBundle>,
+}
+
+impl std::fmt::Debug for ClientSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSettings")
+            .field("ca_bundle", &self.ca_bundle)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientSettings {
+    /// A client that follows no redirect, resolves through the destination
+    /// policy and trusts the public roots plus `CA_BUNDLE`'s; with
+    /// `identity`, it presents that client certificate when asked.
+    fn client(
+        &self,
+        identity: Option<reqwest::Identity>,
+    ) -> Result<reqwest::Client, reqwest::Error> {
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::clone(&self.resolver) as Arc<dyn reqwest::dns::Resolve>)
+            .pool_max_idle_per_host(self.max_idle_per_host)
+            .connect_timeout(self.timeout)
+            .no_proxy()
+            .tls_certs_only(crate::tls::trusted_roots(self.ca_bundle.as_ref()));
+        if let Some(identity) = identity {
+            builder = builder.identity(identity);
+        }
+        builder.build()
+    }
+}
+
+/// A profile's client and the certificate it presents.
+#[derive(Debug)]
+struct TlsClient {
+    read: CertificateRead,
+    client: reqwest::Client,
 }
 
 /// The headers to send: the message's, filtered, plus `Idempotency-Key`.

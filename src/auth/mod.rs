@@ -1,7 +1,8 @@
-//! Auth profiles (spec §3, §5, §8.3, §8.4): the processor, never the
+//! Auth profiles (spec §3, §5, §8.3, §8.4, §10): the processor, never the
 //! message, holds the credentials a destination wants.
 //!
-//! `AUTH_PROFILES` names profiles; a message picks one with `auth`:
+//! `AUTH_PROFILES` names profiles ([`profiles`]); a message picks one with
+//! `auth`:
 //!
 //! * `oauth2-client-credentials`: a bearer token from the profile's token
 //!   URL, cached for its lifetime (refreshed a little before `expires_in`,
@@ -10,19 +11,31 @@
 //!   `expiredToken` rule forces **one** refresh and one immediate retry of
 //!   that record.
 //! * `header`: a static header, such as an API key.
+//! * `aws-sigv4`: an AWS Signature Version 4 with the process's own AWS
+//!   credentials (the standard chain, read on first use and cached until
+//!   shortly before they expire).
+//! * `standard-webhooks`: `webhook-id`, `webhook-timestamp` and
+//!   `webhook-signature` from a `whsec_` secret.
+//! * any profile may carry `clientCertificate` (PEM certificate and key) for
+//!   mutual TLS; a profile may be that alone.
+//!
+//! Signatures ([`sign`]) are computed on the request as it is sent, after
+//! every other header is final, once per request: a retry gets a fresh
+//! timestamp and signature.
 //!
 //! Secrets come from an environment variable (`clientSecretEnv`,
-//! `valueEnv`; read at start-up, so a missing one stops the function) or
-//! from AWS Secrets Manager (`clientSecretArn`, `valueArn`, with `jsonKey`
-//! to pick a field of a JSON secret), read on first use and kept for at most
-//! `SECRET_TTL_SECONDS`.
+//! `valueEnv`, `secretEnv`, `certEnv`, `keyEnv`; read at start-up, so a
+//! missing one stops the function) or from AWS Secrets Manager (the `…Arn`
+//! fields, with `jsonKey` to pick a field of a JSON secret), read on first
+//! use and kept for at most `SECRET_TTL_SECONDS`.
 //!
 //! **Rotation.** A Secrets Manager secret is read again at once when the
 //! token endpoint refuses the client's credentials (400 `invalid_client`,
-//! 401, 403), or when a destination answers 401 or 403 to a `header`
-//! profile's request. If the value changed, the token request (or the
-//! destination request) is made once more within the same attempt. Only
-//! credentials still refused after that are non-retryable.
+//! 401, 403), when a destination answers 401 or 403 to a `header` or
+//! `standard-webhooks` profile's request, or when the TLS handshake of a
+//! profile with a client certificate fails. If the value changed, the token
+//! request (or the destination request) is made once more within the same
+//! attempt. Only credentials still refused after that are non-retryable.
 //!
 //! **One fetch, shared.** Tokens and secrets are fetched by one record at a
 //! time; the records that waited share its result, success or failure, so a
@@ -30,20 +43,29 @@
 //! slow or failing (5xx, 429, other 4xx) token endpoints are retryable. The
 //! processor holds no request slot while a record waits here.
 //!
-//! Secret values, tokens and the headers carrying them never reach a log,
-//! an error text or a DLQ attribute: [`Secret`] has no `Display` and a
+//! Secret values, tokens, keys and the headers carrying them never reach a
+//! log, an error text or a DLQ attribute: [`Secret`] has no `Display` and a
 //! redacted `Debug`, header values are marked sensitive, and errors name
 //! only the profile and the status.
+//!
+//! Nothing here is loaded before a record needs it: no AWS credentials, no
+//! certificate and no client while no message names such a profile.
+
+pub mod profiles;
+pub mod sign;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
-use url::Url;
+
+pub use profiles::{AuthProfiles, ClientAuth};
+use profiles::{Kind, ProfileSpec, SecretSource};
+use sign::{SigV4, WebhookKey};
 
 /// A secret value: only [`Secret::expose`] shows it.
 #[derive(Clone, PartialEq, Eq)]
@@ -62,233 +84,6 @@ impl Secret {
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret([redacted])")
-    }
-}
-
-/// `AUTH_PROFILES`, parsed and checked at start-up.
-#[derive(Debug, Clone, Default)]
-pub struct AuthProfiles {
-    profiles: HashMap<String, ProfileSpec>,
-}
-
-#[derive(Debug, Clone)]
-enum ProfileSpec {
-    OAuth2 {
-        token_url: Url,
-        client_id: String,
-        secret: SecretSource,
-        scope: Option<String>,
-        audience: Option<String>,
-        client_auth: ClientAuth,
-        expired: ExpiredTokenRule,
-    },
-    Header {
-        name: HeaderName,
-        value: SecretSource,
-        prefix: Option<String>,
-    },
-}
-
-#[derive(Debug, Clone)]
-enum SecretSource {
-    /// Read from the environment at start-up.
-    Value(Secret),
-    /// Fetched from Secrets Manager on first use.
-    SecretsManager {
-        arn: String,
-        json_key: Option<String>,
-    },
-}
-
-/// How the client secret reaches the token endpoint.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ClientAuth {
-    /// HTTP Basic (`client_secret_basic`), the OAuth 2 default.
-    #[default]
-    Basic,
-    /// In the form body (`client_secret_post`).
-    Form,
-}
-
-/// When a 401 means "your token expired".
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExpiredTokenRule {
-    pub status: u16,
-    /// The answer's body contains this.
-    pub body_contains: Option<String>,
-    /// The `WWW-Authenticate` header contains this.
-    pub header_contains: Option<String>,
-}
-
-impl Default for ExpiredTokenRule {
-    /// Spec §5: `WWW-Authenticate` with `error="invalid_token"`, or a
-    /// body containing `expired`.
-    fn default() -> ExpiredTokenRule {
-        ExpiredTokenRule {
-            status: 401,
-            body_contains: Some("expired".into()),
-            header_contains: Some("error=\"invalid_token\"".into()),
-        }
-    }
-}
-
-impl ExpiredTokenRule {
-    /// Does this answer say the token expired? Either condition suffices.
-    pub fn matches(&self, status: u16, headers: &HeaderMap, body: &[u8]) -> bool {
-        if status != self.status {
-            return false;
-        }
-        let in_header = self.header_contains.as_deref().is_some_and(|needle| {
-            headers
-                .get_all(http::header::WWW_AUTHENTICATE)
-                .iter()
-                .any(|v| String::from_utf8_lossy(v.as_bytes()).contains(needle))
-        });
-        let in_body = self
-            .body_contains
-            .as_deref()
-            .is_some_and(|needle| String::from_utf8_lossy(body).contains(needle));
-        in_header || in_body
-    }
-}
-
-/// The JSON shape of one profile.
-#[derive(Deserialize)]
-#[serde(tag = "type", deny_unknown_fields)]
-enum ProfileJson {
-    #[serde(rename = "oauth2-client-credentials", rename_all = "camelCase")]
-    OAuth2 {
-        token_url: String,
-        client_id: String,
-        client_secret_env: Option<String>,
-        client_secret_arn: Option<String>,
-        json_key: Option<String>,
-        scope: Option<String>,
-        audience: Option<String>,
-        #[serde(default)]
-        client_auth: ClientAuth,
-        expired_token: Option<ExpiredTokenJson>,
-    },
-    #[serde(rename = "header", rename_all = "camelCase")]
-    Header {
-        name: String,
-        value_env: Option<String>,
-        value_arn: Option<String>,
-        json_key: Option<String>,
-        prefix: Option<String>,
-    },
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct ExpiredTokenJson {
-    status: Option<u16>,
-    body_contains: Option<String>,
-    header_contains: Option<String>,
-}
-
-impl AuthProfiles {
-    /// Parses `AUTH_PROFILES`; `env` reads the variables that hold secrets.
-    /// The error names the profile and the field, never a secret.
-    pub fn parse(json: &str, env: impl Fn(&str) -> Option<String>) -> Result<AuthProfiles, String> {
-        let raw: HashMap<String, serde_json::Value> = serde_json::from_str(json)
-            .map_err(|e| format!("not a JSON object of profiles ({e})"))?;
-        let mut profiles = HashMap::new();
-        for (name, value) in raw {
-            let spec: ProfileJson =
-                serde_json::from_value(value).map_err(|e| format!("profile {name:?}: {e}"))?;
-            let source = |env_var: Option<String>,
-                          arn: Option<String>,
-                          json_key: Option<String>,
-                          what: &str| {
-                match (env_var, arn) {
-                    (Some(var), None) => env(&var)
-                        .filter(|v| !v.is_empty())
-                        .map(|v| SecretSource::Value(Secret::new(v)))
-                        .ok_or_else(|| format!("profile {name:?}: {what}Env {var} is not set")),
-                    (None, Some(arn)) => Ok(SecretSource::SecretsManager { arn, json_key }),
-                    _ => Err(format!(
-                        "profile {name:?}: exactly one of {what}Env and {what}Arn is needed"
-                    )),
-                }
-            };
-            let spec = match spec {
-                ProfileJson::OAuth2 {
-                    token_url,
-                    client_id,
-                    client_secret_env,
-                    client_secret_arn,
-                    json_key,
-                    scope,
-                    audience,
-                    client_auth,
-                    expired_token,
-                } => {
-                    let token_url = Url::parse(&token_url)
-                        .ok()
-                        .filter(|u| matches!(u.scheme(), "http" | "https"))
-                        .ok_or_else(|| {
-                            format!("profile {name:?}: tokenUrl is not an http(s) URL")
-                        })?;
-                    let expired = match expired_token {
-                        None => ExpiredTokenRule::default(),
-                        Some(e) => ExpiredTokenRule {
-                            status: e.status.unwrap_or(401),
-                            body_contains: e.body_contains,
-                            header_contains: e.header_contains,
-                        },
-                    };
-                    ProfileSpec::OAuth2 {
-                        token_url,
-                        client_id,
-                        secret: source(
-                            client_secret_env,
-                            client_secret_arn,
-                            json_key,
-                            "clientSecret",
-                        )?,
-                        scope,
-                        audience,
-                        client_auth,
-                        expired,
-                    }
-                }
-                ProfileJson::Header {
-                    name: header,
-                    value_env,
-                    value_arn,
-                    json_key,
-                    prefix,
-                } => ProfileSpec::Header {
-                    name: HeaderName::from_bytes(header.as_bytes())
-                        .map_err(|_| format!("profile {name:?}: name is not a header name"))?,
-                    value: source(value_env, value_arn, json_key, "value")?,
-                    prefix,
-                },
-            };
-            profiles.insert(name, spec);
-        }
-        Ok(AuthProfiles { profiles })
-    }
-
-    pub fn contains(&self, name: &str) -> bool {
-        self.profiles.contains_key(name)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.profiles.is_empty()
-    }
-
-    /// Does any profile read Secrets Manager?
-    pub fn uses_secrets_manager(&self) -> bool {
-        self.profiles.values().any(|p| {
-            let source = match p {
-                ProfileSpec::OAuth2 { secret, .. } => secret,
-                ProfileSpec::Header { value, .. } => value,
-            };
-            matches!(source, SecretSource::SecretsManager { .. })
-        })
     }
 }
 
@@ -313,14 +108,71 @@ pub enum AuthError {
     Rejected(String),
 }
 
-/// The header that authenticates a request.
+/// What authenticates one request under a profile: a header, a signature
+/// computed on the request as sent, or nothing beyond the profile's client
+/// certificate.
 #[derive(Debug, Clone)]
 pub struct Credential {
-    pub name: HeaderName,
-    /// Marked sensitive.
-    pub value: HeaderValue,
+    applied: Applied,
     /// Which token or secret this was made from, to ask for a newer one.
     generation: u64,
+    /// The secret it was made from (header and webhook profiles), to tell
+    /// whether a re-read brought a new one.
+    made_from: Option<Secret>,
+}
+
+#[derive(Debug, Clone)]
+enum Applied {
+    /// Marked sensitive.
+    Header(HeaderName, HeaderValue),
+    Webhook(WebhookKey),
+    SigV4 {
+        credentials: aws_credential_types::Credentials,
+        service: String,
+        region: String,
+    },
+    Nothing,
+}
+
+impl Credential {
+    /// Applies the credential to the request as it will be sent: replaces
+    /// the message's header of that name, or signs method, URL, headers and
+    /// body at `now`. `id` is the Retry Message `id` (`webhook-id`).
+    pub fn apply(
+        &self,
+        request: &mut reqwest::Request,
+        id: &str,
+        now: SystemTime,
+    ) -> Result<(), String> {
+        let mut headers = std::mem::take(request.headers_mut());
+        let body = request
+            .body()
+            .and_then(reqwest::Body::as_bytes)
+            .unwrap_or_default();
+        let signed = match &self.applied {
+            Applied::Header(name, value) => {
+                headers.insert(name.clone(), value.clone());
+                Ok(())
+            }
+            Applied::Webhook(key) => key.sign(&mut headers, id, now, body),
+            Applied::SigV4 {
+                credentials,
+                service,
+                region,
+            } => {
+                let url = &request.url()[..url::Position::AfterQuery];
+                let signer = SigV4 {
+                    credentials,
+                    service,
+                    region,
+                };
+                signer.sign(request.method().as_str(), url, &mut headers, body, now)
+            }
+            Applied::Nothing => Ok(()),
+        };
+        *request.headers_mut() = headers;
+        signed
+    }
 }
 
 /// What to do after the destination answered a request sent with a
@@ -425,6 +277,11 @@ pub struct Authenticator {
     /// that start-up does not pay for it.
     http: tokio::sync::OnceCell<reqwest::Client>,
     secrets_manager: Option<SecretsManager>,
+    /// The process's AWS credentials and region, loaded for the first
+    /// `aws-sigv4` request.
+    aws: tokio::sync::OnceCell<AwsChain>,
+    aws_credentials: Flight<AwsCredentials>,
+    ca_bundle: Option<crate::tls::CaBundle>,
     timeout: Duration,
     secret_ttl: Duration,
 }
@@ -436,6 +293,69 @@ struct Profile {
     token: Flight<Token>,
     /// The secret as last read (Secrets Manager sources).
     secret: Flight<SecretRead>,
+    /// The client certificate and its key, as last read.
+    cert: Flight<SecretRead>,
+    key: Flight<SecretRead>,
+}
+
+/// The standard AWS credentials chain and the process's region.
+struct AwsChain {
+    provider: Option<aws_credential_types::provider::SharedCredentialsProvider>,
+    region: Option<String>,
+}
+
+#[derive(Clone)]
+struct AwsCredentials {
+    credentials: aws_credential_types::Credentials,
+    refresh_at: Instant,
+}
+
+/// AWS credentials are asked of the chain again this often, or this long
+/// before they expire, whichever is sooner.
+const AWS_CREDENTIALS_REFRESH: Duration = Duration::from_secs(300);
+
+/// A profile's client certificate as last read: the PEM certificate chain
+/// and key, and which reads they were.
+#[derive(Clone)]
+pub struct CertificateRead {
+    cert: Secret,
+    key: Secret,
+    /// Changes when either is read anew with a different value.
+    pub generation: (u64, u64),
+}
+
+impl fmt::Debug for CertificateRead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertificateRead")
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertificateRead {
+    /// The rustls client identity: the certificate chain, then the key.
+    pub fn identity(&self) -> Result<reqwest::Identity, String> {
+        identity(&self.cert, &self.key)
+    }
+
+    /// Are both texts those of `other`?
+    pub fn same_pem(&self, other: &CertificateRead) -> bool {
+        self.cert == other.cert && self.key == other.key
+    }
+}
+
+/// A client identity from PEM texts; the error names the part that is
+/// wrong, never its content.
+pub(crate) fn identity(cert: &Secret, key: &Secret) -> Result<reqwest::Identity, String> {
+    if !cert.expose().contains("-----BEGIN CERTIFICATE-----") {
+        return Err("the certificate is not a PEM certificate".into());
+    }
+    if !key.expose().contains("PRIVATE KEY-----") {
+        return Err("the key is not a PEM private key".into());
+    }
+    let pem = format!("{}\n{}", cert.expose(), key.expose());
+    reqwest::Identity::from_pem(pem.as_bytes())
+        .map_err(|_| "the certificate or the key cannot be read as PEM".into())
 }
 
 impl fmt::Debug for Authenticator {
@@ -465,6 +385,8 @@ impl Authenticator {
                         spec: spec.clone(),
                         token: Flight::new(),
                         secret: Flight::new(),
+                        cert: Flight::new(),
+                        key: Flight::new(),
                     };
                     (name.clone(), profile)
                 })
@@ -472,9 +394,18 @@ impl Authenticator {
             generation: AtomicU64::new(0),
             http: tokio::sync::OnceCell::new(),
             secrets_manager,
+            aws: tokio::sync::OnceCell::new(),
+            aws_credentials: Flight::new(),
+            ca_bundle: None,
             timeout,
             secret_ttl,
         }
+    }
+
+    /// Token endpoints behind a private CA: these roots are trusted too.
+    pub fn with_ca_bundle(mut self, bundle: Option<crate::tls::CaBundle>) -> Authenticator {
+        self.ca_bundle = bundle;
+        self
     }
 
     fn next_generation(&self) -> u64 {
@@ -491,7 +422,7 @@ impl Authenticator {
                     .user_agent(concat!("retryq/", env!("CARGO_PKG_VERSION")))
                     .timeout(self.timeout)
                     .no_proxy()
-                    .tls_certs_only(crate::tls::trusted_roots())
+                    .tls_certs_only(crate::tls::trusted_roots(self.ca_bundle.as_ref()))
                     .build()
                     .map_err(|e| {
                         AuthError::Unavailable(format!("cannot build the token client: {e}"))
@@ -510,15 +441,27 @@ impl Authenticator {
         })
     }
 
-    /// The header for a request under `profile`.
+    /// What authenticates a request under `profile`.
     pub async fn credential(&self, profile: &str) -> Result<Credential, AuthError> {
         let p = self.profile(profile)?;
-        match &p.spec {
-            ProfileSpec::Header { .. } => {
-                let secret = self.secret(profile, p, None).await?;
-                header_credential(profile, &p.spec, &secret)
+        match &p.spec.kind {
+            Kind::Header { value, .. } => {
+                let secret = self.secret(profile, value, &p.secret, None).await?;
+                header_credential(profile, &p.spec.kind, &secret)
             }
-            ProfileSpec::OAuth2 { .. } => self.token(profile, p, None).await,
+            Kind::StandardWebhooks { secret } => {
+                let secret = self.secret(profile, secret, &p.secret, None).await?;
+                webhook_credential(profile, &secret)
+            }
+            Kind::OAuth2 { .. } => self.token(profile, p, None).await,
+            Kind::SigV4 { service, region } => {
+                self.sigv4(profile, service, region.as_deref()).await
+            }
+            Kind::CertificateOnly => Ok(Credential {
+                applied: Applied::Nothing,
+                generation: 0,
+                made_from: None,
+            }),
         }
     }
 
@@ -527,7 +470,8 @@ impl Authenticator {
     ///
     /// * OAuth 2: an answer that matches the profile's `expiredToken` rule
     ///   gets a new token.
-    /// * Header profiles: a 401 or 403 re-reads the secret (it may have been
+    /// * Header and Standard Webhooks profiles with a Secrets Manager
+    ///   secret: a 401 or 403 re-reads the secret (it may have been
     ///   rotated); a new value gets one more try, the same value lets the
     ///   answer stand.
     pub async fn renew(
@@ -541,33 +485,144 @@ impl Authenticator {
         let Ok(p) = self.profile(profile) else {
             return Renewal::Keep;
         };
-        match &p.spec {
-            ProfileSpec::OAuth2 { .. } if self.says_expired(profile, status, headers, body) => {
+        let rotated = match &p.spec.kind {
+            Kind::OAuth2 { .. } if self.says_expired(profile, status, headers, body) => {
                 tracing::debug!(profile, "token expired: refreshing and retrying once");
-                match self.token(profile, p, Some(sent.generation)).await {
+                return match self.token(profile, p, Some(sent.generation)).await {
                     Ok(c) => Renewal::Retry(c),
                     Err(e) => Renewal::Failed(e),
-                }
+                };
             }
-            ProfileSpec::Header {
-                value: SecretSource::SecretsManager { .. },
-                ..
-            } if matches!(status, 401 | 403) => {
-                match self.secret(profile, p, Some(sent.generation)).await {
-                    Ok(s) if !same(&s.value, sent, &p.spec) => {
-                        tracing::info!(
-                            profile,
-                            status,
-                            "secret re-read after a refusal: a new value, trying once more"
-                        );
-                        header_credential(profile, &p.spec, &s)
-                            .map_or(Renewal::Keep, Renewal::Retry)
-                    }
-                    _ => Renewal::Keep,
-                }
+            Kind::Header { value: source, .. } | Kind::StandardWebhooks { secret: source }
+                if matches!(source, SecretSource::SecretsManager { .. })
+                    && matches!(status, 401 | 403) =>
+            {
+                source
+            }
+            _ => return Renewal::Keep,
+        };
+        match self
+            .secret(profile, rotated, &p.secret, Some(sent.generation))
+            .await
+        {
+            Ok(s) if sent.made_from.as_ref() != Some(&s.value) => {
+                tracing::info!(
+                    profile,
+                    status,
+                    "secret re-read after a refusal: a new value, trying once more"
+                );
+                let renewed = match &p.spec.kind {
+                    Kind::StandardWebhooks { .. } => webhook_credential(profile, &s),
+                    kind => header_credential(profile, kind, &s),
+                };
+                renewed.map_or(Renewal::Keep, Renewal::Retry)
             }
             _ => Renewal::Keep,
         }
+    }
+
+    /// Does the profile present a client certificate?
+    pub fn has_client_certificate(&self, profile: &str) -> bool {
+        self.profiles
+            .get(profile)
+            .is_some_and(|p| p.spec.client_certificate.is_some())
+    }
+
+    /// The profile's client certificate, if it has one: as held, or read
+    /// anew when its TTL ran out, or when `stale` names the reads of a
+    /// certificate the server's TLS handshake refused.
+    pub async fn client_certificate(
+        &self,
+        profile: &str,
+        stale: Option<(u64, u64)>,
+    ) -> Result<Option<CertificateRead>, AuthError> {
+        let p = self.profile(profile)?;
+        let Some(c) = &p.spec.client_certificate else {
+            return Ok(None);
+        };
+        let cert = self
+            .secret(profile, &c.cert, &p.cert, stale.map(|s| s.0))
+            .await?;
+        let key = self
+            .secret(profile, &c.key, &p.key, stale.map(|s| s.1))
+            .await?;
+        Ok(Some(CertificateRead {
+            generation: (cert.generation, key.generation),
+            cert: cert.value,
+            key: key.value,
+        }))
+    }
+
+    /// A SigV4 credential: the process's AWS credentials from the standard
+    /// chain, asked for on first use and kept until shortly before they
+    /// expire.
+    async fn sigv4(
+        &self,
+        profile: &str,
+        service: &str,
+        region: Option<&str>,
+    ) -> Result<Credential, AuthError> {
+        let chain = self
+            .aws
+            .get_or_init(|| async {
+                let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+                AwsChain {
+                    provider: sdk.credentials_provider(),
+                    region: sdk.region().map(|r| r.to_string()),
+                }
+            })
+            .await;
+        let region = region
+            .map(str::to_owned)
+            .or_else(|| chain.region.clone())
+            .ok_or_else(|| {
+                AuthError::Rejected(format!(
+                    "profile {profile:?} names no region and AWS_REGION is not set"
+                ))
+            })?;
+        let provider = chain.provider.as_ref().ok_or_else(|| {
+            AuthError::Rejected(format!("profile {profile:?}: no AWS credentials chain"))
+        })?;
+        let usable = |c: &AwsCredentials| Instant::now() < c.refresh_at;
+        let held = self
+            .aws_credentials
+            .get(usable, |_| async {
+                use aws_credential_types::provider::ProvideCredentials;
+                let credentials =
+                    tokio::time::timeout(self.timeout, provider.provide_credentials())
+                        .await
+                        .map_err(|_| {
+                            AuthError::Unavailable(format!(
+                                "AWS credentials timed out for profile {profile:?}"
+                            ))
+                        })?
+                        .map_err(|_| {
+                            AuthError::Unavailable(format!(
+                                "no AWS credentials for profile {profile:?}"
+                            ))
+                        })?;
+                let until_expiry = credentials
+                    .expiry()
+                    .and_then(|e| e.duration_since(SystemTime::now()).ok())
+                    .map_or(AWS_CREDENTIALS_REFRESH * 2, |d| d);
+                let refresh_in = until_expiry
+                    .saturating_sub(AWS_CREDENTIALS_REFRESH)
+                    .min(AWS_CREDENTIALS_REFRESH);
+                Ok(AwsCredentials {
+                    credentials,
+                    refresh_at: crate::clock::later(refresh_in),
+                })
+            })
+            .await?;
+        Ok(Credential {
+            applied: Applied::SigV4 {
+                credentials: held.credentials,
+                service: service.to_owned(),
+                region,
+            },
+            generation: 0,
+            made_from: None,
+        })
     }
 
     /// Does this answer say the profile's token expired? (Only OAuth 2
@@ -579,15 +634,15 @@ impl Authenticator {
         headers: &HeaderMap,
         body: &[u8],
     ) -> bool {
-        match self.profiles.get(profile).map(|p| &p.spec) {
-            Some(ProfileSpec::OAuth2 { expired, .. }) => expired.matches(status, headers, body),
+        match self.profiles.get(profile).map(|p| &p.spec.kind) {
+            Some(Kind::OAuth2 { expired, .. }) => expired.matches(status, headers, body),
             _ => false,
         }
     }
 
     /// Whether a 401 body must be read to apply the profile's rule.
     pub fn needs_body(&self, profile: &str) -> bool {
-        matches!(self.profiles.get(profile).map(|p| &p.spec), Some(ProfileSpec::OAuth2 { expired, .. }) if expired.body_contains.is_some())
+        matches!(self.profiles.get(profile).map(|p| &p.spec.kind), Some(Kind::OAuth2 { expired, .. }) if expired.body_contains.is_some())
     }
 
     /// The profile's token: the cached one unless it is due for refresh or
@@ -604,9 +659,12 @@ impl Authenticator {
             .get(usable, |_| self.fetch_token(profile, p))
             .await?;
         Ok(Credential {
-            name: http::header::AUTHORIZATION,
-            value: sensitive(&format!("Bearer {}", token.value.expose()), profile)?,
+            applied: Applied::Header(
+                http::header::AUTHORIZATION,
+                sensitive(&format!("Bearer {}", token.value.expose()), profile)?,
+            ),
             generation: token.generation,
+            made_from: None,
         })
     }
 
@@ -615,15 +673,21 @@ impl Authenticator {
     /// read again and, if it changed, tried once more: a rotation is not a
     /// reason to dead-letter.
     async fn fetch_token(&self, profile: &str, p: &Profile) -> Result<Token, AuthError> {
-        let secret = self.secret(profile, p, None).await?;
-        match self.request_token(profile, &p.spec, &secret.value).await {
+        let Kind::OAuth2 { secret: source, .. } = &p.spec.kind else {
+            unreachable!("only OAuth 2 profiles have tokens")
+        };
+        let secret = self.secret(profile, source, &p.secret, None).await?;
+        match self
+            .request_token(profile, &p.spec.kind, &secret.value)
+            .await
+        {
             Err(TokenError::Rejected(status)) => {
-                let fresh = match &p.spec {
-                    ProfileSpec::OAuth2 {
-                        secret: SecretSource::SecretsManager { .. },
-                        ..
-                    } => self.secret(profile, p, Some(secret.generation)).await?,
-                    _ => return Err(rejected(profile, status)),
+                let fresh = match source {
+                    SecretSource::SecretsManager { .. } => {
+                        self.secret(profile, source, &p.secret, Some(secret.generation))
+                            .await?
+                    }
+                    SecretSource::Value(_) => return Err(rejected(profile, status)),
                 };
                 if fresh.value == secret.value {
                     return Err(rejected(profile, status));
@@ -633,7 +697,7 @@ impl Authenticator {
                     status,
                     "token endpoint refused the client secret; re-read it and trying once more"
                 );
-                self.request_token(profile, &p.spec, &fresh.value)
+                self.request_token(profile, &p.spec.kind, &fresh.value)
                     .await
                     .map_err(|e| e.into_auth(profile))
             }
@@ -645,10 +709,10 @@ impl Authenticator {
     async fn request_token(
         &self,
         profile: &str,
-        spec: &ProfileSpec,
+        spec: &Kind,
         client_secret: &Secret,
     ) -> Result<Token, TokenError> {
-        let ProfileSpec::OAuth2 {
+        let Kind::OAuth2 {
             token_url,
             client_id,
             scope,
@@ -712,20 +776,17 @@ impl Authenticator {
         })
     }
 
-    /// The profile's secret. Environment values never change; a Secrets
-    /// Manager value is read again after `SECRET_TTL_SECONDS`, or at once
-    /// when `stale` names the read that was refused (one reader at a time;
-    /// the others share what it read).
+    /// One of the profile's secrets, held in `held`. Environment values
+    /// never change; a Secrets Manager value is read again after
+    /// `SECRET_TTL_SECONDS`, or at once when `stale` names the read that was
+    /// refused (one reader at a time; the others share what it read).
     async fn secret(
         &self,
         profile: &str,
-        p: &Profile,
+        source: &SecretSource,
+        held: &Flight<SecretRead>,
         stale: Option<u64>,
     ) -> Result<SecretRead, AuthError> {
-        let source = match &p.spec {
-            ProfileSpec::OAuth2 { secret, .. } => secret,
-            ProfileSpec::Header { value, .. } => value,
-        };
         let (arn, json_key) = match source {
             SecretSource::Value(s) => {
                 return Ok(SecretRead {
@@ -737,7 +798,7 @@ impl Authenticator {
             SecretSource::SecretsManager { arn, json_key } => (arn, json_key.as_deref()),
         };
         let usable = |s: &SecretRead| Instant::now() < s.refresh_at && stale != Some(s.generation);
-        p.secret
+        held
             .get(usable, |held| async move {
                 match self.fetch_secret(profile, arn, json_key).await {
                     Ok(value) => Ok(SecretRead {
@@ -886,34 +947,39 @@ fn credentials_refused(status: u16, body: &[u8]) -> bool {
     }
 }
 
-/// A header profile's credential from its secret.
+/// A header profile's credential from its secret (after the profile's
+/// `prefix`, if any).
 fn header_credential(
     profile: &str,
-    spec: &ProfileSpec,
+    kind: &Kind,
     secret: &SecretRead,
 ) -> Result<Credential, AuthError> {
-    let ProfileSpec::Header { name, .. } = spec else {
-        unreachable!("only header profiles")
+    let Kind::Header { name, prefix, .. } = kind else {
+        return Err(AuthError::Rejected(format!(
+            "profile {profile:?} is not a header profile"
+        )));
     };
+    let text = format!(
+        "{}{}",
+        prefix.as_deref().unwrap_or(""),
+        secret.value.expose()
+    );
     Ok(Credential {
-        name: name.clone(),
-        value: sensitive(&header_text(spec, &secret.value), profile)?,
+        applied: Applied::Header(name.clone(), sensitive(&text, profile)?),
         generation: secret.generation,
+        made_from: Some(secret.value.clone()),
     })
 }
 
-/// The value a header profile sends: its prefix, then the secret.
-fn header_text(spec: &ProfileSpec, secret: &Secret) -> String {
-    let prefix = match spec {
-        ProfileSpec::Header { prefix, .. } => prefix.as_deref().unwrap_or(""),
-        ProfileSpec::OAuth2 { .. } => "",
-    };
-    format!("{prefix}{}", secret.expose())
-}
-
-/// Would `secret` make the same header as `sent`?
-fn same(secret: &Secret, sent: &Credential, spec: &ProfileSpec) -> bool {
-    sent.value.as_bytes() == header_text(spec, secret).as_bytes()
+/// A Standard Webhooks profile's credential from its `whsec_` secret.
+fn webhook_credential(profile: &str, secret: &SecretRead) -> Result<Credential, AuthError> {
+    let key = WebhookKey::parse(&secret.value)
+        .map_err(|e| AuthError::Rejected(format!("the secret of profile {profile:?} is {e}")))?;
+    Ok(Credential {
+        applied: Applied::Webhook(key),
+        generation: secret.generation,
+        made_from: Some(secret.value.clone()),
+    })
 }
 
 fn sensitive(text: &str, profile: &str) -> Result<HeaderValue, AuthError> {
@@ -1011,7 +1077,7 @@ mod tests {
 
     #[test]
     fn the_default_expired_rule_reads_the_header_or_the_body() {
-        let rule = ExpiredTokenRule::default();
+        let rule = profiles::ExpiredTokenRule::default();
         let mut h = HeaderMap::new();
         assert!(!rule.matches(401, &h, b"nope"));
         assert!(rule.matches(401, &h, b"{\"error\":\"token expired\"}"));
@@ -1028,7 +1094,7 @@ mod tests {
     #[test]
     fn a_custom_rule_replaces_the_default() {
         let p = AuthProfiles::parse(CONTRACT_EXAMPLE, env).unwrap();
-        let ProfileSpec::OAuth2 { expired, .. } = &p.profiles["partner-x"] else {
+        let Kind::OAuth2 { expired, .. } = &p.profiles["partner-x"].kind else {
             panic!("partner-x is an OAuth 2 profile")
         };
         let h = HeaderMap::new();
