@@ -14,6 +14,7 @@ mod cli;
 mod end_to_end;
 mod fifo;
 mod fleet;
+mod interop;
 mod lambda_watch;
 mod protection;
 mod reliability;

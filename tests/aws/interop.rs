@@ -1,0 +1,587 @@
+//! Auth profiles and TLS trust (spec §10) checked by implementations retryq
+//! did not write:
+//!
+//! * Standard Webhooks signatures by the `standardwebhooks` package (PyPI);
+//! * SigV4 signatures by botocore's own signer, over the request exactly as
+//!   the destination received it;
+//! * mutual TLS and `CA_BUNDLE` against an HTTPS destination served by
+//!   Python's `ssl` module (OpenSSL), with certificates minted by `rcgen`.
+//!
+//! The Python checks live in `tests/interop/`. A signature the reference
+//! refuses fails the test; each check also proves it would refuse a changed
+//! body.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::common::*;
+
+fn python() -> Command {
+    Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
+}
+
+fn interop_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/interop")
+        .join(name)
+}
+
+/// Runs `verify.py args…` on a request the destination received: the
+/// script's JSON answer, or why the reference refused it.
+fn verify(args: &[&str], request: &wiremock::Request) -> Result<serde_json::Value, String> {
+    let headers: Vec<(String, String)> = request
+        .headers
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let input = serde_json::json!({
+        "method": request.method.as_str(),
+        "url": request.url.as_str(),
+        "headers": headers,
+        "body": base64::engine::general_purpose::STANDARD.encode(&request.body),
+    });
+    let mut child = python()
+        .arg(interop_script("verify.py"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs tests/interop/verify.py");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("verify.py {args:?} did not finish within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).expect("verify.py prints JSON"))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// A fresh `whsec_` secret.
+fn webhook_secret() -> String {
+    let key: Vec<u8> = (0..24).map(|_| fastrand::u8(..)).collect();
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(key)
+    )
+}
+
+/// A destination answering `statuses` in turn, then 204.
+async fn answering_in_turn(statuses: &[u16]) -> MockServer {
+    let server = MockServer::start().await;
+    for &status in statuses {
+        Mock::given(wiremock::matchers::any())
+            .respond_with(ResponseTemplate::new(status))
+            .up_to_n_times(1)
+            .mount(&server)
+            .await;
+    }
+    Mock::given(wiremock::matchers::any())
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&server)
+        .await;
+    server
+}
+
+/// Sends `body`, receives it (within 20 s) and runs it through the handler;
+/// the ids the handler reported as failed.
+async fn once(
+    sqs: &aws_sdk_sqs::Client,
+    q: &TestQueue,
+    p: &Arc<retryq::process::Processor>,
+    body: &str,
+) -> Vec<String> {
+    send(sqs, q, body).await;
+    redeliver(sqs, q, p).await
+}
+
+/// Receives the one message in `q` (within 20 s) and runs the handler.
+async fn redeliver(
+    sqs: &aws_sdk_sqs::Client,
+    q: &TestQueue,
+    p: &Arc<retryq::process::Processor>,
+) -> Vec<String> {
+    let received = receive_n(sqs, q, 1, Duration::from_secs(20)).await;
+    assert_eq!(received.len(), 1, "the message came back");
+    failures(&invoke(p, sqs, q, &received).await)
+}
+
+#[tokio::test]
+async fn standard_webhooks_signatures_verify_with_the_reference_library_on_every_attempt() {
+    let secret = webhook_secret();
+    let dest = answering_in_turn(&[503]).await;
+    let profiles = r#"{"hooks": {"type": "standard-webhooks", "secretEnv": "HOOK_SECRET"}}"#;
+    let (sqs, q, dlq, p) = with_dlq(
+        "webhooks",
+        &[
+            ("AUTH_PROFILES", profiles),
+            ("HOOK_SECRET", &secret),
+            ("BACKOFF_BASE_SECONDS", "1"),
+            ("BACKOFF_MAX_SECONDS", "1"),
+        ],
+    )
+    .await;
+    let body = message(
+        "order-7",
+        &format!("{}/hooks/orders", dest.uri()),
+        serde_json::json!({"auth": "hooks", "request": {
+            "method": "POST",
+            "headers": {"content-type": "application/json", "webhook-signature": "v1,stale"},
+            "body": "{\"order\":7,\"note\":\"caf\u{e9}\"}"
+        }}),
+    );
+
+    let first = once(&sqs, &q, &p, &body).await;
+    // The retry is at least a second later: a new timestamp, a new signature.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let second = redeliver(&sqs, &q, &p).await;
+
+    assert_eq!(first.len(), 1, "503: retried");
+    assert!(second.is_empty(), "delivered on the second attempt");
+    assert_eq!(depth(&sqs, &dlq).await, (0, 0));
+    let requests = dest.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 2);
+    let mut timestamps = Vec::new();
+    for r in &requests {
+        let checked = verify(&["webhook", &secret], r)
+            .unwrap_or_else(|e| panic!("standardwebhooks refused attempt: {e}"));
+        assert_eq!(
+            checked["webhook-id"], "order-7",
+            "webhook-id is the message id"
+        );
+        timestamps.push(checked["webhook-timestamp"].as_str().unwrap().to_owned());
+        assert_eq!(r.headers.get_all("webhook-signature").iter().count(), 1);
+    }
+    assert_ne!(timestamps[0], timestamps[1], "each attempt is signed anew");
+    // Another key's signature is refused by the same check.
+    assert!(verify(&["webhook", &webhook_secret()], &requests[0]).is_err());
+}
+
+#[tokio::test]
+async fn a_rotated_webhook_secret_is_read_again_after_a_401_and_the_request_signed_anew() {
+    let old = webhook_secret();
+    let new = webhook_secret();
+    let arn = create_secret("hook-secret", &old).await;
+    // Delivered, then refused once (the receiver has rotated), then delivered.
+    let dest = answering_in_turn(&[204, 401]).await;
+    let profiles = serde_json::json!({"hooks": {"type": "standard-webhooks", "secretArn": arn}});
+    let (sqs, q, dlq, p) = with_dlq(
+        "webhooks-rotate",
+        &[("AUTH_PROFILES", &profiles.to_string())],
+    )
+    .await;
+    let to = |id: &str| message(id, &dest.uri(), serde_json::json!({"auth": "hooks"}));
+
+    let before = once(&sqs, &q, &p, &to("w-1")).await;
+    rotate_secret(&arn, &new).await;
+    let after = once(&sqs, &q, &p, &to("w-2")).await;
+
+    assert!(
+        before.is_empty() && after.is_empty(),
+        "both delivered on their first receive"
+    );
+    assert_eq!(depth(&sqs, &dlq).await, (0, 0));
+    let r = dest.received_requests().await.unwrap();
+    assert_eq!(r.len(), 3, "one more request within the attempt, no more");
+    verify(&["webhook", &old], &r[0]).expect("first request: the old secret");
+    verify(&["webhook", &old], &r[1]).expect("refused request: the secret held");
+    verify(&["webhook", &new], &r[2]).expect("retry: the secret read again");
+}
+
+#[tokio::test]
+async fn sigv4_signatures_match_botocores_signer_for_the_request_as_received() {
+    let dest = answering_in_turn(&[]).await;
+    let profiles = r#"{
+        "gateway": {"type": "aws-sigv4", "service": "execute-api", "region": "eu-west-1"},
+        "function-url": {"type": "aws-sigv4", "service": "lambda"}
+    }"#;
+    let (sqs, q, dlq, p) = with_dlq("sigv4", &[("AUTH_PROFILES", profiles)]).await;
+    // Escapes, repeated and empty parameters, a header with inner spaces,
+    // a non-ASCII body: what canonical forms differ on.
+    let post = message(
+        "sig-1",
+        &format!(
+            "{}/prod/orders/a%20b/caf%C3%A9?b=2&a=1&a=0&empty=&sp=x%20y&slash=a%2Fb",
+            dest.uri()
+        ),
+        serde_json::json!({"auth": "gateway", "request": {
+            "method": "POST",
+            "headers": {"content-type": "application/json", "x-custom": "  a   b  ",
+                        "authorization": "Bearer stale", "x-amz-date": "20000101T000000Z"},
+            "body": "{\"order\":1,\"name\":\"\u{e9}t\u{e9}\"}"
+        }}),
+    );
+    let get = message(
+        "sig-2",
+        &format!("{}/?Action=Describe", dest.uri()),
+        serde_json::json!({"auth": "function-url", "request": {"method": "GET"}}),
+    );
+
+    let first = once(&sqs, &q, &p, &post).await;
+    let second = once(&sqs, &q, &p, &get).await;
+
+    assert!(first.is_empty() && second.is_empty(), "both delivered");
+    assert_eq!(depth(&sqs, &dlq).await, (0, 0));
+    let r = dest.received_requests().await.unwrap();
+    assert_eq!(r.len(), 2);
+    let checked = verify(&["sigv4", "execute-api", "eu-west-1"], &r[0])
+        .unwrap_or_else(|e| panic!("botocore disagrees: {e}"));
+    let signed = checked["signedHeaders"].as_str().unwrap();
+    for h in [
+        "content-type",
+        "host",
+        "idempotency-key",
+        "x-amz-content-sha256",
+        "x-amz-date",
+        "x-custom",
+    ] {
+        assert!(signed.split(';').any(|s| s == h), "{h} is signed: {signed}");
+    }
+    assert_eq!(r[0].headers.get_all("authorization").iter().count(), 1);
+    verify(&["sigv4", "lambda", "us-east-1"], &r[1])
+        .unwrap_or_else(|e| panic!("botocore disagrees (the process's region): {e}"));
+    assert!(
+        verify(&["sigv4", "lambda", "eu-west-1"], &r[1]).is_err(),
+        "another region's signature differs"
+    );
+}
+
+/// A certificate authority, and certificates it signs, as PEM files in a
+/// directory of their own.
+struct TestPki {
+    dir: PathBuf,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl TestPki {
+    fn new(name: &str) -> TestPki {
+        let dir = std::env::temp_dir().join(format!(
+            "retryq-pki-{name}-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "retryq test CA");
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().unwrap();
+        let ca = params.self_signed(&key).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        TestPki {
+            dir,
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.join(file).display().to_string()
+    }
+
+    /// A certificate for `name` (CN and, for servers, the names 127.0.0.1
+    /// and localhost): `(certificate PEM, key PEM)`, also written to
+    /// `{name}.pem` and `{name}.key`.
+    fn issue(&self, name: &str, purpose: ExtendedKeyUsagePurpose) -> (String, String) {
+        let sans = match purpose {
+            ExtendedKeyUsagePurpose::ServerAuth => vec!["127.0.0.1".into(), "localhost".into()],
+            _ => vec![],
+        };
+        let mut params = CertificateParams::new(sans).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![purpose];
+        params.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (cert, key) = (cert.pem(), key.serialize_pem());
+        std::fs::write(self.dir.join(format!("{name}.pem")), &cert).unwrap();
+        std::fs::write(self.dir.join(format!("{name}.key")), &key).unwrap();
+        (cert, key)
+    }
+}
+
+impl Drop for TestPki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `tests/interop/tls_destination.py`: an HTTPS server on loopback (OpenSSL
+/// through Python's `ssl`), stopped when dropped.
+struct TlsDestination {
+    _process: Running,
+    port: u16,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl TlsDestination {
+    /// Serves `server.pem`; with `client_ca`, requires a client certificate
+    /// that CA signed.
+    fn start(pki: &TestPki, client_ca: bool) -> TlsDestination {
+        let mut command = python();
+        command
+            .arg(interop_script("tls_destination.py"))
+            .args([pki.path("server.pem"), pki.path("server.key")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if client_ca {
+            command.arg(pki.path("ca.pem"));
+        }
+        let mut process = Running::spawn(command);
+        let stdout = process.0.stdout.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (port_tx, port_rx) = std::sync::mpsc::channel();
+        let lines = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(port) = line.strip_prefix("listening ") {
+                    let _ = port_tx.send(port.trim().parse::<u16>().unwrap());
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let port = port_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("tls_destination.py listens within 30 s");
+        TlsDestination {
+            _process: process,
+            port,
+            log,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.port)
+    }
+
+    /// The requests it answered, as `METHOD PATH client=CN`.
+    fn requests(&self) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| l.strip_prefix("request ").map(str::to_owned))
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn a_private_ca_is_trusted_only_with_ca_bundle() {
+    let pki = TestPki::new("bundle");
+    pki.issue("server", ExtendedKeyUsagePurpose::ServerAuth);
+    let dest = TlsDestination::start(&pki, false);
+    let bundle = pki.path("ca.pem");
+
+    let (sqs, q, dlq, without) = with_dlq("ca-without", &[("MAX_ATTEMPTS", "2")]).await;
+    let first = once(
+        &sqs,
+        &q,
+        &without,
+        &message("ca-1", &dest.url("/a"), serde_json::json!({})),
+    )
+    .await;
+    let (sqs2, q2, dlq2, with) = with_dlq("ca-with", &[("CA_BUNDLE", &bundle)]).await;
+    let delivered = once(
+        &sqs2,
+        &q2,
+        &with,
+        &message("ca-2", &dest.url("/b"), serde_json::json!({})),
+    )
+    .await;
+
+    assert_eq!(
+        first.len(),
+        1,
+        "an unknown issuer is a TLS failure: retryable"
+    );
+    assert_eq!(depth(&sqs, &dlq).await, (0, 0));
+    assert!(delivered.is_empty(), "trusted with the bundle");
+    assert_eq!(depth(&sqs2, &dlq2).await, (0, 0));
+    assert_eq!(dest.requests(), ["POST /b client=-"]);
+
+    // Its last attempt dead-letters it, saying it was TLS.
+    let (sqs3, q3, dlq3, last) = with_dlq("ca-last", &[("MAX_ATTEMPTS", "1")]).await;
+    once(
+        &sqs3,
+        &q3,
+        &last,
+        &message("ca-3", &dest.url("/c"), serde_json::json!({})),
+    )
+    .await;
+    let dead = receive_n(&sqs3, &dlq3, 1, Duration::from_secs(20)).await;
+    let last_error = attr(&dead[0], "LastError").unwrap();
+    assert!(last_error.starts_with("TLS failure"), "{last_error}");
+}
+
+#[tokio::test]
+async fn mutual_tls_is_refused_without_the_client_certificate_and_accepted_with_it() {
+    let pki = TestPki::new("mtls");
+    pki.issue("server", ExtendedKeyUsagePurpose::ServerAuth);
+    let (cert, key) = pki.issue("retryq-client", ExtendedKeyUsagePurpose::ClientAuth);
+    let (sm_cert, sm_key) = pki.issue("retryq-from-sm", ExtendedKeyUsagePurpose::ClientAuth);
+    let cert_arn = create_secret("client-cert", &sm_cert).await;
+    let key_arn = create_secret("client-key", &sm_key).await;
+    let dest = TlsDestination::start(&pki, true);
+    let profiles = serde_json::json!({
+        "partner": {"clientCertificate": {"certEnv": "CLIENT_CERT", "keyEnv": "CLIENT_KEY"}},
+        "partner-key": {"type": "header", "name": "x-api-key", "valueEnv": "API_KEY",
+                        "clientCertificate": {"certArn": cert_arn, "keyArn": key_arn}}
+    });
+    let bundle = pki.path("ca.pem");
+    let (sqs, q, dlq, p) = with_dlq(
+        "mtls",
+        &[
+            ("CA_BUNDLE", &bundle),
+            ("AUTH_PROFILES", &profiles.to_string()),
+            ("CLIENT_CERT", &cert),
+            ("CLIENT_KEY", &key),
+            ("API_KEY", "k"),
+        ],
+    )
+    .await;
+
+    let without = once(
+        &sqs,
+        &q,
+        &p,
+        &message("m-0", &dest.url("/none"), serde_json::json!({})),
+    )
+    .await;
+    // The queue holds the refused one back for its backoff; the others are
+    // sent and received one at a time.
+    let q2 = queue(&sqs, "mtls-2").await;
+    let with = once(
+        &sqs,
+        &q2,
+        &p,
+        &message(
+            "m-1",
+            &dest.url("/env"),
+            serde_json::json!({"auth": "partner"}),
+        ),
+    )
+    .await;
+    let from_sm = once(
+        &sqs,
+        &q2,
+        &p,
+        &message(
+            "m-2",
+            &dest.url("/sm"),
+            serde_json::json!({"auth": "partner-key"}),
+        ),
+    )
+    .await;
+
+    assert_eq!(
+        without.len(),
+        1,
+        "no client certificate: the handshake fails, retryable"
+    );
+    assert!(
+        with.is_empty(),
+        "delivered with the certificate from the environment"
+    );
+    assert!(
+        from_sm.is_empty(),
+        "delivered with the certificate from Secrets Manager"
+    );
+    assert_eq!(depth(&sqs, &dlq).await, (0, 0));
+    assert_eq!(
+        dest.requests(),
+        [
+            "POST /env client=retryq-client",
+            "POST /sm client=retryq-from-sm"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn retryq_call_makes_its_first_attempt_with_the_same_profiles() {
+    let pki = TestPki::new("call");
+    pki.issue("server", ExtendedKeyUsagePurpose::ServerAuth);
+    let (cert, key) = pki.issue("retryq-call", ExtendedKeyUsagePurpose::ClientAuth);
+    let tls = TlsDestination::start(&pki, true);
+    let hooks = answering_in_turn(&[]).await;
+    let secret = webhook_secret();
+    let profiles = serde_json::json!({
+        "partner": {"clientCertificate": {"certEnv": "CLIENT_CERT", "keyEnv": "CLIENT_KEY"}},
+        "hooks": {"type": "standard-webhooks", "secretEnv": "HOOK_SECRET"}
+    });
+    let sqs = sqs();
+    let q = queue(&sqs, "call-profiles").await;
+    let run = |url: String, profile: &'static str| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_retryq"));
+        command
+            .args([
+                "call",
+                "--queue-url",
+                &q.url,
+                "--url",
+                &url,
+                "--auth",
+                profile,
+                "-d",
+                "{\"x\":1}",
+            ])
+            .envs([
+                ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+                ("AUTH_PROFILES", profiles.to_string().as_str()),
+                ("CA_BUNDLE", pki.path("ca.pem").as_str()),
+                ("CLIENT_CERT", cert.as_str()),
+                ("CLIENT_KEY", key.as_str()),
+                ("HOOK_SECRET", secret.as_str()),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        aws_env(&mut command);
+        let mut process = Running::spawn(command);
+        let status = process
+            .wait_for_exit(Duration::from_secs(60))
+            .expect("retryq call finishes within 60 s");
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut process.0.stderr.take().unwrap(), &mut stderr).unwrap();
+        (status, stderr)
+    };
+
+    let (tls_status, tls_err) = run(tls.url("/first"), "partner");
+    let (hook_status, hook_err) = run(format!("{}/first", hooks.uri()), "hooks");
+
+    assert!(tls_status.success(), "{tls_err}");
+    assert!(hook_status.success(), "{hook_err}");
+    assert_eq!(tls.requests(), ["POST /first client=retryq-call"]);
+    let r = hooks.received_requests().await.unwrap();
+    verify(&["webhook", &secret], &r[0]).expect("standardwebhooks verifies retryq call's request");
+    assert_eq!(depth(&sqs, &q).await, (0, 0), "delivered: nothing enqueued");
+}
