@@ -581,6 +581,8 @@ mod tests {
             ("RETENTION_MARGIN_SECONDS", "-1"),
             ("BATCHING_WINDOW_SECONDS", "301"),
             ("METRICS_NAMESPACE", "AWS/Lambda"),
+            ("CA_BUNDLE", "/nonexistent/retryq-ca.pem"),
+            ("CA_BUNDLE", "Cargo.toml"),
             (
                 "AUTH_PROFILES",
                 r#"{"p": {"type": "header", "name": "x-key", "valueEnv": "UNSET_VARIABLE"}}"#,

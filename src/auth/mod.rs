@@ -1010,6 +1010,8 @@ mod tests {
         match name {
             "PARTNER_X_SECRET" => Some("s3cr3t".into()),
             "PARTNER_Y_KEY" => Some("k3y".into()),
+            "HOOK_SECRET" => Some("whsec_c2VjcmV0LWtleQ==".into()),
+            "NOT_PEM" => Some("k3y-not-pem".into()),
             _ => None,
         }
     }
@@ -1062,6 +1064,74 @@ mod tests {
             let err = AuthProfiles::parse(json, env).unwrap_err();
             assert!(err.contains(says), "{json}: {err}");
             assert!(!err.contains("s3cr3t") && !err.contains("k3y"));
+        }
+    }
+
+    const SECTION_10_EXAMPLES: &str = r#"{
+      "gateway": {"type": "aws-sigv4", "service": "execute-api", "region": "us-east-1"},
+      "function-url": {"type": "aws-sigv4", "service": "lambda"},
+      "hooks": {"type": "standard-webhooks", "secretEnv": "HOOK_SECRET"},
+      "hooks-sm": {"type": "standard-webhooks", "secretArn": "arn:aws:secretsmanager:us-east-1:1:secret:h"},
+      "mtls": {"clientCertificate": {"certArn": "arn:c", "keyArn": "arn:k"}},
+      "mtls-key": {"type": "header", "name": "x-api-key", "valueEnv": "PARTNER_Y_KEY",
+                   "clientCertificate": {"certArn": "arn:c", "keyArn": "arn:k"}}
+    }"#;
+
+    #[test]
+    fn the_new_profile_types_parse() {
+        let p = AuthProfiles::parse(SECTION_10_EXAMPLES, env).unwrap();
+        assert!(p.uses_secrets_manager());
+        assert!(matches!(
+            p.profiles["function-url"].kind,
+            Kind::SigV4 { region: None, .. }
+        ));
+        assert!(matches!(p.profiles["mtls"].kind, Kind::CertificateOnly));
+        assert!(p.profiles["mtls-key"].client_certificate.is_some());
+        let only_cert =
+            r#"{"m": {"clientCertificate": {"certArn": "arn:c", "keyEnv": "PARTNER_Y_KEY"}}}"#;
+        assert!(
+            AuthProfiles::parse(only_cert, env)
+                .unwrap()
+                .uses_secrets_manager(),
+            "a certificate from Secrets Manager needs the client"
+        );
+    }
+
+    #[test]
+    fn bad_section_10_profiles_name_the_field_never_the_value() {
+        let cases = [
+            (r#"{"a": {"type": "aws-sigv4"}}"#, "service"),
+            (r#"{"a": {"type": "aws-sigv4", "service": ""}}"#, "service"),
+            (
+                r#"{"a": {"type": "aws-sigv4", "service": "s", "region": " "}}"#,
+                "region",
+            ),
+            (
+                r#"{"a": {"type": "standard-webhooks"}}"#,
+                "secretEnv and secretArn",
+            ),
+            (
+                r#"{"a": {"type": "standard-webhooks", "secretEnv": "NOT_PEM"}}"#,
+                "whsec_",
+            ),
+            (
+                r#"{"a": {"clientCertificate": {"certEnv": "NOT_PEM"}}}"#,
+                "clientCertificate.keyEnv and clientCertificate.keyArn",
+            ),
+            (
+                r#"{"a": {"clientCertificate": {"certEnv": "NOT_PEM", "keyEnv": "NOT_PEM"}}}"#,
+                "not a PEM certificate",
+            ),
+            (
+                r#"{"a": {"clientCertificate": {"certArn": "c", "keyArn": "k", "pem": 1}}}"#,
+                "pem",
+            ),
+            (r#"{"a": {"clientCertificate": 3}}"#, "clientCertificate"),
+        ];
+        for (json, says) in cases {
+            let err = AuthProfiles::parse(json, env).unwrap_err();
+            assert!(err.contains(says) && err.contains("\"a\""), "{json}: {err}");
+            assert!(!err.contains("k3y-not-pem"), "{err}");
         }
     }
 
