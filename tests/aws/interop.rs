@@ -585,3 +585,52 @@ async fn retryq_call_makes_its_first_attempt_with_the_same_profiles() {
     verify(&["webhook", &secret], &r[0]).expect("standardwebhooks verifies retryq call's request");
     assert_eq!(depth(&sqs, &q).await, (0, 0), "delivered: nothing enqueued");
 }
+
+#[tokio::test]
+async fn a_rotated_client_certificate_is_read_again_when_the_handshake_fails() {
+    let pki = TestPki::new("mtls-rotate");
+    pki.issue("server", ExtendedKeyUsagePurpose::ServerAuth);
+    let (good_cert, good_key) = pki.issue("rotated-in", ExtendedKeyUsagePurpose::ClientAuth);
+    // A certificate the server does not trust: another CA signed it.
+    let rogue = TestPki::new("mtls-rogue");
+    let (bad_cert, bad_key) = rogue.issue("rotated-out", ExtendedKeyUsagePurpose::ClientAuth);
+    let cert_arn = create_secret("rotating-cert", &bad_cert).await;
+    let key_arn = create_secret("rotating-key", &bad_key).await;
+    let dest = TlsDestination::start(&pki, true);
+    let profiles = serde_json::json!({
+        "partner": {"clientCertificate": {"certArn": cert_arn, "keyArn": key_arn}}
+    });
+    let bundle = pki.path("ca.pem");
+    let vars = [
+        ("CA_BUNDLE", bundle.as_str()),
+        ("AUTH_PROFILES", &profiles.to_string()),
+        ("MAX_ATTEMPTS", "1"),
+    ];
+    let (sqs, q, dlq, p) = with_dlq("mtls-rotate", &vars).await;
+    let to = |id: &str| {
+        message(
+            id,
+            &dest.url(&format!("/{id}")),
+            serde_json::json!({"auth": "partner"}),
+        )
+    };
+
+    // Refused, read again, still the same certificate: the attempt fails as TLS.
+    once(&sqs, &q, &p, &to("r-1")).await;
+    let dead = receive_n(&sqs, &dlq, 1, Duration::from_secs(20)).await;
+    rotate_secret(&cert_arn, &good_cert).await;
+    rotate_secret(&key_arn, &good_key).await;
+    // The process still holds the refused certificate (within its TTL): the
+    // refusal reads it again, and the request goes once more with the new one.
+    let after = once(&sqs, &q, &p, &to("r-2")).await;
+
+    let last_error = attr(&dead[0], "LastError").unwrap();
+    assert!(last_error.starts_with("TLS failure"), "{last_error}");
+    assert!(after.is_empty(), "delivered within its one attempt");
+    assert_eq!(
+        depth(&sqs, &dlq).await,
+        (0, 1),
+        "only r-1 was dead-lettered"
+    );
+    assert_eq!(dest.requests(), ["POST /r-2 client=rotated-in"]);
+}
