@@ -28,12 +28,12 @@
 //! | `check` | pure: queue settings the processor would refuse or warn about |
 //! | `clock` | instants in the future, without overflow |
 //! | [`config`] | the environment, parsed and validated once |
-//! | `auth` | adapter: auth profiles, the tokens and secrets the processor holds |
+//! | `auth` | adapter: auth profiles, the tokens, secrets, signatures and client certificates the processor holds |
 //! | [`deliver`] | adapter: replay one request over HTTP; [`deliver::destination`] is the SSRF policy |
 //! | [`queue`] | adapter: every SQS call (visibility, DLQ copies, deletes, queue settings) |
 //! | `breaker` | per-host circuit breaker, concurrency limit and request slots |
 //! | [`logging`] | log lines buffered per batch; the binaries' subscriber |
-//! | `tls` | the certificate authorities HTTPS clients trust |
+//! | `tls` | the certificate authorities HTTPS clients trust (public roots and `CA_BUNDLE`) |
 //! | [`fleet`] | adapter: the optional DynamoDB table the fleet shares (ledger, breaker, rate limits) |
 //! | `gather` | many records' calls gathered into batch calls (SQS, DynamoDB) |
 //! | `metrics` | CloudWatch Embedded Metric Format per batch |
