@@ -1,9 +1,10 @@
 //! Secret hygiene: the function, run by `cargo lambda watch` with
 //! `RUST_LOG=trace`, goes through every auth path (token fetched, expired
 //! token refreshed, form and basic client auth, API key, Secrets Manager,
-//! rejected credentials, token endpoint down), and none of the secret
-//! values, tokens or credential headers appears in its output, in the
-//! answers, or in the DLQ attributes.
+//! rejected credentials, token endpoint down, SigV4, Standard Webhooks, a
+//! client certificate), and none of the secret values, tokens, keys,
+//! signatures or credential headers appears in its output, in the answers,
+//! or in the DLQ attributes.
 
 use std::time::Duration;
 
@@ -19,6 +20,10 @@ const SM_SECRET: &str = "sm-Rr7cX4-never-log-me";
 const TOKEN_OLD: &str = "tk-old-Jj2bL6-never-log-me";
 const TOKEN_NEW: &str = "tk-new-Pp9dF3-never-log-me";
 const TOKEN_SM: &str = "tk-sm-Yy4gK8-never-log-me";
+const AWS_SECRET: &str = "aws-Qq6vB3-never-log-me";
+const AWS_SESSION: &str = "session-Uu1nM7-never-log-me";
+/// `whsec_` + base64 of "wh-Ee5tG2-never-log-me".
+const HOOK_SECRET: &str = "whsec_d2gtRWU1dEcyLW5ldmVyLWxvZy1tZQ==";
 
 fn token(value: &str) -> ResponseTemplate {
     ResponseTemplate::new(200)
@@ -89,23 +94,29 @@ async fn no_secret_or_token_reaches_the_trace_output_or_the_dlq() {
                 "clientSecretArn": sm_arn, "jsonKey": "clientSecret" },
         "reject": oauth(format!("{}/reject", tokens.uri()), serde_json::json!({})),
         "down": oauth(format!("http://127.0.0.1:{}/token", free_port()), serde_json::json!({})),
-        "key": { "type": "header", "name": "x-api-key", "valueEnv": "API_KEY" }
+        "key": { "type": "header", "name": "x-api-key", "valueEnv": "API_KEY" },
+        "sigv4": { "type": "aws-sigv4", "service": "execute-api" },
+        "hooks": { "type": "standard-webhooks", "secretEnv": "HOOK_SECRET" },
+        "mtls": { "type": "header", "name": "x-api-key", "valueEnv": "API_KEY",
+                  "clientCertificate": { "certEnv": "CLIENT_CERT", "keyEnv": "CLIENT_KEY" } }
     })
     .to_string();
 
     // One message per profile, plus the expired-token path (the first
     // message of "basic" meets TOKEN_OLD and has to refresh).
-    let bodies: Vec<String> = ["basic", "basic", "form", "sm", "reject", "down", "key"]
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            message(
-                &format!("trace-{i}"),
-                &dest.uri(),
-                serde_json::json!({"auth": p}),
-            )
-        })
-        .collect();
+    let bodies: Vec<String> = [
+        "basic", "basic", "form", "sm", "reject", "down", "key", "sigv4", "hooks", "mtls",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, p)| {
+        message(
+            &format!("trace-{i}"),
+            &dest.uri(),
+            serde_json::json!({"auth": p}),
+        )
+    })
+    .collect();
     let event = retryq::cli::event(&bodies, &source.arn, 1);
     let dir = std::env::temp_dir().join(format!("retryq-trace-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -113,6 +124,13 @@ async fn no_secret_or_token_reaches_the_trace_output_or_the_dlq() {
     std::fs::write(&event_file, serde_json::to_vec(&event).unwrap()).unwrap();
     let log_file = dir.join("watch.log");
 
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let client_cert = rcgen::CertificateParams::new(vec!["client.test".to_owned()])
+        .unwrap()
+        .self_signed(&client_key)
+        .unwrap()
+        .pem();
+    let client_key = client_key.serialize_pem();
     let port = free_port();
     let watch = cargo_lambda_watch(
         port,
@@ -124,6 +142,11 @@ async fn no_secret_or_token_reaches_the_trace_output_or_the_dlq() {
             ("CLIENT_SECRET", CLIENT_SECRET),
             ("FORM_SECRET", FORM_SECRET),
             ("API_KEY", API_KEY),
+            ("HOOK_SECRET", HOOK_SECRET),
+            ("CLIENT_CERT", &client_cert),
+            ("CLIENT_KEY", &client_key),
+            ("AWS_SECRET_ACCESS_KEY", AWS_SECRET),
+            ("AWS_SESSION_TOKEN", AWS_SESSION),
         ],
         &log_file,
     );
@@ -172,6 +195,41 @@ async fn no_secret_or_token_reaches_the_trace_output_or_the_dlq() {
         output.len()
     );
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("retryq:{CLIENT_SECRET}"));
+    // What the signed requests carried: their signatures are credentials
+    // too, for as long as a replay would be accepted.
+    let received = dest.received_requests().await.unwrap();
+    let carried = |name: &str| -> Vec<String> {
+        received
+            .iter()
+            .filter_map(|r| r.headers.get(name))
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    };
+    let webhook_signatures = carried("webhook-signature");
+    let sigv4_signatures: Vec<String> = carried("authorization")
+        .into_iter()
+        .filter_map(|a| a.split("Signature=").nth(1).map(str::to_owned))
+        .collect();
+    assert_eq!(webhook_signatures.len(), 1, "the webhook was signed");
+    assert_eq!(sigv4_signatures.len(), 1, "the SigV4 request was signed");
+    assert_eq!(carried("x-amz-security-token"), [AWS_SESSION]);
+    let key_body: String = client_key
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let hook_key = HOOK_SECRET.trim_start_matches("whsec_");
+    for secret in [
+        AWS_SECRET,
+        AWS_SESSION,
+        HOOK_SECRET,
+        hook_key,
+        "wh-Ee5tG2-never-log-me",
+        &key_body[..40],
+        webhook_signatures[0].trim_start_matches("v1,"),
+        sigv4_signatures[0].as_str(),
+    ] {
+        assert!(!output.contains(secret), "{secret} appears in the output");
+    }
     for secret in [
         CLIENT_SECRET,
         FORM_SECRET,

@@ -420,11 +420,11 @@ pub fn cargo_lambda_watch(port: u16, env: &[(&str, &str)], log: &std::path::Path
         ])
         .arg(port.to_string())
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .envs(env.iter().copied())
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log);
-    aws_env(&mut command);
+    // The test's own variables win over the local defaults.
+    aws_env(&mut command).envs(env.iter().copied());
     Running::spawn(command)
 }
 
