@@ -495,11 +495,16 @@ fn failures_in(response: &[u8]) -> usize {
 
 // ------------------------------------------------------------ 3. cold start
 
-/// Spawn → first `/next`, both handlers alternately; medians.
+/// Spawn → first `/next`, the handlers alternately (with the baseline
+/// build when `RETRYQ_BENCH_BASELINE` names one); medians.
 fn cold_start(rt: &tokio::runtime::Runtime) -> BTreeMap<&'static str, f64> {
+    let mut handlers = vec![Handler::Retryq, Handler::Floor];
+    if std::env::var_os("RETRYQ_BENCH_BASELINE").is_some() {
+        handlers.push(Handler::Baseline);
+    }
     let mut times: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     for _ in 0..25 {
-        for handler in [Handler::Retryq, Handler::Floor] {
+        for &handler in &handlers {
             let start = Instant::now();
             let mut f = Function::spawn(rt, handler, &[]);
             let took = f.wait_first_next(rt, start);
