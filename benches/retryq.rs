@@ -209,7 +209,11 @@ enum Handler {
 impl Handler {
     fn binary(self) -> PathBuf {
         match self {
-            Handler::Retryq => release("retryq-processor"),
+            // The bootstrap as `make build` makes it, which `make bench`
+            // copies: `cargo bench` builds the binaries again with the
+            // dev-dependencies' features (rcgen's crypto among them), which
+            // is not what is deployed and starts measurably slower.
+            Handler::Retryq => release("retryq-processor.deployed"),
             Handler::Floor => release("examples/floor"),
             Handler::Baseline => PathBuf::from(
                 std::env::var("RETRYQ_BENCH_BASELINE")
@@ -869,7 +873,13 @@ fn main() {
     // `RETRYQ_BENCH_ONLY=rss`: only the 10 000-record batch of each binary,
     // for a profiler to watch (`perf record -a -g -- cargo bench …`).
     // `RETRYQ_BENCH_ONLY=batches`: only the side-by-side batches.
+    // `RETRYQ_BENCH_ONLY=cold`: only the cold starts.
     // `RETRYQ_BENCH_BASELINE=path`: one more column, another bootstrap.
+    if std::env::var("RETRYQ_BENCH_ONLY").as_deref() == Ok("cold") {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        println!("cold start, median ms: {:?}", cold_start(&rt));
+        return;
+    }
     if std::env::var("RETRYQ_BENCH_ONLY").as_deref() == Ok("batches") {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let dest_port = free_port();
@@ -909,17 +919,10 @@ fn main() {
     let (rss, log_bytes, escapes) = peak_rss(&rt);
     let failures = failure_heavy(&rt, &table);
     // The size of a stripped copy (the release profile keeps symbols).
-    // The bootstrap as `make build` makes it (`make bench` keeps a copy):
-    // `cargo bench` builds the binaries again with the dev-dependencies'
-    // features, which makes them bigger than what is deployed.
     let size_mib = |h: Handler| {
         let copy =
             std::env::temp_dir().join(format!("retryq-bench-{}-{}", h.name(), std::process::id()));
-        let deployed = release("retryq-processor.deployed");
-        let binary = match h {
-            Handler::Retryq => deployed,
-            Handler::Floor | Handler::Baseline => h.binary(),
-        };
+        let binary = h.binary();
         let status = Command::new("strip")
             .arg("-o")
             .arg(&copy)

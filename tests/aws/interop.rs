@@ -470,38 +470,16 @@ async fn mutual_tls_is_refused_without_the_client_certificate_and_accepted_with_
     )
     .await;
 
-    let without = once(
-        &sqs,
-        &q,
-        &p,
-        &message("m-0", &dest.url("/none"), serde_json::json!({})),
-    )
-    .await;
+    let to = |id: &str, auth: serde_json::Value| message(id, &dest.url(&format!("/{id}")), auth);
+
+    let without = once(&sqs, &q, &p, &to("m-0", serde_json::json!({}))).await;
     // The queue holds the refused one back for its backoff; the others are
     // sent and received one at a time.
     let q2 = queue(&sqs, "mtls-2").await;
-    let with = once(
-        &sqs,
-        &q2,
-        &p,
-        &message(
-            "m-1",
-            &dest.url("/env"),
-            serde_json::json!({"auth": "partner"}),
-        ),
-    )
-    .await;
-    let from_sm = once(
-        &sqs,
-        &q2,
-        &p,
-        &message(
-            "m-2",
-            &dest.url("/sm"),
-            serde_json::json!({"auth": "partner-key"}),
-        ),
-    )
-    .await;
+    let env = serde_json::json!({"auth": "partner"});
+    let with = once(&sqs, &q2, &p, &to("m-1", env)).await;
+    let sm = serde_json::json!({"auth": "partner-key"});
+    let from_sm = once(&sqs, &q2, &p, &to("m-2", sm)).await;
 
     assert_eq!(
         without.len(),
@@ -520,8 +498,8 @@ async fn mutual_tls_is_refused_without_the_client_certificate_and_accepted_with_
     assert_eq!(
         dest.requests(),
         [
-            "POST /env client=retryq-client",
-            "POST /sm client=retryq-from-sm"
+            "POST /m-1 client=retryq-client",
+            "POST /m-2 client=retryq-from-sm"
         ]
     );
 }
