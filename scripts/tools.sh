@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the tools `make test` needs when they are missing: the local SQS
-# server (moto[server]), cargo-lambda, cfn-lint and standardwebhooks, all from PyPI, plus the
+# server (moto[server]), cargo-lambda, cfn-lint, standardwebhooks and amazon-sqs-extended-client, all from PyPI, plus the
 # clippy/rustfmt components, and the SAM CLI (PyPI aws-sam-cli, in its own
 # virtualenv under .tools/sam: its pinned dependencies stay apart from moto's). With WITH_ZIG=1 also zig (PyPI ziglang) and the
 # arm64 Rust target, for `make build`.
@@ -15,6 +15,8 @@ command -v cargo-lambda >/dev/null || missing+=("cargo-lambda")
 # The reference Standard Webhooks verifier of tests/interop (botocore, the
 # SigV4 reference, comes with moto).
 "$PYTHON" -c 'import standardwebhooks' 2>/dev/null || missing+=("standardwebhooks")
+# The SQS Extended Client (claim check) that tests/interop checks payload pointers with.
+"$PYTHON" -c 'import sqs_extended_client' 2>/dev/null || missing+=("amazon-sqs-extended-client")
 if [ "${WITH_ZIG:-0}" = 1 ]; then
   "$PYTHON" -c 'import ziglang' 2>/dev/null || missing+=("ziglang")
 fi

@@ -4,7 +4,7 @@
 # stops the server when the command ends, fails or is interrupted. The
 # command sees:
 #   RETRYQ_TEST_SQS_ENDPOINT  the server's URL
-#   AWS_ENDPOINT_URL_SQS, AWS_ENDPOINT_URL_DYNAMODB  the same, for the SDKs
+#   AWS_ENDPOINT_URL_SQS, AWS_ENDPOINT_URL_DYNAMODB, AWS_ENDPOINT_URL_S3  the same, for the SDKs
 #   AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY  dummy local values
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -35,6 +35,8 @@ export RETRYQ_TEST_SQS_ENDPOINT="http://127.0.0.1:$port"
 export AWS_ENDPOINT_URL_SQS="$RETRYQ_TEST_SQS_ENDPOINT"
 # moto serves every service on one port: DynamoDB for STATE_TABLE.
 export AWS_ENDPOINT_URL_DYNAMODB="$RETRYQ_TEST_SQS_ENDPOINT"
+# ... and S3, for payloads offloaded by the SQS Extended Client.
+export AWS_ENDPOINT_URL_S3="$RETRYQ_TEST_SQS_ENDPOINT"
 if [ -n "${QUEUES:-}" ]; then
   # boto3 comes with moto.
   "$PYTHON" - "$RETRYQ_TEST_SQS_ENDPOINT" $QUEUES <<'PY'

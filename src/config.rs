@@ -70,6 +70,9 @@ pub struct Config {
     /// `CA_BUNDLE`: roots trusted besides the public ones, for destinations
     /// and token endpoints behind a private CA.
     pub ca_bundle: Option<crate::tls::CaBundle>,
+    /// `MAX_OFFLOADED_BODY_BYTES`: the largest request body of a Retry
+    /// Message offloaded to S3 (spec §11).
+    pub max_offloaded_body: usize,
 }
 
 /// The fleet-wide state table and its attempt ledger.
@@ -251,6 +254,12 @@ impl Config {
                     .map_err(|e| ConfigError::new("DESTINATION_POLICIES", e))?,
             },
             state: vars.state()?,
+            max_offloaded_body: vars.number(
+                "MAX_OFFLOADED_BODY_BYTES",
+                DEFAULT_OFFLOADED_BODY_BYTES,
+                1,
+                MAX_OFFLOADED_BODY_BYTES,
+            )? as usize,
             ca_bundle: match vars.text("CA_BUNDLE") {
                 None => None,
                 Some(path) => Some(
@@ -270,6 +279,10 @@ const MAX_LEDGER_TTL_DAYS: u64 = 3650;
 const MAX_SNIPPET_BYTES: u64 = 16_384;
 /// Most requests in flight (`MAX_CONCURRENCY`, `MAX_CONCURRENCY_PER_HOST`).
 const MAX_CONCURRENCY: u64 = 100_000;
+/// `MAX_OFFLOADED_BODY_BYTES`: 16 MiB by default, at most 1 GiB (a batch
+/// holds its records' bodies in memory).
+const DEFAULT_OFFLOADED_BODY_BYTES: u64 = 16 * 1024 * 1024;
+const MAX_OFFLOADED_BODY_BYTES: u64 = 1024 * 1024 * 1024;
 
 /// A typed reader of variables. A variable that is unset or empty takes its
 /// default; every error names the variable.
@@ -582,6 +595,8 @@ mod tests {
             ("BATCHING_WINDOW_SECONDS", "301"),
             ("METRICS_NAMESPACE", "AWS/Lambda"),
             ("CA_BUNDLE", "/nonexistent/retryq-ca.pem"),
+            ("MAX_OFFLOADED_BODY_BYTES", "0"),
+            ("MAX_OFFLOADED_BODY_BYTES", "2147483648"),
             ("CA_BUNDLE", "Cargo.toml"),
             (
                 "AUTH_PROFILES",

@@ -110,6 +110,7 @@ pub mod lambda;
 pub mod logging;
 pub mod message;
 pub(crate) mod metrics;
+pub mod payload;
 pub mod policy;
 #[cfg(feature = "processor")]
 pub mod process;

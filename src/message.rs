@@ -160,6 +160,16 @@ impl InvalidMessage {
 impl RetryMessage {
     /// Parses and validates an SQS message body.
     pub fn parse(body: &str) -> Result<RetryMessage, InvalidMessage> {
+        RetryMessage::parse_with_body_limit(body, limits::BODY_BYTES)
+    }
+
+    /// As [`parse`](Self::parse), allowing a request body of up to
+    /// `body_limit` bytes (an offloaded payload's `MAX_OFFLOADED_BODY_BYTES`
+    /// instead of the inline limit).
+    pub fn parse_with_body_limit(
+        body: &str,
+        body_limit: usize,
+    ) -> Result<RetryMessage, InvalidMessage> {
         // serde would also read a struct from a JSON array, positionally;
         // a Retry Message is an object.
         if !body.trim_start().starts_with('{') {
@@ -176,21 +186,25 @@ impl RetryMessage {
                 serde_path_to_error::deserialize(de).map_err(from_serde)?
             }
         };
-        msg.validate()?;
+        msg.validate_with_body_limit(body_limit)?;
         Ok(msg)
     }
 
     /// Checks the rules of spec §2 that the JSON types alone do not
     /// express.
     pub fn validate(&self) -> Result<(), InvalidMessage> {
+        self.validate_with_body_limit(limits::BODY_BYTES)
+    }
+
+    fn validate_with_body_limit(&self, body_limit: usize) -> Result<(), InvalidMessage> {
         validate_id(&self.id)?;
         self.validate_destination()?;
         self.validate_method()?;
         self.validate_headers()?;
-        if self.body_bytes()?.len() > limits::BODY_BYTES {
+        if self.body_bytes()?.len() > body_limit {
             return Err(InvalidMessage::new(
                 "request.body",
-                format!("is larger than {} bytes", limits::BODY_BYTES),
+                format!("is larger than {body_limit} bytes"),
             ));
         }
         if self.auth.as_deref() == Some("") {

@@ -40,6 +40,8 @@ use crate::deliver::Deliverer;
 use crate::fleet::breaker::{FleetAdmission, FleetTicket};
 use crate::fleet::ledger::AttemptRecord;
 use crate::fleet::{FleetState, StateError};
+use crate::payload::store::{PayloadError, PayloadStore};
+use crate::payload::PayloadPointer;
 use crate::policy::destinations::Token;
 use crate::policy::fifo;
 use crate::policy::record::{
@@ -54,6 +56,8 @@ pub const MAX_WAIT: Duration = Duration::from_secs(20);
 
 /// A fleet probe's lease outlives its request by this much.
 const PROBE_LEASE_SLACK: Duration = Duration::from_secs(5);
+/// Room for the Retry Message around an offloaded body, in its S3 object.
+const OBJECT_ROOM: usize = 1024 * 1024;
 
 /// What the breaker said.
 enum Admitted {
@@ -199,6 +203,32 @@ pub struct Processor {
     pending_dead_letters: Mutex<HashMap<String, DeadLetter>>,
     /// The DLQ's size has been compared with its source queue's.
     dlq_size_checked: AtomicBool,
+    /// Payloads offloaded to S3 (§11), read through pointers.
+    payloads: PayloadStore,
+}
+
+/// A record's body once a payload pointer is resolved (§11).
+enum Resolved {
+    /// Not a pointer: the body is the Retry Message.
+    Inline,
+    /// The payload read from S3, and where it is.
+    Offloaded {
+        pointer: PayloadPointer,
+        payload: String,
+    },
+    /// A pointer that can never be resolved: an `invalid-message`.
+    Unresolvable(String),
+    /// S3 could not answer: left for another receive.
+    Unavailable(String),
+}
+
+impl Resolved {
+    fn pointer(&self) -> Option<&PayloadPointer> {
+        match self {
+            Resolved::Offloaded { pointer, .. } => Some(pointer),
+            _ => None,
+        }
+    }
 }
 
 impl Processor {
@@ -228,6 +258,7 @@ impl Processor {
             queues: Arc::new(queues),
             pending_dead_letters: Mutex::new(HashMap::new()),
             dlq_size_checked: AtomicBool::new(false),
+            payloads: PayloadStore::new(),
             config,
         })
     }
@@ -447,13 +478,14 @@ impl Processor {
 
     /// All the work for one record: decide, apply, log one line.
     pub async fn process_record(&self, record: Record, batch: &Batch) -> Processed {
-        let (decision, latency, ledger) = self.decide(&record, batch).await;
+        let resolved = self.resolve(&record).await;
+        let (decision, latency, ledger) = self.decide(&record, &resolved, batch).await;
         if let Some(heartbeat) = &batch.heartbeat {
             heartbeat.leave(&record.receipt_handle).await;
         }
         let apply = async {
             match &decision {
-                Ok(decision) => self.apply(&record, &decision.action).await,
+                Ok(decision) => self.apply(&record, &resolved, &decision.action).await,
                 Err(why) => Disposition::Unfinished(why.clone()),
             }
         };
@@ -467,6 +499,13 @@ impl Processor {
             }
         };
         let (disposition, ()) = tokio::join!(apply, write);
+        if let (Disposition::Delivered, Some(pointer)) = (&disposition, resolved.pointer()) {
+            // Delivered: its payload is no longer needed. A failure leaves
+            // it to the bucket's expiry rule.
+            if let Err(e) = self.payloads.delete(pointer).await {
+                tracing::warn!(id = %record.message_id, error = %e, "could not delete the delivered payload");
+            }
+        }
         let decision = decision.ok();
         let (delay_s, reason) = match decision.as_ref().map(|d| &d.action) {
             Some(Action::Retry { delay }) => (Some(delay.as_secs()), None),
@@ -515,6 +554,7 @@ impl Processor {
     async fn decide(
         &self,
         record: &Record,
+        resolved: &Resolved,
         batch: &Batch,
     ) -> (
         Result<Decision, String>,
@@ -529,8 +569,18 @@ impl Processor {
             Some(_) if first_receive => Some(0),
             _ => None,
         };
+        let (body, offloaded_body_limit, unresolvable) = match resolved {
+            Resolved::Inline => (record.body.as_str(), None, None),
+            Resolved::Offloaded { payload, .. } => {
+                (payload.as_str(), Some(self.config.max_offloaded_body), None)
+            }
+            Resolved::Unresolvable(why) => (record.body.as_str(), None, Some(why.clone())),
+            Resolved::Unavailable(why) => return (Err(why.clone()), None, None),
+        };
         let received = Received {
-            body: &record.body,
+            body,
+            offloaded_body_limit,
+            unresolvable,
             receive_count: record.receive_count,
             // Asked of SQS only when a retry is decided (below): a batch
             // that only delivers makes no SQS call for it.
@@ -867,8 +917,30 @@ impl Processor {
         }
     }
 
+    /// A payload pointer's Retry Message, read from S3 (§11). The object
+    /// may hold the body as text or base64 and the message around it, so it
+    /// may be somewhat larger than `MAX_OFFLOADED_BODY_BYTES`; the body's
+    /// own limit is checked once it is parsed.
+    async fn resolve(&self, record: &Record) -> Resolved {
+        let pointer = match PayloadPointer::parse(&record.body) {
+            None => return Resolved::Inline,
+            Some(Err(why)) => return Resolved::Unresolvable(why),
+            Some(Ok(pointer)) => pointer,
+        };
+        let max_object = self
+            .config
+            .max_offloaded_body
+            .saturating_mul(2)
+            .saturating_add(OBJECT_ROOM);
+        match self.payloads.get(&pointer, max_object).await {
+            Ok(payload) => Resolved::Offloaded { pointer, payload },
+            Err(PayloadError::Invalid(why)) => Resolved::Unresolvable(why),
+            Err(PayloadError::Unavailable(why)) => Resolved::Unavailable(why),
+        }
+    }
+
     /// Carries out the action on SQS.
-    async fn apply(&self, record: &Record, action: &Action) -> Disposition {
+    async fn apply(&self, record: &Record, resolved: &Resolved, action: &Action) -> Disposition {
         match action {
             Action::Ack => Disposition::Delivered,
             Action::Retry { delay } => match self.hide(record, *delay).await {
@@ -885,6 +957,10 @@ impl Processor {
                     source_queue_arn: &record.source_queue_arn,
                     original_message_id: &record.message_id,
                     message_group_id: record.message_group_id.as_deref(),
+                    payload_size: match resolved {
+                        Resolved::Offloaded { payload, .. } => Some(payload.len()),
+                        _ => None,
+                    },
                 };
                 let max_size = self
                     .queues

@@ -107,6 +107,12 @@ pub struct Received<'a> {
     /// SQS message. The attempt number then counts these, not receives, so
     /// a receive that made no request uses up no attempt.
     pub recorded_failures: Option<u32>,
+    /// For a payload pointer (§11): the request body may be this large
+    /// (`MAX_OFFLOADED_BODY_BYTES`), and `body` is the payload read from S3.
+    pub offloaded_body_limit: Option<usize>,
+    /// A payload pointer that cannot be resolved (no such object, too
+    /// large): the record is an `invalid-message`, saying why.
+    pub unresolvable: Option<String>,
 }
 
 impl<'a> Received<'a> {
@@ -119,6 +125,8 @@ impl<'a> Received<'a> {
             pending_dead_letter: None,
             too_large_for_dlq: None,
             recorded_failures: None,
+            offloaded_body_limit: None,
+            unresolvable: None,
         }
     }
 }
@@ -232,7 +240,18 @@ pub fn plan(received: &Received<'_>, settings: &Settings<'_>, now: SystemTime) -
             health: None,
         });
     }
-    let message = match RetryMessage::parse(received.body) {
+    if let Some(why) = &received.unresolvable {
+        return Plan::Decided(refused(
+            FailureReason::InvalidMessage,
+            received.receive_count,
+            why,
+        ));
+    }
+    let parsed = match received.offloaded_body_limit {
+        None => RetryMessage::parse(received.body),
+        Some(limit) => RetryMessage::parse_with_body_limit(received.body, limit),
+    };
+    let message = match parsed {
         Ok(message) => message,
         Err(e) => {
             return Plan::Decided(refused(

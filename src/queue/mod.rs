@@ -113,6 +113,10 @@ pub struct DeadLetterCopy<'a> {
     pub original_message_id: &'a str,
     /// The record's `MessageGroupId`, for FIFO queues.
     pub message_group_id: Option<&'a str>,
+    /// For a payload pointer (spec §11): the payload's size, kept as the
+    /// Number attribute `ExtendedPayloadSize` so that the SQS Extended
+    /// Client can read the copy back.
+    pub payload_size: Option<usize>,
 }
 
 impl DeadLetterCopy<'_> {
@@ -127,8 +131,11 @@ impl DeadLetterCopy<'_> {
                 attribute::ORIGINAL_MESSAGE_ID,
                 self.original_message_id.to_owned(),
             ),
-            (attribute::ATTEMPT_COUNT, dl.attempt.to_string()),
         ];
+        if let Some(size) = self.payload_size {
+            all.push((crate::payload::EXTENDED_PAYLOAD_SIZE, size.to_string()));
+        }
+        all.push((attribute::ATTEMPT_COUNT, dl.attempt.to_string()));
         if let Some(status) = dl.last_status {
             all.push((attribute::LAST_STATUS_CODE, status.to_string()));
         }
@@ -149,8 +156,9 @@ impl DeadLetterCopy<'_> {
     /// and `OriginalMessageId` do not fit.
     pub fn attributes_within(&self, max_size: usize) -> Option<Vec<(&'static str, String)>> {
         let mut attributes = self.attributes();
+        let kept = KEPT_ATTRIBUTES + usize::from(self.payload_size.is_some());
         while message_size(self.body, &attributes) > max_size {
-            if attributes.len() <= KEPT_ATTRIBUTES {
+            if attributes.len() <= kept {
                 return None;
             }
             attributes.pop();
@@ -159,7 +167,8 @@ impl DeadLetterCopy<'_> {
     }
 }
 
-/// `FailureReason` and `OriginalMessageId` always stay on a DLQ copy.
+/// `FailureReason` and `OriginalMessageId` always stay on a DLQ copy (and
+/// `ExtendedPayloadSize` on a pointer's).
 const KEPT_ATTRIBUTES: usize = 2;
 
 /// The size SQS counts for a message: its body plus, for each attribute,
@@ -544,7 +553,7 @@ impl Queues {
                     .id(i.to_string())
                     .message_body(&m.body);
                 for (name, value) in &m.attributes {
-                    entry = entry.message_attributes(*name, string(value));
+                    entry = entry.message_attributes(*name, string(name, value));
                 }
                 if fifo {
                     entry = entry
@@ -583,7 +592,7 @@ impl Queues {
             .queue_url(queue_url)
             .message_body(body);
         for (name, value) in attributes {
-            send = send.message_attributes(*name, string(value));
+            send = send.message_attributes(*name, string(name, value));
         }
         if is_fifo(queue_url) {
             send = send
@@ -931,9 +940,15 @@ fn dedup_id(message_id: &str) -> String {
         .collect()
 }
 
-fn string(value: &str) -> MessageAttributeValue {
+/// An attribute's value: a String, except the Number the SQS Extended
+/// Client expects for a payload's size.
+fn string(name: &str, value: &str) -> MessageAttributeValue {
+    let data_type = match name {
+        crate::payload::EXTENDED_PAYLOAD_SIZE | crate::payload::LEGACY_PAYLOAD_SIZE => "Number",
+        _ => "String",
+    };
     MessageAttributeValue::builder()
-        .data_type("String")
+        .data_type(data_type)
         .string_value(value)
         .build()
         .expect("data_type is set")
@@ -966,6 +981,7 @@ mod tests {
 
     fn copy_of<'a>(body: &'a str, dl: &'a DeadLetter) -> DeadLetterCopy<'a> {
         DeadLetterCopy {
+            payload_size: None,
             body,
             dead_letter: dl,
             source_queue_arn: "arn:aws:sqs:us-east-1:123456789012:orders",

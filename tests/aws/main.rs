@@ -16,6 +16,7 @@ mod fifo;
 mod fleet;
 mod interop;
 mod lambda_watch;
+mod payloads;
 mod protection;
 mod reliability;
 mod sqs_actions;

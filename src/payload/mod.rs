@@ -1,0 +1,149 @@
+//! Large payloads (spec §11): the claim check of the Amazon SQS Extended
+//! Client libraries. A body too large for SQS is stored as an S3 object,
+//! and the SQS message carries a pointer to it:
+//!
+//! ```json
+//! ["software.amazon.payloadoffloading.PayloadS3Pointer", {"s3BucketName": "B", "s3Key": "K"}]
+//! ```
+//!
+//! with the Number message attribute `ExtendedPayloadSize` (the object's
+//! size). The processor resolves such a record from S3 and handles the
+//! Retry Message it holds; its DLQ copy is the pointer, byte for byte, so
+//! the Extended Client can still read it; the object is deleted once the
+//! message is delivered.
+//!
+//! [`PayloadPointer`] is pure; [`store`] is the S3 adapter.
+
+#[cfg(feature = "s3-payloads")]
+pub mod store;
+
+use serde::Deserialize;
+
+/// The message attribute that marks an offloaded body (its value: the
+/// payload's size in bytes, a Number).
+pub const EXTENDED_PAYLOAD_SIZE: &str = "ExtendedPayloadSize";
+/// The same, as older Extended Client versions name it.
+pub const LEGACY_PAYLOAD_SIZE: &str = "SQSLargePayloadSize";
+
+/// The pointer class the current Extended Clients write.
+pub const POINTER_CLASS: &str = "software.amazon.payloadoffloading.PayloadS3Pointer";
+/// The pointer class of the first Java Extended Client.
+const LEGACY_POINTER_CLASS: &str = "com.amazon.sqs.javamessaging.MessageS3Pointer";
+
+/// Where an offloaded payload is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayloadPointer {
+    pub bucket: String,
+    pub key: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PointerJson {
+    s3_bucket_name: String,
+    s3_key: String,
+}
+
+impl PayloadPointer {
+    /// Reads a message body as a pointer: `None` when it is not one (a
+    /// Retry Message is a JSON object, a pointer a two-element array naming
+    /// the pointer class), `Some(Err)` naming what is wrong with one that
+    /// looks like a pointer.
+    pub fn parse(body: &str) -> Option<Result<PayloadPointer, String>> {
+        let trimmed = body.trim_start();
+        if !trimmed.starts_with('[') {
+            return None;
+        }
+        let (class, pointer): (String, serde_json::Value) = serde_json::from_str(trimmed).ok()?;
+        if class != POINTER_CLASS && class != LEGACY_POINTER_CLASS {
+            return None;
+        }
+        Some(
+            serde_json::from_value::<PointerJson>(pointer)
+                .map_err(|_| "payload pointer: needs s3BucketName and s3Key strings".to_owned())
+                .and_then(|p| {
+                    if p.s3_bucket_name.is_empty() || p.s3_key.is_empty() {
+                        Err("payload pointer: s3BucketName and s3Key must not be empty".into())
+                    } else {
+                        Ok(PayloadPointer {
+                            bucket: p.s3_bucket_name,
+                            key: p.s3_key,
+                        })
+                    }
+                }),
+        )
+    }
+
+    /// The pointer as the Extended Clients write it.
+    pub fn body(&self) -> String {
+        serde_json::json!([
+            POINTER_CLASS,
+            {"s3BucketName": self.bucket, "s3Key": self.key}
+        ])
+        .to_string()
+    }
+
+    /// `s3://bucket/key`, for error texts (an address, not a value).
+    pub fn address(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn the_extended_clients_pointers_are_read() {
+        let python = r#"["software.amazon.payloadoffloading.PayloadS3Pointer", {"s3BucketName": "b", "s3Key": "k-1"}]"#;
+        let p = PayloadPointer::parse(python).unwrap().unwrap();
+        assert_eq!(
+            p,
+            PayloadPointer {
+                bucket: "b".into(),
+                key: "k-1".into()
+            }
+        );
+        assert_eq!(PayloadPointer::parse(&p.body()), Some(Ok(p.clone())));
+        let legacy = r#"["com.amazon.sqs.javamessaging.MessageS3Pointer",{"s3BucketName":"b","s3Key":"k-1"}]"#;
+        assert_eq!(PayloadPointer::parse(legacy), Some(Ok(p)));
+        assert_eq!(p_address(), "s3://b/k-1");
+    }
+
+    fn p_address() -> String {
+        PayloadPointer {
+            bucket: "b".into(),
+            key: "k-1".into(),
+        }
+        .address()
+    }
+
+    #[test]
+    fn other_bodies_are_not_pointers_and_bad_pointers_say_why() {
+        for body in [r#"{"id":"x"}"#, "[1,2]", r#"["other.Class", {}]"#, "[", ""] {
+            assert_eq!(PayloadPointer::parse(body), None, "{body}");
+        }
+        for body in [
+            r#"["software.amazon.payloadoffloading.PayloadS3Pointer", {"s3BucketName": "b"}]"#,
+            r#"["software.amazon.payloadoffloading.PayloadS3Pointer", {"s3BucketName": "", "s3Key": "k"}]"#,
+            r#"["software.amazon.payloadoffloading.PayloadS3Pointer", 7]"#,
+        ] {
+            let e = PayloadPointer::parse(body).unwrap().unwrap_err();
+            assert!(e.starts_with("payload pointer"), "{e}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_is_read_without_panicking(body in ".{0,200}") {
+            let _ = PayloadPointer::parse(&body);
+        }
+
+        #[test]
+        fn a_written_pointer_reads_back(bucket in "[a-z0-9.-]{3,20}", key in "[ -~]{1,60}") {
+            let p = PayloadPointer { bucket, key };
+            prop_assert_eq!(PayloadPointer::parse(&p.body()), Some(Ok(p)));
+        }
+    }
+}

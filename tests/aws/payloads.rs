@@ -1,0 +1,222 @@
+//! Large payloads (spec §11) against the Amazon SQS Extended Client from
+//! PyPI (`tests/interop/extended_client.py`), with moto's SQS and S3: a
+//! message the Extended Client offloaded is resolved and delivered, its
+//! object deleted; a dead-lettered one stays a pointer the Extended Client
+//! reads back; pointers that cannot be resolved are `invalid-message`,
+//! naming the bucket and key.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::common::*;
+
+/// Runs `extended_client.py args…` with `stdin`; its JSON answer.
+fn extended_client(args: &[&str], stdin: &str) -> serde_json::Value {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/extended_client.py");
+    let mut child = Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs tests/interop/extended_client.py");
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_owned();
+    // Its input and output may be larger than a pipe holds: written and
+    // read while it runs, and bounded in time.
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = input.write_all(stdin.as_bytes());
+        drop(input);
+        let _ = tx.send(child.wait_with_output());
+    });
+    let Ok(out) = rx.recv_timeout(Duration::from_secs(60)) else {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+        panic!("extended_client.py {args:?} did not finish within 60 s");
+    };
+    let out = out.unwrap();
+    assert!(
+        out.status.success(),
+        "extended_client.py {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("extended_client.py prints JSON")
+}
+
+fn s3() -> aws_sdk_s3::Client {
+    let config = aws_sdk_s3::Config::builder()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new(REGION))
+        .endpoint_url(endpoint())
+        .force_path_style(true)
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+fn bucket(name: &str) -> String {
+    format!("retryq-{name}-{}-{}", std::process::id(), fastrand::u32(..))
+}
+
+/// A Retry Message whose body is `size` bytes of JSON text.
+fn large_message(id: &str, url: &str, size: usize) -> (String, String) {
+    let body = format!("{{\"blob\":\"{}\"}}", "x".repeat(size - 11));
+    let message = serde_json::json!({
+        "id": id,
+        "destinationUrl": url,
+        "request": {"method": "PUT", "headers": {"content-type": "application/json"}, "body": body}
+    });
+    (message.to_string(), body)
+}
+
+#[tokio::test]
+async fn a_message_the_extended_client_offloaded_is_delivered_and_its_object_deleted() {
+    let dest = MockServer::start().await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&dest)
+        .await;
+    let (sqs, q, dlq, p) = with_dlq("payload-ok", &[]).await;
+    let b = bucket("ok");
+    // Above SQS's 256 KiB and retryq's 512 KiB inline limit.
+    let (message, body) = large_message("big-1", &dest.uri(), 900 * 1024);
+    extended_client(&["send", &q.url, &b], &message);
+
+    let received = receive_n(&sqs, &q, 1, Duration::from_secs(20)).await;
+    let pointer = received[0].body.clone().unwrap();
+    let failed = failures(&invoke(&p, &sqs, &q, &received).await);
+
+    assert!(
+        pointer.contains("software.amazon.payloadoffloading.PayloadS3Pointer"),
+        "{pointer}"
+    );
+    assert_eq!(
+        attr(&received[0], "ExtendedPayloadSize"),
+        Some(message.len().to_string())
+    );
+    assert!(failed.is_empty(), "delivered");
+    assert_eq!(depth(&sqs, &dlq).await, (0, 0));
+    let requests = dest.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].body, body.as_bytes(), "the whole body, once");
+    let left = s3().list_objects_v2().bucket(&b).send().await.unwrap();
+    assert_eq!(
+        left.key_count(),
+        Some(0),
+        "the delivered payload is deleted"
+    );
+}
+
+#[tokio::test]
+async fn a_dead_lettered_pointer_is_kept_byte_for_byte_and_the_extended_client_reads_it_back() {
+    let dest = MockServer::start().await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(ResponseTemplate::new(400))
+        .mount(&dest)
+        .await;
+    let (sqs, q, dlq, p) = with_dlq("payload-dead", &[]).await;
+    let b = bucket("dead");
+    let (message, _) = large_message("big-2", &dest.uri(), 300 * 1024);
+    extended_client(&["send", &q.url, &b], &message);
+
+    let received = receive_n(&sqs, &q, 1, Duration::from_secs(20)).await;
+    let pointer = received[0].body.clone().unwrap();
+    let failed = failures(&invoke(&p, &sqs, &q, &received).await);
+    // Seen raw (and left visible), then through the Extended Client.
+    let mut raw = Vec::new();
+    for _ in 0..100 {
+        raw = receive(&sqs, &dlq, 0).await;
+        if !raw.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let read_back = extended_client(&["read", &dlq.url, &b], "");
+
+    assert!(failed.is_empty(), "dead-lettered and acknowledged");
+    assert_eq!(
+        read_back["body"], message,
+        "the Extended Client resolves the DLQ copy"
+    );
+    assert_eq!(read_back["attributes"]["FailureReason"], "non-retryable");
+    // The Extended Client hides its own attribute; SQS shows it.
+    assert_eq!(
+        attr(&raw[0], "ExtendedPayloadSize"),
+        Some(message.len().to_string())
+    );
+    assert_eq!(
+        raw[0].body.as_deref(),
+        Some(pointer.as_str()),
+        "the pointer, byte for byte"
+    );
+    let objects = s3().list_objects_v2().bucket(&b).send().await.unwrap();
+    assert_eq!(
+        objects.key_count(),
+        Some(1),
+        "the object stays for the DLQ copy"
+    );
+}
+
+#[tokio::test]
+async fn pointers_that_cannot_be_resolved_are_invalid_messages_naming_the_object() {
+    let dest = never_called().await;
+    let (sqs, q, dlq, p) = with_dlq("payload-bad", &[("MAX_OFFLOADED_BODY_BYTES", "1000")]).await;
+    let b = bucket("bad");
+    s3().create_bucket().bucket(&b).send().await.unwrap();
+    let (too_big, _) = large_message("big-3", &dest.uri(), 5000);
+    s3().put_object()
+        .bucket(&b)
+        .key("too-big")
+        .body(too_big.into_bytes().into())
+        .send()
+        .await
+        .unwrap();
+    let pointer = |key: &str| {
+        format!(
+            r#"["software.amazon.payloadoffloading.PayloadS3Pointer", {{"s3BucketName": "{b}", "s3Key": "{key}"}}]"#
+        )
+    };
+    send(&sqs, &q, &pointer("missing-key")).await;
+    send(&sqs, &q, &pointer("too-big")).await;
+    send(
+        &sqs,
+        &q,
+        r#"["software.amazon.payloadoffloading.PayloadS3Pointer", {"s3BucketName": "b"}]"#,
+    )
+    .await;
+
+    let received = receive_n(&sqs, &q, 3, Duration::from_secs(20)).await;
+    let failed = failures(&invoke(&p, &sqs, &q, &received).await);
+    let dead = receive_n(&sqs, &dlq, 3, Duration::from_secs(20)).await;
+
+    assert!(failed.is_empty());
+    let mut errors: Vec<String> = dead.iter().map(|m| attr(m, "LastError").unwrap()).collect();
+    errors.sort();
+    for m in &dead {
+        assert_eq!(attr(m, "FailureReason").as_deref(), Some("invalid-message"));
+    }
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains(&format!("s3://{b}/missing-key")) && e.contains("does not exist")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("request.body") && e.contains("1000")),
+        "{errors:?}"
+    );
+    assert!(errors.iter().any(|e| e.contains("s3Key")), "{errors:?}");
+    assert_eq!(dest.received_requests().await.unwrap().len(), 0);
+}
