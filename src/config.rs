@@ -73,6 +73,10 @@ pub struct Config {
     /// `MAX_OFFLOADED_BODY_BYTES`: the largest request body of a Retry
     /// Message offloaded to S3 (spec §11).
     pub max_offloaded_body: usize,
+    /// `PAYLOAD_BUCKET`: where `retryq enqueue` / `call` offload messages
+    /// larger than `PAYLOAD_OFFLOAD_BYTES`.
+    pub payload_bucket: Option<String>,
+    pub payload_offload_bytes: usize,
 }
 
 /// The fleet-wide state table and its attempt ledger.
@@ -260,6 +264,13 @@ impl Config {
                 1,
                 MAX_OFFLOADED_BODY_BYTES,
             )? as usize,
+            payload_bucket: vars.text("PAYLOAD_BUCKET").map(|b| b.trim().to_owned()),
+            payload_offload_bytes: vars.number(
+                "PAYLOAD_OFFLOAD_BYTES",
+                DEFAULT_PAYLOAD_OFFLOAD_BYTES,
+                1,
+                MAX_SQS_MESSAGE_BYTES,
+            )? as usize,
             ca_bundle: match vars.text("CA_BUNDLE") {
                 None => None,
                 Some(path) => Some(
@@ -283,6 +294,10 @@ const MAX_CONCURRENCY: u64 = 100_000;
 /// holds its records' bodies in memory).
 const DEFAULT_OFFLOADED_BODY_BYTES: u64 = 16 * 1024 * 1024;
 const MAX_OFFLOADED_BODY_BYTES: u64 = 1024 * 1024 * 1024;
+/// `PAYLOAD_OFFLOAD_BYTES`: 256 KiB less room for attributes (the DLQ
+/// copy's, for one), at most SQS's largest message.
+const DEFAULT_PAYLOAD_OFFLOAD_BYTES: u64 = 262_144 - 8 * 1024;
+const MAX_SQS_MESSAGE_BYTES: u64 = 1024 * 1024;
 
 /// A typed reader of variables. A variable that is unset or empty takes its
 /// default; every error names the variable.
@@ -596,6 +611,7 @@ mod tests {
             ("METRICS_NAMESPACE", "AWS/Lambda"),
             ("CA_BUNDLE", "/nonexistent/retryq-ca.pem"),
             ("MAX_OFFLOADED_BODY_BYTES", "0"),
+            ("PAYLOAD_OFFLOAD_BYTES", "1048577"),
             ("MAX_OFFLOADED_BODY_BYTES", "2147483648"),
             ("CA_BUNDLE", "Cargo.toml"),
             (

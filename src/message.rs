@@ -196,7 +196,9 @@ impl RetryMessage {
         self.validate_with_body_limit(limits::BODY_BYTES)
     }
 
-    fn validate_with_body_limit(&self, body_limit: usize) -> Result<(), InvalidMessage> {
+    /// As [`validate`](Self::validate), allowing a request body of up to
+    /// `body_limit` bytes (an offloaded message's).
+    pub fn validate_with_body_limit(&self, body_limit: usize) -> Result<(), InvalidMessage> {
         validate_id(&self.id)?;
         self.validate_destination()?;
         self.validate_method()?;

@@ -142,6 +142,13 @@ impl MessageBuilder {
 
     /// Validates and builds the message (`createdAt` = now).
     pub fn build(self) -> Result<RetryMessage, InvalidMessage> {
+        self.build_with_body_limit(crate::message::limits::BODY_BYTES)
+    }
+
+    /// As [`build`](Self::build), for a message that will be offloaded to
+    /// S3 ([`Enqueuer::with_payload_bucket`]): its body may be up to
+    /// `body_limit` bytes (`MAX_OFFLOADED_BODY_BYTES`).
+    pub fn build_with_body_limit(self, body_limit: usize) -> Result<RetryMessage, InvalidMessage> {
         let destination_url = Url::parse(&self.url).map_err(|e| {
             InvalidMessage::new("destinationUrl", format!("not an absolute URL ({e})"))
         })?;
@@ -180,7 +187,7 @@ impl MessageBuilder {
             received_count: self.received_count,
             metadata: (!self.metadata.is_empty()).then_some(self.metadata),
         };
-        msg.validate()?;
+        msg.validate_with_body_limit(body_limit)?;
         Ok(msg)
     }
 }
@@ -190,6 +197,17 @@ impl MessageBuilder {
 pub struct Enqueuer {
     queues: Arc<Queues>,
     queue_url: String,
+    /// Where messages larger than the threshold go (claim check, §11).
+    #[cfg(feature = "s3-payloads")]
+    offload: Option<Offload>,
+}
+
+#[cfg(feature = "s3-payloads")]
+#[derive(Debug, Clone)]
+struct Offload {
+    bucket: String,
+    threshold: usize,
+    store: Arc<crate::payload::store::PayloadStore>,
 }
 
 impl Enqueuer {
@@ -197,7 +215,23 @@ impl Enqueuer {
         Enqueuer {
             queues: Arc::new(Queues::new(client)),
             queue_url: queue_url.into(),
+            #[cfg(feature = "s3-payloads")]
+            offload: None,
         }
+    }
+
+    /// Offloads a message larger than `threshold` bytes (`PAYLOAD_OFFLOAD_BYTES`)
+    /// to `bucket` (`PAYLOAD_BUCKET`) and sends a pointer to it, as the SQS
+    /// Extended Client does: the processor and the Extended Client both
+    /// read it.
+    #[cfg(feature = "s3-payloads")]
+    pub fn with_payload_bucket(mut self, bucket: impl Into<String>, threshold: usize) -> Enqueuer {
+        self.offload = Some(Offload {
+            bucket: bucket.into(),
+            threshold,
+            store: Arc::new(crate::payload::store::PayloadStore::new()),
+        });
+        self
     }
 
     pub fn queue_url(&self) -> &str {
@@ -210,6 +244,26 @@ impl Enqueuer {
     pub async fn enqueue(&self, msg: &RetryMessage) -> Result<String, QueueError> {
         let body = serde_json::to_string(msg).expect("a RetryMessage always serializes");
         let group = msg.destination_url.host_str().unwrap_or(DEFAULT_GROUP);
+        #[cfg(feature = "s3-payloads")]
+        if let Some(o) = self.offload.as_ref().filter(|o| body.len() > o.threshold) {
+            let size = body.len();
+            let pointer = o
+                .store
+                .put(&o.bucket, body)
+                .await
+                .map_err(QueueError::Payload)?;
+            let attributes = [(crate::payload::EXTENDED_PAYLOAD_SIZE, size.to_string())];
+            return self
+                .queues
+                .send(
+                    &self.queue_url,
+                    &pointer.body(),
+                    &attributes,
+                    group,
+                    &msg.id,
+                )
+                .await;
+        }
         self.queues
             .send(&self.queue_url, &body, &[], group, &msg.id)
             .await

@@ -4,10 +4,12 @@ use super::{config, Failure, RequestArgs};
 use crate::producer::{call_then_enqueue, CallOutcome, Enqueuer, SyncRetry};
 use crate::wiring;
 
-/// Builds one Retry Message, sends it, prints its id.
+/// Builds one Retry Message, sends it (through `PAYLOAD_BUCKET` when it is
+/// large), prints its id.
 pub(super) async fn enqueue(queue_url: String, request: RequestArgs) -> Result<(), Failure> {
-    let msg = request.message()?;
-    let enqueuer = Enqueuer::new(wiring::sqs_client_from_env().await, queue_url);
+    let config = config()?;
+    let msg = request.message(body_limit(&config))?;
+    let enqueuer = enqueuer(&config, wiring::sqs_client_from_env().await, queue_url);
     enqueuer
         .enqueue(&msg)
         .await
@@ -22,12 +24,12 @@ pub(super) async fn call(
     request: RequestArgs,
     sync: SyncRetry,
 ) -> Result<(), Failure> {
-    let msg = request.message()?;
     let config = config()?;
+    let msg = request.message(body_limit(&config))?;
     let (sqs, secrets_manager) = wiring::clients_from_env(config.auth.uses_secrets_manager()).await;
     let deliverer =
         wiring::deliverer(&config, 4, secrets_manager).map_err(|e| Failure::Work(e.to_string()))?;
-    let enqueuer = Enqueuer::new(sqs, queue_url);
+    let enqueuer = enqueuer(&config, sqs, queue_url);
     match call_then_enqueue(&deliverer, &enqueuer, msg, sync).await {
         Ok(CallOutcome::Delivered { status, attempts }) => {
             println!("delivered: HTTP {status} after {attempts} attempt(s)");
@@ -50,5 +52,26 @@ pub(super) async fn call(
         Err(e) => Err(Failure::Work(format!(
             "still failing and could not be enqueued: {e}"
         ))),
+    }
+}
+
+/// With `PAYLOAD_BUCKET`, a body may be as large as an offloaded one.
+fn body_limit(config: &crate::config::Config) -> usize {
+    match config.payload_bucket {
+        Some(_) => config.max_offloaded_body,
+        None => crate::message::limits::BODY_BYTES,
+    }
+}
+
+/// The enqueuer, offloading to `PAYLOAD_BUCKET` when it is set.
+fn enqueuer(
+    config: &crate::config::Config,
+    sqs: aws_sdk_sqs::Client,
+    queue_url: String,
+) -> Enqueuer {
+    let enqueuer = Enqueuer::new(sqs, queue_url);
+    match &config.payload_bucket {
+        Some(bucket) => enqueuer.with_payload_bucket(bucket, config.payload_offload_bytes),
+        None => enqueuer,
     }
 }

@@ -246,7 +246,9 @@ impl Failure {
 
 impl RequestArgs {
     /// The Retry Message these flags describe.
-    pub fn message(&self) -> Result<RetryMessage, Failure> {
+    /// The Retry Message; its body may be up to `body_limit` bytes (larger
+    /// when it will be offloaded to `PAYLOAD_BUCKET`).
+    pub fn message(&self, body_limit: usize) -> Result<RetryMessage, Failure> {
         let mut b = MessageBuilder::new(&self.url);
         b = b.method(
             self.method
@@ -286,7 +288,7 @@ impl RequestArgs {
         if let Some(s) = &self.originating_service {
             b = b.originating_service(s.clone());
         }
-        b.build()
+        b.build_with_body_limit(body_limit)
             .map_err(|e| Failure::Usage(format!("invalid message: {e}")))
     }
 }

@@ -53,6 +53,9 @@ pub enum QueueError {
         operation: &'static str,
         detail: String,
     },
+    /// A payload could not be offloaded to S3 (spec §11).
+    #[error("payload offload failed: {0}")]
+    Payload(String),
 }
 
 impl Unanswered for QueueError {

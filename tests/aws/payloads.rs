@@ -220,3 +220,71 @@ async fn pointers_that_cannot_be_resolved_are_invalid_messages_naming_the_object
     assert!(errors.iter().any(|e| e.contains("s3Key")), "{errors:?}");
     assert_eq!(dest.received_requests().await.unwrap().len(), 0);
 }
+
+#[tokio::test]
+async fn retryq_enqueue_offloads_a_large_message_that_the_extended_client_and_the_processor_read() {
+    let dest = MockServer::start().await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&dest)
+        .await;
+    let (sqs, q, _dlq, p) = with_dlq("payload-enqueue", &[]).await;
+    let b = bucket("enqueue");
+    s3().create_bucket().bucket(&b).send().await.unwrap();
+    let data = std::env::temp_dir().join(format!("retryq-large-{}.json", std::process::id()));
+    let body = format!("{{\"blob\":\"{}\"}}", "y".repeat(700 * 1024));
+    std::fs::write(&data, &body).unwrap();
+    let enqueue = |extra: &[(&str, &str)]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_retryq"));
+        command
+            .args([
+                "enqueue",
+                "--queue-url",
+                &q.url,
+                "--url",
+                &dest.uri(),
+                "--id",
+            ])
+            .arg(format!("big-{}", extra.len()))
+            .arg("-d")
+            .arg(format!("@{}", data.display()))
+            .envs(extra.iter().copied())
+            .stdin(Stdio::null());
+        aws_env(&mut command);
+        command.env("AWS_ENDPOINT_URL_S3", endpoint());
+        command.output().expect("retryq enqueue runs")
+    };
+
+    let without = enqueue(&[]);
+    let with = enqueue(&[("PAYLOAD_BUCKET", &b)]);
+    let through_extended_client = extended_client(&["read", &q.url, &b], "");
+    let message: serde_json::Value =
+        serde_json::from_str(through_extended_client["body"].as_str().unwrap()).unwrap();
+    // The Extended Client left it visible again; the processor delivers it.
+    let received = receive_n(&sqs, &q, 1, Duration::from_secs(20)).await;
+    let failed = failures(&invoke(&p, &sqs, &q, &received).await);
+    let _ = std::fs::remove_file(&data);
+
+    assert_eq!(without.status.code(), Some(2), "too large to go inline");
+    assert!(
+        String::from_utf8_lossy(&without.stderr).contains("request.body"),
+        "names the field"
+    );
+    assert!(
+        with.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with.stderr)
+    );
+    assert_eq!(
+        message["request"]["body"], body,
+        "the Extended Client reads it"
+    );
+    assert!(received[0]
+        .body
+        .as_deref()
+        .unwrap()
+        .contains("PayloadS3Pointer"));
+    assert!(failed.is_empty(), "the processor delivers it");
+    let r = dest.received_requests().await.unwrap();
+    assert_eq!(r.last().unwrap().body, body.as_bytes());
+}

@@ -2,7 +2,8 @@
 local server, for retryq's claim-check tests.
 
     extended_client.py send QUEUE_URL BUCKET < body     sends body through S3; prints the SQS body sent
-    extended_client.py read QUEUE_URL BUCKET            receives one message (within 20 s) and prints
+    extended_client.py read QUEUE_URL BUCKET            receives one message (within 20 s), makes it
+                                                        visible again, and prints
                                                         {"body": the payload read back, "attributes": {...}}
 
 Endpoints and credentials come from the environment (AWS_ENDPOINT_URL_SQS,
@@ -46,6 +47,9 @@ def main():
                                       MessageAttributeNames=["All"], WaitTimeSeconds=1)
             for m in got.get("Messages", []):
                 attributes = {k: v.get("StringValue") for k, v in m.get("MessageAttributes", {}).items()}
+                # Visible again at once, for whoever reads it next.
+                sqs.change_message_visibility(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"],
+                                              VisibilityTimeout=0)
                 print(json.dumps({"body": m["Body"], "attributes": attributes}))
                 return
         sys.exit("extended_client.py: no message within 20 s")
