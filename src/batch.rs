@@ -21,6 +21,9 @@ pub struct Record {
     /// SQS `SentTimestamp`: when the message entered its queue, from which
     /// the queue's retention counts.
     pub sent_at: Option<SystemTime>,
+    /// The `AWSTraceHeader` system attribute: the X-Ray trace the message
+    /// belongs to (spec §11).
+    pub trace_header: Option<String>,
 }
 
 impl Record {
@@ -42,6 +45,7 @@ impl Record {
                 .unwrap_or(1),
             message_group_id: attribute("MessageGroupId"),
             sent_at: attribute("SentTimestamp").as_deref().and_then(epoch_millis),
+            trace_header: attribute("AWSTraceHeader").filter(|t| !t.trim().is_empty()),
             message_id: message_id.unwrap_or_default(),
             receipt_handle: receipt_handle.unwrap_or_default(),
             body: body.unwrap_or_default(),

@@ -212,7 +212,24 @@ async fn move_one(
         .map_or(DEFAULT_GROUP, String::as_str);
     let body = m.body.as_deref().unwrap_or_default();
     let message_id = m.message_id.as_deref().unwrap_or_default();
-    queues.send(to_url, body, &[], group, message_id).await?;
+    // A pointer keeps its size attribute, so the SQS Extended Client still
+    // reads the redriven copy; every message keeps its trace (spec §11).
+    let payload_size: Vec<(&str, String)> = m
+        .message_attributes
+        .as_ref()
+        .and_then(|a| a.get(crate::payload::EXTENDED_PAYLOAD_SIZE))
+        .and_then(|v| v.string_value.clone())
+        .map(|size| (crate::payload::EXTENDED_PAYLOAD_SIZE, size))
+        .into_iter()
+        .collect();
+    let trace = m
+        .attributes
+        .as_ref()
+        .and_then(|a| a.get(&MessageSystemAttributeName::AwsTraceHeader))
+        .map(String::as_str);
+    queues
+        .send(to_url, body, &payload_size, trace, group, message_id)
+        .await?;
     let handle = m.receipt_handle.clone().unwrap_or_default();
     let not_deleted = queues.delete_batch(dlq_url, &[handle]).await;
     if not_deleted.is_empty() {

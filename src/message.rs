@@ -58,6 +58,9 @@ pub mod limits {
     pub const BODY_BYTES: usize = 512 * 1024;
 }
 
+/// The header that carries an X-Ray trace.
+pub const TRACE_ID_HEADER: &str = "X-Amzn-Trace-Id";
+
 /// One Retry Message, version 1 (spec §2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -296,6 +299,24 @@ impl RetryMessage {
                 .decode(text)
                 .map(Cow::Owned)
                 .map_err(|_| InvalidMessage::new("request.body", "is not valid base64")),
+        }
+    }
+
+    /// Continues the X-Ray trace `trace_header` (a record's `AWSTraceHeader`)
+    /// downstream as `X-Amzn-Trace-Id`, unless the request already carries
+    /// one (spec §11). A `traceparent` header is the message's own and
+    /// passes through unchanged.
+    pub fn continue_trace(&mut self, trace_header: &str) {
+        let has_one = self
+            .request
+            .headers
+            .keys()
+            .any(|name| name.eq_ignore_ascii_case(TRACE_ID_HEADER));
+        if !has_one {
+            self.request.headers.insert(
+                TRACE_ID_HEADER.to_owned(),
+                HeaderValues::One(trace_header.to_owned()),
+            );
         }
     }
 

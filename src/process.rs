@@ -595,7 +595,15 @@ impl Processor {
         let (message, mut attempt) = match record::plan(&received, &settings, SystemTime::now()) {
             Plan::Leave(why) => return (Err(why), None, None),
             Plan::Decided(decision) => return (Ok(decision), None, None),
-            Plan::Attempt { message, attempt } => (message, attempt),
+            Plan::Attempt {
+                mut message,
+                attempt,
+            } => {
+                if let Some(trace) = &record.trace_header {
+                    message.continue_trace(trace);
+                }
+                (message, attempt)
+            }
         };
         let settings = settings.for_destination(&message.destination_url);
         let rules = self
@@ -957,6 +965,7 @@ impl Processor {
                     source_queue_arn: &record.source_queue_arn,
                     original_message_id: &record.message_id,
                     message_group_id: record.message_group_id.as_deref(),
+                    trace_header: record.trace_header.as_deref(),
                     payload_size: match resolved {
                         Resolved::Offloaded { payload, .. } => Some(payload.len()),
                         _ => None,

@@ -259,13 +259,14 @@ impl Enqueuer {
                     &self.queue_url,
                     &pointer.body(),
                     &attributes,
+                    None,
                     group,
                     &msg.id,
                 )
                 .await;
         }
         self.queues
-            .send(&self.queue_url, &body, &[], group, &msg.id)
+            .send(&self.queue_url, &body, &[], None, group, &msg.id)
             .await
     }
 }

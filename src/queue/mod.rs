@@ -15,7 +15,8 @@ use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{
     BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry,
     DeleteMessageBatchRequestEntry, Message, MessageAttributeValue, MessageSystemAttributeName,
-    QueueAttributeName, SendMessageBatchRequestEntry,
+    MessageSystemAttributeNameForSends, MessageSystemAttributeValue, QueueAttributeName,
+    SendMessageBatchRequestEntry,
 };
 
 use crate::gather::{Gather, Unanswered};
@@ -116,6 +117,8 @@ pub struct DeadLetterCopy<'a> {
     pub original_message_id: &'a str,
     /// The record's `MessageGroupId`, for FIFO queues.
     pub message_group_id: Option<&'a str>,
+    /// The record's `AWSTraceHeader`, kept on the copy (spec §11).
+    pub trace_header: Option<&'a str>,
     /// For a payload pointer (spec §11): the payload's size, kept as the
     /// Number attribute `ExtendedPayloadSize` so that the SQS Extended
     /// Client can read the copy back.
@@ -219,6 +222,8 @@ pub struct Queues {
 struct Outgoing {
     body: String,
     attributes: Vec<(&'static str, String)>,
+    /// `AWSTraceHeader`, sent as the system attribute.
+    trace: Option<String>,
     group: String,
     dedup: String,
 }
@@ -501,6 +506,7 @@ impl Queues {
         let outgoing = Outgoing {
             body: copy.body.to_owned(),
             attributes,
+            trace: copy.trace_header.map(str::to_owned),
             group: copy.message_group_id.unwrap_or(DEFAULT_GROUP).to_owned(),
             dedup: copy.original_message_id.to_owned(),
         };
@@ -513,36 +519,56 @@ impl Queues {
 
     /// Sends up to ten messages to one queue: `SendMessageBatch` calls
     /// within [`BATCH_PAYLOAD_MAX`], and `SendMessage` for a message larger
-    /// than that. One result per message, in order.
+    /// than that or carrying a trace. One result per message, in order.
     async fn send_entries(
         &self,
         queue_url: &str,
         entries: &[Outgoing],
     ) -> Vec<Result<(), QueueError>> {
-        let sizes: Vec<usize> = entries.iter().map(Outgoing::size).collect();
         let mut results = Vec::with_capacity(entries.len());
         let mut rest = entries;
-        for len in runs_within(&sizes, BATCH_PAYLOAD_MAX) {
-            let (run, after) = rest.split_at(len);
+        while let Some(first) = rest.first() {
+            // A message with a trace goes alone: SendMessage keeps its
+            // AWSTraceHeader everywhere, where the local SQS-compatible
+            // server drops the system attributes of batch entries.
+            if first.trace.is_some() || first.size() > BATCH_PAYLOAD_MAX {
+                results.push(self.send_one(queue_url, first).await);
+                rest = &rest[1..];
+                continue;
+            }
+            let plain = rest
+                .iter()
+                .position(|e| e.trace.is_some())
+                .unwrap_or(rest.len());
+            let (untraced, after) = rest.split_at(plain);
             rest = after;
-            if let [one] = run {
-                if one.size() > BATCH_PAYLOAD_MAX {
-                    let sent = self
-                        .send(
-                            queue_url,
-                            &one.body,
-                            &one.attributes,
-                            &one.group,
-                            &one.dedup,
-                        )
-                        .await;
-                    results.push(sent.map(drop));
-                    continue;
+            let sizes: Vec<usize> = untraced.iter().map(Outgoing::size).collect();
+            let mut left = untraced;
+            for len in runs_within(&sizes, BATCH_PAYLOAD_MAX) {
+                let (run, after) = left.split_at(len);
+                left = after;
+                match run {
+                    [one] if one.size() > BATCH_PAYLOAD_MAX => {
+                        results.push(self.send_one(queue_url, one).await)
+                    }
+                    _ => results.extend(self.send_batch(queue_url, run).await),
                 }
             }
-            results.extend(self.send_batch(queue_url, run).await);
         }
         results
+    }
+
+    async fn send_one(&self, queue_url: &str, one: &Outgoing) -> Result<(), QueueError> {
+        self.send(
+            queue_url,
+            &one.body,
+            &one.attributes,
+            one.trace.as_deref(),
+            &one.group,
+            &one.dedup,
+        )
+        .await
+        .map(drop)
     }
 
     async fn send_batch(&self, queue_url: &str, run: &[Outgoing]) -> Vec<Result<(), QueueError>> {
@@ -577,14 +603,16 @@ impl Queues {
         entry_results(OPERATION, run.len(), answer)
     }
 
-    /// Sends a message with these String attributes; returns its SQS
-    /// message id. On a FIFO queue it goes to `group`, deduplicated on
-    /// `dedup` (made a valid deduplication id).
+    /// Sends a message with these attributes (and `trace` as its
+    /// `AWSTraceHeader`); returns its SQS message id. On a FIFO queue it
+    /// goes to `group`, deduplicated on `dedup` (made a valid deduplication
+    /// id).
     pub async fn send(
         &self,
         queue_url: &str,
         body: &str,
         attributes: &[(&str, String)],
+        trace: Option<&str>,
         group: &str,
         dedup: &str,
     ) -> Result<String, QueueError> {
@@ -596,6 +624,12 @@ impl Queues {
             .message_body(body);
         for (name, value) in attributes {
             send = send.message_attributes(*name, string(name, value));
+        }
+        if let Some(trace) = trace {
+            send = send.message_system_attributes(
+                MessageSystemAttributeNameForSends::AwsTraceHeader,
+                trace_attribute(trace),
+            );
         }
         if is_fifo(queue_url) {
             send = send
@@ -943,6 +977,15 @@ fn dedup_id(message_id: &str) -> String {
         .collect()
 }
 
+/// The `AWSTraceHeader` system attribute's value.
+fn trace_attribute(trace: &str) -> MessageSystemAttributeValue {
+    MessageSystemAttributeValue::builder()
+        .data_type("String")
+        .string_value(trace)
+        .build()
+        .expect("data_type is set")
+}
+
 /// An attribute's value: a String, except the Number the SQS Extended
 /// Client expects for a payload's size.
 fn string(name: &str, value: &str) -> MessageAttributeValue {
@@ -985,6 +1028,7 @@ mod tests {
     fn copy_of<'a>(body: &'a str, dl: &'a DeadLetter) -> DeadLetterCopy<'a> {
         DeadLetterCopy {
             payload_size: None,
+            trace_header: None,
             body,
             dead_letter: dl,
             source_queue_arn: "arn:aws:sqs:us-east-1:123456789012:orders",

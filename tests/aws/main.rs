@@ -23,4 +23,5 @@ mod sqs_actions;
 mod sqs_proxy;
 mod ssrf;
 mod state_table;
+mod traces;
 mod trigger;

@@ -614,6 +614,7 @@ async fn fifo_records_released_behind_a_blocked_one_respect_the_deadline() {
             source_queue_arn: arn.clone(),
             message_group_id: Some("g".into()),
             sent_at: None,
+            trace_header: None,
         })
         .collect();
 

@@ -308,6 +308,7 @@ async fn each_limit_violation_is_an_invalid_message_with_a_reason() {
             source_queue_arn: source.arn.clone(),
             message_group_id: None,
             sent_at: None,
+            trace_header: None,
         };
         let report = p.process_batch(vec![record], None).await;
         assert_eq!(
