@@ -87,6 +87,8 @@ pub struct Processed {
     pub disposition: Disposition,
     /// How long the attempt took, when one was made.
     pub attempt_latency: Option<Duration>,
+    /// The destination's host, when the message could be read.
+    pub destination: Option<String>,
 }
 
 impl From<Disposition> for Processed {
@@ -94,6 +96,7 @@ impl From<Disposition> for Processed {
         Processed {
             disposition,
             attempt_latency: None,
+            destination: None,
         }
     }
 }
@@ -105,6 +108,8 @@ pub struct RecordReport {
     pub receipt_handle: String,
     pub disposition: Disposition,
     pub attempt_latency: Option<Duration>,
+    /// The destination's host (the metrics' `Destination` dimension).
+    pub destination: Option<String>,
 }
 
 /// What happened to a batch, in the order of its records.

@@ -132,7 +132,7 @@ impl Breakers {
         match health {
             Some(Health::Answered) => {
                 if state.open_until.is_some() {
-                    tracing::info!(host, "circuit breaker closed: the probe succeeded");
+                    crate::metrics::breaker_closed(host);
                 }
                 state.consecutive_failures = 0;
                 state.known_good = true;
@@ -146,11 +146,10 @@ impl Breakers {
                         && state.consecutive_failures >= settings.threshold.max(1))
                 {
                     state.open_until = Some(crate::clock::later(settings.cooldown));
-                    tracing::warn!(
+                    crate::metrics::breaker_opened(
                         host,
-                        failures = state.consecutive_failures,
-                        cooldown_s = settings.cooldown.as_secs(),
-                        "circuit breaker open: not attempting this host until the cool-down ends"
+                        state.consecutive_failures,
+                        settings.cooldown,
                     );
                 }
             }

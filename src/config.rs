@@ -227,6 +227,7 @@ impl Config {
                 service: vars
                     .text("AWS_LAMBDA_FUNCTION_NAME")
                     .unwrap_or_else(|| "retryq-worker".into()),
+                host_limit: vars.number("HOST_METRICS_LIMIT", 20, 1, MAX_HOST_METRICS)? as usize,
             },
             retention_margin: Duration::from_secs(vars.number(
                 "RETENTION_MARGIN_SECONDS",
@@ -290,6 +291,8 @@ const MAX_LEDGER_TTL_DAYS: u64 = 3650;
 const MAX_SNIPPET_BYTES: u64 = 16_384;
 /// Most requests in flight (`MAX_CONCURRENCY`, `MAX_CONCURRENCY_PER_HOST`).
 const MAX_CONCURRENCY: u64 = 100_000;
+/// `HOST_METRICS_LIMIT`: each named host is a CloudWatch metric of its own.
+const MAX_HOST_METRICS: u64 = 1000;
 /// `MAX_OFFLOADED_BODY_BYTES`: 16 MiB by default, at most 1 GiB (a batch
 /// holds its records' bodies in memory).
 const DEFAULT_OFFLOADED_BODY_BYTES: u64 = 16 * 1024 * 1024;
@@ -612,6 +615,7 @@ mod tests {
             ("CA_BUNDLE", "/nonexistent/retryq-ca.pem"),
             ("MAX_OFFLOADED_BODY_BYTES", "0"),
             ("PAYLOAD_OFFLOAD_BYTES", "1048577"),
+            ("HOST_METRICS_LIMIT", "0"),
             ("MAX_OFFLOADED_BODY_BYTES", "2147483648"),
             ("CA_BUNDLE", "Cargo.toml"),
             (

@@ -10,6 +10,16 @@
 //! * `AttemptLatency` (Milliseconds), one value per attempt (EMF takes at
 //!   most 100 values a line, so long batches take several lines).
 //!
+//! * per destination host, dimensions `Service` and `Destination`:
+//!   `Delivered`, `Retried`, `DeadLettered` (Count), `AttemptLatency`
+//!   (Milliseconds), and `BreakerOpened` (Count) for each circuit breaker
+//!   that opened since the last batch. At most `HOST_METRICS_LIMIT` hosts
+//!   (the busiest) are named per batch; the others count as `other`, so a
+//!   batch of many hosts cannot make many metrics.
+//!
+//! A breaker opening or closing also writes one log line, `breaker opened`
+//! (host, failures, cool-down) or `breaker closed` (host).
+//!
 //! `METRICS_NAMESPACE` (default `retryq`) names the namespace;
 //! `METRICS_ENABLED=false` turns it off. `Service` is the function's name
 //! (`AWS_LAMBDA_FUNCTION_NAME`), or `retryq-worker`.
@@ -22,7 +32,8 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::time::SystemTime;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Value};
 
@@ -31,6 +42,9 @@ use crate::batch::{BatchReport, Disposition};
 /// EMF's limit on values per metric per line.
 const MAX_VALUES: usize = 100;
 
+/// The `Destination` of the hosts past `HOST_METRICS_LIMIT`.
+pub const OTHER_DESTINATIONS: &str = "other";
+
 /// Where and whether metrics are written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetricsSettings {
@@ -38,6 +52,8 @@ pub struct MetricsSettings {
     pub namespace: String,
     /// The `Service` dimension.
     pub service: String,
+    /// `HOST_METRICS_LIMIT`: most `Destination` values per batch.
+    pub host_limit: usize,
 }
 
 impl Default for MetricsSettings {
@@ -46,12 +62,116 @@ impl Default for MetricsSettings {
             enabled: true,
             namespace: "retryq".into(),
             service: "retryq-worker".into(),
+            host_limit: 20,
         }
     }
 }
 
-/// The EMF documents for one batch, one JSON object each.
-pub fn documents(settings: &MetricsSettings, report: &BatchReport, now: SystemTime) -> Vec<Value> {
+/// Breakers opened since the last batch's metrics, by host.
+static BREAKERS_OPENED: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+
+/// A circuit breaker opened (this process's, or the fleet's by this
+/// process's write): one log line, and `BreakerOpened` in the next batch's
+/// metrics.
+pub(crate) fn breaker_opened(host: &str, failures: u32, cooldown: Duration) {
+    tracing::warn!(
+        host,
+        failures,
+        cooldown_s = cooldown.as_secs(),
+        "breaker opened"
+    );
+    let mut opened = BREAKERS_OPENED.lock().unwrap_or_else(|p| p.into_inner());
+    *opened.entry(destination_of(host).to_owned()).or_default() += 1;
+}
+
+/// The `Destination` of a breaker's `host:port` key: its host, as the
+/// records' own destinations are counted.
+fn destination_of(breaker_host: &str) -> &str {
+    match breaker_host.rsplit_once(':') {
+        Some((host, port))
+            if !host.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && (host.ends_with(']') || !host.contains(':')) =>
+        {
+            host
+        }
+        _ => breaker_host,
+    }
+}
+
+/// A circuit breaker closed: its probe was answered.
+pub(crate) fn breaker_closed(host: &str) {
+    tracing::info!(host, "breaker closed");
+}
+
+fn take_breakers_opened() -> BTreeMap<String, u64> {
+    std::mem::take(&mut *BREAKERS_OPENED.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// One destination's figures in a batch.
+#[derive(Default)]
+struct PerHost {
+    records: usize,
+    delivered: usize,
+    retried: usize,
+    dead_lettered: usize,
+    latencies: Vec<f64>,
+    breakers_opened: u64,
+}
+
+/// The batch's figures by `Destination`: the `limit` busiest hosts by
+/// name, the rest as [`OTHER_DESTINATIONS`].
+fn per_destination(
+    report: &BatchReport,
+    opened: &BTreeMap<String, u64>,
+    limit: usize,
+) -> BTreeMap<String, PerHost> {
+    let mut hosts: BTreeMap<&str, PerHost> = BTreeMap::new();
+    for r in &report.records {
+        let Some(host) = r.destination.as_deref() else {
+            continue;
+        };
+        let h = hosts.entry(host).or_default();
+        h.records += 1;
+        match r.disposition {
+            Disposition::Delivered => h.delivered += 1,
+            Disposition::RetryLater { .. } => h.retried += 1,
+            Disposition::DeadLettered(_) => h.dead_lettered += 1,
+            Disposition::Unfinished(_) => {}
+        }
+        h.latencies.extend(r.attempt_latency.map(millis));
+    }
+    for (host, n) in opened {
+        hosts.entry(host).or_default().breakers_opened += n;
+    }
+    let mut ranked: Vec<(&str, PerHost)> = hosts.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.records.cmp(&a.1.records).then(a.0.cmp(b.0)));
+    let mut out: BTreeMap<String, PerHost> = BTreeMap::new();
+    for (i, (host, figures)) in ranked.into_iter().enumerate() {
+        let name = if i < limit { host } else { OTHER_DESTINATIONS };
+        let h = out.entry(name.to_owned()).or_default();
+        h.records += figures.records;
+        h.delivered += figures.delivered;
+        h.retried += figures.retried;
+        h.dead_lettered += figures.dead_lettered;
+        h.latencies.extend(figures.latencies);
+        h.breakers_opened += figures.breakers_opened;
+    }
+    out
+}
+
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
+}
+
+/// The EMF documents for one batch, one JSON object each, with the
+/// breakers `opened` since the last batch.
+pub fn documents(
+    settings: &MetricsSettings,
+    report: &BatchReport,
+    opened: &BTreeMap<String, u64>,
+    now: SystemTime,
+) -> Vec<Value> {
     let timestamp = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -62,7 +182,7 @@ pub fn documents(settings: &MetricsSettings, report: &BatchReport, now: SystemTi
         .records
         .iter()
         .filter_map(|r| r.attempt_latency)
-        .map(|d| (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0)
+        .map(millis)
         .collect();
     let mut reasons: BTreeMap<&'static str, usize> = BTreeMap::new();
     for r in &report.records {
@@ -119,6 +239,39 @@ pub fn documents(settings: &MetricsSettings, report: &BatchReport, now: SystemTi
             "DeadLettered": n,
         }));
     }
+    for (host, h) in per_destination(report, opened, settings.host_limit) {
+        let mut chunks = h.latencies.chunks(MAX_VALUES);
+        let mut doc = json!({
+            "_aws": directive(
+                json!([["Service", "Destination"]]),
+                json!([
+                    {"Name": "Delivered", "Unit": "Count"},
+                    {"Name": "Retried", "Unit": "Count"},
+                    {"Name": "DeadLettered", "Unit": "Count"},
+                    {"Name": "BreakerOpened", "Unit": "Count"},
+                    {"Name": "AttemptLatency", "Unit": "Milliseconds"},
+                ]),
+            ),
+            "Service": settings.service,
+            "Destination": host,
+            "Delivered": h.delivered,
+            "Retried": h.retried,
+            "DeadLettered": h.dead_lettered,
+            "BreakerOpened": h.breakers_opened,
+        });
+        if let Some(first) = chunks.next() {
+            doc["AttemptLatency"] = json!(first);
+        }
+        docs.push(doc);
+        for chunk in chunks {
+            docs.push(json!({
+                "_aws": directive(json!([["Service", "Destination"]]), json!([{"Name": "AttemptLatency", "Unit": "Milliseconds"}])),
+                "Service": settings.service,
+                "Destination": host,
+                "AttemptLatency": chunk,
+            }));
+        }
+    }
     docs
 }
 
@@ -128,7 +281,8 @@ pub fn emit(settings: &MetricsSettings, report: &BatchReport, out: &mut impl Wri
         return;
     }
     let mut text = String::new();
-    for doc in documents(settings, report, SystemTime::now()) {
+    let opened = take_breakers_opened();
+    for doc in documents(settings, report, &opened, SystemTime::now()) {
         text.push_str(&doc.to_string());
         text.push('\n');
     }
@@ -151,6 +305,7 @@ mod tests {
             receipt_handle: "r".into(),
             disposition,
             attempt_latency: latency_ms.map(Duration::from_millis),
+            destination: None,
         }
     }
 
@@ -194,6 +349,11 @@ mod tests {
             .unwrap()
             .lines()
             .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+            .collect();
+        // (Breakers opened by other tests would add lines by destination.)
+        let docs: Vec<Value> = docs
+            .into_iter()
+            .filter(|d| d.get("Destination").is_none())
             .collect();
         assert_eq!(docs.len(), 3, "batch metrics, then one line per reason");
         let main = &docs[0];
@@ -251,7 +411,12 @@ mod tests {
                 .map(|i| record(Disposition::Delivered, Some(i)))
                 .collect(),
         };
-        let docs = documents(&MetricsSettings::default(), &report, SystemTime::now());
+        let docs = documents(
+            &MetricsSettings::default(),
+            &report,
+            &BTreeMap::new(),
+            SystemTime::now(),
+        );
         let lengths: Vec<usize> = docs
             .iter()
             .map(|d| d["AttemptLatency"].as_array().unwrap().len())
@@ -277,10 +442,100 @@ mod tests {
                 ..Default::default()
             },
             &report(),
+            &BTreeMap::new(),
             SystemTime::now(),
         );
         assert!(docs
             .iter()
             .all(|d| d["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "shop/retries"));
+    }
+
+    fn to(host: &str, disposition: Disposition, latency_ms: Option<u64>) -> RecordReport {
+        RecordReport {
+            destination: Some(host.into()),
+            ..record(disposition, latency_ms)
+        }
+    }
+
+    #[test]
+    fn a_breakers_host_and_port_count_under_its_host() {
+        assert_eq!(destination_of("127.0.0.1:8080"), "127.0.0.1");
+        assert_eq!(destination_of("[::1]:8443"), "[::1]");
+        assert_eq!(destination_of("api.example.com"), "api.example.com");
+        assert_eq!(destination_of("::1"), "::1");
+    }
+
+    #[test]
+    fn destinations_get_their_own_figures_and_the_hosts_past_the_limit_count_as_other() {
+        let retry = || Disposition::RetryLater {
+            delay: Duration::from_secs(1),
+        };
+        let mut records = vec![
+            to("a.example.com", Disposition::Delivered, Some(10)),
+            to("a.example.com", Disposition::Delivered, Some(20)),
+            to("a.example.com", retry(), Some(30)),
+            to("b.example.com", retry(), Some(40)),
+            to(
+                "b.example.com",
+                Disposition::DeadLettered(FailureReason::NonRetryable),
+                Some(5),
+            ),
+            to("c.example.com", Disposition::Delivered, Some(1)),
+            to("d.example.com", retry(), Some(2)),
+            record(
+                Disposition::DeadLettered(FailureReason::InvalidMessage),
+                None,
+            ),
+        ];
+        records.reverse();
+        let opened = BTreeMap::from([
+            ("b.example.com".to_owned(), 1),
+            ("z.example.com".to_owned(), 2),
+        ]);
+        let settings = MetricsSettings {
+            host_limit: 2,
+            ..Default::default()
+        };
+        let docs = documents(
+            &settings,
+            &BatchReport { records },
+            &opened,
+            SystemTime::now(),
+        );
+        let by_destination: BTreeMap<String, &Value> = docs
+            .iter()
+            .filter_map(|d| Some((d.get("Destination")?.as_str()?.to_owned(), d)))
+            .collect();
+
+        assert_eq!(
+            by_destination.keys().collect::<Vec<_>>(),
+            ["a.example.com", "b.example.com", "other"],
+            "the two busiest hosts, then the rest"
+        );
+        let a = by_destination["a.example.com"];
+        assert_eq!(
+            (a["Delivered"].as_u64(), a["Retried"].as_u64()),
+            (Some(2), Some(1))
+        );
+        assert_eq!(a["AttemptLatency"].as_array().unwrap().len(), 3);
+        let b = by_destination["b.example.com"];
+        assert_eq!(
+            (b["DeadLettered"].as_u64(), b["BreakerOpened"].as_u64()),
+            (Some(1), Some(1))
+        );
+        let other = by_destination["other"];
+        assert_eq!(
+            (
+                other["Delivered"].as_u64(),
+                other["Retried"].as_u64(),
+                other["BreakerOpened"].as_u64()
+            ),
+            (Some(1), Some(1), Some(2)),
+            "c, d and the breaker of z"
+        );
+        assert_eq!(
+            a["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+            json!([["Service", "Destination"]])
+        );
     }
 }

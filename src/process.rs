@@ -369,6 +369,7 @@ impl Processor {
                     receipt_handle,
                     disposition: processed.disposition,
                     attempt_latency: processed.attempt_latency,
+                    destination: processed.destination,
                 }
             })
             .collect();
@@ -479,7 +480,10 @@ impl Processor {
     /// All the work for one record: decide, apply, log one line.
     pub async fn process_record(&self, record: Record, batch: &Batch) -> Processed {
         let resolved = self.resolve(&record).await;
-        let (decision, latency, ledger) = self.decide(&record, &resolved, batch).await;
+        let mut destination = None;
+        let (decision, latency, ledger) = self
+            .decide(&record, &resolved, batch, &mut destination)
+            .await;
         if let Some(heartbeat) = &batch.heartbeat {
             heartbeat.leave(&record.receipt_handle).await;
         }
@@ -539,6 +543,7 @@ impl Processor {
         Processed {
             disposition,
             attempt_latency: latency,
+            destination,
         }
     }
 
@@ -556,6 +561,7 @@ impl Processor {
         record: &Record,
         resolved: &Resolved,
         batch: &Batch,
+        destination: &mut Option<String>,
     ) -> (
         Result<Decision, String>,
         Option<Duration>,
@@ -602,6 +608,7 @@ impl Processor {
                 if let Some(trace) = &record.trace_header {
                     message.continue_trace(trace);
                 }
+                *destination = message.destination_url.host_str().map(str::to_owned);
                 (message, attempt)
             }
         };

@@ -256,7 +256,7 @@ impl FleetState {
                     .and_then(|o| number::<u64>(o, "openUntil"))
                     .is_some()
                 {
-                    tracing::info!(host, "breaker closed: the probe succeeded");
+                    crate::metrics::breaker_closed(host);
                 }
                 let mut v = lock(&ticket.host.view);
                 *v = View {
@@ -465,12 +465,7 @@ impl FleetState {
 }
 
 fn opened(host: &str, failures: u32, settings: &BreakerSettings) {
-    tracing::warn!(
-        host,
-        failures,
-        cooldown_s = settings.cooldown.as_secs(),
-        "breaker opened: the fleet does not attempt this host until the cool-down ends"
-    );
+    crate::metrics::breaker_opened(host, failures, settings.cooldown);
 }
 
 impl FleetBreakers {

@@ -383,9 +383,10 @@ fn worker(
     .env("ALLOW_PRIVATE_DESTINATIONS", "true")
     .env("METRICS_ENABLED", "false")
     .envs(vars.iter().copied())
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(std::fs::File::create(log).unwrap());
+    .stdin(Stdio::null());
+    // Logs and metrics (when a test turns them on) into one file.
+    let file = std::fs::File::create(log).unwrap();
+    cmd.stdout(file.try_clone().unwrap()).stderr(file);
     aws_env(&mut cmd);
     Running::spawn(cmd)
 }
@@ -435,6 +436,7 @@ async fn two_workers_share_one_breaker_a_down_host_sees_threshold_plus_one_per_c
         ("MAX_ATTEMPTS", "50"),
         ("BACKOFF_BASE_SECONDS", "1"),
         ("BACKOFF_MAX_SECONDS", "2"),
+        ("METRICS_ENABLED", "true"),
     ];
     let (workers, logs) = two_workers(&source, &dlq, &table, &vars, "breaker");
     tokio::time::sleep(Duration::from_secs(14)).await;
@@ -462,6 +464,15 @@ async fn two_workers_share_one_breaker_a_down_host_sees_threshold_plus_one_per_c
     let log =
         std::fs::read_to_string(&logs[0]).unwrap() + &std::fs::read_to_string(&logs[1]).unwrap();
     assert!(log.contains("breaker opened"), "{log}");
+    // The opening is a metric of its destination (spec §11).
+    let opened: u64 = log
+        .lines()
+        .filter(|l| l.starts_with('{') && l.contains("\"BreakerOpened\""))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|d| d["Destination"] == "127.0.0.1")
+        .map(|d| d["BreakerOpened"].as_u64().unwrap())
+        .sum();
+    assert!(opened >= 1, "BreakerOpened for 127.0.0.1: {log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

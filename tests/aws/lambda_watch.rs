@@ -213,5 +213,24 @@ async fn the_function_under_cargo_lambda_watch_answers_each_sample_event() {
         .collect();
     assert_eq!(reasons.values().sum::<u64>(), 4, "{reasons:?}");
     assert_eq!(reasons.len(), 4);
+    // Then the batch by destination: all of it went to one loopback host.
+    let by_destination: Vec<&serde_json::Value> = docs[mixed_at + 1..]
+        .iter()
+        .skip_while(|d| d.get("Reason").is_some())
+        .take_while(|d| d.get("Destination").is_some())
+        .collect();
+    assert_eq!(by_destination.len(), 1, "{by_destination:?}");
+    let host = by_destination[0];
+    assert_eq!(host["Destination"], "127.0.0.1");
+    assert_eq!(
+        host["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+        serde_json::json!([["Service", "Destination"]])
+    );
+    assert_eq!(host["Delivered"].as_u64(), Some(1));
+    assert_eq!(
+        host["AttemptLatency"].as_array().unwrap().len(),
+        5,
+        "the same five attempts"
+    );
     let _ = std::fs::remove_file(&log);
 }
