@@ -3,8 +3,8 @@
 //! Lambda sends stdout to CloudWatch Logs, which turns EMF lines into
 //! metrics with no API call and no extra latency. One batch gives:
 //!
-//! * `Delivered`, `Retried`, `Unfinished`, `BatchSize` (Count), dimension
-//!   `Service`;
+//! * `Delivered`, `Retried`, `Unfinished`, `BatchSize` and `BreakerOpened`
+//!   (Count), dimension `Service` (the alarm on breakers watches this one);
 //! * `DeadLettered` (Count), dimensions `Service` and `Reason`, one line per
 //!   reason seen;
 //! * `AttemptLatency` (Milliseconds), one value per attempt (EMF takes at
@@ -210,10 +210,12 @@ pub fn documents(
                     {"Name": "Retried", "Unit": "Count"},
                     {"Name": "Unfinished", "Unit": "Count"},
                     {"Name": "BatchSize", "Unit": "Count"},
+                    {"Name": "BreakerOpened", "Unit": "Count"},
                     {"Name": "AttemptLatency", "Unit": "Milliseconds"},
                 ]),
             ),
             "Service": settings.service,
+            "BreakerOpened": opened.values().sum::<u64>(),
             "Delivered": count(|d| matches!(d, Disposition::Delivered)),
             "Retried": count(|d| matches!(d, Disposition::RetryLater { .. })),
             "Unfinished": count(|d| matches!(d, Disposition::Unfinished(_))),
