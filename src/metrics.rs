@@ -375,6 +375,7 @@ mod tests {
                 "Retried",
                 "Unfinished",
                 "BatchSize",
+                "BreakerOpened",
                 "AttemptLatency"
             ]
         );
