@@ -263,6 +263,13 @@ impl Processor {
         })
     }
 
+    /// With this store of offloaded payloads instead of one whose S3 client
+    /// comes from the environment.
+    pub fn with_payload_store(mut self, payloads: PayloadStore) -> Processor {
+        self.payloads = payloads;
+        self
+    }
+
     /// With this state table (its client given) instead of the one
     /// `STATE_TABLE` names.
     pub fn with_fleet(mut self, fleet: FleetState) -> Processor {

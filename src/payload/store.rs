@@ -34,6 +34,13 @@ impl PayloadStore {
         PayloadStore::default()
     }
 
+    /// With this S3 client instead of one from the environment.
+    pub fn with_client(client: aws_sdk_s3::Client) -> PayloadStore {
+        PayloadStore {
+            client: tokio::sync::OnceCell::new_with(Some(client)),
+        }
+    }
+
     /// The S3 client from the standard AWS environment. With an endpoint
     /// override (`AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`, a local
     /// S3-compatible server), buckets are addressed by path.

@@ -52,10 +52,14 @@ fn extended_client(args: &[&str], stdin: &str) -> serde_json::Value {
 }
 
 fn s3() -> aws_sdk_s3::Client {
+    s3_at(&endpoint())
+}
+
+fn s3_at(url: &str) -> aws_sdk_s3::Client {
     let config = aws_sdk_s3::Config::builder()
         .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
         .region(aws_sdk_s3::config::Region::new(REGION))
-        .endpoint_url(endpoint())
+        .endpoint_url(url)
         .force_path_style(true)
         .credentials_provider(aws_sdk_s3::config::Credentials::new(
             "test", "test", None, None, "test",
@@ -287,4 +291,35 @@ async fn retryq_enqueue_offloads_a_large_message_that_the_extended_client_and_th
     assert!(failed.is_empty(), "the processor delivers it");
     let r = dest.received_requests().await.unwrap();
     assert_eq!(r.last().unwrap().body, body.as_bytes());
+}
+
+#[tokio::test]
+async fn a_pointer_is_retried_while_s3_is_unavailable_and_nothing_is_dead_lettered() {
+    let dest = never_called().await;
+    let (sqs, q, dlq, _) = with_dlq("payload-s3-down", &[]).await;
+    // S3 behind a closed port: every call fails to connect.
+    let down = format!("http://127.0.0.1:{}", free_port());
+    let p = std::sync::Arc::new(
+        retryq::process::Processor::new(
+            config(&[
+                ("DLQ_URL", &dlq.url),
+                ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+            ]),
+            sqs.clone(),
+            None,
+        )
+        .unwrap()
+        .with_payload_store(retryq::payload::store::PayloadStore::with_client(s3_at(
+            &down,
+        ))),
+    );
+    let pointer = r#"["software.amazon.payloadoffloading.PayloadS3Pointer", {"s3BucketName": "b", "s3Key": "k"}]"#;
+    send(&sqs, &q, pointer).await;
+
+    let received = receive_n(&sqs, &q, 1, Duration::from_secs(20)).await;
+    let failed = failures(&invoke(&p, &sqs, &q, &received).await);
+
+    assert_eq!(failed.len(), 1, "left in the queue for another receive");
+    assert_eq!(depth(&sqs, &dlq).await, (0, 0), "not dead-lettered");
+    assert_eq!(dest.received_requests().await.unwrap().len(), 0);
 }
