@@ -320,6 +320,23 @@ impl RetryMessage {
         }
     }
 
+    /// Takes the request body out of the message as the bytes to send
+    /// (decoded per `bodyEncoding`): a UTF-8 body moves without a copy, so a
+    /// large body is held once. `Ok(None)` when there is no body.
+    pub fn take_body(&mut self) -> Result<Option<bytes::Bytes>, InvalidMessage> {
+        let decoded = match self.request.body_encoding {
+            BodyEncoding::Utf8 => None,
+            BodyEncoding::Base64 => Some(self.body_bytes()?.into_owned()),
+        };
+        let Some(text) = self.request.body.take() else {
+            return Ok(None);
+        };
+        Ok(Some(match decoded {
+            Some(bytes) => bytes::Bytes::from(bytes),
+            None => bytes::Bytes::from(text),
+        }))
+    }
+
     /// The attempt limit for this message: `min(maxAttempts, MAX_ATTEMPTS)`.
     pub fn attempt_limit(&self, max_attempts: u32) -> u32 {
         self.max_attempts
@@ -426,6 +443,25 @@ fn data_error_kind(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn take_body_moves_text_and_decodes_base64_once() {
+        let mut m = RetryMessage::parse(
+            r#"{"id":"a","destinationUrl":"https://x.example.com/","request":{"method":"POST","body":"héllo"}}"#,
+        )
+        .unwrap();
+        let text_ptr = m.request.body.as_ref().unwrap().as_ptr();
+        let body = m.take_body().unwrap().unwrap();
+        assert_eq!(&body[..], "héllo".as_bytes());
+        assert_eq!(body.as_ptr(), text_ptr, "the same buffer, not a copy");
+        assert!(m.request.body.is_none());
+        assert_eq!(m.take_body().unwrap(), None);
+        let mut b = RetryMessage::parse(
+            r#"{"id":"a","destinationUrl":"https://x.example.com/","request":{"method":"POST","bodyEncoding":"base64","body":"AAEC"}}"#,
+        )
+        .unwrap();
+        assert_eq!(&b.take_body().unwrap().unwrap()[..], &[0u8, 1, 2]);
+    }
     use proptest::prelude::*;
 
     type Mutation = Box<dyn Fn(&mut serde_json::Value)>;

@@ -211,10 +211,12 @@ pub struct Processor {
 enum Resolved {
     /// Not a pointer: the body is the Retry Message.
     Inline,
-    /// The payload read from S3, and where it is.
+    /// The payload read from S3 (released once parsed), its size, and
+    /// where it is.
     Offloaded {
         pointer: PayloadPointer,
         payload: String,
+        size: usize,
     },
     /// A pointer that can never be resolved: an `invalid-message`.
     Unresolvable(String),
@@ -486,10 +488,10 @@ impl Processor {
 
     /// All the work for one record: decide, apply, log one line.
     pub async fn process_record(&self, record: Record, batch: &Batch) -> Processed {
-        let resolved = self.resolve(&record).await;
+        let mut resolved = self.resolve(&record).await;
         let mut destination = None;
         let (decision, latency, ledger) = self
-            .decide(&record, &resolved, batch, &mut destination)
+            .decide(&record, &mut resolved, batch, &mut destination)
             .await;
         if let Some(heartbeat) = &batch.heartbeat {
             heartbeat.leave(&record.receipt_handle).await;
@@ -566,7 +568,7 @@ impl Processor {
     async fn decide(
         &self,
         record: &Record,
-        resolved: &Resolved,
+        resolved: &mut Resolved,
         batch: &Batch,
         destination: &mut Option<String>,
     ) -> (
@@ -582,7 +584,7 @@ impl Processor {
             Some(_) if first_receive => Some(0),
             _ => None,
         };
-        let (body, offloaded_body_limit, unresolvable) = match resolved {
+        let (body, offloaded_body_limit, unresolvable) = match &*resolved {
             Resolved::Inline => (record.body.as_str(), None, None),
             Resolved::Offloaded { payload, .. } => {
                 (payload.as_str(), Some(self.config.max_offloaded_body), None)
@@ -605,13 +607,19 @@ impl Processor {
         let has_profile = |p: &str| self.deliverer.has_profile(p);
         let settings = Settings::new(&self.config.retry, &has_profile)
             .with_destinations(&self.config.destination_policies);
-        let (message, mut attempt) = match record::plan(&received, &settings, SystemTime::now()) {
+        let (mut message, mut attempt) = match record::plan(&received, &settings, SystemTime::now())
+        {
             Plan::Leave(why) => return (Err(why), None, None),
             Plan::Decided(decision) => return (Ok(decision), None, None),
             Plan::Attempt {
                 mut message,
                 attempt,
             } => {
+                // Parsed: the payload read from S3 is no longer needed, and
+                // the message holds its body.
+                if let Resolved::Offloaded { payload, .. } = resolved {
+                    *payload = String::new();
+                }
                 if let Some(trace) = &record.trace_header {
                     message.continue_trace(trace);
                 }
@@ -696,10 +704,13 @@ impl Processor {
             }
         };
 
+        // The body moves out of the message into the request: a large one
+        // is held once, whatever the attempt sends.
+        let body = message.take_body().map_err(|e| e.to_string());
         let started_at = SystemTime::now();
         let deliver = async {
             let started = Instant::now();
-            let delivery = self.deliverer.deliver(&message).await;
+            let delivery = self.deliverer.deliver_with_body(&message, body).await;
             (delivery, started.elapsed())
         };
         let read = async {
@@ -955,7 +966,11 @@ impl Processor {
             .saturating_mul(2)
             .saturating_add(OBJECT_ROOM);
         match self.payloads.get(&pointer, max_object).await {
-            Ok(payload) => Resolved::Offloaded { pointer, payload },
+            Ok(payload) => Resolved::Offloaded {
+                pointer,
+                size: payload.len(),
+                payload,
+            },
             Err(PayloadError::Invalid(why)) => Resolved::Unresolvable(why),
             Err(PayloadError::Unavailable(why)) => Resolved::Unavailable(why),
         }
@@ -981,7 +996,7 @@ impl Processor {
                     message_group_id: record.message_group_id.as_deref(),
                     trace_header: record.trace_header.as_deref(),
                     payload_size: match resolved {
-                        Resolved::Offloaded { payload, .. } => Some(payload.len()),
+                        Resolved::Offloaded { size, .. } => Some(*size),
                         _ => None,
                     },
                 };

@@ -216,6 +216,17 @@ impl Deliverer {
         self.deliver_within(msg, self.timeout).await
     }
 
+    /// As [`deliver`](Self::deliver), with the request body already taken
+    /// out of the message ([`RetryMessage::take_body`]): a large body is
+    /// then held once, and every request of the attempt shares it.
+    pub async fn deliver_with_body(
+        &self,
+        msg: &RetryMessage,
+        body: Result<Option<bytes::Bytes>, String>,
+    ) -> Delivery {
+        self.attempt(msg, body, self.timeout).await
+    }
+
     /// Makes one attempt within `timeout` (never longer than the configured
     /// request timeout). With an auth profile, an answer that asks for a
     /// newer credential (an expired token; a refused API key or webhook
@@ -223,12 +234,38 @@ impl Deliverer {
     /// handshake that was rotated) gets one renewal and one immediate retry,
     /// within the attempt. Waiting for a credential holds no request slot.
     pub async fn deliver_within(&self, msg: &RetryMessage, timeout: Duration) -> Delivery {
+        let body = msg
+            .body_bytes()
+            .map(|b| {
+                msg.request
+                    .body
+                    .is_some()
+                    .then(|| bytes::Bytes::copy_from_slice(&b))
+            })
+            .map_err(|e| e.to_string());
+        self.attempt(msg, body, timeout).await
+    }
+
+    async fn attempt(
+        &self,
+        msg: &RetryMessage,
+        body: Result<Option<bytes::Bytes>, String>,
+        timeout: Duration,
+    ) -> Delivery {
+        let payload = match body {
+            Ok(payload) => payload,
+            Err(e) => return Delivery::Invalid(e),
+        };
+        let payload = payload.as_ref();
         if let Err(e) = self.policy.check(&msg.destination_url) {
             return Delivery::NotAllowed(e);
         }
         let timeout = timeout.min(self.timeout).max(Duration::from_millis(1));
         let Some(profile) = msg.auth.as_deref() else {
-            return self.send(&self.client, msg, None, timeout, false).await.0;
+            return self
+                .send(&self.client, msg, payload, None, timeout, false)
+                .await
+                .0;
         };
         let Some(auth) = self.auth.as_ref().filter(|a| a.has(profile)) else {
             return Delivery::AuthFailed(AuthError::Rejected(format!(
@@ -245,7 +282,7 @@ impl Deliverer {
         };
         let read_body = auth.needs_body(profile);
         let (first, body) = self
-            .send(&client, msg, Some(&credential), timeout, read_body)
+            .send(&client, msg, payload, Some(&credential), timeout, read_body)
             .await;
         let renewed = match &first {
             Delivery::NoResponse {
@@ -264,7 +301,7 @@ impl Deliverer {
                             "client certificate re-read after a TLS failure: trying once more"
                         );
                         return self
-                            .send(&client, msg, Some(&credential), timeout, read_body)
+                            .send(&client, msg, payload, Some(&credential), timeout, read_body)
                             .await
                             .0;
                     }
@@ -284,7 +321,7 @@ impl Deliverer {
             _ => return first,
         };
         let (mut second, body) = self
-            .send(&client, msg, Some(&renewed), timeout, read_body)
+            .send(&client, msg, payload, Some(&renewed), timeout, read_body)
             .await;
         if let Delivery::Answered {
             status,
@@ -356,11 +393,12 @@ impl Deliverer {
         &self,
         client: &reqwest::Client,
         msg: &RetryMessage,
+        body: Option<&bytes::Bytes>,
         credential: Option<&Credential>,
         timeout: Duration,
         read_401_body: bool,
     ) -> (Delivery, Vec<u8>) {
-        let request = match build(client, msg, credential, timeout) {
+        let request = match build(client, msg, body, credential, timeout) {
             Ok(r) => r,
             Err(reason) => return (Delivery::Invalid(reason), Vec::new()),
         };
@@ -398,6 +436,7 @@ impl Deliverer {
 fn build(
     client: &reqwest::Client,
     msg: &RetryMessage,
+    body: Option<&bytes::Bytes>,
     credential: Option<&Credential>,
     timeout: Duration,
 ) -> Result<reqwest::Request, String> {
@@ -413,9 +452,10 @@ fn build(
         .request(method, msg.destination_url.clone())
         .headers(headers)
         .timeout(timeout);
-    if msg.request.body.is_some() {
-        let body = msg.body_bytes().map_err(|e| e.to_string())?;
-        builder = builder.body(body.into_owned());
+    if let Some(body) = body {
+        // Shared, not copied: every request of the attempt sends the same
+        // bytes.
+        builder = builder.body(body.clone());
     }
     let mut request = builder.build().map_err(|e| e.without_url().to_string())?;
     if let Some(c) = credential {

@@ -115,7 +115,8 @@ impl PayloadStore {
                 "payload pointer: {address} is larger than {max_bytes} bytes"
             )));
         }
-        String::from_utf8(bytes.to_vec()).map_err(|_| {
+        // Into the String without a copy when the buffer is not shared.
+        String::from_utf8(Vec::from(bytes)).map_err(|_| {
             PayloadError::Invalid(format!("payload pointer: {address} is not UTF-8 text"))
         })
     }
