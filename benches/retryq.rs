@@ -14,7 +14,8 @@
 //!    wall time against the ideal ⌈N / 64⌉ × L, and the function process's
 //!    CPU time per record (all its threads, from `/proc/<pid>/task/*/schedstat`),
 //!    runs alternating between the two binaries.
-//! 4. Peak memory (VmHWM) of a fresh process handling one 10 000 × 1 KiB
+//! 4. Peak memory (VmHWM) of a fresh process handling one batch of ten
+//!    16 MiB bodies offloaded to S3 (moto), and of one handling one 10 000 × 1 KiB
 //!    batch; retryq's log bytes per record, and any ANSI escape in them.
 //! 5. Failure-heavy: 10 000 records, half `503`s, with the local SQS server
 //!    behind a counting proxy: SQS requests per retried record, and the
@@ -609,6 +610,63 @@ fn peak_rss(rt: &tokio::runtime::Runtime) -> (BTreeMap<&'static str, f64>, (f64,
     (rss, log_bytes, escapes)
 }
 
+/// Peak memory (VmHWM) of a fresh retryq process handling one batch of
+/// `LARGE_RECORDS` payload pointers, each to a Retry Message with a
+/// `LARGE_BODY_MIB` body in S3 on the local server (spec §11): the body must
+/// be held once, not copied per attempt.
+const LARGE_RECORDS: usize = 10;
+const LARGE_BODY_MIB: usize = 16;
+
+fn large_payloads(rt: &tokio::runtime::Runtime, endpoint: &str) -> f64 {
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::Config::builder()
+            .behavior_version_latest()
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .endpoint_url(endpoint)
+            .force_path_style(true)
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                "x", "x", None, None, "bench",
+            ))
+            .build(),
+    );
+    let bucket = format!("bench-payloads-{}", std::process::id());
+    let dest_port = free_port();
+    let _dest = Destination::start(dest_port, 1);
+    let records: Vec<Value> = rt.block_on(async {
+        s3.create_bucket().bucket(&bucket).send().await.unwrap();
+        let mut records = Vec::new();
+        for i in 0..LARGE_RECORDS {
+            let message = json!({
+                "id": format!("large-{i}"),
+                "destinationUrl": format!("http://127.0.0.1:{dest_port}/ok/large-{i}"),
+                "request": {"method": "POST", "body": "x".repeat(LARGE_BODY_MIB << 20)}
+            })
+            .to_string();
+            let key = format!("large-{i}");
+            s3.put_object()
+                .bucket(&bucket)
+                .key(&key)
+                .body(message.into_bytes().into())
+                .send()
+                .await
+                .unwrap();
+            let pointer = json!([retryq::payload::POINTER_CLASS, {"s3BucketName": bucket, "s3Key": key}]);
+            records.push(json!({"messageId": format!("00000000-0000-4000-8000-{i:012}"), "receiptHandle": format!("rh-{i}"),
+                "body": pointer.to_string(),
+                "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "1795867200000"},
+                "messageAttributes": {}, "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:bench", "awsRegion": "us-east-1"}));
+        }
+        records
+    });
+    let ev = Arc::new(serde_json::to_vec(&json!({ "Records": records })).unwrap());
+    let env = [("AWS_ENDPOINT_URL_S3", endpoint.to_owned())];
+    let mut f = Function::spawn(rt, Handler::Retryq, &env);
+    let inv = f.invoke(rt, &ev);
+    assert_eq!(failures_in(&inv.response), 0, "all delivered");
+    f.peak_rss_mib()
+}
+
 // ------------------------------------------- 5. failure-heavy, against SQS
 
 #[path = "../tests/aws/sqs_proxy.rs"]
@@ -874,6 +932,22 @@ fn main() {
     // for a profiler to watch (`perf record -a -g -- cargo bench …`).
     // `RETRYQ_BENCH_ONLY=batches`: only the side-by-side batches.
     // `RETRYQ_BENCH_ONLY=cold`: only the cold starts.
+    // `RETRYQ_BENCH_ONLY=large`: only the batch of large offloaded bodies.
+    if std::env::var("RETRYQ_BENCH_ONLY").as_deref() == Ok("large") {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let upstream = std::env::var("RETRYQ_TEST_SQS_ENDPOINT")
+            .expect("RETRYQ_TEST_SQS_ENDPOINT: run under scripts/with-moto.sh");
+        let peak = large_payloads(&rt, &upstream);
+        let (rss, _, _) = peak_rss(&rt);
+        println!(
+            "peak RSS, {LARGE_RECORDS} × {LARGE_BODY_MIB} MiB offloaded bodies: {peak:.1} MiB ({:.2} × the bodies' {} MiB); 10 000 × 1 KiB: retryq {:.1} MiB, floor {:.1} MiB",
+            peak / (LARGE_RECORDS * LARGE_BODY_MIB) as f64,
+            LARGE_RECORDS * LARGE_BODY_MIB,
+            rss["retryq"],
+            rss["floor"]
+        );
+        return;
+    }
     // `RETRYQ_BENCH_BASELINE=path`: one more column, another bootstrap.
     if std::env::var("RETRYQ_BENCH_ONLY").as_deref() == Ok("cold") {
         let rt = tokio::runtime::Runtime::new().unwrap();
@@ -909,7 +983,7 @@ fn main() {
         panic!("RETRYQ_TEST_SQS_ENDPOINT is not set: run `make bench`, which starts the local SQS and DynamoDB server");
     };
     let table = state_table(&rt, &upstream);
-    let proxy = rt.block_on(sqs_proxy::SqsProxy::start(upstream, None));
+    let proxy = rt.block_on(sqs_proxy::SqsProxy::start(upstream.clone(), None));
     let dest_port = free_port();
     let rows = {
         let _dest = Destination::start(dest_port, LATENCY_MS);
@@ -917,6 +991,14 @@ fn main() {
     };
     let table_requests_delivered = dynamodb_requests(&proxy);
     let (rss, log_bytes, escapes) = peak_rss(&rt);
+    let large_rss = large_payloads(&rt, &upstream);
+    let large_mib = (LARGE_RECORDS * LARGE_BODY_MIB) as f64;
+    println!(
+        "peak RSS, {LARGE_RECORDS} × {LARGE_BODY_MIB} MiB offloaded bodies: {large_rss:.1} MiB \
+         ({:.2} × the bodies' {large_mib} MiB, beside {:.1} MiB for 10 000 × 1 KiB)",
+        large_rss / large_mib,
+        rss["retryq"]
+    );
     let failures = failure_heavy(&rt, &table);
     // The size of a stripped copy (the release profile keeps symbols).
     let size_mib = |h: Handler| {
@@ -1099,6 +1181,7 @@ fn main() {
         "batches": rows,
         "coldStartMs": cold,
         "peakRssMiB": rss,
+        "largePayloads": {"records": LARGE_RECORDS, "bodyMiB": LARGE_BODY_MIB, "peakRssMiB": large_rss},
         "binaryMiB": {"retryq": size_mib(Handler::Retryq), "floor": size_mib(Handler::Floor)},
         "failureHeavy": failures,
         "costPerMillion": cost,
