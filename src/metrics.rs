@@ -226,13 +226,25 @@ pub fn documents(
         }
         doc
     }];
-    for chunk in chunks {
-        docs.push(json!({
-            "_aws": directive(json!([["Service"]]), json!([{"Name": "AttemptLatency", "Unit": "Milliseconds"}])),
-            "Service": settings.service,
-            "AttemptLatency": chunk,
-        }));
-    }
+    // Latencies past a line's first 100 values: lines of their own.
+    let more_latencies = |chunks: std::slice::Chunks<'_, f64>,
+                          dimension: Option<(&str, &str)>|
+     -> Vec<Value> {
+        chunks.map(|chunk| {
+            let names: Vec<&str> = std::iter::once("Service").chain(dimension.map(|d| d.0)).collect();
+            let mut doc = json!({
+                "_aws": directive(json!([names]), json!([{"Name": "AttemptLatency", "Unit": "Milliseconds"}])),
+                "Service": settings.service,
+                "AttemptLatency": chunk,
+            });
+            if let Some((name, value)) = dimension {
+                doc[name] = json!(value);
+            }
+            doc
+        })
+        .collect()
+    };
+    docs.extend(more_latencies(chunks, None));
     for (reason, n) in reasons {
         docs.push(json!({
             "_aws": directive(json!([["Service", "Reason"]]), json!([{"Name": "DeadLettered", "Unit": "Count"}])),
@@ -265,14 +277,7 @@ pub fn documents(
             doc["AttemptLatency"] = json!(first);
         }
         docs.push(doc);
-        for chunk in chunks {
-            docs.push(json!({
-                "_aws": directive(json!([["Service", "Destination"]]), json!([{"Name": "AttemptLatency", "Unit": "Milliseconds"}])),
-                "Service": settings.service,
-                "Destination": host,
-                "AttemptLatency": chunk,
-            }));
-        }
+        docs.extend(more_latencies(chunks, Some(("Destination", host.as_str()))));
     }
     docs
 }
@@ -458,6 +463,34 @@ mod tests {
             destination: Some(host.into()),
             ..record(disposition, latency_ms)
         }
+    }
+
+    #[test]
+    fn a_busy_destination_splits_its_latencies_too() {
+        let report = BatchReport {
+            records: (0..150)
+                .map(|i| to("busy.example.com", Disposition::Delivered, Some(i)))
+                .collect(),
+        };
+        let docs = documents(
+            &MetricsSettings::default(),
+            &report,
+            &BTreeMap::new(),
+            SystemTime::now(),
+        );
+        let by_host: Vec<(usize, &Value)> = docs
+            .iter()
+            .filter(|d| d["Destination"] == "busy.example.com")
+            .map(|d| {
+                (
+                    d["AttemptLatency"].as_array().unwrap().len(),
+                    &d["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+                )
+            })
+            .collect();
+        assert_eq!(by_host.len(), 2);
+        assert_eq!((by_host[0].0, by_host[1].0), (100, 50));
+        assert_eq!(by_host[1].1, &json!([["Service", "Destination"]]));
     }
 
     #[test]

@@ -47,7 +47,7 @@ impl PayloadStore {
     async fn client(&self) -> &aws_sdk_s3::Client {
         self.client
             .get_or_init(|| async {
-                let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+                let sdk = crate::wiring::sdk_config_from_env().await;
                 let local = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
                     .iter()
                     .any(|v| std::env::var_os(v).is_some_and(|u| !u.is_empty()));
