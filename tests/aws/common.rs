@@ -545,3 +545,39 @@ pub fn token_answer(token: &str) -> wiremock::ResponseTemplate {
         serde_json::json!({"access_token": token, "token_type": "Bearer", "expires_in": 3600}),
     )
 }
+
+/// Runs `tests/interop/<script> args…` with `stdin` under the tools'
+/// Python (`PYTHON`, else `python3`), bounded to 60 s; its output. Input
+/// and output are written and read while it runs, so neither can fill a
+/// pipe and stall it.
+pub fn run_python(script: &str, args: &[&str], stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/interop")
+        .join(script);
+    let mut child = Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
+        .arg(path)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("python3 runs tests/interop/{script}: {e}"));
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_owned();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = input.write_all(stdin.as_bytes());
+        drop(input);
+        let _ = tx.send(child.wait_with_output());
+    });
+    let Ok(out) = rx.recv_timeout(Duration::from_secs(60)) else {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+        panic!("tests/interop/{script} {args:?} did not finish within 60 s");
+    };
+    out.unwrap()
+}

@@ -11,11 +11,11 @@
 //! refuses fails the test; each check also proves it would refuse a changed
 //! body.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use rcgen::{
@@ -55,30 +55,7 @@ fn verify(args: &[&str], request: &wiremock::Request) -> Result<serde_json::Valu
         "headers": headers,
         "body": base64::engine::general_purpose::STANDARD.encode(&request.body),
     });
-    let mut child = python()
-        .arg(interop_script("verify.py"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 runs tests/interop/verify.py");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.to_string().as_bytes())
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("verify.py {args:?} did not finish within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = run_python("verify.py", args, &input.to_string());
     if out.status.success() {
         Ok(serde_json::from_slice(&out.stdout).expect("verify.py prints JSON"))
     } else {

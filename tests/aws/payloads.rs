@@ -5,7 +5,6 @@
 //! reads back; pointers that cannot be resolved are `invalid-message`,
 //! naming the bucket and key.
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -15,34 +14,7 @@ use crate::common::*;
 
 /// Runs `extended_client.py args…` with `stdin`; its JSON answer.
 fn extended_client(args: &[&str], stdin: &str) -> serde_json::Value {
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/extended_client.py");
-    let mut child = Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
-        .arg(script)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 runs tests/interop/extended_client.py");
-    let mut input = child.stdin.take().unwrap();
-    let stdin = stdin.to_owned();
-    // Its input and output may be larger than a pipe holds: written and
-    // read while it runs, and bounded in time.
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = input.write_all(stdin.as_bytes());
-        drop(input);
-        let _ = tx.send(child.wait_with_output());
-    });
-    let Ok(out) = rx.recv_timeout(Duration::from_secs(60)) else {
-        let _ = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
-        panic!("extended_client.py {args:?} did not finish within 60 s");
-    };
-    let out = out.unwrap();
+    let out = run_python("extended_client.py", args, stdin);
     assert!(
         out.status.success(),
         "extended_client.py {args:?}: {}",
