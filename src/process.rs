@@ -126,11 +126,13 @@ impl Batch {
     }
 }
 
-/// The heartbeat of §8.5: extends the visibility of every record still in
-/// work before it runs out, so a slow request is not handed to another
-/// receiver and made twice. A record leaves the heartbeat before its own
-/// action touches its visibility, and never while an extension is in
-/// flight, so the heartbeat cannot undo a backoff.
+/// The heartbeat of §8.5: extends the visibility of every record of a
+/// worker's batch before it runs out, so a slow request is not handed to
+/// another receiver and made twice, and an acknowledged record stays hidden
+/// until it is deleted with the batch. A record leaves the heartbeat before
+/// its own action touches its visibility (a backoff), or when it is left for
+/// another receive, and never while an extension is in flight, so the
+/// heartbeat cannot undo a backoff.
 #[derive(Debug)]
 pub struct Heartbeat {
     queue_url: String,
@@ -493,7 +495,19 @@ impl Processor {
         let (decision, latency, ledger) = self
             .decide(&record, &mut resolved, batch, &mut destination)
             .await;
-        if let Some(heartbeat) = &batch.heartbeat {
+        // A record leaves the heartbeat before a backoff sets its
+        // visibility, or when it is left for another receive. One that is
+        // acknowledged stays hidden until the worker deletes it with the
+        // batch: otherwise a long batch (records waiting for rate-limit
+        // tokens) lets it reappear, and be delivered again, meanwhile.
+        let acknowledging = matches!(
+            &decision,
+            Ok(Decision {
+                action: Action::Ack | Action::DeadLetter(_),
+                ..
+            })
+        );
+        if let (Some(heartbeat), false) = (&batch.heartbeat, acknowledging) {
             heartbeat.leave(&record.receipt_handle).await;
         }
         let apply = async {

@@ -326,6 +326,23 @@ pub async fn depth(sqs: &aws_sdk_sqs::Client, q: &TestQueue) -> (u64, u64) {
     )
 }
 
+/// What a dead-letter queue holds, one line per letter (`Reason`,
+/// `AttemptCount`, `LastError`), for a failing assertion to show.
+pub async fn dead_letters(sqs: &aws_sdk_sqs::Client, dlq: &TestQueue) -> String {
+    receive_n(sqs, dlq, 10, Duration::from_secs(2))
+        .await
+        .iter()
+        .map(|m| {
+            format!(
+                "{:?} attempt {:?}: {:?}\n",
+                attr(m, "Reason"),
+                attr(m, "AttemptCount"),
+                attr(m, "LastError")
+            )
+        })
+        .collect()
+}
+
 /// Sends one message and receives it back (with all attributes), as the
 /// event source mapping would before invoking the function.
 pub async fn send_one(

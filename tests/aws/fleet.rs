@@ -487,7 +487,7 @@ async fn two_workers_share_one_rate_limit_and_deferrals_dead_letter_nothing() {
     let policies = r#"{"127.0.0.1": {"rps": 5}}"#;
     // One attempt each: a deferral that used one up would dead-letter.
     let vars = [("DESTINATION_POLICIES", policies), ("MAX_ATTEMPTS", "1")];
-    let (workers, _logs) = two_workers(&source, &dlq, &table, &vars, "rate");
+    let (workers, logs) = two_workers(&source, &dlq, &table, &vars, "rate");
     let started = Instant::now();
     while dest.delivered().len() < 80 && started.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -503,8 +503,25 @@ async fn two_workers_share_one_rate_limit_and_deferrals_dead_letter_nothing() {
     assert_eq!(
         depth(&sqs, &dlq).await,
         (0, 0),
-        "nothing dead-lettered for being deferred"
+        "nothing dead-lettered for being deferred:\n{}{}",
+        dead_letters(&sqs, &dlq).await,
+        warnings(&logs)
     );
+}
+
+/// The lines of the workers' logs that are not `INFO` nor metrics.
+fn warnings(logs: &[std::path::PathBuf]) -> String {
+    logs.iter()
+        .flat_map(|l| {
+            std::fs::read_to_string(l)
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter(|l| !l.contains(" INFO ") && !l.starts_with('{'))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[tokio::test]

@@ -421,15 +421,21 @@ async fn the_worker_keeps_a_slow_request_hidden_so_it_is_made_once() {
     // Seven seconds per answer: longer than the visibility timeout, within
     // the request timeout.
     let dest = crate::destination::Destination::start(Duration::from_secs(7)).await;
+    // Beside it in the same batch, a record delivered at once: it must stay
+    // hidden until the batch ends and deletes it.
+    let quick = crate::destination::Destination::start(Duration::ZERO).await;
     let p = processor(&[
         ("DLQ_URL", &dlq.url),
         ("ALLOW_PRIVATE_DESTINATIONS", "true"),
         ("REQUEST_TIMEOUT_SECONDS", "10"),
     ]);
-    send(
+    send_batch(
         &sqs,
         &source,
-        &message("slow-1", &dest.url("/ok/slow-1"), serde_json::json!({})),
+        &[
+            message("slow-1", &dest.url("/ok/slow-1"), serde_json::json!({})),
+            message("quick-1", &quick.url("/ok/quick-1"), serde_json::json!({})),
+        ],
     )
     .await;
 
@@ -458,7 +464,12 @@ async fn the_worker_keeps_a_slow_request_hidden_so_it_is_made_once() {
         1,
         "one request, not one per visibility timeout"
     );
-    assert_eq!(stats.acknowledged, 1);
+    assert_eq!(
+        quick.requests(),
+        1,
+        "a delivered record stays hidden while its batch goes on"
+    );
+    assert_eq!(stats.acknowledged, 2);
     assert_eq!(depth(&sqs, &source).await, (0, 0), "delivered and deleted");
 }
 
