@@ -115,10 +115,12 @@ pub use subscriber::init;
 mod subscriber {
     use std::io::IsTerminal;
 
-    use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+    use tracing_subscriber::filter::{LevelFilter, Targets};
     use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
     use tracing_subscriber::fmt::FmtContext;
+    use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::registry::LookupSpan;
+    use tracing_subscriber::util::SubscriberInitExt;
 
     use super::{LogWriter, Stream, TO_STDERR};
 
@@ -136,9 +138,7 @@ mod subscriber {
             .map(|l| l.to_ascii_lowercase())
             .or_else(|| std::env::var("RUST_LOG").ok())
             .unwrap_or_else(|| default.to_owned());
-        let filter = EnvFilter::builder()
-            .with_default_directive(LevelFilter::INFO.into())
-            .parse_lossy(directives);
+        let filter = targets(&directives);
         let json =
             std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
         let terminal = match stream {
@@ -146,7 +146,6 @@ mod subscriber {
             Stream::Stderr => std::io::stderr().is_terminal(),
         };
         let builder = tracing_subscriber::fmt()
-            .with_env_filter(filter)
             .with_writer(|| LogWriter)
             .with_ansi(terminal);
         let _ = if json {
@@ -157,10 +156,29 @@ mod subscriber {
                 .with_span_list(false)
                 .without_time()
                 .with_target(false)
+                .finish()
+                .with(filter)
                 .try_init()
         } else {
-            builder.event_format(Line).try_init()
+            builder.event_format(Line).finish().with(filter).try_init()
         };
+    }
+
+    /// The filter of `RUST_LOG`-style directives (`level`, `target=level`,
+    /// comma-separated), leaving out any that do not parse; `info` when none
+    /// does. A target-and-level filter, not `EnvFilter`: span and field
+    /// directives are not supported, and the regex engine they need stays
+    /// out of the bootstrap.
+    pub(super) fn targets(directives: &str) -> Targets {
+        let valid: Vec<&str> = directives
+            .split(',')
+            .map(str::trim)
+            .filter(|d| !d.is_empty() && d.parse::<Targets>().is_ok())
+            .collect();
+        match valid.join(",").parse::<Targets>() {
+            Ok(targets) if !valid.is_empty() => targets,
+            _ => Targets::new().with_default(LevelFilter::INFO),
+        }
     }
 
     /// `LEVEL message k=v …`: no time (Lambda and journald add it), no
@@ -204,5 +222,28 @@ mod tests {
         drop(logs);
         let left = String::from_utf8(BUFFER.lock().unwrap().clone()).unwrap();
         assert!(!left.contains("of this test"), "written out at the end");
+    }
+
+    #[cfg(feature = "processor")]
+    #[test]
+    fn log_directives_keep_what_parses_and_default_to_info() {
+        use tracing::Level;
+        let f = super::subscriber::targets("warn,retryq=debug,hyper=lolwut,[span{x=1}]=trace");
+        assert!(f.would_enable("retryq::process", &Level::DEBUG));
+        assert!(!f.would_enable("retryq::process", &Level::TRACE));
+        assert!(f.would_enable("hyper::client", &Level::WARN));
+        assert!(!f.would_enable("hyper::client", &Level::INFO));
+        for nothing_valid in ["", "x=lolwut", "a=b=c", " , "] {
+            let f = super::subscriber::targets(nothing_valid);
+            assert!(f.would_enable("retryq", &Level::INFO), "{nothing_valid:?}");
+            assert!(
+                !f.would_enable("retryq", &Level::DEBUG),
+                "{nothing_valid:?}"
+            );
+        }
+        // A target alone, as env_logger reads it: everything of that target.
+        let f = super::subscriber::targets("retryq");
+        assert!(f.would_enable("retryq::worker", &Level::TRACE));
+        assert!(!f.would_enable("h2", &Level::ERROR));
     }
 }
