@@ -519,7 +519,7 @@ fn warnings(logs: &[std::path::PathBuf]) -> String {
                 .map(str::to_owned)
                 .collect::<Vec<_>>()
         })
-        .filter(|l| !l.contains(" INFO ") && !l.starts_with('{'))
+        .filter(|l| !l.starts_with("INFO ") && !l.starts_with('{'))
         .collect::<Vec<_>>()
         .join("\n")
 }
