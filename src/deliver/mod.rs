@@ -267,6 +267,21 @@ impl Deliverer {
                 .await
                 .0;
         };
+        // Boxed: the credential's reads and renewals (Secrets Manager, a
+        // token endpoint) make a future many kilobytes large, which a
+        // record without a profile should not carry.
+        Box::pin(self.attempt_with_profile(msg, profile, payload, timeout)).await
+    }
+
+    /// An attempt under an auth profile: the credential applied, and one
+    /// renewal and retry when the answer asks for it.
+    async fn attempt_with_profile(
+        &self,
+        msg: &RetryMessage,
+        profile: &str,
+        payload: Option<&bytes::Bytes>,
+        timeout: Duration,
+    ) -> Delivery {
         let Some(auth) = self.auth.as_ref().filter(|a| a.has(profile)) else {
             return Delivery::AuthFailed(AuthError::Rejected(format!(
                 "auth profile {profile:?} is not configured"

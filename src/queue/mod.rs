@@ -314,14 +314,19 @@ impl Queues {
         }
         // Bounded: every record waits for this read, so a hanging SQS must
         // not hold the batch.
-        let result = tokio::time::timeout(LIMITS_READ_TIMEOUT, self.read_limits(queue_url))
-            .await
-            .unwrap_or_else(|_| {
-                Err(QueueError::Sqs {
-                    operation: "GetQueueAttributes",
-                    detail: "no answer within 5 s".into(),
-                })
-            });
+        // Boxed, as the other SDK calls on a record's path: a cached answer
+        // should not make every record's future kilobytes larger.
+        let result = Box::pin(tokio::time::timeout(
+            LIMITS_READ_TIMEOUT,
+            self.read_limits(queue_url),
+        ))
+        .await
+        .unwrap_or_else(|_| {
+            Err(QueueError::Sqs {
+                operation: "GetQueueAttributes",
+                detail: "no answer within 5 s".into(),
+            })
+        });
         let mut cache = self.limits.lock().unwrap_or_else(|p| p.into_inner());
         let read = match result {
             Ok(limits) => LimitsRead {
@@ -411,20 +416,22 @@ impl Queues {
         }
         let (account, name) =
             parse_queue_arn(arn).ok_or_else(|| QueueError::BadArn(arn.to_owned()))?;
-        let url = self
-            .client()
-            .await
-            .get_queue_url()
-            .queue_name(name)
-            .queue_owner_aws_account_id(account)
-            .send()
-            .await
-            .map_err(|e| QueueError::sqs("GetQueueUrl", e))?
-            .queue_url
-            .ok_or_else(|| QueueError::Sqs {
-                operation: "GetQueueUrl",
-                detail: "the answer had no QueueUrl".into(),
-            })?;
+        let url = Box::pin(async {
+            self.client()
+                .await
+                .get_queue_url()
+                .queue_name(name)
+                .queue_owner_aws_account_id(account)
+                .send()
+                .await
+        })
+        .await
+        .map_err(|e| QueueError::sqs("GetQueueUrl", e))?
+        .queue_url
+        .ok_or_else(|| QueueError::Sqs {
+            operation: "GetQueueUrl",
+            detail: "the answer had no QueueUrl".into(),
+        })?;
         self.urls
             .lock()
             .unwrap_or_else(|p| p.into_inner())
