@@ -419,12 +419,7 @@ mod tests {
                 .map(|i| record(Disposition::Delivered, Some(i)))
                 .collect(),
         };
-        let docs = documents(
-            &MetricsSettings::default(),
-            &report,
-            &BTreeMap::new(),
-            SystemTime::now(),
-        );
+        let docs = default_documents(&report);
         let lengths: Vec<usize> = docs
             .iter()
             .map(|d| d["AttemptLatency"].as_array().unwrap().len())
@@ -458,6 +453,17 @@ mod tests {
             .all(|d| d["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "shop/retries"));
     }
 
+    /// The EMF documents of `report` with the default settings and no
+    /// breaker openings.
+    fn default_documents(report: &BatchReport) -> Vec<Value> {
+        documents(
+            &MetricsSettings::default(),
+            report,
+            &BTreeMap::new(),
+            SystemTime::now(),
+        )
+    }
+
     fn to(host: &str, disposition: Disposition, latency_ms: Option<u64>) -> RecordReport {
         RecordReport {
             destination: Some(host.into()),
@@ -472,12 +478,7 @@ mod tests {
                 .map(|i| to("busy.example.com", Disposition::Delivered, Some(i)))
                 .collect(),
         };
-        let docs = documents(
-            &MetricsSettings::default(),
-            &report,
-            &BTreeMap::new(),
-            SystemTime::now(),
-        );
+        let docs = default_documents(&report);
         let by_host: Vec<(usize, &Value)> = docs
             .iter()
             .filter(|d| d["Destination"] == "busy.example.com")
