@@ -18,7 +18,7 @@ help:
 	@echo "make test      make lint, then start a local SQS server and run every test"
 	@echo "make lint      cargo fmt --check, clippy -D warnings, cfn-lint and sam validate --lint, no module cycle"
 	@echo "make watch     run the function under cargo lambda watch (port $(WATCH_PORT))"
-	@echo "make invoke    EVENT=events/delivered.json: invoke the watched function"
+	@echo "make invoke    EVENT=events/delivered.json: invoke the watched function (sent now, or EVENT_AGE_SECONDS ago)"
 	@echo "make destination  a demo destination on 127.0.0.1:9100 for the sample events"
 	@echo "make build     release build for Lambda ($(ARCH)), zip in target/lambda"
 	@echo "make bench     benchmarks: table, bench/results.json, bench/chart.svg"
@@ -55,8 +55,13 @@ watch: tools
 	      ALLOW_PRIVATE_DESTINATIONS=$${ALLOW_PRIVATE_DESTINATIONS:-true} \
 	  cargo lambda watch --invoke-port $(WATCH_PORT)
 
+# The sample events carry fixed timestamps: they are sent as if their messages
+# had been sent EVENT_AGE_SECONDS ago (default now), so that the retention rule
+# treats them as it would a real message of that age (docs/operations.md).
+EVENT_AGE_SECONDS ?= 0
 invoke: tools
-	cargo lambda invoke retryq-processor --invoke-port $(WATCH_PORT) --data-file $(EVENT)
+	event=$$($(PYTHON) scripts/fresh-event.py --age-seconds $(EVENT_AGE_SECONDS) $(EVENT)) && \
+	  cargo lambda invoke retryq-processor --invoke-port $(WATCH_PORT) --data-ascii "$$event"
 
 # Benchmarks (not part of make test): see benches/retryq.rs and README's
 # Performance section. Release builds; a few minutes on 2 cores.

@@ -80,12 +80,22 @@ fn body(id: usize, url: &str, size: usize) -> String {
     .to_string()
 }
 
+/// `SentTimestamp` for a record sent now: a fixed one would, some days after
+/// it was written, make the retention rule dead-letter every retry `expired`.
+fn sent_now() -> String {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        .to_string()
+}
+
 fn event(n: usize, dest_port: u16, size: usize) -> Value {
     let records: Vec<Value> = (0..n)
         .map(|i| {
             json!({"messageId": format!("00000000-0000-4000-8000-{i:012}"), "receiptHandle": format!("rh-{i}"),
                 "body": body(i, &format!("http://127.0.0.1:{dest_port}/ok/{i}"), size),
-                "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "1795867200000"},
+                "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": sent_now()},
                 "messageAttributes": {}, "eventSource": "aws:sqs",
                 "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:bench", "awsRegion": "us-east-1"})
         })
@@ -653,7 +663,7 @@ fn large_payloads(rt: &tokio::runtime::Runtime, endpoint: &str) -> f64 {
             let pointer = json!([retryq::payload::POINTER_CLASS, {"s3BucketName": bucket, "s3Key": key}]);
             records.push(json!({"messageId": format!("00000000-0000-4000-8000-{i:012}"), "receiptHandle": format!("rh-{i}"),
                 "body": pointer.to_string(),
-                "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "1795867200000"},
+                "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": sent_now()},
                 "messageAttributes": {}, "eventSource": "aws:sqs",
                 "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:bench", "awsRegion": "us-east-1"}));
         }

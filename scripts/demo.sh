@@ -17,6 +17,7 @@ cd "$(dirname "$0")/.."
 export AWS_ENDPOINT_URL=$RETRYQ_TEST_SQS_ENDPOINT
 MAX_ATTEMPTS=4
 SETTLE_LIMIT=110
+WARMUP_LIMIT=900
 watch_port=$(free_port)
 dest_port=$(free_port)
 dest="http://127.0.0.1:$dest_port"
@@ -32,8 +33,15 @@ trap 'echo; echo "interrupted: stopping everything"; exit 130' INT TERM
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 retryq=target/debug/retryq
 
-step "building retryq, retryq-processor and the demo destination"
-cargo build --quiet --bin retryq --bin retryq-processor --example demo_destination
+# A fresh clone's first build takes minutes on two cores: cargo shows its
+# progress. retryq-processor is built on its own, with the same command
+# `cargo lambda watch` runs: built together with the example, whose
+# dev-dependencies turn on more features of shared crates, it would be a
+# different build, and the watch would compile everything again.
+step "building retryq and the demo destination (a fresh clone's first build takes a few minutes)"
+cargo build --bin retryq --example demo_destination
+step "building retryq-processor, as cargo lambda watch will run it"
+cargo build --bin retryq-processor
 
 step "creating the retry queue and its DLQ (redrive policy: maxReceiveCount = $MAX_ATTEMPTS, as in template.yaml)"
 read -r queue_url dlq_url < <("$PYTHON" - "$MAX_ATTEMPTS" <<'PY'
@@ -61,6 +69,23 @@ setsid env DLQ_URL="$dlq_url" MAX_ATTEMPTS=$MAX_ATTEMPTS BACKOFF_BASE_SECONDS=1 
   cargo lambda watch --ignore-changes --invoke-address 127.0.0.1 --invoke-port "$watch_port" >"$logs/watch.log" 2>&1 &
 pids+=($!)
 
+# The settle clock starts only once the function has answered: should the
+# watch still compile something, that is shown as a build, not as a queue
+# that does not move.
+step "waiting for cargo lambda watch to start the function (an empty batch as the first call)"
+warm_started=$(date +%s)
+until cargo lambda invoke retryq-processor --invoke-address 127.0.0.1 --invoke-port "$watch_port" \
+    --data-ascii '{"Records":[]}' >"$logs/warmup.log" 2>&1; do
+  waited=$(( $(date +%s) - warm_started ))
+  if [ "$waited" -ge "$WARMUP_LIMIT" ]; then
+    echo "the function did not answer within ${WARMUP_LIMIT}s; cargo lambda watch's log:"; tail -20 "$logs/watch.log"; exit 1
+  fi
+  building=$(grep -oE '(Compiling|Building|Finished) [^ ]+( v[^ ]+)?' "$logs/watch.log" | tail -1 || true)
+  printf '  %3ss  %s\n' "$waited" "${building:-starting}"
+  sleep 3
+done
+echo "  the function answered after $(( $(date +%s) - warm_started ))s"
+
 step "starting retryq trigger (the SQS event source, emulated)"
 setsid $retryq trigger --queue-url "$queue_url" --function-url "http://127.0.0.1:$watch_port" --wait-seconds 1 \
   >"$logs/trigger.log" 2>&1 &
@@ -84,7 +109,7 @@ PY
 echo "   3 invalid messages"
 expected_dead=11
 
-step "processing (the first call also waits for cargo lambda watch to start the function)"
+step "processing"
 depth() { "$PYTHON" - "$1" <<'PY'
 import os, sys, boto3
 sqs = boto3.client("sqs", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name="us-east-1",

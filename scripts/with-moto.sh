@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs a command with a fresh local SQS-compatible server (moto_server) on a
-# free loopback port (or MOTO_PORT), creates the queues named in QUEUES, and
+# free loopback port (or MOTO_PORT), creates the queues named in QUEUES (with
+# template.yaml's 14-day retention), and
 # stops the server when the command ends, fails or is interrupted. The
 # command sees:
 #   RETRYQ_TEST_SQS_ENDPOINT  the server's URL
@@ -43,8 +44,10 @@ if [ -n "${QUEUES:-}" ]; then
 import sys, boto3
 sqs = boto3.client("sqs", endpoint_url=sys.argv[1], region_name="us-east-1",
                    aws_access_key_id="test", aws_secret_access_key="test")
+# 14 days' retention, as template.yaml's queues.
 for name in sys.argv[2:]:
-    print("with-moto: queue", sqs.create_queue(QueueName=name)["QueueUrl"])
+    url = sqs.create_queue(QueueName=name, Attributes={"MessageRetentionPeriod": "1209600"})["QueueUrl"]
+    print("with-moto: queue", url)
 PY
 fi
 export AWS_REGION=${AWS_REGION:-us-east-1}

@@ -445,6 +445,38 @@ pub fn cargo_lambda_watch(port: u16, env: &[(&str, &str)], log: &std::path::Path
     Running::spawn(command)
 }
 
+/// A copy of the SQS event file `event` whose messages were sent `age` ago:
+/// its `SentTimestamp` and `ApproximateFirstReceiveTimestamp` are set from
+/// the clock, as `make invoke` does with scripts/fresh-event.py. The files in
+/// `events/` carry fixed timestamps, and the retention rule reads them.
+pub fn event_sent_ago(event: &std::path::Path, age: Duration) -> std::path::PathBuf {
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(event).unwrap()).unwrap();
+    let sent = std::time::SystemTime::now()
+        .checked_sub(age)
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        .to_string();
+    for record in json["Records"].as_array_mut().expect("an SQS event") {
+        let attributes = record["attributes"].as_object_mut().unwrap();
+        attributes.insert("SentTimestamp".into(), sent.clone().into());
+        attributes.insert(
+            "ApproximateFirstReceiveTimestamp".into(),
+            sent.clone().into(),
+        );
+    }
+    let name = event.file_name().unwrap().to_string_lossy();
+    let copy = std::env::temp_dir().join(format!(
+        "retryq-{}-{}s-{name}",
+        std::process::id(),
+        age.as_secs()
+    ));
+    std::fs::write(&copy, json.to_string()).unwrap();
+    copy
+}
+
 /// `cargo lambda invoke retryq-processor` with an event file; the answer's
 /// JSON, or what went wrong.
 pub fn cargo_lambda_invoke(

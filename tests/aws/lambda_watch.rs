@@ -13,6 +13,8 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 /// The sample events' destination.
 const DESTINATION: &str = "127.0.0.1:9100";
+/// The source queue's retention: the template's 14 days.
+const RETENTION: Duration = Duration::from_secs(14 * 86_400);
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -51,8 +53,19 @@ fn ids_in(event: &Path, wanted: &[&str]) -> Vec<String> {
 async fn the_function_under_cargo_lambda_watch_answers_each_sample_event() {
     let sqs = sqs();
     // The queues the sample events' eventSourceARN names.
-    let _source = named_queue(&sqs, "retryq-events").await;
+    let source = named_queue(&sqs, "retryq-events").await;
     let dlq = named_queue(&sqs, "retryq-events-dlq").await;
+    // 14 days' retention, as template.yaml's queue (set before the function
+    // starts: it reads the queue's attributes once).
+    sqs.set_queue_attributes()
+        .queue_url(&source.url)
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::MessageRetentionPeriod,
+            RETENTION.as_secs().to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
     sqs.purge_queue().queue_url(&dlq.url).send().await.unwrap();
 
     let listener = std::net::TcpListener::bind(DESTINATION)
@@ -89,7 +102,10 @@ async fn the_function_under_cargo_lambda_watch_answers_each_sample_event() {
     let events = root().join("events");
 
     // The first invocation builds the function.
-    let first = cargo_lambda_invoke_when_ready(port, &events.join("delivered.json"), &log).await;
+    // The samples' timestamps are fixed; each is sent as if just sent (as
+    // `make invoke` does), so the answers hold on any later date.
+    let fresh = |file: &str| event_sent_ago(&events.join(file), Duration::ZERO);
+    let first = cargo_lambda_invoke_when_ready(port, &fresh("delivered.json"), &log).await;
     assert_eq!(failed_ids(&first), Vec::<String>::new(), "delivered");
 
     // The 503 and 429 records are retryable: they come back. (Their sample
@@ -117,11 +133,12 @@ async fn the_function_under_cargo_lambda_watch_answers_each_sample_event() {
         "every event file is checked"
     );
     for (file, retried) in &expected {
-        let event = events.join(file);
+        let event = fresh(file);
         let answer = cargo_lambda_invoke(port, &event).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let _ = std::fs::remove_file(&event);
         assert_eq!(
             failed_ids(&answer),
-            ids_in(&event, retried),
+            ids_in(&events.join(file), retried),
             "{file}: {answer}"
         );
     }
@@ -144,6 +161,25 @@ async fn the_function_under_cargo_lambda_watch_answers_each_sample_event() {
             ("non-retryable".to_owned(), 2),
         ])
     );
+    // The same retryable samples sent 30 days ago, on a queue that keeps
+    // messages 14 days: a retry would outlive the message, so each is
+    // dead-lettered `expired` at once (no record comes back), and the fresh
+    // copies above were not.
+    for file in ["server-error-503.json", "rate-limited-429.json"] {
+        let aged = event_sent_ago(&events.join(file), Duration::from_secs(30 * 86_400));
+        let answer = cargo_lambda_invoke(port, &aged).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let _ = std::fs::remove_file(&aged);
+        assert_eq!(
+            failed_ids(&answer),
+            Vec::<String>::new(),
+            "aged {file}: {answer}"
+        );
+    }
+    let aged_dead = receive_n(&sqs, &dlq, 2, Duration::from_secs(20)).await;
+    let aged_reasons: Vec<Option<String>> =
+        aged_dead.iter().map(|d| attr(d, "FailureReason")).collect();
+    assert_eq!(aged_reasons, vec![Some("expired".to_owned()); 2]);
+
     let ok_requests = dest
         .received_requests()
         .await
