@@ -49,7 +49,8 @@ struct HostState {
     /// The last answer was a success: the breaker does not limit the host.
     known_good: bool,
     in_flight: u32,
-    open_until: Option<Instant>,
+    /// On tokio's clock, so that tests can move it.
+    open_until: Option<tokio::time::Instant>,
     probing: bool,
 }
 
@@ -90,7 +91,7 @@ impl Breakers {
                 let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
                 let state = hosts.entry(host.to_owned()).or_default();
                 if let Some(until) = state.open_until {
-                    if Instant::now() < until || state.probing {
+                    if tokio::time::Instant::now() < until || state.probing {
                         return Admission::Open;
                     }
                     // Half-open: this attempt is the single probe.
@@ -145,7 +146,7 @@ impl Breakers {
                     || (state.open_until.is_none()
                         && state.consecutive_failures >= settings.threshold.max(1))
                 {
-                    state.open_until = Some(crate::clock::later(settings.cooldown));
+                    state.open_until = Some(crate::clock::later_on_tokio_clock(settings.cooldown));
                     crate::metrics::breaker_opened(
                         host,
                         state.consecutive_failures,
@@ -473,7 +474,9 @@ mod tests {
         assert_eq!(tickets.len(), 20);
     }
 
-    #[tokio::test]
+    /// On a paused clock: the cool-down ends when the test moves time, not
+    /// when a busy machine lets 100 ms pass between two lines.
+    #[tokio::test(start_paused = true)]
     async fn after_the_cooldown_a_single_probe_goes_out() {
         let b = Breakers::new();
         let s = BreakerSettings {

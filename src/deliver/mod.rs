@@ -206,6 +206,14 @@ impl Deliverer {
         self
     }
 
+    /// The resolver every client of this deliverer connects through: the
+    /// wrapped resolver's answer, refused whole when the destination policy
+    /// refuses any of its addresses. Exposed so that a policy can be checked
+    /// on a name without a connection being possible.
+    pub fn resolver(&self) -> Arc<dyn reqwest::dns::Resolve> {
+        self.settings.resolver.clone()
+    }
+
     /// Is this auth profile configured?
     pub fn has_profile(&self, profile: &str) -> bool {
         self.auth.as_ref().is_some_and(|a| a.has(profile))

@@ -49,10 +49,19 @@ fn oauth_profile(token_url: &str, extra: serde_json::Value) -> String {
     serde_json::json!({ "partner-x": p }).to_string()
 }
 
-/// A source queue, a DLQ and a processor with these profiles.
+/// A source queue, a DLQ and a processor with these profiles. Requests
+/// (and token fetches) may take 10 s: generous on a busy machine.
 async fn setup(profiles: &str) -> (aws_sdk_sqs::Client, TestQueue, TestQueue, Arc<Processor>) {
+    setup_timing_out_after(profiles, "10").await
+}
+
+/// As [`setup`], with `REQUEST_TIMEOUT_SECONDS` = `timeout`.
+async fn setup_timing_out_after(
+    profiles: &str,
+    timeout: &str,
+) -> (aws_sdk_sqs::Client, TestQueue, TestQueue, Arc<Processor>) {
     let vars = [
-        ("REQUEST_TIMEOUT_SECONDS", "1"),
+        ("REQUEST_TIMEOUT_SECONDS", timeout),
         ("AUTH_PROFILES", profiles),
         ("PARTNER_X_SECRET", SECRET),
         ("PARTNER_Y_KEY", "k3y-value"),
@@ -76,19 +85,16 @@ fn authed(id: &str, url: &str) -> String {
     message(id, url, serde_json::json!({"auth": "partner-x"}))
 }
 
-/// Sends `n` messages, runs them through the handler in one batch.
+/// Sends the messages, runs them through the handler in one batch: what
+/// became of each (delivered, retried or dead-lettered, read from the DLQ).
 async fn run(
     sqs: &aws_sdk_sqs::Client,
     q: &TestQueue,
+    dlq: &TestQueue,
     p: &std::sync::Arc<retryq::process::Processor>,
     bodies: &[String],
-) -> Vec<String> {
-    for b in bodies {
-        send(sqs, q, b).await;
-    }
-    let received = receive_n(sqs, q, bodies.len(), Duration::from_secs(20)).await;
-    assert_eq!(received.len(), bodies.len());
-    failures(&invoke(p, sqs, q, &received).await)
+) -> Outcomes {
+    run_batch(p, sqs, q, dlq, bodies).await
 }
 
 #[tokio::test]
@@ -99,18 +105,20 @@ async fn the_token_is_fetched_once_and_reused_across_records_and_invocations() {
         .respond_with(ResponseTemplate::new(200))
         .mount(&dest)
         .await;
-    let (sqs, q, _dlq, p) = setup_oauth(&tokens, serde_json::json!({})).await;
+    let (sqs, q, dlq, p) = setup_oauth(&tokens, serde_json::json!({})).await;
 
     let first = run(
         &sqs,
         &q,
+        &dlq,
         &p,
         &[authed("a", &dest.uri()), authed("b", &dest.uri())],
     )
     .await;
-    let second = run(&sqs, &q, &p, &[authed("c", &dest.uri())]).await;
+    let second = run(&sqs, &q, &dlq, &p, &[authed("c", &dest.uri())]).await;
 
-    assert!(first.is_empty() && second.is_empty());
+    first.assert_all_delivered(&["a", "b"]);
+    second.assert_all_delivered(&["c"]);
     assert_eq!(dest.received_requests().await.unwrap().len(), 3);
     let token_requests = tokens.received_requests().await.unwrap();
     assert_eq!(
@@ -145,10 +153,10 @@ async fn the_client_secret_can_go_in_the_form() {
         .respond_with(ResponseTemplate::new(200))
         .mount(&dest)
         .await;
-    let (sqs, q, _dlq, p) = setup_oauth(&tokens, serde_json::json!({"clientAuth": "form"})).await;
-    assert!(run(&sqs, &q, &p, &[authed("f", &dest.uri())])
+    let (sqs, q, dlq, p) = setup_oauth(&tokens, serde_json::json!({"clientAuth": "form"})).await;
+    run(&sqs, &q, &dlq, &p, &[authed("f", &dest.uri())])
         .await
-        .is_empty());
+        .assert_all_delivered(&["f"]);
     tokens.verify().await;
 }
 
@@ -166,9 +174,9 @@ async fn an_expired_token_is_refreshed_and_the_record_delivered_on_its_first_rec
         .await;
     let (sqs, q, dlq, p) = setup_oauth(&tokens, serde_json::json!({})).await;
 
-    let failed = run(&sqs, &q, &p, &[authed("e", &dest.uri())]).await;
-
-    assert!(failed.is_empty(), "acknowledged on its first receive");
+    run(&sqs, &q, &dlq, &p, &[authed("e", &dest.uri())])
+        .await
+        .assert_all_delivered(&["e"]);
     assert_eq!(depth(&sqs, &q).await, (0, 0));
     assert_eq!(depth(&sqs, &dlq).await, (0, 0));
     assert_eq!(tokens.received_requests().await.unwrap().len(), 2);
@@ -201,17 +209,16 @@ async fn fifty_concurrent_records_with_an_expired_token_cause_exactly_one_refres
         .respond_with(ResponseTemplate::new(200))
         .mount(&dest)
         .await;
-    let (sqs, q, _dlq, p) = setup_oauth(&tokens, serde_json::json!({})).await;
-    assert!(run(&sqs, &q, &p, &[authed("warm", &dest.uri())])
+    let (sqs, q, dlq, p) = setup_oauth(&tokens, serde_json::json!({})).await;
+    run(&sqs, &q, &dlq, &p, &[authed("warm", &dest.uri())])
         .await
-        .is_empty());
+        .assert_all_delivered(&["warm"]);
 
-    let bodies: Vec<String> = (0..50)
-        .map(|i| authed(&format!("c-{i}"), &dest.uri()))
-        .collect();
-    let failed = run(&sqs, &q, &p, &bodies).await;
+    let ids: Vec<String> = (0..50).map(|i| format!("c-{i}")).collect();
+    let bodies: Vec<String> = ids.iter().map(|id| authed(id, &dest.uri())).collect();
+    let outcomes = run(&sqs, &q, &dlq, &p, &bodies).await;
 
-    assert!(failed.is_empty(), "{failed:?}");
+    outcomes.assert_all_delivered(&ids.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(
         tokens.received_requests().await.unwrap().len(),
         2,
@@ -223,13 +230,15 @@ async fn fifty_concurrent_records_with_an_expired_token_cause_exactly_one_refres
 async fn the_message_own_authorization_header_is_replaced_not_sent_alongside() {
     let tokens = token_endpoint("tok-1", "tok-1").await;
     let dest = serving(ResponseTemplate::new(200)).await;
-    let (sqs, q, _dlq, p) = setup_oauth(&tokens, serde_json::json!({})).await;
+    let (sqs, q, dlq, p) = setup_oauth(&tokens, serde_json::json!({})).await;
     let body = serde_json::json!({
         "id": "stale", "destinationUrl": dest.uri(), "auth": "partner-x",
         "request": {"method": "POST", "headers": {"Authorization": "Bearer stale-from-service-a"}}
     })
     .to_string();
-    assert!(run(&sqs, &q, &p, &[body]).await.is_empty());
+    run(&sqs, &q, &dlq, &p, &[body])
+        .await
+        .assert_all_delivered(&["stale"]);
     let r = &dest.received_requests().await.unwrap()[0];
     let sent: Vec<_> = r.headers.get_all("authorization").iter().collect();
     assert_eq!(sent, ["Bearer tok-1"]);
@@ -241,9 +250,15 @@ async fn a_token_endpoint_that_is_down_or_slow_makes_the_record_retryable() {
     let slow = serving(token("late").set_delay(Duration::from_secs(5))).await;
     for token_url in [closed, format!("{}/oauth/token", slow.uri())] {
         let dest = never_called().await;
-        let (sqs, q, dlq, p) = setup(&oauth_profile(&token_url, serde_json::json!({}))).await;
-        let failed = run(&sqs, &q, &p, &[authed("later", &dest.uri())]).await;
-        assert_eq!(failed.len(), 1, "{token_url}: comes back after its backoff");
+        // A token fetch times out after 1 s (the slow endpoint takes 5).
+        let profiles = oauth_profile(&token_url, serde_json::json!({}));
+        let (sqs, q, dlq, p) = setup_timing_out_after(&profiles, "1").await;
+        let outcomes = run(&sqs, &q, &dlq, &p, &[authed("later", &dest.uri())]).await;
+        assert_eq!(
+            outcomes.retried,
+            ["later".to_owned()].into(),
+            "{token_url}: comes back after its backoff: {outcomes:?}"
+        );
         assert_eq!(
             depth(&sqs, &q).await,
             (0, 1),
@@ -262,15 +277,13 @@ async fn rejected_credentials_are_dead_lettered_with_a_reason_that_says_so() {
                 .await;
         let dest = MockServer::start().await;
         let (sqs, q, dlq, p) = setup_oauth(&tokens, serde_json::json!({})).await;
-        assert!(run(&sqs, &q, &p, &[authed("nope", &dest.uri())])
-            .await
-            .is_empty());
-        let dead = receive_n(&sqs, &dlq, 1, Duration::from_secs(10)).await;
+        let outcomes = run(&sqs, &q, &dlq, &p, &[authed("nope", &dest.uri())]).await;
         assert_eq!(
-            attr(&dead[0], "FailureReason").as_deref(),
-            Some("non-retryable")
+            outcomes.reasons(),
+            [("nope".to_owned(), "non-retryable".to_owned())].into(),
+            "{outcomes:?}"
         );
-        let last_error = attr(&dead[0], "LastError").unwrap();
+        let last_error = attr(&outcomes.dead["nope"], "LastError").unwrap();
         assert!(
             last_error.contains("rejected the credentials") && last_error.contains("partner-x"),
             "{last_error}"
@@ -293,9 +306,10 @@ async fn a_401_that_is_not_an_expired_token_is_non_retryable_and_a_second_expiry
         .await;
     let (sqs, q, dlq, p) = setup_oauth(&tokens, serde_json::json!({})).await;
 
-    let failed = run(
+    let outcomes = run(
         &sqs,
         &q,
+        &dlq,
         &p,
         &[
             authed("plain-401", &format!("{}/forbidden", dest.uri())),
@@ -305,16 +319,18 @@ async fn a_401_that_is_not_an_expired_token_is_non_retryable_and_a_second_expiry
     .await;
 
     assert_eq!(
-        failed.len(),
-        1,
+        outcomes.retried,
+        ["again".to_owned()].into(),
         "the second expiry comes back to be retried"
     );
-    let dead = receive_n(&sqs, &dlq, 1, Duration::from_secs(10)).await;
     assert_eq!(
-        attr(&dead[0], "FailureReason").as_deref(),
-        Some("non-retryable")
+        outcomes.reasons(),
+        [("plain-401".to_owned(), "non-retryable".to_owned())].into()
     );
-    assert_eq!(attr(&dead[0], "LastStatusCode").as_deref(), Some("401"));
+    assert_eq!(
+        attr(&outcomes.dead["plain-401"], "LastStatusCode").as_deref(),
+        Some("401")
+    );
     let expired_requests = dest
         .received_requests()
         .await
@@ -335,27 +351,30 @@ async fn a_header_profile_sends_its_api_key() {
         .await;
     let profiles =
         r#"{"partner-y": {"type": "header", "name": "x-api-key", "valueEnv": "PARTNER_Y_KEY"}}"#;
-    let (sqs, q, _dlq, p) = setup(profiles).await;
+    let (sqs, q, dlq, p) = setup(profiles).await;
     let body = message("key", &dest.uri(), serde_json::json!({"auth": "partner-y"}));
-    assert!(run(&sqs, &q, &p, &[body]).await.is_empty());
+    run(&sqs, &q, &dlq, &p, &[body])
+        .await
+        .assert_all_delivered(&["key"]);
     dest.verify().await;
 }
 
 #[tokio::test]
 async fn an_unknown_profile_is_an_invalid_message() {
     let (sqs, q, dlq, p) = setup(r#"{}"#).await;
-    let body = message(
-        "who",
-        "https://api.example.com/",
-        serde_json::json!({"auth": "nobody"}),
-    );
-    assert!(run(&sqs, &q, &p, &[body]).await.is_empty());
-    let dead = receive_n(&sqs, &dlq, 1, Duration::from_secs(10)).await;
+    // A destination on loopback that fails the test if called, so that a
+    // regression cannot send the request anywhere else.
+    let dest = never_called().await;
+    let body = message("who", &dest.uri(), serde_json::json!({"auth": "nobody"}));
+    let outcomes = run(&sqs, &q, &dlq, &p, &[body]).await;
     assert_eq!(
-        attr(&dead[0], "FailureReason").as_deref(),
-        Some("invalid-message")
+        outcomes.reasons(),
+        [("who".to_owned(), "invalid-message".to_owned())].into()
     );
-    assert!(attr(&dead[0], "LastError").unwrap().contains("nobody"));
+    assert!(attr(&outcomes.dead["who"], "LastError")
+        .unwrap()
+        .contains("nobody"));
+    dest.verify().await;
 }
 
 #[tokio::test]
@@ -388,7 +407,7 @@ async fn secrets_can_come_from_secrets_manager() {
         "partner-y": { "type": "header", "name": "x-api-key", "valueArn": plain_secret }
     })
     .to_string();
-    let (sqs, q, _dlq, p) = setup(&profiles).await;
+    let (sqs, q, dlq, p) = setup(&profiles).await;
     let bodies = [
         authed("sm-1", &dest.uri()),
         authed("sm-2", &dest.uri()),
@@ -398,6 +417,63 @@ async fn secrets_can_come_from_secrets_manager() {
             serde_json::json!({"auth": "partner-y"}),
         ),
     ];
-    assert!(run(&sqs, &q, &p, &bodies).await.is_empty());
+    run(&sqs, &q, &dlq, &p, &bodies)
+        .await
+        .assert_all_delivered(&["sm-1", "sm-2", "sm-3"]);
     tokens.verify().await;
+}
+
+/// Token URLs are the operator's: the destination policy does not apply to
+/// them. Only the destination's host is allowed here; the token endpoint,
+/// on another name, still serves the token, while a message naming that
+/// name as its destination is refused.
+#[tokio::test]
+async fn the_token_url_is_not_held_to_the_destination_policy() {
+    let tokens = token_endpoint("tok-1", "tok-1").await;
+    let dest = MockServer::start().await;
+    Mock::given(header("authorization", "Bearer tok-1"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(1)
+        .mount(&dest)
+        .await;
+    let dest_port = dest.address().port();
+    let token_url = format!("http://localhost:{}/oauth/token", tokens.address().port());
+    let vars = [
+        ("REQUEST_TIMEOUT_SECONDS", "10"),
+        (
+            "AUTH_PROFILES",
+            &oauth_profile(&token_url, serde_json::json!({})),
+        ),
+        ("PARTNER_X_SECRET", SECRET),
+        ("ALLOWED_DESTINATIONS", &format!("127.0.0.1:{dest_port}")),
+    ];
+    let (sqs, q, dlq, p) = with_dlq("token-policy", &vars).await;
+
+    let outcomes = run(
+        &sqs,
+        &q,
+        &dlq,
+        &p,
+        &[
+            authed("allowed", &dest.uri()),
+            message(
+                "unlisted",
+                &format!("http://localhost:{dest_port}/"),
+                serde_json::json!({}),
+            ),
+        ],
+    )
+    .await;
+
+    assert_eq!(
+        outcomes.delivered,
+        ["allowed".to_owned()].into(),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        outcomes.reasons(),
+        [("unlisted".to_owned(), "destination-not-allowed".to_owned())].into()
+    );
+    assert_eq!(tokens.received_requests().await.unwrap().len(), 1);
+    dest.verify().await;
 }

@@ -22,6 +22,11 @@ const TOKEN_NEW: &str = "tk-new-Pp9dF3-never-log-me";
 const TOKEN_SM: &str = "tk-sm-Yy4gK8-never-log-me";
 const AWS_SECRET: &str = "aws-Qq6vB3-never-log-me";
 const AWS_SESSION: &str = "session-Uu1nM7-never-log-me";
+/// The password and query of a destination URL nothing listens at: a
+/// connection failure's error must not carry them (spec: errors name the
+/// host, never the URL's userinfo or query).
+const URL_PASSWORD: &str = "pw-Kk8sD1-never-log-me";
+const URL_QUERY: &str = "q-Mm3hT5-never-log-me";
 /// `whsec_` + base64 of "wh-Ee5tG2-never-log-me".
 const HOOK_SECRET: &str = "whsec_d2gtRWU1dEcyLW5ldmVyLWxvZy1tZQ==";
 
@@ -116,6 +121,16 @@ async fn no_secret_or_token_reaches_the_trace_output_or_the_dlq() {
             serde_json::json!({"auth": p}),
         )
     })
+    .chain(std::iter::once(message(
+        "trace-refused",
+        &format!(
+            "http://user:{URL_PASSWORD}@127.0.0.1:{}/c?token={URL_QUERY}",
+            free_port()
+        ),
+        // One attempt: the connection failure is dead-lettered with its
+        // LastError, which is checked below with the log.
+        serde_json::json!({"maxAttempts": 1}),
+    )))
     .collect();
     let event = retryq::cli::event(&bodies, &source.arn, 1);
     let dir = std::env::temp_dir().join(format!("retryq-trace-{}", std::process::id()));
@@ -174,11 +189,23 @@ async fn no_secret_or_token_reaches_the_trace_output_or_the_dlq() {
         2,
         "a refresh happened"
     );
-    let dead = receive_n(&sqs, &dlq, 1, Duration::from_secs(10)).await;
+    let dead = receive_n(&sqs, &dlq, 2, Duration::from_secs(10)).await;
+    let mut reasons: Vec<String> = dead
+        .iter()
+        .filter_map(|d| attr(d, "FailureReason"))
+        .collect();
+    reasons.sort();
     assert_eq!(
-        attr(&dead[0], "FailureReason").as_deref(),
-        Some("non-retryable")
+        reasons,
+        ["attempts-exhausted", "non-retryable"],
+        "the rejected credentials and the refused connection"
     );
+    let refused = dead
+        .iter()
+        .find(|d| attr(d, "FailureReason").as_deref() == Some("attempts-exhausted"))
+        .unwrap();
+    let last_error = attr(refused, "LastError").unwrap();
+    assert!(last_error.starts_with("connection failed"), "{last_error}");
 
     let mut output = std::fs::read_to_string(&log_file).unwrap();
     output.push_str(&answer);
@@ -227,6 +254,8 @@ async fn no_secret_or_token_reaches_the_trace_output_or_the_dlq() {
         &key_body[..40],
         webhook_signatures[0].trim_start_matches("v1,"),
         sigv4_signatures[0].as_str(),
+        URL_PASSWORD,
+        URL_QUERY,
     ] {
         assert!(!output.contains(secret), "{secret} appears in the output");
     }

@@ -7,35 +7,10 @@ use std::time::Duration;
 
 use crate::common::*;
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
+type Out = RetryqOutput;
 
 async fn retryq(args: &[&str], env: &[(&str, &str)]) -> Out {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_retryq"));
-    command
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(std::process::Stdio::null());
-    aws_env(&mut command);
-    // Bounded: a command that should have stopped but serves on (a worker)
-    // is killed and fails the test.
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::from(command)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("retryq {args:?} did not finish within 60 s"))
-    .expect("retryq runs");
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    run_retryq(args, env).await
 }
 
 /// `retryq call` to a destination on loopback (allowed deliberately).
@@ -575,12 +550,21 @@ async fn dlq_list_shows_each_dead_letter_and_leaves_them_in_place() {
 async fn dlq_redrive_moves_dead_letters_back_by_reason_without_failure_attributes() {
     let (sqs, dlq) = seeded_dlq().await;
     let target = queue(&sqs, "cli-redrive-to").await;
+    // The dead letters' bodies, looked at and left visible.
+    let letters = receive_n_hidden_for(&sqs, &dlq, 3, 0, Duration::from_secs(10)).await;
+    let letter_404 = letters
+        .iter()
+        .find(|l| body_of(l)["id"] == "dl-404")
+        .expect("the 404's dead letter");
 
     let out = redrive(&dlq, &target, &["--reason", "non-retryable"]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stdout.contains("moved 1"), "{}", out.stdout);
     let moved = receive_n(&sqs, &target, 1, Duration::from_secs(10)).await;
-    assert_eq!(body_of(&moved[0])["id"], "dl-404");
+    assert_eq!(
+        moved[0].body, letter_404.body,
+        "the body goes back byte for byte"
+    );
     assert!(
         moved[0]
             .message_attributes

@@ -326,7 +326,7 @@ pub async fn depth(sqs: &aws_sdk_sqs::Client, q: &TestQueue) -> (u64, u64) {
     )
 }
 
-/// What a dead-letter queue holds, one line per letter (`Reason`,
+/// What a dead-letter queue holds, one line per letter (`FailureReason`,
 /// `AttemptCount`, `LastError`), for a failing assertion to show.
 pub async fn dead_letters(sqs: &aws_sdk_sqs::Client, dlq: &TestQueue) -> String {
     receive_n(sqs, dlq, 10, Duration::from_secs(2))
@@ -335,12 +335,139 @@ pub async fn dead_letters(sqs: &aws_sdk_sqs::Client, dlq: &TestQueue) -> String 
         .map(|m| {
             format!(
                 "{:?} attempt {:?}: {:?}\n",
-                attr(m, "Reason"),
+                attr(m, "FailureReason"),
                 attr(m, "AttemptCount"),
                 attr(m, "LastError")
             )
         })
         .collect()
+}
+
+/// What one invocation did with each record, as SQS shows it to a user:
+/// listed in `batchItemFailures` (retried: it comes back), acknowledged
+/// with a DLQ copy (dead-lettered), or acknowledged without one (delivered:
+/// the processor acknowledges nothing else). Keyed by the Retry Message's
+/// `id`, or by the SQS message id for a body that has none.
+#[derive(Debug, Default)]
+pub struct Outcomes {
+    pub delivered: std::collections::BTreeSet<String>,
+    pub retried: std::collections::BTreeSet<String>,
+    /// The DLQ copy of each dead-lettered record.
+    pub dead: std::collections::BTreeMap<String, Message>,
+}
+
+impl Outcomes {
+    /// The `FailureReason` of each dead letter, by id.
+    pub fn reasons(&self) -> std::collections::BTreeMap<String, String> {
+        self.dead
+            .iter()
+            .map(|(id, m)| (id.clone(), attr(m, "FailureReason").unwrap_or_default()))
+            .collect()
+    }
+
+    /// Panics, showing every outcome, unless all of `ids` were delivered
+    /// and nothing else happened.
+    pub fn assert_all_delivered(&self, ids: &[&str]) {
+        let wanted: std::collections::BTreeSet<String> =
+            ids.iter().map(|s| s.to_string()).collect();
+        assert!(
+            self.delivered == wanted && self.retried.is_empty() && self.dead.is_empty(),
+            "expected {wanted:?} delivered; got delivered {:?}, retried {:?}, dead {:?}",
+            self.delivered,
+            self.retried,
+            self.reasons()
+        );
+    }
+}
+
+/// The Retry Message id of a received message (its SQS id if the body is
+/// not a message with an id).
+fn message_key(m: &Message) -> String {
+    serde_json::from_str::<serde_json::Value>(m.body.as_deref().unwrap_or_default())
+        .ok()
+        .and_then(|v| v["id"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| m.message_id.clone().unwrap())
+}
+
+/// Everything visible in `dlq` now, deleted as it is read (receives until
+/// an empty answer, at most 50 times). Deleted, not hidden: in a FIFO DLQ a
+/// hidden copy would hold back the later copies of its group.
+async fn drain(sqs: &aws_sdk_sqs::Client, dlq: &TestQueue) -> Vec<Message> {
+    let mut all = Vec::new();
+    for _ in 0..50 {
+        let got = receive(sqs, dlq, 300).await;
+        if got.is_empty() {
+            break;
+        }
+        for m in &got {
+            sqs.delete_message()
+                .queue_url(&dlq.url)
+                .receipt_handle(m.receipt_handle.as_deref().unwrap())
+                .send()
+                .await
+                .expect("delete_message");
+        }
+        all.extend(got);
+    }
+    all
+}
+
+/// Invokes the handler with `received` (deadline `secs` away), as the event
+/// source mapping does, and reads the DLQ (deleting what it reads): what
+/// became of each record. The DLQ copies of earlier invocations must have
+/// been read already; a copy of a record not in this batch fails.
+pub async fn outcomes_of(
+    processor: &Arc<Processor>,
+    sqs: &aws_sdk_sqs::Client,
+    q: &TestQueue,
+    dlq: &TestQueue,
+    received: &[Message],
+    secs: u64,
+) -> Outcomes {
+    let response = invoke_within(processor, sqs, q, received, secs).await;
+    let failed = failures(&response);
+    let mut copies: std::collections::BTreeMap<String, Message> = drain(sqs, dlq)
+        .await
+        .into_iter()
+        .map(|c| (attr(&c, "OriginalMessageId").unwrap_or_default(), c))
+        .collect();
+    let mut outcomes = Outcomes::default();
+    for m in received {
+        let sqs_id = m.message_id.clone().unwrap();
+        let key = message_key(m);
+        if failed.contains(&sqs_id) {
+            outcomes.retried.insert(key);
+        } else if let Some(copy) = copies.remove(&sqs_id) {
+            outcomes.dead.insert(key, copy);
+        } else {
+            outcomes.delivered.insert(key);
+        }
+    }
+    assert!(
+        copies.is_empty(),
+        "DLQ copies of records not in this batch: {:?}",
+        copies.keys()
+    );
+    outcomes
+}
+
+/// Sends `bodies`, receives them all, invokes the handler once with them
+/// and reads the DLQ: see [`outcomes_of`].
+pub async fn run_batch(
+    processor: &Arc<Processor>,
+    sqs: &aws_sdk_sqs::Client,
+    q: &TestQueue,
+    dlq: &TestQueue,
+    bodies: &[String],
+) -> Outcomes {
+    send_batch(sqs, q, bodies).await;
+    let received = receive_n(sqs, q, bodies.len(), Duration::from_secs(30)).await;
+    assert_eq!(
+        received.len(),
+        bodies.len(),
+        "every message sent was received"
+    );
+    outcomes_of(processor, sqs, q, dlq, &received, 60).await
 }
 
 /// Sends one message and receives it back (with all attributes), as the
@@ -356,13 +483,38 @@ pub async fn send_one(
     (id, received)
 }
 
-/// A process group started by a test, stopped (TERM, then KILL) when dropped.
+/// Makes a child the test starts die with the test: it is sent SIGTERM
+/// when the thread that started it ends, which includes the test process
+/// being killed (an interrupted `cargo test`, CI's time limit) as well as
+/// a panic. Without it, a child in its own process group would run on.
+pub fn dies_with_test(command: &mut std::process::Command) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl and getppid are async-signal-safe; the closure
+    // allocates nothing.
+    unsafe {
+        let parent = libc::getpid();
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before prctl took effect.
+            if libc::getppid() != parent {
+                libc::raise(libc::SIGTERM);
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A process group started by a test, stopped (TERM, then KILL) when
+/// dropped, and sent SIGTERM if the test process dies first.
 pub struct Running(pub std::process::Child);
 
 impl Running {
     pub fn spawn(mut command: std::process::Command) -> Running {
         use std::os::unix::process::CommandExt;
         command.process_group(0);
+        dies_with_test(&mut command);
         Running(command.spawn().expect("the process starts"))
     }
 
@@ -483,7 +635,8 @@ pub fn cargo_lambda_invoke(
     port: u16,
     event: &std::path::Path,
 ) -> Result<serde_json::Value, String> {
-    let out = std::process::Command::new("cargo")
+    let mut command = std::process::Command::new("cargo");
+    command
         .args([
             "lambda",
             "invoke",
@@ -495,10 +648,8 @@ pub fn cargo_lambda_invoke(
         .arg(port.to_string())
         .arg("--data-file")
         .arg(event)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("cargo lambda invoke runs");
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    let out = output_within(command, "", Duration::from_secs(120))?;
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }
@@ -522,6 +673,8 @@ pub async fn cargo_lambda_invoke_when_ready(
     loop {
         match cargo_lambda_invoke(port, event) {
             Ok(answer) => return answer,
+            // Not installed: no wait can help (make test installs it).
+            Err(e) if e.contains("no such command") => panic!("cargo lambda is missing: {e}"),
             Err(e) if start.elapsed() < Duration::from_secs(600) => {
                 eprintln!(
                     "waiting for cargo lambda watch: {}",
@@ -595,24 +748,80 @@ pub fn token_answer(token: &str) -> wiremock::ResponseTemplate {
     )
 }
 
+/// What a finished `retryq` command left: its exit code and output.
+pub struct RetryqOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl RetryqOutput {
+    /// Panics with the output unless the command exited 0.
+    pub fn success(self) -> RetryqOutput {
+        assert_eq!(
+            self.code, 0,
+            "stdout: {} stderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// Runs the built `retryq` as a user would: `args`, the local AWS server's
+/// endpoints and credentials, then `env`, no standard input. Bounded: one
+/// that has not finished within 60 s (a worker that should have stopped)
+/// is killed and fails the test.
+pub async fn run_retryq(args: &[&str], env: &[(&str, &str)]) -> RetryqOutput {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_retryq"));
+    command.args(args).stdin(std::process::Stdio::null());
+    aws_env(&mut command).envs(env.iter().copied());
+    dies_with_test(&mut command);
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::from(command)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("retryq {args:?} did not finish within 60 s"))
+    .expect("retryq runs");
+    RetryqOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 /// Runs `tests/interop/<script> args…` with `stdin` under the tools'
-/// Python (`PYTHON`, else `python3`), bounded to 60 s; its output. Input
-/// and output are written and read while it runs, so neither can fill a
-/// pipe and stall it.
+/// Python (`PYTHON`, else `python3`), bounded to 60 s; its output.
 pub fn run_python(script: &str, args: &[&str], stdin: &str) -> std::process::Output {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/interop")
         .join(script);
-    let mut child = Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
-        .arg(path)
-        .args(args)
+    let mut command =
+        std::process::Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()));
+    command.arg(path).args(args);
+    output_within(command, stdin, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("tests/interop/{script} {args:?}: {e}"))
+}
+
+/// Runs `command` with `stdin` and waits at most `limit` for its output;
+/// kills it after that. Input and output are written and read while it
+/// runs, so neither can fill a pipe and stall it. Dies with the test.
+pub fn output_within(
+    mut command: std::process::Command,
+    stdin: &str,
+    limit: Duration,
+) -> Result<std::process::Output, String> {
+    use std::io::Write;
+    use std::process::Stdio;
+    dies_with_test(&mut command)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command
         .spawn()
-        .unwrap_or_else(|e| panic!("python3 runs tests/interop/{script}: {e}"));
+        .map_err(|e| format!("{:?} does not start: {e}", command.get_program()))?;
     let mut input = child.stdin.take().unwrap();
     let stdin = stdin.to_owned();
     let pid = child.id();
@@ -622,11 +831,11 @@ pub fn run_python(script: &str, args: &[&str], stdin: &str) -> std::process::Out
         drop(input);
         let _ = tx.send(child.wait_with_output());
     });
-    let Ok(out) = rx.recv_timeout(Duration::from_secs(60)) else {
-        let _ = Command::new("kill")
+    let Ok(out) = rx.recv_timeout(limit) else {
+        let _ = std::process::Command::new("kill")
             .args(["-KILL", &pid.to_string()])
             .status();
-        panic!("tests/interop/{script} {args:?} did not finish within 60 s");
+        return Err(format!("did not finish within {limit:?}"));
     };
-    out.unwrap()
+    out.map_err(|e| e.to_string())
 }

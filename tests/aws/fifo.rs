@@ -13,12 +13,25 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 /// A FIFO queue (content-based deduplication) whose name no other test uses.
 pub(crate) async fn fifo_queue(sqs: &aws_sdk_sqs::Client, prefix: &str) -> TestQueue {
+    fifo_queue_with(sqs, prefix, true).await
+}
+
+/// A FIFO queue; without `content_based` deduplication, every message sent
+/// to it must carry its own `MessageDeduplicationId`.
+async fn fifo_queue_with(
+    sqs: &aws_sdk_sqs::Client,
+    prefix: &str,
+    content_based: bool,
+) -> TestQueue {
     let name = format!("{prefix}-{}-{}.fifo", std::process::id(), fastrand::u32(..));
     let url = sqs
         .create_queue()
         .queue_name(&name)
         .attributes(QueueAttributeName::FifoQueue, "true")
-        .attributes(QueueAttributeName::ContentBasedDeduplication, "true")
+        .attributes(
+            QueueAttributeName::ContentBasedDeduplication,
+            content_based.to_string(),
+        )
         .send()
         .await
         .unwrap()
@@ -156,4 +169,68 @@ async fn groups_run_in_order_stop_at_a_failure_and_resume_in_order() {
         .get(&MessageSystemAttributeName::MessageGroupId)
         .cloned();
     assert_eq!(group.as_deref(), Some("C"));
+}
+
+/// A FIFO DLQ without content-based deduplication: each copy carries a
+/// `MessageDeduplicationId` of its own (else SQS refuses it and nothing is
+/// dead-lettered), taken from its original message, so that two records
+/// with the same body both get their copy, and the same record dead-lettered
+/// again (its acknowledgement lost) gets none.
+#[tokio::test]
+async fn fifo_dead_letters_are_deduplicated_on_the_original_message_id() {
+    let sqs = sqs();
+    let source = fifo_queue_with(&sqs, "fifo-dedup-src", false).await;
+    let dlq = fifo_queue_with(&sqs, "fifo-dedup-dlq", false).await;
+    let dest = serving(ResponseTemplate::new(404)).await;
+    let body = message("same", &dest.uri(), serde_json::json!({}));
+    for dedup in ["first", "second"] {
+        sqs.send_message()
+            .queue_url(&source.url)
+            .message_body(&body)
+            .message_group_id("G")
+            .message_deduplication_id(dedup)
+            .send()
+            .await
+            .unwrap();
+    }
+    let received = receive_n(&sqs, &source, 2, Duration::from_secs(20)).await;
+    assert_eq!(received.len(), 2, "two messages, one body");
+    let vars = [
+        ("DLQ_URL", dlq.url.as_str()),
+        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+    ];
+
+    // The first record's dead letter is sent twice, by two processors (as
+    // after a lost acknowledgement): the second is a duplicate of the first.
+    let once = retryq::trigger::sqs_event(&received[..1], &source.arn, REGION);
+    for _ in 0..2 {
+        let answer = retryq::lambda::handle(
+            processor(&vars),
+            lambda_runtime::LambdaEvent::new(once.clone(), context(60)),
+        )
+        .await
+        .unwrap();
+        assert!(failures(&answer).is_empty(), "dead-lettered: {answer:?}");
+    }
+    let copies = receive_n(&sqs, &dlq, 2, Duration::from_secs(3)).await;
+    assert_eq!(copies.len(), 1, "one copy of the first record: {copies:?}");
+    assert_eq!(
+        attr(&copies[0], "OriginalMessageId"),
+        received[0].message_id
+    );
+    // Read and gone: a copy in flight would hold back its group's next one.
+    sqs.delete_message()
+        .queue_url(&dlq.url)
+        .receipt_handle(copies[0].receipt_handle.as_deref().unwrap())
+        .send()
+        .await
+        .unwrap();
+
+    // The second record, with the same body, gets its own copy.
+    let outcomes = outcomes_of(&processor(&vars), &sqs, &source, &dlq, &received[1..], 60).await;
+    assert_eq!(
+        outcomes.reasons(),
+        [("same".to_owned(), "non-retryable".to_owned())].into(),
+        "{outcomes:?}"
+    );
 }

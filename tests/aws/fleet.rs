@@ -48,17 +48,11 @@ fn fleet_processor(table: &str, dlq: &TestQueue, extra: &[(&str, &str)]) -> Arc<
 }
 
 /// `retryq attempts ID --json` against `table`.
-fn attempts(table: &str, id: &str) -> Vec<serde_json::Value> {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_retryq"));
-    cmd.args(["attempts", id, "--json", "--state-table", table]);
-    aws_env(&mut cmd);
-    let out = cmd.output().expect("retryq attempts runs");
-    assert!(
-        out.status.success(),
-        "retryq attempts: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).expect("a JSON list")
+async fn attempts(table: &str, id: &str) -> Vec<serde_json::Value> {
+    let out = run_retryq(&["attempts", id, "--json", "--state-table", table], &[])
+        .await
+        .success();
+    serde_json::from_str::<Vec<serde_json::Value>>(&out.stdout).expect("a JSON list")
 }
 
 /// Receives the one message of `q` once it is visible (at most 10 s).
@@ -118,7 +112,7 @@ async fn receives_that_made_no_request_use_up_no_attempt_and_the_ledger_shows_ea
     );
     assert_eq!(attr(&letter, "AttemptCount").as_deref(), Some("3"));
 
-    let history = attempts(&table, "ledger-1");
+    let history = attempts(&table, "ledger-1").await;
     let numbers: Vec<u64> = history
         .iter()
         .map(|a| a["attempt"].as_u64().unwrap())
@@ -211,7 +205,7 @@ async fn a_record_refused_by_an_open_breaker_uses_up_no_attempt() {
     // Three receives past MAX_ATTEMPTS=2, and nothing dead-lettered.
     assert_eq!(depth(&sqs, &dlq).await, (0, 0));
     assert!(
-        attempts(&table, "refused").is_empty(),
+        attempts(&table, "refused").await.is_empty(),
         "no attempt recorded"
     );
 }
@@ -239,10 +233,10 @@ async fn delivered_attempts_cost_no_table_request_unless_ledger_is_all() {
         assert!(failures(&invoke(&p, &sqs, &source, &[m]).await).is_empty());
     }
     assert!(
-        attempts(&table, "quiet-1").is_empty(),
+        attempts(&table, "quiet-1").await.is_empty(),
         "LEDGER=failures: nothing"
     );
-    let loud = attempts(&table, "loud-1");
+    let loud = attempts(&table, "loud-1").await;
     assert_eq!(loud.len(), 1);
     assert_eq!(loud[0]["outcome"], "delivered");
     assert_eq!(loud[0]["status"], 200);
@@ -288,7 +282,7 @@ async fn a_redriven_copy_starts_afresh() {
             send(&sqs, &source, letter.body().unwrap()).await;
         }
     }
-    let history = attempts(&table, "redriven-1");
+    let history = attempts(&table, "redriven-1").await;
     let numbers: Vec<u64> = history
         .iter()
         .map(|a| a["attempt"].as_u64().unwrap())
@@ -340,6 +334,7 @@ async fn a_fifo_follower_released_behind_a_blocked_record_gets_all_its_attempts(
     assert_eq!(letters.len(), 1, "only the leader is dead-lettered");
     assert!(letters[0].body().unwrap().contains("leader"));
     let follower: Vec<u64> = attempts(&table, "follower")
+        .await
         .iter()
         .map(|a| a["attempt"].as_u64().unwrap())
         .collect();
@@ -439,10 +434,19 @@ async fn two_workers_share_one_breaker_a_down_host_sees_threshold_plus_one_per_c
         ("METRICS_ENABLED", "true"),
     ];
     let (workers, logs) = two_workers(&source, &dlq, &table, &vars, "breaker");
-    tokio::time::sleep(Duration::from_secs(14)).await;
+    // Wait for the event, not for a time: the threshold's requests and a
+    // probe (the workers may be slow to start on a busy machine); then
+    // watch three cool-downs more from the first request.
+    let cooldown = Duration::from_secs(4);
+    let started = Instant::now();
+    while dest.arrivals().len() < 4 && started.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if let Some(first) = dest.arrivals().first() {
+        tokio::time::sleep((3 * cooldown).saturating_sub(first.elapsed())).await;
+    }
     drop(workers);
     let arrivals = dest.arrivals();
-    let cooldown = Duration::from_secs(4);
     assert!(
         most_within(&arrivals, cooldown) <= 3 + 1,
         "at most threshold + 1 requests per cool-down, fleet-wide: {:?}",

@@ -361,14 +361,23 @@ impl TlsDestination {
         format!("https://localhost:{}{path}", self.port)
     }
 
-    /// The requests it answered, as `METHOD PATH client=CN`.
-    fn requests(&self) -> Vec<String> {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|l| l.strip_prefix("request ").map(str::to_owned))
-            .collect()
+    /// The requests it answered, as `METHOD PATH client=CN`, once `n` have
+    /// been read from its output (which a thread reads while the test goes
+    /// on), or after 10 s with what there is.
+    fn requests(&self, n: usize) -> Vec<String> {
+        let read = || -> Vec<String> {
+            self.log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|l| l.strip_prefix("request ").map(str::to_owned))
+                .collect()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while read().len() < n && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        read()
     }
 }
 
@@ -404,7 +413,7 @@ async fn a_private_ca_is_trusted_only_with_ca_bundle() {
     assert_eq!(depth(&sqs, &dlq).await, (0, 0));
     assert!(delivered.is_empty(), "trusted with the bundle");
     assert_eq!(depth(&sqs2, &dlq2).await, (0, 0));
-    assert_eq!(dest.requests(), ["POST /b client=-"]);
+    assert_eq!(dest.requests(1), ["POST /b client=-"]);
 
     // Its last attempt dead-letters it, saying it was TLS.
     let (sqs3, q3, dlq3, last) = with_dlq("ca-last", &[("MAX_ATTEMPTS", "1")]).await;
@@ -473,7 +482,7 @@ async fn mutual_tls_is_refused_without_the_client_certificate_and_accepted_with_
     );
     assert_eq!(depth(&sqs, &dlq).await, (0, 0));
     assert_eq!(
-        dest.requests(),
+        dest.requests(2),
         [
             "POST /m-1 client=retryq-client",
             "POST /m-2 client=retryq-from-sm"
@@ -495,47 +504,39 @@ async fn retryq_call_makes_its_first_attempt_with_the_same_profiles() {
     });
     let sqs = sqs();
     let q = queue(&sqs, "call-profiles").await;
-    let run = |url: String, profile: &'static str| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_retryq"));
-        command
-            .args([
+    let profiles = profiles.to_string();
+    let ca = pki.path("ca.pem");
+    let env = [
+        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+        ("AUTH_PROFILES", profiles.as_str()),
+        ("CA_BUNDLE", ca.as_str()),
+        ("CLIENT_CERT", cert.as_str()),
+        ("CLIENT_KEY", key.as_str()),
+        ("HOOK_SECRET", secret.as_str()),
+    ];
+    let call = |url: String, profile: &'static str| {
+        let q = q.url.clone();
+        async move {
+            let args = [
                 "call",
                 "--queue-url",
-                &q.url,
+                &q,
                 "--url",
                 &url,
                 "--auth",
                 profile,
                 "-d",
                 "{\"x\":1}",
-            ])
-            .envs([
-                ("ALLOW_PRIVATE_DESTINATIONS", "true"),
-                ("AUTH_PROFILES", profiles.to_string().as_str()),
-                ("CA_BUNDLE", pki.path("ca.pem").as_str()),
-                ("CLIENT_CERT", cert.as_str()),
-                ("CLIENT_KEY", key.as_str()),
-                ("HOOK_SECRET", secret.as_str()),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        aws_env(&mut command);
-        let mut process = Running::spawn(command);
-        let status = process
-            .wait_for_exit(Duration::from_secs(60))
-            .expect("retryq call finishes within 60 s");
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut process.0.stderr.take().unwrap(), &mut stderr).unwrap();
-        (status, stderr)
+            ];
+            run_retryq(&args, &env).await
+        }
     };
 
-    let (tls_status, tls_err) = run(tls.url("/first"), "partner");
-    let (hook_status, hook_err) = run(format!("{}/first", hooks.uri()), "hooks");
-
-    assert!(tls_status.success(), "{tls_err}");
-    assert!(hook_status.success(), "{hook_err}");
-    assert_eq!(tls.requests(), ["POST /first client=retryq-call"]);
+    call(tls.url("/first"), "partner").await.success();
+    call(format!("{}/first", hooks.uri()), "hooks")
+        .await
+        .success();
+    assert_eq!(tls.requests(1), ["POST /first client=retryq-call"]);
     let r = hooks.received_requests().await.unwrap();
     verify(&["webhook", &secret], &r[0]).expect("standardwebhooks verifies retryq call's request");
     assert_eq!(depth(&sqs, &q).await, (0, 0), "delivered: nothing enqueued");
@@ -587,5 +588,55 @@ async fn a_rotated_client_certificate_is_read_again_when_the_handshake_fails() {
         (0, 1),
         "only r-1 was dead-lettered"
     );
-    assert_eq!(dest.requests(), ["POST /r-2 client=rotated-in"]);
+    assert_eq!(dest.requests(1), ["POST /r-2 client=rotated-in"]);
+}
+
+/// `CA_BUNDLE` is trusted for token endpoints as for destinations: a token
+/// endpoint behind the private CA (Python's `ssl`) is refused without it
+/// (retryable: no credential could be had, nothing sent) and serves the
+/// token with it.
+#[tokio::test]
+async fn a_token_endpoint_behind_a_private_ca_is_trusted_only_with_ca_bundle() {
+    let pki = TestPki::new("token-ca");
+    pki.issue("server", ExtendedKeyUsagePurpose::ServerAuth);
+    let tokens = TlsDestination::start(&pki, false);
+    let dest = MockServer::start().await;
+    Mock::given(wiremock::matchers::header(
+        "authorization",
+        "Bearer tok-over-tls",
+    ))
+    .respond_with(ResponseTemplate::new(200))
+    .expect(1)
+    .mount(&dest)
+    .await;
+    let profiles = serde_json::json!({"p": {
+        "type": "oauth2-client-credentials", "tokenUrl": tokens.url("/token"),
+        "clientId": "retryq", "clientSecretEnv": "TOKEN_CA_SECRET"}})
+    .to_string();
+    let bundle = pki.path("ca.pem");
+    let body = |id: &str| message(id, &dest.uri(), serde_json::json!({"auth": "p"}));
+
+    let (sqs, q, dlq, without) = with_dlq(
+        "token-ca-without",
+        &[("AUTH_PROFILES", &profiles), ("TOKEN_CA_SECRET", "s")],
+    )
+    .await;
+    let refused = run_batch(&without, &sqs, &q, &dlq, &[body("t-1")]).await;
+    assert_eq!(refused.retried, ["t-1".to_owned()].into(), "{refused:?}");
+    assert!(tokens.requests(0).is_empty(), "no TLS handshake completed");
+
+    let (sqs, q, dlq, with) = with_dlq(
+        "token-ca-with",
+        &[
+            ("AUTH_PROFILES", &profiles),
+            ("TOKEN_CA_SECRET", "s"),
+            ("CA_BUNDLE", &bundle),
+        ],
+    )
+    .await;
+    run_batch(&with, &sqs, &q, &dlq, &[body("t-2")])
+        .await
+        .assert_all_delivered(&["t-2"]);
+    assert_eq!(tokens.requests(1), ["POST /token client=-"]);
+    dest.verify().await;
 }

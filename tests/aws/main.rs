@@ -23,5 +23,6 @@ mod sqs_actions;
 mod sqs_proxy;
 mod ssrf;
 mod state_table;
+mod template;
 mod traces;
 mod trigger;

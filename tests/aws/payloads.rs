@@ -5,7 +5,6 @@
 //! reads back; pointers that cannot be resolved are `invalid-message`,
 //! naming the bucket and key.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -210,29 +209,31 @@ async fn retryq_enqueue_offloads_a_large_message_that_the_extended_client_and_th
     let data = std::env::temp_dir().join(format!("retryq-large-{}.json", std::process::id()));
     let body = format!("{{\"blob\":\"{}\"}}", "y".repeat(700 * 1024));
     std::fs::write(&data, &body).unwrap();
-    let enqueue = |extra: &[(&str, &str)]| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_retryq"));
-        command
-            .args([
-                "enqueue",
-                "--queue-url",
-                &q.url,
-                "--url",
-                &dest.uri(),
-                "--id",
-            ])
-            .arg(format!("big-{}", extra.len()))
-            .arg("-d")
-            .arg(format!("@{}", data.display()))
-            .envs(extra.iter().copied())
-            .stdin(Stdio::null());
-        aws_env(&mut command);
-        command.env("AWS_ENDPOINT_URL_S3", endpoint());
-        command.output().expect("retryq enqueue runs")
+    let data_arg = format!("@{}", data.display());
+    let s3_endpoint = endpoint();
+    let enqueue = |id: &'static str, bucket: Option<&str>| {
+        let mut env = vec![("AWS_ENDPOINT_URL_S3", s3_endpoint.clone())];
+        env.extend(bucket.map(|b| ("PAYLOAD_BUCKET", b.to_owned())));
+        let args = [
+            "enqueue".to_owned(),
+            "--queue-url".to_owned(),
+            q.url.clone(),
+            "--url".to_owned(),
+            dest.uri(),
+            "--id".to_owned(),
+            id.to_owned(),
+            "-d".to_owned(),
+            data_arg.clone(),
+        ];
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            run_retryq(&args, &env).await
+        }
     };
 
-    let without = enqueue(&[]);
-    let with = enqueue(&[("PAYLOAD_BUCKET", &b)]);
+    let without = enqueue("big-0", None).await;
+    let with = enqueue("big-1", Some(&b)).await;
     let through_extended_client = extended_client(&["read", &q.url, &b], "");
     let message: serde_json::Value =
         serde_json::from_str(through_extended_client["body"].as_str().unwrap()).unwrap();
@@ -241,16 +242,9 @@ async fn retryq_enqueue_offloads_a_large_message_that_the_extended_client_and_th
     let failed = failures(&invoke(&p, &sqs, &q, &received).await);
     let _ = std::fs::remove_file(&data);
 
-    assert_eq!(without.status.code(), Some(2), "too large to go inline");
-    assert!(
-        String::from_utf8_lossy(&without.stderr).contains("request.body"),
-        "names the field"
-    );
-    assert!(
-        with.status.success(),
-        "{}",
-        String::from_utf8_lossy(&with.stderr)
-    );
+    assert_eq!(without.code, 2, "too large to go inline");
+    assert!(without.stderr.contains("request.body"), "names the field");
+    assert_eq!(with.code, 0, "{}", with.stderr);
     assert_eq!(
         message["request"]["body"], body,
         "the Extended Client reads it"

@@ -102,6 +102,9 @@ async fn a_down_host_gets_at_most_n_requests_while_a_healthy_one_gets_all_its_re
     assert_eq!(depth(&sqs, &dlq).await, (0, 0));
 }
 
+/// The probe test's cool-down, and half a second.
+const COOLDOWN_AND_A_HALF_SECOND: Duration = Duration::from_millis(15_500);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_the_cooldown_a_single_probe_goes_out_and_success_closes_the_breaker() {
     let sqs = sqs();
@@ -110,9 +113,10 @@ async fn after_the_cooldown_a_single_probe_goes_out_and_success_closes_the_break
     let p = processor(&[
         ("ALLOW_PRIVATE_DESTINATIONS", "true"),
         ("BREAKER_THRESHOLD", "3"),
-        // Long enough that the "still open" batch is surely sent, received
-        // and handled within it, even on a busy machine.
-        ("BREAKER_COOLDOWN_SECONDS", "5"),
+        // Long enough that the "still open" batch is sent, received and
+        // handled within it on a machine busy with the rest of the suite
+        // (a 5 s cool-down was not always).
+        ("BREAKER_COOLDOWN_SECONDS", "15"),
         ("BACKOFF_BASE_SECONDS", "300"),
     ]);
     let batch = |tag: &str| {
@@ -130,7 +134,7 @@ async fn after_the_cooldown_a_single_probe_goes_out_and_success_closes_the_break
     assert_eq!(requests().await, 3);
 
     // After the cool-down, one probe; it fails, so the breaker reopens.
-    tokio::time::sleep(Duration::from_millis(5500)).await;
+    tokio::time::sleep(COOLDOWN_AND_A_HALF_SECOND).await;
     assert_eq!(
         one_batch(&sqs, &q, &p, &batch("probe-fails")).await.len(),
         10
@@ -143,7 +147,7 @@ async fn after_the_cooldown_a_single_probe_goes_out_and_success_closes_the_break
         .respond_with(ResponseTemplate::new(200))
         .mount(&dest)
         .await;
-    tokio::time::sleep(Duration::from_millis(5500)).await;
+    tokio::time::sleep(COOLDOWN_AND_A_HALF_SECOND).await;
     let failed = one_batch(&sqs, &q, &p, &batch("probe-works")).await;
     // The probe went out alone; once it succeeded the breaker closed, so
     // records of this batch that reached it later went out too, and the

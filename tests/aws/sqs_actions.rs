@@ -335,6 +335,7 @@ async fn a_mixed_batch_acknowledges_exactly_the_finished_records() {
     let dest = MockServer::start().await;
     Mock::given(path("/ok"))
         .respond_with(ResponseTemplate::new(200))
+        .expect(1)
         .mount(&dest)
         .await;
     Mock::given(path("/busy"))
@@ -345,42 +346,26 @@ async fn a_mixed_batch_acknowledges_exactly_the_finished_records() {
         .respond_with(ResponseTemplate::new(410))
         .mount(&dest)
         .await;
-    let ok = send(
-        &sqs,
-        &source,
-        &message("a", &format!("{}/ok", dest.uri()), serde_json::json!({})),
-    )
-    .await;
-    let busy = send(
-        &sqs,
-        &source,
-        &message("b", &format!("{}/busy", dest.uri()), serde_json::json!({})),
-    )
-    .await;
-    let gone = send(
-        &sqs,
-        &source,
-        &message("c", &format!("{}/gone", dest.uri()), serde_json::json!({})),
-    )
-    .await;
-    let junk = send(&sqs, &source, "not json at all").await;
-    let received = receive_n(&sqs, &source, 4, Duration::from_secs(10)).await;
-    assert_eq!(received.len(), 4);
+    let bodies = [
+        message("a", &format!("{}/ok", dest.uri()), serde_json::json!({})),
+        message("b", &format!("{}/busy", dest.uri()), serde_json::json!({})),
+        message("c", &format!("{}/gone", dest.uri()), serde_json::json!({})),
+        "not json at all".to_owned(),
+    ];
 
-    let response = invoke(&p, &sqs, &source, &received).await;
+    let outcomes = run_batch(&p, &sqs, &source, &dlq, &bodies).await;
 
-    assert_eq!(failures(&response), [busy]);
-    assert_eq!(depth(&sqs, &source).await, (0, 1));
-    let dead = receive_n(&sqs, &dlq, 2, Duration::from_secs(10)).await;
-    let mut originals: Vec<String> = dead
-        .iter()
-        .filter_map(|d| attr(d, "OriginalMessageId"))
-        .collect();
-    originals.sort();
-    let mut expected = vec![gone, junk];
-    expected.sort();
-    assert_eq!(originals, expected);
-    let _ = ok;
+    assert_eq!(outcomes.delivered, ["a".to_owned()].into(), "{outcomes:?}");
+    assert_eq!(outcomes.retried, ["b".to_owned()].into(), "{outcomes:?}");
+    assert_eq!(depth(&sqs, &source).await, (0, 1), "only b is left, hidden");
+    let mut reasons: Vec<String> = outcomes.reasons().into_values().collect();
+    reasons.sort();
+    assert_eq!(reasons, ["invalid-message", "non-retryable"]);
+    assert_eq!(
+        attr(&outcomes.dead["c"], "FailureReason").as_deref(),
+        Some("non-retryable")
+    );
+    dest.verify().await;
 }
 
 #[tokio::test]

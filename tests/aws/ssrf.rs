@@ -21,7 +21,7 @@ use retryq::deliver::{Deliverer, Delivery};
 use retryq::message::RetryMessage;
 
 /// A resolver answering from a fixed table, and from the system for other
-/// names (`localhost`).
+/// names (`localhost`). A name listed with no address does not exist.
 struct StaticResolver(HashMap<&'static str, Vec<IpAddr>>);
 
 impl reqwest::dns::Resolve for StaticResolver {
@@ -33,6 +33,15 @@ impl reqwest::dns::Resolve for StaticResolver {
         let host = name.as_str().to_owned();
         Box::pin(async move {
             let addrs = match known {
+                Some(addrs) if addrs.is_empty() => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!(
+                        "failed to lookup address information: {host}: Name or service not known"
+                    ),
+                    )
+                    .into())
+                }
                 Some(addrs) => addrs,
                 None => tokio::net::lookup_host((host.as_str(), 0)).await?.collect(),
             };
@@ -51,6 +60,7 @@ fn resolver() -> Arc<StaticResolver> {
         ("metadata-v6.test", vec![ip("fd00:ec2::254")]),
         ("mapped.test", vec![ip("::ffff:10.0.0.1")]),
         ("mixed.test", vec![ip("93.184.216.34"), ip("127.0.0.1")]),
+        ("nxdomain.test", vec![]),
     ])))
 }
 
@@ -130,8 +140,15 @@ async fn names_resolving_to_loopback_are_refused_by_default_and_allowed_delibera
     v6.abort();
 }
 
+/// Names standing for private, metadata or mixed addresses are refused by
+/// the resolver the deliverer's client connects through. They are checked
+/// on that resolver alone, never with `deliver`: were the policy broken,
+/// `deliver` would send a request off this machine. The loopback test above
+/// shows that `deliver` goes through this resolver and connects to nothing
+/// it refuses.
 #[tokio::test]
 async fn names_resolving_to_private_or_metadata_addresses_are_refused() {
+    let resolver = deliverer(false).resolver();
     for name in [
         "internal.test",
         "metadata.test",
@@ -139,15 +156,13 @@ async fn names_resolving_to_private_or_metadata_addresses_are_refused() {
         "mapped.test",
         "mixed.test",
     ] {
-        let d = deliverer(false)
-            .deliver(&msg(&format!("http://{name}/latest/meta-data/")))
-            .await;
-        let Delivery::NotAllowed(why) = d else {
-            panic!("{name}: {d:?}")
+        let refused = match resolver.resolve(name.parse().unwrap()).await {
+            Ok(addrs) => panic!("{name}: resolved to {:?}", addrs.collect::<Vec<_>>()),
+            Err(e) => e.to_string(),
         };
         assert!(
-            why.to_string().contains(name),
-            "the refusal names the host: {why}"
+            refused.contains(name) && refused.contains("non-public address"),
+            "the refusal names the host: {refused}"
         );
     }
     // Allowed deliberately, they pass the policy (not connected to here:
@@ -164,6 +179,30 @@ async fn names_resolving_to_private_or_metadata_addresses_are_refused() {
     ] {
         assert_eq!(open.check_address(ip.parse().unwrap()), Ok(()), "{ip}");
     }
+}
+
+/// A name that does not resolve, through the real delivery path: no
+/// answer of kind DNS, which the outcome table makes retryable, and an
+/// error that names neither the URL's password nor its query.
+#[tokio::test]
+async fn a_failed_dns_lookup_is_a_retryable_no_response_without_the_url_secrets() {
+    use retryq::policy::classify::{classify, Answer, NoResponse, Outcome};
+    use retryq::policy::record::AttemptResult;
+    let d = deliverer(false)
+        .deliver(&msg("http://user:pw-secret@nxdomain.test/x?token=q-secret"))
+        .await;
+    let AttemptResult::NoResponse { kind, detail } = d.result() else {
+        panic!("{d:?}")
+    };
+    assert_eq!(kind, NoResponse::Dns, "{detail}");
+    assert!(
+        !detail.contains("pw-secret") && !detail.contains("q-secret"),
+        "{detail}"
+    );
+    assert!(matches!(
+        classify(&Answer::NoResponse(kind), std::time::SystemTime::now()),
+        Outcome::Retryable { status: None, .. }
+    ));
 }
 
 #[tokio::test]

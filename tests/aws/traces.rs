@@ -75,18 +75,11 @@ async fn the_trace_goes_downstream_into_the_dlq_and_through_a_redrive() {
     let received = receive_n(&sqs, &q, 3, Duration::from_secs(20)).await;
     let failed = failures(&invoke(&p, &sqs, &q, &received).await);
     let copies = receive_n_hidden_for(&sqs, &dlq, 1, 0, Duration::from_secs(20)).await;
-    let mut redrive = std::process::Command::new(env!("CARGO_BIN_EXE_retryq"));
-    redrive
-        .args(["dlq", "redrive", "--dlq-url", &dlq.url, "--to", &target.url])
-        .stdin(std::process::Stdio::null());
-    aws_env(&mut redrive);
-    let redrive = tokio::process::Command::from(redrive)
-        .kill_on_drop(true)
-        .output();
-    let redrive = tokio::time::timeout(Duration::from_secs(60), redrive)
-        .await
-        .expect("retryq dlq redrive finishes within 60 s")
-        .expect("retryq runs");
+    let redrive = run_retryq(
+        &["dlq", "redrive", "--dlq-url", &dlq.url, "--to", &target.url],
+        &[],
+    )
+    .await;
     let redriven = receive_n(&sqs, &target, 1, Duration::from_secs(20)).await;
 
     assert!(failed.is_empty());
@@ -117,11 +110,7 @@ async fn the_trace_goes_downstream_into_the_dlq_and_through_a_redrive() {
         Some(TRACE),
         "the DLQ copy keeps it"
     );
-    assert!(
-        redrive.status.success(),
-        "{}",
-        String::from_utf8_lossy(&redrive.stderr)
-    );
+    assert_eq!(redrive.code, 0, "{}", redrive.stderr);
     assert_eq!(
         trace_of(&redriven[0]).as_deref(),
         Some(TRACE),

@@ -7,7 +7,9 @@ Serves CERT/KEY on a free port and prints "listening PORT" once ready. With
 CLIENT_CA it requires a client certificate signed by that CA (mutual TLS):
 a client without one fails the handshake. Every request is answered 204 and
 logged as "request METHOD PATH client=CN" (CN of the client certificate, or
-"-"). Runs until terminated.
+"-"), except a POST to /token, which is answered as an OAuth 2 token endpoint
+(200, access_token "tok-over-tls") and logged the same way. Runs until
+terminated.
 """
 import http.server
 import ssl
@@ -27,6 +29,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 if key == "commonName":
                     cn = value
         print(f"request {self.command} {self.path} client={cn}", flush=True)
+        if self.command == "POST" and self.path == "/token":
+            body = b'{"access_token": "tok-over-tls", "token_type": "Bearer", "expires_in": 3600}'
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         self.send_response(204)
         self.send_header("content-length", "0")
         self.end_headers()

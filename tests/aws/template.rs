@@ -1,0 +1,59 @@
+//! The template's rules that no linter knows are rules: every SQS trigger
+//! reports partial batch failures (without it Lambda deletes or returns a
+//! whole batch), and the retry queue's redrive policy is the safety net the
+//! processor's attempt count assumes. Read through cfn-lint's decoder
+//! (tests/interop/template_facts.py), which `make test` installs.
+
+use serde_json::{json, Value};
+
+use crate::common::run_python;
+
+fn facts() -> Value {
+    let template = concat!(env!("CARGO_MANIFEST_DIR"), "/template.yaml");
+    let out = run_python("template_facts.py", &[template], "");
+    assert!(
+        out.status.success(),
+        "template_facts.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn every_sqs_trigger_reports_batch_item_failures() {
+    let facts = facts();
+    let events = facts["sqsEvents"].as_array().unwrap();
+    assert!(!events.is_empty(), "the function has an SQS trigger");
+    for event in events {
+        assert_eq!(
+            event["properties"]["FunctionResponseTypes"],
+            json!(["ReportBatchItemFailures"]),
+            "{event}"
+        );
+        assert_eq!(
+            event["properties"]["Queue"],
+            json!({"Fn::GetAtt": ["RetryQueue", "Arn"]}),
+            "{event}"
+        );
+    }
+}
+
+#[test]
+fn the_retry_queue_redrives_to_the_dlq_after_the_attempts_the_processor_counts() {
+    let facts = facts();
+    let redrive = &facts["queues"]["RetryQueue"]["RedrivePolicy"];
+    assert_eq!(
+        redrive["deadLetterTargetArn"],
+        json!({"Fn::GetAtt": ["DeadLetterQueue", "Arn"]})
+    );
+    // Without the fleet's ledger, receives are attempts: the safety net
+    // moves a message after MAX_ATTEMPTS receives. With it, receives that
+    // were no attempts are allowed for.
+    assert_eq!(
+        redrive["maxReceiveCount"],
+        json!({"Fn::If": ["HasFleetState", {"Ref": "FleetMaxReceiveCount"}, {"Ref": "MaxAttempts"}]})
+    );
+    let env = &facts["environment"]["RetryProcessorFunction"];
+    assert_eq!(env["MAX_ATTEMPTS"], json!({"Ref": "MaxAttempts"}));
+    assert_eq!(env["DLQ_URL"], json!({"Ref": "DeadLetterQueue"}), "{env}");
+}
