@@ -670,7 +670,10 @@ fn large_payloads(rt: &tokio::runtime::Runtime, endpoint: &str) -> f64 {
         records
     });
     let ev = Arc::new(serde_json::to_vec(&json!({ "Records": records })).unwrap());
-    let env = [("AWS_ENDPOINT_URL_S3", endpoint.to_owned())];
+    let env = [
+        ("AWS_ENDPOINT_URL_S3", endpoint.to_owned()),
+        ("PAYLOAD_BUCKETS", bucket.clone()),
+    ];
     let mut f = Function::spawn(rt, Handler::Retryq, &env);
     let inv = f.invoke(rt, &ev);
     assert_eq!(failures_in(&inv.response), 0, "all delivered");

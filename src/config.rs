@@ -76,6 +76,9 @@ pub struct Config {
     /// `PAYLOAD_BUCKET`: where `retryq enqueue` / `call` offload messages
     /// larger than `PAYLOAD_OFFLOAD_BYTES`.
     pub payload_bucket: Option<String>,
+    /// `PAYLOAD_BUCKETS` (default: `PAYLOAD_BUCKET`): the only buckets a
+    /// payload pointer is followed into. Empty: no pointer is followed.
+    pub payload_buckets: Vec<String>,
     pub payload_offload_bytes: usize,
 }
 
@@ -177,25 +180,9 @@ impl Config {
     /// Reads variables through `get`, for tests and embedding.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let vars = Vars(&get);
-        let backoff = Backoff::new(
-            vars.seconds("BACKOFF_BASE_SECONDS", 10)?,
-            vars.seconds("BACKOFF_MAX_SECONDS", 900)?,
-        )
-        .map_err(|e| match e {
-            InvalidBackoff::ZeroBase => ConfigError::new("BACKOFF_BASE_SECONDS", e.to_string()),
-            InvalidBackoff::BaseAboveMax { .. } | InvalidBackoff::AboveVisibilityLimit => {
-                ConfigError::new("BACKOFF_MAX_SECONDS", e.to_string())
-            }
-        })?;
-        let breaker_cooldown = vars.seconds("BREAKER_COOLDOWN_SECONDS", 30)?;
-        let retry = RetryPolicy {
-            max_attempts: vars.number("MAX_ATTEMPTS", 5, 1, u32::MAX.into())? as u32,
-            backoff,
-            retry_after_max: vars.seconds("RETRY_AFTER_MAX_SECONDS", MAX_CONFIG_SECONDS)?,
-        };
+        let retry = vars.retry_policy()?;
         Ok(Config {
             dlq_url: vars.text("DLQ_URL").map(|v| v.trim().to_owned()),
-            retry,
             request_timeout: Duration::from_secs(vars.number(
                 "REQUEST_TIMEOUT_SECONDS",
                 10,
@@ -215,20 +202,8 @@ impl Config {
             max_concurrency_per_host: vars
                 .optional("MAX_CONCURRENCY_PER_HOST", MAX_CONCURRENCY)?
                 .map(|n| n as usize),
-            breaker: vars
-                .optional("BREAKER_THRESHOLD", u32::MAX.into())?
-                .map(|threshold| BreakerSettings {
-                    threshold: threshold as u32,
-                    cooldown: breaker_cooldown,
-                }),
-            metrics: MetricsSettings {
-                enabled: vars.flag("METRICS_ENABLED", true)?,
-                namespace: vars.namespace("METRICS_NAMESPACE")?,
-                service: vars
-                    .text("AWS_LAMBDA_FUNCTION_NAME")
-                    .unwrap_or_else(|| "retryq-worker".into()),
-                host_limit: vars.number("HOST_METRICS_LIMIT", 20, 1, MAX_HOST_METRICS)? as usize,
-            },
+            breaker: vars.breaker()?,
+            metrics: vars.metrics()?,
             retention_margin: Duration::from_secs(vars.number(
                 "RETENTION_MARGIN_SECONDS",
                 900,
@@ -242,22 +217,13 @@ impl Config {
                 0,
                 MAX_BATCHING_WINDOW_SECONDS,
             )?),
-            log_delivered: match vars.text("LOG_DELIVERED").as_deref().map(str::trim) {
-                None | Some("all") => LogDelivered::All,
-                Some("sampled") => LogDelivered::Sampled,
-                Some("none") => LogDelivered::None,
-                Some(other) => {
-                    return Err(ConfigError::new(
-                        "LOG_DELIVERED",
-                        format!("must be all, sampled or none, got {other:?}"),
-                    ))
-                }
-            },
+            log_delivered: vars.log_delivered()?,
             destination_policies: match vars.text("DESTINATION_POLICIES") {
                 None => DestinationPolicies::default(),
                 Some(json) => DestinationPolicies::parse(&json, &retry)
                     .map_err(|e| ConfigError::new("DESTINATION_POLICIES", e))?,
             },
+            retry,
             state: vars.state()?,
             max_offloaded_body: vars.number(
                 "MAX_OFFLOADED_BODY_BYTES",
@@ -266,19 +232,14 @@ impl Config {
                 MAX_OFFLOADED_BODY_BYTES,
             )? as usize,
             payload_bucket: vars.text("PAYLOAD_BUCKET").map(|b| b.trim().to_owned()),
+            payload_buckets: vars.payload_buckets(),
             payload_offload_bytes: vars.number(
                 "PAYLOAD_OFFLOAD_BYTES",
                 DEFAULT_PAYLOAD_OFFLOAD_BYTES,
                 1,
                 MAX_SQS_MESSAGE_BYTES,
             )? as usize,
-            ca_bundle: match vars.text("CA_BUNDLE") {
-                None => None,
-                Some(path) => Some(
-                    crate::tls::CaBundle::read(std::path::Path::new(path.trim()))
-                        .map_err(|e| ConfigError::new("CA_BUNDLE", e))?,
-                ),
-            },
+            ca_bundle: vars.ca_bundle()?,
         })
     }
 }
@@ -362,6 +323,86 @@ impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
                 format!("must be true or false, got {other:?}"),
             )),
         }
+    }
+
+    /// `MAX_ATTEMPTS`, the backoff and `RETRY_AFTER_MAX_SECONDS`.
+    fn retry_policy(&self) -> Result<RetryPolicy, ConfigError> {
+        let backoff = Backoff::new(
+            self.seconds("BACKOFF_BASE_SECONDS", 10)?,
+            self.seconds("BACKOFF_MAX_SECONDS", 900)?,
+        )
+        .map_err(|e| match e {
+            InvalidBackoff::ZeroBase => ConfigError::new("BACKOFF_BASE_SECONDS", e.to_string()),
+            InvalidBackoff::BaseAboveMax { .. } | InvalidBackoff::AboveVisibilityLimit => {
+                ConfigError::new("BACKOFF_MAX_SECONDS", e.to_string())
+            }
+        })?;
+        Ok(RetryPolicy {
+            max_attempts: self.number("MAX_ATTEMPTS", 5, 1, u32::MAX.into())? as u32,
+            backoff,
+            retry_after_max: self.seconds("RETRY_AFTER_MAX_SECONDS", MAX_CONFIG_SECONDS)?,
+        })
+    }
+
+    /// `BREAKER_THRESHOLD` (none: no breaker) and its cool-down.
+    fn breaker(&self) -> Result<Option<BreakerSettings>, ConfigError> {
+        let cooldown = self.seconds("BREAKER_COOLDOWN_SECONDS", 30)?;
+        Ok(self
+            .optional("BREAKER_THRESHOLD", u32::MAX.into())?
+            .map(|threshold| BreakerSettings {
+                threshold: threshold as u32,
+                cooldown,
+            }))
+    }
+
+    /// The EMF metrics' variables.
+    fn metrics(&self) -> Result<MetricsSettings, ConfigError> {
+        Ok(MetricsSettings {
+            enabled: self.flag("METRICS_ENABLED", true)?,
+            namespace: self.namespace("METRICS_NAMESPACE")?,
+            service: self
+                .text("AWS_LAMBDA_FUNCTION_NAME")
+                .unwrap_or_else(|| "retryq-worker".into()),
+            host_limit: self.number("HOST_METRICS_LIMIT", 20, 1, MAX_HOST_METRICS)? as usize,
+        })
+    }
+
+    /// `LOG_DELIVERED`.
+    fn log_delivered(&self) -> Result<LogDelivered, ConfigError> {
+        match self.text("LOG_DELIVERED").as_deref().map(str::trim) {
+            None | Some("all") => Ok(LogDelivered::All),
+            Some("sampled") => Ok(LogDelivered::Sampled),
+            Some("none") => Ok(LogDelivered::None),
+            Some(other) => Err(ConfigError::new(
+                "LOG_DELIVERED",
+                format!("must be all, sampled or none, got {other:?}"),
+            )),
+        }
+    }
+
+    /// `CA_BUNDLE`, read now so that a bad file stops the start.
+    fn ca_bundle(&self) -> Result<Option<crate::tls::CaBundle>, ConfigError> {
+        self.text("CA_BUNDLE")
+            .map(|path| {
+                crate::tls::CaBundle::read(std::path::Path::new(path.trim()))
+                    .map_err(|e| ConfigError::new("CA_BUNDLE", e))
+            })
+            .transpose()
+    }
+
+    /// `PAYLOAD_BUCKETS`, a comma list, else `PAYLOAD_BUCKET` alone, else
+    /// none.
+    fn payload_buckets(&self) -> Vec<String> {
+        self.text("PAYLOAD_BUCKETS")
+            .or_else(|| self.text("PAYLOAD_BUCKET"))
+            .map(|list| {
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|b| !b.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// `STATE_TABLE` and the ledger's variables (read, and checked, even

@@ -254,6 +254,12 @@ impl Processor {
         secrets_manager: Option<crate::auth::SecretsManager>,
     ) -> Result<Processor, reqwest::Error> {
         let deliverer = crate::wiring::deliverer(&config, config.max_concurrency, secrets_manager)?;
+        if config.payload_buckets.is_empty() {
+            tracing::warn!(
+                "neither PAYLOAD_BUCKETS nor PAYLOAD_BUCKET is set: payload pointers are not followed, \
+                 and each is dead-lettered as an invalid message"
+            );
+        }
         Ok(Processor {
             breakers: Breakers::new(),
             fleet: config.state.clone().map(FleetState::from_env),
@@ -974,6 +980,11 @@ impl Processor {
             Some(Err(why)) => return Resolved::Unresolvable(why),
             Some(Ok(pointer)) => pointer,
         };
+        // Only into the configured buckets: the object of any other is
+        // neither read nor deleted (§12.2).
+        if let Err(why) = pointer.check_bucket(&self.config.payload_buckets) {
+            return Resolved::Unresolvable(why);
+        }
         let max_object = self
             .config
             .max_offloaded_body

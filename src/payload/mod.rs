@@ -83,6 +83,24 @@ impl PayloadPointer {
         .to_string()
     }
 
+    /// Is the pointer's bucket one of `allowed` (`PAYLOAD_BUCKETS`)? The
+    /// error names the bucket, or says that no bucket is allowed.
+    pub fn check_bucket(&self, allowed: &[String]) -> Result<(), String> {
+        if allowed.iter().any(|b| *b == self.bucket) {
+            Ok(())
+        } else if allowed.is_empty() {
+            Err(format!(
+                "payload pointer: bucket {} is not allowed: neither PAYLOAD_BUCKETS nor PAYLOAD_BUCKET is set",
+                self.bucket
+            ))
+        } else {
+            Err(format!(
+                "payload pointer: bucket {} is not allowed (not in PAYLOAD_BUCKETS)",
+                self.bucket
+            ))
+        }
+    }
+
     /// `s3://bucket/key`, for error texts (an address, not a value).
     pub fn address(&self) -> String {
         format!("s3://{}/{}", self.bucket, self.key)
@@ -132,6 +150,23 @@ mod tests {
             let e = PayloadPointer::parse(body).unwrap().unwrap_err();
             assert!(e.starts_with("payload pointer"), "{e}");
         }
+    }
+
+    #[test]
+    fn pointers_are_followed_only_into_allowed_buckets() {
+        let p = PayloadPointer {
+            bucket: "b".into(),
+            key: "k".into(),
+        };
+        assert_eq!(p.check_bucket(&["a".into(), "b".into()]), Ok(()));
+        let other = p.check_bucket(&["a".into()]).unwrap_err();
+        assert!(other.contains("bucket b is not allowed") && other.contains("PAYLOAD_BUCKETS"));
+        let none = p.check_bucket(&[]).unwrap_err();
+        assert!(none.contains("bucket b is not allowed") && none.contains("PAYLOAD_BUCKET is set"));
+        // Exact names only: no prefix or case folding.
+        assert!(p
+            .check_bucket(&["B".into(), "bb".into(), "".into()])
+            .is_err());
     }
 
     proptest! {

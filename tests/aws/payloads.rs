@@ -61,8 +61,8 @@ async fn a_message_the_extended_client_offloaded_is_delivered_and_its_object_del
         .respond_with(ResponseTemplate::new(200))
         .mount(&dest)
         .await;
-    let (sqs, q, dlq, p) = with_dlq("payload-ok", &[]).await;
     let b = bucket("ok");
+    let (sqs, q, dlq, p) = with_dlq("payload-ok", &[("PAYLOAD_BUCKETS", &b)]).await;
     // Above SQS's 256 KiB and retryq's 512 KiB inline limit.
     let (message, body) = large_message("big-1", &dest.uri(), 900 * 1024);
     extended_client(&["send", &q.url, &b], &message);
@@ -99,8 +99,8 @@ async fn a_dead_lettered_pointer_is_kept_byte_for_byte_and_the_extended_client_r
         .respond_with(ResponseTemplate::new(400))
         .mount(&dest)
         .await;
-    let (sqs, q, dlq, p) = with_dlq("payload-dead", &[]).await;
     let b = bucket("dead");
+    let (sqs, q, dlq, p) = with_dlq("payload-dead", &[("PAYLOAD_BUCKETS", &b)]).await;
     let (message, _) = large_message("big-2", &dest.uri(), 300 * 1024);
     extended_client(&["send", &q.url, &b], &message);
 
@@ -145,8 +145,15 @@ async fn a_dead_lettered_pointer_is_kept_byte_for_byte_and_the_extended_client_r
 #[tokio::test]
 async fn pointers_that_cannot_be_resolved_are_invalid_messages_naming_the_object() {
     let dest = never_called().await;
-    let (sqs, q, dlq, p) = with_dlq("payload-bad", &[("MAX_OFFLOADED_BODY_BYTES", "1000")]).await;
     let b = bucket("bad");
+    let (sqs, q, dlq, p) = with_dlq(
+        "payload-bad",
+        &[
+            ("MAX_OFFLOADED_BODY_BYTES", "1000"),
+            ("PAYLOAD_BUCKETS", &b),
+        ],
+    )
+    .await;
     s3().create_bucket().bucket(&b).send().await.unwrap();
     let (too_big, _) = large_message("big-3", &dest.uri(), 5000);
     s3().put_object()
@@ -203,8 +210,10 @@ async fn retryq_enqueue_offloads_a_large_message_that_the_extended_client_and_th
         .respond_with(ResponseTemplate::new(200))
         .mount(&dest)
         .await;
-    let (sqs, q, _dlq, p) = with_dlq("payload-enqueue", &[]).await;
     let b = bucket("enqueue");
+    // PAYLOAD_BUCKET alone: the bucket the producer writes to is the one
+    // pointers are followed into.
+    let (sqs, q, _dlq, p) = with_dlq("payload-enqueue", &[("PAYLOAD_BUCKET", &b)]).await;
     s3().create_bucket().bucket(&b).send().await.unwrap();
     let data = std::env::temp_dir().join(format!("retryq-large-{}.json", std::process::id()));
     let body = format!("{{\"blob\":\"{}\"}}", "y".repeat(700 * 1024));
@@ -270,6 +279,7 @@ async fn a_pointer_is_retried_while_s3_is_unavailable_and_nothing_is_dead_letter
             config(&[
                 ("DLQ_URL", &dlq.url),
                 ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+                ("PAYLOAD_BUCKETS", "b"),
             ]),
             sqs.clone(),
             None,
@@ -288,4 +298,75 @@ async fn a_pointer_is_retried_while_s3_is_unavailable_and_nothing_is_dead_letter
     assert_eq!(failed.len(), 1, "left in the queue for another receive");
     assert_eq!(depth(&sqs, &dlq).await, (0, 0), "not dead-lettered");
     assert_eq!(dest.received_requests().await.unwrap().len(), 0);
+}
+
+/// §12.2: a pointer is followed only into `PAYLOAD_BUCKETS`. One into
+/// another bucket is `invalid-message` naming the bucket, its object is not
+/// deleted, and not even read: the processor's S3 is behind a closed port,
+/// so a read would have made the record retryable instead. Without any
+/// bucket configured, no pointer is followed.
+#[tokio::test]
+async fn a_pointer_into_a_bucket_not_listed_is_invalid_and_its_object_untouched() {
+    let dest = never_called().await;
+    let (sqs, q, dlq, _) = with_dlq("payload-foreign", &[]).await;
+    let foreign = bucket("foreign");
+    s3().create_bucket().bucket(&foreign).send().await.unwrap();
+    let (message, _) = large_message("foreign-1", &dest.uri(), 1000);
+    s3().put_object()
+        .bucket(&foreign)
+        .key("k")
+        .body(message.into_bytes().into())
+        .send()
+        .await
+        .unwrap();
+    let pointer = format!(
+        r#"["software.amazon.payloadoffloading.PayloadS3Pointer", {{"s3BucketName": "{foreign}", "s3Key": "k"}}]"#
+    );
+    let unreachable_s3 = format!("http://127.0.0.1:{}", free_port());
+    for (listed, says) in [
+        (Some("retryq-own-payloads"), "not in PAYLOAD_BUCKETS"),
+        (None, "neither PAYLOAD_BUCKETS nor PAYLOAD_BUCKET is set"),
+    ] {
+        let mut vars = vec![
+            ("DLQ_URL", dlq.url.as_str()),
+            ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+        ];
+        vars.extend(listed.map(|b| ("PAYLOAD_BUCKETS", b)));
+        let p = std::sync::Arc::new(
+            retryq::process::Processor::new(config(&vars), sqs.clone(), None)
+                .unwrap()
+                .with_payload_store(retryq::payload::store::PayloadStore::with_client(s3_at(
+                    &unreachable_s3,
+                ))),
+        );
+        let outcomes = run_batch(&p, &sqs, &q, &dlq, std::slice::from_ref(&pointer)).await;
+        let (_, copy) = outcomes
+            .dead
+            .iter()
+            .next()
+            .unwrap_or_else(|| panic!("{outcomes:?}"));
+        assert_eq!(
+            attr(copy, "FailureReason").as_deref(),
+            Some("invalid-message")
+        );
+        let last_error = attr(copy, "LastError").unwrap();
+        assert!(
+            last_error.contains(&format!("bucket {foreign} is not allowed"))
+                && last_error.contains(says),
+            "{last_error}"
+        );
+        assert_eq!(
+            copy.body.as_deref(),
+            Some(pointer.as_str()),
+            "the pointer, as it was"
+        );
+    }
+    let left = s3()
+        .list_objects_v2()
+        .bucket(&foreign)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(left.key_count(), Some(1), "the object is not deleted");
+    dest.verify().await;
 }

@@ -28,29 +28,19 @@ fn interleaved(a: Vec<String>, b: Vec<String>) -> Vec<String> {
     a.into_iter().zip(b).flat_map(|(x, y)| [x, y]).collect()
 }
 
-/// Sends the bodies and runs them through the handler as one batch;
-/// returns the failed message ids' Retry Message ids.
+/// Sends the bodies and runs them through the handler as one batch; the
+/// Retry Message ids that come back. Anything dead-lettered fails the test:
+/// protecting a destination never dead-letters.
 async fn one_batch(
     sqs: &aws_sdk_sqs::Client,
     q: &TestQueue,
+    dlq: &TestQueue,
     p: &std::sync::Arc<retryq::process::Processor>,
     bodies: &[String],
 ) -> Vec<String> {
-    send_batch(sqs, q, bodies).await;
-    let received = receive_n(sqs, q, bodies.len(), Duration::from_secs(30)).await;
-    assert_eq!(received.len(), bodies.len());
-    let response = invoke(p, sqs, q, &received).await;
-    let failed = failures(&response);
-    received
-        .iter()
-        .filter(|m| failed.contains(m.message_id.as_ref().unwrap()))
-        .map(|m| {
-            serde_json::from_str::<serde_json::Value>(m.body.as_deref().unwrap()).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect()
+    let outcomes = run_batch(p, sqs, q, dlq, bodies).await;
+    assert!(outcomes.dead.is_empty(), "{:?}", outcomes.reasons());
+    outcomes.retried.into_iter().collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -72,7 +62,7 @@ async fn a_down_host_gets_at_most_n_requests_while_a_healthy_one_gets_all_its_re
         messages_to(&healthy, "ok", "ok", 100),
     );
 
-    let failed = one_batch(&sqs, &q, &p, &bodies).await;
+    let failed = one_batch(&sqs, &q, &dlq, &p, &bodies).await;
 
     assert!(
         down.requests() <= 5,
@@ -107,18 +97,19 @@ const COOLDOWN_AND_A_HALF_SECOND: Duration = Duration::from_millis(15_500);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_the_cooldown_a_single_probe_goes_out_and_success_closes_the_breaker() {
-    let sqs = sqs();
-    let q = queue(&sqs, "probe").await;
     let dest = serving(ResponseTemplate::new(503)).await;
-    let p = processor(&[
-        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
-        ("BREAKER_THRESHOLD", "3"),
-        // Long enough that the "still open" batch is sent, received and
-        // handled within it on a machine busy with the rest of the suite
-        // (a 5 s cool-down was not always).
-        ("BREAKER_COOLDOWN_SECONDS", "15"),
-        ("BACKOFF_BASE_SECONDS", "300"),
-    ]);
+    let (sqs, q, dlq, p) = with_dlq(
+        "probe",
+        &[
+            ("BREAKER_THRESHOLD", "3"),
+            // Long enough that the "still open" batch is sent, received and
+            // handled within it on a machine busy with the rest of the suite
+            // (a 5 s cool-down was not always).
+            ("BREAKER_COOLDOWN_SECONDS", "15"),
+            ("BACKOFF_BASE_SECONDS", "300"),
+        ],
+    )
+    .await;
     let batch = |tag: &str| {
         (0..10)
             .map(|i| message(&format!("{tag}-{i}"), &dest.uri(), serde_json::json!({})))
@@ -126,17 +117,25 @@ async fn after_the_cooldown_a_single_probe_goes_out_and_success_closes_the_break
     };
     let requests = || async { dest.received_requests().await.unwrap().len() };
 
-    assert_eq!(one_batch(&sqs, &q, &p, &batch("first")).await.len(), 10);
+    assert_eq!(
+        one_batch(&sqs, &q, &dlq, &p, &batch("first")).await.len(),
+        10
+    );
     assert_eq!(requests().await, 3, "opened after three failures");
 
     // Still open: nothing goes out. (The state outlives the invocation.)
-    assert_eq!(one_batch(&sqs, &q, &p, &batch("open")).await.len(), 10);
+    assert_eq!(
+        one_batch(&sqs, &q, &dlq, &p, &batch("open")).await.len(),
+        10
+    );
     assert_eq!(requests().await, 3);
 
     // After the cool-down, one probe; it fails, so the breaker reopens.
     tokio::time::sleep(COOLDOWN_AND_A_HALF_SECOND).await;
     assert_eq!(
-        one_batch(&sqs, &q, &p, &batch("probe-fails")).await.len(),
+        one_batch(&sqs, &q, &dlq, &p, &batch("probe-fails"))
+            .await
+            .len(),
         10
     );
     assert_eq!(requests().await, 4, "a single probe");
@@ -148,7 +147,7 @@ async fn after_the_cooldown_a_single_probe_goes_out_and_success_closes_the_break
         .mount(&dest)
         .await;
     tokio::time::sleep(COOLDOWN_AND_A_HALF_SECOND).await;
-    let failed = one_batch(&sqs, &q, &p, &batch("probe-works")).await;
+    let failed = one_batch(&sqs, &q, &dlq, &p, &batch("probe-works")).await;
     // The probe went out alone; once it succeeded the breaker closed, so
     // records of this batch that reached it later went out too, and the
     // ones held back while the probe was in flight come back.
@@ -161,7 +160,9 @@ async fn after_the_cooldown_a_single_probe_goes_out_and_success_closes_the_break
     );
 
     // ...and the breaker is closed: everything goes.
-    assert!(one_batch(&sqs, &q, &p, &batch("closed")).await.is_empty());
+    assert!(one_batch(&sqs, &q, &dlq, &p, &batch("closed"))
+        .await
+        .is_empty());
     assert_eq!(
         dest.received_requests().await.unwrap().len(),
         delivered + 10
@@ -170,20 +171,18 @@ async fn after_the_cooldown_a_single_probe_goes_out_and_success_closes_the_break
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn per_host_concurrency_never_exceeds_its_limit() {
-    let sqs = sqs();
-    let q = queue(&sqs, "per-host").await;
     let a = Destination::start(Duration::from_millis(100)).await;
     let b = Destination::start(Duration::from_millis(100)).await;
-    let p = processor(&[
-        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
-        ("MAX_CONCURRENCY", "32"),
-        ("MAX_CONCURRENCY_PER_HOST", "3"),
-    ]);
+    let (sqs, q, dlq, p) = with_dlq(
+        "per-host",
+        &[("MAX_CONCURRENCY", "32"), ("MAX_CONCURRENCY_PER_HOST", "3")],
+    )
+    .await;
     let bodies = interleaved(
         messages_to(&a, "ok", "a", 30),
         messages_to(&b, "ok", "b", 30),
     );
-    assert!(one_batch(&sqs, &q, &p, &bodies).await.is_empty());
+    assert!(one_batch(&sqs, &q, &dlq, &p, &bodies).await.is_empty());
     for (name, d) in [("a", &a), ("b", &b)] {
         assert_eq!(d.delivered().len(), 30);
         assert!(

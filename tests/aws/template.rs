@@ -57,3 +57,14 @@ fn the_retry_queue_redrives_to_the_dlq_after_the_attempts_the_processor_counts()
     assert_eq!(env["MAX_ATTEMPTS"], json!({"Ref": "MaxAttempts"}));
     assert_eq!(env["DLQ_URL"], json!({"Ref": "DeadLetterQueue"}), "{env}");
 }
+
+#[test]
+fn the_function_follows_pointers_into_its_own_bucket_only() {
+    let facts = facts();
+    let env = &facts["environment"]["RetryProcessorFunction"];
+    assert_eq!(
+        env["PAYLOAD_BUCKETS"],
+        json!({"Fn::If": ["HasPayloadBucket", {"Ref": "PayloadBucket"}, ""]}),
+        "{env}"
+    );
+}
