@@ -86,7 +86,7 @@ impl PayloadPointer {
     /// Is the pointer's bucket one of `allowed` (`PAYLOAD_BUCKETS`)? The
     /// error names the bucket, or says that no bucket is allowed.
     pub fn check_bucket(&self, allowed: &[String]) -> Result<(), String> {
-        if allowed.iter().any(|b| *b == self.bucket) {
+        if allowed.contains(&self.bucket) {
             Ok(())
         } else if allowed.is_empty() {
             Err(format!(
