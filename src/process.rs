@@ -220,6 +220,9 @@ enum Resolved {
         payload: String,
         size: usize,
     },
+    /// A pointer whose object is marked delivered: a redelivery of a
+    /// delivered record (§12.3).
+    AlreadyDelivered,
     /// A pointer that can never be resolved: an `invalid-message`.
     Unresolvable(String),
     /// S3 could not answer: left for another receive.
@@ -533,10 +536,11 @@ impl Processor {
         };
         let (disposition, ()) = tokio::join!(apply, write);
         if let (Disposition::Delivered, Some(pointer)) = (&disposition, resolved.pointer()) {
-            // Delivered: its payload is no longer needed. A failure leaves
-            // it to the bucket's expiry rule.
-            if let Err(e) = Box::pin(self.payloads.delete(pointer)).await {
-                tracing::warn!(id = %record.message_id, error = %e, "could not delete the delivered payload");
+            // Delivered: marked so, not deleted, so that a redelivery of the
+            // message finds it and is acknowledged without a request
+            // (§12.3); the bucket's lifecycle rule removes it a day later.
+            if let Err(e) = Box::pin(self.payloads.mark_delivered(pointer)).await {
+                tracing::warn!(id = %record.message_id, error = %e, "could not mark the delivered payload");
             }
         }
         let decision = decision.ok();
@@ -605,7 +609,7 @@ impl Processor {
             _ => None,
         };
         let (body, offloaded_body_limit, unresolvable) = match &*resolved {
-            Resolved::Inline => (record.body.as_str(), None, None),
+            Resolved::Inline | Resolved::AlreadyDelivered => (record.body.as_str(), None, None),
             Resolved::Offloaded { payload, .. } => {
                 (payload.as_str(), Some(self.config.max_offloaded_body), None)
             }
@@ -623,6 +627,7 @@ impl Processor {
             pending_dead_letter: self.pending_dead_letter(&record.message_id),
             too_large_for_dlq: self.check_dlq_can_hold(record).await.err(),
             recorded_failures,
+            already_delivered: matches!(resolved, Resolved::AlreadyDelivered),
         };
         let has_profile = |p: &str| self.deliverer.has_profile(p);
         let settings = Settings::new(&self.config.retry, &has_profile)
@@ -993,10 +998,11 @@ impl Processor {
         // Boxed: the S3 call's future is kilobytes large, and only a
         // pointer needs it.
         match Box::pin(self.payloads.get(&pointer, max_object)).await {
+            Ok(payload) if payload.delivered => Resolved::AlreadyDelivered,
             Ok(payload) => Resolved::Offloaded {
                 pointer,
-                size: payload.len(),
-                payload,
+                size: payload.text.len(),
+                payload: payload.text,
             },
             Err(PayloadError::Invalid(why)) => Resolved::Unresolvable(why),
             Err(PayloadError::Unavailable(why)) => Resolved::Unavailable(why),

@@ -1,7 +1,8 @@
-//! The S3 adapter of the claim check: reads an offloaded payload, deletes
-//! it once delivered, and stores one for the producer. The client is built
-//! on the first pointer, so a process that never meets one never reads the
-//! AWS configuration for it.
+//! The S3 adapter of the claim check: reads an offloaded payload, marks it
+//! delivered (a tag the bucket's lifecycle rule expires a day later), and
+//! stores one for the producer. The client is built on the first pointer,
+//! so a process that never meets one never reads the AWS configuration for
+//! it.
 
 use std::time::Duration;
 
@@ -28,6 +29,19 @@ pub struct PayloadStore {
 
 /// One S3 call's bound.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The tag that marks a payload whose message was delivered (§12.3). The
+/// template's bucket expires objects carrying it a day after they got it.
+pub const DELIVERED_TAG: (&str, &str) = ("retryq-delivered", "true");
+
+/// A payload read from S3.
+#[derive(Debug)]
+pub struct Payload {
+    /// The Retry Message, as text.
+    pub text: String,
+    /// Its object carries [`DELIVERED_TAG`]: its message was delivered.
+    pub delivered: bool,
+}
 
 impl PayloadStore {
     pub fn new() -> PayloadStore {
@@ -59,8 +73,9 @@ impl PayloadStore {
             .await
     }
 
-    /// The payload as text, if it is at most `max_bytes`.
-    pub async fn get(&self, p: &PayloadPointer, max_bytes: usize) -> Result<String, PayloadError> {
+    /// The payload as text, if it is at most `max_bytes`, and whether it is
+    /// marked delivered (asked of S3 only when the object has tags).
+    pub async fn get(&self, p: &PayloadPointer, max_bytes: usize) -> Result<Payload, PayloadError> {
         let address = p.address();
         let call = self
             .client()
@@ -91,6 +106,7 @@ impl PayloadStore {
             }
             Ok(Ok(object)) => object,
         };
+        let tagged = object.tag_count().is_some_and(|n| n > 0);
         let size = object.content_length().unwrap_or(0).max(0) as usize;
         if size > max_bytes {
             return Err(PayloadError::Invalid(format!(
@@ -116,13 +132,74 @@ impl PayloadStore {
             )));
         }
         // Into the String without a copy when the buffer is not shared.
-        String::from_utf8(Vec::from(bytes)).map_err(|_| {
+        let text = String::from_utf8(Vec::from(bytes)).map_err(|_| {
             PayloadError::Invalid(format!("payload pointer: {address} is not UTF-8 text"))
-        })
+        })?;
+        let delivered = tagged && self.is_marked_delivered(p).await?;
+        Ok(Payload { text, delivered })
     }
 
-    /// Deletes a delivered payload. A failure is only logged by the caller:
-    /// the bucket's lifecycle rule expires what is left.
+    /// Does the object carry [`DELIVERED_TAG`]? Not knowing is worth
+    /// another try: guessing "no" would send a delivered request again.
+    async fn is_marked_delivered(&self, p: &PayloadPointer) -> Result<bool, PayloadError> {
+        let call = self
+            .client()
+            .await
+            .get_object_tagging()
+            .bucket(&p.bucket)
+            .key(&p.key)
+            .send();
+        match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Ok(Ok(tags)) => Ok(tags
+                .tag_set()
+                .iter()
+                .any(|t| t.key() == DELIVERED_TAG.0 && t.value() == DELIVERED_TAG.1)),
+            Ok(Err(e)) => Err(PayloadError::Unavailable(format!(
+                "payload pointer: S3 failed reading the tags of {} ({})",
+                p.address(),
+                e.code().unwrap_or("no answer")
+            ))),
+            Err(_) => Err(PayloadError::Unavailable(format!(
+                "payload pointer: S3 timed out reading the tags of {}",
+                p.address()
+            ))),
+        }
+    }
+
+    /// Marks a delivered payload instead of deleting it: a redelivery of
+    /// its message (a lost acknowledgement, a failed invocation, a
+    /// standard-queue duplicate) then finds it, and is acknowledged without
+    /// a second request. The object is copied onto itself with
+    /// [`DELIVERED_TAG`] (a server-side copy, no bytes through here): a
+    /// lifecycle rule counts days from an object's creation, and a tag
+    /// alone would let the bucket's one-day rule for delivered payloads
+    /// remove an old object at once, before a redelivery could find it. A
+    /// failure is only logged by the caller: the object then lives to the
+    /// bucket's expiry, and a redelivery is sent again (at least once).
+    pub async fn mark_delivered(&self, p: &PayloadPointer) -> Result<(), String> {
+        let call = self
+            .client()
+            .await
+            .copy_object()
+            .copy_source(copy_source(p))
+            .bucket(&p.bucket)
+            .key(&p.key)
+            .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+            .tagging_directive(aws_sdk_s3::types::TaggingDirective::Replace)
+            .tagging(format!("{}={}", DELIVERED_TAG.0, DELIVERED_TAG.1))
+            .send();
+        match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!(
+                "S3 failed marking {} delivered ({})",
+                p.address(),
+                e.code().unwrap_or("no answer")
+            )),
+            Err(_) => Err(format!("S3 timed out marking {} delivered", p.address())),
+        }
+    }
+
+    /// Deletes a payload that no message points to any more.
     pub async fn delete(&self, p: &PayloadPointer) -> Result<(), String> {
         let call = self
             .client()
@@ -165,5 +242,35 @@ impl PayloadStore {
             )),
             Err(_) => Err(format!("S3 timed out storing {}", p.address())),
         }
+    }
+}
+
+/// A CopyObject source, `bucket/key` with the key URL-encoded (its `/`
+/// kept).
+fn copy_source(p: &PayloadPointer) -> String {
+    const KEY: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~')
+        .remove(b'/');
+    format!(
+        "{}/{}",
+        p.bucket,
+        percent_encoding::utf8_percent_encode(&p.key, KEY)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_sources_encode_the_key_but_its_slashes() {
+        let p = PayloadPointer {
+            bucket: "b".into(),
+            key: "a dir/é+k%2F".into(),
+        };
+        assert_eq!(copy_source(&p), "b/a%20dir/%C3%A9%2Bk%252F");
     }
 }

@@ -113,6 +113,9 @@ pub struct Received<'a> {
     /// A payload pointer that cannot be resolved (no such object, too
     /// large): the record is an `invalid-message`, saying why.
     pub unresolvable: Option<String>,
+    /// A payload pointer whose object is marked delivered (§12.3): this is
+    /// a redelivery of a delivered record, acknowledged without a request.
+    pub already_delivered: bool,
 }
 
 impl<'a> Received<'a> {
@@ -127,6 +130,7 @@ impl<'a> Received<'a> {
             recorded_failures: None,
             offloaded_body_limit: None,
             unresolvable: None,
+            already_delivered: false,
         }
     }
 }
@@ -163,6 +167,9 @@ pub enum Label {
     RateLimited,
     /// A dead letter from an earlier receive, sent again.
     DeadLetterPending,
+    /// A redelivery of a record whose payload is marked delivered:
+    /// acknowledged without a request (§12.3).
+    AlreadyDelivered,
 }
 
 impl Label {
@@ -177,6 +184,7 @@ impl Label {
             Label::CircuitOpen => "circuit-open",
             Label::RateLimited => "rate-limited",
             Label::DeadLetterPending => "dead-letter-pending",
+            Label::AlreadyDelivered => "already-delivered",
         }
     }
 }
@@ -228,6 +236,15 @@ pub enum AttemptResult<'a> {
 
 /// Before the attempt: parse, check, and decide whether to make one.
 pub fn plan(received: &Received<'_>, settings: &Settings<'_>, now: SystemTime) -> Plan {
+    if received.already_delivered {
+        return Plan::Decided(Decision {
+            attempt: received.receive_count,
+            label: Label::AlreadyDelivered,
+            status: None,
+            action: Action::Ack,
+            health: None,
+        });
+    }
     if let Some(why) = &received.too_large_for_dlq {
         return Plan::Leave(why.clone());
     }
@@ -521,6 +538,22 @@ mod tests {
         let retry = retry();
         let settings = Settings::new(&retry, &|p| p == "known");
         plan(received, &settings, NOW)
+    }
+
+    #[test]
+    fn a_redelivery_of_a_delivered_payload_is_acknowledged_without_an_attempt() {
+        let b = body("");
+        let mut received = Received::new(&b, 4);
+        // Its fourth receive, past the three attempts: delivered is final.
+        received.already_delivered = true;
+        let Plan::Decided(d) = planned(&received) else {
+            panic!("no attempt is made")
+        };
+        assert_eq!(
+            (d.label, d.action, d.health),
+            (Label::AlreadyDelivered, Action::Ack, None)
+        );
+        assert_eq!(d.label.as_str(), "already-delivered");
     }
 
     fn concluded(attempt: u32, result: AttemptResult<'_>) -> Decision {

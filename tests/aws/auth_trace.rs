@@ -165,9 +165,9 @@ async fn no_secret_or_token_reaches_the_trace_output_or_the_dlq() {
         ],
         &log_file,
     );
-    let answer = cargo_lambda_invoke_when_ready(port, &event_file, &log_file)
-        .await
-        .to_string();
+    // Built and answering first: the event itself is sent once.
+    wait_for_cargo_lambda_watch(port, &log_file).await;
+    let answer = cargo_lambda_invoke(port, &event_file).unwrap().to_string();
     drop(watch);
 
     // The paths were really taken.

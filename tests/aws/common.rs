@@ -662,17 +662,20 @@ pub fn cargo_lambda_invoke(
     serde_json::from_str(json).map_err(|e| format!("{e}: {stdout}"))
 }
 
-/// Invokes until the function answers: the first call waits for `cargo
-/// lambda watch` to build it (bounded).
-pub async fn cargo_lambda_invoke_when_ready(
-    port: u16,
-    event: &std::path::Path,
-    log: &std::path::Path,
-) -> serde_json::Value {
+/// Waits until the function under `cargo lambda watch` answers (its first
+/// call builds it; bounded to 10 minutes), by invoking it with an empty
+/// batch: an invocation that timed out on the client's side may still run
+/// later, so only an event without effects is sent more than once.
+pub async fn wait_for_cargo_lambda_watch(port: u16, log: &std::path::Path) {
+    let empty = std::env::temp_dir().join(format!(
+        "retryq-empty-event-{}-{port}.json",
+        std::process::id()
+    ));
+    std::fs::write(&empty, r#"{"Records":[]}"#).unwrap();
     let start = std::time::Instant::now();
     loop {
-        match cargo_lambda_invoke(port, event) {
-            Ok(answer) => return answer,
+        match cargo_lambda_invoke(port, &empty) {
+            Ok(_) => break,
             // Not installed: no wait can help (make test installs it).
             Err(e) if e.contains("no such command") => panic!("cargo lambda is missing: {e}"),
             Err(e) if start.elapsed() < Duration::from_secs(600) => {
@@ -688,6 +691,7 @@ pub async fn cargo_lambda_invoke_when_ready(
             ),
         }
     }
+    let _ = std::fs::remove_file(empty);
 }
 
 /// Sends the bodies ten at a time.

@@ -55,7 +55,7 @@ fn large_message(id: &str, url: &str, size: usize) -> (String, String) {
 }
 
 #[tokio::test]
-async fn a_message_the_extended_client_offloaded_is_delivered_and_its_object_deleted() {
+async fn a_message_the_extended_client_offloaded_is_delivered_and_its_object_marked_delivered() {
     let dest = MockServer::start().await;
     Mock::given(wiremock::matchers::any())
         .respond_with(ResponseTemplate::new(200))
@@ -69,6 +69,10 @@ async fn a_message_the_extended_client_offloaded_is_delivered_and_its_object_del
 
     let received = receive_n(&sqs, &q, 1, Duration::from_secs(20)).await;
     let pointer = received[0].body.clone().unwrap();
+    let key = pointer_key(&pointer);
+    let written = last_modified(&b, &key).await;
+    // The mark starts the object's last day: a later second than its write.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let failed = failures(&invoke(&p, &sqs, &q, &received).await);
 
     assert!(
@@ -84,12 +88,84 @@ async fn a_message_the_extended_client_offloaded_is_delivered_and_its_object_del
     let requests = dest.received_requests().await.unwrap();
     assert_eq!(requests.len(), 1);
     assert_eq!(requests[0].body, body.as_bytes(), "the whole body, once");
-    let left = s3().list_objects_v2().bucket(&b).send().await.unwrap();
-    assert_eq!(
-        left.key_count(),
-        Some(0),
-        "the delivered payload is deleted"
+    assert!(
+        last_modified(&b, &key).await > written,
+        "marked by a copy: the lifecycle rule's day starts at delivery"
     );
+    assert_eq!(
+        tags(&b, &key).await,
+        [("retryq-delivered".to_owned(), "true".to_owned())],
+        "the delivered payload is marked, for the lifecycle rule to remove"
+    );
+}
+
+/// The `s3Key` of a pointer body.
+fn pointer_key(pointer: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(pointer).unwrap();
+    v[1]["s3Key"].as_str().unwrap().to_owned()
+}
+
+/// When an object was last written (a copy onto itself writes it).
+async fn last_modified(bucket: &str, key: &str) -> aws_sdk_s3::primitives::DateTime {
+    s3().head_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap()
+        .last_modified()
+        .copied()
+        .unwrap()
+}
+
+/// The tags of an object.
+async fn tags(bucket: &str, key: &str) -> Vec<(String, String)> {
+    s3().get_object_tagging()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap()
+        .tag_set()
+        .iter()
+        .map(|t| (t.key().to_owned(), t.value().to_owned()))
+        .collect()
+}
+
+/// §12.3: a delivered pointer record received again (its acknowledgement
+/// lost, or a standard-queue duplicate) finds its object, marked delivered,
+/// and is acknowledged without a second request, neither dead-lettered nor
+/// retried.
+#[tokio::test]
+async fn a_redelivered_pointer_record_that_was_delivered_is_acknowledged_without_a_request() {
+    let dest = MockServer::start().await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(ResponseTemplate::new(200))
+        .expect(1)
+        .mount(&dest)
+        .await;
+    let b = bucket("again");
+    let (sqs, q, dlq, p) = with_dlq("payload-again", &[("PAYLOAD_BUCKETS", &b)]).await;
+    let (message, _) = large_message("again-1", &dest.uri(), 300 * 1024);
+    extended_client(&["send", &q.url, &b], &message);
+    let received = receive_n(&sqs, &q, 1, Duration::from_secs(20)).await;
+    assert_eq!(received.len(), 1);
+
+    // Delivered, but its acknowledgement is lost: the same message is
+    // handled again (the handler directly, nothing deleted in between).
+    let event = retryq::trigger::sqs_event(&received, &q.arn, REGION);
+    for _ in 0..2 {
+        let answer = retryq::lambda::handle(
+            std::sync::Arc::clone(&p),
+            lambda_runtime::LambdaEvent::new(event.clone(), context(60)),
+        )
+        .await
+        .unwrap();
+        assert!(failures(&answer).is_empty(), "{answer:?}");
+    }
+
+    assert_eq!(depth(&sqs, &dlq).await, (0, 0), "not dead-lettered");
+    dest.verify().await;
 }
 
 #[tokio::test]
@@ -369,4 +445,66 @@ async fn a_pointer_into_a_bucket_not_listed_is_invalid_and_its_object_untouched(
         .unwrap();
     assert_eq!(left.key_count(), Some(1), "the object is not deleted");
     dest.verify().await;
+}
+
+/// §12.3 on the Lambda path: the same delivered pointer record, invoked
+/// twice through `cargo lambda watch` (the function's answer lost the first
+/// time), makes one request; the second invocation acknowledges it as
+/// `already-delivered`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_cargo_lambda_watch_a_delivered_pointer_invoked_twice_makes_one_request() {
+    let dest = MockServer::start().await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(ResponseTemplate::new(200))
+        .expect(1)
+        .mount(&dest)
+        .await;
+    let sqs = sqs();
+    let q = queue(&sqs, "payload-watch").await;
+    let dlq = queue(&sqs, "payload-watch-dlq").await;
+    let b = bucket("watch");
+    let (message, _) = large_message("watch-1", &dest.uri(), 300 * 1024);
+    extended_client(&["send", &q.url, &b], &message);
+    let received = receive_n(&sqs, &q, 1, Duration::from_secs(20)).await;
+    assert_eq!(received.len(), 1);
+    let event = retryq::trigger::sqs_event(&received, &q.arn, REGION);
+    let dir = std::env::temp_dir().join(format!("retryq-payload-watch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let event_file = dir.join("event.json");
+    std::fs::write(&event_file, serde_json::to_vec(&event).unwrap()).unwrap();
+    let log = dir.join("watch.log");
+    let port = free_port();
+    let s3_endpoint = endpoint();
+    let _watch = cargo_lambda_watch(
+        port,
+        &[
+            ("DLQ_URL", &dlq.url),
+            ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+            ("PAYLOAD_BUCKETS", &b),
+            ("AWS_ENDPOINT_URL_S3", &s3_endpoint),
+            ("RUST_LOG", "info"),
+        ],
+        &log,
+    );
+
+    wait_for_cargo_lambda_watch(port, &log).await;
+    let first = cargo_lambda_invoke(port, &event_file).unwrap();
+    let second = cargo_lambda_invoke(port, &event_file).unwrap();
+
+    for answer in [&first, &second] {
+        assert_eq!(
+            answer["batchItemFailures"],
+            serde_json::json!([]),
+            "{answer}"
+        );
+    }
+    assert_eq!(depth(&sqs, &dlq).await, (0, 0), "not dead-lettered");
+    let output = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        output.contains("out=already-delivered")
+            || output.contains("\"out\":\"already-delivered\""),
+        "{output}"
+    );
+    dest.verify().await;
+    let _ = std::fs::remove_dir_all(dir);
 }
