@@ -40,8 +40,8 @@ use crate::deliver::Deliverer;
 use crate::fleet::breaker::{FleetAdmission, FleetTicket};
 use crate::fleet::ledger::AttemptRecord;
 use crate::fleet::{FleetState, StateError};
-use crate::payload::store::{PayloadError, PayloadStore};
-use crate::payload::PayloadPointer;
+use crate::payload::store::{Payload, PayloadError, PayloadStore};
+use crate::payload::{Finished, PayloadPointer};
 use crate::policy::destinations::Token;
 use crate::policy::fifo;
 use crate::policy::record::{
@@ -220,9 +220,9 @@ enum Resolved {
         payload: String,
         size: usize,
     },
-    /// A pointer whose object is marked delivered: a redelivery of a
-    /// delivered record (§12.3).
-    AlreadyDelivered,
+    /// A pointer whose object is marked finished: a redelivery of a
+    /// delivered or dead-lettered record (§12.3).
+    AlreadyFinished(crate::payload::Finished),
     /// A pointer that can never be resolved: an `invalid-message`.
     Unresolvable(String),
     /// S3 could not answer: left for another receive.
@@ -539,7 +539,8 @@ impl Processor {
             // Delivered: marked so, not deleted, so that a redelivery of the
             // message finds it and is acknowledged without a request
             // (§12.3); the bucket's lifecycle rule removes it a day later.
-            if let Err(e) = Box::pin(self.payloads.mark_delivered(pointer)).await {
+            let marked = self.payloads.mark_finished(pointer, Finished::Delivered);
+            if let Err(e) = Box::pin(marked).await {
                 tracing::warn!(id = %record.message_id, error = %e, "could not mark the delivered payload");
             }
         }
@@ -609,7 +610,7 @@ impl Processor {
             _ => None,
         };
         let (body, offloaded_body_limit, unresolvable) = match &*resolved {
-            Resolved::Inline | Resolved::AlreadyDelivered => (record.body.as_str(), None, None),
+            Resolved::Inline | Resolved::AlreadyFinished(_) => (record.body.as_str(), None, None),
             Resolved::Offloaded { payload, .. } => {
                 (payload.as_str(), Some(self.config.max_offloaded_body), None)
             }
@@ -627,7 +628,10 @@ impl Processor {
             pending_dead_letter: self.pending_dead_letter(&record.message_id),
             too_large_for_dlq: self.check_dlq_can_hold(record).await.err(),
             recorded_failures,
-            already_delivered: matches!(resolved, Resolved::AlreadyDelivered),
+            already_finished: match &*resolved {
+                Resolved::AlreadyFinished(how) => Some(*how),
+                _ => None,
+            },
         };
         let has_profile = |p: &str| self.deliverer.has_profile(p);
         let settings = Settings::new(&self.config.retry, &has_profile)
@@ -998,7 +1002,10 @@ impl Processor {
         // Boxed: the S3 call's future is kilobytes large, and only a
         // pointer needs it.
         match Box::pin(self.payloads.get(&pointer, max_object)).await {
-            Ok(payload) if payload.delivered => Resolved::AlreadyDelivered,
+            Ok(Payload {
+                finished: Some(how),
+                ..
+            }) => Resolved::AlreadyFinished(how),
             Ok(payload) => Resolved::Offloaded {
                 pointer,
                 size: payload.text.len(),
@@ -1023,8 +1030,20 @@ impl Processor {
                 let Some(dlq_url) = &self.config.dlq_url else {
                     return Disposition::Unfinished("DLQ_URL is not set".into());
                 };
+                // A payload's dead letter points to a copy written now, which
+                // lives as long as the DLQ keeps the letter (§12.1).
+                let fresh = match resolved.pointer() {
+                    None => None,
+                    Some(pointer) => match Box::pin(self.payloads.copy(pointer)).await {
+                        Ok(copy) => Some(copy.body()),
+                        Err(e) => {
+                            self.set_pending_dead_letter(&record.message_id, Some(dead_letter));
+                            return Disposition::Unfinished(e);
+                        }
+                    },
+                };
                 let copy = DeadLetterCopy {
-                    body: &record.body,
+                    body: fresh.as_deref().unwrap_or(&record.body),
                     dead_letter,
                     source_queue_arn: &record.source_queue_arn,
                     original_message_id: &record.message_id,
@@ -1046,6 +1065,15 @@ impl Processor {
                 match sent.await {
                     Ok(()) => {
                         self.set_pending_dead_letter(&record.message_id, None);
+                        if let Some(pointer) = resolved.pointer() {
+                            // The letter exists: the old object is marked,
+                            // and goes a day later (§12.1, §12.3).
+                            let marked =
+                                self.payloads.mark_finished(pointer, Finished::DeadLettered);
+                            if let Err(e) = Box::pin(marked).await {
+                                tracing::warn!(id = %record.message_id, error = %e, "could not mark the dead-lettered payload");
+                            }
+                        }
                         Disposition::DeadLettered(dead_letter.reason)
                     }
                     Err(e) => {

@@ -30,6 +30,40 @@ pub const POINTER_CLASS: &str = "software.amazon.payloadoffloading.PayloadS3Poin
 /// The pointer class of the first Java Extended Client.
 const LEGACY_POINTER_CLASS: &str = "com.amazon.sqs.javamessaging.MessageS3Pointer";
 
+/// How the message of a payload was finished, as the object's tag
+/// [`FINISHED_TAG`] records it (§12.3): a redelivery of that message is
+/// then acknowledged without a new attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// Its request was delivered.
+    Delivered,
+    /// It was dead-lettered; the DLQ copy points to a copy of the object.
+    DeadLettered,
+}
+
+/// The tag key of a finished payload; the value is [`Finished::as_str`].
+/// The template's bucket expires objects carrying it a day after the tag
+/// was set (it is set by a copy onto itself, which starts the day anew).
+pub const FINISHED_TAG: &str = "retryq-finished";
+
+impl Finished {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Finished::Delivered => "delivered",
+            Finished::DeadLettered => "dead-lettered",
+        }
+    }
+
+    /// The tag value read back.
+    pub fn from_tag(value: &str) -> Option<Finished> {
+        match value {
+            "delivered" => Some(Finished::Delivered),
+            "dead-lettered" => Some(Finished::DeadLettered),
+            _ => None,
+        }
+    }
+}
+
 /// Where an offloaded payload is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PayloadPointer {

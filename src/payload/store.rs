@@ -1,6 +1,6 @@
-//! The S3 adapter of the claim check: reads an offloaded payload, marks it
-//! delivered (a tag the bucket's lifecycle rule expires a day later), and
-//! stores one for the producer. The client is built on the first pointer,
+//! The S3 adapter of the claim check: reads an offloaded payload, copies
+//! it for a dead letter, marks it finished (a tag the bucket's lifecycle
+//! rule expires a day later), and stores one for the producer. The client is built on the first pointer,
 //! so a process that never meets one never reads the AWS configuration for
 //! it.
 
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use aws_sdk_s3::error::ProvideErrorMetadata;
 
-use super::PayloadPointer;
+use super::{Finished, PayloadPointer, FINISHED_TAG};
 
 /// Why a payload could not be had.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,17 +30,13 @@ pub struct PayloadStore {
 /// One S3 call's bound.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The tag that marks a payload whose message was delivered (§12.3). The
-/// template's bucket expires objects carrying it a day after they got it.
-pub const DELIVERED_TAG: (&str, &str) = ("retryq-delivered", "true");
-
 /// A payload read from S3.
 #[derive(Debug)]
 pub struct Payload {
     /// The Retry Message, as text.
     pub text: String,
-    /// Its object carries [`DELIVERED_TAG`]: its message was delivered.
-    pub delivered: bool,
+    /// Its object is marked finished ([`FINISHED_TAG`]).
+    pub finished: Option<Finished>,
 }
 
 impl PayloadStore {
@@ -74,7 +70,7 @@ impl PayloadStore {
     }
 
     /// The payload as text, if it is at most `max_bytes`, and whether it is
-    /// marked delivered (asked of S3 only when the object has tags).
+    /// marked finished (asked of S3 only when the object has tags).
     pub async fn get(&self, p: &PayloadPointer, max_bytes: usize) -> Result<Payload, PayloadError> {
         let address = p.address();
         let call = self
@@ -135,13 +131,16 @@ impl PayloadStore {
         let text = String::from_utf8(Vec::from(bytes)).map_err(|_| {
             PayloadError::Invalid(format!("payload pointer: {address} is not UTF-8 text"))
         })?;
-        let delivered = tagged && self.is_marked_delivered(p).await?;
-        Ok(Payload { text, delivered })
+        let finished = match tagged {
+            true => self.finished(p).await?,
+            false => None,
+        };
+        Ok(Payload { text, finished })
     }
 
-    /// Does the object carry [`DELIVERED_TAG`]? Not knowing is worth
-    /// another try: guessing "no" would send a delivered request again.
-    async fn is_marked_delivered(&self, p: &PayloadPointer) -> Result<bool, PayloadError> {
+    /// The object's [`FINISHED_TAG`], if any. Not knowing is worth another
+    /// try: guessing "no" would send a delivered request again.
+    async fn finished(&self, p: &PayloadPointer) -> Result<Option<Finished>, PayloadError> {
         let call = self
             .client()
             .await
@@ -153,7 +152,8 @@ impl PayloadStore {
             Ok(Ok(tags)) => Ok(tags
                 .tag_set()
                 .iter()
-                .any(|t| t.key() == DELIVERED_TAG.0 && t.value() == DELIVERED_TAG.1)),
+                .find(|t| t.key() == FINISHED_TAG)
+                .and_then(|t| Finished::from_tag(t.value()))),
             Ok(Err(e)) => Err(PayloadError::Unavailable(format!(
                 "payload pointer: S3 failed reading the tags of {} ({})",
                 p.address(),
@@ -166,17 +166,17 @@ impl PayloadStore {
         }
     }
 
-    /// Marks a delivered payload instead of deleting it: a redelivery of
-    /// its message (a lost acknowledgement, a failed invocation, a
+    /// Marks a payload finished instead of deleting it: a redelivery of its
+    /// message (a lost acknowledgement, a failed invocation, a
     /// standard-queue duplicate) then finds it, and is acknowledged without
-    /// a second request. The object is copied onto itself with
-    /// [`DELIVERED_TAG`] (a server-side copy, no bytes through here): a
+    /// a new attempt. The object is copied onto itself with
+    /// [`FINISHED_TAG`] (a server-side copy, no bytes through here): a
     /// lifecycle rule counts days from an object's creation, and a tag
-    /// alone would let the bucket's one-day rule for delivered payloads
+    /// alone would let the bucket's one-day rule for finished payloads
     /// remove an old object at once, before a redelivery could find it. A
     /// failure is only logged by the caller: the object then lives to the
-    /// bucket's expiry, and a redelivery is sent again (at least once).
-    pub async fn mark_delivered(&self, p: &PayloadPointer) -> Result<(), String> {
+    /// bucket's expiry, and a redelivery is handled again (at least once).
+    pub async fn mark_finished(&self, p: &PayloadPointer, how: Finished) -> Result<(), String> {
         let call = self
             .client()
             .await
@@ -186,16 +186,52 @@ impl PayloadStore {
             .key(&p.key)
             .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
             .tagging_directive(aws_sdk_s3::types::TaggingDirective::Replace)
-            .tagging(format!("{}={}", DELIVERED_TAG.0, DELIVERED_TAG.1))
+            .tagging(format!("{FINISHED_TAG}={}", how.as_str()))
             .send();
         match tokio::time::timeout(CALL_TIMEOUT, call).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(format!(
-                "S3 failed marking {} delivered ({})",
+                "S3 failed marking {} {} ({})",
+                p.address(),
+                how.as_str(),
+                e.code().unwrap_or("no answer")
+            )),
+            Err(_) => Err(format!(
+                "S3 timed out marking {} {}",
+                p.address(),
+                how.as_str()
+            )),
+        }
+    }
+
+    /// A copy of the payload under a new key in the same bucket, written
+    /// now (§12.1): what a dead letter points to, so that its object lives
+    /// as long as the DLQ keeps it. Server-side; the copy has no tags.
+    pub async fn copy(&self, p: &PayloadPointer) -> Result<PayloadPointer, String> {
+        let copy = PayloadPointer {
+            bucket: p.bucket.clone(),
+            key: uuid::Uuid::new_v4().to_string(),
+        };
+        let call = self
+            .client()
+            .await
+            .copy_object()
+            .copy_source(copy_source(p))
+            .bucket(&copy.bucket)
+            .key(&copy.key)
+            .tagging_directive(aws_sdk_s3::types::TaggingDirective::Replace)
+            .send();
+        match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Ok(Ok(_)) => Ok(copy),
+            Ok(Err(e)) => Err(format!(
+                "S3 failed copying {} for its dead letter ({})",
                 p.address(),
                 e.code().unwrap_or("no answer")
             )),
-            Err(_) => Err(format!("S3 timed out marking {} delivered", p.address())),
+            Err(_) => Err(format!(
+                "S3 timed out copying {} for its dead letter",
+                p.address()
+            )),
         }
     }
 

@@ -113,9 +113,10 @@ pub struct Received<'a> {
     /// A payload pointer that cannot be resolved (no such object, too
     /// large): the record is an `invalid-message`, saying why.
     pub unresolvable: Option<String>,
-    /// A payload pointer whose object is marked delivered (§12.3): this is
-    /// a redelivery of a delivered record, acknowledged without a request.
-    pub already_delivered: bool,
+    /// A payload pointer whose object is marked finished (§12.3): this is
+    /// a redelivery of a delivered or dead-lettered record, acknowledged
+    /// without a new attempt.
+    pub already_finished: Option<crate::payload::Finished>,
 }
 
 impl<'a> Received<'a> {
@@ -130,7 +131,7 @@ impl<'a> Received<'a> {
             recorded_failures: None,
             offloaded_body_limit: None,
             unresolvable: None,
-            already_delivered: false,
+            already_finished: None,
         }
     }
 }
@@ -170,6 +171,9 @@ pub enum Label {
     /// A redelivery of a record whose payload is marked delivered:
     /// acknowledged without a request (§12.3).
     AlreadyDelivered,
+    /// A redelivery of a record whose payload is marked dead-lettered: its
+    /// DLQ copy exists; acknowledged without an attempt.
+    AlreadyDeadLettered,
 }
 
 impl Label {
@@ -185,6 +189,7 @@ impl Label {
             Label::RateLimited => "rate-limited",
             Label::DeadLetterPending => "dead-letter-pending",
             Label::AlreadyDelivered => "already-delivered",
+            Label::AlreadyDeadLettered => "already-dead-lettered",
         }
     }
 }
@@ -236,10 +241,13 @@ pub enum AttemptResult<'a> {
 
 /// Before the attempt: parse, check, and decide whether to make one.
 pub fn plan(received: &Received<'_>, settings: &Settings<'_>, now: SystemTime) -> Plan {
-    if received.already_delivered {
+    if let Some(finished) = received.already_finished {
         return Plan::Decided(Decision {
             attempt: received.receive_count,
-            label: Label::AlreadyDelivered,
+            label: match finished {
+                crate::payload::Finished::Delivered => Label::AlreadyDelivered,
+                crate::payload::Finished::DeadLettered => Label::AlreadyDeadLettered,
+            },
             status: None,
             action: Action::Ack,
             health: None,
@@ -541,19 +549,29 @@ mod tests {
     }
 
     #[test]
-    fn a_redelivery_of_a_delivered_payload_is_acknowledged_without_an_attempt() {
+    fn a_redelivery_of_a_finished_payload_is_acknowledged_without_an_attempt() {
         let b = body("");
         let mut received = Received::new(&b, 4);
-        // Its fourth receive, past the three attempts: delivered is final.
-        received.already_delivered = true;
-        let Plan::Decided(d) = planned(&received) else {
-            panic!("no attempt is made")
-        };
-        assert_eq!(
-            (d.label, d.action, d.health),
-            (Label::AlreadyDelivered, Action::Ack, None)
-        );
-        assert_eq!(d.label.as_str(), "already-delivered");
+        // Its fourth receive, past the three attempts: finished is final.
+        for (finished, label, name) in [
+            (
+                crate::payload::Finished::Delivered,
+                Label::AlreadyDelivered,
+                "already-delivered",
+            ),
+            (
+                crate::payload::Finished::DeadLettered,
+                Label::AlreadyDeadLettered,
+                "already-dead-lettered",
+            ),
+        ] {
+            received.already_finished = Some(finished);
+            let Plan::Decided(d) = planned(&received) else {
+                panic!("no attempt is made")
+            };
+            assert_eq!((d.label, d.action, d.health), (label, Action::Ack, None));
+            assert_eq!(d.label.as_str(), name);
+        }
     }
 
     fn concluded(attempt: u32, result: AttemptResult<'_>) -> Decision {

@@ -94,7 +94,7 @@ async fn a_message_the_extended_client_offloaded_is_delivered_and_its_object_mar
     );
     assert_eq!(
         tags(&b, &key).await,
-        [("retryq-delivered".to_owned(), "true".to_owned())],
+        [("retryq-finished".to_owned(), "delivered".to_owned())],
         "the delivered payload is marked, for the lifecycle rule to remove"
     );
 }
@@ -169,10 +169,17 @@ async fn a_redelivered_pointer_record_that_was_delivered_is_acknowledged_without
 }
 
 #[tokio::test]
-async fn a_dead_lettered_pointer_is_kept_byte_for_byte_and_the_extended_client_reads_it_back() {
+async fn a_dead_lettered_pointer_points_to_a_fresh_copy_that_outlives_the_original() {
     let dest = MockServer::start().await;
+    // A 400 first (dead-lettered), then 200 for the redriven copy.
     Mock::given(wiremock::matchers::any())
         .respond_with(ResponseTemplate::new(400))
+        .up_to_n_times(1)
+        .mount(&dest)
+        .await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(ResponseTemplate::new(200))
+        .expect(1)
         .mount(&dest)
         .await;
     let b = bucket("dead");
@@ -181,17 +188,10 @@ async fn a_dead_lettered_pointer_is_kept_byte_for_byte_and_the_extended_client_r
     extended_client(&["send", &q.url, &b], &message);
 
     let received = receive_n(&sqs, &q, 1, Duration::from_secs(20)).await;
-    let pointer = received[0].body.clone().unwrap();
+    let original = pointer_key(received[0].body.as_deref().unwrap());
     let failed = failures(&invoke(&p, &sqs, &q, &received).await);
     // Seen raw (and left visible), then through the Extended Client.
-    let mut raw = Vec::new();
-    for _ in 0..100 {
-        raw = receive(&sqs, &dlq, 0).await;
-        if !raw.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let raw = receive_n_hidden_for(&sqs, &dlq, 1, 0, Duration::from_secs(10)).await;
     let read_back = extended_client(&["read", &dlq.url, &b], "");
 
     assert!(failed.is_empty(), "dead-lettered and acknowledged");
@@ -205,17 +205,67 @@ async fn a_dead_lettered_pointer_is_kept_byte_for_byte_and_the_extended_client_r
         attr(&raw[0], "ExtendedPayloadSize"),
         Some(message.len().to_string())
     );
+    let fresh = pointer_key(raw[0].body.as_deref().unwrap());
+    assert_ne!(fresh, original, "the letter points to a copy written now");
+    assert_eq!(tags(&b, &fresh).await, [], "the copy is not marked");
     assert_eq!(
-        raw[0].body.as_deref(),
-        Some(pointer.as_str()),
-        "the pointer, byte for byte"
+        tags(&b, &original).await,
+        [("retryq-finished".to_owned(), "dead-lettered".to_owned())],
+        "the original is marked, for the lifecycle rule to remove"
     );
-    let objects = s3().list_objects_v2().bucket(&b).send().await.unwrap();
-    assert_eq!(
-        objects.key_count(),
-        Some(1),
-        "the object stays for the DLQ copy"
-    );
+
+    // The lifecycle rule removes the original; the letter is redriven and
+    // delivered from its own copy.
+    s3().delete_object()
+        .bucket(&b)
+        .key(&original)
+        .send()
+        .await
+        .unwrap();
+    run_retryq(
+        &["dlq", "redrive", "--dlq-url", &dlq.url, "--to", &q.url],
+        &[],
+    )
+    .await
+    .success();
+    let outcomes = receive_and_run(&p, &sqs, &q, &dlq, 1).await;
+    assert_eq!(outcomes.delivered.len(), 1, "{outcomes:?}");
+    dest.verify().await;
+}
+
+/// A dead-lettered pointer record received again (its acknowledgement
+/// lost) finds its original marked dead-lettered: acknowledged without a
+/// new attempt and without a second letter.
+#[tokio::test]
+async fn a_redelivered_dead_lettered_pointer_record_makes_no_second_letter() {
+    let dest = MockServer::start().await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(ResponseTemplate::new(404))
+        .expect(1)
+        .mount(&dest)
+        .await;
+    let b = bucket("dead-again");
+    let (sqs, q, dlq, p) = with_dlq("payload-dead-again", &[("PAYLOAD_BUCKETS", &b)]).await;
+    let (message, _) = large_message("dead-again-1", &dest.uri(), 300 * 1024);
+    extended_client(&["send", &q.url, &b], &message);
+    let received = receive_n(&sqs, &q, 1, Duration::from_secs(20)).await;
+    let event = retryq::trigger::sqs_event(&received, &q.arn, REGION);
+    for _ in 0..2 {
+        // A new processor each time: no memory of the first in-process.
+        let p = std::sync::Arc::new(
+            retryq::process::Processor::new(p.config().clone(), sqs.clone(), None).unwrap(),
+        );
+        let answer = retryq::lambda::handle(
+            p,
+            lambda_runtime::LambdaEvent::new(event.clone(), context(60)),
+        )
+        .await
+        .unwrap();
+        assert!(failures(&answer).is_empty(), "{answer:?}");
+    }
+    let letters = receive_n(&sqs, &dlq, 2, Duration::from_secs(3)).await;
+    assert_eq!(letters.len(), 1, "one letter");
+    dest.verify().await;
 }
 
 #[tokio::test]

@@ -68,3 +68,40 @@ fn the_function_follows_pointers_into_its_own_bucket_only() {
         "{env}"
     );
 }
+
+/// §12.1 and §12.3: no payload expires before a message that points to it
+/// (a day after the longest retention of the queues), and a finished one
+/// (marked by a copy onto itself) goes a day after it was marked.
+#[test]
+fn the_payload_bucket_outlives_the_queues_and_removes_finished_payloads() {
+    let facts = facts();
+    let longest_retention = ["RetryQueue", "DeadLetterQueue"]
+        .iter()
+        .map(|q| {
+            facts["queues"][q]["MessageRetentionPeriod"]
+                .as_u64()
+                .unwrap()
+        })
+        .max()
+        .unwrap();
+    let rules = facts["buckets"]["PayloadBucket"]["LifecycleConfiguration"]["Rules"]
+        .as_array()
+        .unwrap();
+    let general: Vec<&Value> = rules
+        .iter()
+        .filter(|r| r.get("TagFilters").is_none())
+        .collect();
+    assert_eq!(general.len(), 1, "{rules:?}");
+    assert_eq!(
+        general[0]["ExpirationInDays"].as_u64().unwrap() * 86_400,
+        longest_retention + 86_400
+    );
+    for finished in ["delivered", "dead-lettered"] {
+        let rule = rules
+            .iter()
+            .find(|r| r["TagFilters"] == json!([{"Key": "retryq-finished", "Value": finished}]))
+            .unwrap_or_else(|| panic!("a rule for {finished}: {rules:?}"));
+        assert_eq!(rule["ExpirationInDays"], 1);
+        assert_eq!(rule["Status"], "Enabled");
+    }
+}

@@ -30,7 +30,9 @@ def main() -> int:
         name: f.get("Properties", {}).get("Environment", {}).get("Variables", {})
         for name, f in functions.items()
     }
-    json.dump({"sqsEvents": sqs_events, "queues": queues, "environment": environment}, sys.stdout)
+    buckets = {name: r.get("Properties", {}) for name, r in resources.items() if r["Type"] == "AWS::S3::Bucket"}
+    json.dump({"sqsEvents": sqs_events, "queues": queues, "buckets": buckets, "environment": environment},
+              sys.stdout)
     return 0
 
 
