@@ -109,6 +109,47 @@ mod tests {
         .unwrap()
     }
 
+    #[test]
+    fn lifecycle_rules_that_expire_payloads_before_their_messages_are_found() {
+        let rule =
+            |id: &str, days: Option<u32>, date: Option<&str>, only_finished: bool| LifecycleRule {
+                id: id.into(),
+                enabled: true,
+                expiration_days: days,
+                expiration_date: date.map(str::to_owned),
+                only_finished,
+            };
+        let source = queue("q", 14 * 86_400, 262_144, 60);
+        let dlq = queue("d", 14 * 86_400, 262_144, 60);
+        let ok = [
+            rule("general", Some(15), None, false),
+            rule("exactly-enough", Some(14), None, false),
+            rule("finished", Some(1), None, true),
+        ];
+        assert_eq!(check_payload_lifecycle("b", &ok, &[&source, &dlq]), []);
+        let mut off = rule("short-but-off", Some(1), None, false);
+        off.enabled = false;
+        assert_eq!(check_payload_lifecycle("b", &[off], &[&source]), []);
+
+        let bad = [
+            rule("week", Some(7), None, false),
+            rule("fixed", None, Some("2030-01-01"), false),
+        ];
+        let found = check_payload_lifecycle("b", &bad, &[&source, &dlq]);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found
+            .iter()
+            .all(|f| f.queue == "s3://b" && f.attribute == "LifecycleConfiguration"));
+        assert!(found[0].problem.contains("\"week\"") && found[0].problem.contains("1209600"));
+        assert!(found[1].problem.contains("2030-01-01"));
+        // Only the longest retention counts: a short source with a long DLQ.
+        let short = queue("q", 4 * 86_400, 262_144, 60);
+        assert_eq!(
+            check_payload_lifecycle("b", &[rule("w", Some(7), None, false)], &[&short, &dlq]).len(),
+            1
+        );
+    }
+
     fn queue(url: &str, retention: u64, size: usize, visibility: u64) -> QueueSettings {
         QueueSettings {
             url: url.into(),
@@ -165,4 +206,58 @@ mod tests {
             findings[0]
         );
     }
+}
+
+/// One rule of a payload bucket's lifecycle configuration, as far as the
+/// lifetime of payloads is concerned (§12.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LifecycleRule {
+    pub id: String,
+    pub enabled: bool,
+    /// `Expiration.Days`: counted from an object's creation.
+    pub expiration_days: Option<u32>,
+    /// `Expiration.Date`: every object it matches goes on that day.
+    pub expiration_date: Option<String>,
+    /// The rule matches only payloads retryq marked finished (its filter is
+    /// the `retryq-finished` tag): no message needs those any more.
+    pub only_finished: bool,
+}
+
+/// The rules of `bucket` that could expire a payload while a message in
+/// `queues` still points to it: a payload may be needed for as long as the
+/// longest retention among them (the producer's object in the retry queue;
+/// a letter's copy, written with the letter, in the DLQ).
+pub fn check_payload_lifecycle(
+    bucket: &str,
+    rules: &[LifecycleRule],
+    queues: &[&QueueSettings],
+) -> Vec<Finding> {
+    let needed = queues.iter().map(|q| q.retention).max().unwrap_or_default();
+    let mut findings = Vec::new();
+    for rule in rules.iter().filter(|r| r.enabled && !r.only_finished) {
+        let problem = if let Some(date) = &rule.expiration_date {
+            Some(format!(
+                "rule {:?} expires every payload it matches on {date}, whatever a message still needs",
+                rule.id
+            ))
+        } else {
+            rule.expiration_days
+                .filter(|days| u64::from(*days) * 86_400 < needed.as_secs())
+                .map(|days| {
+                    format!(
+                        "rule {:?} expires payloads after {days} day(s), before the {} s a message may point to one: it would be dead-lettered invalid-message",
+                        rule.id,
+                        needed.as_secs()
+                    )
+                })
+        };
+        if let Some(problem) = problem {
+            findings.push(Finding {
+                queue: format!("s3://{bucket}"),
+                attribute: "LifecycleConfiguration",
+                problem,
+            });
+        }
+    }
+    findings
 }

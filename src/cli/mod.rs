@@ -126,7 +126,7 @@ pub enum Command {
     },
     /// Check a Retry Message file against v1, or a retry queue and its DLQ against the configuration.
     #[command(
-        after_help = "With --queue-url, reads the queues' MessageRetentionPeriod, MaximumMessageSize and VisibilityTimeout and reports what the processor would refuse or warn about at run time: a DLQ smaller than its source, a retention shorter than the worst-case retry horizon of MAX_ATTEMPTS and the delays, a visibility timeout shorter than REQUEST_TIMEOUT_SECONDS. Exit 1 when something is wrong.\n\nExamples:\n  retryq validate message.json\n  MAX_ATTEMPTS=8 retryq validate --queue-url $Q --dlq-url $DLQ"
+        after_help = "With --queue-url, reads the queues' MessageRetentionPeriod, MaximumMessageSize and VisibilityTimeout and reports what the processor would refuse or warn about at run time: a DLQ smaller than its source, a retention shorter than the worst-case retry horizon of MAX_ATTEMPTS and the delays, a visibility timeout shorter than REQUEST_TIMEOUT_SECONDS. With --payload-bucket, also reads the bucket's lifecycle rules and reports one that could expire a payload while a message in the queues still points to it. Exit 1 when something is wrong.\n\nExamples:\n  retryq validate message.json\n  MAX_ATTEMPTS=8 retryq validate --queue-url $Q --dlq-url $DLQ\n  retryq validate --queue-url $Q --dlq-url $DLQ --payload-bucket $BUCKET"
     )]
     Validate {
         #[arg(required_unless_present = "queue_url")]
@@ -137,6 +137,10 @@ pub enum Command {
         /// Its DLQ (default: DLQ_URL).
         #[arg(long, requires = "queue_url", env = "DLQ_URL", hide_env_values = true)]
         dlq_url: Option<String>,
+        /// A payload bucket: report a lifecycle rule that could expire a
+        /// payload while a message in the queues still points to it.
+        #[arg(long, requires = "queue_url")]
+        payload_bucket: Option<String>,
     },
     /// Print an SQS event JSON holding these messages, for `cargo lambda invoke --data-file`.
     #[command(
@@ -340,8 +344,9 @@ pub async fn run(
         Command::Validate {
             queue_url: Some(queue_url),
             dlq_url,
+            payload_bucket,
             ..
-        } => validate::queues(&queue_url, dlq_url.as_deref()).await,
+        } => validate::queues(&queue_url, dlq_url.as_deref(), payload_bucket.as_deref()).await,
         Command::Validate { file, .. } => {
             validate::file(&file.expect("clap requires FILE without --queue-url"))
         }

@@ -16,9 +16,13 @@ pub(super) fn file(file: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Reads both queues, prints what it read and every finding; exit 1 when
-/// there is one.
-pub(super) async fn queues(queue_url: &str, dlq_url: Option<&str>) -> Result<(), Failure> {
+/// Reads both queues (and the payload bucket's lifecycle), prints what it
+/// read and every finding; exit 1 when there is one.
+pub(super) async fn queues(
+    queue_url: &str,
+    dlq_url: Option<&str>,
+    payload_bucket: Option<&str>,
+) -> Result<(), Failure> {
     let config = config()?;
     let queues = Queues::new(wiring::sqs_client_from_env().await);
     let read = |url: String| {
@@ -44,7 +48,17 @@ pub(super) async fn queues(queue_url: &str, dlq_url: Option<&str>) -> Result<(),
             q.visibility_timeout.as_secs()
         );
     }
-    let findings = check::check_queues(&config, &source, dlq.as_ref());
+    let mut findings = check::check_queues(&config, &source, dlq.as_ref());
+    if let Some(bucket) = payload_bucket {
+        let rules = crate::payload::store::PayloadStore::new()
+            .lifecycle_rules(bucket)
+            .await
+            .map_err(Failure::Work)?;
+        println!("s3://{bucket}: {} lifecycle rule(s)", rules.len());
+        let queues: Vec<&check::QueueSettings> =
+            std::iter::once(&source).chain(dlq.as_ref()).collect();
+        findings.extend(check::check_payload_lifecycle(bucket, &rules, &queues));
+    }
     for finding in &findings {
         println!("error: {finding}");
     }

@@ -235,6 +235,36 @@ impl PayloadStore {
         }
     }
 
+    /// The bucket's lifecycle rules, for `retryq validate --payload-bucket`
+    /// (none when it has no lifecycle configuration).
+    pub async fn lifecycle_rules(
+        &self,
+        bucket: &str,
+    ) -> Result<Vec<crate::check::LifecycleRule>, String> {
+        let call = self
+            .client()
+            .await
+            .get_bucket_lifecycle_configuration()
+            .bucket(bucket)
+            .send();
+        let config = match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Ok(Ok(config)) => config,
+            Ok(Err(e)) if e.code() == Some("NoSuchLifecycleConfiguration") => return Ok(Vec::new()),
+            Ok(Err(e)) => {
+                return Err(format!(
+                    "S3 failed reading the lifecycle of s3://{bucket} ({})",
+                    e.code().unwrap_or("no answer")
+                ))
+            }
+            Err(_) => {
+                return Err(format!(
+                    "S3 timed out reading the lifecycle of s3://{bucket}"
+                ))
+            }
+        };
+        Ok(config.rules().iter().map(lifecycle_rule).collect())
+    }
+
     /// Deletes a payload that no message points to any more.
     pub async fn delete(&self, p: &PayloadPointer) -> Result<(), String> {
         let call = self
@@ -278,6 +308,29 @@ impl PayloadStore {
             )),
             Err(_) => Err(format!("S3 timed out storing {}", p.address())),
         }
+    }
+}
+
+/// What the payload lifetime check needs of one rule.
+fn lifecycle_rule(rule: &aws_sdk_s3::types::LifecycleRule) -> crate::check::LifecycleRule {
+    let finished_tag = |t: &aws_sdk_s3::types::Tag| t.key() == FINISHED_TAG;
+    let only_finished = rule.filter().is_some_and(|f| {
+        f.tag().is_some_and(finished_tag)
+            || f.and()
+                .is_some_and(|and| and.tags().iter().any(finished_tag))
+    });
+    crate::check::LifecycleRule {
+        id: rule.id().unwrap_or("(no id)").to_owned(),
+        enabled: *rule.status() == aws_sdk_s3::types::ExpirationStatus::Enabled,
+        expiration_days: rule
+            .expiration()
+            .and_then(|e| e.days())
+            .and_then(|d| u32::try_from(d).ok()),
+        expiration_date: rule
+            .expiration()
+            .and_then(|e| e.date())
+            .map(|d| d.to_string()),
+        only_finished,
     }
 }
 

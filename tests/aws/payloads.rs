@@ -558,3 +558,93 @@ async fn under_cargo_lambda_watch_a_delivered_pointer_invoked_twice_makes_one_re
     dest.verify().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Sets the bucket's lifecycle rules: `(id, days, only the finished tag)`.
+async fn set_lifecycle(bucket: &str, rules: &[(&str, i32, bool)]) {
+    use aws_sdk_s3::types::{
+        BucketLifecycleConfiguration, ExpirationStatus, LifecycleExpiration, LifecycleRule,
+        LifecycleRuleFilter, Tag,
+    };
+    let rules = rules.iter().map(|(id, days, finished)| {
+        let filter = match finished {
+            true => LifecycleRuleFilter::builder()
+                .tag(
+                    Tag::builder()
+                        .key("retryq-finished")
+                        .value("delivered")
+                        .build()
+                        .unwrap(),
+                )
+                .build(),
+            false => LifecycleRuleFilter::builder().prefix("").build(),
+        };
+        LifecycleRule::builder()
+            .id(*id)
+            .status(ExpirationStatus::Enabled)
+            .filter(filter)
+            .expiration(LifecycleExpiration::builder().days(*days).build())
+            .build()
+            .unwrap()
+    });
+    let config = BucketLifecycleConfiguration::builder()
+        .set_rules(Some(rules.collect()))
+        .build()
+        .unwrap();
+    s3().put_bucket_lifecycle_configuration()
+        .bucket(bucket)
+        .lifecycle_configuration(config)
+        .send()
+        .await
+        .unwrap();
+}
+
+/// §12.1: `retryq validate --payload-bucket` reads the bucket's lifecycle
+/// and reports a rule that could expire a payload while a message in the
+/// queues (14 days) still points to it; exit 1. A rule for finished
+/// payloads only, and one longer than the retention, pass.
+#[tokio::test]
+async fn validate_reports_a_lifecycle_rule_that_would_expire_payloads_before_their_messages() {
+    let sqs = sqs();
+    let fortnight = [("MessageRetentionPeriod", "1209600")];
+    let q = queue_with(&sqs, "lifecycle-q", &fortnight).await;
+    let dlq = queue_with(&sqs, "lifecycle-dlq", &fortnight).await;
+    let b = bucket("lifecycle");
+    s3().create_bucket().bucket(&b).send().await.unwrap();
+    let validate = || {
+        let args = [
+            "validate",
+            "--queue-url",
+            &q.url,
+            "--dlq-url",
+            &dlq.url,
+            "--payload-bucket",
+            &b,
+        ];
+        async move { run_retryq(&args, &[("MAX_ATTEMPTS", "3")]).await }
+    };
+
+    // No lifecycle at all: nothing expires.
+    let none = validate().await;
+    assert_eq!(none.code, 0, "{} {}", none.stdout, none.stderr);
+
+    set_lifecycle(&b, &[("general", 15, false), ("finished", 1, true)]).await;
+    let good = validate().await;
+    assert_eq!(good.code, 0, "{} {}", good.stdout, good.stderr);
+    assert!(
+        good.stdout.contains("2 lifecycle rule(s)"),
+        "{}",
+        good.stdout
+    );
+
+    set_lifecycle(&b, &[("week", 7, false), ("finished", 1, true)]).await;
+    let bad = validate().await;
+    assert_eq!(bad.code, 1, "{} {}", bad.stdout, bad.stderr);
+    assert!(
+        bad.stdout
+            .contains(&format!("s3://{b} LifecycleConfiguration"))
+            && bad.stdout.contains("\"week\"")
+            && !bad.stdout.contains("\"finished\""),
+        "{}",
+        bad.stdout
+    );
+}
