@@ -106,11 +106,21 @@ pub async fn list(
         .collect())
 }
 
+/// Where redriven payload pointers are copied (§12.1): the store, and the
+/// buckets whose pointers are followed (`PAYLOAD_BUCKETS`). A pointer into
+/// any other bucket is moved as it is, its object untouched.
+pub struct RedrivePayloads<'a> {
+    pub store: &'a crate::payload::store::PayloadStore,
+    pub buckets: &'a [String],
+}
+
 /// Moves up to `max` dead letters (only those with `FailureReason` =
-/// `reason`, when given) to `to_url`: body unchanged, failure attributes
-/// dropped. The messages skipped are released at the end.
+/// `reason`, when given) to `to_url`: body unchanged (a payload pointer
+/// points to a copy written now), failure attributes dropped. The messages
+/// skipped are released at the end.
 pub async fn redrive(
     queues: &Queues,
+    payloads: &RedrivePayloads<'_>,
     dlq_url: &str,
     to_url: &str,
     max: usize,
@@ -134,7 +144,7 @@ pub async fn redrive(
                 kept.keep(m);
                 continue;
             }
-            match move_one(queues, dlq_url, to_url, &m).await {
+            match move_one(queues, payloads, dlq_url, to_url, &m).await {
                 Ok(()) => stats.moved += 1,
                 Err(e) => {
                     tracing::warn!(error = %e, "could not redrive a dead letter");
@@ -201,16 +211,28 @@ fn reason_of(m: &Message) -> Option<String> {
 
 async fn move_one(
     queues: &Queues,
+    payloads: &RedrivePayloads<'_>,
     dlq_url: &str,
     to_url: &str,
     m: &Message,
-) -> Result<(), QueueError> {
+) -> Result<(), String> {
     let group = m
         .attributes
         .as_ref()
         .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
         .map_or(DEFAULT_GROUP, String::as_str);
-    let body = m.body.as_deref().unwrap_or_default();
+    let letter = m.body.as_deref().unwrap_or_default();
+    // A pointer's redriven message points to a copy written now, which
+    // lives as long as the retry queue keeps it (§12.1); the letter's own
+    // object goes once the letter is gone.
+    let old = crate::payload::PayloadPointer::parse(letter)
+        .and_then(Result::ok)
+        .filter(|p| p.check_bucket(payloads.buckets).is_ok());
+    let fresh = match &old {
+        Some(p) => Some(payloads.store.copy(p).await?.body()),
+        None => None,
+    };
+    let body = fresh.as_deref().unwrap_or(letter);
     let message_id = m.message_id.as_deref().unwrap_or_default();
     // A pointer keeps its size attribute, so the SQS Extended Client still
     // reads the redriven copy; every message keeps its trace (spec §11).
@@ -229,17 +251,24 @@ async fn move_one(
         .map(String::as_str);
     queues
         .send(to_url, body, &payload_size, trace, group, message_id)
-        .await?;
+        .await
+        .map_err(|e| e.to_string())?;
     let handle = m.receipt_handle.clone().unwrap_or_default();
     let not_deleted = queues.delete_batch(dlq_url, &[handle]).await;
-    if not_deleted.is_empty() {
-        Ok(())
-    } else {
-        Err(QueueError::Sqs {
-            operation: "DeleteMessage",
-            detail: "sent to the target but not deleted from the DLQ (it will appear twice)".into(),
-        })
+    if !not_deleted.is_empty() {
+        return Err(
+            "DeleteMessage: sent to the target but not deleted from the DLQ (it will appear twice)"
+                .into(),
+        );
     }
+    if let Some(old) = &old {
+        // Nothing points to it now; a failure leaves it to the bucket's
+        // expiry.
+        if let Err(e) = payloads.store.delete(old).await {
+            tracing::warn!(error = %e, "could not delete a redriven letter's payload");
+        }
+    }
+    Ok(())
 }
 
 /// A walk over the DLQ: receives until it gives no more (or `max` were

@@ -28,7 +28,12 @@ pub(super) async fn redrive(
     reason: Option<&str>,
 ) -> Result<(), Failure> {
     let queues = Queues::new(wiring::sqs_client_from_env().await);
-    let stats = dlq::redrive(&queues, dlq_url, to, max, reason)
+    let store = crate::payload::store::PayloadStore::new();
+    let payloads = dlq::RedrivePayloads {
+        store: &store,
+        buckets: &super::config()?.payload_buckets,
+    };
+    let stats = dlq::redrive(&queues, &payloads, dlq_url, to, max, reason)
         .await
         .map_err(|e| Failure::Work(e.to_string()))?;
     println!(

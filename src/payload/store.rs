@@ -205,8 +205,9 @@ impl PayloadStore {
     }
 
     /// A copy of the payload under a new key in the same bucket, written
-    /// now (§12.1): what a dead letter points to, so that its object lives
-    /// as long as the DLQ keeps it. Server-side; the copy has no tags.
+    /// now (§12.1): what a dead letter or a redriven letter points to, so
+    /// that its object lives as long as its queue keeps it. Server-side;
+    /// the copy has no tags.
     pub async fn copy(&self, p: &PayloadPointer) -> Result<PayloadPointer, String> {
         let copy = PayloadPointer {
             bucket: p.bucket.clone(),
@@ -224,14 +225,11 @@ impl PayloadStore {
         match tokio::time::timeout(CALL_TIMEOUT, call).await {
             Ok(Ok(_)) => Ok(copy),
             Ok(Err(e)) => Err(format!(
-                "S3 failed copying {} for its dead letter ({})",
+                "S3 failed copying {} ({})",
                 p.address(),
                 e.code().unwrap_or("no answer")
             )),
-            Err(_) => Err(format!(
-                "S3 timed out copying {} for its dead letter",
-                p.address()
-            )),
+            Err(_) => Err(format!("S3 timed out copying {}", p.address())),
         }
     }
 

@@ -451,20 +451,6 @@ pub async fn outcomes_of(
     outcomes
 }
 
-/// Receives `n` messages of `q` (what is already there) and handles them
-/// in one invocation: see [`outcomes_of`].
-pub async fn receive_and_run(
-    processor: &Arc<Processor>,
-    sqs: &aws_sdk_sqs::Client,
-    q: &TestQueue,
-    dlq: &TestQueue,
-    n: usize,
-) -> Outcomes {
-    let received = receive_n(sqs, q, n, Duration::from_secs(30)).await;
-    assert_eq!(received.len(), n, "the messages were received");
-    outcomes_of(processor, sqs, q, dlq, &received, 60).await
-}
-
 /// Sends `bodies`, receives them all, invokes the handler once with them
 /// and reads the DLQ: see [`outcomes_of`].
 pub async fn run_batch(

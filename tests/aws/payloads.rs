@@ -214,8 +214,9 @@ async fn a_dead_lettered_pointer_points_to_a_fresh_copy_that_outlives_the_origin
         "the original is marked, for the lifecycle rule to remove"
     );
 
-    // The lifecycle rule removes the original; the letter is redriven and
-    // delivered from its own copy.
+    // The lifecycle rule removes the original; the letter is redriven: its
+    // new message points to a copy written now, the letter's object goes
+    // with the letter, and the message is delivered.
     s3().delete_object()
         .bucket(&b)
         .key(&original)
@@ -224,11 +225,25 @@ async fn a_dead_lettered_pointer_points_to_a_fresh_copy_that_outlives_the_origin
         .unwrap();
     run_retryq(
         &["dlq", "redrive", "--dlq-url", &dlq.url, "--to", &q.url],
-        &[],
+        &[("PAYLOAD_BUCKETS", &b)],
     )
     .await
     .success();
-    let outcomes = receive_and_run(&p, &sqs, &q, &dlq, 1).await;
+    let redriven = receive_n(&sqs, &q, 1, Duration::from_secs(10)).await;
+    assert_eq!(redriven.len(), 1);
+    let moved = pointer_key(redriven[0].body.as_deref().unwrap());
+    assert!(
+        moved != fresh && moved != original,
+        "a copy written by the redrive"
+    );
+    let left = s3().list_objects_v2().bucket(&b).send().await.unwrap();
+    let keys: Vec<&str> = left.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(
+        keys,
+        [moved.as_str()],
+        "the letter's object went with the letter"
+    );
+    let outcomes = outcomes_of(&p, &sqs, &q, &dlq, &redriven, 60).await;
     assert_eq!(outcomes.delivered.len(), 1, "{outcomes:?}");
     dest.verify().await;
 }
