@@ -79,6 +79,10 @@ pub struct Config {
     /// `PAYLOAD_BUCKETS` (default: `PAYLOAD_BUCKET`): the only buckets a
     /// payload pointer is followed into. Empty: no pointer is followed.
     pub payload_buckets: Vec<String>,
+    /// `PAYLOAD_MEMORY_BYTES`: the bytes of fetched payload bodies held at
+    /// once (default: a quarter of `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, else
+    /// 256 MiB).
+    pub payload_memory_bytes: usize,
     pub payload_offload_bytes: usize,
 }
 
@@ -233,6 +237,7 @@ impl Config {
             )? as usize,
             payload_bucket: vars.text("PAYLOAD_BUCKET").map(|b| b.trim().to_owned()),
             payload_buckets: vars.payload_buckets(),
+            payload_memory_bytes: vars.payload_memory_bytes()?,
             payload_offload_bytes: vars.number(
                 "PAYLOAD_OFFLOAD_BYTES",
                 DEFAULT_PAYLOAD_OFFLOAD_BYTES,
@@ -262,6 +267,10 @@ const MAX_OFFLOADED_BODY_BYTES: u64 = 1024 * 1024 * 1024;
 /// copy's, for one), at most SQS's largest message.
 const DEFAULT_PAYLOAD_OFFLOAD_BYTES: u64 = 262_144 - 8 * 1024;
 const MAX_SQS_MESSAGE_BYTES: u64 = 1024 * 1024;
+/// `PAYLOAD_MEMORY_BYTES`: 256 MiB without a Lambda memory size, at most
+/// 1 TiB.
+const DEFAULT_PAYLOAD_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
+const MAX_PAYLOAD_MEMORY_BYTES: u64 = 1 << 40;
 
 /// A typed reader of variables. A variable that is unset or empty takes its
 /// default; every error names the variable.
@@ -388,6 +397,21 @@ impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
                     .map_err(|e| ConfigError::new("CA_BUNDLE", e))
             })
             .transpose()
+    }
+
+    /// `PAYLOAD_MEMORY_BYTES`; by default a quarter of the function's
+    /// memory (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, in MB), else 256 MiB.
+    fn payload_memory_bytes(&self) -> Result<usize, ConfigError> {
+        let function_mb = self
+            .text("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+            .and_then(|mb| mb.trim().parse::<u64>().ok());
+        let default = function_mb.map_or(DEFAULT_PAYLOAD_MEMORY_BYTES, |mb| mb * 1024 * 1024 / 4);
+        Ok(self.number(
+            "PAYLOAD_MEMORY_BYTES",
+            default.max(1),
+            1,
+            MAX_PAYLOAD_MEMORY_BYTES,
+        )? as usize)
     }
 
     /// `PAYLOAD_BUCKETS`, a comma list, else `PAYLOAD_BUCKET` alone, else

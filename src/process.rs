@@ -40,6 +40,7 @@ use crate::deliver::Deliverer;
 use crate::fleet::breaker::{FleetAdmission, FleetTicket};
 use crate::fleet::ledger::AttemptRecord;
 use crate::fleet::{FleetState, StateError};
+use crate::payload::budget::{MemoryBudget, Reserved};
 use crate::payload::store::{Payload, PayloadError, PayloadStore};
 use crate::payload::{Finished, PayloadPointer};
 use crate::policy::destinations::Token;
@@ -207,18 +208,22 @@ pub struct Processor {
     dlq_size_checked: AtomicBool,
     /// Payloads offloaded to S3 (§11), read through pointers.
     payloads: PayloadStore,
+    /// `PAYLOAD_MEMORY_BYTES`: room for the fetched bodies (§12.4).
+    payload_budget: MemoryBudget,
 }
 
 /// A record's body once a payload pointer is resolved (§11).
 enum Resolved {
     /// Not a pointer: the body is the Retry Message.
     Inline,
-    /// The payload read from S3 (released once parsed), its size, and
-    /// where it is.
+    /// The payload read from S3 (released once parsed), its size, where
+    /// it is, and its room in `PAYLOAD_MEMORY_BYTES` (held until the
+    /// record's work is done).
     Offloaded {
         pointer: PayloadPointer,
         payload: String,
         size: usize,
+        _reserved: Reserved,
     },
     /// A pointer whose object is marked finished: a redelivery of a
     /// delivered or dead-lettered record (§12.3).
@@ -272,6 +277,7 @@ impl Processor {
             pending_dead_letters: Mutex::new(HashMap::new()),
             dlq_size_checked: AtomicBool::new(false),
             payloads: PayloadStore::new(),
+            payload_budget: MemoryBudget::new(config.payload_memory_bytes),
             config,
         })
     }
@@ -499,7 +505,7 @@ impl Processor {
 
     /// All the work for one record: decide, apply, log one line.
     pub async fn process_record(&self, record: Record, batch: &Batch) -> Processed {
-        let mut resolved = self.resolve(&record).await;
+        let mut resolved = self.resolve(&record, self.wait_limit(batch)).await;
         let mut destination = None;
         let (decision, latency, ledger) = self
             .decide(&record, &mut resolved, batch, &mut destination)
@@ -983,7 +989,7 @@ impl Processor {
     /// may hold the body as text or base64 and the message around it, so it
     /// may be somewhat larger than `MAX_OFFLOADED_BODY_BYTES`; the body's
     /// own limit is checked once it is parsed.
-    async fn resolve(&self, record: &Record) -> Resolved {
+    async fn resolve(&self, record: &Record, until: Instant) -> Resolved {
         let pointer = match PayloadPointer::parse(&record.body) {
             None => return Resolved::Inline,
             Some(Err(why)) => return Resolved::Unresolvable(why),
@@ -1001,7 +1007,9 @@ impl Processor {
             .saturating_add(OBJECT_ROOM);
         // Boxed: the S3 call's future is kilobytes large, and only a
         // pointer needs it.
-        match Box::pin(self.payloads.get(&pointer, max_object)).await {
+        let until = tokio::time::Instant::from_std(until);
+        let budget = &self.payload_budget;
+        match Box::pin(self.payloads.get(&pointer, max_object, budget, until)).await {
             Ok(Payload {
                 finished: Some(how),
                 ..
@@ -1010,6 +1018,7 @@ impl Processor {
                 pointer,
                 size: payload.text.len(),
                 payload: payload.text,
+                _reserved: payload.reserved,
             },
             Err(PayloadError::Invalid(why)) => Resolved::Unresolvable(why),
             Err(PayloadError::Unavailable(why)) => Resolved::Unavailable(why),

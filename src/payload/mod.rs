@@ -15,6 +15,8 @@
 //! [`PayloadPointer`] is pure; [`store`] is the S3 adapter.
 
 #[cfg(feature = "s3-payloads")]
+pub mod budget;
+#[cfg(feature = "s3-payloads")]
 pub mod store;
 
 use serde::Deserialize;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use aws_sdk_s3::error::ProvideErrorMetadata;
 
+use super::budget::{MemoryBudget, Reserved};
 use super::{Finished, PayloadPointer, FINISHED_TAG};
 
 /// Why a payload could not be had.
@@ -37,6 +38,8 @@ pub struct Payload {
     pub text: String,
     /// Its object is marked finished ([`FINISHED_TAG`]).
     pub finished: Option<Finished>,
+    /// Its room in `PAYLOAD_MEMORY_BYTES`, held until this is dropped.
+    pub reserved: Reserved,
 }
 
 impl PayloadStore {
@@ -70,8 +73,16 @@ impl PayloadStore {
     }
 
     /// The payload as text, if it is at most `max_bytes`, and whether it is
-    /// marked finished (asked of S3 only when the object has tags).
-    pub async fn get(&self, p: &PayloadPointer, max_bytes: usize) -> Result<Payload, PayloadError> {
+    /// marked finished (asked of S3 only when the object has tags). Its
+    /// bytes are read only once `budget` has room for them (until `until`;
+    /// none in time leaves the record for another receive).
+    pub async fn get(
+        &self,
+        p: &PayloadPointer,
+        max_bytes: usize,
+        budget: &MemoryBudget,
+        until: tokio::time::Instant,
+    ) -> Result<Payload, PayloadError> {
         let address = p.address();
         let call = self
             .client()
@@ -109,6 +120,11 @@ impl PayloadStore {
                 "payload pointer: {address} holds {size} bytes, more than {max_bytes}"
             )));
         }
+        let Some(reserved) = budget.reserve(size, until).await else {
+            return Err(PayloadError::Unavailable(format!(
+                "payload pointer: no room in PAYLOAD_MEMORY_BYTES for the {size} bytes of {address} in time"
+            )));
+        };
         let bytes = tokio::time::timeout(CALL_TIMEOUT, object.body.collect())
             .await
             .map_err(|_| {
@@ -135,7 +151,11 @@ impl PayloadStore {
             true => self.finished(p).await?,
             false => None,
         };
-        Ok(Payload { text, finished })
+        Ok(Payload {
+            text,
+            finished,
+            reserved,
+        })
     }
 
     /// The object's [`FINISHED_TAG`], if any. Not knowing is worth another

@@ -663,3 +663,48 @@ async fn validate_reports_a_lifecycle_rule_that_would_expire_payloads_before_the
         bad.stdout
     );
 }
+
+/// §12.4: at most `PAYLOAD_MEMORY_BYTES` of fetched bodies at once. With
+/// 1 MiB, three pointers to 600 KiB bodies go one at a time (the slow
+/// destination sees one request in flight, where it would see three), and
+/// a 1.5 MiB body, larger than the budget, still goes, alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetched_payload_bodies_stay_within_the_memory_budget() {
+    // Slow enough that, without the budget, the requests overlap.
+    let dest = crate::destination::Destination::start(Duration::from_secs(2)).await;
+    let b = bucket("budget");
+    let (sqs, q, dlq, p) = with_dlq(
+        "payload-budget",
+        &[("PAYLOAD_BUCKETS", &b), ("PAYLOAD_MEMORY_BYTES", "1048576")],
+    )
+    .await;
+    s3().create_bucket().bucket(&b).send().await.unwrap();
+    let mut pointers = Vec::new();
+    for (i, size) in [600 * 1024, 600 * 1024, 600 * 1024, 1536 * 1024]
+        .iter()
+        .enumerate()
+    {
+        let id = format!("budget-{i}");
+        let (message, _) = large_message(&id, &dest.url(&format!("/ok/{id}")), *size);
+        s3().put_object()
+            .bucket(&b)
+            .key(&id)
+            .body(message.into_bytes().into())
+            .send()
+            .await
+            .unwrap();
+        pointers.push(format!(
+            r#"["software.amazon.payloadoffloading.PayloadS3Pointer", {{"s3BucketName": "{b}", "s3Key": "{id}"}}]"#
+        ));
+    }
+
+    let outcomes = run_batch(&p, &sqs, &q, &dlq, &pointers).await;
+
+    assert_eq!(outcomes.delivered.len(), 4, "{outcomes:?}");
+    assert_eq!(dest.delivered().len(), 4);
+    assert_eq!(
+        dest.max_in_flight(),
+        1,
+        "one body at a time within 1 MiB, the large one alone"
+    );
+}
