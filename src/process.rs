@@ -41,14 +41,14 @@ use crate::fleet::breaker::{FleetAdmission, FleetTicket};
 use crate::fleet::ledger::AttemptRecord;
 use crate::fleet::{FleetState, StateError};
 use crate::payload::budget::{MemoryBudget, Reserved};
-use crate::payload::store::{Payload, PayloadError, PayloadStore};
+use crate::payload::store::{Kept, Payload, PayloadError, PayloadStore};
 use crate::payload::{Finished, PayloadPointer};
 use crate::policy::destinations::Token;
 use crate::policy::fifo;
 use crate::policy::record::{
     self, AttemptResult, Decision, Deferral, Label, Plan, Received, Settings,
 };
-use crate::policy::{Action, Attempt, DeadLetter};
+use crate::policy::{Action, Attempt, DeadLetter, FailureReason};
 use crate::queue::{smallest_copy_size, DeadLetterCopy, QueueError, Queues};
 
 /// Longest a record waits for a rate-limit token or the breaker's probe
@@ -59,6 +59,9 @@ pub const MAX_WAIT: Duration = Duration::from_secs(20);
 const PROBE_LEASE_SLACK: Duration = Duration::from_secs(5);
 /// Room for the Retry Message around an offloaded body, in its S3 object.
 const OBJECT_ROOM: usize = 1024 * 1024;
+/// A payload's finished mark must end this long before the batch's
+/// deadline, when the record's task is cut.
+const MARK_MARGIN: Duration = Duration::from_millis(300);
 
 /// What the breaker said.
 enum Admitted {
@@ -223,24 +226,18 @@ enum Resolved {
         pointer: PayloadPointer,
         payload: String,
         size: usize,
+        kept: Kept,
         _reserved: Reserved,
     },
     /// A pointer whose object is marked finished: a redelivery of a
     /// delivered or dead-lettered record (§12.3).
     AlreadyFinished(crate::payload::Finished),
-    /// A pointer that can never be resolved: an `invalid-message`.
-    Unresolvable(String),
+    /// A pointer that can never be resolved: an `invalid-message`. When
+    /// its object exists (too large, not text), the pointer: the letter
+    /// gets a copy of it (§12.1).
+    Unresolvable(String, Option<PayloadPointer>),
     /// S3 could not answer: left for another receive.
     Unavailable(String),
-}
-
-impl Resolved {
-    fn pointer(&self) -> Option<&PayloadPointer> {
-        match self {
-            Resolved::Offloaded { pointer, .. } => Some(pointer),
-            _ => None,
-        }
-    }
 }
 
 impl Processor {
@@ -527,7 +524,10 @@ impl Processor {
         }
         let apply = async {
             match &decision {
-                Ok(decision) => self.apply(&record, &resolved, &decision.action).await,
+                Ok(decision) => {
+                    self.apply(&record, &resolved, &decision.action, batch.deadline)
+                        .await
+                }
                 Err(why) => Disposition::Unfinished(why.clone()),
             }
         };
@@ -541,14 +541,12 @@ impl Processor {
             }
         };
         let (disposition, ()) = tokio::join!(apply, write);
-        if let (Disposition::Delivered, Some(pointer)) = (&disposition, resolved.pointer()) {
+        if let Disposition::Delivered = disposition {
             // Delivered: marked so, not deleted, so that a redelivery of the
             // message finds it and is acknowledged without a request
             // (§12.3); the bucket's lifecycle rule removes it a day later.
-            let marked = self.payloads.mark_finished(pointer, Finished::Delivered);
-            if let Err(e) = Box::pin(marked).await {
-                tracing::warn!(id = %record.message_id, error = %e, "could not mark the delivered payload");
-            }
+            self.mark(&record, &resolved, Finished::Delivered, batch.deadline)
+                .await;
         }
         let decision = decision.ok();
         let (delay_s, reason) = match decision.as_ref().map(|d| &d.action) {
@@ -620,7 +618,7 @@ impl Processor {
             Resolved::Offloaded { payload, .. } => {
                 (payload.as_str(), Some(self.config.max_offloaded_body), None)
             }
-            Resolved::Unresolvable(why) => (record.body.as_str(), None, Some(why.clone())),
+            Resolved::Unresolvable(why, _) => (record.body.as_str(), None, Some(why.clone())),
             Resolved::Unavailable(why) => return (Err(why.clone()), None, None),
         };
         let received = Received {
@@ -992,13 +990,13 @@ impl Processor {
     async fn resolve(&self, record: &Record, until: Instant) -> Resolved {
         let pointer = match PayloadPointer::parse(&record.body) {
             None => return Resolved::Inline,
-            Some(Err(why)) => return Resolved::Unresolvable(why),
+            Some(Err(why)) => return Resolved::Unresolvable(why, None),
             Some(Ok(pointer)) => pointer,
         };
         // Only into the configured buckets: the object of any other is
         // neither read nor deleted (§12.2).
         if let Err(why) = pointer.check_bucket(&self.config.payload_buckets) {
-            return Resolved::Unresolvable(why);
+            return Resolved::Unresolvable(why, None);
         }
         let max_object = self
             .config
@@ -1009,7 +1007,10 @@ impl Processor {
         // pointer needs it.
         let until = tokio::time::Instant::from_std(until);
         let budget = &self.payload_budget;
-        match Box::pin(self.payloads.get(&pointer, max_object, budget, until)).await {
+        let get = self
+            .payloads
+            .get(&pointer, &record.message_id, max_object, budget, until);
+        match Box::pin(get).await {
             Ok(Payload {
                 finished: Some(how),
                 ..
@@ -1018,15 +1019,55 @@ impl Processor {
                 pointer,
                 size: payload.text.len(),
                 payload: payload.text,
+                kept: payload.kept,
                 _reserved: payload.reserved,
             },
-            Err(PayloadError::Invalid(why)) => Resolved::Unresolvable(why),
+            Err(PayloadError::Invalid(why)) => Resolved::Unresolvable(why, None),
+            Err(PayloadError::Unusable(why)) => Resolved::Unresolvable(why, Some(pointer)),
             Err(PayloadError::Unavailable(why)) => Resolved::Unavailable(why),
         }
     }
 
+    /// Marks a finished record's payload (§12.3), within the batch's
+    /// deadline: the record's work is done either way, and a mark that ran
+    /// past it would have the record reported unfinished and its request
+    /// made again. A mark not made leaves a redelivery to be handled again.
+    async fn mark(
+        &self,
+        record: &Record,
+        resolved: &Resolved,
+        how: Finished,
+        deadline: Option<Instant>,
+    ) {
+        let Resolved::Offloaded { pointer, kept, .. } = resolved else {
+            return;
+        };
+        let mark = Box::pin(
+            self.payloads
+                .mark_finished(pointer, how, &record.message_id, kept),
+        );
+        let marked = match deadline {
+            None => mark.await,
+            Some(deadline) => {
+                let until = deadline.checked_sub(MARK_MARGIN).unwrap_or(deadline);
+                tokio::time::timeout_at(until.into(), mark)
+                    .await
+                    .unwrap_or_else(|_| Err("no time left before the deadline".into()))
+            }
+        };
+        if let Err(e) = marked {
+            tracing::warn!(id = %record.message_id, error = %e, "could not mark the payload {}", how.as_str());
+        }
+    }
+
     /// Carries out the action on SQS.
-    async fn apply(&self, record: &Record, resolved: &Resolved, action: &Action) -> Disposition {
+    async fn apply(
+        &self,
+        record: &Record,
+        resolved: &Resolved,
+        action: &Action,
+        deadline: Option<Instant>,
+    ) -> Disposition {
         match action {
             Action::Ack => Disposition::Delivered,
             // The SQS calls are boxed: their futures are kilobytes large,
@@ -1041,7 +1082,12 @@ impl Processor {
                 };
                 // A payload's dead letter points to a copy written now, which
                 // lives as long as the DLQ keeps the letter (§12.1).
-                let fresh = match resolved.pointer() {
+                let existing = match resolved {
+                    Resolved::Offloaded { pointer, .. } => Some(pointer),
+                    Resolved::Unresolvable(_, pointer) => pointer.as_ref(),
+                    _ => None,
+                };
+                let fresh = match existing {
                     None => None,
                     Some(pointer) => match Box::pin(self.payloads.copy(pointer)).await {
                         Ok(copy) => Some(copy.body()),
@@ -1074,14 +1120,13 @@ impl Processor {
                 match sent.await {
                     Ok(()) => {
                         self.set_pending_dead_letter(&record.message_id, None);
-                        if let Some(pointer) = resolved.pointer() {
-                            // The letter exists: the old object is marked,
-                            // and goes a day later (§12.1, §12.3).
-                            let marked =
-                                self.payloads.mark_finished(pointer, Finished::DeadLettered);
-                            if let Err(e) = Box::pin(marked).await {
-                                tracing::warn!(id = %record.message_id, error = %e, "could not mark the dead-lettered payload");
-                            }
+                        // The letter exists: the old object is marked, and
+                        // goes a day later (§12.1, §12.3); not when the
+                        // message was invalid, whose object may not be a
+                        // payload at all.
+                        if dead_letter.reason != FailureReason::InvalidMessage {
+                            self.mark(record, resolved, Finished::DeadLettered, deadline)
+                                .await;
                         }
                         Disposition::DeadLettered(dead_letter.reason)
                     }

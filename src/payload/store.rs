@@ -15,8 +15,11 @@ use super::{Finished, PayloadPointer, FINISHED_TAG};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PayloadError {
     /// The pointer cannot be resolved, now or later (no such object or
-    /// bucket, larger than allowed, not text): the message is invalid.
+    /// bucket): the message is invalid.
     Invalid(String),
+    /// The object exists but cannot be a message (larger than allowed, not
+    /// text): the message is invalid, and its letter gets a copy of it.
+    Unusable(String),
     /// S3 did not answer usefully (timeout, 5xx, throttling, access): worth
     /// another try.
     Unavailable(String),
@@ -31,15 +34,33 @@ pub struct PayloadStore {
 /// One S3 call's bound.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The tag that binds a finished mark to the SQS message it was made for:
+/// an object marked for another message (a producer that copied a marked
+/// object, a pointer to another message's payload) is not taken as done.
+pub const MESSAGE_TAG: &str = "retryq-message";
+
 /// A payload read from S3.
 #[derive(Debug)]
 pub struct Payload {
     /// The Retry Message, as text.
     pub text: String,
-    /// Its object is marked finished ([`FINISHED_TAG`]).
+    /// Its object is marked finished ([`FINISHED_TAG`]) for this very SQS
+    /// message.
     pub finished: Option<Finished>,
+    /// What a mark must keep of the object.
+    pub kept: Kept,
     /// Its room in `PAYLOAD_MEMORY_BYTES`, held until this is dropped.
     pub reserved: Reserved,
+}
+
+/// What marking an object keeps: it is copied onto itself, and such a copy
+/// must replace the metadata, so the metadata, content type and the tags
+/// that are not retryq's are sent again.
+#[derive(Debug, Clone, Default)]
+pub struct Kept {
+    content_type: Option<String>,
+    metadata: Option<std::collections::HashMap<String, String>>,
+    tags: Vec<(String, String)>,
 }
 
 impl PayloadStore {
@@ -79,6 +100,7 @@ impl PayloadStore {
     pub async fn get(
         &self,
         p: &PayloadPointer,
+        message_id: &str,
         max_bytes: usize,
         budget: &MemoryBudget,
         until: tokio::time::Instant,
@@ -116,10 +138,15 @@ impl PayloadStore {
         let tagged = object.tag_count().is_some_and(|n| n > 0);
         let size = object.content_length().unwrap_or(0).max(0) as usize;
         if size > max_bytes {
-            return Err(PayloadError::Invalid(format!(
+            return Err(PayloadError::Unusable(format!(
                 "payload pointer: {address} holds {size} bytes, more than {max_bytes}"
             )));
         }
+        let mut kept = Kept {
+            content_type: object.content_type().map(str::to_owned),
+            metadata: object.metadata().cloned(),
+            tags: Vec::new(),
+        };
         let Some(reserved) = budget.reserve(size, until).await else {
             return Err(PayloadError::Unavailable(format!(
                 "payload pointer: no room in PAYLOAD_MEMORY_BYTES for the {size} bytes of {address} in time"
@@ -139,28 +166,38 @@ impl PayloadStore {
             })?
             .into_bytes();
         if bytes.len() > max_bytes {
-            return Err(PayloadError::Invalid(format!(
+            return Err(PayloadError::Unusable(format!(
                 "payload pointer: {address} is larger than {max_bytes} bytes"
             )));
         }
         // Into the String without a copy when the buffer is not shared.
         let text = String::from_utf8(Vec::from(bytes)).map_err(|_| {
-            PayloadError::Invalid(format!("payload pointer: {address} is not UTF-8 text"))
+            PayloadError::Unusable(format!("payload pointer: {address} is not UTF-8 text"))
         })?;
-        let finished = match tagged {
-            true => self.finished(p).await?,
-            false => None,
-        };
+        let mut finished = None;
+        if tagged {
+            let tags = self.tags(p).await?;
+            let tag = |key: &str| tags.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+            if tag(MESSAGE_TAG) == Some(message_id) {
+                finished = tag(FINISHED_TAG).and_then(Finished::from_tag);
+            }
+            kept.tags = tags
+                .iter()
+                .filter(|(k, _)| k != FINISHED_TAG && k != MESSAGE_TAG)
+                .cloned()
+                .collect();
+        }
         Ok(Payload {
             text,
             finished,
+            kept,
             reserved,
         })
     }
 
-    /// The object's [`FINISHED_TAG`], if any. Not knowing is worth another
-    /// try: guessing "no" would send a delivered request again.
-    async fn finished(&self, p: &PayloadPointer) -> Result<Option<Finished>, PayloadError> {
+    /// The object's tags. Not knowing is worth another try: guessing "not
+    /// finished" would send a delivered request again.
+    async fn tags(&self, p: &PayloadPointer) -> Result<Vec<(String, String)>, PayloadError> {
         let call = self
             .client()
             .await
@@ -172,8 +209,8 @@ impl PayloadStore {
             Ok(Ok(tags)) => Ok(tags
                 .tag_set()
                 .iter()
-                .find(|t| t.key() == FINISHED_TAG)
-                .and_then(|t| Finished::from_tag(t.value()))),
+                .map(|t| (t.key().to_owned(), t.value().to_owned()))
+                .collect()),
             Ok(Err(e)) => Err(PayloadError::Unavailable(format!(
                 "payload pointer: S3 failed reading the tags of {} ({})",
                 p.address(),
@@ -196,7 +233,18 @@ impl PayloadStore {
     /// remove an old object at once, before a redelivery could find it. A
     /// failure is only logged by the caller: the object then lives to the
     /// bucket's expiry, and a redelivery is handled again (at least once).
-    pub async fn mark_finished(&self, p: &PayloadPointer, how: Finished) -> Result<(), String> {
+    /// The mark names the SQS message (`message_id`) it was made for, and
+    /// keeps the object's metadata, content type and other tags.
+    pub async fn mark_finished(
+        &self,
+        p: &PayloadPointer,
+        how: Finished,
+        message_id: &str,
+        kept: &Kept,
+    ) -> Result<(), String> {
+        let mut tags = kept.tags.clone();
+        tags.push((FINISHED_TAG.to_owned(), how.as_str().to_owned()));
+        tags.push((MESSAGE_TAG.to_owned(), message_id.to_owned()));
         let call = self
             .client()
             .await
@@ -205,8 +253,10 @@ impl PayloadStore {
             .bucket(&p.bucket)
             .key(&p.key)
             .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+            .set_metadata(kept.metadata.clone())
+            .set_content_type(kept.content_type.clone())
             .tagging_directive(aws_sdk_s3::types::TaggingDirective::Replace)
-            .tagging(format!("{FINISHED_TAG}={}", how.as_str()))
+            .tagging(tagging(&tags))
             .send();
         match tokio::time::timeout(CALL_TIMEOUT, call).await {
             Ok(Ok(_)) => Ok(()),
@@ -352,20 +402,31 @@ fn lifecycle_rule(rule: &aws_sdk_s3::types::LifecycleRule) -> crate::check::Life
     }
 }
 
+/// What URL encoding leaves alone: RFC 3986's unreserved characters.
+const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// A CopyObject source, `bucket/key` with the key URL-encoded (its `/`
 /// kept).
 fn copy_source(p: &PayloadPointer) -> String {
-    const KEY: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-        .remove(b'-')
-        .remove(b'.')
-        .remove(b'_')
-        .remove(b'~')
-        .remove(b'/');
+    const KEY: &percent_encoding::AsciiSet = &UNRESERVED.remove(b'/');
     format!(
         "{}/{}",
         p.bucket,
         percent_encoding::utf8_percent_encode(&p.key, KEY)
     )
+}
+
+/// Tags as S3's `x-amz-tagging` takes them: a URL query.
+fn tagging(tags: &[(String, String)]) -> String {
+    let encode = |s: &str| percent_encoding::utf8_percent_encode(s, UNRESERVED).to_string();
+    tags.iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 #[cfg(test)]
@@ -379,5 +440,17 @@ mod tests {
             key: "a dir/é+k%2F".into(),
         };
         assert_eq!(copy_source(&p), "b/a%20dir/%C3%A9%2Bk%252F");
+    }
+
+    #[test]
+    fn tags_are_sent_as_a_url_query() {
+        let tags = [
+            ("owner".to_owned(), "a&b=c d".to_owned()),
+            (FINISHED_TAG.to_owned(), "delivered".to_owned()),
+        ];
+        assert_eq!(
+            tagging(&tags),
+            "owner=a%26b%3Dc%20d&retryq-finished=delivered"
+        );
     }
 }

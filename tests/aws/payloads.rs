@@ -94,8 +94,14 @@ async fn a_message_the_extended_client_offloaded_is_delivered_and_its_object_mar
     );
     assert_eq!(
         tags(&b, &key).await,
-        [("retryq-finished".to_owned(), "delivered".to_owned())],
-        "the delivered payload is marked, for the lifecycle rule to remove"
+        [
+            ("retryq-finished".to_owned(), "delivered".to_owned()),
+            (
+                "retryq-message".to_owned(),
+                received[0].message_id.clone().unwrap()
+            )
+        ],
+        "the delivered payload is marked for its message, for the lifecycle rule to remove"
     );
 }
 
@@ -210,8 +216,14 @@ async fn a_dead_lettered_pointer_points_to_a_fresh_copy_that_outlives_the_origin
     assert_eq!(tags(&b, &fresh).await, [], "the copy is not marked");
     assert_eq!(
         tags(&b, &original).await,
-        [("retryq-finished".to_owned(), "dead-lettered".to_owned())],
-        "the original is marked, for the lifecycle rule to remove"
+        [
+            ("retryq-finished".to_owned(), "dead-lettered".to_owned()),
+            (
+                "retryq-message".to_owned(),
+                received[0].message_id.clone().unwrap()
+            )
+        ],
+        "the original is marked for its message, for the lifecycle rule to remove"
     );
 
     // The lifecycle rule removes the original; the letter is redriven: its
@@ -706,5 +718,230 @@ async fn fetched_payload_bodies_stay_within_the_memory_budget() {
         dest.max_in_flight(),
         1,
         "one body at a time within 1 MiB, the large one alone"
+    );
+}
+
+// Regressions of the adversarial review of the payload lifetimes ----------
+
+/// A pointer body to `key` in `bucket`.
+fn pointer_to(bucket: &str, key: &str) -> String {
+    format!(
+        r#"["software.amazon.payloadoffloading.PayloadS3Pointer", {{"s3BucketName": "{bucket}", "s3Key": "{key}"}}]"#
+    )
+}
+
+/// Stores `text` under `key`, with a content type, user metadata and a tag
+/// of its owner's.
+async fn put_owned(bucket: &str, key: &str, text: &str) {
+    s3().put_object()
+        .bucket(bucket)
+        .key(key)
+        .content_type("application/json")
+        .metadata("owner", "billing")
+        .tagging("keep=forever")
+        .body(text.as_bytes().to_vec().into())
+        .send()
+        .await
+        .unwrap();
+}
+
+/// A TCP proxy to `upstream` that holds back, for `delay`, what a client
+/// sends when it contains `needle` (lower case): a slow S3 for one kind of
+/// call. Its URL; it stops with the test's runtime.
+async fn slow_proxy(upstream: &str, needle: &'static str, delay: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = upstream.trim_start_matches("http://").to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_server, mut to_server) = server.into_split();
+                let up = async move {
+                    let mut buf = vec![0u8; 1 << 16];
+                    while let Ok(n @ 1..) = from_client.read(&mut buf).await {
+                        let chunk = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+                        if chunk.contains(needle) {
+                            tokio::time::sleep(delay).await;
+                        }
+                        if to_server.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                let down = async move {
+                    let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+                };
+                tokio::join!(up, down);
+            });
+        }
+    });
+    url
+}
+
+/// A finished mark that S3 is slow to make does not outlast the batch:
+/// the record is still reported delivered (or dead-lettered, with one
+/// letter) and not listed for another receive, which would repeat it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_finished_mark_never_makes_a_finished_record_come_back() {
+    for (status, dead) in [(200, 0), (400, 1)] {
+        let dest = serving(ResponseTemplate::new(status)).await;
+        let b = bucket("slow-mark");
+        s3().create_bucket().bucket(&b).send().await.unwrap();
+        let (sqs, q, dlq, _) = with_dlq("payload-slow-mark", &[]).await;
+        let vars = [
+            ("DLQ_URL", dlq.url.as_str()),
+            ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+            ("PAYLOAD_BUCKETS", b.as_str()),
+        ];
+        // Only the mark carries x-amz-tagging: held back 8 s.
+        let slow_s3 = slow_proxy(&endpoint(), "x-amz-tagging:", Duration::from_secs(8)).await;
+        let p = std::sync::Arc::new(
+            retryq::process::Processor::new(config(&vars), sqs.clone(), None)
+                .unwrap()
+                .with_payload_store(retryq::payload::store::PayloadStore::with_client(s3_at(
+                    &slow_s3,
+                ))),
+        );
+        let (message, _) = large_message("slow-mark-1", &dest.uri(), 1000);
+        put_owned(&b, "k", &message).await;
+        send(&sqs, &q, &pointer_to(&b, "k")).await;
+        let received = receive_n(&sqs, &q, 1, Duration::from_secs(10)).await;
+
+        // The invocation ends 3 s from now: the mark cannot be made in it.
+        let failed = failures(&invoke_within(&p, &sqs, &q, &received, 3).await);
+
+        assert!(
+            failed.is_empty(),
+            "HTTP {status}: finished, not left: {failed:?}"
+        );
+        assert_eq!(dest.received_requests().await.unwrap().len(), 1);
+        let letters = receive_n(&sqs, &dlq, 2, Duration::from_secs(2)).await;
+        assert_eq!(letters.len(), dead, "HTTP {status}");
+    }
+}
+
+/// A finished mark belongs to the message it was made for: a new message
+/// whose object was copied from a marked one (tags and all, as S3's copy
+/// does by default) is delivered, not taken as done.
+#[tokio::test]
+async fn a_mark_made_for_another_message_is_not_taken_as_done() {
+    let dest = MockServer::start().await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(ResponseTemplate::new(200))
+        .expect(2)
+        .mount(&dest)
+        .await;
+    let b = bucket("copied-mark");
+    s3().create_bucket().bucket(&b).send().await.unwrap();
+    let (sqs, q, dlq, p) = with_dlq("payload-copied-mark", &[("PAYLOAD_BUCKETS", &b)]).await;
+    let (message, _) = large_message("copied-1", &dest.uri(), 1000);
+    put_owned(&b, "first", &message).await;
+    run_batch(&p, &sqs, &q, &dlq, &[pointer_to(&b, "first")]).await;
+    s3().copy_object()
+        .copy_source(format!("{b}/first"))
+        .bucket(&b)
+        .key("second")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        tags(&b, "second")
+            .await
+            .iter()
+            .any(|(k, _)| k == "retryq-finished"),
+        "the copy carries the first message's mark"
+    );
+
+    let outcomes = run_batch(&p, &sqs, &q, &dlq, &[pointer_to(&b, "second")]).await;
+
+    assert_eq!(outcomes.delivered.len(), 1, "{outcomes:?}");
+    dest.verify().await;
+}
+
+/// Marking keeps what the object's owner gave it (content type, metadata,
+/// other tags); an invalid message's object, which may not be a payload at
+/// all, is not marked (nor stripped); and an object that exists but cannot
+/// be a message (too large) still gets a copy for its letter.
+#[tokio::test]
+async fn marks_keep_the_objects_attributes_and_spare_what_is_not_a_payload() {
+    let dest = serving(ResponseTemplate::new(200)).await;
+    let b = bucket("owned");
+    s3().create_bucket().bucket(&b).send().await.unwrap();
+    let (sqs, q, dlq, p) = with_dlq(
+        "payload-owned",
+        &[
+            ("PAYLOAD_BUCKETS", &b),
+            ("MAX_OFFLOADED_BODY_BYTES", "2000"),
+        ],
+    )
+    .await;
+    let (message, _) = large_message("owned-1", &dest.uri(), 1000);
+    put_owned(&b, "delivered", &message).await;
+    put_owned(&b, "not-a-message", r#"{"invoice": 42}"#).await;
+    let (huge, _) = large_message("owned-2", &dest.uri(), 9000);
+    put_owned(&b, "too-large", &huge).await;
+
+    let outcomes = run_batch(
+        &p,
+        &sqs,
+        &q,
+        &dlq,
+        &[
+            pointer_to(&b, "delivered"),
+            pointer_to(&b, "not-a-message"),
+            pointer_to(&b, "too-large"),
+        ],
+    )
+    .await;
+
+    assert_eq!(outcomes.delivered.len(), 1, "{outcomes:?}");
+    assert_eq!(outcomes.dead.len(), 2, "{outcomes:?}");
+    let head = s3()
+        .head_object()
+        .bucket(&b)
+        .key("delivered")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.content_type(), Some("application/json"));
+    assert_eq!(head.metadata().unwrap()["owner"], "billing");
+    let delivered_tags = tags(&b, "delivered").await;
+    assert!(
+        delivered_tags.contains(&("keep".into(), "forever".into())),
+        "{delivered_tags:?}"
+    );
+    assert!(
+        delivered_tags.contains(&("retryq-finished".into(), "delivered".into())),
+        "{delivered_tags:?}"
+    );
+    assert_eq!(
+        tags(&b, "not-a-message").await,
+        [("keep".to_owned(), "forever".to_owned())]
+    );
+    let head = s3()
+        .head_object()
+        .bucket(&b)
+        .key("not-a-message")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.metadata().unwrap()["owner"], "billing");
+    let letter_keys: Vec<String> = outcomes
+        .dead
+        .values()
+        .map(|l| pointer_key(l.body.as_deref().unwrap()))
+        .collect();
+    assert!(
+        !letter_keys.contains(&"too-large".to_owned()),
+        "the too-large object's letter points to a copy: {letter_keys:?}"
+    );
+    assert_eq!(
+        tags(&b, "too-large").await,
+        [("keep".to_owned(), "forever".to_owned())]
     );
 }
