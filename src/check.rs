@@ -95,6 +95,47 @@ pub fn check_queues(
     findings
 }
 
+pub use crate::payload::LifecycleRule;
+
+/// The rules of `bucket` that could expire a payload while a message in
+/// `queues` still points to it: a payload may be needed for as long as the
+/// longest retention among them (the producer's object in the retry queue;
+/// a letter's copy, written with the letter, in the DLQ).
+pub fn check_payload_lifecycle(
+    bucket: &str,
+    rules: &[LifecycleRule],
+    queues: &[&QueueSettings],
+) -> Vec<Finding> {
+    let needed = queues.iter().map(|q| q.retention).max().unwrap_or_default();
+    let mut findings = Vec::new();
+    for rule in rules.iter().filter(|r| r.enabled && !r.only_finished) {
+        let problem = if let Some(date) = &rule.expiration_date {
+            Some(format!(
+                "rule {:?} expires every payload it matches on {date}, whatever a message still needs",
+                rule.id
+            ))
+        } else {
+            rule.expiration_days
+                .filter(|days| u64::from(*days) * 86_400 < needed.as_secs())
+                .map(|days| {
+                    format!(
+                        "rule {:?} expires payloads after {days} day(s), before the {} s a message may point to one: it would be dead-lettered invalid-message",
+                        rule.id,
+                        needed.as_secs()
+                    )
+                })
+        };
+        if let Some(problem) = problem {
+            findings.push(Finding {
+                queue: format!("s3://{bucket}"),
+                attribute: "LifecycleConfiguration",
+                problem,
+            });
+        }
+    }
+    findings
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,58 +247,4 @@ mod tests {
             findings[0]
         );
     }
-}
-
-/// One rule of a payload bucket's lifecycle configuration, as far as the
-/// lifetime of payloads is concerned (§12.1).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LifecycleRule {
-    pub id: String,
-    pub enabled: bool,
-    /// `Expiration.Days`: counted from an object's creation.
-    pub expiration_days: Option<u32>,
-    /// `Expiration.Date`: every object it matches goes on that day.
-    pub expiration_date: Option<String>,
-    /// The rule matches only payloads retryq marked finished (its filter is
-    /// the `retryq-finished` tag): no message needs those any more.
-    pub only_finished: bool,
-}
-
-/// The rules of `bucket` that could expire a payload while a message in
-/// `queues` still points to it: a payload may be needed for as long as the
-/// longest retention among them (the producer's object in the retry queue;
-/// a letter's copy, written with the letter, in the DLQ).
-pub fn check_payload_lifecycle(
-    bucket: &str,
-    rules: &[LifecycleRule],
-    queues: &[&QueueSettings],
-) -> Vec<Finding> {
-    let needed = queues.iter().map(|q| q.retention).max().unwrap_or_default();
-    let mut findings = Vec::new();
-    for rule in rules.iter().filter(|r| r.enabled && !r.only_finished) {
-        let problem = if let Some(date) = &rule.expiration_date {
-            Some(format!(
-                "rule {:?} expires every payload it matches on {date}, whatever a message still needs",
-                rule.id
-            ))
-        } else {
-            rule.expiration_days
-                .filter(|days| u64::from(*days) * 86_400 < needed.as_secs())
-                .map(|days| {
-                    format!(
-                        "rule {:?} expires payloads after {days} day(s), before the {} s a message may point to one: it would be dead-lettered invalid-message",
-                        rule.id,
-                        needed.as_secs()
-                    )
-                })
-        };
-        if let Some(problem) = problem {
-            findings.push(Finding {
-                queue: format!("s3://{bucket}"),
-                attribute: "LifecycleConfiguration",
-                problem,
-            });
-        }
-    }
-    findings
 }

@@ -32,38 +32,26 @@ pub const POINTER_CLASS: &str = "software.amazon.payloadoffloading.PayloadS3Poin
 /// The pointer class of the first Java Extended Client.
 const LEGACY_POINTER_CLASS: &str = "com.amazon.sqs.javamessaging.MessageS3Pointer";
 
-/// How the message of a payload was finished, as the object's tag
-/// [`FINISHED_TAG`] records it (§12.3): a redelivery of that message is
-/// then acknowledged without a new attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Finished {
-    /// Its request was delivered.
-    Delivered,
-    /// It was dead-lettered; the DLQ copy points to a copy of the object.
-    DeadLettered,
-}
+pub use crate::policy::record::Finished;
 
 /// The tag key of a finished payload; the value is [`Finished::as_str`].
 /// The template's bucket expires objects carrying it a day after the tag
 /// was set (it is set by a copy onto itself, which starts the day anew).
 pub const FINISHED_TAG: &str = "retryq-finished";
 
-impl Finished {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Finished::Delivered => "delivered",
-            Finished::DeadLettered => "dead-lettered",
-        }
-    }
-
-    /// The tag value read back.
-    pub fn from_tag(value: &str) -> Option<Finished> {
-        match value {
-            "delivered" => Some(Finished::Delivered),
-            "dead-lettered" => Some(Finished::DeadLettered),
-            _ => None,
-        }
-    }
+/// One rule of a payload bucket's lifecycle configuration, as far as the
+/// lifetime of payloads is concerned (§12.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LifecycleRule {
+    pub id: String,
+    pub enabled: bool,
+    /// `Expiration.Days`: counted from an object's creation.
+    pub expiration_days: Option<u32>,
+    /// `Expiration.Date`: every object it matches goes on that day.
+    pub expiration_date: Option<String>,
+    /// The rule matches only payloads retryq marked finished (its filter is
+    /// the [`FINISHED_TAG`] tag): no message needs those any more.
+    pub only_finished: bool,
 }
 
 /// Where an offloaded payload is.

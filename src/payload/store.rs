@@ -305,10 +305,7 @@ impl PayloadStore {
 
     /// The bucket's lifecycle rules, for `retryq validate --payload-bucket`
     /// (none when it has no lifecycle configuration).
-    pub async fn lifecycle_rules(
-        &self,
-        bucket: &str,
-    ) -> Result<Vec<crate::check::LifecycleRule>, String> {
+    pub async fn lifecycle_rules(&self, bucket: &str) -> Result<Vec<super::LifecycleRule>, String> {
         let call = self
             .client()
             .await
@@ -380,14 +377,14 @@ impl PayloadStore {
 }
 
 /// What the payload lifetime check needs of one rule.
-fn lifecycle_rule(rule: &aws_sdk_s3::types::LifecycleRule) -> crate::check::LifecycleRule {
+fn lifecycle_rule(rule: &aws_sdk_s3::types::LifecycleRule) -> super::LifecycleRule {
     let finished_tag = |t: &aws_sdk_s3::types::Tag| t.key() == FINISHED_TAG;
     let only_finished = rule.filter().is_some_and(|f| {
         f.tag().is_some_and(finished_tag)
             || f.and()
                 .is_some_and(|and| and.tags().iter().any(finished_tag))
     });
-    crate::check::LifecycleRule {
+    super::LifecycleRule {
         id: rule.id().unwrap_or("(no id)").to_owned(),
         enabled: *rule.status() == aws_sdk_s3::types::ExpirationStatus::Enabled,
         expiration_days: rule

@@ -116,7 +116,7 @@ pub struct Received<'a> {
     /// A payload pointer whose object is marked finished (§12.3): this is
     /// a redelivery of a delivered or dead-lettered record, acknowledged
     /// without a new attempt.
-    pub already_finished: Option<crate::payload::Finished>,
+    pub already_finished: Option<Finished>,
 }
 
 impl<'a> Received<'a> {
@@ -239,14 +239,44 @@ pub enum AttemptResult<'a> {
     Invalid(&'a str),
 }
 
+/// How the message of a payload was finished, as the object's tag
+/// `retryq-finished` records it (§12.3): a redelivery of that message is
+/// then acknowledged without a new attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// Its request was delivered.
+    Delivered,
+    /// It was dead-lettered; the DLQ copy points to a copy of the object.
+    DeadLettered,
+}
+
+impl Finished {
+    /// Its name, as the payload's tag carries it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Finished::Delivered => "delivered",
+            Finished::DeadLettered => "dead-lettered",
+        }
+    }
+
+    /// The tag value read back.
+    pub fn from_tag(value: &str) -> Option<Finished> {
+        match value {
+            "delivered" => Some(Finished::Delivered),
+            "dead-lettered" => Some(Finished::DeadLettered),
+            _ => None,
+        }
+    }
+}
+
 /// Before the attempt: parse, check, and decide whether to make one.
 pub fn plan(received: &Received<'_>, settings: &Settings<'_>, now: SystemTime) -> Plan {
     if let Some(finished) = received.already_finished {
         return Plan::Decided(Decision {
             attempt: received.receive_count,
             label: match finished {
-                crate::payload::Finished::Delivered => Label::AlreadyDelivered,
-                crate::payload::Finished::DeadLettered => Label::AlreadyDeadLettered,
+                Finished::Delivered => Label::AlreadyDelivered,
+                Finished::DeadLettered => Label::AlreadyDeadLettered,
             },
             status: None,
             action: Action::Ack,
@@ -555,12 +585,12 @@ mod tests {
         // Its fourth receive, past the three attempts: finished is final.
         for (finished, label, name) in [
             (
-                crate::payload::Finished::Delivered,
+                Finished::Delivered,
                 Label::AlreadyDelivered,
                 "already-delivered",
             ),
             (
-                crate::payload::Finished::DeadLettered,
+                Finished::DeadLettered,
                 Label::AlreadyDeadLettered,
                 "already-dead-lettered",
             ),

@@ -245,6 +245,21 @@ pub async fn invoke(
     invoke_within(processor, sqs, q, messages, 60).await
 }
 
+/// Hands `received` to the handler as one event and deletes nothing, as
+/// when the answer is lost and the same messages come again: the ids of
+/// `batchItemFailures`.
+pub async fn handle_unacknowledged(
+    processor: Arc<Processor>,
+    q: &TestQueue,
+    received: &[Message],
+) -> Vec<String> {
+    let event = retryq::trigger::sqs_event(received, &q.arn, REGION);
+    let answer = retryq::lambda::handle(processor, LambdaEvent::new(event, context(60)))
+        .await
+        .expect("the handler answers");
+    failures(&answer)
+}
+
 /// As [`invoke`], with the invocation's deadline `secs` away.
 pub async fn invoke_within(
     processor: &Arc<Processor>,
@@ -729,6 +744,18 @@ pub async fn serving(response: wiremock::ResponseTemplate) -> wiremock::MockServ
     let server = wiremock::MockServer::start().await;
     wiremock::Mock::given(wiremock::matchers::any())
         .respond_with(response)
+        .mount(&server)
+        .await;
+    server
+}
+
+/// A destination answering `status` to anything, which fails the test
+/// (on `verify`) unless it got exactly `n` requests.
+pub async fn expecting(status: u16, n: u64) -> wiremock::MockServer {
+    let server = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::any())
+        .respond_with(wiremock::ResponseTemplate::new(status))
+        .expect(n)
         .mount(&server)
         .await;
     server

@@ -204,15 +204,9 @@ async fn fifo_dead_letters_are_deduplicated_on_the_original_message_id() {
 
     // The first record's dead letter is sent twice, by two processors (as
     // after a lost acknowledgement): the second is a duplicate of the first.
-    let once = retryq::trigger::sqs_event(&received[..1], &source.arn, REGION);
     for _ in 0..2 {
-        let answer = retryq::lambda::handle(
-            processor(&vars),
-            lambda_runtime::LambdaEvent::new(once.clone(), context(60)),
-        )
-        .await
-        .unwrap();
-        assert!(failures(&answer).is_empty(), "dead-lettered: {answer:?}");
+        let failed = handle_unacknowledged(processor(&vars), &source, &received[..1]).await;
+        assert!(failed.is_empty(), "dead-lettered: {failed:?}");
     }
     let copies = receive_n(&sqs, &dlq, 2, Duration::from_secs(3)).await;
     assert_eq!(copies.len(), 1, "one copy of the first record: {copies:?}");

@@ -65,9 +65,7 @@ async fn a_message_the_extended_client_offloaded_is_delivered_and_its_object_mar
     let (sqs, q, dlq, p) = with_dlq("payload-ok", &[("PAYLOAD_BUCKETS", &b)]).await;
     // Above SQS's 256 KiB and retryq's 512 KiB inline limit.
     let (message, body) = large_message("big-1", &dest.uri(), 900 * 1024);
-    extended_client(&["send", &q.url, &b], &message);
-
-    let received = receive_n(&sqs, &q, 1, Duration::from_secs(20)).await;
+    let received = offloaded(&sqs, &q, &b, &message).await;
     let pointer = received[0].body.clone().unwrap();
     let key = pointer_key(&pointer);
     let written = last_modified(&b, &key).await;
@@ -103,6 +101,50 @@ async fn a_message_the_extended_client_offloaded_is_delivered_and_its_object_mar
         ],
         "the delivered payload is marked for its message, for the lifecycle rule to remove"
     );
+}
+
+/// A message offloaded by the Extended Client and received, with the
+/// processor that follows pointers into its bucket.
+struct Offloaded {
+    sqs: aws_sdk_sqs::Client,
+    q: TestQueue,
+    dlq: TestQueue,
+    p: std::sync::Arc<retryq::process::Processor>,
+    b: String,
+    message: String,
+    received: Vec<aws_sdk_sqs::types::Message>,
+}
+
+/// A Retry Message `id` to `url` with a body of `size` bytes, offloaded to a
+/// new bucket (`name`) by the SQS Extended Client and received.
+async fn offloaded_to(url: &str, name: &str, id: &str, size: usize) -> Offloaded {
+    let b = bucket(name);
+    let (sqs, q, dlq, p) = with_dlq(&format!("payload-{name}"), &[("PAYLOAD_BUCKETS", &b)]).await;
+    let (message, _) = large_message(id, url, size);
+    let received = offloaded(&sqs, &q, &b, &message).await;
+    Offloaded {
+        sqs,
+        q,
+        dlq,
+        p,
+        b,
+        message,
+        received,
+    }
+}
+
+/// Sends `message` through the SQS Extended Client (offloaded to bucket
+/// `b`) and receives it, as the event source mapping would.
+async fn offloaded(
+    sqs: &aws_sdk_sqs::Client,
+    q: &TestQueue,
+    b: &str,
+    message: &str,
+) -> Vec<aws_sdk_sqs::types::Message> {
+    extended_client(&["send", &q.url, b], message);
+    let received = receive_n(sqs, q, 1, Duration::from_secs(20)).await;
+    assert_eq!(received.len(), 1, "the offloaded message was received");
+    received
 }
 
 /// The `s3Key` of a pointer body.
@@ -144,30 +186,21 @@ async fn tags(bucket: &str, key: &str) -> Vec<(String, String)> {
 /// retried.
 #[tokio::test]
 async fn a_redelivered_pointer_record_that_was_delivered_is_acknowledged_without_a_request() {
-    let dest = MockServer::start().await;
-    Mock::given(wiremock::matchers::any())
-        .respond_with(ResponseTemplate::new(200))
-        .expect(1)
-        .mount(&dest)
-        .await;
-    let b = bucket("again");
-    let (sqs, q, dlq, p) = with_dlq("payload-again", &[("PAYLOAD_BUCKETS", &b)]).await;
-    let (message, _) = large_message("again-1", &dest.uri(), 300 * 1024);
-    extended_client(&["send", &q.url, &b], &message);
-    let received = receive_n(&sqs, &q, 1, Duration::from_secs(20)).await;
-    assert_eq!(received.len(), 1);
+    let dest = expecting(200, 1).await;
+    let Offloaded {
+        sqs,
+        q,
+        dlq,
+        p,
+        received,
+        ..
+    } = offloaded_to(&dest.uri(), "again", "again-1", 300 * 1024).await;
 
     // Delivered, but its acknowledgement is lost: the same message is
     // handled again (the handler directly, nothing deleted in between).
-    let event = retryq::trigger::sqs_event(&received, &q.arn, REGION);
     for _ in 0..2 {
-        let answer = retryq::lambda::handle(
-            std::sync::Arc::clone(&p),
-            lambda_runtime::LambdaEvent::new(event.clone(), context(60)),
-        )
-        .await
-        .unwrap();
-        assert!(failures(&answer).is_empty(), "{answer:?}");
+        let failed = handle_unacknowledged(std::sync::Arc::clone(&p), &q, &received).await;
+        assert!(failed.is_empty(), "{failed:?}");
     }
 
     assert_eq!(depth(&sqs, &dlq).await, (0, 0), "not dead-lettered");
@@ -188,12 +221,15 @@ async fn a_dead_lettered_pointer_points_to_a_fresh_copy_that_outlives_the_origin
         .expect(1)
         .mount(&dest)
         .await;
-    let b = bucket("dead");
-    let (sqs, q, dlq, p) = with_dlq("payload-dead", &[("PAYLOAD_BUCKETS", &b)]).await;
-    let (message, _) = large_message("big-2", &dest.uri(), 300 * 1024);
-    extended_client(&["send", &q.url, &b], &message);
-
-    let received = receive_n(&sqs, &q, 1, Duration::from_secs(20)).await;
+    let Offloaded {
+        sqs,
+        q,
+        dlq,
+        p,
+        b,
+        message,
+        received,
+    } = offloaded_to(&dest.uri(), "dead", "big-2", 300 * 1024).await;
     let original = pointer_key(received[0].body.as_deref().unwrap());
     let failed = failures(&invoke(&p, &sqs, &q, &received).await);
     // Seen raw (and left visible), then through the Extended Client.
@@ -265,30 +301,22 @@ async fn a_dead_lettered_pointer_points_to_a_fresh_copy_that_outlives_the_origin
 /// new attempt and without a second letter.
 #[tokio::test]
 async fn a_redelivered_dead_lettered_pointer_record_makes_no_second_letter() {
-    let dest = MockServer::start().await;
-    Mock::given(wiremock::matchers::any())
-        .respond_with(ResponseTemplate::new(404))
-        .expect(1)
-        .mount(&dest)
-        .await;
-    let b = bucket("dead-again");
-    let (sqs, q, dlq, p) = with_dlq("payload-dead-again", &[("PAYLOAD_BUCKETS", &b)]).await;
-    let (message, _) = large_message("dead-again-1", &dest.uri(), 300 * 1024);
-    extended_client(&["send", &q.url, &b], &message);
-    let received = receive_n(&sqs, &q, 1, Duration::from_secs(20)).await;
-    let event = retryq::trigger::sqs_event(&received, &q.arn, REGION);
+    let dest = expecting(404, 1).await;
+    let Offloaded {
+        sqs,
+        q,
+        dlq,
+        p,
+        received,
+        ..
+    } = offloaded_to(&dest.uri(), "dead-again", "dead-again-1", 300 * 1024).await;
     for _ in 0..2 {
         // A new processor each time: no memory of the first in-process.
         let p = std::sync::Arc::new(
             retryq::process::Processor::new(p.config().clone(), sqs.clone(), None).unwrap(),
         );
-        let answer = retryq::lambda::handle(
-            p,
-            lambda_runtime::LambdaEvent::new(event.clone(), context(60)),
-        )
-        .await
-        .unwrap();
-        assert!(failures(&answer).is_empty(), "{answer:?}");
+        let failed = handle_unacknowledged(p, &q, &received).await;
+        assert!(failed.is_empty(), "{failed:?}");
     }
     let letters = receive_n(&sqs, &dlq, 2, Duration::from_secs(3)).await;
     assert_eq!(letters.len(), 1, "one letter");
@@ -316,11 +344,7 @@ async fn pointers_that_cannot_be_resolved_are_invalid_messages_naming_the_object
         .send()
         .await
         .unwrap();
-    let pointer = |key: &str| {
-        format!(
-            r#"["software.amazon.payloadoffloading.PayloadS3Pointer", {{"s3BucketName": "{b}", "s3Key": "{key}"}}]"#
-        )
-    };
+    let pointer = |key: &str| pointer_to(&b, key);
     send(&sqs, &q, &pointer("missing-key")).await;
     send(&sqs, &q, &pointer("too-big")).await;
     send(
@@ -472,9 +496,7 @@ async fn a_pointer_into_a_bucket_not_listed_is_invalid_and_its_object_untouched(
         .send()
         .await
         .unwrap();
-    let pointer = format!(
-        r#"["software.amazon.payloadoffloading.PayloadS3Pointer", {{"s3BucketName": "{foreign}", "s3Key": "k"}}]"#
-    );
+    let pointer = pointer_to(&foreign, "k");
     let unreachable_s3 = format!("http://127.0.0.1:{}", free_port());
     for (listed, says) in [
         (Some("retryq-own-payloads"), "not in PAYLOAD_BUCKETS"),
@@ -530,20 +552,13 @@ async fn a_pointer_into_a_bucket_not_listed_is_invalid_and_its_object_untouched(
 /// `already-delivered`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_cargo_lambda_watch_a_delivered_pointer_invoked_twice_makes_one_request() {
-    let dest = MockServer::start().await;
-    Mock::given(wiremock::matchers::any())
-        .respond_with(ResponseTemplate::new(200))
-        .expect(1)
-        .mount(&dest)
-        .await;
+    let dest = expecting(200, 1).await;
     let sqs = sqs();
     let q = queue(&sqs, "payload-watch").await;
     let dlq = queue(&sqs, "payload-watch-dlq").await;
     let b = bucket("watch");
     let (message, _) = large_message("watch-1", &dest.uri(), 300 * 1024);
-    extended_client(&["send", &q.url, &b], &message);
-    let received = receive_n(&sqs, &q, 1, Duration::from_secs(20)).await;
-    assert_eq!(received.len(), 1);
+    let received = offloaded(&sqs, &q, &b, &message).await;
     let event = retryq::trigger::sqs_event(&received, &q.arn, REGION);
     let dir = std::env::temp_dir().join(format!("retryq-payload-watch-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -705,9 +720,7 @@ async fn fetched_payload_bodies_stay_within_the_memory_budget() {
             .send()
             .await
             .unwrap();
-        pointers.push(format!(
-            r#"["software.amazon.payloadoffloading.PayloadS3Pointer", {{"s3BucketName": "{b}", "s3Key": "{id}"}}]"#
-        ));
+        pointers.push(pointer_to(&b, &id));
     }
 
     let outcomes = run_batch(&p, &sqs, &q, &dlq, &pointers).await;
@@ -830,12 +843,7 @@ async fn a_slow_finished_mark_never_makes_a_finished_record_come_back() {
 /// does by default) is delivered, not taken as done.
 #[tokio::test]
 async fn a_mark_made_for_another_message_is_not_taken_as_done() {
-    let dest = MockServer::start().await;
-    Mock::given(wiremock::matchers::any())
-        .respond_with(ResponseTemplate::new(200))
-        .expect(2)
-        .mount(&dest)
-        .await;
+    let dest = expecting(200, 2).await;
     let b = bucket("copied-mark");
     s3().create_bucket().bucket(&b).send().await.unwrap();
     let (sqs, q, dlq, p) = with_dlq("payload-copied-mark", &[("PAYLOAD_BUCKETS", &b)]).await;

@@ -212,6 +212,25 @@ async fn a_non_retryable_request_is_not_sent_again_because_its_dead_letter_faile
 
 // 8.3 ------------------------------------------------------------------------
 
+/// A processor with one `header` profile "p" whose `x-api-key` is the
+/// Secrets Manager secret `arn`, dead-lettering to `dlq`, and `extra`.
+fn key_profile_processor(
+    dlq: &TestQueue,
+    arn: &str,
+    extra: &[(&str, &str)],
+) -> Arc<retryq::process::Processor> {
+    let profiles =
+        serde_json::json!({"p": {"type": "header", "name": "x-api-key", "valueArn": arn}})
+            .to_string();
+    let mut vars = vec![
+        ("DLQ_URL", dlq.url.as_str()),
+        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+        ("AUTH_PROFILES", profiles.as_str()),
+    ];
+    vars.extend_from_slice(extra);
+    processor(&vars)
+}
+
 /// The API key rotation, refused with `status`: read again at once and the
 /// request tried again within the same attempt.
 async fn rotated_api_key_refused_with(status: u16) {
@@ -234,13 +253,7 @@ async fn rotated_api_key_refused_with(status: u16) {
         .respond_with(ResponseTemplate::new(status))
         .mount(&dest)
         .await;
-    let profiles =
-        serde_json::json!({"p": {"type": "header", "name": "x-api-key", "valueArn": arn}});
-    let p = processor(&[
-        ("DLQ_URL", &dlq.url),
-        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
-        ("AUTH_PROFILES", &profiles.to_string()),
-    ]);
+    let p = key_profile_processor(&dlq, &arn, &[]);
     let auth = serde_json::json!({"auth": "p"});
 
     let first = [message("k-1", &dest.uri(), auth.clone())];
@@ -283,14 +296,7 @@ async fn a_secret_is_read_again_once_its_ttl_has_passed() {
             .mount(&dest)
             .await;
     }
-    let profiles =
-        serde_json::json!({"p": {"type": "header", "name": "x-api-key", "valueArn": arn}});
-    let p = processor(&[
-        ("DLQ_URL", &dlq.url),
-        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
-        ("AUTH_PROFILES", &profiles.to_string()),
-        ("SECRET_TTL_SECONDS", "1"),
-    ]);
+    let p = key_profile_processor(&dlq, &arn, &[("SECRET_TTL_SECONDS", "1")]);
     let auth = serde_json::json!({"auth": "p"});
     run_batch(
         &p,
