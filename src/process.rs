@@ -1042,6 +1042,10 @@ impl Processor {
         let Resolved::Offloaded { pointer, kept, .. } = resolved else {
             return;
         };
+        if kept.is_letter() {
+            // A letter's copy, named by some message: the letter keeps it.
+            return;
+        }
         let mark = Box::pin(
             self.payloads
                 .mark_finished(pointer, how, &record.message_id, kept),
@@ -1089,13 +1093,16 @@ impl Processor {
                 };
                 let fresh = match existing {
                     None => None,
-                    Some(pointer) => match Box::pin(self.payloads.copy(pointer)).await {
-                        Ok(copy) => Some(copy.body()),
-                        Err(e) => {
-                            self.set_pending_dead_letter(&record.message_id, Some(dead_letter));
-                            return Disposition::Unfinished(e);
+                    Some(pointer) => {
+                        match Box::pin(self.payloads.copy(pointer, Some(&record.message_id))).await
+                        {
+                            Ok(copy) => Some(copy.body()),
+                            Err(e) => {
+                                self.set_pending_dead_letter(&record.message_id, Some(dead_letter));
+                                return Disposition::Unfinished(e);
+                            }
                         }
-                    },
+                    }
                 };
                 let copy = DeadLetterCopy {
                     body: fresh.as_deref().unwrap_or(&record.body),

@@ -39,6 +39,11 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// object, a pointer to another message's payload) is not taken as done.
 pub const MESSAGE_TAG: &str = "retryq-message";
 
+/// The tag of a dead letter's copy, naming the SQS message it was made
+/// for. Such an object is never marked finished, whatever message names
+/// it: the letter keeps its object until the letter is gone.
+pub const LETTER_TAG: &str = "retryq-letter";
+
 /// A payload read from S3.
 #[derive(Debug)]
 pub struct Payload {
@@ -61,6 +66,13 @@ pub struct Kept {
     content_type: Option<String>,
     metadata: Option<std::collections::HashMap<String, String>>,
     tags: Vec<(String, String)>,
+}
+
+impl Kept {
+    /// Is the object a dead letter's copy ([`LETTER_TAG`])?
+    pub fn is_letter(&self) -> bool {
+        self.tags.iter().any(|(k, _)| k == LETTER_TAG)
+    }
 }
 
 impl PayloadStore {
@@ -278,7 +290,13 @@ impl PayloadStore {
     /// now (§12.1): what a dead letter or a redriven letter points to, so
     /// that its object lives as long as its queue keeps it. Server-side;
     /// the copy has no tags.
-    pub async fn copy(&self, p: &PayloadPointer) -> Result<PayloadPointer, String> {
+    /// A letter's copy (`letter_of`: the SQS message it is the letter of)
+    /// carries [`LETTER_TAG`].
+    pub async fn copy(
+        &self,
+        p: &PayloadPointer,
+        letter_of: Option<&str>,
+    ) -> Result<PayloadPointer, String> {
         let copy = PayloadPointer {
             bucket: p.bucket.clone(),
             key: uuid::Uuid::new_v4().to_string(),
@@ -291,6 +309,7 @@ impl PayloadStore {
             .bucket(&copy.bucket)
             .key(&copy.key)
             .tagging_directive(aws_sdk_s3::types::TaggingDirective::Replace)
+            .set_tagging(letter_of.map(|id| tagging(&[(LETTER_TAG.to_owned(), id.to_owned())])))
             .send();
         match tokio::time::timeout(CALL_TIMEOUT, call).await {
             Ok(Ok(_)) => Ok(copy),

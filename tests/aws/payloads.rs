@@ -210,7 +210,8 @@ async fn a_redelivered_pointer_record_that_was_delivered_is_acknowledged_without
 #[tokio::test]
 async fn a_dead_lettered_pointer_points_to_a_fresh_copy_that_outlives_the_original() {
     let dest = MockServer::start().await;
-    // A 400 first (dead-lettered), then 200 for the redriven copy.
+    // A 400 first (dead-lettered), then 200 for a message naming the
+    // letter's copy and for the redriven copy.
     Mock::given(wiremock::matchers::any())
         .respond_with(ResponseTemplate::new(400))
         .up_to_n_times(1)
@@ -218,7 +219,7 @@ async fn a_dead_lettered_pointer_points_to_a_fresh_copy_that_outlives_the_origin
         .await;
     Mock::given(wiremock::matchers::any())
         .respond_with(ResponseTemplate::new(200))
-        .expect(1)
+        .expect(2)
         .mount(&dest)
         .await;
     let Offloaded {
@@ -249,7 +250,27 @@ async fn a_dead_lettered_pointer_points_to_a_fresh_copy_that_outlives_the_origin
     );
     let fresh = pointer_key(raw[0].body.as_deref().unwrap());
     assert_ne!(fresh, original, "the letter points to a copy written now");
-    assert_eq!(tags(&b, &fresh).await, [], "the copy is not marked");
+    assert_eq!(
+        tags(&b, &fresh).await,
+        [(
+            "retryq-letter".to_owned(),
+            received[0].message_id.clone().unwrap()
+        )],
+        "the copy is the letter's, not marked finished"
+    );
+
+    // A message that names the letter's copy (its key guessed or leaked)
+    // is handled, but cannot get the letter's object marked and expired.
+    send(&sqs, &q, &pointer_to(&b, &fresh)).await;
+    let named = receive_n(&sqs, &q, 1, Duration::from_secs(10)).await;
+    assert!(failures(&invoke(&p, &sqs, &q, &named).await).is_empty());
+    assert!(
+        !tags(&b, &fresh)
+            .await
+            .iter()
+            .any(|(k, _)| k == "retryq-finished"),
+        "a letter's copy is never marked"
+    );
     assert_eq!(
         tags(&b, &original).await,
         [
@@ -811,8 +832,14 @@ async fn a_slow_finished_mark_never_makes_a_finished_record_come_back() {
             ("ALLOW_PRIVATE_DESTINATIONS", "true"),
             ("PAYLOAD_BUCKETS", b.as_str()),
         ];
-        // Only the mark carries x-amz-tagging: held back 8 s.
-        let slow_s3 = slow_proxy(&endpoint(), "x-amz-tagging:", Duration::from_secs(8)).await;
+        // Only the mark replaces the metadata (a copy onto itself): held
+        // back 8 s.
+        let slow_s3 = slow_proxy(
+            &endpoint(),
+            "x-amz-metadata-directive:",
+            Duration::from_secs(8),
+        )
+        .await;
         let p = std::sync::Arc::new(
             retryq::process::Processor::new(config(&vars), sqs.clone(), None)
                 .unwrap()
