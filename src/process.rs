@@ -502,7 +502,7 @@ impl Processor {
 
     /// All the work for one record: decide, apply, log one line.
     pub async fn process_record(&self, record: Record, batch: &Batch) -> Processed {
-        let mut resolved = self.resolve(&record, self.wait_limit(batch)).await;
+        let mut resolved = self.resolve(&record, batch).await;
         let mut destination = None;
         let (decision, latency, ledger) = self
             .decide(&record, &mut resolved, batch, &mut destination)
@@ -987,7 +987,7 @@ impl Processor {
     /// may hold the body as text or base64 and the message around it, so it
     /// may be somewhat larger than `MAX_OFFLOADED_BODY_BYTES`; the body's
     /// own limit is checked once it is parsed.
-    async fn resolve(&self, record: &Record, until: Instant) -> Resolved {
+    async fn resolve(&self, record: &Record, batch: &Batch) -> Resolved {
         let pointer = match PayloadPointer::parse(&record.body) {
             None => return Resolved::Inline,
             Some(Err(why)) => return Resolved::Unresolvable(why, None),
@@ -1005,7 +1005,9 @@ impl Processor {
             .saturating_add(OBJECT_ROOM);
         // Boxed: the S3 call's future is kilobytes large, and only a
         // pointer needs it.
-        let until = tokio::time::Instant::from_std(until);
+        // Room in PAYLOAD_MEMORY_BYTES may be waited for as long as a
+        // token or the breaker's probe.
+        let until = tokio::time::Instant::from_std(self.wait_limit(batch));
         let budget = &self.payload_budget;
         let get = self
             .payloads

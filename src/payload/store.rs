@@ -1,8 +1,8 @@
 //! The S3 adapter of the claim check: reads an offloaded payload, copies
 //! it for a dead letter, marks it finished (a tag the bucket's lifecycle
-//! rule expires a day later), and stores one for the producer. The client is built on the first pointer,
-//! so a process that never meets one never reads the AWS configuration for
-//! it.
+//! rule expires a day later), and stores one for the producer. The client
+//! is built on the first pointer, so a process that never meets one never
+//! reads the AWS configuration for it.
 
 use std::time::Duration;
 
@@ -217,22 +217,14 @@ impl PayloadStore {
             .bucket(&p.bucket)
             .key(&p.key)
             .send();
-        match tokio::time::timeout(CALL_TIMEOUT, call).await {
-            Ok(Ok(tags)) => Ok(tags
-                .tag_set()
-                .iter()
-                .map(|t| (t.key().to_owned(), t.value().to_owned()))
-                .collect()),
-            Ok(Err(e)) => Err(PayloadError::Unavailable(format!(
-                "payload pointer: S3 failed reading the tags of {} ({})",
-                p.address(),
-                e.code().unwrap_or("no answer")
-            ))),
-            Err(_) => Err(PayloadError::Unavailable(format!(
-                "payload pointer: S3 timed out reading the tags of {}",
-                p.address()
-            ))),
-        }
+        let tags = bounded(&format!("reading the tags of {}", p.address()), call)
+            .await
+            .map_err(|f| PayloadError::Unavailable(format!("payload pointer: {}", f.text)))?;
+        Ok(tags
+            .tag_set()
+            .iter()
+            .map(|t| (t.key().to_owned(), t.value().to_owned()))
+            .collect())
     }
 
     /// Marks a payload finished instead of deleting it: a redelivery of its
@@ -270,28 +262,15 @@ impl PayloadStore {
             .tagging_directive(aws_sdk_s3::types::TaggingDirective::Replace)
             .tagging(tagging(&tags))
             .send();
-        match tokio::time::timeout(CALL_TIMEOUT, call).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!(
-                "S3 failed marking {} {} ({})",
-                p.address(),
-                how.as_str(),
-                e.code().unwrap_or("no answer")
-            )),
-            Err(_) => Err(format!(
-                "S3 timed out marking {} {}",
-                p.address(),
-                how.as_str()
-            )),
-        }
+        let doing = format!("marking {} {}", p.address(), how.as_str());
+        bounded(&doing, call).await.map(drop).map_err(|f| f.text)
     }
 
     /// A copy of the payload under a new key in the same bucket, written
     /// now (§12.1): what a dead letter or a redriven letter points to, so
-    /// that its object lives as long as its queue keeps it. Server-side;
-    /// the copy has no tags.
+    /// that its object lives as long as its queue keeps it. Server-side.
     /// A letter's copy (`letter_of`: the SQS message it is the letter of)
-    /// carries [`LETTER_TAG`].
+    /// carries [`LETTER_TAG`] and no other tag; any other copy none.
     pub async fn copy(
         &self,
         p: &PayloadPointer,
@@ -311,15 +290,11 @@ impl PayloadStore {
             .tagging_directive(aws_sdk_s3::types::TaggingDirective::Replace)
             .set_tagging(letter_of.map(|id| tagging(&[(LETTER_TAG.to_owned(), id.to_owned())])))
             .send();
-        match tokio::time::timeout(CALL_TIMEOUT, call).await {
-            Ok(Ok(_)) => Ok(copy),
-            Ok(Err(e)) => Err(format!(
-                "S3 failed copying {} ({})",
-                p.address(),
-                e.code().unwrap_or("no answer")
-            )),
-            Err(_) => Err(format!("S3 timed out copying {}", p.address())),
-        }
+        let doing = format!("copying {}", p.address());
+        bounded(&doing, call)
+            .await
+            .map(|_| copy)
+            .map_err(|f| f.text)
     }
 
     /// The bucket's lifecycle rules, for `retryq validate --payload-bucket`
@@ -331,20 +306,12 @@ impl PayloadStore {
             .get_bucket_lifecycle_configuration()
             .bucket(bucket)
             .send();
-        let config = match tokio::time::timeout(CALL_TIMEOUT, call).await {
-            Ok(Ok(config)) => config,
-            Ok(Err(e)) if e.code() == Some("NoSuchLifecycleConfiguration") => return Ok(Vec::new()),
-            Ok(Err(e)) => {
-                return Err(format!(
-                    "S3 failed reading the lifecycle of s3://{bucket} ({})",
-                    e.code().unwrap_or("no answer")
-                ))
+        let config = match bounded(&format!("reading the lifecycle of s3://{bucket}"), call).await {
+            Ok(config) => config,
+            Err(f) if f.code.as_deref() == Some("NoSuchLifecycleConfiguration") => {
+                return Ok(Vec::new())
             }
-            Err(_) => {
-                return Err(format!(
-                    "S3 timed out reading the lifecycle of s3://{bucket}"
-                ))
-            }
+            Err(f) => return Err(f.text),
         };
         Ok(config.rules().iter().map(lifecycle_rule).collect())
     }
@@ -358,15 +325,8 @@ impl PayloadStore {
             .bucket(&p.bucket)
             .key(&p.key)
             .send();
-        match tokio::time::timeout(CALL_TIMEOUT, call).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!(
-                "S3 failed deleting {} ({})",
-                p.address(),
-                e.code().unwrap_or("no answer")
-            )),
-            Err(_) => Err(format!("S3 timed out deleting {}", p.address())),
-        }
+        let doing = format!("deleting {}", p.address());
+        bounded(&doing, call).await.map(drop).map_err(|f| f.text)
     }
 
     /// Stores `body` under a new key in `bucket`; its pointer.
@@ -383,15 +343,34 @@ impl PayloadStore {
             .key(&p.key)
             .body(body.into_bytes().into())
             .send();
-        match tokio::time::timeout(CALL_TIMEOUT, call).await {
-            Ok(Ok(_)) => Ok(p),
-            Ok(Err(e)) => Err(format!(
-                "S3 failed storing {} ({})",
-                p.address(),
-                e.code().unwrap_or("no answer")
-            )),
-            Err(_) => Err(format!("S3 timed out storing {}", p.address())),
-        }
+        let doing = format!("storing {}", p.address());
+        bounded(&doing, call).await.map(|_| p).map_err(|f| f.text)
+    }
+}
+
+/// Why an S3 call gave nothing: its error code (none for a timeout or no
+/// answer), and a line saying what was being done.
+struct S3Failure {
+    code: Option<String>,
+    text: String,
+}
+
+/// One S3 call, bounded by [`CALL_TIMEOUT`]; a failure says what it was
+/// `doing` ("copying s3://b/k") and S3's error code.
+async fn bounded<T, E: ProvideErrorMetadata>(
+    doing: &str,
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, S3Failure> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(Ok(output)) => Ok(output),
+        Ok(Err(e)) => Err(S3Failure {
+            code: e.code().map(str::to_owned),
+            text: format!("S3 failed {doing} ({})", e.code().unwrap_or("no answer")),
+        }),
+        Err(_) => Err(S3Failure {
+            code: None,
+            text: format!("S3 timed out {doing}"),
+        }),
     }
 }
 

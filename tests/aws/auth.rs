@@ -85,18 +85,6 @@ fn authed(id: &str, url: &str) -> String {
     message(id, url, serde_json::json!({"auth": "partner-x"}))
 }
 
-/// Sends the messages, runs them through the handler in one batch: what
-/// became of each (delivered, retried or dead-lettered, read from the DLQ).
-async fn run(
-    sqs: &aws_sdk_sqs::Client,
-    q: &TestQueue,
-    dlq: &TestQueue,
-    p: &std::sync::Arc<retryq::process::Processor>,
-    bodies: &[String],
-) -> Outcomes {
-    run_batch(p, sqs, q, dlq, bodies).await
-}
-
 #[tokio::test]
 async fn the_token_is_fetched_once_and_reused_across_records_and_invocations() {
     let tokens = token_endpoint("tok-1", "tok-unexpected").await;
@@ -107,15 +95,15 @@ async fn the_token_is_fetched_once_and_reused_across_records_and_invocations() {
         .await;
     let (sqs, q, dlq, p) = setup_oauth(&tokens, serde_json::json!({})).await;
 
-    let first = run(
+    let first = run_batch(
+        &p,
         &sqs,
         &q,
         &dlq,
-        &p,
         &[authed("a", &dest.uri()), authed("b", &dest.uri())],
     )
     .await;
-    let second = run(&sqs, &q, &dlq, &p, &[authed("c", &dest.uri())]).await;
+    let second = run_batch(&p, &sqs, &q, &dlq, &[authed("c", &dest.uri())]).await;
 
     first.assert_all_delivered(&["a", "b"]);
     second.assert_all_delivered(&["c"]);
@@ -154,7 +142,7 @@ async fn the_client_secret_can_go_in_the_form() {
         .mount(&dest)
         .await;
     let (sqs, q, dlq, p) = setup_oauth(&tokens, serde_json::json!({"clientAuth": "form"})).await;
-    run(&sqs, &q, &dlq, &p, &[authed("f", &dest.uri())])
+    run_batch(&p, &sqs, &q, &dlq, &[authed("f", &dest.uri())])
         .await
         .assert_all_delivered(&["f"]);
     tokens.verify().await;
@@ -174,7 +162,7 @@ async fn an_expired_token_is_refreshed_and_the_record_delivered_on_its_first_rec
         .await;
     let (sqs, q, dlq, p) = setup_oauth(&tokens, serde_json::json!({})).await;
 
-    run(&sqs, &q, &dlq, &p, &[authed("e", &dest.uri())])
+    run_batch(&p, &sqs, &q, &dlq, &[authed("e", &dest.uri())])
         .await
         .assert_all_delivered(&["e"]);
     assert_eq!(depth(&sqs, &q).await, (0, 0));
@@ -210,13 +198,13 @@ async fn fifty_concurrent_records_with_an_expired_token_cause_exactly_one_refres
         .mount(&dest)
         .await;
     let (sqs, q, dlq, p) = setup_oauth(&tokens, serde_json::json!({})).await;
-    run(&sqs, &q, &dlq, &p, &[authed("warm", &dest.uri())])
+    run_batch(&p, &sqs, &q, &dlq, &[authed("warm", &dest.uri())])
         .await
         .assert_all_delivered(&["warm"]);
 
     let ids: Vec<String> = (0..50).map(|i| format!("c-{i}")).collect();
     let bodies: Vec<String> = ids.iter().map(|id| authed(id, &dest.uri())).collect();
-    let outcomes = run(&sqs, &q, &dlq, &p, &bodies).await;
+    let outcomes = run_batch(&p, &sqs, &q, &dlq, &bodies).await;
 
     outcomes.assert_all_delivered(&ids.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(
@@ -236,7 +224,7 @@ async fn the_message_own_authorization_header_is_replaced_not_sent_alongside() {
         "request": {"method": "POST", "headers": {"Authorization": "Bearer stale-from-service-a"}}
     })
     .to_string();
-    run(&sqs, &q, &dlq, &p, &[body])
+    run_batch(&p, &sqs, &q, &dlq, &[body])
         .await
         .assert_all_delivered(&["stale"]);
     let r = &dest.received_requests().await.unwrap()[0];
@@ -253,7 +241,7 @@ async fn a_token_endpoint_that_is_down_or_slow_makes_the_record_retryable() {
         // A token fetch times out after 1 s (the slow endpoint takes 5).
         let profiles = oauth_profile(&token_url, serde_json::json!({}));
         let (sqs, q, dlq, p) = setup_timing_out_after(&profiles, "1").await;
-        let outcomes = run(&sqs, &q, &dlq, &p, &[authed("later", &dest.uri())]).await;
+        let outcomes = run_batch(&p, &sqs, &q, &dlq, &[authed("later", &dest.uri())]).await;
         assert_eq!(
             outcomes.retried,
             ["later".to_owned()].into(),
@@ -277,7 +265,7 @@ async fn rejected_credentials_are_dead_lettered_with_a_reason_that_says_so() {
                 .await;
         let dest = MockServer::start().await;
         let (sqs, q, dlq, p) = setup_oauth(&tokens, serde_json::json!({})).await;
-        let outcomes = run(&sqs, &q, &dlq, &p, &[authed("nope", &dest.uri())]).await;
+        let outcomes = run_batch(&p, &sqs, &q, &dlq, &[authed("nope", &dest.uri())]).await;
         assert_eq!(
             outcomes.reasons(),
             [("nope".to_owned(), "non-retryable".to_owned())].into(),
@@ -306,11 +294,11 @@ async fn a_401_that_is_not_an_expired_token_is_non_retryable_and_a_second_expiry
         .await;
     let (sqs, q, dlq, p) = setup_oauth(&tokens, serde_json::json!({})).await;
 
-    let outcomes = run(
+    let outcomes = run_batch(
+        &p,
         &sqs,
         &q,
         &dlq,
-        &p,
         &[
             authed("plain-401", &format!("{}/forbidden", dest.uri())),
             authed("again", &format!("{}/always-expired", dest.uri())),
@@ -353,7 +341,7 @@ async fn a_header_profile_sends_its_api_key() {
         r#"{"partner-y": {"type": "header", "name": "x-api-key", "valueEnv": "PARTNER_Y_KEY"}}"#;
     let (sqs, q, dlq, p) = setup(profiles).await;
     let body = message("key", &dest.uri(), serde_json::json!({"auth": "partner-y"}));
-    run(&sqs, &q, &dlq, &p, &[body])
+    run_batch(&p, &sqs, &q, &dlq, &[body])
         .await
         .assert_all_delivered(&["key"]);
     dest.verify().await;
@@ -366,7 +354,7 @@ async fn an_unknown_profile_is_an_invalid_message() {
     // regression cannot send the request anywhere else.
     let dest = never_called().await;
     let body = message("who", &dest.uri(), serde_json::json!({"auth": "nobody"}));
-    let outcomes = run(&sqs, &q, &dlq, &p, &[body]).await;
+    let outcomes = run_batch(&p, &sqs, &q, &dlq, &[body]).await;
     assert_eq!(
         outcomes.reasons(),
         [("who".to_owned(), "invalid-message".to_owned())].into()
@@ -417,7 +405,7 @@ async fn secrets_can_come_from_secrets_manager() {
             serde_json::json!({"auth": "partner-y"}),
         ),
     ];
-    run(&sqs, &q, &dlq, &p, &bodies)
+    run_batch(&p, &sqs, &q, &dlq, &bodies)
         .await
         .assert_all_delivered(&["sm-1", "sm-2", "sm-3"]);
     tokens.verify().await;
@@ -449,11 +437,11 @@ async fn the_token_url_is_not_held_to_the_destination_policy() {
     ];
     let (sqs, q, dlq, p) = with_dlq("token-policy", &vars).await;
 
-    let outcomes = run(
+    let outcomes = run_batch(
+        &p,
         &sqs,
         &q,
         &dlq,
-        &p,
         &[
             authed("allowed", &dest.uri()),
             message(

@@ -7,27 +7,21 @@ use std::time::Duration;
 
 use crate::common::*;
 
-type Out = RetryqOutput;
-
-async fn retryq(args: &[&str], env: &[(&str, &str)]) -> Out {
-    run_retryq(args, env).await
-}
-
 /// `retryq call` to a destination on loopback (allowed deliberately).
-async fn call(queue_url: &str, destination: &str, extra: &[&str]) -> Out {
+async fn call(queue_url: &str, destination: &str, extra: &[&str]) -> RetryqOutput {
     let mut args = vec!["call", "--queue-url", queue_url, "--url", destination];
     args.extend_from_slice(extra);
-    retryq(&args, &[("ALLOW_PRIVATE_DESTINATIONS", "true")]).await
+    run_retryq(&args, &[("ALLOW_PRIVATE_DESTINATIONS", "true")]).await
 }
 
 /// `retryq dlq redrive` from `dlq` to `target`.
-async fn redrive(dlq: &TestQueue, target: &TestQueue, extra: &[&str]) -> Out {
+async fn redrive(dlq: &TestQueue, target: &TestQueue, extra: &[&str]) -> RetryqOutput {
     let mut args = vec!["dlq", "redrive", "--dlq-url", &dlq.url, "--to", &target.url];
     args.extend_from_slice(extra);
-    retryq(&args, &[]).await
+    run_retryq(&args, &[]).await
 }
 
-fn assert_usage_error(out: &Out, names: &str) {
+fn assert_usage_error(out: &RetryqOutput, names: &str) {
     assert_eq!(out.code, 2, "stdout: {} stderr: {}", out.stdout, out.stderr);
     assert!(
         out.stderr.contains(names),
@@ -46,7 +40,7 @@ fn fixture(path: &str) -> String {
 
 #[tokio::test]
 async fn help_lists_every_command_with_examples() {
-    let out = retryq(&["--help"], &[]).await;
+    let out = run_retryq(&["--help"], &[]).await;
     assert_eq!(out.code, 0);
     for command in [
         "enqueue",
@@ -68,7 +62,7 @@ async fn help_lists_every_command_with_examples() {
         &["dlq", "redrive", "--help"],
         &["trigger", "--help"],
     ] {
-        let out = retryq(command, &[]).await;
+        let out = run_retryq(command, &[]).await;
         assert_eq!(out.code, 0);
         assert!(out.stdout.contains("Example"), "{command:?}");
     }
@@ -81,7 +75,7 @@ async fn enqueue_sends_the_message_and_prints_its_id() {
     let data = std::env::temp_dir().join(format!("retryq-cli-{}.json", std::process::id()));
     std::fs::write(&data, br#"{"order":42}"#).unwrap();
     let data_arg = format!("@{}", data.display());
-    let out = retryq(
+    let out = run_retryq(
         &[
             "enqueue",
             "--queue-url",
@@ -185,14 +179,14 @@ async fn enqueue_refuses_bad_input_with_exit_2() {
         ),
     ];
     for (args, names) in cases {
-        assert_usage_error(&retryq(args, &[]).await, names);
+        assert_usage_error(&run_retryq(args, &[]).await, names);
     }
 }
 
 #[tokio::test]
 async fn enqueue_to_a_missing_queue_fails_the_work_with_exit_1() {
     let missing = format!("{}/{ACCOUNT}/no-such-queue", endpoint());
-    let out = retryq(
+    let out = run_retryq(
         &[
             "enqueue",
             "--queue-url",
@@ -296,13 +290,13 @@ async fn call_fails_when_it_cannot_enqueue() {
 #[tokio::test]
 async fn call_and_worker_name_a_malformed_variable() {
     let q = "http://127.0.0.1:1/123456789012/never-used";
-    let out = retryq(
+    let out = run_retryq(
         &["call", "--queue-url", q, "--url", "https://x.example.com/"],
         &[("MAX_ATTEMPTS", "0")],
     )
     .await;
     assert_usage_error(&out, "MAX_ATTEMPTS");
-    let out = retryq(
+    let out = run_retryq(
         &["worker", "--queue-url", q],
         &[("ALLOW_PRIVATE_DESTINATIONS", "maybe")],
     )
@@ -313,9 +307,9 @@ async fn call_and_worker_name_a_malformed_variable() {
 #[tokio::test]
 async fn worker_and_trigger_fail_on_a_missing_queue_and_a_bad_function_url() {
     let missing = format!("{}/{ACCOUNT}/no-such-queue", endpoint());
-    let out = retryq(&["worker", "--queue-url", &missing], &[]).await;
+    let out = run_retryq(&["worker", "--queue-url", &missing], &[]).await;
     assert_eq!(out.code, 1, "{}", out.stderr);
-    let out = retryq(
+    let out = run_retryq(
         &[
             "trigger",
             "--queue-url",
@@ -327,7 +321,7 @@ async fn worker_and_trigger_fail_on_a_missing_queue_and_a_bad_function_url() {
     )
     .await;
     assert_usage_error(&out, "--function-url");
-    let out = retryq(
+    let out = run_retryq(
         &[
             "trigger",
             "--queue-url",
@@ -343,14 +337,14 @@ async fn worker_and_trigger_fail_on_a_missing_queue_and_a_bad_function_url() {
 
 #[tokio::test]
 async fn validate_accepts_valid_and_names_the_field_of_invalid_messages() {
-    let out = retryq(
+    let out = run_retryq(
         &["validate", &fixture("messages/valid/contract-example.json")],
         &[],
     )
     .await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stdout.contains("valid"));
-    let out = retryq(
+    let out = run_retryq(
         &[
             "validate",
             &fixture("messages/invalid/max-attempts-zero.json"),
@@ -359,13 +353,13 @@ async fn validate_accepts_valid_and_names_the_field_of_invalid_messages() {
     )
     .await;
     assert_usage_error(&out, "maxAttempts");
-    let out = retryq(
+    let out = run_retryq(
         &["validate", &fixture("messages/invalid/not-json.json")],
         &[],
     )
     .await;
     assert_usage_error(&out, "body");
-    let out = retryq(&["validate", "/no/such/file.json"], &[]).await;
+    let out = run_retryq(&["validate", "/no/such/file.json"], &[]).await;
     assert_usage_error(&out, "/no/such/file.json");
 }
 
@@ -387,7 +381,7 @@ async fn validate_checks_a_queue_and_its_dlq_naming_the_queue_and_the_attribute(
         &[("MessageRetentionPeriod", "1209600")],
     )
     .await;
-    let out = retryq(
+    let out = run_retryq(
         &[
             "validate",
             "--queue-url",
@@ -417,7 +411,7 @@ async fn validate_checks_a_queue_and_its_dlq_naming_the_queue_and_the_attribute(
     )
     .await;
     let small_dlq = queue_with(&sqs, "check-bad-dlq", &[("MaximumMessageSize", "1024")]).await;
-    let out = retryq(
+    let out = run_retryq(
         &["validate", "--queue-url", &bad.url],
         &[
             ("DLQ_URL", &small_dlq.url),
@@ -439,7 +433,7 @@ async fn validate_checks_a_queue_and_its_dlq_naming_the_queue_and_the_attribute(
         );
     }
 
-    let out = retryq(&["validate", "--dlq-url", &good_dlq.url], &[]).await;
+    let out = run_retryq(&["validate", "--dlq-url", &good_dlq.url], &[]).await;
     assert_usage_error(&out, "--queue-url");
 }
 
@@ -452,7 +446,7 @@ async fn event_output_is_accepted_by_the_function() {
     let b = dir.join("b.json");
     std::fs::write(&a, message("ev-a", &dest.uri(), serde_json::json!({}))).unwrap();
     std::fs::write(&b, message("ev-b", &dest.uri(), serde_json::json!({}))).unwrap();
-    let out = retryq(&["event", a.to_str().unwrap(), b.to_str().unwrap()], &[]).await;
+    let out = run_retryq(&["event", a.to_str().unwrap(), b.to_str().unwrap()], &[]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
 
     let event: aws_lambda_events::event::sqs::SqsEvent = serde_json::from_str(&out.stdout).unwrap();
@@ -465,8 +459,8 @@ async fn event_output_is_accepted_by_the_function() {
     assert_eq!(dest.received_requests().await.unwrap().len(), 2);
 
     let bad = fixture("messages/invalid/missing-id.json");
-    assert_usage_error(&retryq(&["event", &bad], &[]).await, "id");
-    let out = retryq(&["event", "--raw", &bad], &[]).await;
+    assert_usage_error(&run_retryq(&["event", &bad], &[]).await, "id");
+    let out = run_retryq(&["event", "--raw", &bad], &[]).await;
     assert_eq!(out.code, 0, "--raw takes it as it is");
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -508,7 +502,7 @@ async fn seeded_dlq() -> (aws_sdk_sqs::Client, TestQueue) {
 async fn dlq_list_shows_each_dead_letter_and_leaves_them_in_place() {
     let (sqs, dlq) = seeded_dlq().await;
 
-    let out = retryq(&["dlq", "list", "--dlq-url", &dlq.url], &[]).await;
+    let out = run_retryq(&["dlq", "list", "--dlq-url", &dlq.url], &[]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     for expected in [
         "dl-404",
@@ -526,7 +520,7 @@ async fn dlq_list_shows_each_dead_letter_and_leaves_them_in_place() {
         );
     }
 
-    let out = retryq(&["dlq", "list", "--dlq-url", &dlq.url, "--json"], &[]).await;
+    let out = run_retryq(&["dlq", "list", "--dlq-url", &dlq.url, "--json"], &[]).await;
     assert_eq!(out.code, 0);
     let list: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(

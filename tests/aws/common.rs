@@ -245,19 +245,28 @@ pub async fn invoke(
     invoke_within(processor, sqs, q, messages, 60).await
 }
 
-/// Hands `received` to the handler as one event and deletes nothing, as
-/// when the answer is lost and the same messages come again: the ids of
-/// `batchItemFailures`.
+/// Hands `received` to the handler as one event (deadline `secs` away) and
+/// deletes nothing: its answer.
+async fn handle(
+    processor: Arc<Processor>,
+    q: &TestQueue,
+    received: &[Message],
+    secs: u64,
+) -> SqsBatchResponse {
+    let event = retryq::trigger::sqs_event(received, &q.arn, REGION);
+    retryq::lambda::handle(processor, LambdaEvent::new(event, context(secs)))
+        .await
+        .expect("the handler answers")
+}
+
+/// As when the answer is lost and the same messages come again: handles
+/// them, deleting nothing; the ids of `batchItemFailures`.
 pub async fn handle_unacknowledged(
     processor: Arc<Processor>,
     q: &TestQueue,
     received: &[Message],
 ) -> Vec<String> {
-    let event = retryq::trigger::sqs_event(received, &q.arn, REGION);
-    let answer = retryq::lambda::handle(processor, LambdaEvent::new(event, context(60)))
-        .await
-        .expect("the handler answers");
-    failures(&answer)
+    failures(&handle(processor, q, received, 60).await)
 }
 
 /// As [`invoke`], with the invocation's deadline `secs` away.
@@ -268,13 +277,7 @@ pub async fn invoke_within(
     messages: &[Message],
     secs: u64,
 ) -> SqsBatchResponse {
-    let event = retryq::trigger::sqs_event(messages, &q.arn, REGION);
-    let response = retryq::lambda::handle(
-        Arc::clone(processor),
-        LambdaEvent::new(event, context(secs)),
-    )
-    .await
-    .expect("the handler answers");
+    let response = handle(Arc::clone(processor), q, messages, secs).await;
     for m in messages {
         let id = m.message_id.as_deref().unwrap();
         if !response
@@ -612,35 +615,33 @@ pub fn cargo_lambda_watch(port: u16, env: &[(&str, &str)], log: &std::path::Path
     Running::spawn(command)
 }
 
-/// A copy of the SQS event file `event` whose messages were sent `age` ago:
-/// its `SentTimestamp` and `ApproximateFirstReceiveTimestamp` are set from
-/// the clock, as `make invoke` does with scripts/fresh-event.py. The files in
-/// `events/` carry fixed timestamps, and the retention rule reads them.
+/// A copy of the SQS event file `event` whose messages were sent `age` ago,
+/// made by scripts/fresh-event.py, the script `make invoke` sends the
+/// samples through: the files in `events/` carry fixed timestamps, and the
+/// retention rule reads them.
 pub fn event_sent_ago(event: &std::path::Path, age: Duration) -> std::path::PathBuf {
-    let mut json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(event).unwrap()).unwrap();
-    let sent = std::time::SystemTime::now()
-        .checked_sub(age)
-        .unwrap()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis()
-        .to_string();
-    for record in json["Records"].as_array_mut().expect("an SQS event") {
-        let attributes = record["attributes"].as_object_mut().unwrap();
-        attributes.insert("SentTimestamp".into(), sent.clone().into());
-        attributes.insert(
-            "ApproximateFirstReceiveTimestamp".into(),
-            sent.clone().into(),
-        );
-    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut command =
+        std::process::Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()));
+    command
+        .arg(root.join("scripts/fresh-event.py"))
+        .arg("--age-seconds")
+        .arg(age.as_secs().to_string())
+        .arg(event);
+    let out = output_within(command, "", Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("scripts/fresh-event.py: {e}"));
+    assert!(
+        out.status.success(),
+        "scripts/fresh-event.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let name = event.file_name().unwrap().to_string_lossy();
     let copy = std::env::temp_dir().join(format!(
         "retryq-{}-{}s-{name}",
         std::process::id(),
         age.as_secs()
     ));
-    std::fs::write(&copy, json.to_string()).unwrap();
+    std::fs::write(&copy, out.stdout).unwrap();
     copy
 }
 
@@ -763,13 +764,7 @@ pub async fn expecting(status: u16, n: u64) -> wiremock::MockServer {
 
 /// A destination that must not be called (checked by `verify`).
 pub async fn never_called() -> wiremock::MockServer {
-    let server = wiremock::MockServer::start().await;
-    wiremock::Mock::given(wiremock::matchers::any())
-        .respond_with(wiremock::ResponseTemplate::new(200))
-        .expect(0)
-        .mount(&server)
-        .await;
-    server
+    expecting(200, 0).await
 }
 
 /// A token endpoint's answer with this access token.

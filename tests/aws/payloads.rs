@@ -149,8 +149,10 @@ async fn offloaded(
 
 /// The `s3Key` of a pointer body.
 fn pointer_key(pointer: &str) -> String {
-    let v: serde_json::Value = serde_json::from_str(pointer).unwrap();
-    v[1]["s3Key"].as_str().unwrap().to_owned()
+    retryq::payload::PayloadPointer::parse(pointer)
+        .expect("a pointer")
+        .expect("a valid pointer")
+        .key
 }
 
 /// When an object was last written (a copy onto itself writes it).
@@ -759,9 +761,11 @@ async fn fetched_payload_bodies_stay_within_the_memory_budget() {
 
 /// A pointer body to `key` in `bucket`.
 fn pointer_to(bucket: &str, key: &str) -> String {
-    format!(
-        r#"["software.amazon.payloadoffloading.PayloadS3Pointer", {{"s3BucketName": "{bucket}", "s3Key": "{key}"}}]"#
-    )
+    retryq::payload::PayloadPointer {
+        bucket: bucket.to_owned(),
+        key: key.to_owned(),
+    }
+    .body()
 }
 
 /// Stores `text` under `key`, with a content type, user metadata and a tag
