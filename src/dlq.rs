@@ -262,9 +262,16 @@ async fn move_one(
         );
     }
     if let Some(old) = &old {
-        // Nothing points to it now; a failure leaves it to the bucket's
-        // expiry.
-        if let Err(e) = payloads.store.delete(old).await {
+        // A letter's own copy: nothing points to it now. Any other object
+        // (the producer's, moved here by the redrive policy) may still be
+        // named by a duplicate, and stays. A failure leaves it to the
+        // bucket's expiry.
+        let deleted = match payloads.store.is_letter_copy(old).await {
+            Ok(true) => payloads.store.delete(old).await,
+            Ok(false) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = deleted {
             tracing::warn!(error = %e, "could not delete a redriven letter's payload");
         }
     }

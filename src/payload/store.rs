@@ -207,6 +207,18 @@ impl PayloadStore {
         })
     }
 
+    /// Is the object a dead letter's copy ([`LETTER_TAG`])? Only such an
+    /// object may be deleted when its letter is redriven: any other (the
+    /// producer's own, which a duplicate message may still name) stays.
+    pub async fn is_letter_copy(&self, p: &PayloadPointer) -> Result<bool, String> {
+        let tags = self.tags(p).await.map_err(|e| match e {
+            PayloadError::Invalid(why)
+            | PayloadError::Unusable(why)
+            | PayloadError::Unavailable(why) => why,
+        })?;
+        Ok(tags.iter().any(|(k, _)| k == LETTER_TAG))
+    }
+
     /// The object's tags. Not knowing is worth another try: guessing "not
     /// finished" would send a delivered request again.
     async fn tags(&self, p: &PayloadPointer) -> Result<Vec<(String, String)>, PayloadError> {

@@ -984,3 +984,37 @@ async fn marks_keep_the_objects_attributes_and_spare_what_is_not_a_payload() {
         [("keep".to_owned(), "forever".to_owned())]
     );
 }
+
+/// A redrive deletes only a letter's own copy: a DLQ message that names the
+/// producer's object (as the redrive policy moves one there) is moved with
+/// a fresh copy, and the producer's object, which a duplicate may still
+/// name, stays.
+#[tokio::test]
+async fn a_redrive_deletes_only_a_letters_own_copy() {
+    let sqs = sqs();
+    let q = queue(&sqs, "payload-redrive-own").await;
+    let dlq = queue(&sqs, "payload-redrive-own-dlq").await;
+    let b = bucket("redrive-own");
+    s3().create_bucket().bucket(&b).send().await.unwrap();
+    let (message, _) = large_message("own-1", "http://127.0.0.1:9/", 1000);
+    put_owned(&b, "producers", &message).await;
+    send(&sqs, &dlq, &pointer_to(&b, "producers")).await;
+
+    run_retryq(
+        &["dlq", "redrive", "--dlq-url", &dlq.url, "--to", &q.url],
+        &[("PAYLOAD_BUCKETS", &b)],
+    )
+    .await
+    .success();
+
+    let moved = receive_n(&sqs, &q, 1, Duration::from_secs(10)).await;
+    assert_eq!(moved.len(), 1);
+    assert_ne!(pointer_key(moved[0].body.as_deref().unwrap()), "producers");
+    let left = s3().list_objects_v2().bucket(&b).send().await.unwrap();
+    let keys: Vec<&str> = left.contents().iter().filter_map(|o| o.key()).collect();
+    assert!(
+        keys.contains(&"producers"),
+        "the producer's object stays: {keys:?}"
+    );
+    assert_eq!(keys.len(), 2, "and the moved message's copy: {keys:?}");
+}
