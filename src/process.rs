@@ -233,9 +233,9 @@ enum Resolved {
     /// delivered or dead-lettered record (§12.3).
     AlreadyFinished(crate::payload::Finished),
     /// A pointer that can never be resolved: an `invalid-message`. When
-    /// its object exists (too large, not text), the pointer: the letter
-    /// gets a copy of it (§12.1).
-    Unresolvable(String, Option<PayloadPointer>),
+    /// its object exists (too large, not text), the pointer and the
+    /// object's size: the letter gets a copy of it (§12.1).
+    Unresolvable(String, Option<(PayloadPointer, usize)>),
     /// S3 could not answer: left for another receive.
     Unavailable(String),
 }
@@ -1025,7 +1025,9 @@ impl Processor {
                 _reserved: payload.reserved,
             },
             Err(PayloadError::Invalid(why)) => Resolved::Unresolvable(why, None),
-            Err(PayloadError::Unusable(why)) => Resolved::Unresolvable(why, Some(pointer)),
+            Err(PayloadError::Unusable(why, size)) => {
+                Resolved::Unresolvable(why, Some((pointer, size)))
+            }
             Err(PayloadError::Unavailable(why)) => Resolved::Unavailable(why),
         }
     }
@@ -1090,7 +1092,7 @@ impl Processor {
                 // lives as long as the DLQ keeps the letter (§12.1).
                 let existing = match resolved {
                     Resolved::Offloaded { pointer, .. } => Some(pointer),
-                    Resolved::Unresolvable(_, pointer) => pointer.as_ref(),
+                    Resolved::Unresolvable(_, unusable) => unusable.as_ref().map(|(p, _)| p),
                     _ => None,
                 };
                 let fresh = match existing {
@@ -1115,6 +1117,7 @@ impl Processor {
                     trace_header: record.trace_header.as_deref(),
                     payload_size: match resolved {
                         Resolved::Offloaded { size, .. } => Some(*size),
+                        Resolved::Unresolvable(_, Some((_, size))) => Some(*size),
                         _ => None,
                     },
                 };

@@ -18,8 +18,9 @@ pub enum PayloadError {
     /// bucket): the message is invalid.
     Invalid(String),
     /// The object exists but cannot be a message (larger than allowed, not
-    /// text): the message is invalid, and its letter gets a copy of it.
-    Unusable(String),
+    /// text): the message is invalid, and its letter gets a copy of it. Its
+    /// size, for the letter's `ExtendedPayloadSize`.
+    Unusable(String, usize),
     /// S3 did not answer usefully (timeout, 5xx, throttling, access): worth
     /// another try.
     Unavailable(String),
@@ -150,9 +151,10 @@ impl PayloadStore {
         let tagged = object.tag_count().is_some_and(|n| n > 0);
         let size = object.content_length().unwrap_or(0).max(0) as usize;
         if size > max_bytes {
-            return Err(PayloadError::Unusable(format!(
-                "payload pointer: {address} holds {size} bytes, more than {max_bytes}"
-            )));
+            return Err(PayloadError::Unusable(
+                format!("payload pointer: {address} holds {size} bytes, more than {max_bytes}"),
+                size,
+            ));
         }
         let mut kept = Kept {
             content_type: object.content_type().map(str::to_owned),
@@ -178,13 +180,17 @@ impl PayloadStore {
             })?
             .into_bytes();
         if bytes.len() > max_bytes {
-            return Err(PayloadError::Unusable(format!(
-                "payload pointer: {address} is larger than {max_bytes} bytes"
-            )));
+            return Err(PayloadError::Unusable(
+                format!("payload pointer: {address} is larger than {max_bytes} bytes"),
+                bytes.len(),
+            ));
         }
         // Into the String without a copy when the buffer is not shared.
-        let text = String::from_utf8(Vec::from(bytes)).map_err(|_| {
-            PayloadError::Unusable(format!("payload pointer: {address} is not UTF-8 text"))
+        let text = String::from_utf8(Vec::from(bytes)).map_err(|e| {
+            PayloadError::Unusable(
+                format!("payload pointer: {address} is not UTF-8 text"),
+                e.as_bytes().len(),
+            )
         })?;
         let mut finished = None;
         if tagged {
@@ -213,7 +219,7 @@ impl PayloadStore {
     pub async fn is_letter_copy(&self, p: &PayloadPointer) -> Result<bool, String> {
         let tags = self.tags(p).await.map_err(|e| match e {
             PayloadError::Invalid(why)
-            | PayloadError::Unusable(why)
+            | PayloadError::Unusable(why, _)
             | PayloadError::Unavailable(why) => why,
         })?;
         Ok(tags.iter().any(|(k, _)| k == LETTER_TAG))

@@ -924,6 +924,14 @@ async fn marks_keep_the_objects_attributes_and_spare_what_is_not_a_payload() {
     put_owned(&b, "not-a-message", r#"{"invoice": 42}"#).await;
     let (huge, _) = large_message("owned-2", &dest.uri(), 9000);
     put_owned(&b, "too-large", &huge).await;
+    // Bytes that are not text: the object exists but cannot be a message.
+    s3().put_object()
+        .bucket(&b)
+        .key("binary")
+        .body(vec![0xff, 0xfe, 0x00, 0x80].into())
+        .send()
+        .await
+        .unwrap();
 
     let outcomes = run_batch(
         &p,
@@ -934,12 +942,13 @@ async fn marks_keep_the_objects_attributes_and_spare_what_is_not_a_payload() {
             pointer_to(&b, "delivered"),
             pointer_to(&b, "not-a-message"),
             pointer_to(&b, "too-large"),
+            pointer_to(&b, "binary"),
         ],
     )
     .await;
 
     assert_eq!(outcomes.delivered.len(), 1, "{outcomes:?}");
-    assert_eq!(outcomes.dead.len(), 2, "{outcomes:?}");
+    assert_eq!(outcomes.dead.len(), 3, "{outcomes:?}");
     let head = s3()
         .head_object()
         .bucket(&b)
@@ -976,12 +985,30 @@ async fn marks_keep_the_objects_attributes_and_spare_what_is_not_a_payload() {
         .map(|l| pointer_key(l.body.as_deref().unwrap()))
         .collect();
     assert!(
-        !letter_keys.contains(&"too-large".to_owned()),
-        "the too-large object's letter points to a copy: {letter_keys:?}"
+        !letter_keys.contains(&"too-large".to_owned())
+            && !letter_keys.contains(&"binary".to_owned()),
+        "the letters of objects that cannot be messages point to copies: {letter_keys:?}"
     );
     assert_eq!(
         tags(&b, "too-large").await,
         [("keep".to_owned(), "forever".to_owned())]
+    );
+    // Each letter says its object's size, as the Extended Client needs to
+    // read it back: also the one whose object could not be read as text.
+    let letter_of = |what: &str| {
+        outcomes
+            .dead
+            .values()
+            .find(|l| attr(l, "LastError").is_some_and(|e| e.contains(what)))
+            .unwrap_or_else(|| panic!("a letter whose LastError says {what}"))
+    };
+    assert_eq!(
+        attr(letter_of("request.body"), "ExtendedPayloadSize"),
+        Some(huge.len().to_string())
+    );
+    assert_eq!(
+        attr(letter_of("not UTF-8"), "ExtendedPayloadSize"),
+        Some("4".to_owned())
     );
 }
 
