@@ -229,7 +229,7 @@ async fn move_one(
         .and_then(Result::ok)
         .filter(|p| p.check_bucket(payloads.buckets).is_ok());
     let fresh = match &old {
-        Some(p) => Some(payloads.store.copy(p, None).await?.body()),
+        Some(p) => Some(payloads.store.copy(p, None, None).await?.body()),
         None => None,
     };
     let body = fresh.as_deref().unwrap_or(letter);

@@ -41,12 +41,12 @@ use crate::fleet::breaker::{FleetAdmission, FleetTicket};
 use crate::fleet::ledger::AttemptRecord;
 use crate::fleet::{FleetState, StateError};
 use crate::payload::budget::{MemoryBudget, Reserved};
-use crate::payload::store::{Kept, Payload, PayloadError, PayloadStore};
+use crate::payload::store::{Head, Kept, PayloadError, PayloadStore};
 use crate::payload::{Finished, PayloadPointer};
 use crate::policy::destinations::Token;
 use crate::policy::fifo;
 use crate::policy::record::{
-    self, AttemptResult, Decision, Deferral, Label, Plan, Received, Settings,
+    self, AttemptResult, Decision, Deferral, Health, Label, Plan, Received, Settings,
 };
 use crate::policy::{Action, Attempt, DeadLetter, FailureReason};
 use crate::queue::{smallest_copy_size, DeadLetterCopy, QueueError, Queues};
@@ -219,15 +219,13 @@ pub struct Processor {
 enum Resolved {
     /// Not a pointer: the body is the Retry Message.
     Inline,
-    /// The payload read from S3 (released once parsed), its size, where
-    /// it is, and its room in `PAYLOAD_MEMORY_BYTES` (held until the
-    /// record's work is done).
+    /// A payload in S3: where it is, its size, what a mark keeps of it,
+    /// and its body (read, or only its head so far).
     Offloaded {
         pointer: PayloadPointer,
-        payload: String,
         size: usize,
         kept: Kept,
-        _reserved: Reserved,
+        body: Body,
     },
     /// A pointer whose object is marked finished: a redelivery of a
     /// delivered or dead-lettered record (§12.3).
@@ -238,6 +236,41 @@ enum Resolved {
     Unresolvable(String, Option<(PayloadPointer, usize)>),
     /// S3 could not answer: left for another receive.
     Unavailable(String),
+}
+
+/// An offloaded payload's body (§12.4).
+enum Body {
+    /// Not read yet: a payload larger than its head, read once the record
+    /// is admitted; the destination its head names, if it does.
+    Head(Option<url::Url>),
+    /// Read: the text (released once parsed), and its room in
+    /// `PAYLOAD_MEMORY_BYTES`, held until the record's work is done.
+    Read { text: String, _reserved: Reserved },
+}
+
+/// What [`Processor::decide`] gives: the decision (`Err` leaves the record
+/// in its queue unattempted, saying why), the attempt's latency, and its
+/// ledger entry.
+type Decided = (
+    Result<Decision, String>,
+    Option<Duration>,
+    Option<AttemptRecord>,
+);
+
+/// The admission's word: go, with the breaker's ticket if there is one, or
+/// what was decided instead.
+enum Gate {
+    Go(Option<Ticket>),
+    Decided(Decision),
+}
+
+/// An admitted attempt, as [`Processor::attempt`] needs it.
+struct Attempted<'s, 'a> {
+    settings: &'s Settings<'a>,
+    attempt: Attempt,
+    ticket: Option<Ticket>,
+    first_receive: bool,
+    recorded_failures: Option<u32>,
 }
 
 impl Processor {
@@ -585,26 +618,20 @@ impl Processor {
         }
     }
 
-    /// The state table's calls are boxed: their futures (the DynamoDB SDK's)
-    /// are large, and a record without a table should not carry their
-    /// room in its own future.
-    ///
     /// The I/O around the pure decision ([`record::plan`] and
-    /// [`record::conclude`]): what the queues and the attempt ledger say of
-    /// the record, the rate limit, the breaker's admission, the attempt,
-    /// and its ledger entry. `Err` leaves the record in its queue
-    /// unattempted, saying why. Also returns the attempt's latency.
+    /// [`record::conclude`]), in steps: a large payload's admission before
+    /// its body is read; the plan; the admission (rate limit, then
+    /// breaker); the attempt and its ledger entry. The state table's calls
+    /// are boxed: their futures (the DynamoDB SDK's) are large, and a
+    /// record without a table should not carry their room in its own
+    /// future.
     async fn decide(
         &self,
         record: &Record,
         resolved: &mut Resolved,
         batch: &Batch,
         destination: &mut Option<String>,
-    ) -> (
-        Result<Decision, String>,
-        Option<Duration>,
-        Option<AttemptRecord>,
-    ) {
+    ) -> Decided {
         // With a ledger, attempts are counted from it (§9): a record seen
         // for the first time has none; for the others it is read while the
         // request is in flight (until then the receive count stands in).
@@ -613,21 +640,123 @@ impl Processor {
             Some(_) if first_receive => Some(0),
             _ => None,
         };
+        let has_profile = |p: &str| self.deliverer.has_profile(p);
+        let settings = Settings::new(&self.config.retry, &has_profile)
+            .with_destinations(&self.config.destination_policies);
+        // A large payload is admitted on the destination its head names,
+        // and its body read only then (§12.4): a deferred record holds none.
+        let mut admitted_early = None;
+        if let Resolved::Offloaded {
+            body: Body::Head(head_destination),
+            ..
+        } = &*resolved
+        {
+            if let Some(url) = head_destination.clone() {
+                *destination = url.host_str().map(str::to_owned);
+                let settings = settings.for_destination(&url);
+                let attempt =
+                    record::attempt_unread(&settings, record.receive_count, recorded_failures);
+                match Box::pin(self.admission(record, batch, &url, &settings, &attempt)).await {
+                    Gate::Go(ticket) => admitted_early = Some(ticket),
+                    Gate::Decided(decision) => return (Ok(decision), None, None),
+                }
+            }
+            Box::pin(self.read_body(resolved, batch)).await;
+        }
+        let planned = self
+            .plan(record, resolved, &settings, recorded_failures, destination)
+            .await;
+        let (message, attempt) = match planned {
+            Ok(planned) => planned,
+            Err(decided) => {
+                self.report(batch, admitted_early.flatten(), None).await;
+                return (decided, None, None);
+            }
+        };
+        let settings = settings.for_destination(&message.destination_url);
+        let ticket = match admitted_early {
+            Some(ticket) => ticket,
+            None => {
+                let url = &message.destination_url;
+                match Box::pin(self.admission(record, batch, url, &settings, &attempt)).await {
+                    Gate::Go(ticket) => ticket,
+                    Gate::Decided(decision) => return (Ok(decision), None, None),
+                }
+            }
+        };
+        let attempted = Attempted {
+            settings: &settings,
+            attempt,
+            ticket,
+            first_receive,
+            recorded_failures,
+        };
+        self.attempt(record, batch, *message, attempted).await
+    }
+
+    /// Reads the body of a payload admitted on its head (§12.4), within
+    /// `PAYLOAD_MEMORY_BYTES`. What cannot be read becomes what the plan
+    /// makes of it: an invalid message, or one left for another receive.
+    async fn read_body(&self, resolved: &mut Resolved, batch: &Batch) {
+        let Resolved::Offloaded {
+            pointer,
+            size,
+            kept,
+            body,
+        } = resolved
+        else {
+            return;
+        };
+        let until = tokio::time::Instant::from_std(self.wait_limit(batch));
+        let read = self
+            .payloads
+            .body(pointer, *size, kept, &self.payload_budget, until);
+        *resolved = match Box::pin(read).await {
+            Ok((text, reserved)) => {
+                *body = Body::Read {
+                    text,
+                    _reserved: reserved,
+                };
+                return;
+            }
+            Err(PayloadError::Invalid(why)) => Resolved::Unresolvable(why, None),
+            Err(PayloadError::Unusable(why, size)) => {
+                Resolved::Unresolvable(why, Some((pointer.clone(), size)))
+            }
+            Err(PayloadError::Unavailable(why)) => Resolved::Unavailable(why),
+        };
+    }
+
+    /// What the queues and the ledger say of the record, and the pure plan
+    /// ([`record::plan`]): the message and its attempt, or what was decided
+    /// without one (`Err(Err)` leaves the record in its queue, saying why).
+    async fn plan(
+        &self,
+        record: &Record,
+        resolved: &mut Resolved,
+        settings: &Settings<'_>,
+        recorded_failures: Option<u32>,
+        destination: &mut Option<String>,
+    ) -> Result<(Box<crate::message::RetryMessage>, Attempt), Result<Decision, String>> {
         let (body, offloaded_body_limit, unresolvable) = match &*resolved {
             Resolved::Inline | Resolved::AlreadyFinished(_) => (record.body.as_str(), None, None),
-            Resolved::Offloaded { payload, .. } => {
-                (payload.as_str(), Some(self.config.max_offloaded_body), None)
+            Resolved::Offloaded {
+                body: Body::Read { text, .. },
+                ..
+            } => (text.as_str(), Some(self.config.max_offloaded_body), None),
+            Resolved::Offloaded { .. } => {
+                return Err(Err("payload pointer: its body was not read".into()))
             }
             Resolved::Unresolvable(why, _) => (record.body.as_str(), None, Some(why.clone())),
-            Resolved::Unavailable(why) => return (Err(why.clone()), None, None),
+            Resolved::Unavailable(why) => return Err(Err(why.clone())),
         };
         let received = Received {
             body,
             offloaded_body_limit,
             unresolvable,
             receive_count: record.receive_count,
-            // Asked of SQS only when a retry is decided (below): a batch
-            // that only delivers makes no SQS call for it.
+            // Asked of SQS only when a retry is decided: a batch that only
+            // delivers makes no SQS call for it.
             retained_until: None,
             pending_dead_letter: self.pending_dead_letter(&record.message_id),
             too_large_for_dlq: self.check_dlq_can_hold(record).await.err(),
@@ -637,38 +766,40 @@ impl Processor {
                 _ => None,
             },
         };
-        let has_profile = |p: &str| self.deliverer.has_profile(p);
-        let settings = Settings::new(&self.config.retry, &has_profile)
-            .with_destinations(&self.config.destination_policies);
-        let (mut message, mut attempt) = match record::plan(&received, &settings, SystemTime::now())
-        {
-            Plan::Leave(why) => return (Err(why), None, None),
-            Plan::Decided(decision) => return (Ok(decision), None, None),
-            Plan::Attempt {
-                mut message,
-                attempt,
-            } => {
-                // Parsed: the payload read from S3 is no longer needed, and
-                // the message holds its body.
-                if let Resolved::Offloaded { payload, .. } = resolved {
-                    *payload = String::new();
-                }
-                if let Some(trace) = &record.trace_header {
-                    message.continue_trace(trace);
-                }
-                *destination = message.destination_url.host_str().map(str::to_owned);
-                (message, attempt)
-            }
+        let (mut message, attempt) = match record::plan(&received, settings, SystemTime::now()) {
+            Plan::Leave(why) => return Err(Err(why)),
+            Plan::Decided(decision) => return Err(Ok(decision)),
+            Plan::Attempt { message, attempt } => (message, attempt),
         };
-        let settings = settings.for_destination(&message.destination_url);
-        let rules = self
-            .config
-            .destination_policies
-            .for_url(&message.destination_url);
-        let max_delay =
-            || record::receive_limit(batch.started.elapsed(), self.config.batching_window);
-        let until = self.wait_limit(batch);
+        // Parsed: the payload read from S3 is no longer needed, and the
+        // message holds its body.
+        if let Resolved::Offloaded {
+            body: Body::Read { text, .. },
+            ..
+        } = resolved
+        {
+            *text = String::new();
+        }
+        if let Some(trace) = &record.trace_header {
+            message.continue_trace(trace);
+        }
+        *destination = message.destination_url.host_str().map(str::to_owned);
+        Ok((message, attempt))
+    }
 
+    /// The rate limit, then the breaker, for an attempt to `url`: go (with
+    /// the breaker's ticket, if any), or what was decided instead (a
+    /// deferral, or a refusal that counts as an attempt without a ledger).
+    async fn admission(
+        &self,
+        record: &Record,
+        batch: &Batch,
+        url: &url::Url,
+        settings: &Settings<'_>,
+        attempt: &Attempt,
+    ) -> Gate {
+        let rules = self.config.destination_policies.for_url(url);
+        let until = self.wait_limit(batch);
         // A fleet-wide (or this process's) rate limit: no token in time
         // defers the record, using up no attempt.
         if let Some((pattern, rate)) = rules.and_then(|r| Some((&r.pattern, r.rate?))) {
@@ -684,59 +815,51 @@ impl Processor {
                 None => Box::pin(self.buckets.token(pattern, rate, until)).await,
             };
             if let Token::Deferred(wait) = token {
-                let decision = self
-                    .deferred(
-                        record,
-                        &settings,
-                        attempt,
-                        Deferral::RateLimited,
-                        wait,
-                        max_delay(),
-                    )
-                    .await;
-                return (Ok(decision), None, None);
+                let why = Deferral::RateLimited;
+                let deferred = self.deferred(record, batch, settings, *attempt, why, wait);
+                return Gate::Decided(deferred.await);
             }
         }
-
         // The circuit breaker: the fleet's, or this process's.
-        let breaker = rules.and_then(|r| r.breaker).or(self.config.breaker);
-        let host = match breaker {
-            Some(_) => host_key(&message.destination_url),
-            None => String::new(),
+        let Some(breaker) = rules.and_then(|r| r.breaker).or(self.config.breaker) else {
+            return Gate::Go(None);
         };
-        let admitted = match breaker {
-            None => Admitted::Go(None),
-            Some(settings) => Box::pin(self.admit(batch, &host, settings, until)).await,
-        };
-        let ticket = match admitted {
-            Admitted::Go(ticket) => ticket,
+        let host = host_key(url);
+        match Box::pin(self.admit(batch, &host, breaker, until)).await {
+            Admitted::Go(ticket) => Gate::Go(ticket),
             Admitted::Defer(wait) => {
-                let decision = self
-                    .deferred(
-                        record,
-                        &settings,
-                        attempt,
-                        Deferral::BreakerOpen,
-                        wait,
-                        max_delay(),
-                    )
-                    .await;
-                return (Ok(decision), None, None);
+                let why = Deferral::BreakerOpen;
+                let deferred = self.deferred(record, batch, settings, *attempt, why, wait);
+                Gate::Decided(deferred.await)
             }
-            Admitted::Refused => {
-                // Without a ledger, a refusal counts as an attempt (v1).
-                let decision = record::conclude(
-                    &settings,
-                    &attempt,
-                    AttemptResult::BreakerOpen { host: &host },
-                    SystemTime::now(),
-                    max_delay(),
-                    &mut fastrand::Rng::new(),
-                );
-                return (Ok(decision), None, None);
-            }
-        };
+            // Without a ledger, a refusal counts as an attempt (v1).
+            Admitted::Refused => Gate::Decided(record::conclude(
+                settings,
+                attempt,
+                AttemptResult::BreakerOpen { host: &host },
+                SystemTime::now(),
+                self.max_delay(batch),
+                &mut fastrand::Rng::new(),
+            )),
+        }
+    }
 
+    /// The attempt itself: the request (with the ledger read beside it),
+    /// its conclusion, the breaker's report, and the ledger entry.
+    async fn attempt(
+        &self,
+        record: &Record,
+        batch: &Batch,
+        mut message: crate::message::RetryMessage,
+        attempted: Attempted<'_, '_>,
+    ) -> Decided {
+        let Attempted {
+            settings,
+            mut attempt,
+            ticket,
+            first_receive,
+            mut recorded_failures,
+        } = attempted;
         // The body moves out of the message into the request: a large one
         // is held once, whatever the attempt sends.
         let body = message.take_body().map_err(|e| e.to_string());
@@ -755,37 +878,27 @@ impl Processor {
             }
         };
         let ((delivery, latency), read) = tokio::join!(deliver, read);
-        let recorded_failures = match read {
-            None => recorded_failures,
+        match read {
+            None => {}
             Some(Ok(failed)) => {
                 attempt.number =
                     Attempt::from_ledger(message.received_count, failed, record.receive_count);
-                Some(failed)
+                recorded_failures = Some(failed);
             }
-            Some(Err(e)) => self.without_table(batch, &e),
-        };
+            Some(Err(e)) => recorded_failures = self.without_table(batch, &e),
+        }
         let conclude = |attempt: &Attempt| {
             record::conclude(
-                &settings,
+                settings,
                 attempt,
                 delivery.result(),
                 SystemTime::now(),
-                max_delay(),
+                self.max_delay(batch),
                 &mut fastrand::Rng::new(),
             )
         };
         let mut decision = conclude(&attempt);
-        match ticket {
-            None => {}
-            Some(Ticket::Local(ticket)) => ticket.report(decision.health),
-            Some(Ticket::Fleet(ticket)) => {
-                if let Some(fleet) = &self.fleet {
-                    if let Err(e) = Box::pin(fleet.report(ticket, decision.health)).await {
-                        self.without_table::<()>(batch, &e);
-                    }
-                }
-            }
-        }
+        self.report(batch, ticket, decision.health).await;
         if matches!(decision.action, Action::Retry { .. }) {
             // A retry must end before the queue's retention would delete the
             // message (§8.1): decide again, knowing the horizon.
@@ -819,6 +932,27 @@ impl Processor {
         (Ok(decision), Some(latency), ledger)
     }
 
+    /// Tells the breaker how an admitted attempt went (`None`: it was not
+    /// made, or said nothing of the host).
+    async fn report(&self, batch: &Batch, ticket: Option<Ticket>, health: Option<Health>) {
+        match ticket {
+            None => {}
+            Some(Ticket::Local(ticket)) => ticket.report(health),
+            Some(Ticket::Fleet(ticket)) => {
+                if let Some(fleet) = &self.fleet {
+                    if let Err(e) = Box::pin(fleet.report(ticket, health)).await {
+                        self.without_table::<()>(batch, &e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The longest delay SQS still accepts for this batch's receives.
+    fn max_delay(&self, batch: &Batch) -> Duration {
+        record::receive_limit(batch.started.elapsed(), self.config.batching_window)
+    }
+
     /// The breaker's word on an attempt to `host`: the fleet's when there
     /// is a table (falling back to this process's if it fails).
     async fn admit(
@@ -849,15 +983,16 @@ impl Processor {
     async fn deferred(
         &self,
         record: &Record,
+        batch: &Batch,
         settings: &Settings<'_>,
         mut attempt: Attempt,
         why: Deferral,
         wait: Duration,
-        max_delay: Duration,
     ) -> Decision {
         // Spread the records that come back together.
         let wait = wait + Duration::from_millis(fastrand::u64(0..1000));
         attempt.retained_until = self.retained_until(record).await;
+        let max_delay = self.max_delay(batch);
         record::defer(settings, &attempt, why, wait, SystemTime::now(), max_delay)
     }
 
@@ -1004,25 +1139,29 @@ impl Processor {
             .saturating_mul(2)
             .saturating_add(OBJECT_ROOM);
         // Boxed: the S3 call's future is kilobytes large, and only a
-        // pointer needs it.
-        // Room in PAYLOAD_MEMORY_BYTES may be waited for as long as a
-        // token or the breaker's probe.
+        // pointer needs it. Room in PAYLOAD_MEMORY_BYTES may be waited for
+        // as long as a token or the breaker's probe.
         let until = tokio::time::Instant::from_std(self.wait_limit(batch));
         let budget = &self.payload_budget;
-        let get = self
+        let peek = self
             .payloads
-            .get(&pointer, &record.message_id, max_object, budget, until);
-        match Box::pin(get).await {
-            Ok(Payload {
+            .peek(&pointer, &record.message_id, max_object, budget, until);
+        match Box::pin(peek).await {
+            Ok(Head {
                 finished: Some(how),
                 ..
             }) => Resolved::AlreadyFinished(how),
-            Ok(payload) => Resolved::Offloaded {
+            Ok(head) => Resolved::Offloaded {
                 pointer,
-                size: payload.text.len(),
-                payload: payload.text,
-                kept: payload.kept,
-                _reserved: payload.reserved,
+                size: head.size,
+                kept: head.kept,
+                body: match head.whole {
+                    Some((text, reserved)) => Body::Read {
+                        text,
+                        _reserved: reserved,
+                    },
+                    None => Body::Head(head.destination),
+                },
             },
             Err(PayloadError::Invalid(why)) => Resolved::Unresolvable(why, None),
             Err(PayloadError::Unusable(why, size)) => {
@@ -1091,14 +1230,17 @@ impl Processor {
                 // A payload's dead letter points to a copy written now, which
                 // lives as long as the DLQ keeps the letter (§12.1).
                 let existing = match resolved {
-                    Resolved::Offloaded { pointer, .. } => Some(pointer),
-                    Resolved::Unresolvable(_, unusable) => unusable.as_ref().map(|(p, _)| p),
+                    Resolved::Offloaded { pointer, kept, .. } => Some((pointer, Some(kept))),
+                    Resolved::Unresolvable(_, unusable) => {
+                        unusable.as_ref().map(|(p, _)| (p, None))
+                    }
                     _ => None,
                 };
                 let fresh = match existing {
                     None => None,
-                    Some(pointer) => {
-                        match Box::pin(self.payloads.copy(pointer, Some(&record.message_id))).await
+                    Some((pointer, kept)) => {
+                        match Box::pin(self.payloads.copy(pointer, Some(&record.message_id), kept))
+                            .await
                         {
                             Ok(copy) => Some(copy.body()),
                             Err(e) => {

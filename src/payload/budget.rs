@@ -1,7 +1,8 @@
 //! `PAYLOAD_MEMORY_BYTES` (§12.4): the bytes of fetched payload bodies a
 //! process holds at once. A record reserves its object's size once S3 has
-//! said it and before the bytes are read, and keeps the reservation until
-//! its work is done; others wait for room. A body larger than the whole
+//! said it and before the bytes are read (its head's, then, once admitted,
+//! its whole body's), and keeps the reservation until its work is done;
+//! others wait for room. A body larger than the whole
 //! budget waits for all of it, and so goes alone.
 
 use std::sync::Arc;
@@ -19,7 +20,7 @@ pub struct MemoryBudget {
 
 /// Room held for one body; given back when dropped.
 #[derive(Debug)]
-pub struct Reserved(#[allow(dead_code)] OwnedSemaphorePermit);
+pub struct Reserved(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
 
 impl MemoryBudget {
     pub fn new(bytes: usize) -> MemoryBudget {
@@ -32,6 +33,11 @@ impl MemoryBudget {
         }
     }
 
+    /// Room for nothing (an empty payload).
+    pub fn nothing(&self) -> Reserved {
+        Reserved(None)
+    }
+
     /// Waits until there is room for `bytes` (all of the budget for a body
     /// larger than it), or until `until`: `None` when there was none in
     /// time.
@@ -41,7 +47,7 @@ impl MemoryBudget {
             .clamp(1, self.units);
         let room = Arc::clone(&self.room).acquire_many_owned(units);
         match tokio::time::timeout_at(until, room).await {
-            Ok(Ok(permit)) => Some(Reserved(permit)),
+            Ok(Ok(permit)) => Some(Reserved(Some(permit))),
             _ => None,
         }
     }

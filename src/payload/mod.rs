@@ -16,6 +16,7 @@
 
 #[cfg(feature = "s3-payloads")]
 pub mod budget;
+pub mod head;
 #[cfg(feature = "s3-payloads")]
 pub mod store;
 

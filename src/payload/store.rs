@@ -9,6 +9,7 @@ use std::time::Duration;
 use aws_sdk_s3::error::ProvideErrorMetadata;
 
 use super::budget::{MemoryBudget, Reserved};
+use super::head::HEAD_BYTES;
 use super::{Finished, PayloadPointer, FINISHED_TAG};
 
 /// Why a payload could not be had.
@@ -45,27 +46,45 @@ pub const MESSAGE_TAG: &str = "retryq-message";
 /// it: the letter keeps its object until the letter is gone.
 pub const LETTER_TAG: &str = "retryq-letter";
 
-/// A payload read from S3.
+/// What the first read of a payload found (§12.4): its size, whether it
+/// is finished, what a mark must keep, and either the whole payload (a
+/// small one) or the destination its head names (a larger one, whose body
+/// is read by [`PayloadStore::body`] once the record is admitted).
 #[derive(Debug)]
-pub struct Payload {
-    /// The Retry Message, as text.
-    pub text: String,
+pub struct Head {
+    /// The object's size in bytes.
+    pub size: usize,
     /// Its object is marked finished ([`FINISHED_TAG`]) for this very SQS
     /// message.
     pub finished: Option<Finished>,
-    /// What a mark must keep of the object.
+    /// What a mark or a copy must keep of the object.
     pub kept: Kept,
-    /// Its room in `PAYLOAD_MEMORY_BYTES`, held until this is dropped.
-    pub reserved: Reserved,
+    /// The whole payload as text, with its room in `PAYLOAD_MEMORY_BYTES`
+    /// (held until dropped), when it is at most [`HEAD_BYTES`].
+    pub whole: Option<(String, Reserved)>,
+    /// The `destinationUrl` of a larger payload, when its head names one.
+    pub destination: Option<url::Url>,
 }
 
-/// What marking an object keeps: it is copied onto itself, and such a copy
-/// must replace the metadata, so the metadata, content type and the tags
-/// that are not retryq's are sent again.
+/// What marking or copying an object keeps. A copy onto itself must
+/// replace the metadata, so the metadata, content type, the other
+/// system metadata and the tags that are not retryq's are sent again; and
+/// a copy gets the bucket's default storage class and encryption unless
+/// told, so those are sent too.
 #[derive(Debug, Clone, Default)]
 pub struct Kept {
     content_type: Option<String>,
+    cache_control: Option<String>,
+    content_disposition: Option<String>,
+    content_encoding: Option<String>,
+    content_language: Option<String>,
     metadata: Option<std::collections::HashMap<String, String>>,
+    storage_class: Option<aws_sdk_s3::types::StorageClass>,
+    encryption: Option<aws_sdk_s3::types::ServerSideEncryption>,
+    kms_key: Option<String>,
+    bucket_key: Option<bool>,
+    /// The version read, so that a later read gets the same object.
+    etag: Option<String>,
     tags: Vec<(String, String)>,
 }
 
@@ -74,6 +93,27 @@ impl Kept {
     pub fn is_letter(&self) -> bool {
         self.tags.iter().any(|(k, _)| k == LETTER_TAG)
     }
+}
+
+/// [`Kept`] from a GetObject or HeadObject answer (both have the same
+/// accessors, but no shared trait).
+macro_rules! kept_of {
+    ($o:expr) => {
+        Kept {
+            content_type: $o.content_type().map(str::to_owned),
+            cache_control: $o.cache_control().map(str::to_owned),
+            content_disposition: $o.content_disposition().map(str::to_owned),
+            content_encoding: $o.content_encoding().map(str::to_owned),
+            content_language: $o.content_language().map(str::to_owned),
+            metadata: $o.metadata().cloned(),
+            storage_class: $o.storage_class().cloned(),
+            encryption: $o.server_side_encryption().cloned(),
+            kms_key: $o.ssekms_key_id().map(str::to_owned),
+            bucket_key: $o.bucket_key_enabled(),
+            etag: $o.e_tag().map(str::to_owned),
+            tags: Vec::new(),
+        }
+    };
 }
 
 impl PayloadStore {
@@ -106,18 +146,20 @@ impl PayloadStore {
             .await
     }
 
-    /// The payload as text, if it is at most `max_bytes`, and whether it is
-    /// marked finished (asked of S3 only when the object has tags). Its
-    /// bytes are read only once `budget` has room for them (until `until`;
-    /// none in time leaves the record for another receive).
-    pub async fn get(
+    /// The first read of a payload (§12.4): at most [`HEAD_BYTES`] of it,
+    /// its size, and whether it is marked finished (asked of S3 only when
+    /// the object has tags, and before any of its bytes are read). A payload
+    /// of at most [`HEAD_BYTES`] is read whole, once `budget` has room for
+    /// it (until `until`; none in time leaves the record for another
+    /// receive); of a larger one only the destination is kept.
+    pub async fn peek(
         &self,
         p: &PayloadPointer,
         message_id: &str,
         max_bytes: usize,
         budget: &MemoryBudget,
         until: tokio::time::Instant,
-    ) -> Result<Payload, PayloadError> {
+    ) -> Result<Head, PayloadError> {
         let address = p.address();
         let call = self
             .client()
@@ -125,92 +167,100 @@ impl PayloadStore {
             .get_object()
             .bucket(&p.bucket)
             .key(&p.key)
+            .range(format!("bytes=0-{}", HEAD_BYTES - 1))
             .send();
-        let object = match tokio::time::timeout(CALL_TIMEOUT, call).await {
-            Err(_) => {
-                return Err(PayloadError::Unavailable(format!(
-                    "payload pointer: S3 timed out reading {address}"
-                )))
+        let object = match bounded(&format!("reading {address}"), call).await {
+            Ok(object) => object,
+            // A range of an empty object: there is nothing to read.
+            Err(f) if f.code.as_deref() == Some("InvalidRange") => {
+                return Ok(Head {
+                    size: 0,
+                    finished: None,
+                    kept: Kept::default(),
+                    whole: Some((String::new(), budget.nothing())),
+                    destination: None,
+                })
             }
-            Ok(Err(e)) => {
-                let code = e.code().unwrap_or("no answer");
-                let missing = matches!(code, "NoSuchKey" | "NoSuchBucket")
-                    || e.raw_response().is_some_and(|r| r.status().as_u16() == 404);
-                return Err(if missing {
-                    PayloadError::Invalid(format!(
-                        "payload pointer: {address} does not exist ({code})"
-                    ))
-                } else {
-                    PayloadError::Unavailable(format!(
-                        "payload pointer: S3 failed reading {address} ({code})"
-                    ))
-                });
-            }
-            Ok(Ok(object)) => object,
+            Err(f) => return Err(read_failure(f, &address)),
         };
-        let tagged = object.tag_count().is_some_and(|n| n > 0);
-        let size = object.content_length().unwrap_or(0).max(0) as usize;
+        let size = object
+            .content_range()
+            .and_then(|r| r.rsplit('/').next()?.parse::<usize>().ok())
+            .unwrap_or_else(|| object.content_length().unwrap_or(0).max(0) as usize);
         if size > max_bytes {
             return Err(PayloadError::Unusable(
                 format!("payload pointer: {address} holds {size} bytes, more than {max_bytes}"),
                 size,
             ));
         }
-        let mut kept = Kept {
-            content_type: object.content_type().map(str::to_owned),
-            metadata: object.metadata().cloned(),
-            tags: Vec::new(),
+        let mut head = Head {
+            size,
+            finished: None,
+            kept: kept_of!(object),
+            whole: None,
+            destination: None,
         };
-        let Some(reserved) = budget.reserve(size, until).await else {
-            return Err(PayloadError::Unavailable(format!(
-                "payload pointer: no room in PAYLOAD_MEMORY_BYTES for the {size} bytes of {address} in time"
-            )));
-        };
-        let bytes = tokio::time::timeout(CALL_TIMEOUT, object.body.collect())
-            .await
-            .map_err(|_| {
-                PayloadError::Unavailable(format!(
-                    "payload pointer: S3 timed out reading {address}"
-                ))
-            })?
-            .map_err(|_| {
-                PayloadError::Unavailable(format!(
-                    "payload pointer: S3 failed mid-object reading {address}"
-                ))
-            })?
-            .into_bytes();
-        if bytes.len() > max_bytes {
-            return Err(PayloadError::Unusable(
-                format!("payload pointer: {address} is larger than {max_bytes} bytes"),
-                bytes.len(),
-            ));
-        }
-        // Into the String without a copy when the buffer is not shared.
-        let text = String::from_utf8(Vec::from(bytes)).map_err(|e| {
-            PayloadError::Unusable(
-                format!("payload pointer: {address} is not UTF-8 text"),
-                e.as_bytes().len(),
-            )
-        })?;
-        let mut finished = None;
-        if tagged {
+        if object.tag_count().is_some_and(|n| n > 0) {
             let tags = self.tags(p).await?;
             let tag = |key: &str| tags.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
-            if tag(MESSAGE_TAG) == Some(message_id) {
-                finished = tag(FINISHED_TAG).and_then(Finished::from_tag);
+            if tag(MESSAGE_TAG).is_some_and(|ids| names(ids, message_id)) {
+                head.finished = tag(FINISHED_TAG).and_then(Finished::from_tag);
             }
-            kept.tags = tags
-                .iter()
-                .filter(|(k, _)| k != FINISHED_TAG && k != MESSAGE_TAG)
-                .cloned()
-                .collect();
+            head.kept.tags = tags;
+            if head.finished.is_some() {
+                return Ok(head);
+            }
         }
-        Ok(Payload {
-            text,
-            finished,
-            kept,
-            reserved,
-        })
+        let Some(reserved) = budget.reserve(size.min(HEAD_BYTES), until).await else {
+            return Err(no_room(size.min(HEAD_BYTES), &address));
+        };
+        let bytes = collect(object.body, &address).await?;
+        if size <= HEAD_BYTES {
+            head.whole = Some((text(bytes, &address)?, reserved));
+        } else {
+            head.destination = super::head::destination(&bytes);
+        }
+        Ok(head)
+    }
+
+    /// The whole payload as text, once `budget` has room for its `size`
+    /// bytes (until `until`): the read after [`peek`](Self::peek) of a
+    /// payload larger than its head, for a record about to be sent. The
+    /// object must be the one peeked at (`kept`); if it changed meanwhile
+    /// the record is left for another receive.
+    pub async fn body(
+        &self,
+        p: &PayloadPointer,
+        size: usize,
+        kept: &Kept,
+        budget: &MemoryBudget,
+        until: tokio::time::Instant,
+    ) -> Result<(String, Reserved), PayloadError> {
+        let address = p.address();
+        let Some(reserved) = budget.reserve(size, until).await else {
+            return Err(no_room(size, &address));
+        };
+        let call = self
+            .client()
+            .await
+            .get_object()
+            .bucket(&p.bucket)
+            .key(&p.key)
+            .set_if_match(kept.etag.clone())
+            .send();
+        let object = bounded(&format!("reading {address}"), call)
+            .await
+            .map_err(|f| read_failure(f, &address))?;
+        if object
+            .content_length()
+            .is_some_and(|n| n.max(0) as usize != size)
+        {
+            return Err(PayloadError::Unavailable(format!(
+                "payload pointer: {address} changed while it was being read"
+            )));
+        }
+        let bytes = collect(object.body, &address).await?;
+        Ok((text(bytes, &address)?, reserved))
     }
 
     /// Is the object a dead letter's copy ([`LETTER_TAG`])? Only such an
@@ -264,9 +314,6 @@ impl PayloadStore {
         message_id: &str,
         kept: &Kept,
     ) -> Result<(), String> {
-        let mut tags = kept.tags.clone();
-        tags.push((FINISHED_TAG.to_owned(), how.as_str().to_owned()));
-        tags.push((MESSAGE_TAG.to_owned(), message_id.to_owned()));
         let call = self
             .client()
             .await
@@ -277,8 +324,16 @@ impl PayloadStore {
             .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
             .set_metadata(kept.metadata.clone())
             .set_content_type(kept.content_type.clone())
+            .set_cache_control(kept.cache_control.clone())
+            .set_content_disposition(kept.content_disposition.clone())
+            .set_content_encoding(kept.content_encoding.clone())
+            .set_content_language(kept.content_language.clone())
+            .set_storage_class(kept.storage_class.clone())
+            .set_server_side_encryption(kept.encryption.clone())
+            .set_ssekms_key_id(kept.kms_key.clone())
+            .set_bucket_key_enabled(kept.bucket_key)
             .tagging_directive(aws_sdk_s3::types::TaggingDirective::Replace)
-            .tagging(tagging(&tags))
+            .tagging(tagging(&finished_tags(&kept.tags, how, message_id)))
             .send();
         let doing = format!("marking {} {}", p.address(), how.as_str());
         bounded(&doing, call).await.map(drop).map_err(|f| f.text)
@@ -286,14 +341,25 @@ impl PayloadStore {
 
     /// A copy of the payload under a new key in the same bucket, written
     /// now (§12.1): what a dead letter or a redriven letter points to, so
-    /// that its object lives as long as its queue keeps it. Server-side.
-    /// A letter's copy (`letter_of`: the SQS message it is the letter of)
-    /// carries [`LETTER_TAG`] and no other tag; any other copy none.
+    /// that its object lives as long as its queue keeps it. Server-side,
+    /// keeping the object's metadata, storage class and encryption (`kept`,
+    /// or asked of S3 when not given). A letter's copy (`letter_of`: the
+    /// SQS message it is the letter of) carries [`LETTER_TAG`] and no other
+    /// tag; any other copy none.
     pub async fn copy(
         &self,
         p: &PayloadPointer,
         letter_of: Option<&str>,
+        kept: Option<&Kept>,
     ) -> Result<PayloadPointer, String> {
+        let asked;
+        let kept = match kept {
+            Some(kept) => kept,
+            None => {
+                asked = self.kept(p).await?;
+                &asked
+            }
+        };
         let copy = PayloadPointer {
             bucket: p.bucket.clone(),
             key: uuid::Uuid::new_v4().to_string(),
@@ -305,6 +371,10 @@ impl PayloadStore {
             .copy_source(copy_source(p))
             .bucket(&copy.bucket)
             .key(&copy.key)
+            .set_storage_class(kept.storage_class.clone())
+            .set_server_side_encryption(kept.encryption.clone())
+            .set_ssekms_key_id(kept.kms_key.clone())
+            .set_bucket_key_enabled(kept.bucket_key)
             .tagging_directive(aws_sdk_s3::types::TaggingDirective::Replace)
             .set_tagging(letter_of.map(|id| tagging(&[(LETTER_TAG.to_owned(), id.to_owned())])))
             .send();
@@ -313,6 +383,21 @@ impl PayloadStore {
             .await
             .map(|_| copy)
             .map_err(|f| f.text)
+    }
+
+    /// What a copy of the object must keep, asked of S3 (HeadObject).
+    async fn kept(&self, p: &PayloadPointer) -> Result<Kept, String> {
+        let call = self
+            .client()
+            .await
+            .head_object()
+            .bucket(&p.bucket)
+            .key(&p.key)
+            .send();
+        let head = bounded(&format!("reading {}", p.address()), call)
+            .await
+            .map_err(|f| f.text)?;
+        Ok(kept_of!(head))
     }
 
     /// The bucket's lifecycle rules, for `retryq validate --payload-bucket`
@@ -390,6 +475,91 @@ async fn bounded<T, E: ProvideErrorMetadata>(
             text: format!("S3 timed out {doing}"),
         }),
     }
+}
+
+/// A GetObject that failed: a missing object or bucket makes the message
+/// invalid; anything else (including an object replaced since it was
+/// peeked at, `PreconditionFailed`) is worth another receive.
+fn read_failure(f: S3Failure, address: &str) -> PayloadError {
+    match f.code.as_deref() {
+        Some("NoSuchKey" | "NoSuchBucket" | "NotFound") => PayloadError::Invalid(format!(
+            "payload pointer: {address} does not exist ({})",
+            f.code.as_deref().unwrap_or_default()
+        )),
+        _ => PayloadError::Unavailable(format!("payload pointer: {}", f.text)),
+    }
+}
+
+fn no_room(size: usize, address: &str) -> PayloadError {
+    PayloadError::Unavailable(format!(
+        "payload pointer: no room in PAYLOAD_MEMORY_BYTES for the {size} bytes of {address} in time"
+    ))
+}
+
+/// An object's bytes, within [`CALL_TIMEOUT`].
+async fn collect(
+    body: aws_sdk_s3::primitives::ByteStream,
+    address: &str,
+) -> Result<bytes::Bytes, PayloadError> {
+    match tokio::time::timeout(CALL_TIMEOUT, body.collect()).await {
+        Err(_) => Err(PayloadError::Unavailable(format!(
+            "payload pointer: S3 timed out reading {address}"
+        ))),
+        Ok(Err(_)) => Err(PayloadError::Unavailable(format!(
+            "payload pointer: S3 failed mid-object reading {address}"
+        ))),
+        Ok(Ok(data)) => Ok(data.into_bytes()),
+    }
+}
+
+/// The payload as text: into the String without a copy when the buffer is
+/// not shared.
+fn text(bytes: bytes::Bytes, address: &str) -> Result<String, PayloadError> {
+    String::from_utf8(Vec::from(bytes)).map_err(|e| {
+        PayloadError::Unusable(
+            format!("payload pointer: {address} is not UTF-8 text"),
+            e.as_bytes().len(),
+        )
+    })
+}
+
+/// The longest value S3 takes for a tag.
+const TAG_VALUE_LIMIT: usize = 256;
+
+/// An object's tags once it is marked finished for `message_id`: its tags
+/// that are not retryq's, [`FINISHED_TAG`], and [`MESSAGE_TAG`] naming
+/// this message after any others it was finished for (the newest that fit
+/// S3's limit), so that a second message naming the same object does not
+/// make the first one's redelivery look unfinished.
+fn finished_tags(
+    tags: &[(String, String)],
+    how: Finished,
+    message_id: &str,
+) -> Vec<(String, String)> {
+    let mut ids: Vec<&str> = tags
+        .iter()
+        .filter(|(k, _)| k == MESSAGE_TAG)
+        .flat_map(|(_, v)| v.split(' '))
+        .filter(|id| !id.is_empty() && *id != message_id)
+        .collect();
+    ids.push(message_id);
+    while ids.len() > 1 && ids.iter().map(|id| id.len() + 1).sum::<usize>() > TAG_VALUE_LIMIT + 1 {
+        ids.remove(0);
+    }
+    let mut out: Vec<(String, String)> = tags
+        .iter()
+        .filter(|(k, _)| k != FINISHED_TAG && k != MESSAGE_TAG)
+        .cloned()
+        .collect();
+    out.push((FINISHED_TAG.to_owned(), how.as_str().to_owned()));
+    out.push((MESSAGE_TAG.to_owned(), ids.join(" ")));
+    out
+}
+
+/// Does a [`MESSAGE_TAG`] value (SQS message ids, space-separated) name
+/// `message_id`?
+fn names(ids: &str, message_id: &str) -> bool {
+    ids.split(' ').any(|id| id == message_id)
 }
 
 /// What the payload lifetime check needs of one rule.

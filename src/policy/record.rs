@@ -353,6 +353,28 @@ pub fn plan(received: &Received<'_>, settings: &Settings<'_>, now: SystemTime) -
     }
 }
 
+/// The attempt a record is before its message is read: a large payload
+/// admitted on its head's destination before its body is fetched (§12.4).
+/// Counted from SQS's receive count (or the ledger), with the processor's
+/// limit; the message's own `receivedCount`, `maxAttempts` and
+/// `expiresAt` apply once it is read, on the attempt itself. Only a
+/// deferral, or a refusal that counts as an attempt, is decided with it.
+pub fn attempt_unread(
+    settings: &Settings<'_>,
+    receive_count: u32,
+    recorded_failures: Option<u32>,
+) -> Attempt {
+    Attempt {
+        number: match recorded_failures {
+            None => Attempt::number(0, receive_count),
+            Some(failed) => Attempt::from_ledger(0, failed, receive_count),
+        },
+        limit: settings.retry.max_attempts,
+        expires_at: None,
+        retained_until: None,
+    }
+}
+
 /// After the attempt: classify what happened (§3) and decide what now (§4).
 /// `max_delay` is the longest delay SQS will still accept for this receive
 /// ([`receive_limit`]).
