@@ -108,7 +108,8 @@ pub async fn list(
 
 /// Where redriven payload pointers are copied (§12.1): the store, and the
 /// buckets whose pointers are followed (`PAYLOAD_BUCKETS`). A pointer into
-/// any other bucket is moved as it is, its object untouched.
+/// any other bucket is not moved: its redriven message would point to an
+/// object that may expire before it, and the processor would not follow it.
 pub struct RedrivePayloads<'a> {
     pub store: &'a crate::payload::store::PayloadStore,
     pub buckets: &'a [String],
@@ -225,9 +226,11 @@ async fn move_one(
     // A pointer's redriven message points to a copy written now, which
     // lives as long as the retry queue keeps it (§12.1); the letter's own
     // object goes once the letter is gone.
-    let old = crate::payload::PayloadPointer::parse(letter)
-        .and_then(Result::ok)
-        .filter(|p| p.check_bucket(payloads.buckets).is_ok());
+    let old = crate::payload::PayloadPointer::parse(letter).and_then(Result::ok);
+    if let Some(p) = &old {
+        p.check_bucket(payloads.buckets)
+            .map_err(|why| format!("{why}: left in the DLQ, not redriven"))?;
+    }
     let fresh = match &old {
         Some(p) => Some(payloads.store.copy(p, None, None).await?.body()),
         None => None,

@@ -1,7 +1,8 @@
 //! `PAYLOAD_MEMORY_BYTES` (§12.4): the bytes of fetched payload bodies a
 //! process holds at once. A record reserves its object's size once S3 has
 //! said it and before the bytes are read (its head's, then, once admitted,
-//! its whole body's), and keeps the reservation until its work is done;
+//! its whole body's; twice the size, for the text and the body parsed from
+//! it), and keeps the reservation until its work is done;
 //! others wait for room. A body larger than the whole
 //! budget waits for all of it, and so goes alone.
 

@@ -211,7 +211,7 @@ impl PayloadStore {
                 return Ok(head);
             }
         }
-        let Some(reserved) = budget.reserve(size.min(HEAD_BYTES), until).await else {
+        let Some(reserved) = budget.reserve(room_for(size.min(HEAD_BYTES)), until).await else {
             return Err(no_room(size.min(HEAD_BYTES), &address));
         };
         let bytes = collect(object.body, &address).await?;
@@ -223,8 +223,8 @@ impl PayloadStore {
         Ok(head)
     }
 
-    /// The whole payload as text, once `budget` has room for its `size`
-    /// bytes (until `until`): the read after [`peek`](Self::peek) of a
+    /// The whole payload as text, once `budget` has room for it (until
+    /// `until`): the read after [`peek`](Self::peek) of a
     /// payload larger than its head, for a record about to be sent. The
     /// object must be the one peeked at (`kept`); if it changed meanwhile
     /// the record is left for another receive.
@@ -237,7 +237,7 @@ impl PayloadStore {
         until: tokio::time::Instant,
     ) -> Result<(String, Reserved), PayloadError> {
         let address = p.address();
-        let Some(reserved) = budget.reserve(size, until).await else {
+        let Some(reserved) = budget.reserve(room_for(size), until).await else {
             return Err(no_room(size, &address));
         };
         let call = self
@@ -490,6 +490,13 @@ fn read_failure(f: S3Failure, address: &str) -> PayloadError {
     }
 }
 
+/// The room a payload of `size` bytes takes in `PAYLOAD_MEMORY_BYTES`:
+/// twice its size, because its text and the body parsed from it exist
+/// together for a moment (the text is released once parsed).
+fn room_for(size: usize) -> usize {
+    size.saturating_mul(2)
+}
+
 fn no_room(size: usize, address: &str) -> PayloadError {
     PayloadError::Unavailable(format!(
         "payload pointer: no room in PAYLOAD_MEMORY_BYTES for the {size} bytes of {address} in time"
@@ -623,6 +630,38 @@ mod tests {
             key: "a dir/é+k%2F".into(),
         };
         assert_eq!(copy_source(&p), "b/a%20dir/%C3%A9%2Bk%252F");
+    }
+
+    #[test]
+    fn a_mark_names_every_message_it_was_made_for_within_s3s_limit() {
+        let id = |n: usize| format!("{n:08}-0000-4000-8000-000000000000");
+        let first = finished_tags(
+            &[("owner".into(), "billing".into())],
+            Finished::DeadLettered,
+            &id(1),
+        );
+        assert_eq!(
+            first,
+            [
+                ("owner".to_owned(), "billing".to_owned()),
+                (FINISHED_TAG.to_owned(), "dead-lettered".to_owned()),
+                (MESSAGE_TAG.to_owned(), id(1)),
+            ]
+        );
+        let mut tags = first;
+        for n in 2..=10 {
+            tags = finished_tags(&tags, Finished::Delivered, &id(n));
+        }
+        let ids = &tags.iter().find(|(k, _)| k == MESSAGE_TAG).unwrap().1;
+        assert!(ids.len() <= TAG_VALUE_LIMIT, "{}", ids.len());
+        assert!(names(ids, &id(10)) && names(ids, &id(5)), "{ids}");
+        assert!(!names(ids, &id(1)), "the oldest made room: {ids}");
+        assert_eq!(ids.split(' ').count(), 6);
+        // Marking again for a message already named does not repeat it.
+        let again = finished_tags(&tags, Finished::Delivered, &id(10));
+        assert_eq!(again, tags);
+        assert_eq!(tags.iter().filter(|(k, _)| k == FINISHED_TAG).count(), 1);
+        assert!(!names("a b", "") && !names("ab", "a"));
     }
 
     #[test]

@@ -775,6 +775,7 @@ pub fn token_answer(token: &str) -> wiremock::ResponseTemplate {
 }
 
 /// What a finished `retryq` command left: its exit code and output.
+#[derive(Debug)]
 pub struct RetryqOutput {
     pub code: i32,
     pub stdout: String,

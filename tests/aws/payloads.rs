@@ -787,6 +787,23 @@ async fn put_owned(bucket: &str, key: &str, text: &str) {
 /// sends when it contains `needle` (lower case): a slow S3 for one kind of
 /// call. Its URL; it stops with the test's runtime.
 async fn slow_proxy(upstream: &str, needle: &'static str, delay: Duration) -> String {
+    proxy(upstream, move |chunk| {
+        if chunk.contains(needle) {
+            delay
+        } else {
+            Duration::ZERO
+        }
+    })
+    .await
+}
+
+/// A TCP proxy to `upstream` that shows `inspect` (lower case) each chunk a
+/// client sends, and holds it back as long as `inspect` says. Its URL; it
+/// stops with the test's runtime.
+async fn proxy(
+    upstream: &str,
+    inspect: impl Fn(&str) -> Duration + Clone + Send + Sync + 'static,
+) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let upstream = upstream.trim_start_matches("http://").to_owned();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -796,6 +813,7 @@ async fn slow_proxy(upstream: &str, needle: &'static str, delay: Duration) -> St
             let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
                 continue;
             };
+            let inspect = inspect.clone();
             tokio::spawn(async move {
                 let (mut from_client, mut to_client) = client.into_split();
                 let (mut from_server, mut to_server) = server.into_split();
@@ -803,9 +821,7 @@ async fn slow_proxy(upstream: &str, needle: &'static str, delay: Duration) -> St
                     let mut buf = vec![0u8; 1 << 16];
                     while let Ok(n @ 1..) = from_client.read(&mut buf).await {
                         let chunk = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
-                        if chunk.contains(needle) {
-                            tokio::time::sleep(delay).await;
-                        }
+                        tokio::time::sleep(inspect(&chunk)).await;
                         if to_server.write_all(&buf[..n]).await.is_err() {
                             break;
                         }
@@ -819,6 +835,82 @@ async fn slow_proxy(upstream: &str, needle: &'static str, delay: Duration) -> St
         }
     });
     url
+}
+
+/// The reads of objects' bytes that went through an S3 proxy: of a head
+/// (a ranged GetObject) and of a whole object.
+#[derive(Debug, Default)]
+struct Reads {
+    heads: std::sync::atomic::AtomicUsize,
+    whole: std::sync::atomic::AtomicUsize,
+}
+
+/// An S3 endpoint counting the object reads made through it.
+async fn counting_s3() -> (String, std::sync::Arc<Reads>) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let reads = std::sync::Arc::new(Reads::default());
+    let counted = std::sync::Arc::clone(&reads);
+    let url = proxy(&endpoint(), move |chunk| {
+        let line = chunk.lines().next().unwrap_or_default();
+        if line.starts_with("get /") && !line.contains("tagging") && !line.contains("lifecycle") {
+            if chunk.contains("\r\nrange: bytes=0-") {
+                counted.heads.fetch_add(1, SeqCst);
+            } else {
+                counted.whole.fetch_add(1, SeqCst);
+            }
+        }
+        Duration::ZERO
+    })
+    .await;
+    (url, reads)
+}
+
+/// §12.4: a record the breaker does not admit holds no body. Its object is
+/// read only as far as its head (where the destination is); only the
+/// admitted record's body is read whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_breaker_holds_back_reads_only_its_payloads_head() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dest = serving(ResponseTemplate::new(503)).await;
+    let b = bucket("held-back");
+    let (s3_url, reads) = counting_s3().await;
+    let (sqs, q, dlq, _) = with_dlq("payload-held-back", &[]).await;
+    let vars = [
+        ("DLQ_URL", dlq.url.as_str()),
+        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+        ("PAYLOAD_BUCKETS", b.as_str()),
+        ("BREAKER_THRESHOLD", "1"),
+        ("BREAKER_COOLDOWN_SECONDS", "43200"),
+    ];
+    let p = std::sync::Arc::new(
+        retryq::process::Processor::new(config(&vars), sqs.clone(), None)
+            .unwrap()
+            .with_payload_store(retryq::payload::store::PayloadStore::with_client(s3_at(
+                &s3_url,
+            ))),
+    );
+    s3().create_bucket().bucket(&b).send().await.unwrap();
+    // 300 KiB each: larger than a head.
+    let mut pointers = Vec::new();
+    for i in 0..4 {
+        let key = format!("held-{i}");
+        let (message, _) = large_message(&key, &dest.uri(), 300 * 1024);
+        put_owned(&b, &key, &message).await;
+        pointers.push(pointer_to(&b, &key));
+    }
+    // The first opens the breaker (one failure); the others are held back.
+    let first = run_batch(&p, &sqs, &q, &dlq, &pointers[..1]).await;
+    assert_eq!(first.retried.len(), 1, "{first:?}");
+    let rest = run_batch(&p, &sqs, &q, &dlq, &pointers[1..]).await;
+
+    assert_eq!(rest.retried.len(), 3, "{rest:?}");
+    assert_eq!(dest.received_requests().await.unwrap().len(), 1);
+    assert_eq!(reads.heads.load(SeqCst), 4, "every object's head, once");
+    assert_eq!(
+        reads.whole.load(SeqCst),
+        1,
+        "only the admitted record's body is read whole"
+    );
 }
 
 /// A finished mark that S3 is slow to make does not outlast the batch:
@@ -1044,4 +1136,85 @@ async fn a_redrive_deletes_only_a_letters_own_copy() {
         "the producer's object stays: {keys:?}"
     );
     assert_eq!(keys.len(), 2, "and the moved message's copy: {keys:?}");
+}
+
+/// A pointer letter into a bucket `PAYLOAD_BUCKETS` does not list (here:
+/// none is set) is not redriven: its moved message would name an object
+/// written when it was dead-lettered, which may expire before the retry
+/// queue lets the message go (§12.1). It stays in the DLQ, and the command
+/// says why and fails; an inline letter beside it is moved.
+#[tokio::test]
+async fn a_pointer_letter_is_not_redriven_without_its_bucket() {
+    let sqs = sqs();
+    let q = queue(&sqs, "payload-redrive-nobucket").await;
+    let dlq = queue(&sqs, "payload-redrive-nobucket-dlq").await;
+    let b = bucket("redrive-nobucket");
+    s3().create_bucket().bucket(&b).send().await.unwrap();
+    let (message, _) = large_message("nobucket-1", "http://127.0.0.1:9/", 1000);
+    put_owned(&b, "letter", &message).await;
+    send(&sqs, &dlq, &pointer_to(&b, "letter")).await;
+    send(&sqs, &dlq, &message).await;
+
+    let out = run_retryq(
+        &["dlq", "redrive", "--dlq-url", &dlq.url, "--to", &q.url],
+        &[],
+    )
+    .await;
+
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout.contains("moved 1, skipped 0, failed 1"),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr.contains(&format!("bucket {b} is not allowed")),
+        "{}",
+        out.stderr
+    );
+    let moved = receive_n(&sqs, &q, 2, Duration::from_secs(3)).await;
+    assert_eq!(moved.len(), 1);
+    assert_eq!(moved[0].body.as_deref(), Some(message.as_str()));
+    let left = receive_n(&sqs, &dlq, 2, Duration::from_secs(3)).await;
+    assert_eq!(left.len(), 1, "the pointer letter stays");
+    assert_eq!(
+        left[0].body.as_deref(),
+        Some(pointer_to(&b, "letter").as_str())
+    );
+}
+
+/// Two messages that name one object (a producer that sent its pointer
+/// twice): each is delivered, and a redelivery of the first, after the
+/// second's mark, is still acknowledged without a request; the mark names
+/// both messages.
+#[tokio::test]
+async fn a_shared_object_remembers_every_message_it_was_finished_for() {
+    let dest = expecting(200, 2).await;
+    let b = bucket("shared");
+    let (sqs, q, dlq, p) = with_dlq("payload-shared", &[("PAYLOAD_BUCKETS", &b)]).await;
+    s3().create_bucket().bucket(&b).send().await.unwrap();
+    let (message, _) = large_message("shared-1", &dest.uri(), 1000);
+    put_owned(&b, "shared", &message).await;
+    send(&sqs, &q, &pointer_to(&b, "shared")).await;
+    send(&sqs, &q, &pointer_to(&b, "shared")).await;
+    let received = receive_n(&sqs, &q, 2, Duration::from_secs(10)).await;
+    assert_eq!(received.len(), 2);
+
+    for m in [&received[0], &received[1], &received[0]] {
+        let failed =
+            handle_unacknowledged(std::sync::Arc::clone(&p), &q, std::slice::from_ref(m)).await;
+        assert!(failed.is_empty(), "{failed:?}");
+    }
+
+    assert_eq!(depth(&sqs, &dlq).await, (0, 0), "not dead-lettered");
+    dest.verify().await;
+    let marked = tags(&b, "shared").await;
+    let ids = marked
+        .iter()
+        .find(|(k, _)| k == "retryq-message")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    for m in &received {
+        assert!(ids.contains(m.message_id.as_deref().unwrap()), "{ids}");
+    }
+    assert!(marked.contains(&("keep".to_owned(), "forever".to_owned())));
 }
