@@ -4,6 +4,8 @@
 //! [`check_queues`] is pure: it compares the queues' settings with the
 //! configuration and names the queue and the attribute of each problem.
 
+use std::time::Duration;
+
 use crate::config::Config;
 pub use crate::queue::QueueSettings;
 
@@ -107,39 +109,60 @@ pub fn check_payload_lifecycle(
     queues: &[&QueueSettings],
 ) -> Vec<Finding> {
     let needed = queues.iter().map(|q| q.retention).max().unwrap_or_default();
-    let mut findings = Vec::new();
-    for rule in rules.iter().filter(|r| r.enabled && !r.only_finished) {
-        let problem = if let Some(date) = &rule.expiration_date {
-            Some(format!(
-                "rule {:?} expires every payload it matches on {date}, whatever a message still needs",
-                rule.id
-            ))
-        } else {
-            rule.expiration_days
-                .filter(|days| u64::from(*days) * 86_400 < needed.as_secs())
-                .map(|days| {
-                    format!(
-                        "rule {:?} expires payloads after {days} day(s), before the {} s a message may point to one: it would be dead-lettered invalid-message",
-                        rule.id,
-                        needed.as_secs()
-                    )
-                })
-        };
-        if let Some(problem) = problem {
-            findings.push(Finding {
-                queue: format!("s3://{bucket}"),
-                attribute: "LifecycleConfiguration",
-                problem,
-            });
-        }
+    rules
+        .iter()
+        .filter(|r| r.enabled && !r.only_finished)
+        .flat_map(|rule| [expiry_problem(rule, needed), archive_problem(rule, needed)])
+        .flatten()
+        .map(|problem| Finding {
+            queue: format!("s3://{bucket}"),
+            attribute: "LifecycleConfiguration",
+            problem,
+        })
+        .collect()
+}
+
+/// A rule that expires payloads before a message may stop naming them.
+fn expiry_problem(rule: &LifecycleRule, needed: Duration) -> Option<String> {
+    if let Some(date) = &rule.expiration_date {
+        return Some(format!(
+            "rule {:?} expires every payload it matches on {date}, whatever a message still needs",
+            rule.id
+        ));
     }
-    findings
+    rule.expiration_days
+        .filter(|days| u64::from(*days) * 86_400 < needed.as_secs())
+        .map(|days| {
+            format!(
+                "rule {:?} expires payloads after {days} day(s), before the {} s a message may point to one: it would be dead-lettered invalid-message",
+                rule.id,
+                needed.as_secs()
+            )
+        })
+}
+
+/// A rule that archives payloads (S3 then serves them only once restored)
+/// before a message may stop naming them.
+fn archive_problem(rule: &LifecycleRule, needed: Duration) -> Option<String> {
+    let archive = rule.archive.as_ref()?;
+    let when = match (&archive.date, archive.days) {
+        (Some(date), _) => format!("on {date}"),
+        (None, Some(days)) if u64::from(days) * 86_400 < needed.as_secs() => {
+            format!("after {days} day(s)")
+        }
+        _ => return None,
+    };
+    Some(format!(
+        "rule {:?} moves payloads to {} {when}, before the {} s a message may point to one: S3 will not serve them, and they would be dead-lettered invalid-message",
+        rule.id,
+        archive.storage_class,
+        needed.as_secs()
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn config(vars: &[(&str, &str)]) -> Config {
         Config::from_lookup(|name| {
@@ -159,6 +182,7 @@ mod tests {
                 expiration_days: days,
                 expiration_date: date.map(str::to_owned),
                 only_finished,
+                archive: None,
             };
         let source = queue("q", 14 * 86_400, 262_144, 60);
         let dlq = queue("d", 14 * 86_400, 262_144, 60);
@@ -183,6 +207,31 @@ mod tests {
             .all(|f| f.queue == "s3://b" && f.attribute == "LifecycleConfiguration"));
         assert!(found[0].problem.contains("\"week\"") && found[0].problem.contains("1209600"));
         assert!(found[1].problem.contains("2030-01-01"));
+        let archived = |days: Option<u32>, date: Option<&str>, only_finished: bool| LifecycleRule {
+            archive: Some(crate::payload::Archive {
+                storage_class: "GLACIER".into(),
+                days,
+                date: date.map(str::to_owned),
+            }),
+            ..rule("archive", None, None, only_finished)
+        };
+        let found = check_payload_lifecycle("b", &[archived(Some(1), None, false)], &[&dlq]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].problem.contains("GLACIER after 1 day(s)"),
+            "{found:?}"
+        );
+        assert_eq!(
+            check_payload_lifecycle("b", &[archived(None, Some("2030-01-01"), false)], &[&dlq])
+                .len(),
+            1
+        );
+        for fine in [
+            archived(Some(30), None, false),
+            archived(Some(1), None, true),
+        ] {
+            assert_eq!(check_payload_lifecycle("b", &[fine], &[&source, &dlq]), []);
+        }
         // Only the longest retention counts: a short source with a long DLQ.
         let short = queue("q", 4 * 86_400, 262_144, 60);
         assert_eq!(

@@ -78,6 +78,11 @@ pub struct RedriveStats {
     pub skipped: u64,
     /// Could not be moved (send or delete failed); still in the DLQ.
     pub failed: u64,
+    /// Not moved but deleted: messages whose payload is marked delivered
+    /// or dead-lettered for that very message (§12.3), which the queue's
+    /// redrive policy moved to the DLQ after their acknowledgement was
+    /// lost. Sending them again would repeat a delivered request.
+    pub already_finished: u64,
 }
 
 /// Lists up to `max` dead letters; the DLQ is unchanged afterwards.
@@ -146,7 +151,8 @@ pub async fn redrive(
                 continue;
             }
             match move_one(queues, payloads, dlq_url, to_url, &m).await {
-                Ok(()) => stats.moved += 1,
+                Ok(Moved::Sent) => stats.moved += 1,
+                Ok(Moved::AlreadyFinished) => stats.already_finished += 1,
                 Err(e) => {
                     tracing::warn!(error = %e, "could not redrive a dead letter");
                     stats.failed += 1;
@@ -210,13 +216,22 @@ fn reason_of(m: &Message) -> Option<String> {
         .clone()
 }
 
+/// What became of one dead letter that was not left in the DLQ.
+enum Moved {
+    /// Sent to the target, and deleted from the DLQ.
+    Sent,
+    /// Deleted from the DLQ without being sent: its payload says it was
+    /// finished.
+    AlreadyFinished,
+}
+
 async fn move_one(
     queues: &Queues,
     payloads: &RedrivePayloads<'_>,
     dlq_url: &str,
     to_url: &str,
     m: &Message,
-) -> Result<(), String> {
+) -> Result<Moved, String> {
     let group = m
         .attributes
         .as_ref()
@@ -227,16 +242,24 @@ async fn move_one(
     // lives as long as the retry queue keeps it (§12.1); the letter's own
     // object goes once the letter is gone.
     let old = crate::payload::PayloadPointer::parse(letter).and_then(Result::ok);
+    let message_id = m.message_id.as_deref().unwrap_or_default();
     if let Some(p) = &old {
         p.check_bucket(payloads.buckets)
             .map_err(|why| format!("{why}: left in the DLQ, not redriven"))?;
+        // The message itself, moved here by the redrive policy after it
+        // was finished (its acknowledgement lost on its last receive).
+        let tags = payloads.store.tags_of(p).await?;
+        if let Some(how) = crate::payload::finished_for(&tags, message_id) {
+            delete_letter(queues, dlq_url, m).await?;
+            tracing::info!(id = %message_id, "not redriven: its payload is marked {}", how.as_str());
+            return Ok(Moved::AlreadyFinished);
+        }
     }
     let fresh = match &old {
         Some(p) => Some(payloads.store.copy(p, None, None).await?.body()),
         None => None,
     };
     let body = fresh.as_deref().unwrap_or(letter);
-    let message_id = m.message_id.as_deref().unwrap_or_default();
     // A pointer keeps its size attribute, so the SQS Extended Client still
     // reads the redriven copy; every message keeps its trace (spec §11).
     let payload_size: Vec<(&str, String)> = m
@@ -256,14 +279,9 @@ async fn move_one(
         .send(to_url, body, &payload_size, trace, group, message_id)
         .await
         .map_err(|e| e.to_string())?;
-    let handle = m.receipt_handle.clone().unwrap_or_default();
-    let not_deleted = queues.delete_batch(dlq_url, &[handle]).await;
-    if !not_deleted.is_empty() {
-        return Err(
-            "DeleteMessage: sent to the target but not deleted from the DLQ (it will appear twice)"
-                .into(),
-        );
-    }
+    delete_letter(queues, dlq_url, m).await.map_err(|e| {
+        format!("{e}: sent to the target but not deleted from the DLQ (it will appear twice)")
+    })?;
     if let Some(old) = &old {
         // A letter's own copy: nothing points to it now. Any other object
         // (the producer's, moved here by the redrive policy) may still be
@@ -278,7 +296,17 @@ async fn move_one(
             tracing::warn!(error = %e, "could not delete a redriven letter's payload");
         }
     }
-    Ok(())
+    Ok(Moved::Sent)
+}
+
+async fn delete_letter(queues: &Queues, dlq_url: &str, m: &Message) -> Result<(), String> {
+    let handle = m.receipt_handle.clone().unwrap_or_default();
+    let not_deleted = queues.delete_batch(dlq_url, &[handle]).await;
+    if not_deleted.is_empty() {
+        Ok(())
+    } else {
+        Err("DeleteMessage failed".into())
+    }
 }
 
 /// A walk over the DLQ: receives until it gives no more (or `max` were

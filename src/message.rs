@@ -73,7 +73,6 @@ pub struct RetryMessage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<String>,
     pub destination_url: Url,
-    pub request: Request,
     /// Name of an auth profile configured in the processor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<String>,
@@ -90,6 +89,10 @@ pub struct RetryMessage {
     /// Attempts already made before the message entered the queue.
     #[serde(default)]
     pub received_count: u32,
+    /// Written after the fields above, which decide whether an attempt is
+    /// made: a processor reading only the head of a large offloaded
+    /// message finds them there (§12.4).
+    pub request: Request,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }

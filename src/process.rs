@@ -41,7 +41,7 @@ use crate::fleet::breaker::{FleetAdmission, FleetTicket};
 use crate::fleet::ledger::AttemptRecord;
 use crate::fleet::{FleetState, StateError};
 use crate::payload::budget::{MemoryBudget, Reserved};
-use crate::payload::store::{Head, Kept, PayloadError, PayloadStore};
+use crate::payload::store::{Kept, PayloadError, PayloadStore, Peeked};
 use crate::payload::{Finished, PayloadPointer};
 use crate::policy::destinations::Token;
 use crate::policy::fifo;
@@ -224,7 +224,7 @@ enum Resolved {
     Offloaded {
         pointer: PayloadPointer,
         size: usize,
-        kept: Kept,
+        kept: Box<Kept>,
         body: Body,
     },
     /// A pointer whose object is marked finished: a redelivery of a
@@ -241,8 +241,8 @@ enum Resolved {
 /// An offloaded payload's body (§12.4).
 enum Body {
     /// Not read yet: a payload larger than its head, read once the record
-    /// is admitted; the destination its head names, if it does.
-    Head(Option<url::Url>),
+    /// is admitted; what its head says (the destination, if it names it).
+    Head(crate::payload::head::Head),
     /// Read: the text (released once parsed), and its room in
     /// `PAYLOAD_MEMORY_BYTES`, held until the record's work is done.
     Read { text: String, _reserved: Reserved },
@@ -646,22 +646,36 @@ impl Processor {
         // A large payload is admitted on the destination its head names,
         // and its body read only then (§12.4): a deferred record holds none.
         let mut admitted_early = None;
+        let mut breaker_only = false;
         if let Resolved::Offloaded {
-            body: Body::Head(head_destination),
+            body: Body::Head(head),
             ..
         } = &*resolved
         {
-            if let Some(url) = head_destination.clone() {
+            if let Some(url) = head.destination.clone() {
                 *destination = url.host_str().map(str::to_owned);
                 let settings = settings.for_destination(&url);
-                let attempt =
-                    record::attempt_unread(&settings, record.receive_count, recorded_failures);
+                let unread = record::Unread {
+                    receive_count: record.receive_count,
+                    recorded_failures,
+                    received_count: head.received_count.unwrap_or(0),
+                    max_attempts: head.max_attempts,
+                    expires_at: head.expires_at,
+                };
+                let attempt = record::attempt_unread(&settings, &unread);
                 match Box::pin(self.admission(record, batch, &url, &settings, &attempt)).await {
                     Gate::Go(ticket) => admitted_early = Some(ticket),
                     Gate::Decided(decision) => return (Ok(decision), None, None),
                 }
             }
             Box::pin(self.read_body(resolved, batch)).await;
+            if let Some(ticket) = &admitted_early {
+                if !self.still_admitted(batch, ticket).await {
+                    // The token is spent; only the breaker is asked again.
+                    admitted_early = None;
+                    breaker_only = true;
+                }
+            }
         }
         let planned = self
             .plan(record, resolved, &settings, recorded_failures, destination)
@@ -678,7 +692,12 @@ impl Processor {
             Some(ticket) => ticket,
             None => {
                 let url = &message.destination_url;
-                match Box::pin(self.admission(record, batch, url, &settings, &attempt)).await {
+                let gate = if breaker_only {
+                    Box::pin(self.breaker_gate(record, batch, url, &settings, &attempt)).await
+                } else {
+                    Box::pin(self.admission(record, batch, url, &settings, &attempt)).await
+                };
+                match gate {
                     Gate::Go(ticket) => ticket,
                     Gate::Decided(decision) => return (Ok(decision), None, None),
                 }
@@ -799,10 +818,10 @@ impl Processor {
         attempt: &Attempt,
     ) -> Gate {
         let rules = self.config.destination_policies.for_url(url);
-        let until = self.wait_limit(batch);
         // A fleet-wide (or this process's) rate limit: no token in time
         // defers the record, using up no attempt.
         if let Some((pattern, rate)) = rules.and_then(|r| Some((&r.pattern, r.rate?))) {
+            let until = self.wait_limit(batch);
             let token = match self.table(batch) {
                 Some(fleet) => match Box::pin(fleet.token(pattern, rate, until)).await {
                     Ok(token) => Some(token),
@@ -820,11 +839,26 @@ impl Processor {
                 return Gate::Decided(deferred.await);
             }
         }
-        // The circuit breaker: the fleet's, or this process's.
+        self.breaker_gate(record, batch, url, settings, attempt)
+            .await
+    }
+
+    /// The breaker's part of [`admission`](Self::admission): the fleet's,
+    /// or this process's.
+    async fn breaker_gate(
+        &self,
+        record: &Record,
+        batch: &Batch,
+        url: &url::Url,
+        settings: &Settings<'_>,
+        attempt: &Attempt,
+    ) -> Gate {
+        let rules = self.config.destination_policies.for_url(url);
         let Some(breaker) = rules.and_then(|r| r.breaker).or(self.config.breaker) else {
             return Gate::Go(None);
         };
         let host = host_key(url);
+        let until = self.wait_limit(batch);
         match Box::pin(self.admit(batch, &host, breaker, until)).await {
             Admitted::Go(ticket) => Gate::Go(ticket),
             Admitted::Defer(wait) => {
@@ -841,6 +875,21 @@ impl Processor {
                 self.max_delay(batch),
                 &mut fastrand::Rng::new(),
             )),
+        }
+    }
+
+    /// Does a ticket taken before a payload's body was read still hold its
+    /// probe lease? Renewed from now, so the lease covers the request; a
+    /// lease lost meanwhile (the read took longer than it) is given up, and
+    /// the record must ask the breaker again.
+    async fn still_admitted(&self, batch: &Batch, ticket: &Option<Ticket>) -> bool {
+        let (Some(Ticket::Fleet(ticket)), Some(fleet)) = (ticket, self.table(batch)) else {
+            return true;
+        };
+        let lease_for = self.config.request_timeout + PROBE_LEASE_SLACK;
+        match Box::pin(fleet.renew(ticket, lease_for)).await {
+            Ok(held) => held,
+            Err(e) => self.without_table(batch, &e).unwrap_or(true),
         }
     }
 
@@ -1147,20 +1196,20 @@ impl Processor {
             .payloads
             .peek(&pointer, &record.message_id, max_object, budget, until);
         match Box::pin(peek).await {
-            Ok(Head {
+            Ok(Peeked {
                 finished: Some(how),
                 ..
             }) => Resolved::AlreadyFinished(how),
             Ok(head) => Resolved::Offloaded {
                 pointer,
                 size: head.size,
-                kept: head.kept,
+                kept: Box::new(head.kept),
                 body: match head.whole {
                     Some((text, reserved)) => Body::Read {
                         text,
                         _reserved: reserved,
                     },
-                    None => Body::Head(head.destination),
+                    None => Body::Head(head.head),
                 },
             },
             Err(PayloadError::Invalid(why)) => Resolved::Unresolvable(why, None),
@@ -1224,73 +1273,80 @@ impl Processor {
                 Err(e) => Disposition::Unfinished(e.to_string()),
             },
             Action::DeadLetter(dead_letter) => {
-                let Some(dlq_url) = &self.config.dlq_url else {
-                    return Disposition::Unfinished("DLQ_URL is not set".into());
-                };
-                // A payload's dead letter points to a copy written now, which
-                // lives as long as the DLQ keeps the letter (§12.1).
-                let existing = match resolved {
-                    Resolved::Offloaded { pointer, kept, .. } => Some((pointer, Some(kept))),
-                    Resolved::Unresolvable(_, unusable) => {
-                        unusable.as_ref().map(|(p, _)| (p, None))
-                    }
-                    _ => None,
-                };
-                let fresh = match existing {
-                    None => None,
-                    Some((pointer, kept)) => {
-                        match Box::pin(self.payloads.copy(pointer, Some(&record.message_id), kept))
-                            .await
-                        {
-                            Ok(copy) => Some(copy.body()),
-                            Err(e) => {
-                                self.set_pending_dead_letter(&record.message_id, Some(dead_letter));
-                                return Disposition::Unfinished(e);
-                            }
-                        }
-                    }
-                };
-                let copy = DeadLetterCopy {
-                    body: fresh.as_deref().unwrap_or(&record.body),
-                    dead_letter,
-                    source_queue_arn: &record.source_queue_arn,
-                    original_message_id: &record.message_id,
-                    message_group_id: record.message_group_id.as_deref(),
-                    trace_header: record.trace_header.as_deref(),
-                    payload_size: match resolved {
-                        Resolved::Offloaded { size, .. } => Some(*size),
-                        Resolved::Unresolvable(_, Some((_, size))) => Some(*size),
-                        _ => None,
-                    },
-                };
-                let sent = Box::pin(async {
-                    let max_size = self
-                        .queues
-                        .limits_of(dlq_url)
-                        .await
-                        .map(|l| l.max_message_size);
-                    self.queues.send_dead_letter(dlq_url, &copy, max_size).await
-                });
-                match sent.await {
-                    Ok(()) => {
-                        self.set_pending_dead_letter(&record.message_id, None);
-                        // The letter exists: the old object is marked, and
-                        // goes a day later (§12.1, §12.3); not when the
-                        // message was invalid, whose object may not be a
-                        // payload at all.
-                        if dead_letter.reason != FailureReason::InvalidMessage {
-                            self.mark(record, resolved, Finished::DeadLettered, deadline)
-                                .await;
-                        }
-                        Disposition::DeadLettered(dead_letter.reason)
-                    }
-                    Err(e) => {
-                        self.set_pending_dead_letter(&record.message_id, Some(dead_letter));
-                        Disposition::Unfinished(e.to_string())
-                    }
-                }
+                self.dead_letter(record, resolved, dead_letter, deadline)
+                    .await
             }
         }
+    }
+
+    /// Sends the record's DLQ copy (a payload's pointing to a copy of its
+    /// object written now, §12.1), then marks the old object.
+    async fn dead_letter(
+        &self,
+        record: &Record,
+        resolved: &Resolved,
+        dead_letter: &DeadLetter,
+        deadline: Option<Instant>,
+    ) -> Disposition {
+        let Some(dlq_url) = &self.config.dlq_url else {
+            return Disposition::Unfinished("DLQ_URL is not set".into());
+        };
+        // Remembered before the copy and the send begin: a task cut by the
+        // deadline between them leaves the record to send its letter on
+        // the next receive here, not to make its request again.
+        self.set_pending_dead_letter(&record.message_id, Some(dead_letter));
+        // A payload's dead letter points to a copy written now, which lives
+        // as long as the DLQ keeps the letter (§12.1).
+        let existing = match resolved {
+            Resolved::Offloaded { pointer, kept, .. } => Some((pointer, Some(&**kept))),
+            Resolved::Unresolvable(_, unusable) => unusable.as_ref().map(|(p, _)| (p, None)),
+            _ => None,
+        };
+        let fresh = match existing {
+            None => None,
+            Some((pointer, kept)) => {
+                let copy = self.payloads.copy(pointer, Some(&record.message_id), kept);
+                match Box::pin(copy).await {
+                    Ok(copy) => Some(copy.body()),
+                    Err(e) => return Disposition::Unfinished(e),
+                }
+            }
+        };
+        let copy = DeadLetterCopy {
+            body: fresh.as_deref().unwrap_or(&record.body),
+            dead_letter,
+            source_queue_arn: &record.source_queue_arn,
+            original_message_id: &record.message_id,
+            message_group_id: record.message_group_id.as_deref(),
+            trace_header: record.trace_header.as_deref(),
+            payload_size: match resolved {
+                Resolved::Offloaded { size, .. } => Some(*size),
+                Resolved::Unresolvable(_, Some((_, size))) => Some(*size),
+                _ => None,
+            },
+        };
+        // Boxed: the SQS calls' futures are kilobytes large, and a
+        // delivered record should not carry them.
+        let sent = Box::pin(async {
+            let max_size = self
+                .queues
+                .limits_of(dlq_url)
+                .await
+                .map(|l| l.max_message_size);
+            self.queues.send_dead_letter(dlq_url, &copy, max_size).await
+        });
+        if let Err(e) = sent.await {
+            return Disposition::Unfinished(e.to_string());
+        }
+        self.set_pending_dead_letter(&record.message_id, None);
+        // The letter exists: the old object is marked, and goes a day later
+        // (§12.1, §12.3); not when the message was invalid, whose object
+        // may not be a payload at all.
+        if dead_letter.reason != FailureReason::InvalidMessage {
+            self.mark(record, resolved, Finished::DeadLettered, deadline)
+                .await;
+        }
+        Disposition::DeadLettered(dead_letter.reason)
     }
 
     async fn hide(&self, record: &Record, delay: Duration) -> Result<(), QueueError> {

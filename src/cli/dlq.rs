@@ -36,8 +36,12 @@ pub(super) async fn redrive(
     let stats = dlq::redrive(&queues, &payloads, dlq_url, to, max, reason)
         .await
         .map_err(|e| Failure::Work(e.to_string()))?;
+    let finished = match stats.already_finished {
+        0 => String::new(),
+        n => format!(", already finished {n} (deleted: their payload says they were delivered or dead-lettered)"),
+    };
     println!(
-        "moved {}, skipped {}, failed {}",
+        "moved {}, skipped {}, failed {}{finished}",
         stats.moved, stats.skipped, stats.failed
     );
     if stats.failed > 0 {

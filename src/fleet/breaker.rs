@@ -206,6 +206,37 @@ impl FleetState {
         }
     }
 
+    /// Extends a ticket's probe lease to `lease_for` from now, just before
+    /// its request goes out when something was waited for since the lease
+    /// was taken (a payload's body, §12.4). `false` when the lease is no
+    /// longer this process's (it ran out, and another took it or the
+    /// breaker moved on): the attempt must not go out on this ticket. A
+    /// ticket without a lease needs nothing.
+    pub async fn renew(
+        &self,
+        ticket: &FleetTicket,
+        lease_for: Duration,
+    ) -> Result<bool, StateError> {
+        if !ticket.lease {
+            return Ok(true);
+        }
+        let until = now_ms().saturating_add(lease_for.as_millis() as u64);
+        let renewed = self
+            .update(
+                &ticket.key,
+                "SET probeUntil = :lease",
+                &[(":lease", n(until)), (":me", s(&self.owner))],
+                Some("prober = :me"),
+                ReturnValue::None,
+            )
+            .await;
+        match renewed {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_conditional() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Reports how an admitted attempt went.
     pub async fn report(
         &self,

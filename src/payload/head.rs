@@ -11,19 +11,40 @@ use serde::de::{IgnoredAny, MapAccess, Visitor};
 /// object this small is read whole at once.
 pub const HEAD_BYTES: usize = 64 * 1024;
 
-/// The top-level `destinationUrl` of a JSON object of which `head` is the
-/// beginning, if it is there, complete and a URL. Never reads past the
-/// first `destinationUrl`, and stops at the first thing it cannot read (the
-/// end of the head, most often).
-pub fn destination(head: &[u8]) -> Option<url::Url> {
-    let mut found = None;
-    let mut reader = serde_json::Deserializer::from_slice(head);
-    let _ = serde::Deserializer::deserialize_map(&mut reader, Fields(&mut found));
-    found.and_then(|url: String| url::Url::parse(&url).ok())
+/// What the head of an offloaded Retry Message says, as far as it goes:
+/// the top-level fields before `request` that decide whether an attempt is
+/// made. retryq's producer writes them all before `request`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Head {
+    /// `destinationUrl`, if it is there, complete and a URL.
+    pub destination: Option<url::Url>,
+    /// `expiresAt`, if it came before the head ended (RFC 3339).
+    pub expires_at: Option<std::time::SystemTime>,
+    /// `maxAttempts`, likewise.
+    pub max_attempts: Option<u32>,
+    /// `receivedCount`, likewise.
+    pub received_count: Option<u32>,
 }
 
-/// Walks an object's keys, skipping values, until `destinationUrl`.
-struct Fields<'a>(&'a mut Option<String>);
+/// Reads `head`, the beginning of a JSON object, up to its `request` (or
+/// the first thing it cannot read: the end of the head, most often). A
+/// field that is not of its type ends the reading; the whole message,
+/// once read, says what is wrong with it.
+pub fn read(head: &[u8]) -> Head {
+    let mut found = Head::default();
+    let mut reader = serde_json::Deserializer::from_slice(head);
+    let _ = serde::Deserializer::deserialize_map(&mut reader, Fields(&mut found));
+    found
+}
+
+/// The top-level `destinationUrl` of a JSON object of which `head` is the
+/// beginning, if it is there, complete and a URL.
+pub fn destination(head: &[u8]) -> Option<url::Url> {
+    read(head).destination
+}
+
+/// Walks an object's keys, skipping the values of others, until `request`.
+struct Fields<'a>(&'a mut Head);
 
 impl<'de> Visitor<'de> for Fields<'_> {
     type Value = ();
@@ -34,11 +55,25 @@ impl<'de> Visitor<'de> for Fields<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            if key == "destinationUrl" {
-                *self.0 = Some(map.next_value()?);
-                return Ok(());
+            match &*key {
+                "request" => return Ok(()),
+                "destinationUrl" => {
+                    let url: String = map.next_value()?;
+                    self.0.destination = url::Url::parse(&url).ok();
+                }
+                "expiresAt" => {
+                    let at: String = map.next_value()?;
+                    let rfc3339 = &time::format_description::well_known::Rfc3339;
+                    self.0.expires_at = time::OffsetDateTime::parse(&at, rfc3339)
+                        .ok()
+                        .map(std::time::SystemTime::from);
+                }
+                "maxAttempts" => self.0.max_attempts = Some(map.next_value()?),
+                "receivedCount" => self.0.received_count = Some(map.next_value()?),
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
             }
-            map.next_value::<IgnoredAny>()?;
         }
         Ok(())
     }
@@ -84,6 +119,23 @@ mod tests {
         ] {
             assert_eq!(destination(not_one), None);
         }
+    }
+
+    #[test]
+    fn the_fields_before_the_request_are_read_and_none_after_it() {
+        let head = br#"{"id":"a","destinationUrl":"https://x.example/","expiresAt":"2020-01-01T00:00:00Z","maxAttempts":3,"receivedCount":2,"request":{"method":"POST","body":"xxxx"#;
+        let read = read(head);
+        assert_eq!(read.destination.unwrap().as_str(), "https://x.example/");
+        assert_eq!(
+            read.expires_at,
+            Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_577_836_800))
+        );
+        assert_eq!((read.max_attempts, read.received_count), (Some(3), Some(2)));
+        let after = br#"{"destinationUrl":"https://x.example/","request":{},"maxAttempts":3}"#;
+        assert_eq!(super::read(after).max_attempts, None);
+        let ill_typed =
+            br#"{"destinationUrl":"https://x.example/","maxAttempts":"3","receivedCount":2}"#;
+        assert_eq!(super::read(ill_typed).received_count, None);
     }
 
     proptest! {

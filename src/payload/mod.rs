@@ -40,6 +40,22 @@ pub use crate::policy::record::Finished;
 /// was set (it is set by a copy onto itself, which starts the day anew).
 pub const FINISHED_TAG: &str = "retryq-finished";
 
+/// The tag that binds a finished mark to the SQS messages it was made for
+/// (their ids, space-separated): an object marked for another message (a
+/// producer that copied a marked object, a pointer to another message's
+/// payload) is not taken as done.
+pub const MESSAGE_TAG: &str = "retryq-message";
+
+/// Is an object with these tags marked finished for `message_id`?
+pub fn finished_for(tags: &[(String, String)], message_id: &str) -> Option<Finished> {
+    let tag = |key: &str| tags.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    let ids = tag(MESSAGE_TAG)?;
+    if message_id.is_empty() || !ids.split(' ').any(|id| id == message_id) {
+        return None;
+    }
+    tag(FINISHED_TAG).and_then(Finished::from_tag)
+}
+
 /// One rule of a payload bucket's lifecycle configuration, as far as the
 /// lifetime of payloads is concerned (§12.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +69,20 @@ pub struct LifecycleRule {
     /// The rule matches only payloads retryq marked finished (its filter is
     /// the [`FINISHED_TAG`] tag): no message needs those any more.
     pub only_finished: bool,
+    /// The rule's earliest move to an archive storage class (Glacier
+    /// Flexible Retrieval, Deep Archive), from which S3 serves nothing
+    /// until the object is restored.
+    pub archive: Option<Archive>,
+}
+
+/// A lifecycle transition to an archive storage class.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Archive {
+    pub storage_class: String,
+    /// `Transition.Days`: counted from an object's creation.
+    pub days: Option<u32>,
+    /// `Transition.Date`.
+    pub date: Option<String>,
 }
 
 /// Where an offloaded payload is.
@@ -192,6 +222,22 @@ mod tests {
         assert!(p
             .check_bucket(&["B".into(), "bb".into(), "".into()])
             .is_err());
+    }
+
+    #[test]
+    fn a_mark_counts_only_for_the_messages_it_names() {
+        let tags = |ids: &str| {
+            vec![
+                (FINISHED_TAG.to_owned(), "delivered".to_owned()),
+                (MESSAGE_TAG.to_owned(), ids.to_owned()),
+            ]
+        };
+        assert_eq!(finished_for(&tags("a b"), "b"), Some(Finished::Delivered));
+        assert_eq!(finished_for(&tags("a b"), "a"), Some(Finished::Delivered));
+        for (ids, id) in [("ab", "a"), ("a b", ""), ("a", "b"), ("", "")] {
+            assert_eq!(finished_for(&tags(ids), id), None, "{ids:?} {id:?}");
+        }
+        assert_eq!(finished_for(&tags("a")[1..], "a"), None, "no finished tag");
     }
 
     proptest! {

@@ -36,10 +36,7 @@ pub struct PayloadStore {
 /// One S3 call's bound.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The tag that binds a finished mark to the SQS message it was made for:
-/// an object marked for another message (a producer that copied a marked
-/// object, a pointer to another message's payload) is not taken as done.
-pub const MESSAGE_TAG: &str = "retryq-message";
+pub use super::MESSAGE_TAG;
 
 /// The tag of a dead letter's copy, naming the SQS message it was made
 /// for. Such an object is never marked finished, whatever message names
@@ -51,7 +48,7 @@ pub const LETTER_TAG: &str = "retryq-letter";
 /// small one) or the destination its head names (a larger one, whose body
 /// is read by [`PayloadStore::body`] once the record is admitted).
 #[derive(Debug)]
-pub struct Head {
+pub struct Peeked {
     /// The object's size in bytes.
     pub size: usize,
     /// Its object is marked finished ([`FINISHED_TAG`]) for this very SQS
@@ -62,8 +59,9 @@ pub struct Head {
     /// The whole payload as text, with its room in `PAYLOAD_MEMORY_BYTES`
     /// (held until dropped), when it is at most [`HEAD_BYTES`].
     pub whole: Option<(String, Reserved)>,
-    /// The `destinationUrl` of a larger payload, when its head names one.
-    pub destination: Option<url::Url>,
+    /// What the head of a larger payload says (its destination, when it
+    /// names one).
+    pub head: super::head::Head,
 }
 
 /// What marking or copying an object keeps. A copy onto itself must
@@ -159,7 +157,7 @@ impl PayloadStore {
         max_bytes: usize,
         budget: &MemoryBudget,
         until: tokio::time::Instant,
-    ) -> Result<Head, PayloadError> {
+    ) -> Result<Peeked, PayloadError> {
         let address = p.address();
         let call = self
             .client()
@@ -173,12 +171,12 @@ impl PayloadStore {
             Ok(object) => object,
             // A range of an empty object: there is nothing to read.
             Err(f) if f.code.as_deref() == Some("InvalidRange") => {
-                return Ok(Head {
+                return Ok(Peeked {
                     size: 0,
                     finished: None,
                     kept: Kept::default(),
                     whole: Some((String::new(), budget.nothing())),
-                    destination: None,
+                    head: Default::default(),
                 })
             }
             Err(f) => return Err(read_failure(f, &address)),
@@ -193,19 +191,16 @@ impl PayloadStore {
                 size,
             ));
         }
-        let mut head = Head {
+        let mut head = Peeked {
             size,
             finished: None,
             kept: kept_of!(object),
             whole: None,
-            destination: None,
+            head: Default::default(),
         };
         if object.tag_count().is_some_and(|n| n > 0) {
             let tags = self.tags(p).await?;
-            let tag = |key: &str| tags.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
-            if tag(MESSAGE_TAG).is_some_and(|ids| names(ids, message_id)) {
-                head.finished = tag(FINISHED_TAG).and_then(Finished::from_tag);
-            }
+            head.finished = super::finished_for(&tags, message_id);
             head.kept.tags = tags;
             if head.finished.is_some() {
                 return Ok(head);
@@ -218,7 +213,7 @@ impl PayloadStore {
         if size <= HEAD_BYTES {
             head.whole = Some((text(bytes, &address)?, reserved));
         } else {
-            head.destination = super::head::destination(&bytes);
+            head.head = super::head::read(&bytes);
         }
         Ok(head)
     }
@@ -267,12 +262,17 @@ impl PayloadStore {
     /// object may be deleted when its letter is redriven: any other (the
     /// producer's own, which a duplicate message may still name) stays.
     pub async fn is_letter_copy(&self, p: &PayloadPointer) -> Result<bool, String> {
-        let tags = self.tags(p).await.map_err(|e| match e {
+        let tags = self.tags_of(p).await?;
+        Ok(tags.iter().any(|(k, _)| k == LETTER_TAG))
+    }
+
+    /// The object's tags, for `retryq dlq redrive`.
+    pub async fn tags_of(&self, p: &PayloadPointer) -> Result<Vec<(String, String)>, String> {
+        self.tags(p).await.map_err(|e| match e {
             PayloadError::Invalid(why)
             | PayloadError::Unusable(why, _)
             | PayloadError::Unavailable(why) => why,
-        })?;
-        Ok(tags.iter().any(|(k, _)| k == LETTER_TAG))
+        })
     }
 
     /// The object's tags. Not knowing is worth another try: guessing "not
@@ -477,15 +477,21 @@ async fn bounded<T, E: ProvideErrorMetadata>(
     }
 }
 
-/// A GetObject that failed: a missing object or bucket makes the message
-/// invalid; anything else (including an object replaced since it was
-/// peeked at, `PreconditionFailed`) is worth another receive.
+/// A GetObject that failed. A missing object or bucket makes the message
+/// invalid, and so does an object S3 will not serve as it is: archived
+/// (`InvalidObjectState`), encrypted with a customer's key or otherwise
+/// refused (`InvalidRequest`), or a key S3 does not take (`KeyTooLongError`).
+/// Anything else (throttling, 5xx, access, an object replaced since it was
+/// peeked at: `PreconditionFailed`) is worth another receive.
 fn read_failure(f: S3Failure, address: &str) -> PayloadError {
-    match f.code.as_deref() {
-        Some("NoSuchKey" | "NoSuchBucket" | "NotFound") => PayloadError::Invalid(format!(
-            "payload pointer: {address} does not exist ({})",
-            f.code.as_deref().unwrap_or_default()
+    let code = f.code.as_deref().unwrap_or_default();
+    match code {
+        "NoSuchKey" | "NoSuchBucket" | "NotFound" => PayloadError::Invalid(format!(
+            "payload pointer: {address} does not exist ({code})"
         )),
+        "InvalidObjectState" | "InvalidRequest" | "KeyTooLongError" => PayloadError::Invalid(
+            format!("payload pointer: S3 will not serve {address} ({code})"),
+        ),
         _ => PayloadError::Unavailable(format!("payload pointer: {}", f.text)),
     }
 }
@@ -563,12 +569,6 @@ fn finished_tags(
     out
 }
 
-/// Does a [`MESSAGE_TAG`] value (SQS message ids, space-separated) name
-/// `message_id`?
-fn names(ids: &str, message_id: &str) -> bool {
-    ids.split(' ').any(|id| id == message_id)
-}
-
 /// What the payload lifetime check needs of one rule.
 fn lifecycle_rule(rule: &aws_sdk_s3::types::LifecycleRule) -> super::LifecycleRule {
     let finished_tag = |t: &aws_sdk_s3::types::Tag| t.key() == FINISHED_TAG;
@@ -589,6 +589,23 @@ fn lifecycle_rule(rule: &aws_sdk_s3::types::LifecycleRule) -> super::LifecycleRu
             .and_then(|e| e.date())
             .map(|d| d.to_string()),
         only_finished,
+        archive: rule
+            .transitions()
+            .iter()
+            .filter(|t| {
+                use aws_sdk_s3::types::TransitionStorageClass as Class;
+                matches!(t.storage_class(), Some(Class::Glacier | Class::DeepArchive))
+            })
+            .map(|t| super::Archive {
+                storage_class: t
+                    .storage_class()
+                    .map(|c| c.as_str())
+                    .unwrap_or_default()
+                    .to_owned(),
+                days: t.days().and_then(|d| u32::try_from(d).ok()),
+                date: t.date().map(|d| d.to_string()),
+            })
+            .min_by_key(|a| (a.date.is_none(), a.days)),
     }
 }
 
@@ -653,6 +670,7 @@ mod tests {
             tags = finished_tags(&tags, Finished::Delivered, &id(n));
         }
         let ids = &tags.iter().find(|(k, _)| k == MESSAGE_TAG).unwrap().1;
+        let names = |ids: &str, id: &str| ids.split(' ').any(|named| named == id);
         assert!(ids.len() <= TAG_VALUE_LIMIT, "{}", ids.len());
         assert!(names(ids, &id(10)) && names(ids, &id(5)), "{ids}");
         assert!(!names(ids, &id(1)), "the oldest made room: {ids}");
@@ -661,7 +679,6 @@ mod tests {
         let again = finished_tags(&tags, Finished::Delivered, &id(10));
         assert_eq!(again, tags);
         assert_eq!(tags.iter().filter(|(k, _)| k == FINISHED_TAG).count(), 1);
-        assert!(!names("a b", "") && !names("ab", "a"));
     }
 
     #[test]

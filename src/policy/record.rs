@@ -353,24 +353,36 @@ pub fn plan(received: &Received<'_>, settings: &Settings<'_>, now: SystemTime) -
     }
 }
 
-/// The attempt a record is before its message is read: a large payload
-/// admitted on its head's destination before its body is fetched (§12.4).
-/// Counted from SQS's receive count (or the ledger), with the processor's
-/// limit; the message's own `receivedCount`, `maxAttempts` and
-/// `expiresAt` apply once it is read, on the attempt itself. Only a
-/// deferral, or a refusal that counts as an attempt, is decided with it.
-pub fn attempt_unread(
-    settings: &Settings<'_>,
-    receive_count: u32,
-    recorded_failures: Option<u32>,
-) -> Attempt {
+/// What is known of a record whose message is not read yet: a large
+/// payload admitted on its head before its body is fetched (§12.4). The
+/// message's fields are those its head held (retryq's producer writes them
+/// before the request; another producer may not).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unread {
+    /// SQS's receive count.
+    pub receive_count: u32,
+    /// Failed attempts in the ledger, when there is one.
+    pub recorded_failures: Option<u32>,
+    /// `receivedCount` (0 when the head did not hold it).
+    pub received_count: u32,
+    pub max_attempts: Option<u32>,
+    pub expires_at: Option<SystemTime>,
+}
+
+/// The attempt a record is before its message is read. Only a deferral,
+/// or a refusal that counts as an attempt, is decided with it; the
+/// attempt itself is planned once the whole message is read.
+pub fn attempt_unread(settings: &Settings<'_>, unread: &Unread) -> Attempt {
+    let limit = settings.retry.max_attempts;
     Attempt {
-        number: match recorded_failures {
-            None => Attempt::number(0, receive_count),
-            Some(failed) => Attempt::from_ledger(0, failed, receive_count),
+        number: match unread.recorded_failures {
+            None => Attempt::number(unread.received_count, unread.receive_count),
+            Some(failed) => {
+                Attempt::from_ledger(unread.received_count, failed, unread.receive_count)
+            }
         },
-        limit: settings.retry.max_attempts,
-        expires_at: None,
+        limit: unread.max_attempts.map_or(limit, |m| m.min(limit)),
+        expires_at: unread.expires_at,
         retained_until: None,
     }
 }

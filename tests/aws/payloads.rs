@@ -1218,3 +1218,5 @@ async fn a_shared_object_remembers_every_message_it_was_finished_for() {
     }
     assert!(marked.contains(&("keep".to_owned(), "forever".to_owned())));
 }
+
+mod faults;
