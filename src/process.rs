@@ -264,6 +264,20 @@ enum Gate {
     Decided(Decision),
 }
 
+/// What [`Processor::admit_unread`] did.
+enum Early {
+    /// Nothing: not a payload read on its head, or one whose head does not
+    /// name its destination (admitted once read, as any record).
+    NotAsked,
+    /// Admitted, and the body read.
+    Admitted(Option<Ticket>),
+    /// The body read, but the probe lease was lost meanwhile: the rate
+    /// limit's token is spent, the breaker must be asked again.
+    BreakerOnly,
+    /// Deferred or refused before the body was read.
+    Decided(Decision),
+}
+
 /// An admitted attempt, as [`Processor::attempt`] needs it.
 struct Attempted<'s, 'a> {
     settings: &'s Settings<'a>,
@@ -545,13 +559,9 @@ impl Processor {
         // acknowledged stays hidden until the worker deletes it with the
         // batch: otherwise a long batch (records waiting for rate-limit
         // tokens) lets it reappear, and be delivered again, meanwhile.
-        let acknowledging = matches!(
-            &decision,
-            Ok(Decision {
-                action: Action::Ack | Action::DeadLetter(_),
-                ..
-            })
-        );
+        let acknowledging = decision
+            .as_ref()
+            .is_ok_and(|d| matches!(d.action, Action::Ack | Action::DeadLetter(_)));
         if let (Some(heartbeat), false) = (&batch.heartbeat, acknowledging) {
             heartbeat.leave(&record.receipt_handle).await;
         }
@@ -645,38 +655,26 @@ impl Processor {
             .with_destinations(&self.config.destination_policies);
         // A large payload is admitted on the destination its head names,
         // and its body read only then (§12.4): a deferred record holds none.
-        let mut admitted_early = None;
-        let mut breaker_only = false;
         if let Resolved::Offloaded {
             body: Body::Head(head),
             ..
         } = &*resolved
         {
-            if let Some(url) = head.destination.clone() {
-                *destination = url.host_str().map(str::to_owned);
-                let settings = settings.for_destination(&url);
-                let unread = record::Unread {
-                    receive_count: record.receive_count,
-                    recorded_failures,
-                    received_count: head.received_count.unwrap_or(0),
-                    max_attempts: head.max_attempts,
-                    expires_at: head.expires_at,
-                };
-                let attempt = record::attempt_unread(&settings, &unread);
-                match Box::pin(self.admission(record, batch, &url, &settings, &attempt)).await {
-                    Gate::Go(ticket) => admitted_early = Some(ticket),
-                    Gate::Decided(decision) => return (Ok(decision), None, None),
-                }
-            }
-            Box::pin(self.read_body(resolved, batch)).await;
-            if let Some(ticket) = &admitted_early {
-                if !self.still_admitted(batch, ticket).await {
-                    // The token is spent; only the breaker is asked again.
-                    admitted_early = None;
-                    breaker_only = true;
-                }
-            }
+            *destination = head
+                .destination
+                .as_ref()
+                .and_then(|u| u.host_str())
+                .map(str::to_owned);
         }
+        let early = self
+            .admit_unread(record, resolved, batch, &settings, recorded_failures)
+            .await;
+        let (admitted_early, breaker_only) = match early {
+            Early::NotAsked => (None, false),
+            Early::Admitted(ticket) => (Some(ticket), false),
+            Early::BreakerOnly => (None, true),
+            Early::Decided(decision) => return (Ok(decision), None, None),
+        };
         let planned = self
             .plan(record, resolved, &settings, recorded_failures, destination)
             .await;
@@ -711,6 +709,50 @@ impl Processor {
             recorded_failures,
         };
         self.attempt(record, batch, *message, attempted).await
+    }
+
+    /// A large payload's admission on what its head says, then the read of
+    /// its body (§12.4). Nothing to do for any other record.
+    async fn admit_unread(
+        &self,
+        record: &Record,
+        resolved: &mut Resolved,
+        batch: &Batch,
+        settings: &Settings<'_>,
+        recorded_failures: Option<u32>,
+    ) -> Early {
+        let Resolved::Offloaded {
+            body: Body::Head(head),
+            ..
+        } = &*resolved
+        else {
+            return Early::NotAsked;
+        };
+        let mut early = Early::NotAsked;
+        // Without a destination in its head, the whole message is read first.
+        if let Some(url) = head.destination.clone() {
+            let settings = settings.for_destination(&url);
+            let unread = record::Unread {
+                receive_count: record.receive_count,
+                recorded_failures,
+                received_count: head.received_count.unwrap_or(0),
+                max_attempts: head.max_attempts,
+                expires_at: head.expires_at,
+            };
+            let attempt = record::attempt_unread(&settings, &unread);
+            match Box::pin(self.admission(record, batch, &url, &settings, &attempt)).await {
+                Gate::Go(ticket) => early = Early::Admitted(ticket),
+                Gate::Decided(decision) => return Early::Decided(decision),
+            }
+        }
+        Box::pin(self.read_body(resolved, batch)).await;
+        if let Early::Admitted(ticket) = &early {
+            if !self.still_admitted(batch, ticket).await {
+                // The token is spent; only the breaker is asked again.
+                return Early::BreakerOnly;
+            }
+        }
+        early
     }
 
     /// Reads the body of a payload admitted on its head (§12.4), within
@@ -918,23 +960,14 @@ impl Processor {
             let delivery = self.deliverer.deliver_with_body(&message, body).await;
             (delivery, started.elapsed())
         };
-        let read = async {
-            match self.table(batch) {
-                Some(fleet) if !first_receive => {
-                    Some(Box::pin(fleet.recorded_failures(&record.message_id)).await)
-                }
-                _ => None,
-            }
-        };
+        let read = self.ledger_read(batch, record, first_receive);
         let ((delivery, latency), read) = tokio::join!(deliver, read);
-        match read {
-            None => {}
-            Some(Ok(failed)) => {
+        if let Some(read) = read {
+            recorded_failures = read;
+            if let Some(failed) = read {
                 attempt.number =
                     Attempt::from_ledger(message.received_count, failed, record.receive_count);
-                recorded_failures = Some(failed);
             }
-            Some(Err(e)) => recorded_failures = self.without_table(batch, &e),
         }
         let conclude = |attempt: &Attempt| {
             record::conclude(
@@ -979,6 +1012,23 @@ impl Processor {
             _ => None,
         };
         (Ok(decision), Some(latency), ledger)
+    }
+
+    /// The failed attempts the ledger holds for a record received before,
+    /// read while its request is in flight: `None` when there is nothing to
+    /// read, `Some(None)` when the table failed (the batch goes on without
+    /// it).
+    async fn ledger_read(
+        &self,
+        batch: &Batch,
+        record: &Record,
+        first_receive: bool,
+    ) -> Option<Option<u32>> {
+        let fleet = self.table(batch).filter(|_| !first_receive)?;
+        match Box::pin(fleet.recorded_failures(&record.message_id)).await {
+            Ok(failed) => Some(Some(failed)),
+            Err(e) => Some(self.without_table(batch, &e)),
+        }
     }
 
     /// Tells the breaker how an admitted attempt went (`None`: it was not
