@@ -43,6 +43,10 @@ use super::RetryPolicy;
 
 /// Largest `rps`, `burst` and `maxConcurrency`.
 const MAX_RATE: f64 = 100_000.0;
+/// Smallest `rps`: one request per SQS visibility limit (12 hours). A
+/// slower rate would make a deferred record's wait longer than SQS can
+/// hide it (and its wait overflow a `Duration`).
+const MIN_RATE: f64 = 1.0 / 43_200.0;
 /// Longest backoff or cool-down, in seconds: SQS's visibility limit.
 const MAX_SECONDS: u64 = 43_200;
 
@@ -202,9 +206,12 @@ impl Entry {
         let rate = match self.rps {
             None if self.burst.is_some() => return Err(("burst", "needs rps".into())),
             None => None,
-            Some(rps) if !(rps > 0.0 && rps <= MAX_RATE) => {
-                return Err(("rps", format!("must be above 0 and at most {MAX_RATE}")))
-            }
+            Some(rps) if !(rps >= MIN_RATE && rps <= MAX_RATE) => return Err((
+                "rps",
+                format!(
+                    "must be at least 1/43200 (one request per 12 hours) and at most {MAX_RATE}"
+                ),
+            )),
             Some(rps) => {
                 let burst = match self.burst {
                     Some(b) if b == 0 || f64::from(b) > MAX_RATE => {
@@ -341,6 +348,8 @@ mod tests {
     fn errors_name_the_pattern_and_the_field() {
         for (json, expected) in [
             (r#"{"a.com": {"rps": 0}}"#, r#""a.com".rps"#),
+            (r#"{"a.com": {"rps": 1e-300}}"#, r#""a.com".rps"#),
+            (r#"{"a.com": {"rps": 0.00002}}"#, r#""a.com".rps"#),
             (r#"{"a.com": {"burst": 3}}"#, r#""a.com".burst"#),
             (r#"{"a.com": {"retryOn": [200]}}"#, r#""a.com".retryOn"#),
             (r#"{"a.com": {"retryOn": ["x"]}}"#, r#""a.com".retryOn[0]"#),
@@ -369,7 +378,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn any_rate_within_bounds_parses_and_keeps_a_positive_burst(rps in 0.001f64..100_000.0) {
+        fn any_rate_within_bounds_parses_and_keeps_a_positive_burst(rps in (1.0 / 43_200.0)..100_000.0f64) {
             let p = DestinationPolicies::parse(&format!(r#"{{"a.com": {{"rps": {rps}}}}}"#), &base()).unwrap();
             let rate = rules(&p, "https://a.com/").unwrap().rate.unwrap();
             prop_assert!(rate.burst >= 1 && f64::from(rate.burst) >= rps.min(100_000.0).floor());
