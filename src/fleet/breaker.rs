@@ -259,105 +259,12 @@ impl FleetState {
         ticket: &FleetTicket,
         health: Option<Health>,
     ) -> Result<(), StateError> {
-        let FleetTicket {
-            key,
-            lease,
-            failures,
-            proven,
-            settings,
-            ..
-        } = ticket;
-        let host = key.trim_start_matches("breaker#");
-        let yes = || aws_sdk_dynamodb::types::AttributeValue::Bool(true);
-        let no = || aws_sdk_dynamodb::types::AttributeValue::Bool(false);
-        let item = match (health, *lease) {
-            (Some(Health::Answered), false) if *proven => return Ok(()),
-            (Some(Health::Answered), _) => {
-                let old = self
-                    .update(
-                        key,
-                        "SET failures = :zero, proven = :yes, #ttl = :ttl REMOVE openUntil, probeUntil, prober",
-                        &[(":zero", n(0)), (":yes", yes()), (":ttl", self.ttl())],
-                        None,
-                        ReturnValue::AllOld,
-                    )
-                    .await?;
-                if old
-                    .as_ref()
-                    .and_then(|o| number::<u64>(o, "openUntil"))
-                    .is_some()
-                {
-                    crate::metrics::breaker_closed(host);
-                }
-                let mut v = lock(&ticket.host.view);
-                *v = View {
-                    proven: true,
-                    read_at: Some(Instant::now()),
-                    probing_here: v.probing_here,
-                    ..View::default()
-                };
-                return Ok(());
-            }
-            // The lease holder alone tries the host: it knows whether this
-            // failure reaches the threshold, and opens the breaker in the
-            // same write.
-            (Some(Health::Failed), true) if failures + 1 >= settings.threshold => {
-                let until = now_ms().saturating_add(settings.cooldown.as_millis() as u64);
-                let item = self
-                    .update(
-                        key,
-                        "ADD failures :one SET proven = :no, openUntil = :until, #ttl = :ttl REMOVE probeUntil, prober",
-                        &[(":one", n(1)), (":no", no()), (":until", n(until)), (":ttl", self.ttl())],
-                        None,
-                        ReturnValue::AllNew,
-                    )
-                    .await?;
-                opened(host, failures + 1, settings);
-                item
-            }
-            (Some(Health::Failed), true) => {
-                self.update(
-                    key,
-                    "ADD failures :one SET proven = :no, #ttl = :ttl REMOVE probeUntil, prober",
-                    &[(":one", n(1)), (":no", no()), (":ttl", self.ttl())],
-                    None,
-                    ReturnValue::AllNew,
-                )
-                .await?
-            }
-            // A proven host failed: others may be failing at once.
-            (Some(Health::Failed), false) => {
-                let item = self
-                    .update(
-                        key,
-                        "ADD failures :one SET proven = :no, #ttl = :ttl",
-                        &[(":one", n(1)), (":no", no()), (":ttl", self.ttl())],
-                        None,
-                        ReturnValue::AllNew,
-                    )
-                    .await?;
-                let count: u32 = item
-                    .as_ref()
-                    .and_then(|i| number(i, "failures"))
-                    .unwrap_or(1);
-                if count >= settings.threshold {
-                    self.open(key, *settings, true).await?;
-                }
-                item
-            }
-            (None, true) => {
-                return self
-                    .update(
-                        key,
-                        "REMOVE probeUntil, prober",
-                        &[(":me", s(&self.owner))],
-                        Some("prober = :me"),
-                        ReturnValue::None,
-                    )
-                    .await
-                    .map(|_| ())
-                    .or_else(|e| if e.is_conditional() { Ok(()) } else { Err(e) });
-            }
+        let item = match (health, ticket.lease) {
+            (Some(Health::Answered), false) if ticket.proven => return Ok(()),
+            (Some(Health::Answered), _) => return self.report_answered(ticket).await,
+            (Some(Health::Failed), true) => self.report_failed_probe(ticket).await?,
+            (Some(Health::Failed), false) => self.report_failed(ticket).await?,
+            (None, true) => return self.release_lease(&ticket.key).await,
             (None, false) => return Ok(()),
         };
         let mut v = lock(&ticket.host.view);
@@ -365,6 +272,152 @@ impl FleetState {
         *v = View::of(item.as_ref());
         v.probing_here = probing_here;
         Ok(())
+    }
+
+    /// The host answered: it is proven, and the breaker closes. The probe
+    /// lease is removed only if it is still this process's (§12.7).
+    async fn report_answered(&self, ticket: &FleetTicket) -> Result<(), StateError> {
+        let yes = aws_sdk_dynamodb::types::AttributeValue::Bool(true);
+        let set = "SET failures = :zero, proven = :yes, #ttl = :ttl REMOVE openUntil";
+        let values = [(":zero", n(0)), (":yes", yes), (":ttl", self.ttl())];
+        let old = self
+            .as_prober(
+                ticket,
+                set,
+                ", probeUntil, prober",
+                &values,
+                ReturnValue::AllOld,
+            )
+            .await?;
+        if old
+            .as_ref()
+            .and_then(|o| number::<u64>(o, "openUntil"))
+            .is_some()
+        {
+            crate::metrics::breaker_closed(ticket.key.trim_start_matches("breaker#"));
+        }
+        let mut v = lock(&ticket.host.view);
+        *v = View {
+            proven: true,
+            read_at: Some(Instant::now()),
+            probing_here: v.probing_here,
+            ..View::default()
+        };
+        Ok(())
+    }
+
+    /// The probe failed. The lease holder alone tries the host, so it knows
+    /// whether this failure reaches the threshold, and opens the breaker in
+    /// the same write. A lease lost meanwhile (another process holds one
+    /// now) is left alone, and the failure counts as any other.
+    async fn report_failed_probe(&self, ticket: &FleetTicket) -> Result<Option<Item>, StateError> {
+        let (failures, settings) = (ticket.failures, ticket.settings);
+        let no = aws_sdk_dynamodb::types::AttributeValue::Bool(false);
+        if failures + 1 < settings.threshold {
+            let add = "ADD failures :one SET proven = :no, #ttl = :ttl";
+            let values = [(":one", n(1)), (":no", no), (":ttl", self.ttl())];
+            return self
+                .as_prober(
+                    ticket,
+                    add,
+                    " REMOVE probeUntil, prober",
+                    &values,
+                    ReturnValue::AllNew,
+                )
+                .await;
+        }
+        let until = now_ms().saturating_add(settings.cooldown.as_millis() as u64);
+        let opened_here = self
+            .update(
+                &ticket.key,
+                "ADD failures :one SET proven = :no, openUntil = :until, #ttl = :ttl REMOVE probeUntil, prober",
+                &[(":one", n(1)), (":no", no), (":until", n(until)), (":ttl", self.ttl()), (":me", s(&self.owner))],
+                Some("prober = :me"),
+                ReturnValue::AllNew,
+            )
+            .await;
+        match opened_here {
+            Ok(item) => {
+                opened(
+                    ticket.key.trim_start_matches("breaker#"),
+                    failures + 1,
+                    &settings,
+                );
+                Ok(item)
+            }
+            Err(e) if e.is_conditional() => self.report_failed(ticket).await,
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A host failed outside a probe (a proven host, or a lost lease):
+    /// others may be failing at once, so the count decides whether to open.
+    async fn report_failed(&self, ticket: &FleetTicket) -> Result<Option<Item>, StateError> {
+        let no = aws_sdk_dynamodb::types::AttributeValue::Bool(false);
+        let item = self
+            .update(
+                &ticket.key,
+                "ADD failures :one SET proven = :no, #ttl = :ttl",
+                &[(":one", n(1)), (":no", no), (":ttl", self.ttl())],
+                None,
+                ReturnValue::AllNew,
+            )
+            .await?;
+        let count: u32 = item
+            .as_ref()
+            .and_then(|i| number(i, "failures"))
+            .unwrap_or(1);
+        if count >= ticket.settings.threshold {
+            self.open(&ticket.key, ticket.settings, true).await?;
+        }
+        Ok(item)
+    }
+
+    /// Gives up this process's probe lease, if it still holds it.
+    async fn release_lease(&self, key: &str) -> Result<(), StateError> {
+        self.update(
+            key,
+            "REMOVE probeUntil, prober",
+            &[(":me", s(&self.owner))],
+            Some("prober = :me"),
+            ReturnValue::None,
+        )
+        .await
+        .map(|_| ())
+        .or_else(|e| if e.is_conditional() { Ok(()) } else { Err(e) })
+    }
+
+    /// `expression` on the ticket's item, with `lease_removal` appended
+    /// when the ticket holds the probe lease and the item says it is still
+    /// this process's; without it otherwise. A process never removes
+    /// another's lease.
+    async fn as_prober(
+        &self,
+        ticket: &FleetTicket,
+        expression: &str,
+        lease_removal: &str,
+        values: &[(&str, aws_sdk_dynamodb::types::AttributeValue)],
+        returns: ReturnValue,
+    ) -> Result<Option<Item>, StateError> {
+        if ticket.lease {
+            let mut with_me = values.to_vec();
+            with_me.push((":me", s(&self.owner)));
+            let held = self
+                .update(
+                    &ticket.key,
+                    &format!("{expression}{lease_removal}"),
+                    &with_me,
+                    Some("prober = :me"),
+                    returns.clone(),
+                )
+                .await;
+            match held {
+                Err(e) if e.is_conditional() => {}
+                other => return other,
+            }
+        }
+        self.update(&ticket.key, expression, values, None, returns)
+            .await
     }
 
     /// Opens the breaker unless it is open already (one process does, and

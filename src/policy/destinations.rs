@@ -206,12 +206,14 @@ impl Entry {
         let rate = match self.rps {
             None if self.burst.is_some() => return Err(("burst", "needs rps".into())),
             None => None,
-            Some(rps) if !(rps >= MIN_RATE && rps <= MAX_RATE) => return Err((
-                "rps",
-                format!(
+            Some(rps) if !(rps >= MIN_RATE && rps <= MAX_RATE) => {
+                return Err((
+                    "rps",
+                    format!(
                     "must be at least 1/43200 (one request per 12 hours) and at most {MAX_RATE}"
                 ),
-            )),
+                ))
+            }
             Some(rps) => {
                 let burst = match self.burst {
                     Some(b) if b == 0 || f64::from(b) > MAX_RATE => {

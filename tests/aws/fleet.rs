@@ -659,3 +659,56 @@ async fn a_throttling_table_slows_nothing_and_loses_nothing() {
         "the table was asked"
     );
 }
+
+/// §12.7: a process reports and releases only the probe lease it holds. A
+/// holds the lease, it runs out, B takes it; A's late answer (a success, a
+/// failure, or nothing) leaves B's lease in the table, so no third probe
+/// can start while B's is out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_report_leaves_another_processs_probe_lease_alone() {
+    use retryq::fleet::breaker::FleetAdmission;
+    use retryq::policy::record::Health;
+    let table = state_table().await;
+    let config = config(&[("STATE_TABLE", table.as_str())]);
+    let settings = retryq::policy::destinations::BreakerSettings {
+        threshold: 5,
+        cooldown: Duration::from_secs(30),
+    };
+    let until = || Instant::now() + Duration::from_secs(5);
+    for (n, health) in [Some(Health::Answered), Some(Health::Failed), None]
+        .into_iter()
+        .enumerate()
+    {
+        let host = format!("late-{n}.example");
+        let a = FleetState::new(config.state.clone().unwrap(), dynamodb());
+        let b = FleetState::new(config.state.clone().unwrap(), dynamodb());
+        let short = Duration::from_millis(500);
+        let FleetAdmission::Go(a_ticket) = a.admit(&host, settings, short, until()).await.unwrap()
+        else {
+            panic!("the first probe goes");
+        };
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let long = Duration::from_secs(60);
+        let FleetAdmission::Go(_b_ticket) = b.admit(&host, settings, long, until()).await.unwrap()
+        else {
+            panic!("A's lease ran out: B takes it");
+        };
+
+        a.report(a_ticket, health).await.unwrap();
+
+        let item = dynamodb()
+            .get_item()
+            .table_name(&table)
+            .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(format!("breaker#{host}")))
+            .key("sk", aws_sdk_dynamodb::types::AttributeValue::S("state".into()))
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap();
+        let item = item.item().expect("the host's item");
+        assert!(
+            item.contains_key("prober") && item.contains_key("probeUntil"),
+            "{health:?}: B's lease stays: {item:?}"
+        );
+    }
+}
