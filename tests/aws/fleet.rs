@@ -699,8 +699,14 @@ async fn a_late_report_leaves_another_processs_probe_lease_alone() {
         let item = dynamodb()
             .get_item()
             .table_name(&table)
-            .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(format!("breaker#{host}")))
-            .key("sk", aws_sdk_dynamodb::types::AttributeValue::S("state".into()))
+            .key(
+                "pk",
+                aws_sdk_dynamodb::types::AttributeValue::S(format!("breaker#{host}")),
+            )
+            .key(
+                "sk",
+                aws_sdk_dynamodb::types::AttributeValue::S("state".into()),
+            )
             .consistent_read(true)
             .send()
             .await
