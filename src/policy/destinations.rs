@@ -206,7 +206,7 @@ impl Entry {
         let rate = match self.rps {
             None if self.burst.is_some() => return Err(("burst", "needs rps".into())),
             None => None,
-            Some(rps) if !(rps >= MIN_RATE && rps <= MAX_RATE) => {
+            Some(rps) if !(MIN_RATE..=MAX_RATE).contains(&rps) => {
                 return Err((
                     "rps",
                     format!(
