@@ -109,10 +109,16 @@ pub fn check_payload_lifecycle(
     queues: &[&QueueSettings],
 ) -> Vec<Finding> {
     let needed = queues.iter().map(|q| q.retention).max().unwrap_or_default();
+    // A finished payload is still read by a redelivery of its message,
+    // up to SQS's 12-hour visibility limit after its mark.
+    let finished_needed = Duration::from_secs(43_200);
     rules
         .iter()
-        .filter(|r| r.enabled && !r.only_finished)
-        .flat_map(|rule| [expiry_problem(rule, needed), archive_problem(rule, needed)])
+        .filter(|r| r.enabled)
+        .flat_map(|rule| match rule.only_finished {
+            false => [expiry_problem(rule, needed), archive_problem(rule, needed)],
+            true => [None, archive_problem(rule, finished_needed)],
+        })
         .flatten()
         .map(|problem| Finding {
             queue: format!("s3://{bucket}"),

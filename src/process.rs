@@ -36,7 +36,7 @@ use std::time::{Duration, Instant, SystemTime};
 pub use crate::batch::{BatchReport, Disposition, Processed, Record, RecordReport};
 use crate::breaker::{host_key, Admission, Breakers, LocalBuckets};
 use crate::config::{BreakerSettings, Config, LogDelivered};
-use crate::deliver::Deliverer;
+use crate::deliver::{Deliverer, Delivery};
 use crate::fleet::breaker::{FleetAdmission, FleetTicket};
 use crate::fleet::ledger::AttemptRecord;
 use crate::fleet::{FleetState, StateError};
@@ -81,7 +81,6 @@ enum Ticket {
 
 /// A one-line error of an attempt that got no answer (for the ledger).
 fn delivery_error(delivery: &crate::deliver::Delivery) -> Option<String> {
-    use crate::deliver::Delivery;
     match delivery {
         Delivery::Answered { status, .. } if (200..300).contains(status) => None,
         Delivery::Answered { status, .. } => Some(format!("HTTP {status}")),
@@ -89,6 +88,7 @@ fn delivery_error(delivery: &crate::deliver::Delivery) -> Option<String> {
         Delivery::NoResponse { kind, detail } => Some(format!("{kind:?}: {detail}")),
         Delivery::NotAllowed(e) => Some(e.to_string()),
         Delivery::Invalid(e) => Some(e.clone()),
+        Delivery::Withheld => Some("withheld: the probe lease was lost before it was sent".into()),
     }
 }
 
@@ -264,6 +264,33 @@ enum Gate {
     Decided(Decision),
 }
 
+/// The send gate of an attempt on the fleet breaker's ticket: right before
+/// each request goes out, a probe renews its lease and a request to a
+/// proven host checks that it still is (§12.7); the request is withheld
+/// when the ticket no longer admits it.
+struct LeaseGate<'a> {
+    processor: &'a Processor,
+    batch: &'a Batch,
+    ticket: &'a FleetTicket,
+}
+
+impl crate::deliver::SendGate for LeaseGate<'_> {
+    fn open(&self) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+        Box::pin(async move {
+            let Some(fleet) = self.processor.table(self.batch) else {
+                return true;
+            };
+            let lease_for = self.processor.config.request_timeout + PROBE_LEASE_SLACK;
+            match fleet.still_admits(self.ticket, lease_for).await {
+                Ok(held) => held,
+                // The table failed: the batch goes on without it, as the
+                // breaker's fallback does.
+                Err(e) => self.processor.without_table(self.batch, &e).unwrap_or(true),
+            }
+        })
+    }
+}
+
 /// What [`Processor::admit_unread`] did.
 enum Early {
     /// Nothing: not a payload read on its head, or one whose head does not
@@ -271,9 +298,6 @@ enum Early {
     NotAsked,
     /// Admitted, and the body read.
     Admitted(Option<Ticket>),
-    /// The body read, but the probe lease was lost meanwhile: the rate
-    /// limit's token is spent, the breaker must be asked again.
-    BreakerOnly,
     /// Deferred or refused before the body was read.
     Decided(Decision),
 }
@@ -669,10 +693,9 @@ impl Processor {
         let early = self
             .admit_unread(record, resolved, batch, &settings, recorded_failures)
             .await;
-        let (admitted_early, breaker_only) = match early {
-            Early::NotAsked => (None, false),
-            Early::Admitted(ticket) => (Some(ticket), false),
-            Early::BreakerOnly => (None, true),
+        let admitted_early = match early {
+            Early::NotAsked => None,
+            Early::Admitted(ticket) => Some(ticket),
             Early::Decided(decision) => return (Ok(decision), None, None),
         };
         let planned = self
@@ -690,12 +713,7 @@ impl Processor {
             Some(ticket) => ticket,
             None => {
                 let url = &message.destination_url;
-                let gate = if breaker_only {
-                    Box::pin(self.breaker_gate(record, batch, url, &settings, &attempt)).await
-                } else {
-                    Box::pin(self.admission(record, batch, url, &settings, &attempt)).await
-                };
-                match gate {
+                match Box::pin(self.admission(record, batch, url, &settings, &attempt)).await {
                     Gate::Go(ticket) => ticket,
                     Gate::Decided(decision) => return (Ok(decision), None, None),
                 }
@@ -745,13 +763,9 @@ impl Processor {
                 Gate::Decided(decision) => return Early::Decided(decision),
             }
         }
+        // A probe's lease is renewed when its request goes out, however
+        // long this read takes (§12.7).
         Box::pin(self.read_body(resolved, batch)).await;
-        if let Early::Admitted(ticket) = &early {
-            if !self.still_admitted(batch, ticket).await {
-                // The token is spent; only the breaker is asked again.
-                return Early::BreakerOnly;
-            }
-        }
         early
     }
 
@@ -920,21 +934,6 @@ impl Processor {
         }
     }
 
-    /// Does a ticket taken before a payload's body was read still hold its
-    /// probe lease? Renewed from now, so the lease covers the request; a
-    /// lease lost meanwhile (the read took longer than it) is given up, and
-    /// the record must ask the breaker again.
-    async fn still_admitted(&self, batch: &Batch, ticket: &Option<Ticket>) -> bool {
-        let (Some(Ticket::Fleet(ticket)), Some(fleet)) = (ticket, self.table(batch)) else {
-            return true;
-        };
-        let lease_for = self.config.request_timeout + PROBE_LEASE_SLACK;
-        match Box::pin(fleet.renew(ticket, lease_for)).await {
-            Ok(held) => held,
-            Err(e) => self.without_table(batch, &e).unwrap_or(true),
-        }
-    }
-
     /// The attempt itself: the request (with the ledger read beside it),
     /// its conclusion, the breaker's report, and the ledger entry.
     async fn attempt(
@@ -957,11 +956,33 @@ impl Processor {
         let started_at = SystemTime::now();
         let deliver = async {
             let started = Instant::now();
-            let delivery = self.deliverer.deliver_with_body(&message, body).await;
+            let delivery = match &ticket {
+                // Asked again right before each request: a probe's lease
+                // covers it however long the wait was (§12.7).
+                Some(Ticket::Fleet(ticket)) => {
+                    let gate = LeaseGate {
+                        processor: self,
+                        batch,
+                        ticket,
+                    };
+                    let gated = self.deliverer.deliver_gated(&message, body, &gate);
+                    Box::pin(gated).await
+                }
+                _ => self.deliverer.deliver_with_body(&message, body).await,
+            };
             (delivery, started.elapsed())
         };
         let read = self.ledger_read(batch, record, first_receive);
         let ((delivery, latency), read) = tokio::join!(deliver, read);
+        if let Delivery::Withheld = delivery {
+            // The lease was lost, or the host failed, while the request
+            // waited: no attempt was made. Back in about a second.
+            self.report(batch, ticket, None).await;
+            let why = Deferral::BreakerOpen;
+            let wait = Duration::from_secs(1);
+            let deferred = self.deferred(record, batch, settings, attempt, why, wait);
+            return (Ok(deferred.await), None, None);
+        }
         if let Some(read) = read {
             recorded_failures = read;
             if let Some(failed) = read {

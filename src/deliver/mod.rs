@@ -76,6 +76,46 @@ pub enum Delivery {
     NotAllowed(NotAllowed),
     /// The message cannot be turned into a request.
     Invalid(String),
+    /// Not sent: its [`SendGate`] said no once it had its slot (a probe
+    /// whose lease was lost meanwhile, §12.7). No attempt was made.
+    Withheld,
+}
+
+/// Asked right before each request of an attempt goes out, once it holds
+/// its request slot and its credential: `false` withholds it. The fleet
+/// breaker's probe renews its lease here, so the lease covers the request
+/// from the moment it is sent, however long the wait before (§12.7).
+pub trait SendGate: Sync {
+    fn open(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>>;
+}
+
+/// How one request of an attempt is sent: within `timeout`, keeping a 401's
+/// body when `read_401_body` (for the expired-token rule), once `gate`
+/// opens.
+#[derive(Clone, Copy)]
+struct Sending<'a> {
+    timeout: Duration,
+    read_401_body: bool,
+    gate: &'a dyn SendGate,
+}
+
+impl<'a> Sending<'a> {
+    fn new(timeout: Duration, read_401_body: bool, gate: &'a dyn SendGate) -> Sending<'a> {
+        Sending {
+            timeout,
+            read_401_body,
+            gate,
+        }
+    }
+}
+
+/// The gate of an attempt that needs none.
+pub struct AlwaysOpen;
+
+impl SendGate for AlwaysOpen {
+    fn open(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
+        Box::pin(std::future::ready(true))
+    }
 }
 
 impl Delivery {
@@ -92,6 +132,7 @@ impl Delivery {
         match self {
             Delivery::NotAllowed(e) => AttemptResult::NotAllowed(e.to_string()),
             Delivery::Invalid(e) => AttemptResult::Invalid(e),
+            Delivery::Withheld => AttemptResult::Invalid("withheld: not sent"),
             Delivery::NoResponse { kind, detail } => AttemptResult::NoResponse {
                 kind: *kind,
                 detail,
@@ -232,7 +273,18 @@ impl Deliverer {
         msg: &RetryMessage,
         body: Result<Option<bytes::Bytes>, String>,
     ) -> Delivery {
-        self.attempt(msg, body, self.timeout).await
+        self.attempt(msg, body, self.timeout, &AlwaysOpen).await
+    }
+
+    /// As [`deliver_with_body`](Self::deliver_with_body), each request
+    /// going out only if `gate` opens once it has its slot.
+    pub async fn deliver_gated(
+        &self,
+        msg: &RetryMessage,
+        body: Result<Option<bytes::Bytes>, String>,
+        gate: &dyn SendGate,
+    ) -> Delivery {
+        self.attempt(msg, body, self.timeout, gate).await
     }
 
     /// Makes one attempt within `timeout` (never longer than the configured
@@ -251,7 +303,7 @@ impl Deliverer {
                     .then(|| bytes::Bytes::copy_from_slice(&b))
             })
             .map_err(|e| e.to_string());
-        self.attempt(msg, body, timeout).await
+        self.attempt(msg, body, timeout, &AlwaysOpen).await
     }
 
     async fn attempt(
@@ -259,6 +311,7 @@ impl Deliverer {
         msg: &RetryMessage,
         body: Result<Option<bytes::Bytes>, String>,
         timeout: Duration,
+        gate: &dyn SendGate,
     ) -> Delivery {
         let payload = match body {
             Ok(payload) => payload,
@@ -271,14 +324,20 @@ impl Deliverer {
         let timeout = timeout.min(self.timeout).max(Duration::from_millis(1));
         let Some(profile) = msg.auth.as_deref() else {
             return self
-                .send(&self.client, msg, payload, None, timeout, false)
+                .send(
+                    &self.client,
+                    msg,
+                    payload,
+                    None,
+                    Sending::new(timeout, false, gate),
+                )
                 .await
                 .0;
         };
         // Boxed: the credential's reads and renewals (Secrets Manager, a
         // token endpoint) make a future many kilobytes large, which a
         // record without a profile should not carry.
-        Box::pin(self.attempt_with_profile(msg, profile, payload, timeout)).await
+        Box::pin(self.attempt_with_profile(msg, profile, payload, timeout, gate)).await
     }
 
     /// An attempt under an auth profile: the credential applied, and one
@@ -289,6 +348,7 @@ impl Deliverer {
         profile: &str,
         payload: Option<&bytes::Bytes>,
         timeout: Duration,
+        gate: &dyn SendGate,
     ) -> Delivery {
         let Some(auth) = self.auth.as_ref().filter(|a| a.has(profile)) else {
             return Delivery::AuthFailed(AuthError::Rejected(format!(
@@ -305,7 +365,13 @@ impl Deliverer {
         };
         let read_body = auth.needs_body(profile);
         let (first, body) = self
-            .send(&client, msg, payload, Some(&credential), timeout, read_body)
+            .send(
+                &client,
+                msg,
+                payload,
+                Some(&credential),
+                Sending::new(timeout, read_body, gate),
+            )
             .await;
         let renewed = match &first {
             Delivery::NoResponse {
@@ -323,10 +389,20 @@ impl Deliverer {
                             profile,
                             "client certificate re-read after a TLS failure: trying once more"
                         );
-                        return self
-                            .send(&client, msg, payload, Some(&credential), timeout, read_body)
-                            .await
-                            .0;
+                        let (again, _) = self
+                            .send(
+                                &client,
+                                msg,
+                                payload,
+                                Some(&credential),
+                                Sending::new(timeout, read_body, gate),
+                            )
+                            .await;
+                        // Withheld: the first request's answer stands.
+                        return match again {
+                            Delivery::Withheld => first,
+                            again => again,
+                        };
                     }
                     _ => return first,
                 }
@@ -344,8 +420,17 @@ impl Deliverer {
             _ => return first,
         };
         let (mut second, body) = self
-            .send(&client, msg, payload, Some(&renewed), timeout, read_body)
+            .send(
+                &client,
+                msg,
+                payload,
+                Some(&renewed),
+                Sending::new(timeout, read_body, gate),
+            )
             .await;
+        if let Delivery::Withheld = second {
+            return first;
+        }
         if let Delivery::Answered {
             status,
             headers,
@@ -418,9 +503,13 @@ impl Deliverer {
         msg: &RetryMessage,
         body: Option<&bytes::Bytes>,
         credential: Option<&Credential>,
-        timeout: Duration,
-        read_401_body: bool,
+        how: Sending<'_>,
     ) -> (Delivery, Vec<u8>) {
+        let Sending {
+            timeout,
+            read_401_body,
+            gate,
+        } = how;
         let request = match build(client, msg, body, credential, timeout) {
             Ok(r) => r,
             Err(reason) => return (Delivery::Invalid(reason), Vec::new()),
@@ -429,6 +518,9 @@ impl Deliverer {
             Some(slots) => Some(slots.acquire(&msg.destination_url).await),
             None => None,
         };
+        if !gate.open().await {
+            return (Delivery::Withheld, Vec::new());
+        }
         match client.execute(request).await {
             Ok(mut response) => {
                 let status = response.status().as_u16();

@@ -92,6 +92,8 @@ pub struct FleetTicket {
     /// The host was proven when admitted.
     proven: bool,
     settings: BreakerSettings,
+    /// When it was admitted.
+    admitted_at: Instant,
 }
 
 impl Drop for FleetTicket {
@@ -137,6 +139,7 @@ impl FleetState {
                     failures: 0,
                     proven: true,
                     settings,
+                    admitted_at: Instant::now(),
                 }));
             }
             let watched = Arc::clone(&state);
@@ -157,6 +160,7 @@ impl FleetState {
                             failures,
                             proven: false,
                             settings,
+                            admitted_at: Instant::now(),
                         }))
                     }
                     Ok(None) => {
@@ -206,19 +210,25 @@ impl FleetState {
         }
     }
 
-    /// Extends a ticket's probe lease to `lease_for` from now, just before
-    /// its request goes out when something was waited for since the lease
-    /// was taken (a payload's body, §12.4). `false` when the lease is no
-    /// longer this process's (it ran out, and another took it or the
-    /// breaker moved on): the attempt must not go out on this ticket. A
-    /// ticket without a lease needs nothing.
-    pub async fn renew(
+    /// Does the ticket still admit its request, now that it is about to be
+    /// sent (§12.7)? A probe's lease is extended to `lease_for` from now,
+    /// so it covers the request however long the wait before was (a
+    /// payload's body, a request slot, a credential); `false` when the lease
+    /// is no longer this process's (it ran out, and another took it or the
+    /// breaker moved on). A ticket without a lease, taken while the host
+    /// was proven, is checked against a view at most a second old once it
+    /// is older than that: `false` when the host failed or opened since.
+    pub async fn still_admits(
         &self,
         ticket: &FleetTicket,
         lease_for: Duration,
     ) -> Result<bool, StateError> {
         if !ticket.lease {
-            return Ok(true);
+            if ticket.admitted_at.elapsed() < FRESH {
+                return Ok(true);
+            }
+            let view = self.fresh_view(&ticket.host, &ticket.key).await?;
+            return Ok(view.proven && view.failures == 0 && view.open_until_ms <= now_ms());
         }
         let until = now_ms().saturating_add(lease_for.as_millis() as u64);
         let renewed = self

@@ -179,6 +179,19 @@ impl PayloadStore {
                     head: Default::default(),
                 })
             }
+            // Archived: a finished mark still says what became of it.
+            Err(f) if f.code.as_deref() == Some("InvalidObjectState") => {
+                let Some(how) = self.archived_mark(p, message_id).await else {
+                    return Err(read_failure(f, &address));
+                };
+                return Ok(Peeked {
+                    size: 0,
+                    finished: Some(how),
+                    kept: Kept::default(),
+                    whole: None,
+                    head: Default::default(),
+                });
+            }
             Err(f) => return Err(read_failure(f, &address)),
         };
         let size = object
@@ -258,6 +271,19 @@ impl PayloadStore {
         Ok((text(bytes, &address)?, reserved))
     }
 
+    /// The finished mark of an archived object, for `message_id`: from its
+    /// tags, or, where a store will not give the tags of an archived object,
+    /// from the same mark in its metadata (HeadObject answers for any
+    /// storage class). Nothing read means no mark.
+    async fn archived_mark(&self, p: &PayloadPointer, message_id: &str) -> Option<Finished> {
+        if let Ok(tags) = self.tags(p).await {
+            return super::finished_for(&tags, message_id);
+        }
+        let metadata = self.kept(p).await.ok()?.metadata?;
+        let pairs: Vec<(String, String)> = metadata.into_iter().collect();
+        super::finished_for(&pairs, message_id)
+    }
+
     /// Is the object a dead letter's copy ([`LETTER_TAG`])? Only such an
     /// object may be deleted when its letter is redriven: any other (the
     /// producer's own, which a duplicate message may still name) stays.
@@ -314,6 +340,7 @@ impl PayloadStore {
         message_id: &str,
         kept: &Kept,
     ) -> Result<(), String> {
+        let tags = finished_tags(&kept.tags, how, message_id);
         let call = self
             .client()
             .await
@@ -322,7 +349,7 @@ impl PayloadStore {
             .bucket(&p.bucket)
             .key(&p.key)
             .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
-            .set_metadata(kept.metadata.clone())
+            .set_metadata(Some(finished_metadata(kept.metadata.as_ref(), &tags)))
             .set_content_type(kept.content_type.clone())
             .set_cache_control(kept.cache_control.clone())
             .set_content_disposition(kept.content_disposition.clone())
@@ -333,7 +360,7 @@ impl PayloadStore {
             .set_ssekms_key_id(kept.kms_key.clone())
             .set_bucket_key_enabled(kept.bucket_key)
             .tagging_directive(aws_sdk_s3::types::TaggingDirective::Replace)
-            .tagging(tagging(&finished_tags(&kept.tags, how, message_id)))
+            .tagging(tagging(&tags))
             .send();
         let doing = format!("marking {} {}", p.address(), how.as_str());
         bounded(&doing, call).await.map(drop).map_err(|f| f.text)
@@ -534,6 +561,24 @@ fn text(bytes: bytes::Bytes, address: &str) -> Result<String, PayloadError> {
             e.as_bytes().len(),
         )
     })
+}
+
+/// An object's user metadata once it is marked finished: its own, and the
+/// mark's two tags again (a store that will not give the tags of an
+/// archived object still gives its metadata).
+fn finished_metadata(
+    metadata: Option<&std::collections::HashMap<String, String>>,
+    finished_tags: &[(String, String)],
+) -> std::collections::HashMap<String, String> {
+    let ours = |k: &str| k == FINISHED_TAG || k == MESSAGE_TAG;
+    let mut out: std::collections::HashMap<String, String> = metadata
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| !ours(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    out.extend(finished_tags.iter().filter(|(k, _)| ours(k)).cloned());
+    out
 }
 
 /// The longest value S3 takes for a tag.

@@ -317,3 +317,208 @@ async fn a_probe_lease_outlived_by_a_body_read_is_not_used() {
     );
     assert_eq!(outcome_b.delivered.len(), 1, "{outcome_b:?}");
 }
+
+/// §12.7: a probe's lease covers its request from the moment it is sent.
+/// The record waits for a request slot (MAX_CONCURRENCY=1, three 4.5 s
+/// requests to a proven host ahead of it) longer than its lease
+/// (REQUEST_TIMEOUT 5 s + 5 s); another process takes the lease meanwhile.
+/// The first record's request is then withheld, not sent beside the other
+/// probe: one probe at a time reaches the unproven host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_probe_lease_covers_the_wait_for_a_request_slot() {
+    let slow = crate::destination::Destination::start(Duration::from_millis(4500)).await;
+    let host = crate::destination::Destination::start(Duration::from_secs(4)).await;
+    let table = crate::fleet::state_table().await;
+    let b = bucket("slot-lease");
+    s3().create_bucket().bucket(&b).send().await.unwrap();
+    let (sqs, qs, dlqs, _) = with_dlq("payload-slot-s", &[]).await;
+    let (_, qa, dlqa, _) = with_dlq("payload-slot-a", &[]).await;
+    let (_, qb, dlqb, _) = with_dlq("payload-slot-b", &[]).await;
+    let vars = |dlq: &TestQueue, conc: &str| {
+        vec![
+            ("DLQ_URL", dlq.url.clone()),
+            ("ALLOW_PRIVATE_DESTINATIONS", "true".to_owned()),
+            ("STATE_TABLE", table.clone()),
+            ("BREAKER_THRESHOLD", "3".to_owned()),
+            ("REQUEST_TIMEOUT_SECONDS", "5".to_owned()),
+            ("PAYLOAD_BUCKETS", b.clone()),
+            ("MAX_CONCURRENCY", conc.to_owned()),
+        ]
+    };
+    let (va, vb) = (vars(&dlqa, "1"), vars(&dlqb, "8"));
+    let ra: Vec<(&str, &str)> = va.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let rb: Vec<(&str, &str)> = vb.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let pa = processor(&ra);
+    let pb = processor(&rb);
+    // The slow host is proven first: its requests need no lease.
+    let first = run_batch(
+        &pa,
+        &sqs,
+        &qs,
+        &dlqs,
+        &[message("s0", &slow.url("/ok/s0"), serde_json::json!({}))],
+    )
+    .await;
+    assert_eq!(first.delivered.len(), 1, "{first:?}");
+    let (message_a, _) = large_message("slot-a", &host.url("/ok/a"), 300 * 1024);
+    put_owned(&b, "a", &message_a).await;
+    let t0 = std::time::Instant::now();
+    let s_batch = {
+        let (pa, sqs) = (pa.clone(), sqs.clone());
+        let bodies: Vec<String> = (1..=3)
+            .map(|n| {
+                message(
+                    &format!("s{n}"),
+                    &slow.url(&format!("/ok/s{n}")),
+                    serde_json::json!({}),
+                )
+            })
+            .collect();
+        tokio::spawn(async move { run_batch(&pa, &sqs, &qs, &dlqs, &bodies).await })
+    };
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let a_batch = {
+        let (pa, sqs) = (pa.clone(), sqs.clone());
+        let pointer = pointer_to(&b, "a");
+        tokio::spawn(async move { run_batch(&pa, &sqs, &qa, &dlqa, &[pointer]).await })
+    };
+    // After A's (renewed) lease ran out, while A still waits for its slot.
+    tokio::time::sleep(Duration::from_millis(12000).saturating_sub(t0.elapsed())).await;
+    let inline = message("slot-b", &host.url("/ok/b"), serde_json::json!({}));
+    let outcome_b = run_batch(&pb, &sqs, &qb, &dlqb, &[inline]).await;
+    let outcome_a = a_batch.await.unwrap();
+    let outcome_s = s_batch.await.unwrap();
+    let arrivals: Vec<_> = host
+        .arrivals()
+        .iter()
+        .map(|a| a.duration_since(t0))
+        .collect();
+    eprintln!(
+        "host arrivals since t0: {arrivals:?}; a {outcome_a:?} b {outcome_b:?} s {outcome_s:?}"
+    );
+    assert_eq!(
+        host.max_in_flight(),
+        1,
+        "one probe at a time to the unproven host: {}",
+        host.stats_json()
+    );
+}
+
+/// §12.3: a redelivery of a delivered pointer record whose marked object
+/// has since moved to an archive class (a lifecycle rule for finished
+/// payloads) is acknowledged as already delivered: S3 will not serve the
+/// object, but its mark still says it was finished for this message (moto,
+/// like some stores, will not give an archived object's tags; the mark is
+/// in its metadata too).
+#[tokio::test]
+async fn a_delivered_record_whose_object_was_archived_is_acknowledged() {
+    let dest = expecting(200, 1).await;
+    let b = bucket("marked-archived");
+    s3().create_bucket().bucket(&b).send().await.unwrap();
+    let (sqs, q, dlq, p) = with_dlq("payload-marked-archived", &[("PAYLOAD_BUCKETS", &b)]).await;
+    let (message, _) = large_message("archived-marked", &dest.uri(), 100 * 1024);
+    put_owned(&b, "k", &message).await;
+    send(&sqs, &q, &pointer_to(&b, "k")).await;
+    let received = receive_n(&sqs, &q, 1, Duration::from_secs(10)).await;
+    let failed = handle_unacknowledged(std::sync::Arc::clone(&p), &q, &received).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    // The lifecycle rule moves the marked object to Glacier.
+    s3().copy_object()
+        .copy_source(format!("{b}/k"))
+        .bucket(&b)
+        .key("k")
+        .storage_class(aws_sdk_s3::types::StorageClass::Glacier)
+        .send()
+        .await
+        .unwrap();
+
+    let again = handle_unacknowledged(std::sync::Arc::clone(&p), &q, &received).await;
+
+    assert!(again.is_empty(), "{again:?}");
+    assert_eq!(depth(&sqs, &dlq).await, (0, 0), "not dead-lettered");
+    dest.verify().await;
+}
+
+/// §12.7: a pointer record admitted on its head while its host is proven
+/// holds a ticket without a lease. Its body read takes 9 s; meanwhile
+/// another process's request fails (threshold 1: the breaker opens for
+/// 2 s), and after the cool-down that process's probe takes the lease. The
+/// first record's request is then withheld: the host is no longer proven,
+/// and one request at a time reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_proven_hosts_ticket_does_not_outlive_the_breaker_opening() {
+    let host = crate::destination::Destination::start(Duration::from_secs(3)).await;
+    let table = crate::fleet::state_table().await;
+    let b = bucket("leaseless");
+    s3().create_bucket().bucket(&b).send().await.unwrap();
+    let (sqs, qa, dlqa, _) = with_dlq("payload-leaseless-a", &[]).await;
+    let (_, qb, dlqb, _) = with_dlq("payload-leaseless-b", &[]).await;
+    let vars = |dlq: &TestQueue| {
+        vec![
+            ("DLQ_URL", dlq.url.clone()),
+            ("ALLOW_PRIVATE_DESTINATIONS", "true".to_owned()),
+            ("STATE_TABLE", table.clone()),
+            ("BREAKER_THRESHOLD", "1".to_owned()),
+            ("BREAKER_COOLDOWN_SECONDS", "2".to_owned()),
+            ("REQUEST_TIMEOUT_SECONDS", "5".to_owned()),
+            ("PAYLOAD_BUCKETS", b.clone()),
+        ]
+    };
+    let (va, vb) = (vars(&dlqa), vars(&dlqb));
+    let ra: Vec<(&str, &str)> = va.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let rb: Vec<(&str, &str)> = vb.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let slow_s3 = slow_proxy(&endpoint(), "if-match:", Duration::from_secs(9)).await;
+    let pa = std::sync::Arc::new(
+        retryq::process::Processor::new(config(&ra), sqs.clone(), None)
+            .unwrap()
+            .with_payload_store(retryq::payload::store::PayloadStore::with_client(s3_at(
+                &slow_s3,
+            ))),
+    );
+    let pb = processor(&rb);
+    // The host is proven.
+    let first = run_batch(
+        &pb,
+        &sqs,
+        &qb,
+        &dlqb,
+        &[message("p0", &host.url("/ok/p0"), serde_json::json!({}))],
+    )
+    .await;
+    assert_eq!(first.delivered.len(), 1, "{first:?}");
+    let (message_a, _) = large_message("leaseless-a", &host.url("/ok/a"), 300 * 1024);
+    put_owned(&b, "a", &message_a).await;
+    let t0 = std::time::Instant::now();
+    let a = {
+        let (pa, sqs) = (pa.clone(), sqs.clone());
+        let pointer = pointer_to(&b, "a");
+        tokio::spawn(async move { run_batch(&pa, &sqs, &qa, &dlqa, &[pointer]).await })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let down = run_batch(
+        &pb,
+        &sqs,
+        &qb,
+        &dlqb,
+        &[message("q1", &host.url("/down/q1"), serde_json::json!({}))],
+    )
+    .await;
+    eprintln!("q1 done at {:?}: {down:?}", t0.elapsed());
+    tokio::time::sleep(Duration::from_millis(7000).saturating_sub(t0.elapsed())).await;
+    let probe = run_batch(
+        &pb,
+        &sqs,
+        &qb,
+        &dlqb,
+        &[message("q2", &host.url("/ok/q2"), serde_json::json!({}))],
+    )
+    .await;
+    let outcome_a = a.await.unwrap();
+    let arrivals: Vec<_> = host
+        .arrivals()
+        .iter()
+        .map(|x| x.saturating_duration_since(t0))
+        .collect();
+    eprintln!("arrivals since t0 {arrivals:?}; a {outcome_a:?} probe {probe:?}");
+    assert_eq!(host.max_in_flight(), 1, "{}", host.stats_json());
+}
