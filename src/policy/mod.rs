@@ -33,6 +33,7 @@
 //! ```
 
 pub mod backoff;
+pub mod carry;
 pub mod classify;
 pub mod destinations;
 pub mod fifo;
