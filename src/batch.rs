@@ -24,6 +24,26 @@ pub struct Record {
     /// The `AWSTraceHeader` system attribute: the X-Ray trace the message
     /// belongs to (spec §11).
     pub trace_header: Option<String>,
+    /// The message attributes, as sent: a copy retryq sends back to the
+    /// queue keeps them (§12.5), and `RetryqCarry` is one of them.
+    pub message_attributes: Vec<MessageAttribute>,
+}
+
+/// One message attribute, as SQS gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageAttribute {
+    pub name: String,
+    /// `String`, `Number`, `Binary`, or one of those with a custom suffix.
+    pub data_type: String,
+    pub value: AttributeValue,
+}
+
+/// A message attribute's value: text for `String` and `Number` types, bytes
+/// for `Binary` ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttributeValue {
+    Text(String),
+    Bytes(Vec<u8>),
 }
 
 impl Record {
@@ -50,7 +70,30 @@ impl Record {
             receipt_handle: receipt_handle.unwrap_or_default(),
             body: body.unwrap_or_default(),
             source_queue_arn,
+            message_attributes: Vec::new(),
         }
+    }
+
+    /// With these message attributes.
+    pub fn with_message_attributes(mut self, attributes: Vec<MessageAttribute>) -> Record {
+        self.message_attributes = attributes;
+        self
+    }
+
+    /// The `RetryqCarry` attribute of a carried copy (§12.5), read: `None`
+    /// on a copy that was never carried.
+    pub fn carry(&self) -> Option<Result<crate::policy::carry::Carry, String>> {
+        let attribute = self
+            .message_attributes
+            .iter()
+            .find(|a| a.name == crate::policy::carry::CARRY_ATTRIBUTE)?;
+        Some(match &attribute.value {
+            AttributeValue::Text(text) => crate::policy::carry::Carry::parse(text),
+            AttributeValue::Bytes(_) => Err(format!(
+                "{}: must be a String attribute",
+                crate::policy::carry::CARRY_ATTRIBUTE
+            )),
+        })
     }
 }
 

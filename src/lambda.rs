@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use lambda_runtime::{Context, Error, LambdaEvent};
 
-use crate::batch::{BatchReport, Record};
+use crate::batch::{AttributeValue, BatchReport, MessageAttribute, Record};
 use crate::process::Processor;
 
 /// Time kept between the last record's work and Lambda's deadline, to send
@@ -52,6 +52,23 @@ pub fn batch_response(report: &BatchReport) -> Result<SqsBatchResponse, Error> {
 /// Converts a Lambda SQS record.
 pub fn record(m: SqsMessage) -> Record {
     let attributes = m.attributes;
+    let message_attributes = m
+        .message_attributes
+        .into_iter()
+        .filter_map(|(name, a)| {
+            let value = match (a.string_value, a.binary_value) {
+                (Some(text), _) => AttributeValue::Text(text),
+                (None, Some(bytes)) => AttributeValue::Bytes(bytes.0),
+                (None, None) => return None,
+            };
+            let data_type = a.data_type.unwrap_or_else(|| "String".into());
+            Some(MessageAttribute {
+                name,
+                data_type,
+                value,
+            })
+        })
+        .collect();
     Record::from_sqs(
         m.message_id,
         m.receipt_handle,
@@ -59,6 +76,7 @@ pub fn record(m: SqsMessage) -> Record {
         m.event_source_arn.unwrap_or_default(),
         |name| attributes.get(name).cloned(),
     )
+    .with_message_attributes(message_attributes)
 }
 
 /// Deadlines before this (2001-09-09) cannot be epoch milliseconds.
@@ -127,5 +145,31 @@ mod tests {
     #[test]
     fn no_deadline_means_none() {
         assert_eq!(batch_deadline(&Context::default()), None);
+    }
+
+    #[test]
+    fn a_records_message_attributes_are_kept_and_its_carry_read() {
+        let event: SqsEvent = serde_json::from_value(serde_json::json!({"Records": [{
+            "messageId": "m-2", "receiptHandle": "r", "body": "{}",
+            "attributes": {"ApproximateReceiveCount": "1"},
+            "messageAttributes": {
+                "RetryqCarry": {"stringValue": "{\"attempts\":4,\"firstSent\":1,\"notBefore\":2,\"originalMessageId\":\"m-1\"}", "dataType": "String", "stringListValues": [], "binaryListValues": []},
+                "ExtendedPayloadSize": {"stringValue": "300000", "dataType": "Number", "stringListValues": [], "binaryListValues": []},
+                "Blob": {"binaryValue": "AAEC", "dataType": "Binary", "stringListValues": [], "binaryListValues": []}
+            },
+            "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:1:q"
+        }]}))
+        .unwrap();
+        let r = record(event.records.into_iter().next().unwrap());
+        let carry = r.carry().unwrap().unwrap();
+        assert_eq!(
+            (carry.attempts, carry.original_message_id.as_str()),
+            (4, "m-1")
+        );
+        let find = |n: &str| r.message_attributes.iter().find(|a| a.name == n).unwrap();
+        assert_eq!(find("ExtendedPayloadSize").data_type, "Number");
+        assert_eq!(find("Blob").value, AttributeValue::Bytes(vec![0, 1, 2]));
+        let plain = record(SqsMessage::default());
+        assert!(plain.carry().is_none());
     }
 }

@@ -861,7 +861,25 @@ pub struct QueueInfo {
 
 /// A received SQS message as the processor's [`Record`].
 pub fn record(m: Message, queue_arn: &str) -> Record {
+    use crate::batch::{AttributeValue, MessageAttribute};
     let attributes = m.attributes.unwrap_or_default();
+    let message_attributes = m
+        .message_attributes
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(name, a)| {
+            let value = match (a.string_value, a.binary_value) {
+                (Some(text), _) => AttributeValue::Text(text),
+                (None, Some(bytes)) => AttributeValue::Bytes(bytes.into_inner()),
+                (None, None) => return None,
+            };
+            Some(MessageAttribute {
+                name,
+                data_type: a.data_type,
+                value,
+            })
+        })
+        .collect();
     Record::from_sqs(
         m.message_id,
         m.receipt_handle,
@@ -873,6 +891,7 @@ pub fn record(m: Message, queue_arn: &str) -> Record {
                 .cloned()
         },
     )
+    .with_message_attributes(message_attributes)
 }
 
 /// `arn:aws:sqs:us-east-1:123456789012:orders` → `("123456789012", "orders")`.
