@@ -112,6 +112,9 @@ pub enum Disposition {
     RetryLater { delay: Duration },
     /// Copied to the DLQ, then acknowledged.
     DeadLettered(FailureReason),
+    /// Retryable, and carried over (§12.5): a copy of it is back in its
+    /// queue for `delay`, so this one is acknowledged.
+    Carried { delay: Duration },
     /// Not finished (an SQS call failed, `DLQ_URL` unset, a panic, the
     /// deadline): left for SQS to deliver again.
     Unfinished(String),
@@ -120,7 +123,10 @@ pub enum Disposition {
 impl Disposition {
     /// May the record be deleted from its queue?
     pub fn acknowledged(&self) -> bool {
-        matches!(self, Disposition::Delivered | Disposition::DeadLettered(_))
+        matches!(
+            self,
+            Disposition::Delivered | Disposition::DeadLettered(_) | Disposition::Carried { .. }
+        )
     }
 }
 

@@ -252,6 +252,7 @@ mod tests {
             retention: Duration::from_secs(retention),
             max_message_size: size,
             visibility_timeout: Duration::from_secs(visibility),
+            max_receive_count: None,
         }
     }
 

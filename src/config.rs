@@ -55,6 +55,9 @@ pub struct Config {
     /// `RETENTION_MARGIN_SECONDS`: no retry is scheduled to end later than
     /// this before the queue's retention would delete the message.
     pub retention_margin: Duration,
+    /// `MAX_AGE_SECONDS`: how long a message is retried, counted from its
+    /// first copy's `SentTimestamp`, across carried copies (§12.5).
+    pub max_age: Duration,
     /// `SECRET_TTL_SECONDS`: longest a Secrets Manager value is cached.
     pub secret_ttl: Duration,
     /// `BATCHING_WINDOW_SECONDS`: the event source mapping's batching window,
@@ -213,6 +216,12 @@ impl Config {
                 900,
                 0,
                 MAX_CONFIG_SECONDS,
+            )?),
+            max_age: Duration::from_secs(vars.number(
+                "MAX_AGE_SECONDS",
+                1_209_600,
+                60,
+                31_622_400,
             )?),
             secret_ttl: vars.seconds("SECRET_TTL_SECONDS", 300)?,
             batching_window: Duration::from_secs(vars.number(

@@ -81,7 +81,7 @@
 //! // Second receive of the message; the destination said 429, retry in 30 s.
 //! let attempt = Attempt { number: Attempt::number(msg.received_count, 2),
 //!                         limit: msg.attempt_limit(policy.max_attempts), expires_at: None,
-//!                         retained_until: None };
+//!                         retained_until: None, age_limit: None };
 //! let mut headers = http::HeaderMap::new();
 //! headers.insert("retry-after", "30".parse().unwrap());
 //! let now = SystemTime::now();

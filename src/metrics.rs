@@ -135,7 +135,7 @@ fn per_destination(
         h.records += 1;
         match r.disposition {
             Disposition::Delivered => h.delivered += 1,
-            Disposition::RetryLater { .. } => h.retried += 1,
+            Disposition::RetryLater { .. } | Disposition::Carried { .. } => h.retried += 1,
             Disposition::DeadLettered(_) => h.dead_lettered += 1,
             Disposition::Unfinished(_) => {}
         }
@@ -217,7 +217,9 @@ pub fn documents(
             "Service": settings.service,
             "BreakerOpened": opened.values().sum::<u64>(),
             "Delivered": count(|d| matches!(d, Disposition::Delivered)),
-            "Retried": count(|d| matches!(d, Disposition::RetryLater { .. })),
+            "Retried": count(|d| {
+                matches!(d, Disposition::RetryLater { .. } | Disposition::Carried { .. })
+            }),
             "Unfinished": count(|d| matches!(d, Disposition::Unfinished(_))),
             "BatchSize": report.records.len(),
         });

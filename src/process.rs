@@ -43,6 +43,7 @@ use crate::fleet::{FleetState, StateError};
 use crate::payload::budget::{MemoryBudget, Reserved};
 use crate::payload::store::{Kept, PayloadError, PayloadStore, Peeked};
 use crate::payload::{Finished, PayloadPointer};
+use crate::policy::carry::{Carry, Horizon};
 use crate::policy::destinations::Token;
 use crate::policy::fifo;
 use crate::policy::record::{
@@ -288,6 +289,23 @@ impl crate::deliver::SendGate for LeaseGate<'_> {
                 Err(e) => self.processor.without_table(self.batch, &e).unwrap_or(true),
             }
         })
+    }
+}
+
+/// A record's carry-over, as the processor counts it (§12.5).
+struct Carried {
+    carry: Option<Carry>,
+    /// The receives of this copy that count: SQS's, less the one early
+    /// receive of a copy delayed past 900 s.
+    receive_count: u32,
+    /// `MAX_AGE_SECONDS` after the first copy was sent.
+    age_limit: Option<SystemTime>,
+}
+
+impl Carried {
+    /// The attempts made before this copy, when it is a carried one.
+    fn attempts(&self) -> Option<u32> {
+        self.carry.as_ref().map(|c| c.attempts)
     }
 }
 
@@ -583,16 +601,23 @@ impl Processor {
         // acknowledged stays hidden until the worker deletes it with the
         // batch: otherwise a long batch (records waiting for rate-limit
         // tokens) lets it reappear, and be delivered again, meanwhile.
-        let acknowledging = decision
-            .as_ref()
-            .is_ok_and(|d| matches!(d.action, Action::Ack | Action::DeadLetter(_)));
+        // A retry whose queue would end the record first is carried over
+        // (§12.5): a copy goes back, and this one is acknowledged.
+        let carry = match &decision {
+            Ok(d) => Box::pin(self.carry_due(&record, d, latency.is_some())).await,
+            Err(_) => None,
+        };
+        let acknowledging = carry.is_some()
+            || decision
+                .as_ref()
+                .is_ok_and(|d| matches!(d.action, Action::Ack | Action::DeadLetter(_)));
         if let (Some(heartbeat), false) = (&batch.heartbeat, acknowledging) {
             heartbeat.leave(&record.receipt_handle).await;
         }
         let apply = async {
             match &decision {
                 Ok(decision) => {
-                    self.apply(&record, &resolved, &decision.action, batch.deadline)
+                    self.apply(&record, &resolved, &decision.action, carry, batch.deadline)
                         .await
                 }
                 Err(why) => Disposition::Unfinished(why.clone()),
@@ -674,6 +699,10 @@ impl Processor {
             Some(_) if first_receive => Some(0),
             _ => None,
         };
+        // A carried copy received before its next try only hides again.
+        if let Some(decision) = self.not_yet_due(record, batch) {
+            return (Ok(decision), None, None);
+        }
         let has_profile = |p: &str| self.deliverer.has_profile(p);
         let settings = Settings::new(&self.config.retry, &has_profile)
             .with_destinations(&self.config.destination_policies);
@@ -750,12 +779,16 @@ impl Processor {
         // Without a destination in its head, the whole message is read first.
         if let Some(url) = head.destination.clone() {
             let settings = settings.for_destination(&url);
+            let carried = self.carried(record);
             let unread = record::Unread {
-                receive_count: record.receive_count,
+                receive_count: carried.receive_count,
                 recorded_failures,
-                received_count: head.received_count.unwrap_or(0),
+                received_count: carried
+                    .attempts()
+                    .unwrap_or(head.received_count.unwrap_or(0)),
                 max_attempts: head.max_attempts,
                 expires_at: head.expires_at,
+                age_limit: carried.age_limit,
             };
             let attempt = record::attempt_unread(&settings, &unread);
             match Box::pin(self.admission(record, batch, &url, &settings, &attempt)).await {
@@ -825,11 +858,14 @@ impl Processor {
             Resolved::Unresolvable(why, _) => (record.body.as_str(), None, Some(why.clone())),
             Resolved::Unavailable(why) => return Err(Err(why.clone())),
         };
+        let carried = self.carried(record);
         let received = Received {
             body,
             offloaded_body_limit,
             unresolvable,
-            receive_count: record.receive_count,
+            receive_count: carried.receive_count,
+            carried_attempts: carried.attempts(),
+            age_limit: carried.age_limit,
             // Asked of SQS only when a retry is decided: a batch that only
             // delivers makes no SQS call for it.
             retained_until: None,
@@ -986,8 +1022,9 @@ impl Processor {
         if let Some(read) = read {
             recorded_failures = read;
             if let Some(failed) = read {
-                attempt.number =
-                    Attempt::from_ledger(message.received_count, failed, record.receive_count);
+                let carried = self.carried(record);
+                let before = carried.attempts().unwrap_or(message.received_count);
+                attempt.number = Attempt::from_ledger(before, failed, carried.receive_count);
             }
         }
         let conclude = |attempt: &Attempt| {
@@ -1005,7 +1042,7 @@ impl Processor {
         if matches!(decision.action, Action::Retry { .. }) {
             // A retry must end before the queue's retention would delete the
             // message (§8.1): decide again, knowing the horizon.
-            attempt.retained_until = self.retained_until(record).await;
+            attempt.retained_until = self.retention_ends(record).await;
             if attempt.retained_until.is_some() {
                 decision = conclude(&attempt);
             }
@@ -1111,9 +1148,60 @@ impl Processor {
     ) -> Decision {
         // Spread the records that come back together.
         let wait = wait + Duration::from_millis(fastrand::u64(0..1000));
-        attempt.retained_until = self.retained_until(record).await;
+        attempt.retained_until = self.retention_ends(record).await;
         let max_delay = self.max_delay(batch);
         record::defer(settings, &attempt, why, wait, SystemTime::now(), max_delay)
+    }
+
+    /// What a record's `RetryqCarry` says (§12.5), checked: a value that
+    /// cannot be read is ignored (the copy counts as a first copy), and the
+    /// first copy cannot have been sent after this one.
+    fn carried(&self, record: &Record) -> Carried {
+        let carry = match record.carry() {
+            None => None,
+            Some(Ok(mut carry)) => {
+                if let Some(sent) = record.sent_at {
+                    let sent_ms = sent
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
+                    carry.first_sent = carry.first_sent.min(sent_ms);
+                }
+                Some(carry)
+            }
+            Some(Err(e)) => {
+                tracing::warn!(id = %record.message_id, error = %e, "RetryqCarry ignored");
+                None
+            }
+        };
+        let first_sent = carry.as_ref().map(Carry::first_sent_at).or(record.sent_at);
+        // A copy delayed past SQS's 900 s is received once before it is
+        // due, and hidden again: that receive is not an attempt.
+        let early = carry
+            .as_ref()
+            .zip(record.sent_at)
+            .is_some_and(|(c, sent)| c.not_before_at() > sent + crate::policy::carry::MAX_DELAY);
+        Carried {
+            receive_count: record.receive_count.saturating_sub(u32::from(early)).max(1),
+            age_limit: first_sent.and_then(|at| at.checked_add(self.config.max_age)),
+            carry,
+        }
+    }
+
+    /// A carried copy received before its next try: hidden again until
+    /// then, using up no attempt.
+    fn not_yet_due(&self, record: &Record, batch: &Batch) -> Option<Decision> {
+        let carried = self.carried(record);
+        let carry = carried.carry?;
+        let wait = carry.still_waiting(SystemTime::now())?;
+        Some(Decision {
+            attempt: carry.attempts,
+            label: Label::NotYetDue,
+            status: None,
+            action: Action::Retry {
+                delay: wait.min(self.max_delay(batch)),
+            },
+            health: None,
+        })
     }
 
     /// The latest a record may wait for a token or the breaker's probe: in
@@ -1147,6 +1235,16 @@ impl Processor {
             );
         }
         None
+    }
+
+    /// The retention as a horizon that ends the record (§8.1): only for a
+    /// record that cannot be carried over; any other is carried before its
+    /// retention ends (§12.5).
+    async fn retention_ends(&self, record: &Record) -> Option<SystemTime> {
+        if self.can_carry(record) {
+            return None;
+        }
+        self.retained_until(record).await
     }
 
     /// The latest a retry of this record may end (§8.1): the source queue's
@@ -1327,16 +1425,22 @@ impl Processor {
         }
     }
 
-    /// Carries out the action on SQS.
+    /// Carries out the action on SQS (a retry as a carried copy when
+    /// `carry` says so).
     async fn apply(
         &self,
         record: &Record,
         resolved: &Resolved,
         action: &Action,
+        carry: Option<Carry>,
         deadline: Option<Instant>,
     ) -> Disposition {
         match action {
             Action::Ack => Disposition::Delivered,
+            Action::Retry { delay } if carry.is_some() => {
+                let carry = carry.expect("checked");
+                Box::pin(self.carry_over(record, resolved, &carry, *delay)).await
+            }
             // The SQS calls are boxed: their futures are kilobytes large,
             // and a delivered record should not carry them.
             Action::Retry { delay } => match Box::pin(self.hide(record, *delay)).await {
@@ -1383,11 +1487,13 @@ impl Processor {
                 }
             }
         };
+        // A carried copy's letter names the first copy (§12.5).
+        let original = self.carried(record).carry.map(|c| c.original_message_id);
         let copy = DeadLetterCopy {
             body: fresh.as_deref().unwrap_or(&record.body),
             dead_letter,
             source_queue_arn: &record.source_queue_arn,
-            original_message_id: &record.message_id,
+            original_message_id: original.as_deref().unwrap_or(&record.message_id),
             message_group_id: record.message_group_id.as_deref(),
             trace_header: record.trace_header.as_deref(),
             payload_size: match resolved {
@@ -1418,6 +1524,100 @@ impl Processor {
                 .await;
         }
         Disposition::DeadLettered(dead_letter.reason)
+    }
+
+    /// Can the record be carried over? Not from a FIFO queue (a copy would
+    /// join the end of its group), nor a message that already has SQS's 10
+    /// attributes and no `RetryqCarry` to replace: §8.1 stands for those.
+    fn can_carry(&self, record: &Record) -> bool {
+        let carry = crate::policy::carry::CARRY_ATTRIBUTE;
+        !crate::queue::is_fifo(&record.source_queue_arn)
+            && (record.message_attributes.len() < 10
+                || record.message_attributes.iter().any(|a| a.name == carry))
+    }
+
+    /// The carry of a record whose decision is a retry that its queue would
+    /// end first (its receive count at the redrive policy's
+    /// `maxReceiveCount` − 1, or its next try after the retention), if so.
+    /// `attempted`: this receive made an attempt.
+    async fn carry_due(
+        &self,
+        record: &Record,
+        decision: &Decision,
+        attempted: bool,
+    ) -> Option<Carry> {
+        let Action::Retry { delay } = decision.action else {
+            return None;
+        };
+        if !self.can_carry(record) {
+            return None;
+        }
+        let url = self.queues.url_of(&record.source_queue_arn).await.ok()?;
+        let horizon = Horizon {
+            receive_count: record.receive_count,
+            max_receive_count: self.queues.limits_of(&url).await?.max_receive_count,
+            retained_until: self.retained_until(record).await,
+            fifo: false,
+        };
+        let next_try = SystemTime::now() + delay;
+        if !horizon.carry_due(next_try) {
+            return None;
+        }
+        let carried = self.carried(record);
+        // Attempts made so far, `receivedCount` included. A deferral with a
+        // ledger made none on this receive; without one, SQS counted it.
+        let attempts = match decision.label {
+            Label::NotYetDue => carried.attempts().unwrap_or(decision.attempt),
+            Label::RateLimited | Label::CircuitOpen if !attempted && self.fleet.is_some() => {
+                decision.attempt.saturating_sub(1)
+            }
+            _ => decision.attempt,
+        };
+        let sent_at = record.sent_at.unwrap_or_else(SystemTime::now);
+        let next = match (&carried.carry, decision.label) {
+            (Some(c), Label::NotYetDue) => c.not_before_at(),
+            _ => next_try,
+        };
+        Some(Carry::next(
+            carried.carry.as_ref(),
+            attempts,
+            sent_at,
+            &record.message_id,
+            next,
+        ))
+    }
+
+    /// Carries a record over: a copy into its queue (a payload's pointing
+    /// to a fresh copy of its object, §12.1) with `RetryqCarry`, delayed by
+    /// at most 900 s; the record is acknowledged only once the copy exists.
+    async fn carry_over(
+        &self,
+        record: &Record,
+        resolved: &Resolved,
+        carry: &Carry,
+        delay: Duration,
+    ) -> Disposition {
+        let url = match self.queues.url_of(&record.source_queue_arn).await {
+            Ok(url) => url,
+            Err(e) => return Disposition::Unfinished(e.to_string()),
+        };
+        let body = match resolved {
+            Resolved::Offloaded { pointer, kept, .. } => {
+                match Box::pin(self.payloads.copy(pointer, None, Some(kept))).await {
+                    Ok(copy) => copy.body(),
+                    Err(e) => return Disposition::Unfinished(e),
+                }
+            }
+            _ => record.body.clone(),
+        };
+        let attribute = carry.to_attribute();
+        let sent = self
+            .queues
+            .send_carried(&url, record, &body, &attribute, delay);
+        match Box::pin(sent).await {
+            Ok(()) => Disposition::Carried { delay },
+            Err(e) => Disposition::Unfinished(e.to_string()),
+        }
     }
 
     async fn hide(&self, record: &Record, delay: Duration) -> Result<(), QueueError> {

@@ -76,11 +76,18 @@ impl Carry {
         UNIX_EPOCH + Duration::from_millis(self.first_sent)
     }
 
+    /// When the next try is due.
+    pub fn not_before_at(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.not_before)
+    }
+
     /// How long a copy received at `now` must still wait before its next
     /// try (it only hides again, using up no attempt), if at all.
     pub fn still_waiting(&self, now: SystemTime) -> Option<Duration> {
-        let due = UNIX_EPOCH + Duration::from_millis(self.not_before);
-        due.duration_since(now).ok().filter(|w| !w.is_zero())
+        self.not_before_at()
+            .duration_since(now)
+            .ok()
+            .filter(|w| !w.is_zero())
     }
 }
 

@@ -23,11 +23,11 @@
 //! let failed = Outcome::Retryable { status: Some(503), retry_after: None, error: "HTTP 503".into() };
 //! let mut rng = fastrand::Rng::with_seed(1);
 //!
-//! let second = Attempt { number: 2, limit: 5, expires_at: None, retained_until: None };
+//! let second = Attempt { number: 2, limit: 5, expires_at: None, retained_until: None, age_limit: None };
 //! assert!(matches!(policy.after_attempt(&second, failed.clone(), SystemTime::now(), &mut rng),
 //!                  Action::Retry { .. }));
 //!
-//! let last = Attempt { number: 5, limit: 5, expires_at: None, retained_until: None };
+//! let last = Attempt { number: 5, limit: 5, expires_at: None, retained_until: None, age_limit: None };
 //! assert!(matches!(policy.after_attempt(&last, failed, SystemTime::now(), &mut rng),
 //!                  Action::DeadLetter(d) if d.reason == FailureReason::AttemptsExhausted));
 //! ```
@@ -128,6 +128,9 @@ pub struct Attempt {
     /// from the message's `SentTimestamp`, less `RETENTION_MARGIN_SECONDS`
     /// (§8.1). `None` when the retention is not known.
     pub retained_until: Option<SystemTime>,
+    /// When the message has been retried for `MAX_AGE_SECONDS`, counted
+    /// from its first copy's `SentTimestamp` (§12.5): no attempt after it.
+    pub age_limit: Option<SystemTime>,
 }
 
 impl Attempt {
@@ -173,15 +176,20 @@ impl RetryPolicy {
     /// Checked before any attempt: an expired message is dead-lettered
     /// without being tried.
     pub fn before_attempt(&self, attempt: &Attempt, now: SystemTime) -> Option<Action> {
-        let expires_at = attempt.expires_at?;
-        (now > expires_at).then(|| {
-            Action::DeadLetter(DeadLetter::new(
-                FailureReason::Expired,
-                attempt.number,
-                None,
-                "expiresAt passed before the attempt",
-            ))
-        })
+        let passed = |at: Option<SystemTime>| at.is_some_and(|at| now > at);
+        let why = if passed(attempt.expires_at) {
+            "expiresAt passed before the attempt"
+        } else if passed(attempt.age_limit) {
+            "MAX_AGE_SECONDS passed (counted from the first copy) before the attempt"
+        } else {
+            return None;
+        };
+        Some(Action::DeadLetter(DeadLetter::new(
+            FailureReason::Expired,
+            attempt.number,
+            None,
+            why,
+        )))
     }
 
     /// Decides after an attempt. The delay never exceeds SQS's 12-hour
@@ -308,6 +316,14 @@ fn put_back(
             &format!("{error}; no time left before expiresAt for another attempt"),
         ));
     }
+    if attempt.age_limit.is_some_and(|at| next > at) {
+        return Action::DeadLetter(DeadLetter::new(
+            FailureReason::Expired,
+            attempt.number,
+            status,
+            &format!("{error}; no time left before MAX_AGE_SECONDS for another attempt"),
+        ));
+    }
     if attempt.retained_until.is_some_and(|until| next > until) {
         // SQS would delete the message before it came back: dead-letter
         // it now, while it can still be.
@@ -354,6 +370,7 @@ mod tests {
             limit: 5,
             expires_at: None,
             retained_until: None,
+            age_limit: None,
         }
     }
 
@@ -417,6 +434,7 @@ mod tests {
             limit: 2,
             expires_at: None,
             retained_until: None,
+            age_limit: None,
         };
         assert_eq!(
             reason(decide(&a, retryable(None))),
@@ -440,6 +458,7 @@ mod tests {
             limit: 5,
             expires_at: Some(at(100)),
             retained_until: None,
+            age_limit: None,
         };
         assert_eq!(
             policy().before_attempt(&a, at(100)),
@@ -464,6 +483,7 @@ mod tests {
             limit: 5,
             expires_at: Some(at(3)),
             retained_until: None,
+            age_limit: None,
         };
         assert_eq!(reason(decide(&a, retryable(None))), FailureReason::Expired);
         // A Retry-After beyond the expiry too.
@@ -472,6 +492,7 @@ mod tests {
             limit: 5,
             expires_at: Some(at(60)),
             retained_until: None,
+            age_limit: None,
         };
         assert_eq!(
             reason(decide(&a, retryable(Some(61)))),
@@ -492,6 +513,7 @@ mod tests {
             limit: 5,
             expires_at: None,
             retained_until: Some(at(100)),
+            age_limit: None,
         };
         let Action::DeadLetter(d) = decide(&a, retryable(Some(101))) else {
             panic!("expected a dead letter")
@@ -634,7 +656,7 @@ mod tests {
 
         #[test]
         fn a_retry_never_lands_after_expiry(n in 1u32..5, exp in 0u64..2000, ra in proptest::option::of(0u64..5000), seed: u64) {
-            let a = Attempt { number: n, limit: 5, expires_at: Some(at(exp)), retained_until: None };
+            let a = Attempt { number: n, limit: 5, expires_at: Some(at(exp)), retained_until: None, age_limit: None };
             let action = policy().after_attempt(&a, retryable(ra), T0, &mut fastrand::Rng::with_seed(seed));
             if let Action::Retry { delay } = action {
                 prop_assert!(T0 + delay <= at(exp));
@@ -645,7 +667,7 @@ mod tests {
         fn a_retry_never_ends_after_the_retention_horizon(
             n in 1u32..5, until in 0u64..2000, ra in proptest::option::of(0u64..u64::MAX), seed: u64
         ) {
-            let a = Attempt { number: n, limit: 5, expires_at: None, retained_until: Some(at(until)) };
+            let a = Attempt { number: n, limit: 5, expires_at: None, retained_until: Some(at(until)), age_limit: None };
             match policy().after_attempt(&a, retryable(ra), T0, &mut fastrand::Rng::with_seed(seed)) {
                 Action::Retry { delay } => prop_assert!(T0 + delay <= at(until)),
                 Action::DeadLetter(d) => prop_assert!(

@@ -117,6 +117,12 @@ pub struct Received<'a> {
     /// a redelivery of a delivered or dead-lettered record, acknowledged
     /// without a new attempt.
     pub already_finished: Option<Finished>,
+    /// A carried copy's `RetryqCarry.attempts` (§12.5): the attempts made
+    /// before this SQS message, `receivedCount` included. It stands in for
+    /// `receivedCount`.
+    pub carried_attempts: Option<u32>,
+    /// `MAX_AGE_SECONDS` after the first copy's `SentTimestamp`.
+    pub age_limit: Option<SystemTime>,
 }
 
 impl<'a> Received<'a> {
@@ -132,6 +138,8 @@ impl<'a> Received<'a> {
             offloaded_body_limit: None,
             unresolvable: None,
             already_finished: None,
+            carried_attempts: None,
+            age_limit: None,
         }
     }
 }
@@ -174,6 +182,9 @@ pub enum Label {
     /// A redelivery of a record whose payload is marked dead-lettered: its
     /// DLQ copy exists; acknowledged without an attempt.
     AlreadyDeadLettered,
+    /// A carried copy received before its next try is due: hidden again,
+    /// without an attempt (§12.5).
+    NotYetDue,
 }
 
 impl Label {
@@ -190,6 +201,7 @@ impl Label {
             Label::DeadLetterPending => "dead-letter-pending",
             Label::AlreadyDelivered => "already-delivered",
             Label::AlreadyDeadLettered => "already-dead-lettered",
+            Label::NotYetDue => "not-yet-due",
         }
     }
 }
@@ -318,16 +330,16 @@ pub fn plan(received: &Received<'_>, settings: &Settings<'_>, now: SystemTime) -
     };
     let settings = settings.for_destination(&message.destination_url);
     let retry = settings.retry;
+    let before = received.carried_attempts.unwrap_or(message.received_count);
     let attempt = Attempt {
         number: match received.recorded_failures {
-            None => Attempt::number(message.received_count, received.receive_count),
-            Some(failed) => {
-                Attempt::from_ledger(message.received_count, failed, received.receive_count)
-            }
+            None => Attempt::number(before, received.receive_count),
+            Some(failed) => Attempt::from_ledger(before, failed, received.receive_count),
         },
         limit: message.attempt_limit(retry.max_attempts),
         expires_at: message.expires_at.map(SystemTime::from),
         retained_until: received.retained_until,
+        age_limit: received.age_limit,
     };
     if let Some(profile) = message.auth.as_deref() {
         if !(settings.has_profile)(profile) {
@@ -363,10 +375,12 @@ pub struct Unread {
     pub receive_count: u32,
     /// Failed attempts in the ledger, when there is one.
     pub recorded_failures: Option<u32>,
-    /// `receivedCount` (0 when the head did not hold it).
+    /// The attempts made before this SQS message: a carried copy's count,
+    /// else `receivedCount` (0 when the head did not hold it).
     pub received_count: u32,
     pub max_attempts: Option<u32>,
     pub expires_at: Option<SystemTime>,
+    pub age_limit: Option<SystemTime>,
 }
 
 /// The attempt a record is before its message is read. Only a deferral,
@@ -384,6 +398,7 @@ pub fn attempt_unread(settings: &Settings<'_>, unread: &Unread) -> Attempt {
         limit: unread.max_attempts.map_or(limit, |m| m.min(limit)),
         expires_at: unread.expires_at,
         retained_until: None,
+        age_limit: unread.age_limit,
     }
 }
 
@@ -646,6 +661,7 @@ mod tests {
             limit: 3,
             expires_at: None,
             retained_until: None,
+            age_limit: None,
         };
         conclude(
             &settings,
@@ -756,6 +772,7 @@ mod tests {
             limit: 3,
             expires_at: None,
             retained_until: None,
+            age_limit: None,
         };
         for why in [Deferral::BreakerOpen, Deferral::RateLimited] {
             let d = defer(

@@ -248,6 +248,8 @@ pub struct QueueSettings {
     pub max_message_size: usize,
     /// `VisibilityTimeout`.
     pub visibility_timeout: Duration,
+    /// The redrive policy's `maxReceiveCount`, when the queue has one.
+    pub max_receive_count: Option<u32>,
 }
 
 /// What the processor must know of a queue's settings (§8.1, §8.2).
@@ -257,6 +259,9 @@ pub struct QueueLimits {
     pub retention: Duration,
     /// `MaximumMessageSize`, in bytes (body plus attributes).
     pub max_message_size: usize,
+    /// The redrive policy's `maxReceiveCount`, when the queue has one: the
+    /// receive on which SQS moves a message to its DLQ (§12.5).
+    pub max_receive_count: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -363,6 +368,7 @@ impl Queues {
         Ok(QueueLimits {
             retention: s.retention,
             max_message_size: s.max_message_size,
+            max_receive_count: s.max_receive_count,
         })
     }
 
@@ -376,6 +382,7 @@ impl Queues {
                     A::MessageRetentionPeriod,
                     A::MaximumMessageSize,
                     A::VisibilityTimeout,
+                    A::RedrivePolicy,
                 ],
             )
             .await?;
@@ -386,6 +393,10 @@ impl Queues {
             max_message_size: usize::try_from(attrs.number(A::MaximumMessageSize)?)
                 .unwrap_or(usize::MAX),
             visibility_timeout: seconds(A::VisibilityTimeout)?,
+            max_receive_count: attrs
+                .0
+                .get(&A::RedrivePolicy)
+                .and_then(|policy| max_receive_count(policy)),
         })
     }
 
@@ -650,6 +661,55 @@ impl Queues {
         Ok(sent.message_id.unwrap_or_default())
     }
 
+    /// Carries a record over (§12.5): a copy of it into the same queue,
+    /// `body` (the record's, or a pointer to a fresh copy of its payload),
+    /// its message attributes with `RetryqCarry` set to `carry`, its trace
+    /// and its `MessageGroupId`, delayed by `delay` (at most SQS's 900 s).
+    pub async fn send_carried(
+        &self,
+        queue_url: &str,
+        record: &Record,
+        body: &str,
+        carry: &str,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
+        use crate::batch::AttributeValue;
+        let carry_name = crate::policy::carry::CARRY_ATTRIBUTE;
+        let mut send = self
+            .client()
+            .await
+            .send_message()
+            .queue_url(queue_url)
+            .message_body(body)
+            .delay_seconds(i32::try_from(delay.as_secs().min(900)).unwrap_or(900))
+            .message_attributes(carry_name, string(carry_name, carry))
+            .set_message_group_id(record.message_group_id.clone());
+        for a in record
+            .message_attributes
+            .iter()
+            .filter(|a| a.name != carry_name)
+        {
+            let value = MessageAttributeValue::builder().data_type(&a.data_type);
+            let value = match &a.value {
+                AttributeValue::Text(text) => value.string_value(text),
+                AttributeValue::Bytes(bytes) => {
+                    value.binary_value(aws_sdk_sqs::primitives::Blob::new(bytes.clone()))
+                }
+            };
+            send = send.message_attributes(&a.name, value.build().expect("data_type is set"));
+        }
+        if let Some(trace) = &record.trace_header {
+            send = send.message_system_attributes(
+                MessageSystemAttributeNameForSends::AwsTraceHeader,
+                trace_attribute(trace),
+            );
+        }
+        send.send()
+            .await
+            .map(drop)
+            .map_err(|e| QueueError::sqs("SendMessage", e))
+    }
+
     /// Sets the visibility of many messages of one queue, ten per call.
     /// Returns how many could not be changed.
     pub async fn change_visibility_batch(
@@ -750,6 +810,17 @@ impl Queues {
             arn: attrs.text(A::QueueArn)?.to_owned(),
             visibility_timeout: Duration::from_secs(attrs.number(A::VisibilityTimeout)?),
         })
+    }
+}
+
+/// A redrive policy's `maxReceiveCount` (SQS writes it as a number, some
+/// tools as a string).
+fn max_receive_count(policy: &str) -> Option<u32> {
+    let policy: serde_json::Value = serde_json::from_str(policy).ok()?;
+    match &policy["maxReceiveCount"] {
+        serde_json::Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
     }
 }
 

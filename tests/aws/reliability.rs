@@ -47,17 +47,21 @@ fn message_of_len(id: &str, url: &str, len: usize) -> String {
 
 // 8.1 ------------------------------------------------------------------------
 
-#[tokio::test]
-async fn a_retry_that_would_outlive_the_retention_is_dead_lettered_not_lost() {
-    // Retention 60 s, margin 40 s: no retry may end more than 20 s after the
-    // message was sent. The destination asks for 2 s every time.
+/// §12.5: retention is not a horizon. With a 60 s retention (margin 40 s:
+/// no try may come more than 20 s after a copy was sent), a message whose
+/// destination is down for 70 s is carried over into fresh copies (each
+/// with `RetryqCarry` naming the first copy and the attempts so far) and
+/// delivered once the destination is back: nothing dead-lettered, nothing
+/// deleted by the retention.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_keeps_retrying_across_more_than_one_retention_period() {
     let sqs = sqs();
     let source = queue_with(&sqs, "retention", &[("MessageRetentionPeriod", "60")]).await;
     let dlq = queue(&sqs, "retention-dlq").await;
     let p = processor(&[
         ("DLQ_URL", &dlq.url),
         ("ALLOW_PRIVATE_DESTINATIONS", "true"),
-        ("MAX_ATTEMPTS", "50"),
+        ("MAX_ATTEMPTS", "100"),
         ("RETENTION_MARGIN_SECONDS", "40"),
     ]);
     let dest = serving(ResponseTemplate::new(503).insert_header("retry-after", "2")).await;
@@ -68,6 +72,75 @@ async fn a_retry_that_would_outlive_the_retention_is_dead_lettered_not_lost() {
         &message("keep-me", &dest.uri(), serde_json::json!({})),
     )
     .await;
+
+    let (mut carries, mut delivered, mut healed) = (Vec::new(), false, false);
+    while !delivered && sent.elapsed() < Duration::from_secs(110) {
+        if !healed && sent.elapsed() > Duration::from_secs(70) {
+            dest.reset().await;
+            Mock::given(any())
+                .respond_with(ResponseTemplate::new(200))
+                .mount(&dest)
+                .await;
+            healed = true;
+        }
+        let received = receive_n_hidden_for(&sqs, &source, 1, 1, Duration::from_secs(5)).await;
+        if let Some(m) = received.first() {
+            carries.extend(attr(m, "RetryqCarry"));
+            let failed = invoke_failed(&p, &sqs, &source, &received, 30).await;
+            delivered = healed && failed.is_empty();
+        }
+    }
+
+    assert!(
+        delivered,
+        "delivered after the outage ({} carries)",
+        carries.len()
+    );
+    assert!(!carries.is_empty(), "carried over at least once");
+    let last: serde_json::Value = serde_json::from_str(carries.last().unwrap()).unwrap();
+    assert_eq!(last["originalMessageId"], id.as_str());
+    assert!(last["attempts"].as_u64().unwrap() >= 2, "{last}");
+    assert_eq!(depth(&sqs, &dlq).await, (0, 0), "nothing dead-lettered");
+    assert_eq!(depth(&sqs, &source).await, (0, 0));
+}
+
+/// §8.1 where carrying over cannot help (a FIFO queue: a copy would join
+/// the end of its group): a retry that would outlive the retention is
+/// dead-lettered `expired` while the message still exists.
+#[tokio::test]
+async fn on_a_fifo_queue_a_retry_that_would_outlive_the_retention_is_dead_lettered_not_lost() {
+    // Retention 60 s, margin 40 s: no retry may end more than 20 s after the
+    // message was sent. The destination asks for 2 s every time.
+    let sqs = sqs();
+    let source = crate::fifo::fifo_queue(&sqs, "retention").await;
+    sqs.set_queue_attributes()
+        .queue_url(&source.url)
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::MessageRetentionPeriod,
+            "60",
+        )
+        .send()
+        .await
+        .unwrap();
+    let dlq = queue(&sqs, "retention-dlq").await;
+    let p = processor(&[
+        ("DLQ_URL", &dlq.url),
+        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+        ("MAX_ATTEMPTS", "50"),
+        ("RETENTION_MARGIN_SECONDS", "40"),
+    ]);
+    let dest = serving(ResponseTemplate::new(503).insert_header("retry-after", "2")).await;
+    let sent = Instant::now();
+    let id = sqs
+        .send_message()
+        .queue_url(&source.url)
+        .message_body(message("keep-me", &dest.uri(), serde_json::json!({})))
+        .message_group_id("g")
+        .send()
+        .await
+        .unwrap()
+        .message_id
+        .unwrap();
 
     let mut attempts = 0;
     let mut dead = Vec::new();
