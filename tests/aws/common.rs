@@ -410,7 +410,7 @@ fn message_key(m: &Message) -> String {
 /// Everything visible in `dlq` now, deleted as it is read (receives until
 /// an empty answer, at most 50 times). Deleted, not hidden: in a FIFO DLQ a
 /// hidden copy would hold back the later copies of its group.
-async fn drain(sqs: &aws_sdk_sqs::Client, dlq: &TestQueue) -> Vec<Message> {
+pub async fn drain(sqs: &aws_sdk_sqs::Client, dlq: &TestQueue) -> Vec<Message> {
     let mut all = Vec::new();
     for _ in 0..50 {
         let got = receive(sqs, dlq, 300).await;

@@ -10,6 +10,7 @@ mod destination;
 mod auth;
 mod auth_trace;
 mod batched;
+mod carry;
 mod cli;
 mod end_to_end;
 mod fifo;

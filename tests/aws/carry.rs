@@ -1,0 +1,194 @@
+//! Carry-over (spec §12.5) against moto's SQS: receives are not attempts all
+//! the way to the redrive, a carried copy continues its count and its age,
+//! and one received before its next try only hides again.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use wiremock::matchers::any;
+use wiremock::{Mock, ResponseTemplate};
+
+use crate::common::*;
+
+/// Sends `body` with a `RetryqCarry` attribute; the message's id.
+async fn send_carried(
+    sqs: &aws_sdk_sqs::Client,
+    q: &TestQueue,
+    body: &str,
+    carry: &serde_json::Value,
+) -> String {
+    let value = aws_sdk_sqs::types::MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(carry.to_string())
+        .build()
+        .unwrap();
+    sqs.send_message()
+        .queue_url(&q.url)
+        .message_body(body)
+        .message_attributes("RetryqCarry", value)
+        .send()
+        .await
+        .unwrap()
+        .message_id
+        .unwrap()
+}
+
+fn epoch_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// An outage longer than `maxReceiveCount` receives: with the redrive
+/// policy's `maxReceiveCount` at 3 and `MAX_ATTEMPTS` 10, a destination that
+/// fails five times is carried over before SQS would move the message to
+/// its DLQ, and delivered on the sixth attempt. The redrive DLQ stays
+/// empty; each copy names the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_max_receive_count_ends_delivered_and_the_redrive_dlq_empty() {
+    let sqs = sqs();
+    let redrive_dlq = queue(&sqs, "carry-redrive-dlq").await;
+    let policy = format!(
+        "{{\"deadLetterTargetArn\":\"{}\",\"maxReceiveCount\":\"3\"}}",
+        redrive_dlq.arn
+    );
+    let q = queue_with(&sqs, "carry-redrive", &[("RedrivePolicy", &policy)]).await;
+    let dlq = queue(&sqs, "carry-dlq").await;
+    let p = processor(&[
+        ("DLQ_URL", &dlq.url),
+        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+        ("MAX_ATTEMPTS", "10"),
+        ("BACKOFF_BASE_SECONDS", "1"),
+        ("BACKOFF_MAX_SECONDS", "1"),
+    ]);
+    let dest = wiremock::MockServer::start().await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(5)
+        .mount(&dest)
+        .await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&dest)
+        .await;
+    let id = send(
+        &sqs,
+        &q,
+        &message("outage-1", &dest.uri(), serde_json::json!({})),
+    )
+    .await;
+
+    let started = Instant::now();
+    let (mut carries, mut delivered) = (Vec::new(), false);
+    while !delivered && started.elapsed() < Duration::from_secs(60) {
+        let received = receive_n_hidden_for(&sqs, &q, 1, 1, Duration::from_secs(5)).await;
+        if let Some(m) = received.first() {
+            carries.extend(attr(m, "RetryqCarry"));
+            let failed = failures(&invoke_within(&p, &sqs, &q, &received, 30).await);
+            let requests = dest.received_requests().await.unwrap();
+            delivered = failed.is_empty() && requests.len() == 6;
+        }
+    }
+
+    assert!(
+        delivered,
+        "delivered on the sixth attempt: carries {carries:?}"
+    );
+    assert_eq!(dest.received_requests().await.unwrap().len(), 6);
+    assert!(carries.len() >= 2, "carried more than once: {carries:?}");
+    let last: serde_json::Value = serde_json::from_str(carries.last().unwrap()).unwrap();
+    assert_eq!(last["originalMessageId"], id.as_str());
+    assert_eq!(depth(&sqs, &redrive_dlq).await, (0, 0), "SQS moved nothing");
+    assert_eq!(depth(&sqs, &dlq).await, (0, 0));
+}
+
+/// A carried copy continues its count: with 4 attempts carried and
+/// `MAX_ATTEMPTS` 5, one more failure is the last, and its letter says
+/// attempt 5 and names the first copy.
+#[tokio::test]
+async fn a_carried_copy_continues_its_attempt_count() {
+    let dest = expecting(503, 1).await;
+    let (sqs, q, dlq, p) = with_dlq("carry-count", &[("MAX_ATTEMPTS", "5")]).await;
+    let now = epoch_ms(SystemTime::now());
+    let carry = serde_json::json!({"attempts": 4, "firstSent": now - 60_000, "notBefore": now - 1_000, "originalMessageId": "first-copy"});
+    send_carried(
+        &sqs,
+        &q,
+        &message("count-1", &dest.uri(), serde_json::json!({})),
+        &carry,
+    )
+    .await;
+
+    let received = receive_n(&sqs, &q, 1, Duration::from_secs(5)).await;
+    let failed = failures(&invoke_within(&p, &sqs, &q, &received, 30).await);
+
+    assert!(failed.is_empty(), "dead-lettered: {failed:?}");
+    let letters = drain(&sqs, &dlq).await;
+    assert_eq!(letters.len(), 1);
+    let letter = &letters[0];
+    assert_eq!(
+        attr(letter, "FailureReason").as_deref(),
+        Some("attempts-exhausted")
+    );
+    assert_eq!(attr(letter, "AttemptCount").as_deref(), Some("5"));
+    assert_eq!(
+        attr(letter, "OriginalMessageId").as_deref(),
+        Some("first-copy")
+    );
+    dest.verify().await;
+}
+
+/// A carried copy continues its age: first sent two days ago, with
+/// `MAX_AGE_SECONDS` one day, it is dead-lettered `expired` without an
+/// attempt.
+#[tokio::test]
+async fn a_carried_copy_older_than_max_age_is_expired() {
+    let dest = never_called().await;
+    let (sqs, q, dlq, p) = with_dlq("carry-age", &[("MAX_AGE_SECONDS", "86400")]).await;
+    let now = epoch_ms(SystemTime::now());
+    let carry = serde_json::json!({"attempts": 1, "firstSent": now - 2 * 86_400_000, "notBefore": now - 1_000, "originalMessageId": "old"});
+    send_carried(
+        &sqs,
+        &q,
+        &message("age-1", &dest.uri(), serde_json::json!({})),
+        &carry,
+    )
+    .await;
+
+    let received = receive_n(&sqs, &q, 1, Duration::from_secs(5)).await;
+    let failed = failures(&invoke_within(&p, &sqs, &q, &received, 30).await);
+
+    assert!(failed.is_empty(), "dead-lettered: {failed:?}");
+    let letters = drain(&sqs, &dlq).await;
+    assert_eq!(letters.len(), 1);
+    let letter = &letters[0];
+    assert_eq!(attr(letter, "FailureReason").as_deref(), Some("expired"));
+    assert!(attr(letter, "LastError")
+        .unwrap()
+        .contains("MAX_AGE_SECONDS"));
+    dest.verify().await;
+}
+
+/// A carried copy received before its `notBefore` (SQS delays it at most
+/// 900 s) is hidden again until then: no request, no attempt used.
+#[tokio::test]
+async fn a_copy_received_before_its_next_try_only_hides_again() {
+    let dest = never_called().await;
+    let (sqs, q, dlq, p) = with_dlq("carry-early", &[]).await;
+    let now = epoch_ms(SystemTime::now());
+    let carry = serde_json::json!({"attempts": 2, "firstSent": now, "notBefore": now + 60_000, "originalMessageId": "early"});
+    send_carried(
+        &sqs,
+        &q,
+        &message("early-1", &dest.uri(), serde_json::json!({})),
+        &carry,
+    )
+    .await;
+
+    let received = receive_n(&sqs, &q, 1, Duration::from_secs(5)).await;
+    let outcomes = outcomes_of(&p, &sqs, &q, &dlq, &received, 30).await;
+
+    assert_eq!(outcomes.retried.len(), 1, "{outcomes:?}");
+    assert!(
+        receive(&sqs, &q, 1).await.is_empty(),
+        "hidden until its next try"
+    );
+    dest.verify().await;
+}
