@@ -596,43 +596,16 @@ impl Processor {
         let (decision, latency, ledger) = self
             .decide(&record, &mut resolved, batch, &mut destination)
             .await;
-        // A record leaves the heartbeat before a backoff sets its
-        // visibility, or when it is left for another receive. One that is
-        // acknowledged stays hidden until the worker deletes it with the
-        // batch: otherwise a long batch (records waiting for rate-limit
-        // tokens) lets it reappear, and be delivered again, meanwhile.
-        // A retry whose queue would end the record first is carried over
-        // (§12.5): a copy goes back, and this one is acknowledged.
-        let carry = match &decision {
-            Ok(d) => Box::pin(self.carry_due(&record, d, latency.is_some())).await,
-            Err(_) => None,
-        };
-        let acknowledging = carry.is_some()
-            || decision
-                .as_ref()
-                .is_ok_and(|d| matches!(d.action, Action::Ack | Action::DeadLetter(_)));
-        if let (Some(heartbeat), false) = (&batch.heartbeat, acknowledging) {
-            heartbeat.leave(&record.receipt_handle).await;
-        }
-        let apply = async {
-            match &decision {
-                Ok(decision) => {
-                    self.apply(&record, &resolved, &decision.action, carry, batch.deadline)
-                        .await
-                }
-                Err(why) => Disposition::Unfinished(why.clone()),
-            }
-        };
-        // The attempt's ledger entry goes out beside its SQS action: a
-        // retried record is received again only after its backoff.
-        let write = async {
-            if let (Some(entry), Some(fleet)) = (ledger, self.table(batch)) {
-                if let Err(e) = Box::pin(fleet.record(&entry)).await {
-                    self.without_table::<()>(batch, &e);
-                }
-            }
-        };
-        let (disposition, ()) = tokio::join!(apply, write);
+        let disposition = self
+            .settle(
+                &record,
+                &resolved,
+                &decision,
+                latency.is_some(),
+                ledger,
+                batch,
+            )
+            .await;
         if let Disposition::Delivered = disposition {
             // Delivered: marked so, not deleted, so that a redelivery of the
             // message finds it and is acknowledged without a request
@@ -675,6 +648,77 @@ impl Processor {
             attempt_latency: latency,
             destination,
         }
+    }
+
+    /// Carries out a record's decision on SQS, and writes its attempt to
+    /// the ledger. `attempted`: this receive made an attempt.
+    async fn settle(
+        &self,
+        record: &Record,
+        resolved: &Resolved,
+        decision: &Result<Decision, String>,
+        attempted: bool,
+        ledger: Option<AttemptRecord>,
+        batch: &Batch,
+    ) -> Disposition {
+        let leave = || async {
+            if let Some(heartbeat) = &batch.heartbeat {
+                heartbeat.leave(&record.receipt_handle).await;
+            }
+        };
+        let d = match decision {
+            Ok(d) => d,
+            Err(why) => {
+                leave().await;
+                return Disposition::Unfinished(why.clone());
+            }
+        };
+        // A retry whose queue would end the record first is carried over
+        // (§12.5): a copy goes back, and this one is acknowledged.
+        let mut carry = Box::pin(self.carry_due(record, d, attempted, false)).await;
+        let table = self.table(batch);
+        let write = |entry: AttemptRecord| async move {
+            let fleet = table?;
+            let written = Box::pin(fleet.record(&entry)).await;
+            Some(
+                written
+                    .map_err(|e| self.without_table::<()>(batch, &e))
+                    .is_ok(),
+            )
+        };
+        // A failed attempt that is retried counts only once the ledger holds
+        // it (§12.6): its entry is written first, and if that fails the
+        // record is carried over, so that the message itself holds the count.
+        let ledger = match ledger {
+            Some(entry)
+                if entry.failed && carry.is_none() && matches!(d.action, Action::Retry { .. }) =>
+            {
+                if write(entry).await == Some(false) {
+                    carry = Box::pin(self.carry_due(record, d, attempted, true)).await;
+                }
+                None
+            }
+            other => other,
+        };
+        // A record leaves the heartbeat before a backoff sets its
+        // visibility, or when it is left for another receive. One that is
+        // acknowledged stays hidden until the worker deletes it with the
+        // batch: otherwise a long batch (records waiting for rate-limit
+        // tokens) lets it reappear, and be delivered again, meanwhile.
+        let acknowledging =
+            carry.is_some() || matches!(d.action, Action::Ack | Action::DeadLetter(_));
+        if !acknowledging {
+            leave().await;
+        }
+        let apply = self.apply(record, resolved, &d.action, carry, batch.deadline);
+        // Any other entry goes out beside its SQS action: a retried record
+        // is received again only after its backoff.
+        let written = async {
+            if let Some(entry) = ledger {
+                write(entry).await;
+            }
+        };
+        tokio::join!(apply, written).0
     }
 
     /// The I/O around the pure decision ([`record::plan`] and
@@ -990,32 +1034,14 @@ impl Processor {
         // is held once, whatever the attempt sends.
         let body = message.take_body().map_err(|e| e.to_string());
         let started_at = SystemTime::now();
-        let deliver = async {
-            let started = Instant::now();
-            let delivery = match &ticket {
-                // Asked again right before each request: a probe's lease
-                // covers it however long the wait was (§12.7).
-                Some(Ticket::Fleet(ticket)) => {
-                    let gate = LeaseGate {
-                        processor: self,
-                        batch,
-                        ticket,
-                    };
-                    let gated = self.deliverer.deliver_gated(&message, body, &gate);
-                    Box::pin(gated).await
-                }
-                _ => self.deliverer.deliver_with_body(&message, body).await,
-            };
-            (delivery, started.elapsed())
-        };
+        let deliver = self.deliver(batch, &message, body, &ticket);
         let read = self.ledger_read(batch, record, first_receive);
         let ((delivery, latency), read) = tokio::join!(deliver, read);
         if let Delivery::Withheld = delivery {
             // The lease was lost, or the host failed, while the request
             // waited: no attempt was made. Back in about a second.
             self.report(batch, ticket, None).await;
-            let why = Deferral::BreakerOpen;
-            let wait = Duration::from_secs(1);
+            let (why, wait) = (Deferral::BreakerOpen, Duration::from_secs(1));
             let deferred = self.deferred(record, batch, settings, attempt, why, wait);
             return (Ok(deferred.await), None, None);
         }
@@ -1087,6 +1113,31 @@ impl Processor {
             Ok(failed) => Some(Some(failed)),
             Err(e) => Some(self.without_table(batch, &e)),
         }
+    }
+
+    /// The request, and how long it took. Asked again right before each
+    /// request on a fleet ticket: a probe's lease covers it however long the
+    /// wait was (§12.7).
+    async fn deliver(
+        &self,
+        batch: &Batch,
+        message: &crate::message::RetryMessage,
+        body: Result<Option<bytes::Bytes>, String>,
+        ticket: &Option<Ticket>,
+    ) -> (Delivery, Duration) {
+        let started = Instant::now();
+        let delivery = match ticket {
+            Some(Ticket::Fleet(ticket)) => {
+                let gate = LeaseGate {
+                    processor: self,
+                    batch,
+                    ticket,
+                };
+                Box::pin(self.deliverer.deliver_gated(message, body, &gate)).await
+            }
+            _ => self.deliverer.deliver_with_body(message, body).await,
+        };
+        (delivery, started.elapsed())
     }
 
     /// Tells the breaker how an admitted attempt went (`None`: it was not
@@ -1538,13 +1589,15 @@ impl Processor {
 
     /// The carry of a record whose decision is a retry that its queue would
     /// end first (its receive count at the redrive policy's
-    /// `maxReceiveCount` − 1, or its next try after the retention), if so.
-    /// `attempted`: this receive made an attempt.
+    /// `maxReceiveCount` − 1, or its next try after the retention), if so;
+    /// with `force`, of any retry that can be carried (its count could not
+    /// be written, §12.6). `attempted`: this receive made an attempt.
     async fn carry_due(
         &self,
         record: &Record,
         decision: &Decision,
         attempted: bool,
+        force: bool,
     ) -> Option<Carry> {
         let Action::Retry { delay } = decision.action else {
             return None;
@@ -1560,7 +1613,7 @@ impl Processor {
             fifo: false,
         };
         let next_try = SystemTime::now() + delay;
-        if !horizon.carry_due(next_try) {
+        if !force && !horizon.carry_due(next_try) {
             return None;
         }
         let carried = self.carried(record);

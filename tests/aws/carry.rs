@@ -192,3 +192,95 @@ async fn a_copy_received_before_its_next_try_only_hides_again() {
     );
     dest.verify().await;
 }
+
+/// Refuses every `BatchWriteItem` (the ledger's writes), lets the rest
+/// through: a table that loses every attempt it is told about.
+#[derive(Debug)]
+struct RefuseLedgerWrites;
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for RefuseLedgerWrites {
+    fn name(&self) -> &'static str {
+        "RefuseLedgerWrites"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef<'_>,
+        _components: &aws_sdk_dynamodb::config::RuntimeComponents,
+        _cfg: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let target = context
+            .request()
+            .headers()
+            .get("x-amz-target")
+            .unwrap_or_default();
+        if target.ends_with("BatchWriteItem") {
+            return Err("the ledger refuses writes (test)".into());
+        }
+        Ok(())
+    }
+}
+
+/// §12.6: an attempt counts even when its ledger write fails. With
+/// `MAX_ATTEMPTS=3`, a state table that refuses every write and a
+/// destination that always fails, the destination gets 3 requests and
+/// the message is dead-lettered `attempts-exhausted`: each failed write
+/// carries the record over with its count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_counts_when_its_ledger_write_fails() {
+    let table = crate::fleet::state_table().await;
+    let (sqs, q, dlq, _) = with_dlq("carry-ledger", &[]).await;
+    let config = config(&[
+        ("DLQ_URL", dlq.url.as_str()),
+        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+        ("STATE_TABLE", table.as_str()),
+        ("MAX_ATTEMPTS", "3"),
+        ("BACKOFF_BASE_SECONDS", "1"),
+        ("BACKOFF_MAX_SECONDS", "1"),
+    ]);
+    let dynamodb = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::Config::builder()
+            .behavior_version_latest()
+            .region(aws_sdk_dynamodb::config::Region::new(REGION))
+            .endpoint_url(endpoint())
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+                "test", "test", None, None, "tests",
+            ))
+            .interceptor(RefuseLedgerWrites)
+            .build(),
+    );
+    let fleet = retryq::fleet::FleetState::new(config.state.clone().unwrap(), dynamodb);
+    let p = std::sync::Arc::new(
+        retryq::process::Processor::new(config, sqs.clone(), None)
+            .unwrap()
+            .with_fleet(fleet),
+    );
+    let dest = serving(ResponseTemplate::new(503)).await;
+    send(
+        &sqs,
+        &q,
+        &message("ledger-lost", &dest.uri(), serde_json::json!({})),
+    )
+    .await;
+
+    let started = Instant::now();
+    let mut letters = Vec::new();
+    while letters.is_empty()
+        && started.elapsed() < Duration::from_secs(60)
+        && dest.received_requests().await.unwrap().len() <= 6
+    {
+        let received = receive_n_hidden_for(&sqs, &q, 1, 1, Duration::from_secs(3)).await;
+        if !received.is_empty() {
+            invoke_within(&p, &sqs, &q, &received, 30).await;
+        }
+        letters = drain(&sqs, &dlq).await;
+    }
+
+    assert_eq!(dest.received_requests().await.unwrap().len(), 3);
+    assert_eq!(letters.len(), 1, "dead-lettered");
+    assert_eq!(
+        attr(&letters[0], "FailureReason").as_deref(),
+        Some("attempts-exhausted")
+    );
+    assert_eq!(attr(&letters[0], "AttemptCount").as_deref(), Some("3"));
+}
