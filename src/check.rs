@@ -68,7 +68,9 @@ pub fn check_queues(
                 .saturating_mul(config.retry.max_attempts),
         );
     let usable = source.retention.saturating_sub(config.retention_margin);
-    if usable < horizon {
+    // A standard queue's records are carried over before its retention
+    // ends them (§12.5): the retention is a horizon on FIFO queues only.
+    if usable < horizon && crate::queue::is_fifo(&source.url) {
         found(
             source,
             "MessageRetentionPeriod",
@@ -267,7 +269,7 @@ mod tests {
 
     #[test]
     fn each_problem_names_the_queue_and_the_attribute() {
-        let source = queue("q", 60, 262_144, 5);
+        let source = queue("q.fifo", 60, 262_144, 5);
         let dlq = queue("d", 30, 1_024, 30);
         let findings = check_queues(&config(&[]), &source, Some(&dlq));
         let named: Vec<(&str, &str)> = findings
@@ -279,18 +281,24 @@ mod tests {
             [
                 ("d", "MaximumMessageSize"),
                 ("d", "MessageRetentionPeriod"),
-                ("q", "MessageRetentionPeriod"),
-                ("q", "VisibilityTimeout"),
+                ("q.fifo", "MessageRetentionPeriod"),
+                ("q.fifo", "VisibilityTimeout"),
             ]
         );
         assert!(findings[2]
             .to_string()
-            .starts_with("q MessageRetentionPeriod: 60 s"));
+            .starts_with("q.fifo MessageRetentionPeriod: 60 s"));
     }
 
     #[test]
-    fn many_attempts_outgrow_fourteen_days() {
-        let source = queue("q", DAYS_14, 262_144, 5_400);
+    fn many_attempts_outgrow_fourteen_days_on_a_fifo_queue_only() {
+        let standard = queue("q", DAYS_14, 262_144, 5_400);
+        assert_eq!(
+            check_queues(&config(&[("MAX_ATTEMPTS", "1000")]), &standard, None),
+            [],
+            "carried over"
+        );
+        let source = queue("q.fifo", DAYS_14, 262_144, 5_400);
         assert_eq!(
             check_queues(&config(&[("MAX_ATTEMPTS", "20")]), &source, None),
             []

@@ -399,17 +399,23 @@ async fn validate_checks_a_queue_and_its_dlq_naming_the_queue_and_the_attribute(
         out.stdout
     );
 
-    // Four days of retention, a 1 KiB DLQ and a 5 s visibility timeout, for
-    // 20 attempts and 30 s requests.
-    let bad = queue_with(
-        &sqs,
-        "check-bad",
-        &[
-            ("MessageRetentionPeriod", "345600"),
-            ("VisibilityTimeout", "5"),
-        ],
-    )
-    .await;
+    // Four days of retention on a FIFO queue (whose records are not carried
+    // over, §12.5), a 1 KiB DLQ and a 5 s visibility timeout, for 20
+    // attempts and 30 s requests.
+    let bad = crate::fifo::fifo_queue(&sqs, "check-bad").await;
+    sqs.set_queue_attributes()
+        .queue_url(&bad.url)
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::MessageRetentionPeriod,
+            "345600",
+        )
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
+            "5",
+        )
+        .send()
+        .await
+        .unwrap();
     let small_dlq = queue_with(&sqs, "check-bad-dlq", &[("MaximumMessageSize", "1024")]).await;
     let out = run_retryq(
         &["validate", "--queue-url", &bad.url],

@@ -46,12 +46,18 @@ fn the_retry_queue_redrives_to_the_dlq_after_the_attempts_the_processor_counts()
         redrive["deadLetterTargetArn"],
         json!({"Fn::GetAtt": ["DeadLetterQueue", "Arn"]})
     );
-    // Without the fleet's ledger, receives are attempts: the safety net
-    // moves a message after MAX_ATTEMPTS receives. With it, receives that
-    // were no attempts are allowed for.
+    // A standard queue's records are carried over before the redrive
+    // policy would take them (§12.5): a small safety net. FIFO records are
+    // not carried: without the fleet's ledger, receives are attempts (the
+    // safety net moves a message after MAX_ATTEMPTS receives); with it,
+    // receives that were no attempts are allowed for.
     assert_eq!(
         redrive["maxReceiveCount"],
-        json!({"Fn::If": ["HasFleetState", {"Ref": "FleetMaxReceiveCount"}, {"Ref": "MaxAttempts"}]})
+        json!({"Fn::If": [
+            "IsFifo",
+            {"Fn::If": ["HasFleetState", {"Ref": "FleetMaxReceiveCount"}, {"Ref": "MaxAttempts"}]},
+            5
+        ]})
     );
     let env = &facts["environment"]["RetryProcessorFunction"];
     assert_eq!(env["MAX_ATTEMPTS"], json!({"Ref": "MaxAttempts"}));
