@@ -43,8 +43,8 @@ cargo build --bin retryq --example demo_destination
 step "building retryq-processor, as cargo lambda watch will run it"
 cargo build --bin retryq-processor
 
-step "creating the retry queue and its DLQ (redrive policy: maxReceiveCount = $MAX_ATTEMPTS, as in template.yaml)"
-read -r queue_url dlq_url < <("$PYTHON" - "$MAX_ATTEMPTS" <<'PY'
+step "creating the retry queue and its DLQ (redrive policy: maxReceiveCount = 5, as in template.yaml)"
+read -r queue_url dlq_url < <("$PYTHON" - 5 <<'PY'
 import json, os, sys, boto3
 sqs = boto3.client("sqs", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name="us-east-1",
                    aws_access_key_id="test", aws_secret_access_key="test")
