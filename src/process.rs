@@ -1243,7 +1243,18 @@ impl Processor {
     fn not_yet_due(&self, record: &Record, batch: &Batch) -> Option<Decision> {
         let carried = self.carried(record);
         let carry = carried.carry?;
-        let wait = carry.still_waiting(SystemTime::now())?;
+        let now = SystemTime::now();
+        let mut wait = carry.still_waiting(now)?;
+        // Never past the message's age: a `notBefore` beyond it (a hostile
+        // or broken attribute) must not hide the message for ever.
+        if let Some(age_limit) = carried.age_limit {
+            wait = wait.min(
+                age_limit
+                    .duration_since(now)
+                    .ok()
+                    .filter(|w| !w.is_zero())?,
+            );
+        }
         Some(Decision {
             attempt: carry.attempts,
             label: Label::NotYetDue,

@@ -284,3 +284,34 @@ async fn an_attempt_counts_when_its_ledger_write_fails() {
     );
     assert_eq!(attr(&letters[0], "AttemptCount").as_deref(), Some("3"));
 }
+
+/// A `RetryqCarry` whose `notBefore` lies past the message's age (a broken
+/// or hostile attribute) does not hide it for ever: past `MAX_AGE_SECONDS`
+/// from its first copy it is dead-lettered `expired`.
+#[tokio::test]
+async fn a_next_try_beyond_the_age_limit_does_not_hide_a_message_for_ever() {
+    let dest = never_called().await;
+    let (sqs, q, dlq, p) = with_dlq("carry-far", &[("MAX_AGE_SECONDS", "86400")]).await;
+    let now = epoch_ms(SystemTime::now());
+    let far = now + 10 * 365 * 86_400_000;
+    let carry = serde_json::json!({"attempts": 1, "firstSent": now - 2 * 86_400_000, "notBefore": far, "originalMessageId": "far"});
+    send_carried(
+        &sqs,
+        &q,
+        &message("far-1", &dest.uri(), serde_json::json!({})),
+        &carry,
+    )
+    .await;
+
+    let received = receive_n(&sqs, &q, 1, Duration::from_secs(5)).await;
+    let failed = failures(&invoke_within(&p, &sqs, &q, &received, 30).await);
+
+    assert!(failed.is_empty(), "{failed:?}");
+    let letters = drain(&sqs, &dlq).await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        attr(&letters[0], "FailureReason").as_deref(),
+        Some("expired")
+    );
+    dest.verify().await;
+}
