@@ -24,6 +24,9 @@ pub struct Record {
     /// The `AWSTraceHeader` system attribute: the X-Ray trace the message
     /// belongs to (spec §11).
     pub trace_header: Option<String>,
+    /// SQS `ApproximateFirstReceiveTimestamp`: when this copy was first
+    /// received.
+    pub first_received_at: Option<SystemTime>,
     /// The message attributes, as sent: a copy retryq sends back to the
     /// queue keeps them (§12.5), and `RetryqCarry` is one of them.
     pub message_attributes: Vec<MessageAttribute>,
@@ -65,6 +68,9 @@ impl Record {
                 .unwrap_or(1),
             message_group_id: attribute("MessageGroupId"),
             sent_at: attribute("SentTimestamp").as_deref().and_then(epoch_millis),
+            first_received_at: attribute("ApproximateFirstReceiveTimestamp")
+                .as_deref()
+                .and_then(epoch_millis),
             trace_header: attribute("AWSTraceHeader").filter(|t| !t.trim().is_empty()),
             message_id: message_id.unwrap_or_default(),
             receipt_handle: receipt_handle.unwrap_or_default(),

@@ -292,6 +292,29 @@ impl crate::deliver::SendGate for LeaseGate<'_> {
     }
 }
 
+/// The size SQS counts for a carried copy of `record`: its body, its
+/// message attributes (names, types and values) and room for
+/// `RetryqCarry`.
+fn carried_size(record: &Record) -> usize {
+    use crate::batch::AttributeValue;
+    /// `RetryqCarry`'s name, type and a value with every field at its widest.
+    const CARRY_ROOM: usize = 256;
+    let attributes: usize = record
+        .message_attributes
+        .iter()
+        .filter(|a| a.name != crate::policy::carry::CARRY_ATTRIBUTE)
+        .map(|a| {
+            a.name.len()
+                + a.data_type.len()
+                + match &a.value {
+                    AttributeValue::Text(t) => t.len(),
+                    AttributeValue::Bytes(b) => b.len(),
+                }
+        })
+        .sum();
+    record.body.len() + attributes + CARRY_ROOM
+}
+
 /// A record's carry-over, as the processor counts it (§12.5).
 struct Carried {
     carry: Option<Carry>,
@@ -1225,12 +1248,12 @@ impl Processor {
             }
         };
         let first_sent = carry.as_ref().map(Carry::first_sent_at).or(record.sent_at);
-        // A copy delayed past SQS's 900 s is received once before it is
-        // due, and hidden again: that receive is not an attempt.
+        // A copy delayed past SQS's 900 s may be received before it is due,
+        // and hidden again: that one receive is not an attempt.
         let early = carry
             .as_ref()
-            .zip(record.sent_at)
-            .is_some_and(|(c, sent)| c.not_before_at() > sent + crate::policy::carry::MAX_DELAY);
+            .zip(record.first_received_at)
+            .is_some_and(|(c, first)| first < c.not_before_at());
         Carried {
             receive_count: record.receive_count.saturating_sub(u32::from(early)).max(1),
             age_limit: first_sent.and_then(|at| at.checked_add(self.config.max_age)),
@@ -1244,6 +1267,15 @@ impl Processor {
         let carried = self.carried(record);
         let carry = carried.carry?;
         let now = SystemTime::now();
+        // A copy is never due later than SQS's 12 hours after it was sent:
+        // a later `notBefore` (a clock that jumped, a broken attribute) is
+        // taken as due now, and the message's own limits apply.
+        let latest = record
+            .sent_at
+            .map(|sent| sent + Duration::from_secs(43_200 + 60));
+        if latest.is_some_and(|latest| carry.not_before_at() > latest) {
+            return None;
+        }
         let mut wait = carry.still_waiting(now)?;
         // Never past the message's age: a `notBefore` beyond it (a hostile
         // or broken attribute) must not hide the message for ever.
@@ -1303,7 +1335,7 @@ impl Processor {
     /// record that cannot be carried over; any other is carried before its
     /// retention ends (§12.5).
     async fn retention_ends(&self, record: &Record) -> Option<SystemTime> {
-        if self.can_carry(record) {
+        if self.can_carry(record).await {
             return None;
         }
         self.retained_until(record).await
@@ -1591,11 +1623,23 @@ impl Processor {
     /// Can the record be carried over? Not from a FIFO queue (a copy would
     /// join the end of its group), nor a message that already has SQS's 10
     /// attributes and no `RetryqCarry` to replace: §8.1 stands for those.
-    fn can_carry(&self, record: &Record) -> bool {
+    async fn can_carry(&self, record: &Record) -> bool {
         let carry = crate::policy::carry::CARRY_ATTRIBUTE;
-        !crate::queue::is_fifo(&record.source_queue_arn)
+        let room = !crate::queue::is_fifo(&record.source_queue_arn)
             && (record.message_attributes.len() < 10
-                || record.message_attributes.iter().any(|a| a.name == carry))
+                || record.message_attributes.iter().any(|a| a.name == carry));
+        if !room {
+            return false;
+        }
+        // The copy must fit the queue with its `RetryqCarry` (a payload's
+        // copy is a pointer, smaller than its message).
+        let Ok(url) = self.queues.url_of(&record.source_queue_arn).await else {
+            return true;
+        };
+        let Some(limits) = self.queues.limits_of(&url).await else {
+            return true;
+        };
+        carried_size(record) <= limits.max_message_size
     }
 
     /// The carry of a record whose decision is a retry that its queue would
@@ -1613,7 +1657,7 @@ impl Processor {
         let Action::Retry { delay } = decision.action else {
             return None;
         };
-        if !self.can_carry(record) {
+        if !self.can_carry(record).await {
             return None;
         }
         let url = self.queues.url_of(&record.source_queue_arn).await.ok()?;
@@ -1633,7 +1677,8 @@ impl Processor {
         let attempts = match decision.label {
             Label::NotYetDue => carried.attempts().unwrap_or(decision.attempt),
             Label::RateLimited | Label::CircuitOpen if !attempted && self.fleet.is_some() => {
-                decision.attempt.saturating_sub(1)
+                self.attempts_deferred(record, decision, carried.receive_count)
+                    .await
             }
             _ => decision.attempt,
         };
@@ -1649,6 +1694,21 @@ impl Processor {
             &record.message_id,
             next,
         ))
+    }
+
+    /// The attempts made before a deferred record was carried (§12.5): its
+    /// count before this copy and the failures the ledger holds for it. A
+    /// deferral's attempt number counts receives until the ledger is read;
+    /// a ledger that cannot be read leaves that count (more, never fewer).
+    async fn attempts_deferred(&self, record: &Record, decision: &Decision, receives: u32) -> u32 {
+        let before = decision.attempt.saturating_sub(receives.max(1));
+        let Some(fleet) = &self.fleet else {
+            return decision.attempt;
+        };
+        match Box::pin(fleet.recorded_failures(&record.message_id)).await {
+            Ok(failed) => before.saturating_add(failed),
+            Err(_) => decision.attempt.saturating_sub(1),
+        }
     }
 
     /// Carries a record over: a copy into its queue (a payload's pointing

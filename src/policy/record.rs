@@ -330,7 +330,10 @@ pub fn plan(received: &Received<'_>, settings: &Settings<'_>, now: SystemTime) -
     };
     let settings = settings.for_destination(&message.destination_url);
     let retry = settings.retry;
-    let before = received.carried_attempts.unwrap_or(message.received_count);
+    // A carried count never lowers the message's own `receivedCount`.
+    let before = received
+        .carried_attempts
+        .map_or(message.received_count, |c| c.max(message.received_count));
     let attempt = Attempt {
         number: match received.recorded_failures {
             None => Attempt::number(before, received.receive_count),

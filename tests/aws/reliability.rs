@@ -765,6 +765,7 @@ async fn fifo_records_released_behind_a_blocked_one_respect_the_deadline() {
             message_group_id: Some("g".into()),
             sent_at: None,
             trace_header: None,
+            first_received_at: None,
             message_attributes: Vec::new(),
         })
         .collect();

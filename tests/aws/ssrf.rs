@@ -348,6 +348,7 @@ async fn each_limit_violation_is_an_invalid_message_with_a_reason() {
             message_group_id: None,
             sent_at: None,
             trace_header: None,
+            first_received_at: None,
             message_attributes: Vec::new(),
         };
         let report = p.process_batch(vec![record], None).await;

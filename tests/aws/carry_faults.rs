@@ -1,0 +1,349 @@
+//! Carry-over under faults (spec §12.5): the regressions of its adversarial
+//! review. A far `notBefore`, a late first receive, deferrals before a carry,
+//! and a copy the carry attribute would make too large.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName};
+use wiremock::ResponseTemplate;
+
+use crate::common::*;
+
+fn epoch_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+fn text(v: &str) -> MessageAttributeValue {
+    MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(v)
+        .build()
+        .unwrap()
+}
+
+async fn send_with(
+    sqs: &aws_sdk_sqs::Client,
+    q: &TestQueue,
+    body: &str,
+    attrs: &[(&str, String)],
+) -> String {
+    let mut s = sqs.send_message().queue_url(&q.url).message_body(body);
+    for (k, v) in attrs {
+        s = s.message_attributes(*k, text(v));
+    }
+    s.send().await.unwrap().message_id.unwrap()
+}
+
+/// F1 (loop): a copy whose `notBefore` lies far ahead (a processor whose
+/// clock jumped forward, or a hostile producer) is only ever hidden again:
+/// neither MAX_AGE_SECONDS (first sent two days ago, limit one day) nor a
+/// passed `expiresAt` ends it. Expected: dead-lettered `expired`.
+#[tokio::test]
+async fn a_far_next_try_does_not_outlive_max_age_or_expires_at() {
+    let dest = never_called().await;
+    let (sqs, q, dlq, p) = with_dlq("carry-far-next", &[("MAX_AGE_SECONDS", "86400")]).await;
+    let now = epoch_ms(SystemTime::now());
+    let carry = serde_json::json!({"attempts": 1, "firstSent": now - 2 * 86_400_000,
+        "notBefore": now + 10 * 365 * 86_400_000u64, "originalMessageId": "old"});
+    send_with(
+        &sqs,
+        &q,
+        &message(
+            "loop-1",
+            &dest.uri(),
+            serde_json::json!({"expiresAt": "2020-01-01T00:00:00Z"}),
+        ),
+        &[("RetryqCarry", carry.to_string())],
+    )
+    .await;
+    let received = receive_n(&sqs, &q, 1, Duration::from_secs(5)).await;
+    let failed = failures(&invoke_within(&p, &sqs, &q, &received, 30).await);
+    assert!(failed.is_empty(), "{failed:?}");
+    let letters = drain(&sqs, &dlq).await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        attr(&letters[0], "FailureReason").as_deref(),
+        Some("expired")
+    );
+    assert_eq!(
+        attr(&letters[0], "OriginalMessageId").as_deref(),
+        Some("old")
+    );
+    dest.verify().await;
+}
+
+/// F2 (repeat): a copy whose notBefore is more than 900 s after its
+/// SentTimestamp is assumed to have had one early receive, and every
+/// receive of it counts one less. When its first receive already comes
+/// after notBefore (a backlog, a batching window), one attempt is never
+/// counted. Here: sent 1000 s ago (SentTimestamp as the event says),
+/// notBefore 50 s ago, attempts 1, MAX_ATTEMPTS 3: at most 2 more requests.
+#[tokio::test]
+async fn a_copy_received_late_counts_every_receive() {
+    let dest = serving(ResponseTemplate::new(503)).await;
+    let (sqs, q, dlq, p) = with_dlq(
+        "carry-early",
+        &[
+            ("MAX_ATTEMPTS", "3"),
+            ("BACKOFF_BASE_SECONDS", "1"),
+            ("BACKOFF_MAX_SECONDS", "1"),
+        ],
+    )
+    .await;
+    let now = SystemTime::now();
+    let sent = now - Duration::from_secs(1000);
+    let carry = serde_json::json!({"attempts": 1, "firstSent": epoch_ms(sent),
+        "notBefore": epoch_ms(now) - 50_000, "originalMessageId": "first"});
+    send_with(
+        &sqs,
+        &q,
+        &message("late-1", &dest.uri(), serde_json::json!({})),
+        &[("RetryqCarry", carry.to_string())],
+    )
+    .await;
+    let started = Instant::now();
+    let mut letters = Vec::new();
+    while letters.is_empty()
+        && started.elapsed() < Duration::from_secs(40)
+        && dest.received_requests().await.unwrap().len() <= 6
+    {
+        let mut received = receive_n_hidden_for(&sqs, &q, 1, 1, Duration::from_secs(3)).await;
+        for m in &mut received {
+            // As SQS reports it for a copy sent 1000 s ago.
+            m.attributes.as_mut().unwrap().insert(
+                MessageSystemAttributeName::SentTimestamp,
+                epoch_ms(sent).to_string(),
+            );
+        }
+        if !received.is_empty() {
+            invoke_within(&p, &sqs, &q, &received, 30).await;
+        }
+        letters = drain(&sqs, &dlq).await;
+    }
+    let n = dest.received_requests().await.unwrap().len();
+    eprintln!(
+        "requests to the copy: {n}; letter AttemptCount {:?}",
+        letters.first().and_then(|l| attr(l, "AttemptCount"))
+    );
+    assert_eq!(
+        n, 2,
+        "1 attempt before + this copy's requests must stay within MAX_ATTEMPTS=3"
+    );
+}
+
+/// F5 (count): with a ledger, receives refused by an open breaker use up no
+/// attempt (§9); but when such a record is carried, `attempts` is taken
+/// from the receive count (the ledger is not read on a deferral), so the
+/// deferred receives become attempts in the copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deferred_receives_do_not_become_attempts_when_carried() {
+    let sqs = sqs();
+    let table = crate::fleet::state_table().await;
+    let redrive_dlq = queue(&sqs, "carry-defer-redrive").await;
+    let policy = format!(
+        "{{\"deadLetterTargetArn\":\"{}\",\"maxReceiveCount\":\"4\"}}",
+        redrive_dlq.arn
+    );
+    let q = queue_with(&sqs, "carry-defer", &[("RedrivePolicy", &policy)]).await;
+    let dlq = queue(&sqs, "carry-defer-dlq").await;
+    let dest = crate::destination::Destination::start(Duration::ZERO).await;
+    let p = processor(&[
+        ("DLQ_URL", dlq.url.as_str()),
+        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+        ("STATE_TABLE", table.as_str()),
+        ("BACKOFF_BASE_SECONDS", "1"),
+        ("BACKOFF_MAX_SECONDS", "1"),
+        ("MAX_ATTEMPTS", "3"),
+        (
+            "DESTINATION_POLICIES",
+            r#"{"127.0.0.1": {"breaker": {"threshold": 1, "cooldownSeconds": 15}}}"#,
+        ),
+    ]);
+    send(
+        &sqs,
+        &q,
+        &message("opener", &dest.url("/down/opener"), serde_json::json!({})),
+    )
+    .await;
+    let m = receive_n(&sqs, &q, 1, Duration::from_secs(10)).await;
+    let opener = m[0].receipt_handle.clone().unwrap();
+    invoke(&p, &sqs, &q, &m).await;
+    sqs.delete_message()
+        .queue_url(&q.url)
+        .receipt_handle(opener)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dest.requests(), 1);
+
+    send(
+        &sqs,
+        &q,
+        &message("victim", &dest.url("/down/victim"), serde_json::json!({})),
+    )
+    .await;
+    for receive in 1..=3 {
+        let m = receive_n(&sqs, &q, 1, Duration::from_secs(10)).await;
+        assert_eq!(m.len(), 1);
+        let handle = m[0].receipt_handle.clone().unwrap();
+        let failed = failures(&invoke(&p, &sqs, &q, &m).await);
+        eprintln!("receive {receive}: unacknowledged {}", failed.len());
+        if !failed.is_empty() {
+            sqs.change_message_visibility()
+                .queue_url(&q.url)
+                .receipt_handle(handle)
+                .visibility_timeout(0)
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(dest.requests(), 1, "no request to the victim yet");
+    // The carried copy (delayed until the cool-down ends).
+    let copy = receive_n(&sqs, &q, 1, Duration::from_secs(30)).await;
+    assert_eq!(copy.len(), 1, "a carried copy");
+    let carry: serde_json::Value =
+        serde_json::from_str(&attr(&copy[0], "RetryqCarry").expect("RetryqCarry")).unwrap();
+    eprintln!("carry: {carry}");
+    assert_eq!(
+        carry["attempts"], 0,
+        "no request was made to the victim: {carry}"
+    );
+}
+
+/// Real SQS counts message attributes (name, type, value) in a message's
+/// size; moto counts the body only. This interceptor applies SQS's rule to
+/// SendMessage for queues whose URL contains "carry-size" (MaximumMessageSize
+/// 1024 there).
+#[derive(Debug)]
+struct SqsSizeRule;
+static REJECTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for SqsSizeRule {
+    fn name(&self) -> &'static str {
+        "SqsSizeRule"
+    }
+    fn read_before_transmit(
+        &self,
+        context: &aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef<'_>,
+        _components: &aws_sdk_sqs::config::RuntimeComponents,
+        _cfg: &mut aws_sdk_sqs::config::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let target = context
+            .request()
+            .headers()
+            .get("x-amz-target")
+            .unwrap_or_default();
+        if !target.ends_with(".SendMessage") {
+            return Ok(());
+        }
+        let Some(bytes) = context.request().body().bytes() else {
+            return Ok(());
+        };
+        let v: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+        if !v["QueueUrl"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("carry-size")
+        {
+            return Ok(());
+        }
+        let mut size = v["MessageBody"].as_str().unwrap_or_default().len();
+        if let Some(attrs) = v["MessageAttributes"].as_object() {
+            for (name, a) in attrs {
+                size += name.len() + a["DataType"].as_str().unwrap_or_default().len();
+                size += a["StringValue"].as_str().map_or(0, str::len);
+                size += a["BinaryValue"].as_str().map_or(0, |b| b.len() * 3 / 4);
+            }
+        }
+        if size > 1024 {
+            REJECTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(format!(
+                "InvalidParameterValue: message of {size} bytes > 1024 (attributes included)"
+            )
+            .into());
+        }
+        Ok(())
+    }
+}
+
+/// F6 (loss): a message that fits its queue (body only, 1000 bytes of a
+/// 1024-byte MaximumMessageSize) cannot be carried once RetryqCarry is
+/// added; every carry fails (Unfinished), and since §8.1 is switched off for
+/// records that "can carry", the retention deletes it: no DLQ copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_too_large_for_its_carry_keeps_the_retention_rule() {
+    let sqs = sqs();
+    let source = queue_with(
+        &sqs,
+        "carry-size",
+        &[
+            ("MessageRetentionPeriod", "60"),
+            ("MaximumMessageSize", "1024"),
+        ],
+    )
+    .await;
+    let dlq = queue(&sqs, "carry-sizedlq").await;
+    let strict = aws_sdk_sqs::Client::from_conf(
+        aws_sdk_sqs::Config::builder()
+            .behavior_version_latest()
+            .region(aws_sdk_sqs::config::Region::new(REGION))
+            .endpoint_url(endpoint())
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+                "test", "test", None, None, "tests",
+            ))
+            .interceptor(SqsSizeRule)
+            .build(),
+    );
+    let p = std::sync::Arc::new(
+        retryq::process::Processor::new(
+            config(&[
+                ("DLQ_URL", &dlq.url),
+                ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+                ("MAX_ATTEMPTS", "100"),
+                ("RETENTION_MARGIN_SECONDS", "40"),
+            ]),
+            strict,
+            None,
+        )
+        .unwrap(),
+    );
+    let dest = serving(ResponseTemplate::new(503).insert_header("retry-after", "2")).await;
+    let base = message(
+        "big-1",
+        &dest.uri(),
+        serde_json::json!({"metadata": {"pad": ""}}),
+    );
+    let pad = "x".repeat(1000 - base.len());
+    let body = message(
+        "big-1",
+        &dest.uri(),
+        serde_json::json!({"metadata": {"pad": pad}}),
+    );
+    assert_eq!(body.len(), 1000);
+    send(&sqs, &source, &body).await;
+    let sent = Instant::now();
+    let mut letters = Vec::new();
+    let mut receives = 0;
+    let mut last = Instant::now();
+    while letters.is_empty() && sent.elapsed() < Duration::from_secs(80) {
+        let received = receive_n_hidden_for(&sqs, &source, 1, 1, Duration::from_secs(3)).await;
+        if !received.is_empty() {
+            receives += 1;
+            last = Instant::now();
+            invoke_within(&p, &sqs, &source, &received, 30).await;
+        }
+        letters.extend(drain(&sqs, &dlq).await);
+    }
+    let quiet = last.elapsed();
+    eprintln!(
+        "receives {receives}, requests {}, carries refused for size {}, letters {}, nothing received for the last {quiet:?} (retention 60 s)",
+        dest.received_requests().await.unwrap().len(),
+        REJECTED.load(std::sync::atomic::Ordering::Relaxed),
+        letters.len()
+    );
+    assert!(
+        !letters.is_empty() || quiet < Duration::from_secs(10),
+        "the message is gone: no DLQ copy, no carried copy"
+    );
+}
