@@ -41,6 +41,28 @@ pub struct MessageAttribute {
     pub value: AttributeValue,
 }
 
+impl MessageAttribute {
+    /// An attribute as SQS gives it (Lambda's event or a receive): text, or
+    /// else bytes; `None` for one with neither value.
+    pub fn from_sqs(
+        name: String,
+        data_type: String,
+        text: Option<String>,
+        bytes: Option<Vec<u8>>,
+    ) -> Option<MessageAttribute> {
+        let value = match (text, bytes) {
+            (Some(text), _) => AttributeValue::Text(text),
+            (None, Some(bytes)) => AttributeValue::Bytes(bytes),
+            (None, None) => return None,
+        };
+        Some(MessageAttribute {
+            name,
+            data_type,
+            value,
+        })
+    }
+}
+
 /// A message attribute's value: text for `String` and `Number` types, bytes
 /// for `Binary` ones.
 #[derive(Debug, Clone, PartialEq, Eq)]

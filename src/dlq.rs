@@ -243,6 +243,9 @@ async fn move_one(
     // object goes once the letter is gone.
     let old = crate::payload::PayloadPointer::parse(letter).and_then(Result::ok);
     let message_id = m.message_id.as_deref().unwrap_or_default();
+    // Whether the letter's object is its own copy (read once, with the
+    // finished check), so that it can go once the letter is moved.
+    let mut own_copy = false;
     if let Some(p) = &old {
         p.check_bucket(payloads.buckets)
             .map_err(|why| format!("{why}: left in the DLQ, not redriven"))?;
@@ -254,6 +257,9 @@ async fn move_one(
             tracing::info!(id = %message_id, "not redriven: its payload is marked {}", how.as_str());
             return Ok(Moved::AlreadyFinished);
         }
+        own_copy = tags
+            .iter()
+            .any(|(k, _)| k == crate::payload::store::LETTER_TAG);
     }
     let fresh = match &old {
         Some(p) => Some(payloads.store.copy(p, None, None).await?.body()),
@@ -282,17 +288,11 @@ async fn move_one(
     delete_letter(queues, dlq_url, m).await.map_err(|e| {
         format!("{e}: sent to the target but not deleted from the DLQ (it will appear twice)")
     })?;
-    if let Some(old) = &old {
-        // A letter's own copy: nothing points to it now. Any other object
-        // (the producer's, moved here by the redrive policy) may still be
-        // named by a duplicate, and stays. A failure leaves it to the
-        // bucket's expiry.
-        let deleted = match payloads.store.is_letter_copy(old).await {
-            Ok(true) => payloads.store.delete(old).await,
-            Ok(false) => Ok(()),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = deleted {
+    // A letter's own copy: nothing points to it now. Any other object (the
+    // producer's, moved here by the redrive policy) may still be named by a
+    // duplicate, and stays. A failure leaves it to the bucket's expiry.
+    if let (Some(old), true) = (&old, own_copy) {
+        if let Err(e) = payloads.store.delete(old).await {
             tracing::warn!(error = %e, "could not delete a redriven letter's payload");
         }
     }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use lambda_runtime::{Context, Error, LambdaEvent};
 
-use crate::batch::{AttributeValue, BatchReport, MessageAttribute, Record};
+use crate::batch::{BatchReport, MessageAttribute, Record};
 use crate::process::Processor;
 
 /// Time kept between the last record's work and Lambda's deadline, to send
@@ -56,17 +56,8 @@ pub fn record(m: SqsMessage) -> Record {
         .message_attributes
         .into_iter()
         .filter_map(|(name, a)| {
-            let value = match (a.string_value, a.binary_value) {
-                (Some(text), _) => AttributeValue::Text(text),
-                (None, Some(bytes)) => AttributeValue::Bytes(bytes.0),
-                (None, None) => return None,
-            };
             let data_type = a.data_type.unwrap_or_else(|| "String".into());
-            Some(MessageAttribute {
-                name,
-                data_type,
-                value,
-            })
+            MessageAttribute::from_sqs(name, data_type, a.string_value, a.binary_value.map(|b| b.0))
         })
         .collect();
     Record::from_sqs(
@@ -168,7 +159,10 @@ mod tests {
         );
         let find = |n: &str| r.message_attributes.iter().find(|a| a.name == n).unwrap();
         assert_eq!(find("ExtendedPayloadSize").data_type, "Number");
-        assert_eq!(find("Blob").value, AttributeValue::Bytes(vec![0, 1, 2]));
+        assert_eq!(
+            find("Blob").value,
+            crate::batch::AttributeValue::Bytes(vec![0, 1, 2])
+        );
         let plain = record(SqsMessage::default());
         assert!(plain.carry().is_none());
     }

@@ -50,7 +50,7 @@ use crate::policy::record::{
     self, AttemptResult, Decision, Deferral, Health, Label, Plan, Received, Settings,
 };
 use crate::policy::{Action, Attempt, DeadLetter, FailureReason};
-use crate::queue::{smallest_copy_size, DeadLetterCopy, QueueError, Queues};
+use crate::queue::{smallest_copy_size, DeadLetterCopy, QueueError, QueueLimits, Queues};
 
 /// Longest a record waits for a rate-limit token or the breaker's probe
 /// before it is deferred.
@@ -290,6 +290,19 @@ impl crate::deliver::SendGate for LeaseGate<'_> {
             }
         })
     }
+}
+
+/// Can the record be carried over? Not from a FIFO queue (a copy would
+/// join the end of its group), nor a message that already has SQS's 10
+/// attributes and no `RetryqCarry` to replace: §8.1 stands for those.
+/// The copy must fit the queue with its `RetryqCarry` (a payload's copy is
+/// a pointer, smaller than its message).
+fn can_carry(record: &Record, limits: &QueueLimits) -> bool {
+    let carry = crate::policy::carry::CARRY_ATTRIBUTE;
+    !crate::queue::is_fifo(&record.source_queue_arn)
+        && (record.message_attributes.len() < 10
+            || record.message_attributes.iter().any(|a| a.name == carry))
+        && carried_size(record) <= limits.max_message_size
 }
 
 /// The size SQS counts for a carried copy of `record`: its body, its
@@ -850,9 +863,10 @@ impl Processor {
             let unread = record::Unread {
                 receive_count: carried.receive_count,
                 recorded_failures,
-                received_count: carried
-                    .attempts()
-                    .unwrap_or(head.received_count.unwrap_or(0)),
+                received_count: Attempt::before(
+                    head.received_count.unwrap_or(0),
+                    carried.attempts(),
+                ),
                 max_attempts: head.max_attempts,
                 expires_at: head.expires_at,
                 age_limit: carried.age_limit,
@@ -998,22 +1012,23 @@ impl Processor {
                 return Gate::Decided(deferred.await);
             }
         }
-        self.breaker_gate(record, batch, url, settings, attempt)
+        let breaker = rules.and_then(|r| r.breaker).or(self.config.breaker);
+        self.breaker_gate(record, batch, url, breaker, settings, attempt)
             .await
     }
 
-    /// The breaker's part of [`admission`](Self::admission): the fleet's,
-    /// or this process's.
+    /// The breaker's part of [`admission`](Self::admission) (`breaker`: the
+    /// destination's, else the processor's): the fleet's, or this process's.
     async fn breaker_gate(
         &self,
         record: &Record,
         batch: &Batch,
         url: &url::Url,
+        breaker: Option<BreakerSettings>,
         settings: &Settings<'_>,
         attempt: &Attempt,
     ) -> Gate {
-        let rules = self.config.destination_policies.for_url(url);
-        let Some(breaker) = rules.and_then(|r| r.breaker).or(self.config.breaker) else {
+        let Some(breaker) = breaker else {
             return Gate::Go(None);
         };
         let host = host_key(url);
@@ -1072,7 +1087,7 @@ impl Processor {
             recorded_failures = read;
             if let Some(failed) = read {
                 let carried = self.carried(record);
-                let before = carried.attempts().unwrap_or(message.received_count);
+                let before = Attempt::before(message.received_count, carried.attempts());
                 attempt.number = Attempt::from_ledger(before, failed, carried.receive_count);
             }
         }
@@ -1335,21 +1350,31 @@ impl Processor {
     /// record that cannot be carried over; any other is carried before its
     /// retention ends (§12.5).
     async fn retention_ends(&self, record: &Record) -> Option<SystemTime> {
-        if self.can_carry(record).await {
+        let limits = self.source_limits(record).await?;
+        if can_carry(record, &limits) {
             return None;
         }
-        self.retained_until(record).await
+        self.retained_until_in(record, &limits)
     }
 
     /// The latest a retry of this record may end (§8.1): the source queue's
     /// retention from the message's `SentTimestamp`, less the margin.
-    async fn retained_until(&self, record: &Record) -> Option<SystemTime> {
+    fn retained_until_in(&self, record: &Record, limits: &QueueLimits) -> Option<SystemTime> {
         let sent_at = record.sent_at?;
-        let url = self.queues.url_of(&record.source_queue_arn).await.ok()?;
-        let retention = self.queues.limits_of(&url).await?.retention;
         sent_at
-            .checked_add(retention.saturating_sub(self.config.retention_margin))
+            .checked_add(
+                limits
+                    .retention
+                    .saturating_sub(self.config.retention_margin),
+            )
             .or(Some(sent_at))
+    }
+
+    /// The record's source queue's limits (read once per process, then
+    /// cached by the SQS adapter).
+    async fn source_limits(&self, record: &Record) -> Option<QueueLimits> {
+        let url = self.queues.url_of(&record.source_queue_arn).await.ok()?;
+        self.queues.limits_of(&url).await
     }
 
     /// §8.2: a record whose body cannot fit the DLQ even with the fewest
@@ -1620,28 +1645,6 @@ impl Processor {
         Disposition::DeadLettered(dead_letter.reason)
     }
 
-    /// Can the record be carried over? Not from a FIFO queue (a copy would
-    /// join the end of its group), nor a message that already has SQS's 10
-    /// attributes and no `RetryqCarry` to replace: §8.1 stands for those.
-    async fn can_carry(&self, record: &Record) -> bool {
-        let carry = crate::policy::carry::CARRY_ATTRIBUTE;
-        let room = !crate::queue::is_fifo(&record.source_queue_arn)
-            && (record.message_attributes.len() < 10
-                || record.message_attributes.iter().any(|a| a.name == carry));
-        if !room {
-            return false;
-        }
-        // The copy must fit the queue with its `RetryqCarry` (a payload's
-        // copy is a pointer, smaller than its message).
-        let Ok(url) = self.queues.url_of(&record.source_queue_arn).await else {
-            return true;
-        };
-        let Some(limits) = self.queues.limits_of(&url).await else {
-            return true;
-        };
-        carried_size(record) <= limits.max_message_size
-    }
-
     /// The carry of a record whose decision is a retry that its queue would
     /// end first (its receive count at the redrive policy's
     /// `maxReceiveCount` − 1, or its next try after the retention), if so;
@@ -1657,14 +1660,14 @@ impl Processor {
         let Action::Retry { delay } = decision.action else {
             return None;
         };
-        if !self.can_carry(record).await {
+        let limits = self.source_limits(record).await?;
+        if !can_carry(record, &limits) {
             return None;
         }
-        let url = self.queues.url_of(&record.source_queue_arn).await.ok()?;
         let horizon = Horizon {
             receive_count: record.receive_count,
-            max_receive_count: self.queues.limits_of(&url).await?.max_receive_count,
-            retained_until: self.retained_until(record).await,
+            max_receive_count: limits.max_receive_count,
+            retained_until: self.retained_until_in(record, &limits),
             fifo: false,
         };
         let next_try = SystemTime::now() + delay;

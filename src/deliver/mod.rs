@@ -132,7 +132,12 @@ impl Delivery {
         match self {
             Delivery::NotAllowed(e) => AttemptResult::NotAllowed(e.to_string()),
             Delivery::Invalid(e) => AttemptResult::Invalid(e),
-            Delivery::Withheld => AttemptResult::Invalid("withheld: not sent"),
+            // Not sent: the processor defers such an attempt before it is
+            // concluded; concluded anyway, it is retryable, never final.
+            Delivery::Withheld => AttemptResult::NoResponse {
+                kind: NoResponse::Other,
+                detail: "withheld before it was sent",
+            },
             Delivery::NoResponse { kind, detail } => AttemptResult::NoResponse {
                 kind: *kind,
                 detail,
@@ -363,15 +368,9 @@ impl Deliverer {
             Ok(c) => c,
             Err(e) => return Delivery::AuthFailed(e),
         };
-        let read_body = auth.needs_body(profile);
+        let how = Sending::new(timeout, auth.needs_body(profile), gate);
         let (first, body) = self
-            .send(
-                &client,
-                msg,
-                payload,
-                Some(&credential),
-                Sending::new(timeout, read_body, gate),
-            )
+            .send(&client, msg, payload, Some(&credential), how)
             .await;
         let renewed = match &first {
             Delivery::NoResponse {
@@ -390,13 +389,7 @@ impl Deliverer {
                             "client certificate re-read after a TLS failure: trying once more"
                         );
                         let (again, _) = self
-                            .send(
-                                &client,
-                                msg,
-                                payload,
-                                Some(&credential),
-                                Sending::new(timeout, read_body, gate),
-                            )
+                            .send(&client, msg, payload, Some(&credential), how)
                             .await;
                         // Withheld: the first request's answer stands.
                         return match again {
@@ -419,15 +412,7 @@ impl Deliverer {
             },
             _ => return first,
         };
-        let (mut second, body) = self
-            .send(
-                &client,
-                msg,
-                payload,
-                Some(&renewed),
-                Sending::new(timeout, read_body, gate),
-            )
-            .await;
+        let (mut second, body) = self.send(&client, msg, payload, Some(&renewed), how).await;
         if let Delivery::Withheld = second {
             return first;
         }

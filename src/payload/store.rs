@@ -284,15 +284,9 @@ impl PayloadStore {
         super::finished_for(&pairs, message_id)
     }
 
-    /// Is the object a dead letter's copy ([`LETTER_TAG`])? Only such an
-    /// object may be deleted when its letter is redriven: any other (the
-    /// producer's own, which a duplicate message may still name) stays.
-    pub async fn is_letter_copy(&self, p: &PayloadPointer) -> Result<bool, String> {
-        let tags = self.tags_of(p).await?;
-        Ok(tags.iter().any(|(k, _)| k == LETTER_TAG))
-    }
-
-    /// The object's tags, for `retryq dlq redrive`.
+    /// The object's tags, for `retryq dlq redrive`: whether it is marked
+    /// finished for the letter's message, and whether it is a letter's own
+    /// copy ([`LETTER_TAG`]), the only object a redrive may delete.
     pub async fn tags_of(&self, p: &PayloadPointer) -> Result<Vec<(String, String)>, String> {
         self.tags(p).await.map_err(|e| match e {
             PayloadError::Invalid(why)

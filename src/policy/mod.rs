@@ -158,6 +158,27 @@ impl Attempt {
             ))
     }
 
+    /// The attempts made before this SQS message: its `receivedCount`, or
+    /// a carried copy's count (§12.5), which never lowers it.
+    pub fn before(received_count: u32, carried: Option<u32>) -> u32 {
+        carried.map_or(received_count, |c| c.max(received_count))
+    }
+
+    /// This attempt's number, `before` this SQS message: by its receive
+    /// count, or with a ledger, by the failures it recorded for it (§9).
+    pub fn counted(before: u32, recorded_failures: Option<u32>, receive_count: u32) -> u32 {
+        match recorded_failures {
+            None => Attempt::number(before, receive_count),
+            Some(failed) => Attempt::from_ledger(before, failed, receive_count),
+        }
+    }
+
+    /// `min(maxAttempts, MAX_ATTEMPTS)`: a message's own limit only lowers
+    /// the processor's.
+    pub fn limit_of(max_attempts: Option<u32>, processor: u32) -> u32 {
+        max_attempts.map_or(processor, |m| m.min(processor))
+    }
+
     pub fn is_final(&self) -> bool {
         self.number >= self.limit
     }

@@ -330,16 +330,10 @@ pub fn plan(received: &Received<'_>, settings: &Settings<'_>, now: SystemTime) -
     };
     let settings = settings.for_destination(&message.destination_url);
     let retry = settings.retry;
-    // A carried count never lowers the message's own `receivedCount`.
-    let before = received
-        .carried_attempts
-        .map_or(message.received_count, |c| c.max(message.received_count));
+    let before = Attempt::before(message.received_count, received.carried_attempts);
     let attempt = Attempt {
-        number: match received.recorded_failures {
-            None => Attempt::number(before, received.receive_count),
-            Some(failed) => Attempt::from_ledger(before, failed, received.receive_count),
-        },
-        limit: message.attempt_limit(retry.max_attempts),
+        number: Attempt::counted(before, received.recorded_failures, received.receive_count),
+        limit: Attempt::limit_of(message.max_attempts, retry.max_attempts),
         expires_at: message.expires_at.map(SystemTime::from),
         retained_until: received.retained_until,
         age_limit: received.age_limit,
@@ -390,15 +384,13 @@ pub struct Unread {
 /// or a refusal that counts as an attempt, is decided with it; the
 /// attempt itself is planned once the whole message is read.
 pub fn attempt_unread(settings: &Settings<'_>, unread: &Unread) -> Attempt {
-    let limit = settings.retry.max_attempts;
     Attempt {
-        number: match unread.recorded_failures {
-            None => Attempt::number(unread.received_count, unread.receive_count),
-            Some(failed) => {
-                Attempt::from_ledger(unread.received_count, failed, unread.receive_count)
-            }
-        },
-        limit: unread.max_attempts.map_or(limit, |m| m.min(limit)),
+        number: Attempt::counted(
+            unread.received_count,
+            unread.recorded_failures,
+            unread.receive_count,
+        ),
+        limit: Attempt::limit_of(unread.max_attempts, settings.retry.max_attempts),
         expires_at: unread.expires_at,
         retained_until: None,
         age_limit: unread.age_limit,

@@ -932,23 +932,15 @@ pub struct QueueInfo {
 
 /// A received SQS message as the processor's [`Record`].
 pub fn record(m: Message, queue_arn: &str) -> Record {
-    use crate::batch::{AttributeValue, MessageAttribute};
+    use crate::batch::MessageAttribute;
     let attributes = m.attributes.unwrap_or_default();
     let message_attributes = m
         .message_attributes
         .unwrap_or_default()
         .into_iter()
         .filter_map(|(name, a)| {
-            let value = match (a.string_value, a.binary_value) {
-                (Some(text), _) => AttributeValue::Text(text),
-                (None, Some(bytes)) => AttributeValue::Bytes(bytes.into_inner()),
-                (None, None) => return None,
-            };
-            Some(MessageAttribute {
-                name,
-                data_type: a.data_type,
-                value,
-            })
+            let bytes = a.binary_value.map(|b| b.into_inner());
+            MessageAttribute::from_sqs(name, a.data_type, a.string_value, bytes)
         })
         .collect();
     Record::from_sqs(
