@@ -9,6 +9,25 @@ use wiremock::{Mock, ResponseTemplate};
 
 use crate::common::*;
 
+/// Sends `body` with these String message attributes; the message's id.
+async fn send_with(
+    sqs: &aws_sdk_sqs::Client,
+    q: &TestQueue,
+    body: &str,
+    attributes: &[(&str, String)],
+) -> String {
+    let mut send = sqs.send_message().queue_url(&q.url).message_body(body);
+    for (name, value) in attributes {
+        let value = aws_sdk_sqs::types::MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(value)
+            .build()
+            .unwrap();
+        send = send.message_attributes(*name, value);
+    }
+    send.send().await.unwrap().message_id.unwrap()
+}
+
 /// Sends `body` with a `RetryqCarry` attribute; the message's id.
 async fn send_carried(
     sqs: &aws_sdk_sqs::Client,
@@ -16,24 +35,26 @@ async fn send_carried(
     body: &str,
     carry: &serde_json::Value,
 ) -> String {
-    let value = aws_sdk_sqs::types::MessageAttributeValue::builder()
-        .data_type("String")
-        .string_value(carry.to_string())
-        .build()
-        .unwrap();
-    sqs.send_message()
-        .queue_url(&q.url)
-        .message_body(body)
-        .message_attributes("RetryqCarry", value)
-        .send()
-        .await
-        .unwrap()
-        .message_id
-        .unwrap()
+    send_with(sqs, q, body, &[("RetryqCarry", carry.to_string())]).await
 }
 
 fn epoch_ms(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// Handles the one message in `q`, which must be dead-lettered: its letter.
+async fn the_letter(
+    p: &std::sync::Arc<retryq::process::Processor>,
+    sqs: &aws_sdk_sqs::Client,
+    q: &TestQueue,
+    dlq: &TestQueue,
+) -> aws_sdk_sqs::types::Message {
+    let received = receive_n(sqs, q, 1, Duration::from_secs(5)).await;
+    let failed = failures(&invoke_within(p, sqs, q, &received, 30).await);
+    assert!(failed.is_empty(), "dead-lettered, not retried: {failed:?}");
+    let mut letters = drain(sqs, dlq).await;
+    assert_eq!(letters.len(), 1, "one letter");
+    letters.remove(0)
 }
 
 /// An outage longer than `maxReceiveCount` receives: with the redrive
@@ -116,13 +137,7 @@ async fn a_carried_copy_continues_its_attempt_count() {
     )
     .await;
 
-    let received = receive_n(&sqs, &q, 1, Duration::from_secs(5)).await;
-    let failed = failures(&invoke_within(&p, &sqs, &q, &received, 30).await);
-
-    assert!(failed.is_empty(), "dead-lettered: {failed:?}");
-    let letters = drain(&sqs, &dlq).await;
-    assert_eq!(letters.len(), 1);
-    let letter = &letters[0];
+    let letter = &the_letter(&p, &sqs, &q, &dlq).await;
     assert_eq!(
         attr(letter, "FailureReason").as_deref(),
         Some("attempts-exhausted")
@@ -152,13 +167,7 @@ async fn a_carried_copy_older_than_max_age_is_expired() {
     )
     .await;
 
-    let received = receive_n(&sqs, &q, 1, Duration::from_secs(5)).await;
-    let failed = failures(&invoke_within(&p, &sqs, &q, &received, 30).await);
-
-    assert!(failed.is_empty(), "dead-lettered: {failed:?}");
-    let letters = drain(&sqs, &dlq).await;
-    assert_eq!(letters.len(), 1);
-    let letter = &letters[0];
+    let letter = &the_letter(&p, &sqs, &q, &dlq).await;
     assert_eq!(attr(letter, "FailureReason").as_deref(), Some("expired"));
     assert!(attr(letter, "LastError")
         .unwrap()
@@ -239,13 +248,9 @@ async fn an_attempt_counts_when_its_ledger_write_fails() {
         ("BACKOFF_MAX_SECONDS", "1"),
     ]);
     let dynamodb = aws_sdk_dynamodb::Client::from_conf(
-        aws_sdk_dynamodb::Config::builder()
-            .behavior_version_latest()
-            .region(aws_sdk_dynamodb::config::Region::new(REGION))
-            .endpoint_url(endpoint())
-            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-                "test", "test", None, None, "tests",
-            ))
+        crate::fleet::dynamodb()
+            .config()
+            .to_builder()
             .interceptor(RefuseLedgerWrites)
             .build(),
     );
@@ -303,15 +308,12 @@ async fn a_next_try_beyond_the_age_limit_does_not_hide_a_message_for_ever() {
     )
     .await;
 
-    let received = receive_n(&sqs, &q, 1, Duration::from_secs(5)).await;
-    let failed = failures(&invoke_within(&p, &sqs, &q, &received, 30).await);
-
-    assert!(failed.is_empty(), "{failed:?}");
-    let letters = drain(&sqs, &dlq).await;
-    assert_eq!(letters.len(), 1);
+    let letters = [the_letter(&p, &sqs, &q, &dlq).await];
     assert_eq!(
         attr(&letters[0], "FailureReason").as_deref(),
         Some("expired")
     );
     dest.verify().await;
 }
+
+mod faults;

@@ -11,7 +11,6 @@ mod auth;
 mod auth_trace;
 mod batched;
 mod carry;
-mod carry_faults;
 mod cli;
 mod end_to_end;
 mod fifo;

@@ -39,6 +39,20 @@ fn s3_at(url: &str) -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(config)
 }
 
+/// A processor whose S3 is at `s3_url` (a proxy in front of moto).
+fn processor_with_s3(
+    vars: &[(&str, &str)],
+    s3_url: &str,
+) -> std::sync::Arc<retryq::process::Processor> {
+    std::sync::Arc::new(
+        retryq::process::Processor::new(config(vars), sqs(), None)
+            .unwrap()
+            .with_payload_store(retryq::payload::store::PayloadStore::with_client(s3_at(
+                s3_url,
+            ))),
+    )
+}
+
 fn bucket(name: &str) -> String {
     format!("retryq-{name}-{}-{}", std::process::id(), fastrand::u32(..))
 }
@@ -530,13 +544,7 @@ async fn a_pointer_into_a_bucket_not_listed_is_invalid_and_its_object_untouched(
             ("ALLOW_PRIVATE_DESTINATIONS", "true"),
         ];
         vars.extend(listed.map(|b| ("PAYLOAD_BUCKETS", b)));
-        let p = std::sync::Arc::new(
-            retryq::process::Processor::new(config(&vars), sqs.clone(), None)
-                .unwrap()
-                .with_payload_store(retryq::payload::store::PayloadStore::with_client(s3_at(
-                    &unreachable_s3,
-                ))),
-        );
+        let p = processor_with_s3(&vars, &unreachable_s3);
         let outcomes = run_batch(&p, &sqs, &q, &dlq, std::slice::from_ref(&pointer)).await;
         let (_, copy) = outcomes
             .dead
@@ -882,13 +890,7 @@ async fn a_record_the_breaker_holds_back_reads_only_its_payloads_head() {
         ("BREAKER_THRESHOLD", "1"),
         ("BREAKER_COOLDOWN_SECONDS", "43200"),
     ];
-    let p = std::sync::Arc::new(
-        retryq::process::Processor::new(config(&vars), sqs.clone(), None)
-            .unwrap()
-            .with_payload_store(retryq::payload::store::PayloadStore::with_client(s3_at(
-                &s3_url,
-            ))),
-    );
+    let p = processor_with_s3(&vars, &s3_url);
     s3().create_bucket().bucket(&b).send().await.unwrap();
     // 300 KiB each: larger than a head.
     let mut pointers = Vec::new();
@@ -936,13 +938,7 @@ async fn a_slow_finished_mark_never_makes_a_finished_record_come_back() {
             Duration::from_secs(8),
         )
         .await;
-        let p = std::sync::Arc::new(
-            retryq::process::Processor::new(config(&vars), sqs.clone(), None)
-                .unwrap()
-                .with_payload_store(retryq::payload::store::PayloadStore::with_client(s3_at(
-                    &slow_s3,
-                ))),
-        );
+        let p = processor_with_s3(&vars, &slow_s3);
         let (message, _) = large_message("slow-mark-1", &dest.uri(), 1000);
         put_owned(&b, "k", &message).await;
         send(&sqs, &q, &pointer_to(&b, "k")).await;

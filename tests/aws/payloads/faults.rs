@@ -10,20 +10,6 @@ use wiremock::ResponseTemplate;
 
 use super::*;
 
-/// A processor whose S3 is at `s3_url` (a proxy in front of moto).
-fn processor_with_s3(
-    vars: &[(&str, &str)],
-    s3_url: &str,
-) -> std::sync::Arc<retryq::process::Processor> {
-    std::sync::Arc::new(
-        retryq::process::Processor::new(config(vars), sqs(), None)
-            .unwrap()
-            .with_payload_store(retryq::payload::store::PayloadStore::with_client(s3_at(
-                s3_url,
-            ))),
-    )
-}
-
 /// A pointer record whose dead letter is cut by the invocation's deadline
 /// (the letter's S3 copy takes 6 s of the 3 s left) sends its letter on
 /// its next receive in the same process, without its request again: a
@@ -468,13 +454,7 @@ async fn a_proven_hosts_ticket_does_not_outlive_the_breaker_opening() {
     let ra: Vec<(&str, &str)> = va.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let rb: Vec<(&str, &str)> = vb.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let slow_s3 = slow_proxy(&endpoint(), "if-match:", Duration::from_secs(9)).await;
-    let pa = std::sync::Arc::new(
-        retryq::process::Processor::new(config(&ra), sqs.clone(), None)
-            .unwrap()
-            .with_payload_store(retryq::payload::store::PayloadStore::with_client(s3_at(
-                &slow_s3,
-            ))),
-    );
+    let pa = processor_with_s3(&ra, &slow_s3);
     let pb = processor(&rb);
     // The host is proven.
     let first = run_batch(

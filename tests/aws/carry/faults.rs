@@ -2,42 +2,17 @@
 //! review. A far `notBefore`, a late first receive, deferrals before a carry,
 //! and a copy the carry attribute would make too large.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
-use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName};
+use aws_sdk_sqs::types::MessageSystemAttributeName;
 use wiremock::ResponseTemplate;
 
-use crate::common::*;
+use super::*;
 
-fn epoch_ms(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
-}
-
-fn text(v: &str) -> MessageAttributeValue {
-    MessageAttributeValue::builder()
-        .data_type("String")
-        .string_value(v)
-        .build()
-        .unwrap()
-}
-
-async fn send_with(
-    sqs: &aws_sdk_sqs::Client,
-    q: &TestQueue,
-    body: &str,
-    attrs: &[(&str, String)],
-) -> String {
-    let mut s = sqs.send_message().queue_url(&q.url).message_body(body);
-    for (k, v) in attrs {
-        s = s.message_attributes(*k, text(v));
-    }
-    s.send().await.unwrap().message_id.unwrap()
-}
-
-/// F1 (loop): a copy whose `notBefore` lies far ahead (a processor whose
-/// clock jumped forward, or a hostile producer) is only ever hidden again:
-/// neither MAX_AGE_SECONDS (first sent two days ago, limit one day) nor a
-/// passed `expiresAt` ends it. Expected: dead-lettered `expired`.
+/// A copy whose `notBefore` lies far ahead (a processor whose clock jumped
+/// forward, or a hostile producer) is not hidden for ever: first sent two
+/// days ago with `MAX_AGE_SECONDS` one day, and `expiresAt` passed, it is
+/// dead-lettered `expired` (review finding F1, a loop).
 #[tokio::test]
 async fn a_far_next_try_does_not_outlive_max_age_or_expires_at() {
     let dest = never_called().await;
@@ -56,11 +31,7 @@ async fn a_far_next_try_does_not_outlive_max_age_or_expires_at() {
         &[("RetryqCarry", carry.to_string())],
     )
     .await;
-    let received = receive_n(&sqs, &q, 1, Duration::from_secs(5)).await;
-    let failed = failures(&invoke_within(&p, &sqs, &q, &received, 30).await);
-    assert!(failed.is_empty(), "{failed:?}");
-    let letters = drain(&sqs, &dlq).await;
-    assert_eq!(letters.len(), 1);
+    let letters = [the_letter(&p, &sqs, &q, &dlq).await];
     assert_eq!(
         attr(&letters[0], "FailureReason").as_deref(),
         Some("expired")
@@ -72,12 +43,11 @@ async fn a_far_next_try_does_not_outlive_max_age_or_expires_at() {
     dest.verify().await;
 }
 
-/// F2 (repeat): a copy whose notBefore is more than 900 s after its
-/// SentTimestamp is assumed to have had one early receive, and every
-/// receive of it counts one less. When its first receive already comes
-/// after notBefore (a backlog, a batching window), one attempt is never
-/// counted. Here: sent 1000 s ago (SentTimestamp as the event says),
-/// notBefore 50 s ago, attempts 1, MAX_ATTEMPTS 3: at most 2 more requests.
+/// Every receive of a copy counts unless it came before its `notBefore`
+/// (known from `ApproximateFirstReceiveTimestamp`): a copy delayed past
+/// 900 s whose first receive is already late still counts it. Sent 1000 s
+/// ago, `notBefore` 50 s ago, 1 attempt carried, `MAX_ATTEMPTS` 3: at most
+/// 2 more requests (review finding F2, a repeat).
 #[tokio::test]
 async fn a_copy_received_late_counts_every_receive() {
     let dest = serving(ResponseTemplate::new(503)).await;
@@ -131,10 +101,9 @@ async fn a_copy_received_late_counts_every_receive() {
     );
 }
 
-/// F5 (count): with a ledger, receives refused by an open breaker use up no
-/// attempt (§9); but when such a record is carried, `attempts` is taken
-/// from the receive count (the ledger is not read on a deferral), so the
-/// deferred receives become attempts in the copy.
+/// With a ledger, receives refused by an open breaker use up no attempt
+/// (§9), also when such a record is carried: its `attempts` come from the
+/// ledger, not from its receive count (review finding F5).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deferred_receives_do_not_become_attempts_when_carried() {
     let sqs = sqs();
@@ -267,10 +236,10 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for SqsSizeRule {
     }
 }
 
-/// F6 (loss): a message that fits its queue (body only, 1000 bytes of a
-/// 1024-byte MaximumMessageSize) cannot be carried once RetryqCarry is
-/// added; every carry fails (Unfinished), and since §8.1 is switched off for
-/// records that "can carry", the retention deletes it: no DLQ copy.
+/// A message that fits its queue (1000 bytes of a 1024-byte
+/// `MaximumMessageSize`) but not with `RetryqCarry` added is not carried:
+/// §8.1 stands for it, and it is dead-lettered before its retention would
+/// delete it (review finding F6, a loss).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_too_large_for_its_carry_keeps_the_retention_rule() {
     let sqs = sqs();
