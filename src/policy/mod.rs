@@ -369,6 +369,24 @@ pub fn one_line(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_carried_count_never_lowers_received_count_and_every_path_counts_alike() {
+        assert_eq!(Attempt::before(2, None), 2);
+        assert_eq!(Attempt::before(2, Some(5)), 5, "a carried count continues");
+        assert_eq!(
+            Attempt::before(4, Some(1)),
+            4,
+            "a lower one is not believed"
+        );
+        // By receives, or by the ledger (capped by the receives).
+        assert_eq!(Attempt::counted(3, None, 2), 5);
+        assert_eq!(Attempt::counted(3, Some(0), 2), 4);
+        assert_eq!(Attempt::counted(3, Some(9), 2), 5);
+        assert_eq!(Attempt::limit_of(None, 5), 5);
+        assert_eq!(Attempt::limit_of(Some(3), 5), 3);
+        assert_eq!(Attempt::limit_of(Some(9), 5), 5, "a message only lowers it");
+    }
     use proptest::prelude::*;
 
     fn policy() -> RetryPolicy {
