@@ -996,7 +996,7 @@ impl Processor {
         if let Some((pattern, rate)) = rules.and_then(|r| Some((&r.pattern, r.rate?))) {
             let until = self.wait_limit(batch);
             let token = match self.table(batch) {
-                Some(fleet) => match Box::pin(fleet.token(pattern, rate, until)).await {
+                Some(fleet) => match Box::pin(fleet.token(pattern, rate, until.into())).await {
                     Ok(token) => Some(token),
                     Err(e) => self.without_table(batch, &e),
                 },
@@ -1210,7 +1210,7 @@ impl Processor {
     ) -> Admitted {
         if let Some(fleet) = self.table(batch) {
             let lease_for = self.config.request_timeout + PROBE_LEASE_SLACK;
-            match fleet.admit(host, settings, lease_for, until).await {
+            match fleet.admit(host, settings, lease_for, until.into()).await {
                 Ok(FleetAdmission::Go(ticket)) => return Admitted::Go(Some(Ticket::Fleet(ticket))),
                 Ok(FleetAdmission::Open { wait }) => return Admitted::Defer(wait),
                 Err(e) => self.without_table::<()>(batch, &e),

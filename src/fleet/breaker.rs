@@ -14,11 +14,13 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use aws_sdk_dynamodb::types::ReturnValue;
+use aws_sdk_dynamodb::types::AttributeValue;
+use tokio::time::Instant;
 
-use super::{n, now_ms, number, s, FleetState, Item, StateError, CALL_TIMEOUT};
+use super::table::{Change, Condition, Key, Returns, Update};
+use super::{n, number, s, FleetState, Item, StateError};
 use crate::config::BreakerSettings;
 use crate::policy::record::Health;
 
@@ -96,6 +98,14 @@ pub struct FleetTicket {
     admitted_at: Instant,
 }
 
+impl FleetTicket {
+    /// Does the ticket hold the fleet's probe lease (the host is not proven,
+    /// and this is the one request trying it)?
+    pub fn is_probe(&self) -> bool {
+        self.lease
+    }
+}
+
 impl Drop for FleetTicket {
     fn drop(&mut self) {
         if self.lease {
@@ -125,7 +135,7 @@ impl FleetState {
         let key = format!("breaker#{host}");
         loop {
             let view = self.fresh_view(&state, &key).await?;
-            let now = now_ms();
+            let now = self.now_ms();
             if view.open_until_ms > now {
                 return Ok(FleetAdmission::Open {
                     wait: Duration::from_millis(view.open_until_ms - now),
@@ -176,12 +186,12 @@ impl FleetState {
                         state.answered.notify_waiters();
                         item?;
                         let v = *lock(&state.view);
-                        if v.open_until_ms > now_ms() {
+                        if v.open_until_ms > self.now_ms() {
                             continue;
                         }
                         if v.failures >= settings.threshold
                             && v.open_until_ms == 0
-                            && v.probe_until_ms < now_ms()
+                            && v.probe_until_ms < self.now_ms()
                         {
                             // At its threshold but never opened (the process
                             // that should have opened it stopped): open it.
@@ -201,7 +211,7 @@ impl FleetState {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 let v = *lock(&state.view);
-                let wait = Duration::from_millis(v.probe_until_ms.saturating_sub(now_ms()));
+                let wait = Duration::from_millis(v.probe_until_ms.saturating_sub(self.now_ms()));
                 return Ok(FleetAdmission::Open {
                     wait: wait.max(Duration::from_secs(1)),
                 });
@@ -228,17 +238,14 @@ impl FleetState {
                 return Ok(true);
             }
             let view = self.fresh_view(&ticket.host, &ticket.key).await?;
-            return Ok(view.proven && view.failures == 0 && view.open_until_ms <= now_ms());
+            return Ok(view.proven && view.failures == 0 && view.open_until_ms <= self.now_ms());
         }
-        let until = now_ms().saturating_add(lease_for.as_millis() as u64);
+        let until = self.now_ms().saturating_add(lease_for.as_millis() as u64);
         let renewed = self
-            .update(
-                &ticket.key,
-                "SET probeUntil = :lease",
-                &[(":lease", n(until)), (":me", s(&self.owner))],
-                Some("prober = :me"),
-                ReturnValue::None,
-            )
+            .update(Update {
+                condition: Some(self.held_by_me()),
+                ..state_update(&ticket.key, vec![Change::Set("probeUntil", n(until))])
+            })
             .await;
         match renewed {
             Ok(_) => Ok(true),
@@ -287,18 +294,13 @@ impl FleetState {
     /// The host answered: it is proven, and the breaker closes. The probe
     /// lease is removed only if it is still this process's (§12.7).
     async fn report_answered(&self, ticket: &FleetTicket) -> Result<(), StateError> {
-        let yes = aws_sdk_dynamodb::types::AttributeValue::Bool(true);
-        let set = "SET failures = :zero, proven = :yes, #ttl = :ttl REMOVE openUntil";
-        let values = [(":zero", n(0)), (":yes", yes), (":ttl", self.ttl())];
-        let old = self
-            .as_prober(
-                ticket,
-                set,
-                ", probeUntil, prober",
-                &values,
-                ReturnValue::AllOld,
-            )
-            .await?;
+        let changes = vec![
+            Change::Set("failures", n(0)),
+            Change::Set("proven", AttributeValue::Bool(true)),
+            Change::Set("ttl", self.ttl()),
+            Change::Remove("openUntil"),
+        ];
+        let old = self.as_prober(ticket, changes, Returns::Old).await?;
         if old
             .as_ref()
             .and_then(|o| number::<u64>(o, "openUntil"))
@@ -322,29 +324,24 @@ impl FleetState {
     /// now) is left alone, and the failure counts as any other.
     async fn report_failed_probe(&self, ticket: &FleetTicket) -> Result<Option<Item>, StateError> {
         let (failures, settings) = (ticket.failures, ticket.settings);
-        let no = aws_sdk_dynamodb::types::AttributeValue::Bool(false);
         if failures + 1 < settings.threshold {
-            let add = "ADD failures :one SET proven = :no, #ttl = :ttl";
-            let values = [(":one", n(1)), (":no", no), (":ttl", self.ttl())];
-            return self
-                .as_prober(
-                    ticket,
-                    add,
-                    " REMOVE probeUntil, prober",
-                    &values,
-                    ReturnValue::AllNew,
-                )
-                .await;
+            return self.as_prober(ticket, self.failure(), Returns::New).await;
         }
-        let until = now_ms().saturating_add(settings.cooldown.as_millis() as u64);
+        let until = self
+            .now_ms()
+            .saturating_add(settings.cooldown.as_millis() as u64);
+        let mut changes = self.failure();
+        changes.extend([
+            Change::Set("openUntil", n(until)),
+            Change::Remove("probeUntil"),
+            Change::Remove("prober"),
+        ]);
         let opened_here = self
-            .update(
-                &ticket.key,
-                "ADD failures :one SET proven = :no, openUntil = :until, #ttl = :ttl REMOVE probeUntil, prober",
-                &[(":one", n(1)), (":no", no), (":until", n(until)), (":ttl", self.ttl()), (":me", s(&self.owner))],
-                Some("prober = :me"),
-                ReturnValue::AllNew,
-            )
+            .update(Update {
+                condition: Some(self.held_by_me()),
+                returns: Returns::New,
+                ..state_update(&ticket.key, changes)
+            })
             .await;
         match opened_here {
             Ok(item) => {
@@ -360,18 +357,23 @@ impl FleetState {
         }
     }
 
+    /// One more failure: the count, and the host no longer proven.
+    fn failure(&self) -> Vec<Change> {
+        vec![
+            Change::Add("failures", n(1)),
+            Change::Set("proven", AttributeValue::Bool(false)),
+            Change::Set("ttl", self.ttl()),
+        ]
+    }
+
     /// A host failed outside a probe (a proven host, or a lost lease):
     /// others may be failing at once, so the count decides whether to open.
     async fn report_failed(&self, ticket: &FleetTicket) -> Result<Option<Item>, StateError> {
-        let no = aws_sdk_dynamodb::types::AttributeValue::Bool(false);
         let item = self
-            .update(
-                &ticket.key,
-                "ADD failures :one SET proven = :no, #ttl = :ttl",
-                &[(":one", n(1)), (":no", no), (":ttl", self.ttl())],
-                None,
-                ReturnValue::AllNew,
-            )
+            .update(Update {
+                returns: Returns::New,
+                ..state_update(&ticket.key, self.failure())
+            })
             .await?;
         let count: u32 = item
             .as_ref()
@@ -385,49 +387,51 @@ impl FleetState {
 
     /// Gives up this process's probe lease, if it still holds it.
     async fn release_lease(&self, key: &str) -> Result<(), StateError> {
-        self.update(
-            key,
-            "REMOVE probeUntil, prober",
-            &[(":me", s(&self.owner))],
-            Some("prober = :me"),
-            ReturnValue::None,
-        )
+        let release = vec![Change::Remove("probeUntil"), Change::Remove("prober")];
+        self.update(Update {
+            condition: Some(self.held_by_me()),
+            ..state_update(key, release)
+        })
         .await
         .map(|_| ())
         .or_else(|e| if e.is_conditional() { Ok(()) } else { Err(e) })
     }
 
-    /// `expression` on the ticket's item, with `lease_removal` appended
-    /// when the ticket holds the probe lease and the item says it is still
-    /// this process's; without it otherwise. A process never removes
-    /// another's lease.
+    /// The probe lease is this process's.
+    fn held_by_me(&self) -> Condition {
+        Condition::Equals("prober", s(&self.owner))
+    }
+
+    /// `changes` on the ticket's item, with the lease's removal when the
+    /// ticket holds the probe lease and the item says it is still this
+    /// process's; without it otherwise. A process never removes another's
+    /// lease.
     async fn as_prober(
         &self,
         ticket: &FleetTicket,
-        expression: &str,
-        lease_removal: &str,
-        values: &[(&str, aws_sdk_dynamodb::types::AttributeValue)],
-        returns: ReturnValue,
+        changes: Vec<Change>,
+        returns: Returns,
     ) -> Result<Option<Item>, StateError> {
         if ticket.lease {
-            let mut with_me = values.to_vec();
-            with_me.push((":me", s(&self.owner)));
+            let mut releasing = changes.clone();
+            releasing.extend([Change::Remove("probeUntil"), Change::Remove("prober")]);
             let held = self
-                .update(
-                    &ticket.key,
-                    &format!("{expression}{lease_removal}"),
-                    &with_me,
-                    Some("prober = :me"),
-                    returns.clone(),
-                )
+                .update(Update {
+                    condition: Some(self.held_by_me()),
+                    returns,
+                    ..state_update(&ticket.key, releasing)
+                })
                 .await;
             match held {
                 Err(e) if e.is_conditional() => {}
                 other => return other,
             }
         }
-        self.update(&ticket.key, expression, values, None, returns)
-            .await
+        self.update(Update {
+            returns,
+            ..state_update(&ticket.key, changes)
+        })
+        .await
     }
 
     /// Opens the breaker unless it is open already (one process does, and
@@ -438,16 +442,17 @@ impl FleetState {
         settings: BreakerSettings,
         log: bool,
     ) -> Result<(), StateError> {
-        let now = now_ms();
+        let now = self.now_ms();
         let until = now.saturating_add(settings.cooldown.as_millis() as u64);
         let result = self
-            .update(
-                key,
-                "SET openUntil = :until",
-                &[(":until", n(until)), (":now", n(now))],
-                Some("attribute_not_exists(openUntil) OR openUntil <= :now"),
-                ReturnValue::AllNew,
-            )
+            .update(Update {
+                condition: Some(Condition::Any(vec![
+                    Condition::Missing("openUntil"),
+                    Condition::AtMost("openUntil", n(now)),
+                ])),
+                returns: Returns::New,
+                ..state_update(key, vec![Change::Set("openUntil", n(until))])
+            })
             .await;
         match result {
             Ok(item) => {
@@ -494,25 +499,34 @@ impl FleetState {
         settings: BreakerSettings,
         lease_for: Duration,
     ) -> Result<Option<u32>, StateError> {
-        let now = now_ms();
+        let now = self.now_ms();
+        let lease = now.saturating_add(lease_for.as_millis() as u64);
+        let changes = vec![
+            Change::Set("probeUntil", n(lease)),
+            Change::Set("prober", s(&self.owner)),
+            Change::Set("ttl", self.ttl()),
+        ];
+        let free = Condition::All(vec![
+            Condition::Any(vec![
+                Condition::Missing("probeUntil"),
+                Condition::Below("probeUntil", n(now)),
+            ]),
+            Condition::Any(vec![
+                Condition::Missing("openUntil"),
+                Condition::AtMost("openUntil", n(now)),
+            ]),
+            Condition::Any(vec![
+                Condition::Missing("failures"),
+                Condition::Below("failures", n(settings.threshold)),
+                Condition::Exists("openUntil"),
+            ]),
+        ]);
         let result = self
-            .update(
-                key,
-                "SET probeUntil = :lease, prober = :me, #ttl = :ttl",
-                &[
-                    (":lease", n(now.saturating_add(lease_for.as_millis() as u64))),
-                    (":me", s(&self.owner)),
-                    (":now", n(now)),
-                    (":threshold", n(settings.threshold)),
-                    (":ttl", self.ttl()),
-                ],
-                Some(
-                    "(attribute_not_exists(probeUntil) OR probeUntil < :now) \
-                     AND (attribute_not_exists(openUntil) OR openUntil <= :now) \
-                     AND (attribute_not_exists(failures) OR failures < :threshold OR attribute_exists(openUntil))",
-                ),
-                ReturnValue::AllNew,
-            )
+            .update(Update {
+                condition: Some(free),
+                returns: Returns::New,
+                ..state_update(key, changes)
+            })
             .await;
         match result {
             Ok(item) => Ok(Some(
@@ -524,37 +538,15 @@ impl FleetState {
             Err(e) => Err(e),
         }
     }
+}
 
-    /// One `UpdateItem` on `key`'s `state` item.
-    async fn update(
-        &self,
-        key: &str,
-        expression: &str,
-        values: &[(&str, aws_sdk_dynamodb::types::AttributeValue)],
-        condition: Option<&str>,
-        returns: ReturnValue,
-    ) -> Result<Option<Item>, StateError> {
-        let mut call = self
-            .client()
-            .await
-            .update_item()
-            .table_name(self.table())
-            .key("pk", s(key))
-            .key("sk", s("state"))
-            .update_expression(expression)
-            .set_condition_expression(condition.map(str::to_owned))
-            .return_values(returns);
-        if expression.contains("#ttl") {
-            call = call.expression_attribute_names("#ttl", "ttl");
-        }
-        for (name, value) in values {
-            call = call.expression_attribute_values(*name, value.clone());
-        }
-        match tokio::time::timeout(CALL_TIMEOUT, call.send()).await {
-            Err(_) => Err(StateError::timeout("UpdateItem")),
-            Ok(Err(e)) => Err(StateError::from_sdk("UpdateItem", &e)),
-            Ok(Ok(out)) => Ok(out.attributes),
-        }
+/// `changes` on a host's `state` item, unconditional, returning nothing.
+fn state_update(key: &str, changes: Vec<Change>) -> Update {
+    Update {
+        key: Key::new(key, "state"),
+        changes,
+        condition: None,
+        returns: Returns::Nothing,
     }
 }
 

@@ -8,9 +8,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use aws_sdk_dynamodb::types::{KeysAndAttributes, PutRequest, WriteRequest};
-
-use super::{n, number, s, string, FleetState, Item, StateError, CALL_TIMEOUT};
+use super::table::Key;
+use super::{n, number, s, string, FleetState, Item, StateError};
 use crate::config::Ledger;
 
 /// Records whose writes share one `BatchWriteItem` (two items each at
@@ -120,8 +119,8 @@ impl FleetState {
             );
         }
         self.writes
-            .submit(self.table(), items, |table, entries| {
-                self.write_batch(table, entries)
+            .submit(&self.settings.table, items, |_, entries| {
+                self.write_batch(entries)
             })
             .await
     }
@@ -130,81 +129,33 @@ impl FleetState {
     /// one `BatchGetItem`).
     pub async fn recorded_failures(&self, sqs_message_id: &str) -> Result<u32, StateError> {
         self.reads
-            .submit(self.table(), sqs_message_id.to_owned(), |table, ids| {
-                self.read_batch(table, ids)
+            .submit(&self.settings.table, sqs_message_id.to_owned(), |_, ids| {
+                self.read_batch(ids)
             })
             .await
     }
 
     /// Every recorded attempt of a Retry Message, oldest first.
     pub async fn attempts(&self, id: &str) -> Result<Vec<RecordedAttempt>, StateError> {
-        let mut out = Vec::new();
-        let mut start = None;
-        loop {
-            let call = self
-                .client()
-                .await
-                .query()
-                .table_name(self.table())
-                .key_condition_expression("pk = :pk AND begins_with(sk, :attempt)")
-                .expression_attribute_values(":pk", s(format!("msg#{id}")))
-                .expression_attribute_values(":attempt", s("attempt#"))
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send();
-            let page = match tokio::time::timeout(CALL_TIMEOUT, call).await {
-                Err(_) => return Err(StateError::timeout("Query")),
-                Ok(Err(e)) => return Err(StateError::from_sdk("Query", &e)),
-                Ok(Ok(page)) => page,
-            };
-            out.extend(page.items().iter().map(recorded));
-            match page.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => return Ok(out),
-            }
-        }
+        let items = self
+            .table
+            .query(format!("msg#{id}"), "attempt#".to_owned())
+            .await?;
+        Ok(items.iter().map(recorded).collect())
     }
 
     /// One `BatchWriteItem`; items it leaves unprocessed are sent once more.
-    async fn write_batch(
-        &self,
-        table: String,
-        entries: Vec<Vec<Item>>,
-    ) -> Vec<Result<(), StateError>> {
-        let requests: Vec<WriteRequest> = entries
-            .iter()
-            .flatten()
-            .filter_map(|item| {
-                let put = PutRequest::builder()
-                    .set_item(Some(item.clone()))
-                    .build()
-                    .ok()?;
-                Some(WriteRequest::builder().put_request(put).build())
-            })
-            .collect();
-        let mut pending = requests;
+    async fn write_batch(&self, entries: Vec<Vec<Item>>) -> Vec<Result<(), StateError>> {
+        let mut pending: Vec<Item> = entries.iter().flatten().cloned().collect();
         let mut result = Ok(());
         for _ in 0..2 {
-            let call = self
-                .client()
-                .await
-                .batch_write_item()
-                .request_items(&table, pending.clone())
-                .send();
-            match tokio::time::timeout(CALL_TIMEOUT, call).await {
-                Err(_) => {
-                    result = Err(StateError::timeout("BatchWriteItem"));
+            match self.table.put_batch(pending.clone()).await {
+                Err(e) => {
+                    result = Err(e);
                     break;
                 }
-                Ok(Err(e)) => {
-                    result = Err(StateError::from_sdk("BatchWriteItem", &e));
-                    break;
-                }
-                Ok(Ok(out)) => {
-                    pending = out
-                        .unprocessed_items
-                        .and_then(|mut u| u.remove(&table))
-                        .unwrap_or_default();
+                Ok(left) => {
+                    pending = left;
                     if pending.is_empty() {
                         result = Ok(());
                         break;
@@ -221,13 +172,9 @@ impl FleetState {
         let unwritten = |entry: &Vec<Item>| match &result {
             Ok(()) => false,
             Err(_) if pending.is_empty() => true,
-            Err(_) => entry.iter().any(|item| {
-                pending.iter().any(|w| {
-                    w.put_request().is_some_and(|p| {
-                        p.item().get("pk") == item.get("pk") && p.item().get("sk") == item.get("sk")
-                    })
-                })
-            }),
+            Err(_) => entry
+                .iter()
+                .any(|item| pending.iter().any(|p| Key::of(p) == Key::of(item))),
         };
         entries
             .iter()
@@ -239,63 +186,23 @@ impl FleetState {
     }
 
     /// One `BatchGetItem` of failure counters.
-    async fn read_batch(&self, table: String, ids: Vec<String>) -> Vec<Result<u32, StateError>> {
+    async fn read_batch(&self, ids: Vec<String>) -> Vec<Result<u32, StateError>> {
         let mut unique = ids.clone();
         unique.sort();
         unique.dedup();
-        let keys: Vec<Item> = unique
+        let keys = unique
             .iter()
-            .map(|id| {
-                [("pk", s(format!("sqs#{id}"))), ("sk", s("failures"))]
-                    .into_iter()
-                    .map(|(k, v)| (k.to_owned(), v))
-                    .collect()
-            })
+            .map(|id| Key::new(format!("sqs#{id}"), "failures"))
             .collect();
-        let answer = async {
-            let request = KeysAndAttributes::builder()
-                .set_keys(Some(keys))
-                .consistent_read(true)
-                .build()
-                .map_err(|e| StateError {
-                    operation: "BatchGetItem",
-                    detail: e.to_string(),
-                })?;
-            let call = self
-                .client()
-                .await
-                .batch_get_item()
-                .request_items(&table, request)
-                .send();
-            let out = match tokio::time::timeout(CALL_TIMEOUT, call).await {
-                Err(_) => return Err(StateError::timeout("BatchGetItem")),
-                Ok(Err(e)) => return Err(StateError::from_sdk("BatchGetItem", &e)),
-                Ok(Ok(out)) => out,
-            };
-            let unprocessed = out
-                .unprocessed_keys
-                .as_ref()
-                .and_then(|u| u.get(&table))
-                .is_some_and(|k| !k.keys().is_empty());
-            if unprocessed {
-                return Err(StateError {
-                    operation: "BatchGetItem",
-                    detail: "keys left unprocessed".into(),
-                });
-            }
-            let found: std::collections::HashMap<String, u32> = out
-                .responses
-                .and_then(|mut r| r.remove(&table))
-                .unwrap_or_default()
+        let answer = self.table.get_batch(keys).await.map(|items| {
+            items
                 .iter()
                 .filter_map(|item| {
                     let id = string(item, "pk")?.strip_prefix("sqs#")?.to_owned();
                     Some((id, number(item, "failed").unwrap_or(0)))
                 })
-                .collect();
-            Ok(found)
-        }
-        .await;
+                .collect::<std::collections::HashMap<String, u32>>()
+        });
         ids.iter()
             .map(|id| match &answer {
                 Ok(found) => Ok(found.get(id).copied().unwrap_or(0)),

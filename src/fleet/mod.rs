@@ -25,24 +25,24 @@
 //! by receives) and says so once in the log.
 
 pub mod breaker;
+pub mod dynamodb;
 pub mod ledger;
 pub mod rate;
+pub mod table;
 
-use std::collections::HashMap;
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::Duration;
 
-use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::AttributeValue;
-use aws_sdk_dynamodb::Client;
 
 use crate::config::StateSettings;
 use crate::gather::{Gather, Unanswered};
+pub use dynamodb::client_for;
+pub use table::Item;
+use table::{Clock, Key, SystemClock, Table, Update};
 
 /// Longest a DynamoDB call may take, retries included.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// A DynamoDB item.
-pub type Item = HashMap<String, AttributeValue>;
 
 /// A failed DynamoDB call, as one line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,27 +59,12 @@ impl Unanswered for StateError {
 }
 
 impl StateError {
-    fn from_sdk<E, R>(operation: &'static str, e: &SdkError<E, R>) -> StateError
-    where
-        E: ProvideErrorMetadata + std::error::Error + 'static,
-        R: std::fmt::Debug,
-    {
-        let detail = match e.code() {
-            Some(code) => format!("{code}: {}", e.message().unwrap_or("no message")),
-            None => DisplayErrorContext(e).to_string(),
-        };
-        StateError {
-            operation,
-            detail: crate::policy::one_line(&detail, 300),
-        }
-    }
-
     /// A conditional write whose condition did not hold.
     pub fn is_conditional(&self) -> bool {
         self.detail.starts_with("ConditionalCheckFailed")
     }
 
-    fn timeout(operation: &'static str) -> StateError {
+    pub(crate) fn timeout(operation: &'static str) -> StateError {
         StateError {
             operation,
             detail: format!("no answer within {} s", CALL_TIMEOUT.as_secs()),
@@ -91,7 +76,8 @@ impl StateError {
 #[derive(Debug)]
 pub struct FleetState {
     settings: StateSettings,
-    client: tokio::sync::OnceCell<Client>,
+    table: Arc<dyn Table>,
+    clock: Arc<dyn Clock>,
     /// Names this process in a probe lease.
     owner: String,
     writes: Gather<Vec<Item>, (), StateError>,
@@ -104,18 +90,26 @@ impl FleetState {
     /// The table `settings` names, its client built from the standard AWS
     /// environment on the first call.
     pub fn from_env(settings: StateSettings) -> FleetState {
-        FleetState::with_client(settings, tokio::sync::OnceCell::new())
+        let table = dynamodb::DynamoTable::from_env(settings.table.clone());
+        FleetState::with_table(settings, Arc::new(table), Arc::new(SystemClock))
     }
 
     /// The table with this client.
-    pub fn new(settings: StateSettings, client: Client) -> FleetState {
-        FleetState::with_client(settings, tokio::sync::OnceCell::new_with(Some(client)))
+    pub fn new(settings: StateSettings, client: aws_sdk_dynamodb::Client) -> FleetState {
+        let table = dynamodb::DynamoTable::new(settings.table.clone(), client);
+        FleetState::with_table(settings, Arc::new(table), Arc::new(SystemClock))
     }
 
-    fn with_client(settings: StateSettings, client: tokio::sync::OnceCell<Client>) -> FleetState {
+    /// The fleet's state in `table`, its items timed by `clock`.
+    pub fn with_table(
+        settings: StateSettings,
+        table: Arc<dyn Table>,
+        clock: Arc<dyn Clock>,
+    ) -> FleetState {
         FleetState {
             settings,
-            client,
+            table,
+            clock,
             owner: uuid::Uuid::new_v4().to_string(),
             // A failed attempt writes two items: 12 of them fill a call.
             writes: Gather::new("BatchWriteItem", ledger::WRITES_PER_CALL),
@@ -125,65 +119,34 @@ impl FleetState {
         }
     }
 
+    /// The same, naming this process `owner` in probe leases.
+    pub fn owned_by(mut self, owner: String) -> FleetState {
+        self.owner = owner;
+        self
+    }
+
     pub fn settings(&self) -> &StateSettings {
         &self.settings
     }
 
-    fn table(&self) -> &str {
-        &self.settings.table
-    }
-
-    async fn client(&self) -> &Client {
-        self.client
-            .get_or_init(|| async {
-                let sdk = crate::wiring::sdk_config_from_env().await;
-                client_for(&sdk)
-            })
-            .await
-    }
-
     /// Reads one item (strongly consistent).
     async fn get(&self, pk: &str, sk: &str) -> Result<Option<Item>, StateError> {
-        let call = self
-            .client()
-            .await
-            .get_item()
-            .table_name(self.table())
-            .key("pk", s(pk))
-            .key("sk", s(sk))
-            .consistent_read(true)
-            .send();
-        match tokio::time::timeout(CALL_TIMEOUT, call).await {
-            Err(_) => Err(StateError::timeout("GetItem")),
-            Ok(Err(e)) => Err(StateError::from_sdk("GetItem", &e)),
-            Ok(Ok(out)) => Ok(out.item),
-        }
+        self.table.get(Key::new(pk, sk)).await
+    }
+
+    async fn update(&self, update: Update) -> Result<Option<Item>, StateError> {
+        self.table.update(update).await
     }
 
     /// The TTL attribute for an item written now.
     fn ttl(&self) -> AttributeValue {
-        let until = SystemTime::now() + self.settings.ttl;
-        n(until
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs())
+        n((self.clock.now_ms() / 1000).saturating_add(self.settings.ttl.as_secs()))
     }
-}
 
-/// A DynamoDB client for the fleet's table: calls bounded in time, and one
-/// retry at most (a throttled table is not waited for: the batch goes on
-/// without it).
-pub fn client_for(sdk: &aws_config::SdkConfig) -> Client {
-    let config = aws_sdk_dynamodb::config::Builder::from(sdk)
-        .timeout_config(
-            aws_sdk_dynamodb::config::timeout::TimeoutConfig::builder()
-                .operation_timeout(CALL_TIMEOUT)
-                .operation_attempt_timeout(CALL_TIMEOUT / 2)
-                .build(),
-        )
-        .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::standard().with_max_attempts(2))
-        .build();
-    Client::from_conf(config)
+    /// This process's wall clock, in milliseconds since the epoch.
+    fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
 }
 
 /// A string attribute.
@@ -204,12 +167,4 @@ fn number<T: std::str::FromStr>(item: &Item, name: &str) -> Option<T> {
 /// A string attribute of `item`, if it holds one.
 fn string<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
     item.get(name)?.as_s().ok().map(String::as_str)
-}
-
-/// Milliseconds since the epoch, now.
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
 }

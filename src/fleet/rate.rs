@@ -10,11 +10,12 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use aws_sdk_dynamodb::types::ReturnValue;
+use tokio::time::Instant;
 
-use super::{n, now_ms, number, s, FleetState, StateError, CALL_TIMEOUT};
+use super::table::{Change, Condition, Key, Returns, Update};
+use super::{n, number, FleetState, StateError};
 use crate::policy::destinations::{lease_size, refill, Rate, Token};
 
 /// A lease not used within this is dropped.
@@ -134,11 +135,15 @@ impl FleetState {
 
     /// Leases tokens from the bucket: `Ok(n)`, or `Err(wait)` when fewer
     /// than one is there (`wait`: until one will be).
+    ///
+    /// The bucket's time `at` only moves forward: a process whose clock is
+    /// behind the last writer's refills nothing until its clock catches up,
+    /// so clocks that differ by `s` add at most `rps × s` tokens once, not
+    /// at every change of writer.
     async fn lease(&self, pattern: &str, rate: Rate) -> Result<Result<u32, Duration>, StateError> {
         let key = format!("rate#{pattern}");
         for _ in 0..LEASE_TRIES {
             let item = self.get(&key, "bucket").await?;
-            let now = now_ms();
             let (tokens, at) = match &item {
                 None => (f64::from(rate.burst), None),
                 Some(item) => (
@@ -146,43 +151,34 @@ impl FleetState {
                     number::<u64>(item, "at"),
                 ),
             };
-            let elapsed = Duration::from_millis(now.saturating_sub(at.unwrap_or(now)));
+            let now = self.now_ms().max(at.unwrap_or(0));
+            let elapsed = Duration::from_millis(now - at.unwrap_or(now));
             let full = refill(rate, tokens, elapsed);
             if full < 1.0 {
                 return Ok(Err(Duration::from_secs_f64((1.0 - full) / rate.rps)));
             }
             let take = (full.floor() as u32).min(lease_size(rate));
             let left = full - f64::from(take);
-            let mut call = self
-                .client()
-                .await
-                .update_item()
-                .table_name(self.table())
-                .key("pk", s(&key))
-                .key("sk", s("bucket"))
-                .update_expression("SET tokens = :left, #at = :now, #ttl = :ttl")
-                .expression_attribute_names("#at", "at")
-                .expression_attribute_names("#ttl", "ttl")
-                .expression_attribute_values(":left", n(format!("{left:.6}")))
-                .expression_attribute_values(":now", n(now))
-                .expression_attribute_values(":ttl", self.ttl())
-                .return_values(ReturnValue::None);
-            call = match at {
-                None => call.condition_expression("attribute_not_exists(pk)"),
-                Some(at) => call
-                    .condition_expression("#at = :at")
-                    .expression_attribute_values(":at", n(at)),
+            let condition = match at {
+                None => Condition::Missing("pk"),
+                Some(at) => Condition::Equals("at", n(at)),
             };
-            match tokio::time::timeout(CALL_TIMEOUT, call.send()).await {
-                Err(_) => return Err(StateError::timeout("UpdateItem")),
-                Ok(Ok(_)) => return Ok(Ok(take)),
-                Ok(Err(e)) => {
-                    let e = StateError::from_sdk("UpdateItem", &e);
-                    if !e.is_conditional() {
-                        return Err(e);
-                    }
+            let update = Update {
+                key: Key::new(&key, "bucket"),
+                changes: vec![
+                    Change::Set("tokens", n(format!("{left:.6}"))),
+                    Change::Set("at", n(now)),
+                    Change::Set("ttl", self.ttl()),
+                ],
+                condition: Some(condition),
+                returns: Returns::Nothing,
+            };
+            match self.update(update).await {
+                Ok(_) => return Ok(Ok(take)),
+                Err(e) if e.is_conditional() => {
                     // Another process leased meanwhile: read again.
                 }
+                Err(e) => return Err(e),
             }
         }
         // Busy: try again shortly.

@@ -674,7 +674,7 @@ async fn a_late_report_leaves_another_processs_probe_lease_alone() {
         threshold: 5,
         cooldown: Duration::from_secs(30),
     };
-    let until = || Instant::now() + Duration::from_secs(5);
+    let until = || tokio::time::Instant::now() + Duration::from_secs(5);
     for (n, health) in [Some(Health::Answered), Some(Health::Failed), None]
         .into_iter()
         .enumerate()
