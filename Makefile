@@ -11,7 +11,7 @@ WATCH_PORT ?= 9000
 EVENT ?= events/mixed-batch.json
 ARCH ?= arm64
 
-.PHONY: help tools test demo lint fmt watch invoke build destination fuzz bench
+.PHONY: help tools test demo lint fmt watch invoke build destination fuzz bench sim
 
 help:
 	@echo "make demo      the processor's main job, locally, end to end"
@@ -22,6 +22,7 @@ help:
 	@echo "make destination  a demo destination on 127.0.0.1:9100 for the sample events"
 	@echo "make build     release build for Lambda ($(ARCH)), zip in target/lambda"
 	@echo "make bench     benchmarks: table, bench/results.json, bench/chart.svg"
+	@echo "make sim       SEED=1 SIM_SECONDS=40: the fleet simulation at 10, 100 and 1,000 processes (docs/state.md)"
 	@echo "make fuzz      FUZZ_SECONDS=300: the body -> decision fuzzer, longer than the smoke in make test"
 
 tools:
@@ -32,7 +33,7 @@ demo: tools
 
 lint: tools
 	cargo fmt --all -- --check
-	cargo clippy --locked --all-targets -- -D warnings
+	cargo clippy --locked --all-targets --features aws-tests,sim -- -D warnings
 	cfn-lint template.yaml
 	SAM_CLI_TELEMETRY=0 .tools/sam/bin/sam validate --lint --template template.yaml
 	$(PYTHON) scripts/module-cycles.py
@@ -44,7 +45,14 @@ fmt:
 	cargo fmt --all
 
 test: lint
-	scripts/with-moto.sh cargo test --locked --features aws-tests
+	scripts/with-moto.sh cargo test --locked --features aws-tests,sim
+
+# The deterministic fleet simulation: a Markdown table of its figures;
+# fails if an invariant broke.
+SEED ?= 1
+SIM_SECONDS ?= 40
+sim:
+	cargo run --locked --release --features sim --bin retryq-sim -- --seed $(SEED) --seconds $(SIM_SECONDS) 10 100 1000
 
 # The function under `cargo lambda watch`, with a local SQS server on
 # 127.0.0.1:$(SQS_PORT) holding the queues the sample events name.

@@ -308,7 +308,7 @@ impl LocalBuckets {
                 }
             });
             match wait {
-                Ok(()) => break Token::Granted,
+                Ok(()) => break Token::Granted { spend_by: None },
                 Err((wait, waiting)) if tokio::time::Instant::now() + wait > until => {
                     break Token::Deferred(
                         wait + Duration::from_secs_f64(f64::from(waiting) / rate.rps),
@@ -382,17 +382,20 @@ mod tests {
         let far = Instant::now() + Duration::from_secs(60);
         let started = tokio::time::Instant::now();
         for _ in 0..6 {
-            assert_eq!(buckets.token("p", rate, far).await, Token::Granted);
+            assert_eq!(
+                buckets.token("p", rate, far).await,
+                Token::Granted { spend_by: None }
+            );
         }
         // Two at once, then one every half second.
         assert_eq!(started.elapsed(), Duration::from_secs(2));
         match buckets.token("p", rate, Instant::now()).await {
             Token::Deferred(wait) => assert!(wait >= Duration::from_millis(500), "{wait:?}"),
-            Token::Granted => panic!("no token was due"),
+            Token::Granted { .. } => panic!("no token was due"),
         }
         assert_eq!(
             buckets.token("other", rate, Instant::now()).await,
-            Token::Granted,
+            Token::Granted { spend_by: None },
             "each pattern has its own bucket"
         );
     }

@@ -116,6 +116,8 @@ pub mod policy;
 pub mod process;
 pub mod producer;
 pub mod queue;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod tls;
 #[cfg(feature = "processor")]
 pub mod trigger;

@@ -80,6 +80,19 @@ enum Ticket {
     Fleet(FleetTicket),
 }
 
+/// What admitted an attempt: the breaker's ticket, if there is a breaker,
+/// and the moment its rate token must be spent by, if a fleet lease gave
+/// it (§9's bound holds however long the wait before the request).
+#[derive(Default)]
+struct Pass {
+    ticket: Option<Ticket>,
+    spend_by: Option<tokio::time::Instant>,
+}
+
+/// How long a record waits when the table it needs does not answer: a
+/// rate token or a probe is not given without it.
+const TABLE_RETRY: Duration = Duration::from_secs(1);
+
 /// A one-line error of an attempt that got no answer (for the ledger).
 fn delivery_error(delivery: &crate::deliver::Delivery) -> Option<String> {
     match delivery {
@@ -261,28 +274,36 @@ type Decided = (
 /// The admission's word: go, with the breaker's ticket if there is one, or
 /// what was decided instead.
 enum Gate {
-    Go(Option<Ticket>),
+    Go(Pass),
     Decided(Decision),
 }
 
-/// The send gate of an attempt on the fleet breaker's ticket: right before
-/// each request goes out, a probe renews its lease and a request to a
-/// proven host checks that it still is (§12.7); the request is withheld
-/// when the ticket no longer admits it.
+/// The send gate of an attempt admitted by the fleet: right before each
+/// request goes out, its rate token must still be live, a probe renews
+/// its lease, and a request to a proven host checks that it still is
+/// (§12.7); the request is withheld when the pass no longer admits it.
 struct LeaseGate<'a> {
     processor: &'a Processor,
     batch: &'a Batch,
-    ticket: &'a FleetTicket,
+    ticket: Option<&'a FleetTicket>,
+    spend_by: Option<tokio::time::Instant>,
 }
 
 impl crate::deliver::SendGate for LeaseGate<'_> {
     fn open(&self) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send + '_>> {
         Box::pin(async move {
-            let Some(fleet) = self.processor.table(self.batch) else {
+            if self
+                .spend_by
+                .is_some_and(|by| tokio::time::Instant::now() >= by)
+            {
+                return false;
+            }
+            let (Some(ticket), Some(fleet)) = (self.ticket, self.processor.table(self.batch))
+            else {
                 return true;
             };
             let lease_for = self.processor.config.request_timeout + PROBE_LEASE_SLACK;
-            match fleet.still_admits(self.ticket, lease_for).await {
+            match fleet.still_admits(ticket, lease_for).await {
                 Ok(held) => held,
                 // The table failed: the batch goes on without it, as the
                 // breaker's fallback does.
@@ -351,7 +372,7 @@ enum Early {
     /// name its destination (admitted once read, as any record).
     NotAsked,
     /// Admitted, and the body read.
-    Admitted(Option<Ticket>),
+    Admitted(Pass),
     /// Deferred or refused before the body was read.
     Decided(Decision),
 }
@@ -360,7 +381,7 @@ enum Early {
 struct Attempted<'s, 'a> {
     settings: &'s Settings<'a>,
     attempt: Attempt,
-    ticket: Option<Ticket>,
+    pass: Pass,
     first_receive: bool,
     recorded_failures: Option<u32>,
 }
@@ -713,8 +734,13 @@ impl Processor {
         // (§12.5): a copy goes back, and this one is acknowledged.
         let mut carry = Box::pin(self.carry_due(record, d, attempted, false)).await;
         let table = self.table(batch);
+        // `Some(false)`: not written (the table failed, in this call or
+        // before in the batch); `None`: there is no ledger.
         let write = |entry: AttemptRecord| async move {
-            let fleet = table?;
+            self.fleet.as_ref()?;
+            let Some(fleet) = table else {
+                return Some(false);
+            };
             let written = Box::pin(fleet.record(&entry)).await;
             Some(
                 written
@@ -804,7 +830,7 @@ impl Processor {
             .await;
         let admitted_early = match early {
             Early::NotAsked => None,
-            Early::Admitted(ticket) => Some(ticket),
+            Early::Admitted(pass) => Some(pass),
             Early::Decided(decision) => return (Ok(decision), None, None),
         };
         let planned = self
@@ -813,17 +839,18 @@ impl Processor {
         let (message, attempt) = match planned {
             Ok(planned) => planned,
             Err(decided) => {
-                self.report(batch, admitted_early.flatten(), None).await;
+                let ticket = admitted_early.and_then(|p| p.ticket);
+                self.report(batch, ticket, None).await;
                 return (decided, None, None);
             }
         };
         let settings = settings.for_destination(&message.destination_url);
-        let ticket = match admitted_early {
-            Some(ticket) => ticket,
+        let pass = match admitted_early {
+            Some(pass) => pass,
             None => {
                 let url = &message.destination_url;
                 match Box::pin(self.admission(record, batch, url, &settings, &attempt)).await {
-                    Gate::Go(ticket) => ticket,
+                    Gate::Go(pass) => pass,
                     Gate::Decided(decision) => return (Ok(decision), None, None),
                 }
             }
@@ -831,7 +858,7 @@ impl Processor {
         let attempted = Attempted {
             settings: &settings,
             attempt,
-            ticket,
+            pass,
             first_receive,
             recorded_failures,
         };
@@ -873,7 +900,7 @@ impl Processor {
             };
             let attempt = record::attempt_unread(&settings, &unread);
             match Box::pin(self.admission(record, batch, &url, &settings, &attempt)).await {
-                Gate::Go(ticket) => early = Early::Admitted(ticket),
+                Gate::Go(pass) => early = Early::Admitted(pass),
                 Gate::Decided(decision) => return Early::Decided(decision),
             }
         }
@@ -993,28 +1020,49 @@ impl Processor {
         let rules = self.config.destination_policies.for_url(url);
         // A fleet-wide (or this process's) rate limit: no token in time
         // defers the record, using up no attempt.
+        let mut spend_by = None;
         if let Some((pattern, rate)) = rules.and_then(|r| Some((&r.pattern, r.rate?))) {
-            let until = self.wait_limit(batch);
-            let token = match self.table(batch) {
-                Some(fleet) => match Box::pin(fleet.token(pattern, rate, until.into())).await {
-                    Ok(token) => Some(token),
-                    Err(e) => self.without_table(batch, &e),
-                },
-                None => None,
-            };
-            let token = match token {
-                Some(token) => token,
-                None => Box::pin(self.buckets.token(pattern, rate, until)).await,
-            };
-            if let Token::Deferred(wait) = token {
-                let why = Deferral::RateLimited;
-                let deferred = self.deferred(record, batch, settings, *attempt, why, wait);
-                return Gate::Decided(deferred.await);
+            match Box::pin(self.token(batch, pattern, rate)).await {
+                Token::Granted { spend_by: by } => spend_by = by,
+                Token::Deferred(wait) => {
+                    let why = Deferral::RateLimited;
+                    let deferred = self.deferred(record, batch, settings, *attempt, why, wait);
+                    return Gate::Decided(deferred.await);
+                }
             }
         }
         let breaker = rules.and_then(|r| r.breaker).or(self.config.breaker);
-        self.breaker_gate(record, batch, url, breaker, settings, attempt)
+        match self
+            .breaker_gate(record, batch, url, breaker, settings, attempt)
             .await
+        {
+            Gate::Go(pass) => Gate::Go(Pass { spend_by, ..pass }),
+            decided => decided,
+        }
+    }
+
+    /// A token of `pattern`'s bucket: the fleet's when there is a table.
+    /// While the table fails, none: the rate is the fleet's, and one
+    /// process cannot know its share of it, so the record waits (using up
+    /// no attempt) rather than every process sending at the whole rate.
+    async fn token(
+        &self,
+        batch: &Batch,
+        pattern: &str,
+        rate: crate::policy::destinations::Rate,
+    ) -> Token {
+        let until = self.wait_limit(batch);
+        if self.fleet.is_none() {
+            return Box::pin(self.buckets.token(pattern, rate, until)).await;
+        }
+        let unanswered = Token::Deferred(TABLE_RETRY);
+        let Some(fleet) = self.table(batch) else {
+            return unanswered;
+        };
+        match Box::pin(fleet.token(pattern, rate, until.into())).await {
+            Ok(token) => token,
+            Err(e) => self.without_table(batch, &e).unwrap_or(unanswered),
+        }
     }
 
     /// The breaker's part of [`admission`](Self::admission) (`breaker`: the
@@ -1029,12 +1077,15 @@ impl Processor {
         attempt: &Attempt,
     ) -> Gate {
         let Some(breaker) = breaker else {
-            return Gate::Go(None);
+            return Gate::Go(Pass::default());
         };
         let host = host_key(url);
         let until = self.wait_limit(batch);
         match Box::pin(self.admit(batch, &host, breaker, until)).await {
-            Admitted::Go(ticket) => Gate::Go(ticket),
+            Admitted::Go(ticket) => Gate::Go(Pass {
+                ticket,
+                spend_by: None,
+            }),
             Admitted::Defer(wait) => {
                 let why = Deferral::BreakerOpen;
                 let deferred = self.deferred(record, batch, settings, *attempt, why, wait);
@@ -1064,7 +1115,7 @@ impl Processor {
         let Attempted {
             settings,
             mut attempt,
-            ticket,
+            pass,
             first_receive,
             mut recorded_failures,
         } = attempted;
@@ -1072,13 +1123,13 @@ impl Processor {
         // is held once, whatever the attempt sends.
         let body = message.take_body().map_err(|e| e.to_string());
         let started_at = SystemTime::now();
-        let deliver = self.deliver(batch, &message, body, &ticket);
+        let deliver = self.deliver(batch, &message, body, &pass);
         let read = self.ledger_read(batch, record, first_receive);
         let ((delivery, latency), read) = tokio::join!(deliver, read);
         if let Delivery::Withheld = delivery {
             // The lease was lost, or the host failed, while the request
             // waited: no attempt was made. Back in about a second.
-            self.report(batch, ticket, None).await;
+            self.report(batch, pass.ticket, None).await;
             let (why, wait) = (Deferral::BreakerOpen, Duration::from_secs(1));
             let deferred = self.deferred(record, batch, settings, attempt, why, wait);
             return (Ok(deferred.await), None, None);
@@ -1102,7 +1153,7 @@ impl Processor {
             )
         };
         let mut decision = conclude(&attempt);
-        self.report(batch, ticket, decision.health).await;
+        self.report(batch, pass.ticket, decision.health).await;
         if matches!(decision.action, Action::Retry { .. }) {
             // A retry must end before the queue's retention would delete the
             // message (§8.1): decide again, knowing the horizon.
@@ -1111,29 +1162,53 @@ impl Processor {
                 decision = conclude(&attempt);
             }
         }
-        let ledger = match (self.table(batch), recorded_failures) {
-            (Some(fleet), Some(failed_before)) => {
-                let failed = decision.label != Label::Delivered;
-                fleet.records(failed).then(|| AttemptRecord {
-                    id: message.id.clone(),
-                    sqs_message_id: record.message_id.clone(),
-                    attempt: decision.attempt,
-                    started: started_at,
-                    outcome: decision.label.as_str(),
-                    status: decision.status,
-                    latency,
-                    last_error: match &decision.action {
-                        Action::DeadLetter(d) => Some(d.last_error.clone()),
-                        _ => delivery_error(&delivery),
-                    },
-                    snippet: delivery.snippet().to_vec(),
-                    failed,
-                    failed_before,
-                })
-            }
-            _ => None,
-        };
+        let timing = (started_at, latency);
+        let ledger = self.ledger_entry(
+            record,
+            &message,
+            &decision,
+            &delivery,
+            timing,
+            recorded_failures,
+        );
         (Ok(decision), Some(latency), ledger)
+    }
+
+    /// The attempt's ledger entry, if the ledger records it. With a ledger,
+    /// every failed attempt gets one: when the read failed, with its count
+    /// by receives (more, never fewer, §12.6). The entry is then written,
+    /// or the record carried over with its count ([`settle`](Self::settle)).
+    fn ledger_entry(
+        &self,
+        record: &Record,
+        message: &crate::message::RetryMessage,
+        decision: &Decision,
+        delivery: &Delivery,
+        (started, latency): (SystemTime, Duration),
+        recorded_failures: Option<u32>,
+    ) -> Option<AttemptRecord> {
+        let failed = decision.label != Label::Delivered;
+        let failed_before = recorded_failures.unwrap_or_else(|| {
+            let before = Attempt::before(message.received_count, self.carried(record).attempts());
+            decision.attempt.saturating_sub(before.saturating_add(1))
+        });
+        let fleet = self.fleet.as_ref()?;
+        fleet.records(failed).then(|| AttemptRecord {
+            id: message.id.clone(),
+            sqs_message_id: record.message_id.clone(),
+            attempt: decision.attempt,
+            started,
+            outcome: decision.label.as_str(),
+            status: decision.status,
+            latency,
+            last_error: match &decision.action {
+                Action::DeadLetter(d) => Some(d.last_error.clone()),
+                _ => delivery_error(delivery),
+            },
+            snippet: delivery.snippet().to_vec(),
+            failed,
+            failed_before,
+        })
     }
 
     /// The failed attempts the ledger holds for a record received before,
@@ -1161,19 +1236,24 @@ impl Processor {
         batch: &Batch,
         message: &crate::message::RetryMessage,
         body: Result<Option<bytes::Bytes>, String>,
-        ticket: &Option<Ticket>,
+        pass: &Pass,
     ) -> (Delivery, Duration) {
         let started = Instant::now();
-        let delivery = match ticket {
-            Some(Ticket::Fleet(ticket)) => {
+        let ticket = match &pass.ticket {
+            Some(Ticket::Fleet(ticket)) => Some(ticket),
+            _ => None,
+        };
+        let delivery = match (ticket, pass.spend_by) {
+            (None, None) => self.deliverer.deliver_with_body(message, body).await,
+            (ticket, spend_by) => {
                 let gate = LeaseGate {
                     processor: self,
                     batch,
                     ticket,
+                    spend_by,
                 };
                 Box::pin(self.deliverer.deliver_gated(message, body, &gate)).await
             }
-            _ => self.deliverer.deliver_with_body(message, body).await,
         };
         (delivery, started.elapsed())
     }
@@ -1208,6 +1288,12 @@ impl Processor {
         settings: BreakerSettings,
         until: Instant,
     ) -> Admitted {
+        let Some(all) = &self.fleet else {
+            return match self.breakers.admit(host, settings).await {
+                Admission::Go(ticket) => Admitted::Go(Some(Ticket::Local(ticket))),
+                Admission::Open => Admitted::Refused,
+            };
+        };
         if let Some(fleet) = self.table(batch) {
             let lease_for = self.config.request_timeout + PROBE_LEASE_SLACK;
             match fleet.admit(host, settings, lease_for, until.into()).await {
@@ -1216,12 +1302,12 @@ impl Processor {
                 Err(e) => self.without_table::<()>(batch, &e),
             };
         }
-        match self.breakers.admit(host, settings).await {
-            Admission::Go(ticket) => Admitted::Go(Some(Ticket::Local(ticket))),
-            // With a ledger (the table failed only for this batch) the
-            // refusal still uses up no attempt.
-            Admission::Open if self.fleet.is_some() => Admitted::Defer(settings.cooldown),
-            Admission::Open => Admitted::Refused,
+        // The table fails: a host this process last saw proven needs no
+        // probe and goes on; any other waits for the table, so that no
+        // second probe goes out (§12.7). Neither uses up an attempt.
+        match all.last_known_proven(host) {
+            true => Admitted::Go(None),
+            false => Admitted::Defer(TABLE_RETRY),
         }
     }
 
@@ -1340,7 +1426,7 @@ impl Processor {
         if !batch.without_table.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 err = %e,
-                "state table unavailable: this batch goes on with per-process breakers and rate limits, and counts attempts by receives"
+                "state table unavailable: for the rest of this batch, records that need a rate token or a probe wait (using up no attempt), failed attempts are carried over with their count, and attempts are counted by receives"
             );
         }
         None

@@ -13,6 +13,7 @@
 //! once a second per host.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +41,8 @@ struct Host {
     reading: tokio::sync::Mutex<()>,
     /// Wakes records waiting while a local probe is out.
     answered: tokio::sync::Notify,
+    /// Failures in a row this process saw of the host while it was proven.
+    failed_here: std::sync::atomic::AtomicU32,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -117,6 +120,22 @@ impl Drop for FleetTicket {
     }
 }
 
+/// What became of a try at the probe lease.
+enum Probe {
+    /// This process holds it: the host's failures so far.
+    Taken(u32),
+    /// The breaker opened meanwhile: decide again.
+    LookAgain,
+    /// Another process probes: wait for news.
+    Wait,
+}
+
+/// Claims the right to try the probe lease for this process's records:
+/// `false` when another record of this process is trying or holds it.
+fn claim(state: &Host) -> bool {
+    !std::mem::replace(&mut lock(&state.view).probing_here, true)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -142,68 +161,23 @@ impl FleetState {
                 });
             }
             if view.proven && view.failures == 0 {
-                return Ok(FleetAdmission::Go(FleetTicket {
-                    host: state,
-                    key,
-                    lease: false,
-                    failures: 0,
-                    proven: true,
-                    settings,
-                    admitted_at: Instant::now(),
-                }));
+                return Ok(FleetAdmission::Go(self.ticket(state, key, settings, None)));
             }
             let watched = Arc::clone(&state);
             let notified = watched.answered.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let try_lease = {
-                let mut v = lock(&state.view);
-                !std::mem::replace(&mut v.probing_here, true)
-            };
-            if try_lease {
-                match self.take_probe(&key, settings, lease_for).await {
-                    Ok(Some(failures)) => {
-                        return Ok(FleetAdmission::Go(FleetTicket {
-                            host: state,
-                            key,
-                            lease: true,
-                            failures,
-                            proven: false,
-                            settings,
-                            admitted_at: Instant::now(),
-                        }))
+            // Only a lease free when last read is tried, and by one record
+            // of this process at a time: a lease held elsewhere is not
+            // contended with a write per waiting record.
+            if view.probe_until_ms < now && claim(&state) {
+                match self.try_probe(&state, &key, settings, lease_for).await? {
+                    Probe::Taken(failures) => {
+                        let ticket = self.ticket(state, key, settings, Some(failures));
+                        return Ok(FleetAdmission::Go(ticket));
                     }
-                    Ok(None) => {
-                        // Taken elsewhere, or just opened: look again.
-                        let item = self.get(&key, "state").await;
-                        {
-                            let mut v = lock(&state.view);
-                            v.probing_here = false;
-                            if let Ok(item) = &item {
-                                *v = View::of(item.as_ref());
-                            }
-                        }
-                        state.answered.notify_waiters();
-                        item?;
-                        let v = *lock(&state.view);
-                        if v.open_until_ms > self.now_ms() {
-                            continue;
-                        }
-                        if v.failures >= settings.threshold
-                            && v.open_until_ms == 0
-                            && v.probe_until_ms < self.now_ms()
-                        {
-                            // At its threshold but never opened (the process
-                            // that should have opened it stopped): open it.
-                            self.open(&key, settings, false).await?;
-                            continue;
-                        }
-                    }
-                    Err(e) => {
-                        lock(&state.view).probing_here = false;
-                        state.answered.notify_waiters();
-                        return Err(e);
-                    }
+                    Probe::LookAgain => continue,
+                    Probe::Wait => {}
                 }
             }
             // Someone probes: wait for news (here, or a second), within
@@ -218,6 +192,77 @@ impl FleetState {
             }
             let _ = tokio::time::timeout(left.min(FRESH), notified).await;
         }
+    }
+
+    fn ticket(
+        &self,
+        host: Arc<Host>,
+        key: String,
+        settings: BreakerSettings,
+        probe: Option<u32>,
+    ) -> FleetTicket {
+        FleetTicket {
+            host,
+            key,
+            lease: probe.is_some(),
+            failures: probe.unwrap_or(0),
+            proven: probe.is_none(),
+            settings,
+            admitted_at: Instant::now(),
+        }
+    }
+
+    /// Tries to take the probe lease this process has claimed: taken (the
+    /// host's failures so far), or what to do instead.
+    async fn try_probe(
+        &self,
+        state: &Host,
+        key: &str,
+        settings: BreakerSettings,
+        lease_for: Duration,
+    ) -> Result<Probe, StateError> {
+        let taken = self.take_probe(key, settings, lease_for).await;
+        let failures = match taken {
+            Ok(Some(failures)) => return Ok(Probe::Taken(failures)),
+            Ok(None) => None,
+            Err(e) => Some(e),
+        };
+        // Taken elsewhere, just opened, or the table failed: look again.
+        let item = match failures {
+            Some(e) => Err(e),
+            None => self.get(key, "state").await,
+        };
+        {
+            let mut v = lock(&state.view);
+            v.probing_here = false;
+            if let Ok(item) = &item {
+                *v = View::of(item.as_ref());
+            }
+        }
+        if item.is_err() {
+            state.answered.notify_waiters();
+        }
+        item?;
+        let v = *lock(&state.view);
+        let now = self.now_ms();
+        if v.open_until_ms > now {
+            return Ok(Probe::LookAgain);
+        }
+        if v.failures >= settings.threshold && v.open_until_ms == 0 && v.probe_until_ms < now {
+            // At its threshold but never opened (the process that should
+            // have opened it stopped): open it.
+            self.open(key, settings, false).await?;
+            return Ok(Probe::LookAgain);
+        }
+        Ok(Probe::Wait)
+    }
+
+    /// Did this process last see `host` proven, with no failure since? No
+    /// I/O: what a process may go on with while the table fails (a proven
+    /// host needs no probe, so no probe goes out without the table).
+    pub fn last_known_proven(&self, host: &str) -> bool {
+        let v = *lock(&self.hosts.host(host).view);
+        v.proven && v.failures == 0
     }
 
     /// Does the ticket still admit its request, now that it is about to be
@@ -277,7 +322,13 @@ impl FleetState {
         health: Option<Health>,
     ) -> Result<(), StateError> {
         let item = match (health, ticket.lease) {
-            (Some(Health::Answered), false) if ticket.proven => return Ok(()),
+            (Some(Health::Answered), false) if ticket.proven => {
+                ticket.host.failed_here.store(0, Ordering::Relaxed);
+                return Ok(());
+            }
+            (Some(Health::Failed), false) if ticket.proven => {
+                return self.report_failed_proven(ticket).await
+            }
             (Some(Health::Answered), _) => return self.report_answered(ticket).await,
             (Some(Health::Failed), true) => self.report_failed_probe(ticket).await?,
             (Some(Health::Failed), false) => self.report_failed(ticket).await?,
@@ -355,6 +406,23 @@ impl FleetState {
             Err(e) if e.is_conditional() => self.report_failed(ticket).await,
             Err(e) => Err(e),
         }
+    }
+
+    /// A proven host failed. Each process counts the failures it sees in a
+    /// row, and the one that reaches the threshold opens the breaker for
+    /// the fleet: a proven host costs no write per failure (thousands a
+    /// second at scale, on one item), and its requests are not held one at
+    /// a time by one failure among many answers. The others learn of the
+    /// opening within a second (their next read).
+    async fn report_failed_proven(&self, ticket: &FleetTicket) -> Result<(), StateError> {
+        let seen = ticket.host.failed_here.fetch_add(1, Ordering::Relaxed) + 1;
+        if seen < ticket.settings.threshold {
+            return Ok(());
+        }
+        ticket.host.failed_here.store(0, Ordering::Relaxed);
+        self.open(&ticket.key, ticket.settings, true).await?;
+        lock(&ticket.host.view).read_at = None;
+        Ok(())
     }
 
     /// One more failure: the count, and the host no longer proven.
@@ -451,7 +519,13 @@ impl FleetState {
                     Condition::AtMost("openUntil", n(now)),
                 ])),
                 returns: Returns::New,
-                ..state_update(key, vec![Change::Set("openUntil", n(until))])
+                ..state_update(
+                    key,
+                    vec![
+                        Change::Set("openUntil", n(until)),
+                        Change::Set("proven", AttributeValue::Bool(false)),
+                    ],
+                )
             })
             .await;
         match result {

@@ -21,8 +21,12 @@
 //!
 //! **Failure.** Every call is bounded in time. A call that fails returns a
 //! [`StateError`]; the processor then goes on without the table for the
-//! rest of that batch (per-process breaker and rate limits, attempts counted
-//! by receives) and says so once in the log.
+//! rest of that batch and says so once in the log: records that need a
+//! rate token or a probe wait (using up no attempt), a failed attempt is
+//! carried over with its count, and attempts are counted by receives.
+//!
+//! The table is a small trait ([`table::Table`]): DynamoDB in production,
+//! an in-memory table in the fleet simulation (`make sim`).
 
 pub mod breaker;
 pub mod dynamodb;

@@ -266,8 +266,13 @@ impl Entry {
 /// What became of a request for a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Token {
-    /// Go ahead.
-    Granted,
+    /// Go ahead, sending by `spend_by` if it is given (a fleet lease's
+    /// tokens are spent within its life or not at all, so that the fleet
+    /// keeps to `burst + rps × (t + 1)` however long the wait after the
+    /// token).
+    Granted {
+        spend_by: Option<tokio::time::Instant>,
+    },
     /// None before the record must answer: defer it for about this long.
     Deferred(Duration),
 }
@@ -281,6 +286,29 @@ pub fn refill(rate: Rate, tokens: f64, elapsed: Duration) -> f64 {
 /// Tokens leased at a time for `rate`.
 pub fn lease_size(rate: Rate) -> u32 {
     ((rate.rps * 0.2).ceil() as u32).clamp(1, rate.burst.max(1))
+}
+
+/// Requests a second one item of a bucket is sized for. Each lease is a
+/// read and a conditional write of the item, and DynamoDB takes about
+/// 1,000 writes a second on one: a rate above this is split into shards.
+pub const SHARD_RPS: f64 = 100.0;
+
+/// How many items a pattern's bucket is split into: one per [`SHARD_RPS`]
+/// of its rate, never more than its burst (each shard holds a token).
+pub fn shards(rate: Rate) -> u32 {
+    ((rate.rps / SHARD_RPS).ceil() as u32).clamp(1, rate.burst.max(1))
+}
+
+impl Rate {
+    /// One of `shards` equal parts of the rate: together they never send
+    /// more than the whole (`burst + rps × t`).
+    pub fn part(self, shards: u32) -> Rate {
+        let shards = shards.max(1);
+        Rate {
+            rps: self.rps / f64::from(shards),
+            burst: (self.burst / shards).max(1),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -398,6 +426,17 @@ mod tests {
             prop_assert!(full >= tokens.min(f64::from(burst)));
             let lease = lease_size(rate);
             prop_assert!(lease >= 1 && lease <= burst);
+        }
+
+        #[test]
+        fn a_buckets_shards_together_never_exceed_it(rps in 0.001f64..1_000_000.0, burst in 1u32..1_000_000) {
+            let rate = Rate { rps, burst };
+            let k = shards(rate);
+            let part = rate.part(k);
+            prop_assert!(k >= 1 && k <= burst);
+            prop_assert!(u64::from(part.burst) * u64::from(k) <= u64::from(burst));
+            prop_assert!(part.rps * f64::from(k) <= rps * (1.0 + 1e-12));
+            prop_assert!(part.rps <= SHARD_RPS || k == burst);
         }
     }
 }

@@ -202,14 +202,26 @@ async fn a_copy_received_before_its_next_try_only_hides_again() {
     dest.verify().await;
 }
 
-/// Refuses every `BatchWriteItem` (the ledger's writes), lets the rest
-/// through: a table that loses every attempt it is told about.
+/// Refuses the first `refusals` calls of one DynamoDB operation (the
+/// ledger's `BatchWriteItem` or `BatchGetItem`), lets the rest through.
 #[derive(Debug)]
-struct RefuseLedgerWrites;
+struct RefuseLedger {
+    operation: &'static str,
+    refusals: std::sync::atomic::AtomicU32,
+}
 
-impl aws_smithy_runtime_api::client::interceptors::Intercept for RefuseLedgerWrites {
+impl RefuseLedger {
+    fn refusing(operation: &'static str, refusals: u32) -> RefuseLedger {
+        RefuseLedger {
+            operation,
+            refusals: refusals.into(),
+        }
+    }
+}
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for RefuseLedger {
     fn name(&self) -> &'static str {
-        "RefuseLedgerWrites"
+        "RefuseLedger"
     }
 
     fn read_before_transmit(
@@ -218,27 +230,33 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for RefuseLedgerWri
         _components: &aws_sdk_dynamodb::config::RuntimeComponents,
         _cfg: &mut aws_sdk_dynamodb::config::ConfigBag,
     ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        use std::sync::atomic::Ordering;
         let target = context
             .request()
             .headers()
             .get("x-amz-target")
             .unwrap_or_default();
-        if target.ends_with("BatchWriteItem") {
-            return Err("the ledger refuses writes (test)".into());
+        let refuse = target.ends_with(self.operation)
+            && self
+                .refusals
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+        if refuse {
+            return Err(format!("the ledger refuses {} (test)", self.operation).into());
         }
         Ok(())
     }
 }
 
-/// §12.6: an attempt counts even when its ledger write fails. With
-/// `MAX_ATTEMPTS=3`, a state table that refuses every write and a
-/// destination that always fails, the destination gets 3 requests and
-/// the message is dead-lettered `attempts-exhausted`: each failed write
-/// carries the record over with its count.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_attempt_counts_when_its_ledger_write_fails() {
+/// With `MAX_ATTEMPTS=3`, a destination that always fails and a table
+/// whose client `refuse` intercepts: the requests the destination got, and
+/// the DLQ's letters.
+async fn attempts_with_a_refusing_ledger(
+    name: &str,
+    refuse: RefuseLedger,
+) -> (usize, Vec<aws_sdk_sqs::types::Message>) {
     let table = crate::fleet::state_table().await;
-    let (sqs, q, dlq, _) = with_dlq("carry-ledger", &[]).await;
+    let (sqs, q, dlq, _) = with_dlq(name, &[]).await;
     let config = config(&[
         ("DLQ_URL", dlq.url.as_str()),
         ("ALLOW_PRIVATE_DESTINATIONS", "true"),
@@ -251,7 +269,7 @@ async fn an_attempt_counts_when_its_ledger_write_fails() {
         crate::fleet::dynamodb()
             .config()
             .to_builder()
-            .interceptor(RefuseLedgerWrites)
+            .interceptor(refuse)
             .build(),
     );
     let fleet = retryq::fleet::FleetState::new(config.state.clone().unwrap(), dynamodb);
@@ -261,12 +279,7 @@ async fn an_attempt_counts_when_its_ledger_write_fails() {
             .with_fleet(fleet),
     );
     let dest = serving(ResponseTemplate::new(503)).await;
-    send(
-        &sqs,
-        &q,
-        &message("ledger-lost", &dest.uri(), serde_json::json!({})),
-    )
-    .await;
+    send(&sqs, &q, &message(name, &dest.uri(), serde_json::json!({}))).await;
 
     let started = Instant::now();
     let mut letters = Vec::new();
@@ -280,14 +293,41 @@ async fn an_attempt_counts_when_its_ledger_write_fails() {
         }
         letters = drain(&sqs, &dlq).await;
     }
+    (dest.received_requests().await.unwrap().len(), letters)
+}
 
-    assert_eq!(dest.received_requests().await.unwrap().len(), 3);
+fn assert_exhausted_after_three(requests: usize, letters: &[aws_sdk_sqs::types::Message]) {
+    assert_eq!(requests, 3);
     assert_eq!(letters.len(), 1, "dead-lettered");
     assert_eq!(
         attr(&letters[0], "FailureReason").as_deref(),
         Some("attempts-exhausted")
     );
     assert_eq!(attr(&letters[0], "AttemptCount").as_deref(), Some("3"));
+}
+
+/// §12.6: an attempt counts even when its ledger write fails. A table that
+/// refuses every write: each failed write carries the record over with its
+/// count, so the destination gets 3 requests and the message is
+/// dead-lettered `attempts-exhausted`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_counts_when_its_ledger_write_fails() {
+    let refuse = RefuseLedger::refusing("BatchWriteItem", u32::MAX);
+    let (requests, letters) = attempts_with_a_refusing_ledger("carry-ledger", refuse).await;
+    assert_exhausted_after_three(requests, &letters);
+}
+
+/// §12.6, found by the fleet simulation: an attempt made while the ledger
+/// could not be read (counted by receives) still counts once the table
+/// answers again. One `BatchGetItem` refused (the second receive's):
+/// without an entry for that attempt, the third receive would count from
+/// the one failure recorded before and the destination would get a 4th
+/// request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_counts_when_its_ledger_read_fails() {
+    let refuse = RefuseLedger::refusing("BatchGetItem", 1);
+    let (requests, letters) = attempts_with_a_refusing_ledger("carry-unread", refuse).await;
+    assert_exhausted_after_three(requests, &letters);
 }
 
 /// A `RetryqCarry` whose `notBefore` lies past the message's age (a broken

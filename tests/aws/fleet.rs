@@ -595,8 +595,12 @@ async fn a_missing_table_is_reported_once_per_batch_not_per_record() {
     );
 }
 
+/// While the table throttles every call, a rate token or a probe cannot
+/// be had: the fleet's rate and its one probe are not given up to
+/// per-process guesses (ten processes would send ten times the rate).
+/// Records wait, using up no attempt, and none is lost or dead-lettered.
 #[tokio::test]
-async fn a_throttling_table_slows_nothing_and_loses_nothing() {
+async fn a_throttling_table_holds_records_that_need_it_and_loses_nothing() {
     // A DynamoDB endpoint that throttles every call.
     let throttling = wiremock::MockServer::start().await;
     wiremock::Mock::given(wiremock::matchers::any())
@@ -648,16 +652,16 @@ async fn a_throttling_table_slows_nothing_and_loses_nothing() {
     let batch = receive_n(&sqs, &source, 10, Duration::from_secs(5)).await;
     assert_eq!(batch.len(), 10);
     let response = invoke_within(&p, &sqs, &source, &batch, 30).await;
-    assert_eq!(
-        failures(&response).len(),
-        5,
-        "the 503s are retried, the rest delivered"
-    );
-    assert_eq!(dest.delivered().len(), 5);
+    assert_eq!(failures(&response).len(), 10, "every record goes back");
+    assert_eq!(dest.requests(), 0, "no request without a token");
     assert!(
         !throttling.received_requests().await.unwrap().is_empty(),
         "the table was asked"
     );
+    // Back within about a second, and nothing dead-lettered.
+    let again = receive_n(&sqs, &source, 10, Duration::from_secs(10)).await;
+    assert_eq!(again.len(), 10, "every record is back in its queue");
+    assert_eq!(depth(&sqs, &dlq).await, (0, 0));
 }
 
 /// §12.7: a process reports and releases only the probe lease it holds. A
