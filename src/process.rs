@@ -1208,6 +1208,7 @@ impl Processor {
             snippet: delivery.snippet().to_vec(),
             failed,
             failed_before,
+            carried_from: self.carried(record).carry.map(|c| c.original_message_id),
         })
     }
 

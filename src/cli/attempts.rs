@@ -32,7 +32,17 @@ fn table_of(attempts: &[RecordedAttempt]) -> String {
         "{:>3}  {:<24}  {:<36}  {:<14}  {:>6}  {:>8}  {}\n",
         "#", "STARTED", "SQS MESSAGE", "OUTCOME", "STATUS", "LATENCY", "LAST ERROR"
     );
+    let mut copy = None;
     for a in attempts {
+        // The first attempt of each carried copy says where it came from.
+        if copy != Some(&a.sqs_message_id) {
+            copy = Some(&a.sqs_message_id);
+            if let Some(original) = &a.carried_from {
+                out.push_str(&format!(
+                    "     carried over: a copy of {original}, its count continued\n"
+                ));
+            }
+        }
         out.push_str(&format!(
             "{:>3}  {:<24}  {:<36}  {:<14}  {:>6}  {:>6}ms  {}\n",
             a.attempt,

@@ -39,6 +39,9 @@ pub struct AttemptRecord {
     pub failed: bool,
     /// The failed attempts recorded before this one.
     pub failed_before: u32,
+    /// A carried copy's first SQS message id (§12.5), when the attempt was
+    /// made on one.
+    pub carried_from: Option<String>,
 }
 
 /// One attempt, as `retryq attempts` shows it.
@@ -56,6 +59,10 @@ pub struct RecordedAttempt {
     pub last_error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_snippet: Option<String>,
+    /// Made on a carried copy of the message whose first SQS message id
+    /// this is (§12.5).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub carried_from: Option<String>,
 }
 
 impl FleetState {
@@ -95,6 +102,9 @@ impl FleetState {
         }
         if let Some(e) = &a.last_error {
             attempt.insert("lastError".into(), s(e));
+        }
+        if let Some(original) = &a.carried_from {
+            attempt.insert("carriedFrom".into(), s(original));
         }
         let snippet = &a.snippet[..a.snippet.len().min(self.settings.snippet_bytes)];
         if !snippet.is_empty() {
@@ -222,5 +232,6 @@ fn recorded(item: &Item) -> RecordedAttempt {
         latency_ms: number(item, "latencyMs").unwrap_or(0),
         last_error: string(item, "lastError").map(str::to_owned),
         response_snippet: string(item, "responseSnippet").map(str::to_owned),
+        carried_from: string(item, "carriedFrom").map(str::to_owned),
     }
 }

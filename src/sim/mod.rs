@@ -225,7 +225,7 @@ pub fn row(r: &Report) -> String {
     let (t, count, bound) = r.busiest_window;
     let broken = r.broken();
     format!(
-        "| {} | {} | {} | {} | {count} / {bound:.0} in {t} s | {} / {} | {} ({}) | {:.1} % | {} | {} |",
+        "| {} | {} | {} | {} | {count} / {bound:.0} in {t} s | {} / {} | {} ({}) | {} ({}) | {:.1} % | {} | {} |",
         r.scenario.processes,
         r.scenario.name,
         r.seed,
@@ -234,6 +234,8 @@ pub fn row(r: &Report) -> String {
         r.scenario.max_attempts,
         r.table.hottest_per_second,
         r.table.hottest_item,
+        r.table.hottest_writes_per_second,
+        r.table.hottest_written_item,
         100.0 * r.conditional_failed_share(),
         r.redriven,
         if broken.is_empty() {
@@ -245,4 +247,4 @@ pub fn row(r: &Report) -> String {
 }
 
 /// The table's header, matching [`row`].
-pub const HEADER: &str = "| N | table | seed | most probes in flight | most requests in a window / bound | most requests per message / MAX_ATTEMPTS | hottest item, requests/s | conditional writes failed | redriven | invariants |\n|---|---|---|---|---|---|---|---|---|---|";
+pub const HEADER: &str = "| N | table | seed | most probes in flight | most requests in a window / bound | most requests per message / MAX_ATTEMPTS | hottest item, requests/s | hottest item, writes/s | conditional writes failed | redriven | invariants |\n|---|---|---|---|---|---|---|---|---|---|---|";

@@ -284,5 +284,6 @@ fn attempt_record(r: &Received, number: u32, recorded: Option<u32>) -> AttemptRe
         snippet: Vec::new(),
         failed: true,
         failed_before: recorded.unwrap_or_else(|| number.saturating_sub(before + 1)),
+        carried_from: None,
     }
 }

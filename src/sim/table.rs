@@ -56,6 +56,10 @@ pub struct TableFigures {
     /// second, and that item's key.
     pub hottest_per_second: u32,
     pub hottest_item: String,
+    /// Writes on the busiest-written item in its busiest second (the
+    /// partition limit is about 1,000), and that item's key.
+    pub hottest_writes_per_second: u32,
+    pub hottest_written_item: String,
     pub conditional_writes: u64,
     pub conditional_failed: u64,
     pub throttled: u64,
@@ -171,7 +175,11 @@ impl State {
             return Err(Refusal::Throttled);
         }
         *count += 1;
-        let total = load.1 + load.2;
+        let (total, writes) = (load.1 + load.2, load.2);
+        if writes > self.figures.hottest_writes_per_second {
+            self.figures.hottest_writes_per_second = writes;
+            self.figures.hottest_written_item = format!("{}/{}", key.pk, key.sk);
+        }
         if total > self.figures.hottest_per_second {
             self.figures.hottest_per_second = total;
             self.figures.hottest_item = format!("{}/{}", key.pk, key.sk);

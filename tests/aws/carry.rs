@@ -250,11 +250,11 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for RefuseLedger {
 
 /// With `MAX_ATTEMPTS=3`, a destination that always fails and a table
 /// whose client `refuse` intercepts: the requests the destination got, and
-/// the DLQ's letters.
+/// the DLQ's letters, and the table.
 async fn attempts_with_a_refusing_ledger(
     name: &str,
     refuse: RefuseLedger,
-) -> (usize, Vec<aws_sdk_sqs::types::Message>) {
+) -> (usize, Vec<aws_sdk_sqs::types::Message>, String) {
     let table = crate::fleet::state_table().await;
     let (sqs, q, dlq, _) = with_dlq(name, &[]).await;
     let config = config(&[
@@ -293,7 +293,11 @@ async fn attempts_with_a_refusing_ledger(
         }
         letters = drain(&sqs, &dlq).await;
     }
-    (dest.received_requests().await.unwrap().len(), letters)
+    (
+        dest.received_requests().await.unwrap().len(),
+        letters,
+        table,
+    )
 }
 
 fn assert_exhausted_after_three(requests: usize, letters: &[aws_sdk_sqs::types::Message]) {
@@ -313,7 +317,7 @@ fn assert_exhausted_after_three(requests: usize, letters: &[aws_sdk_sqs::types::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attempt_counts_when_its_ledger_write_fails() {
     let refuse = RefuseLedger::refusing("BatchWriteItem", u32::MAX);
-    let (requests, letters) = attempts_with_a_refusing_ledger("carry-ledger", refuse).await;
+    let (requests, letters, _) = attempts_with_a_refusing_ledger("carry-ledger", refuse).await;
     assert_exhausted_after_three(requests, &letters);
 }
 
@@ -326,8 +330,15 @@ async fn an_attempt_counts_when_its_ledger_write_fails() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attempt_counts_when_its_ledger_read_fails() {
     let refuse = RefuseLedger::refusing("BatchGetItem", 1);
-    let (requests, letters) = attempts_with_a_refusing_ledger("carry-unread", refuse).await;
+    let (requests, letters, table) = attempts_with_a_refusing_ledger("carry-unread", refuse).await;
     assert_exhausted_after_three(requests, &letters);
+    // The unread attempt's record was carried over: `retryq attempts` shows
+    // the last attempt made on the carried copy, naming the first.
+    let rows = crate::fleet::attempts(&table, "carry-unread").await;
+    let last = rows.last().expect("attempts recorded");
+    let first_id = rows[0]["sqsMessageId"].as_str().unwrap();
+    assert_eq!(last["carriedFrom"].as_str(), Some(first_id), "{rows:#?}");
+    assert_eq!(last["attempt"], 3, "{rows:#?}");
 }
 
 /// A `RetryqCarry` whose `notBefore` lies past the message's age (a broken

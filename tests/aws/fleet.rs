@@ -48,7 +48,7 @@ fn fleet_processor(table: &str, dlq: &TestQueue, extra: &[(&str, &str)]) -> Arc<
 }
 
 /// `retryq attempts ID --json` against `table`.
-async fn attempts(table: &str, id: &str) -> Vec<serde_json::Value> {
+pub(crate) async fn attempts(table: &str, id: &str) -> Vec<serde_json::Value> {
     let out = run_retryq(&["attempts", id, "--json", "--state-table", table], &[])
         .await
         .success();
