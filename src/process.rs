@@ -1804,6 +1804,11 @@ impl Processor {
     /// Carries a record over: a copy into its queue (a payload's pointing
     /// to a fresh copy of its object, §12.1) with `RetryqCarry`, delayed by
     /// at most 900 s; the record is acknowledged only once the copy exists.
+    ///
+    /// With a table, a sent copy is marked under this SQS message id. If
+    /// the acknowledgement is lost and the record comes again, its copy is
+    /// not sent twice: the message goes on as one chain of copies, not two
+    /// that would each spend the remaining attempts.
     async fn carry_over(
         &self,
         record: &Record,
@@ -1811,6 +1816,12 @@ impl Processor {
         carry: &Carry,
         delay: Duration,
     ) -> Disposition {
+        if let Some(fleet) = &self.fleet {
+            if let Ok(true) = Box::pin(fleet.was_carried(&record.message_id)).await {
+                tracing::info!(id = %record.message_id, "carried over before: acknowledged, no second copy");
+                return Disposition::Carried { delay };
+            }
+        }
         let url = match self.queues.url_of(&record.source_queue_arn).await {
             Ok(url) => url,
             Err(e) => return Disposition::Unfinished(e.to_string()),
@@ -1829,7 +1840,14 @@ impl Processor {
             .queues
             .send_carried(&url, record, &body, &attribute, delay);
         match Box::pin(sent).await {
-            Ok(()) => Disposition::Carried { delay },
+            Ok(()) => {
+                if let Some(fleet) = &self.fleet {
+                    if let Err(e) = Box::pin(fleet.mark_carried(&record.message_id)).await {
+                        tracing::warn!(id = %record.message_id, error = %e, "carried over, but not marked: a lost acknowledgement would send a second copy");
+                    }
+                }
+                Disposition::Carried { delay }
+            }
             Err(e) => Disposition::Unfinished(e.to_string()),
         }
     }

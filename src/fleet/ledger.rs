@@ -8,7 +8,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::table::Key;
+use super::table::{Change, Key, Returns, Update};
 use super::{n, number, s, string, FleetState, Item, StateError};
 use crate::config::Ledger;
 
@@ -143,6 +143,26 @@ impl FleetState {
                 self.read_batch(ids)
             })
             .await
+    }
+
+    /// Marks an SQS message carried over (§12.5): its copy was sent.
+    pub async fn mark_carried(&self, sqs_message_id: &str) -> Result<(), StateError> {
+        let update = Update {
+            key: Key::new(format!("sqs#{sqs_message_id}"), "carried"),
+            changes: vec![Change::Set("ttl", self.ttl())],
+            condition: None,
+            returns: Returns::Nothing,
+        };
+        self.update(update).await.map(|_| ())
+    }
+
+    /// Was this SQS message carried over before (a copy sent, its
+    /// acknowledgement lost)?
+    pub async fn was_carried(&self, sqs_message_id: &str) -> Result<bool, StateError> {
+        let marked = self
+            .get(&format!("sqs#{sqs_message_id}"), "carried")
+            .await?;
+        Ok(marked.is_some())
     }
 
     /// Every recorded attempt of a Retry Message, oldest first.

@@ -248,13 +248,18 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for RefuseLedger {
     }
 }
 
-/// With `MAX_ATTEMPTS=3`, a destination that always fails and a table
-/// whose client `refuse` intercepts: the requests the destination got, and
-/// the DLQ's letters, and the table.
-async fn attempts_with_a_refusing_ledger(
+/// A queue, its DLQ, and a processor with `MAX_ATTEMPTS=3` and a state
+/// table whose client `refuse` intercepts; the table's name.
+async fn with_refusing_ledger(
     name: &str,
     refuse: RefuseLedger,
-) -> (usize, Vec<aws_sdk_sqs::types::Message>, String) {
+) -> (
+    aws_sdk_sqs::Client,
+    TestQueue,
+    TestQueue,
+    std::sync::Arc<retryq::process::Processor>,
+    String,
+) {
     let table = crate::fleet::state_table().await;
     let (sqs, q, dlq, _) = with_dlq(name, &[]).await;
     let config = config(&[
@@ -278,6 +283,17 @@ async fn attempts_with_a_refusing_ledger(
             .unwrap()
             .with_fleet(fleet),
     );
+    (sqs, q, dlq, p, table)
+}
+
+/// With `MAX_ATTEMPTS=3`, a destination that always fails and a table
+/// whose client `refuse` intercepts: the requests the destination got, and
+/// the DLQ's letters, and the table.
+async fn attempts_with_a_refusing_ledger(
+    name: &str,
+    refuse: RefuseLedger,
+) -> (usize, Vec<aws_sdk_sqs::types::Message>, String) {
+    let (sqs, q, dlq, p, table) = with_refusing_ledger(name, refuse).await;
     let dest = serving(ResponseTemplate::new(503)).await;
     send(&sqs, &q, &message(name, &dest.uri(), serde_json::json!({}))).await;
 

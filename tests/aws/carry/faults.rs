@@ -316,3 +316,37 @@ async fn a_copy_too_large_for_its_carry_keeps_the_retention_rule() {
         "the message is gone: no DLQ copy, no carried copy"
     );
 }
+
+/// A carried record whose acknowledgement is lost comes again (review
+/// finding F4). Its copy was marked in the table when sent, so the second
+/// handling acknowledges it without a second copy: one chain of copies,
+/// not two that would each spend the remaining attempts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_acknowledgement_after_a_carry_sends_no_second_copy() {
+    // Every ledger write refused: each failed attempt is carried over.
+    let refuse = RefuseLedger::refusing("BatchWriteItem", u32::MAX);
+    let (sqs, q, _dlq, p, _) = with_refusing_ledger("carry-lost-ack", refuse).await;
+    let dest = serving(ResponseTemplate::new(503)).await;
+    send(
+        &sqs,
+        &q,
+        &message("lost-ack", &dest.uri(), serde_json::json!({})),
+    )
+    .await;
+    let first = receive_n_hidden_for(&sqs, &q, 1, 1, Duration::from_secs(5)).await;
+    assert_eq!(first.len(), 1);
+    handle_unacknowledged(p.clone(), &q, &first).await;
+    // The original comes back (its answer was lost), beside its copy.
+    let both = receive_n_hidden_for(&sqs, &q, 2, 60, Duration::from_secs(10)).await;
+    assert_eq!(both.len(), 2, "the original and its copy");
+    let original: Vec<_> = both
+        .into_iter()
+        .filter(|m| m.message_id == first[0].message_id)
+        .collect();
+    assert_eq!(original.len(), 1, "the original came again");
+    invoke(&p, &sqs, &q, &original).await;
+    // The first copy is hidden: anything received now (a copy is delayed
+    // by its backoff, 1 s) would be a second one.
+    let again = receive_n_hidden_for(&sqs, &q, 1, 60, Duration::from_secs(4)).await;
+    assert!(again.is_empty(), "a second copy: {again:?}");
+}
