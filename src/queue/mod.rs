@@ -213,7 +213,8 @@ pub struct Queues {
     /// `ChangeMessageVisibilityBatch`.
     visibility: Gather<(String, i32), (), QueueError>,
     /// Dead letters, sent ten per `SendMessageBatch`.
-    dead_letters: Gather<Outgoing, (), QueueError>,
+    /// DLQ copies and carried copies, gathered per queue.
+    sends: Gather<Outgoing, (), QueueError>,
 }
 
 /// A message to send: body, String attributes, and for FIFO queues its
@@ -221,16 +222,20 @@ pub struct Queues {
 #[derive(Debug)]
 struct Outgoing {
     body: String,
-    attributes: Vec<(&'static str, String)>,
+    attributes: Vec<(String, MessageAttributeValue)>,
+    /// The body's and attributes' bytes, as SQS counts them.
+    size: usize,
     /// `AWSTraceHeader`, sent as the system attribute.
     trace: Option<String>,
     group: String,
     dedup: String,
+    /// `DelaySeconds`.
+    delay: Option<i32>,
 }
 
 impl Outgoing {
     fn size(&self) -> usize {
-        message_size(&self.body, &self.attributes)
+        self.size
     }
 }
 
@@ -302,7 +307,7 @@ impl Queues {
             limits: Mutex::new(HashMap::new()),
             limits_read: tokio::sync::Mutex::new(()),
             visibility: Gather::new("ChangeMessageVisibilityBatch", MAX_ENTRIES),
-            dead_letters: Gather::new("SendMessageBatch", MAX_ENTRIES),
+            sends: Gather::new("SendMessageBatch", MAX_ENTRIES),
         }
     }
 
@@ -523,13 +528,24 @@ impl Queues {
         };
         let outgoing = Outgoing {
             body: copy.body.to_owned(),
-            attributes,
+            size: message_size(copy.body, &attributes),
+            attributes: attributes
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), string(name, value)))
+                .collect(),
             trace: copy.trace_header.map(str::to_owned),
             group: copy.message_group_id.unwrap_or(DEFAULT_GROUP).to_owned(),
             dedup: copy.original_message_id.to_owned(),
+            delay: None,
         };
-        self.dead_letters
-            .submit(dlq_url, outgoing, |url, entries| async move {
+        self.submit(dlq_url, outgoing).await
+    }
+
+    /// Sends `outgoing` with the other messages for `queue_url` of the
+    /// moment, in `SendMessageBatch` calls.
+    async fn submit(&self, queue_url: &str, outgoing: Outgoing) -> Result<(), QueueError> {
+        self.sends
+            .submit(queue_url, outgoing, |url, entries| async move {
                 self.send_entries(&url, &entries).await
             })
             .await
@@ -577,16 +593,29 @@ impl Queues {
     }
 
     async fn send_one(&self, queue_url: &str, one: &Outgoing) -> Result<(), QueueError> {
-        self.send(
-            queue_url,
-            &one.body,
-            &one.attributes,
-            one.trace.as_deref(),
-            &one.group,
-            &one.dedup,
-        )
-        .await
-        .map(drop)
+        let mut send = self
+            .client()
+            .await
+            .send_message()
+            .queue_url(queue_url)
+            .message_body(&one.body)
+            .set_message_attributes(Some(one.attributes.iter().cloned().collect()))
+            .set_delay_seconds(one.delay);
+        if let Some(trace) = &one.trace {
+            send = send.message_system_attributes(
+                MessageSystemAttributeNameForSends::AwsTraceHeader,
+                trace_attribute(trace),
+            );
+        }
+        if is_fifo(queue_url) {
+            send = send
+                .message_group_id(&one.group)
+                .message_deduplication_id(dedup_id(&one.dedup));
+        }
+        send.send()
+            .await
+            .map(drop)
+            .map_err(|e| QueueError::sqs("SendMessage", e))
     }
 
     async fn send_batch(&self, queue_url: &str, run: &[Outgoing]) -> Vec<Result<(), QueueError>> {
@@ -598,10 +627,9 @@ impl Queues {
             .map(|(i, m)| {
                 let mut entry = SendMessageBatchRequestEntry::builder()
                     .id(i.to_string())
-                    .message_body(&m.body);
-                for (name, value) in &m.attributes {
-                    entry = entry.message_attributes(*name, string(name, value));
-                }
+                    .message_body(&m.body)
+                    .set_message_attributes(Some(m.attributes.iter().cloned().collect()))
+                    .set_delay_seconds(m.delay);
                 if fifo {
                     entry = entry
                         .message_group_id(&m.group)
@@ -664,7 +692,9 @@ impl Queues {
     /// Carries a record over (§12.5): a copy of it into the same queue,
     /// `body` (the record's, or a pointer to a fresh copy of its payload),
     /// its message attributes with `RetryqCarry` set to `carry`, its trace
-    /// and its `MessageGroupId`, delayed by `delay` (at most SQS's 900 s).
+    /// and its `MessageGroupId`, delayed by `delay` (at most SQS's 900 s);
+    /// one `SendMessageBatch` entry, gathered with the other copies of the
+    /// moment for that queue.
     pub async fn send_carried(
         &self,
         queue_url: &str,
@@ -675,39 +705,37 @@ impl Queues {
     ) -> Result<(), QueueError> {
         use crate::batch::AttributeValue;
         let carry_name = crate::policy::carry::CARRY_ATTRIBUTE;
-        let mut send = self
-            .client()
-            .await
-            .send_message()
-            .queue_url(queue_url)
-            .message_body(body)
-            .delay_seconds(i32::try_from(delay.as_secs().min(900)).unwrap_or(900))
-            .message_attributes(carry_name, string(carry_name, carry))
-            .set_message_group_id(record.message_group_id.clone());
+        let mut attributes = vec![(carry_name.to_owned(), string(carry_name, carry))];
+        let mut size = body.len() + carry_name.len() + "String".len() + carry.len();
         for a in record
             .message_attributes
             .iter()
             .filter(|a| a.name != carry_name)
         {
             let value = MessageAttributeValue::builder().data_type(&a.data_type);
-            let value = match &a.value {
-                AttributeValue::Text(text) => value.string_value(text),
-                AttributeValue::Bytes(bytes) => {
-                    value.binary_value(aws_sdk_sqs::primitives::Blob::new(bytes.clone()))
-                }
+            let (value, len) = match &a.value {
+                AttributeValue::Text(text) => (value.string_value(text), text.len()),
+                AttributeValue::Bytes(bytes) => (
+                    value.binary_value(aws_sdk_sqs::primitives::Blob::new(bytes.clone())),
+                    bytes.len(),
+                ),
             };
-            send = send.message_attributes(&a.name, value.build().expect("data_type is set"));
+            size += a.name.len() + a.data_type.len() + len;
+            attributes.push((a.name.clone(), value.build().expect("data_type is set")));
         }
-        if let Some(trace) = &record.trace_header {
-            send = send.message_system_attributes(
-                MessageSystemAttributeNameForSends::AwsTraceHeader,
-                trace_attribute(trace),
-            );
-        }
-        send.send()
-            .await
-            .map(drop)
-            .map_err(|e| QueueError::sqs("SendMessage", e))
+        let outgoing = Outgoing {
+            body: body.to_owned(),
+            attributes,
+            size,
+            trace: record.trace_header.clone(),
+            group: record
+                .message_group_id
+                .clone()
+                .unwrap_or_else(|| DEFAULT_GROUP.to_owned()),
+            dedup: record.message_id.clone(),
+            delay: Some(i32::try_from(delay.as_secs().min(900)).unwrap_or(900)),
+        };
+        self.submit(queue_url, outgoing).await
     }
 
     /// Sets the visibility of many messages of one queue, ten per call.

@@ -129,3 +129,48 @@ async fn a_refused_visibility_entry_fails_only_its_record() {
         }
     }
 }
+
+/// Carried copies (§12.5) go out as `SendMessageBatch` entries, gathered
+/// like the other SQS actions: ten records carried over at once (a redrive
+/// policy of `maxReceiveCount` 2 makes the first failure's retry a carry)
+/// take far fewer calls than records, and each copy keeps its attributes.
+#[tokio::test]
+async fn carried_copies_are_sent_several_per_sqs_call() {
+    let sqs = sqs();
+    let redrive_dlq = queue(&sqs, "batched-carry-redrive").await;
+    let policy = format!(
+        "{{\"deadLetterTargetArn\":\"{}\",\"maxReceiveCount\":\"2\"}}",
+        redrive_dlq.arn
+    );
+    let source = queue_with(&sqs, "batched-carry", &[("RedrivePolicy", &policy)]).await;
+    let dlq = queue(&sqs, "batched-carry-dlq").await;
+    let busy = answering(503).await;
+    let bodies: Vec<String> = (0..10)
+        .map(|i| message(&format!("c-{i}"), &busy.uri(), serde_json::json!({})))
+        .collect();
+    send_batch(&sqs, &source, &bodies).await;
+    let received = receive_n(&sqs, &source, 10, Duration::from_secs(20)).await;
+    assert_eq!(received.len(), 10);
+    let proxy = SqsProxy::start(endpoint(), None).await;
+    let p = processor_via(&proxy, &dlq);
+
+    let response = invoke(&p, &sqs, &source, &received).await;
+
+    assert!(failures(&response).is_empty(), "every record carried over");
+    let counts = proxy.counts();
+    assert_eq!(proxy.count("SendMessage"), 0, "no single send: {counts:?}");
+    assert!(
+        (1..=5).contains(&proxy.count("SendMessageBatch")),
+        "10 copies in at most 5 calls: {counts:?}"
+    );
+    let copies = receive_n(&sqs, &source, 10, Duration::from_secs(20)).await;
+    assert_eq!(copies.len(), 10, "every copy is in the queue");
+    for copy in &copies {
+        let carry = copy
+            .message_attributes()
+            .and_then(|a| a.get(retryq::policy::carry::CARRY_ATTRIBUTE))
+            .and_then(|v| v.string_value())
+            .expect("RetryqCarry");
+        assert!(carry.contains("\"attempts\":1"), "{carry}");
+    }
+}
