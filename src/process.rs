@@ -80,6 +80,16 @@ enum Ticket {
     Fleet(FleetTicket),
 }
 
+/// Was the attempt counted in the ledger before it was made?
+enum CountedFirst {
+    /// Not needed: no ledger, or the record can be carried over.
+    No,
+    /// Counted; the failures recorded before it.
+    Yes(u32),
+    /// It had to be and could not: the record waits.
+    Failed,
+}
+
 /// What admitted an attempt: the breaker's ticket, if there is a breaker,
 /// and the moment its rate token must be spent by, if a fleet lease gave
 /// it (§9's bound holds however long the wait before the request).
@@ -1119,6 +1129,24 @@ impl Processor {
             first_receive,
             mut recorded_failures,
         } = attempted;
+        let counted = Box::pin(self.count_first(batch, record, &message, first_receive)).await;
+        let first_receive = match counted {
+            CountedFirst::No => first_receive,
+            CountedFirst::Yes(failed) => {
+                recorded_failures = Some(failed);
+                let carried = self.carried(record);
+                let before = Attempt::before(message.received_count, carried.attempts());
+                attempt.number = Attempt::from_ledger(before, failed, carried.receive_count);
+                // Nothing left to read while the request is in flight.
+                true
+            }
+            CountedFirst::Failed => {
+                self.report(batch, pass.ticket, None).await;
+                let (why, wait) = (Deferral::Uncountable, TABLE_RETRY);
+                let deferred = self.deferred(record, batch, settings, attempt, why, wait);
+                return (Ok(deferred.await), None, None);
+            }
+        };
         // The body moves out of the message into the request: a large one
         // is held once, whatever the attempt sends.
         let body = message.take_body().map_err(|e| e.to_string());
@@ -1210,6 +1238,43 @@ impl Processor {
             failed_before,
             carried_from: self.carried(record).carry.map(|c| c.original_message_id),
         })
+    }
+
+    /// With a ledger, a record that cannot be carried over (§12.5: a FIFO
+    /// queue, ten attributes, too large, its queue's limits unknown) holds
+    /// no count of its own, so its attempt is counted in the ledger before
+    /// it is made (§12.6): its failures read, then the counter set one
+    /// ahead. A record that can be carried over is counted after, as any.
+    async fn count_first(
+        &self,
+        batch: &Batch,
+        record: &Record,
+        message: &crate::message::RetryMessage,
+        first_receive: bool,
+    ) -> CountedFirst {
+        if self.fleet.is_none() {
+            return CountedFirst::No;
+        }
+        let limits = self.source_limits(record).await;
+        if limits.is_some_and(|l| can_carry(record, &l)) {
+            return CountedFirst::No;
+        }
+        let Some(fleet) = self.table(batch) else {
+            return CountedFirst::Failed;
+        };
+        let failed = match self.ledger_read(batch, record, first_receive).await {
+            None => 0,
+            Some(Some(failed)) => failed,
+            Some(None) => return CountedFirst::Failed,
+        };
+        let counted = fleet.count_first(&record.message_id, &message.id, failed.saturating_add(1));
+        match Box::pin(counted).await {
+            Ok(()) => CountedFirst::Yes(failed),
+            Err(e) => {
+                self.without_table::<()>(batch, &e);
+                CountedFirst::Failed
+            }
+        }
     }
 
     /// The failed attempts the ledger holds for a record received before,

@@ -145,6 +145,35 @@ impl FleetState {
             .await
     }
 
+    /// Counts an attempt before it is made (§12.6): the SQS message's
+    /// failure counter set to `failed`, as if the attempt had failed. For a
+    /// record that cannot hold its own count (it cannot be carried over):
+    /// a write that fails after the attempt can then not leave it
+    /// uncounted. A delivery after it leaves the counter one ahead, which
+    /// counts more, never fewer.
+    pub async fn count_first(
+        &self,
+        sqs_message_id: &str,
+        id: &str,
+        failed: u32,
+    ) -> Result<(), StateError> {
+        let counter: Item = [
+            ("pk", s(format!("sqs#{sqs_message_id}"))),
+            ("sk", s("failures")),
+            ("failed", n(failed)),
+            ("id", s(id)),
+            ("ttl", self.ttl()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        self.writes
+            .submit(&self.settings.table, vec![counter], |_, entries| {
+                self.write_batch(entries)
+            })
+            .await
+    }
+
     /// Marks an SQS message carried over (§12.5): its copy was sent.
     pub async fn mark_carried(&self, sqs_message_id: &str) -> Result<(), StateError> {
         let update = Update {

@@ -533,6 +533,9 @@ pub enum Deferral {
     BreakerOpen,
     /// No rate-limit token could be had before the batch must answer.
     RateLimited,
+    /// A record that holds no count of its own (it cannot be carried over)
+    /// could not have its attempt counted in the ledger first (§12.6).
+    Uncountable,
 }
 
 /// A record put back unattempted for about `wait`. With an attempt ledger
@@ -550,6 +553,10 @@ pub fn defer(
     let (label, error) = match why {
         Deferral::BreakerOpen => (Label::CircuitOpen, "circuit breaker open: not attempted"),
         Deferral::RateLimited => (Label::RateLimited, "rate limit: deferred, not attempted"),
+        Deferral::Uncountable => (
+            Label::CircuitOpen,
+            "state table unavailable: the attempt could not be counted first, not attempted",
+        ),
     };
     // Whole seconds (SQS's unit), rounded up, and at least one so a
     // deferred record does not come straight back.

@@ -203,11 +203,13 @@ async fn a_copy_received_before_its_next_try_only_hides_again() {
 }
 
 /// Refuses the first `refusals` calls of one DynamoDB operation (the
-/// ledger's `BatchWriteItem` or `BatchGetItem`), lets the rest through.
+/// ledger's `BatchWriteItem` or `BatchGetItem`), or every other one, and
+/// lets the rest through.
 #[derive(Debug)]
 struct RefuseLedger {
     operation: &'static str,
     refusals: std::sync::atomic::AtomicU32,
+    every_other: Option<std::sync::atomic::AtomicU32>,
 }
 
 impl RefuseLedger {
@@ -215,6 +217,15 @@ impl RefuseLedger {
         RefuseLedger {
             operation,
             refusals: refusals.into(),
+            every_other: None,
+        }
+    }
+
+    /// Lets the first call through, refuses the second, and so on.
+    fn refusing_every_other(operation: &'static str) -> RefuseLedger {
+        RefuseLedger {
+            every_other: Some(0.into()),
+            ..RefuseLedger::refusing(operation, 0)
         }
     }
 }
@@ -236,11 +247,16 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for RefuseLedger {
             .headers()
             .get("x-amz-target")
             .unwrap_or_default();
+        let alternate =
+            |calls: &std::sync::atomic::AtomicU32| calls.fetch_add(1, Ordering::SeqCst) % 2 == 1;
         let refuse = target.ends_with(self.operation)
-            && self
-                .refusals
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
+            && match &self.every_other {
+                Some(calls) => alternate(calls),
+                None => self
+                    .refusals
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok(),
+            };
         if refuse {
             return Err(format!("the ledger refuses {} (test)", self.operation).into());
         }
@@ -253,6 +269,7 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for RefuseLedger {
 async fn with_refusing_ledger(
     name: &str,
     refuse: RefuseLedger,
+    fifo: bool,
 ) -> (
     aws_sdk_sqs::Client,
     TestQueue,
@@ -261,7 +278,10 @@ async fn with_refusing_ledger(
     String,
 ) {
     let table = crate::fleet::state_table().await;
-    let (sqs, q, dlq, _) = with_dlq(name, &[]).await;
+    let (sqs, mut q, dlq, _) = with_dlq(name, &[]).await;
+    if fifo {
+        q = crate::fifo::fifo_queue(&sqs, name).await;
+    }
     let config = config(&[
         ("DLQ_URL", dlq.url.as_str()),
         ("ALLOW_PRIVATE_DESTINATIONS", "true"),
@@ -293,7 +313,7 @@ async fn attempts_with_a_refusing_ledger(
     name: &str,
     refuse: RefuseLedger,
 ) -> (usize, Vec<aws_sdk_sqs::types::Message>, String) {
-    let (sqs, q, dlq, p, table) = with_refusing_ledger(name, refuse).await;
+    let (sqs, q, dlq, p, table) = with_refusing_ledger(name, refuse, false).await;
     let dest = serving(ResponseTemplate::new(503)).await;
     send(&sqs, &q, &message(name, &dest.uri(), serde_json::json!({}))).await;
 

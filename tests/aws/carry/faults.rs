@@ -325,7 +325,7 @@ async fn a_copy_too_large_for_its_carry_keeps_the_retention_rule() {
 async fn a_lost_acknowledgement_after_a_carry_sends_no_second_copy() {
     // Every ledger write refused: each failed attempt is carried over.
     let refuse = RefuseLedger::refusing("BatchWriteItem", u32::MAX);
-    let (sqs, q, _dlq, p, _) = with_refusing_ledger("carry-lost-ack", refuse).await;
+    let (sqs, q, _dlq, p, _) = with_refusing_ledger("carry-lost-ack", refuse, false).await;
     let dest = serving(ResponseTemplate::new(503)).await;
     send(
         &sqs,
@@ -349,4 +349,38 @@ async fn a_lost_acknowledgement_after_a_carry_sends_no_second_copy() {
     // by its backoff, 1 s) would be a second one.
     let again = receive_n_hidden_for(&sqs, &q, 1, 60, Duration::from_secs(4)).await;
     assert!(again.is_empty(), "a second copy: {again:?}");
+}
+
+/// §12.6 for a record that cannot be carried over (review finding F3): on
+/// a FIFO queue a failed ledger write cannot hand the count to a copy, so
+/// the attempt is counted in the ledger before it is made. Every other
+/// `BatchWriteItem` refused (each attempt's entry after it): with
+/// `MAX_ATTEMPTS=3` the destination still gets 3 requests, and the
+/// message is dead-lettered `attempts-exhausted`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_attempt_counts_when_its_ledger_write_fails_after_it() {
+    let refuse = RefuseLedger::refusing_every_other("BatchWriteItem");
+    let (sqs, q, dlq, p, _) = with_refusing_ledger("carry-fifo-count", refuse, true).await;
+    let dest = serving(ResponseTemplate::new(503)).await;
+    sqs.send_message()
+        .queue_url(&q.url)
+        .message_body(message("fifo-count", &dest.uri(), serde_json::json!({})))
+        .message_group_id("g")
+        .send()
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    let mut letters = Vec::new();
+    while letters.is_empty()
+        && started.elapsed() < Duration::from_secs(60)
+        && dest.received_requests().await.unwrap().len() <= 6
+    {
+        let received = receive_n_hidden_for(&sqs, &q, 1, 1, Duration::from_secs(3)).await;
+        if !received.is_empty() {
+            invoke_within(&p, &sqs, &q, &received, 30).await;
+        }
+        letters = drain(&sqs, &dlq).await;
+    }
+    assert_exhausted_after_three(dest.received_requests().await.unwrap().len(), &letters);
 }
