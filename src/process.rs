@@ -99,9 +99,11 @@ struct Pass {
     spend_by: Option<tokio::time::Instant>,
 }
 
-/// How long a record waits when the table it needs does not answer: a
-/// rate token or a probe is not given without it.
-const TABLE_RETRY: Duration = Duration::from_secs(1);
+/// How long a record waits when the table it needs does not answer
+/// ([`record::table_retry`]).
+fn table_retry(record: &Record) -> Duration {
+    record::table_retry(record.receive_count)
+}
 
 /// A one-line error of an attempt that got no answer (for the ledger).
 fn delivery_error(delivery: &crate::deliver::Delivery) -> Option<String> {
@@ -316,8 +318,13 @@ impl crate::deliver::SendGate for LeaseGate<'_> {
             match fleet.still_admits(ticket, lease_for).await {
                 Ok(held) => held,
                 // The table failed: the batch goes on without it, as the
-                // breaker's fallback does.
-                Err(e) => self.processor.without_table(self.batch, &e).unwrap_or(true),
+                // breaker's fallback does. A probe whose renewal failed
+                // may have lost its lease: it is withheld (another may be
+                // in flight); a request to a proven host goes.
+                Err(e) => {
+                    self.processor.without_table::<()>(self.batch, &e);
+                    !ticket.is_probe()
+                }
             }
         })
     }
@@ -819,6 +826,9 @@ impl Processor {
         if let Some(decision) = self.not_yet_due(record, batch) {
             return (Ok(decision), None, None);
         }
+        if let Some(decision) = Box::pin(self.duplicate_copy(record, batch)).await {
+            return (Ok(decision), None, None);
+        }
         let has_profile = |p: &str| self.deliverer.has_profile(p);
         let settings = Settings::new(&self.config.retry, &has_profile)
             .with_destinations(&self.config.destination_policies);
@@ -1032,7 +1042,7 @@ impl Processor {
         // defers the record, using up no attempt.
         let mut spend_by = None;
         if let Some((pattern, rate)) = rules.and_then(|r| Some((&r.pattern, r.rate?))) {
-            match Box::pin(self.token(batch, pattern, rate)).await {
+            match Box::pin(self.token(record, batch, pattern, rate)).await {
                 Token::Granted { spend_by: by } => spend_by = by,
                 Token::Deferred(wait) => {
                     let why = Deferral::RateLimited;
@@ -1057,6 +1067,7 @@ impl Processor {
     /// no attempt) rather than every process sending at the whole rate.
     async fn token(
         &self,
+        record: &Record,
         batch: &Batch,
         pattern: &str,
         rate: crate::policy::destinations::Rate,
@@ -1065,7 +1076,7 @@ impl Processor {
         if self.fleet.is_none() {
             return Box::pin(self.buckets.token(pattern, rate, until)).await;
         }
-        let unanswered = Token::Deferred(TABLE_RETRY);
+        let unanswered = Token::Deferred(table_retry(record));
         let Some(fleet) = self.table(batch) else {
             return unanswered;
         };
@@ -1091,7 +1102,7 @@ impl Processor {
         };
         let host = host_key(url);
         let until = self.wait_limit(batch);
-        match Box::pin(self.admit(batch, &host, breaker, until)).await {
+        match Box::pin(self.admit(record, batch, &host, breaker, until)).await {
             Admitted::Go(ticket) => Gate::Go(Pass {
                 ticket,
                 spend_by: None,
@@ -1142,7 +1153,7 @@ impl Processor {
             }
             CountedFirst::Failed => {
                 self.report(batch, pass.ticket, None).await;
-                let (why, wait) = (Deferral::Uncountable, TABLE_RETRY);
+                let (why, wait) = (Deferral::Uncountable, table_retry(record));
                 let deferred = self.deferred(record, batch, settings, attempt, why, wait);
                 return (Ok(deferred.await), None, None);
             }
@@ -1349,6 +1360,7 @@ impl Processor {
     /// is a table (falling back to this process's if it fails).
     async fn admit(
         &self,
+        record: &Record,
         batch: &Batch,
         host: &str,
         settings: BreakerSettings,
@@ -1373,7 +1385,7 @@ impl Processor {
         // second probe goes out (§12.7). Neither uses up an attempt.
         match all.last_known_proven(host) {
             true => Admitted::Go(None),
-            false => Admitted::Defer(TABLE_RETRY),
+            false => Admitted::Defer(table_retry(record)),
         }
     }
 
@@ -1416,15 +1428,46 @@ impl Processor {
         };
         let first_sent = carry.as_ref().map(Carry::first_sent_at).or(record.sent_at);
         // A copy delayed past SQS's 900 s may be received before it is due,
-        // and hidden again: that one receive is not an attempt.
+        // and hidden again: that one receive is not an attempt. A copy due
+        // within 900 s of being sent was delayed until then (rounded up),
+        // so a first receive a little before `notBefore` (clocks differ)
+        // was an attempt.
+        let beyond_delay = |c: &Carry| {
+            record.sent_at.is_some_and(|sent| {
+                c.not_before_at()
+                    .duration_since(sent)
+                    .is_ok_and(|d| d > Duration::from_secs(901))
+            })
+        };
         let early = carry
             .as_ref()
             .zip(record.first_received_at)
-            .is_some_and(|(c, first)| first < c.not_before_at());
+            .is_some_and(|(c, first)| first < c.not_before_at() && beyond_delay(c));
         Carried {
             receive_count: record.receive_count.saturating_sub(u32::from(early)).max(1),
             age_limit: first_sent.and_then(|at| at.checked_add(self.config.max_age)),
             carry,
+        }
+    }
+
+    /// A second copy made from the same message (§12.5: the first was
+    /// sent, and the acknowledgement lost): acknowledged without an attempt,
+    /// so the message goes on as one chain of copies. With a table only;
+    /// the first copy handled claims the chain, with a conditional write.
+    async fn duplicate_copy(&self, record: &Record, batch: &Batch) -> Option<Decision> {
+        let fleet = self.table(batch)?;
+        let carry = self.carried(record).carry?;
+        let from = carry.from.as_deref()?;
+        match Box::pin(fleet.claim_copy(from, &record.message_id)).await {
+            Ok(true) => None,
+            Ok(false) => Some(Decision {
+                attempt: carry.attempts,
+                label: Label::DuplicateCopy,
+                status: None,
+                action: Action::Ack,
+                health: None,
+            }),
+            Err(e) => self.without_table(batch, &e),
         }
     }
 
@@ -2016,6 +2059,10 @@ fn panic_message(payload: Box<dyn Any + Send>) -> String {
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic without a message".into())
 }
+
+#[cfg(all(test, feature = "sim"))]
+#[path = "process_gate_tests.rs"]
+mod gate_tests;
 
 #[cfg(test)]
 mod tests {

@@ -503,7 +503,8 @@ impl FleetState {
     }
 
     /// Opens the breaker unless it is open already (one process does, and
-    /// says so).
+    /// says so). The host is then at its threshold, not proven: after the
+    /// cool-down one probe goes out, and its failure opens it again.
     async fn open(
         &self,
         key: &str,
@@ -524,6 +525,7 @@ impl FleetState {
                     vec![
                         Change::Set("openUntil", n(until)),
                         Change::Set("proven", AttributeValue::Bool(false)),
+                        Change::Set("failures", n(settings.threshold)),
                     ],
                 )
             })

@@ -182,6 +182,10 @@ pub enum Label {
     /// A redelivery of a record whose payload is marked dead-lettered: its
     /// DLQ copy exists; acknowledged without an attempt.
     AlreadyDeadLettered,
+    /// A second copy made from the same message (§12.5: its
+    /// acknowledgement was lost after the first copy was sent): the other
+    /// goes on; acknowledged without an attempt.
+    DuplicateCopy,
     /// A carried copy received before its next try is due: hidden again,
     /// without an attempt (§12.5).
     NotYetDue,
@@ -201,6 +205,7 @@ impl Label {
             Label::DeadLetterPending => "dead-letter-pending",
             Label::AlreadyDelivered => "already-delivered",
             Label::AlreadyDeadLettered => "already-dead-lettered",
+            Label::DuplicateCopy => "duplicate-copy",
             Label::NotYetDue => "not-yet-due",
         }
     }
@@ -574,6 +579,16 @@ pub fn defer(
         action,
         health: None,
     }
+}
+
+/// How long a record waits when the state table it needs does not answer
+/// (a rate token or a probe is not given without it): a second, doubling
+/// with each receive up to 15 minutes, so that a long outage does not
+/// spend the receives of a FIFO record (which cannot be carried over)
+/// before the table is back.
+pub fn table_retry(receive_count: u32) -> Duration {
+    let doublings = receive_count.saturating_sub(1).min(10);
+    Duration::from_secs(1u64 << doublings).min(Duration::from_secs(900))
 }
 
 /// The longest delay SQS still accepts for a receive: its 12-hour limit,

@@ -733,7 +733,9 @@ impl Queues {
                 .clone()
                 .unwrap_or_else(|| DEFAULT_GROUP.to_owned()),
             dedup: record.message_id.clone(),
-            delay: Some(i32::try_from(delay.as_secs().min(900)).unwrap_or(900)),
+            // Whole seconds, rounded up: the copy is not visible before its
+            // next try (unless that is more than 900 s away).
+            delay: Some(i32::try_from(delay_seconds(delay)).unwrap_or(900)),
         };
         self.submit(queue_url, outgoing).await
     }
@@ -1105,6 +1107,12 @@ fn trace_attribute(trace: &str) -> MessageSystemAttributeValue {
 
 /// An attribute's value: a String, except the Number the SQS Extended
 /// Client expects for a payload's size.
+/// `DelaySeconds` for a delay: whole seconds rounded up, at most SQS's
+/// 900.
+fn delay_seconds(delay: Duration) -> u64 {
+    (delay.as_secs() + u64::from(delay.subsec_nanos() > 0)).min(900)
+}
+
 fn string(name: &str, value: &str) -> MessageAttributeValue {
     let data_type = match name {
         crate::payload::EXTENDED_PAYLOAD_SIZE | crate::payload::LEGACY_PAYLOAD_SIZE => "Number",

@@ -17,7 +17,7 @@ use crate::fleet::ledger::AttemptRecord;
 use crate::fleet::FleetState;
 use crate::policy::carry::Horizon;
 use crate::policy::destinations::Token;
-use crate::policy::record::Health;
+use crate::policy::record::{table_retry, Health};
 use crate::policy::Attempt;
 
 /// How long a record may wait for a token or a probe.
@@ -92,11 +92,11 @@ impl Process {
         let recorded = self.ledger_read(&r, batch).await;
         let number = Attempt::counted(before, recorded, m.receive_count);
         let until = Instant::now() + WAIT;
-        let spend_by = match self.token(batch, until).await {
+        let spend_by = match self.token(batch, until, m.receive_count).await {
             Token::Granted { spend_by } => spend_by,
             Token::Deferred(wait) => return self.defer(&r, batch, before, number, wait).await,
         };
-        let pass = match self.admit(batch, m.host, until).await {
+        let pass = match self.admit(batch, m.host, until, m.receive_count).await {
             Ok(pass) => pass,
             Err(wait) => return self.defer(&r, batch, before, number, wait).await,
         };
@@ -140,9 +140,9 @@ impl Process {
 
     /// A token of the fleet's bucket; without the table, none (§9: the
     /// rate is the fleet's, and one process cannot know its share).
-    async fn token(&self, batch: &Batch, until: Instant) -> Token {
+    async fn token(&self, batch: &Batch, until: Instant, receive_count: u32) -> Token {
         let rate = self.world.scenario.rate;
-        let unanswered = Token::Deferred(Duration::from_secs(1));
+        let unanswered = Token::Deferred(table_retry(receive_count));
         let Some(fleet) = self.table(batch) else {
             return unanswered;
         };
@@ -153,7 +153,13 @@ impl Process {
     }
 
     /// The breaker's pass, or how long to defer.
-    async fn admit(&self, batch: &Batch, host: usize, until: Instant) -> Result<Pass, Duration> {
+    async fn admit(
+        &self,
+        batch: &Batch,
+        host: usize,
+        until: Instant,
+        receive_count: u32,
+    ) -> Result<Pass, Duration> {
         let settings = self.world.scenario.breaker;
         let name = super::world::host_name(host);
         if let Some(fleet) = self.table(batch) {
@@ -167,7 +173,7 @@ impl Process {
         // other waits for the table, so that no second probe goes out.
         match self.fleet.last_known_proven(&name) {
             true => Ok(Pass::Proven),
-            false => Err(Duration::from_secs(1)),
+            false => Err(table_retry(receive_count)),
         }
     }
 
@@ -188,7 +194,10 @@ impl Process {
                 }
                 held
             }
-            Err(_) => self.without_table(batch).unwrap_or(true),
+            Err(_) => {
+                self.without_table::<()>(batch);
+                !ticket.is_probe()
+            }
         }
     }
 

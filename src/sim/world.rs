@@ -127,6 +127,16 @@ pub struct SimClock {
     skew_ms: i64,
 }
 
+impl SimClock {
+    /// A clock on tokio's (paused) time from now, off by `skew_ms`.
+    pub fn starting_now(skew_ms: i64) -> SimClock {
+        SimClock {
+            started: Instant::now(),
+            skew_ms,
+        }
+    }
+}
+
 /// The run's epoch: any fixed instant (the simulation reads no real date).
 const EPOCH_MS: i64 = 1_700_000_000_000;
 

@@ -384,3 +384,158 @@ async fn a_fifo_attempt_counts_when_its_ledger_write_fails_after_it() {
     }
     assert_exhausted_after_three(dest.received_requests().await.unwrap().len(), &letters);
 }
+
+/// A copy received a little before its `notBefore` (SQS and the
+/// processor's clocks differ) but attempted after it: every receive that
+/// made a request counts (second review, finding 3). One attempt carried,
+/// `MAX_ATTEMPTS=3`: the copy gets 2 requests, and the letter says 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_attempted_on_an_early_receive_counts_every_receive() {
+    let dest = serving(ResponseTemplate::new(503)).await;
+    let (sqs, q, dlq, p) = with_dlq(
+        "carry-early-attempt",
+        &[
+            ("MAX_ATTEMPTS", "3"),
+            ("BACKOFF_BASE_SECONDS", "1"),
+            ("BACKOFF_MAX_SECONDS", "1"),
+        ],
+    )
+    .await;
+    let now = epoch_ms(SystemTime::now());
+    let carry = serde_json::json!({"attempts": 1, "firstSent": now - 60_000, "notBefore": now + 1_500, "originalMessageId": "first"});
+    let body = message("early-attempt", &dest.uri(), serde_json::json!({}));
+    send_carried(&sqs, &q, &body, &carry).await;
+    // Received before `notBefore`, handled after it.
+    let first = receive_n_hidden_for(&sqs, &q, 1, 5, Duration::from_secs(3)).await;
+    assert_eq!(first.len(), 1);
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    invoke_within(&p, &sqs, &q, &first, 30).await;
+    assert_eq!(dest.received_requests().await.unwrap().len(), 1);
+
+    let started = Instant::now();
+    let mut letters = Vec::new();
+    while letters.is_empty()
+        && started.elapsed() < Duration::from_secs(30)
+        && dest.received_requests().await.unwrap().len() <= 4
+    {
+        let received = receive_n_hidden_for(&sqs, &q, 1, 1, Duration::from_secs(3)).await;
+        if !received.is_empty() {
+            invoke_within(&p, &sqs, &q, &received, 30).await;
+        }
+        letters = drain(&sqs, &dlq).await;
+    }
+    assert_eq!(dest.received_requests().await.unwrap().len(), 2);
+    assert_eq!(letters.len(), 1, "dead-lettered");
+    assert_eq!(attr(&letters[0], "AttemptCount").as_deref(), Some("3"));
+}
+
+/// Loses the answer to the first `SendMessageBatch` that carries a record
+/// over: SQS made the copy, the processor does not know it.
+#[derive(Debug, Default)]
+struct LoseCarryAnswer {
+    armed: std::sync::atomic::AtomicBool,
+    lost: std::sync::atomic::AtomicBool,
+}
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for LoseCarryAnswer {
+    fn name(&self) -> &'static str {
+        "LoseCarryAnswer"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef<'_>,
+        _components: &aws_sdk_sqs::config::RuntimeComponents,
+        _cfg: &mut aws_sdk_sqs::config::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        use std::sync::atomic::Ordering;
+        let request = context.request();
+        let target = request.headers().get("x-amz-target").unwrap_or_default();
+        let carries = request
+            .body()
+            .bytes()
+            .is_some_and(|b| String::from_utf8_lossy(b).contains("RetryqCarry"));
+        if target.contains("SendMessage") && carries && !self.lost.load(Ordering::SeqCst) {
+            self.armed.store(true, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    fn read_after_transmit(
+        &self,
+        _context: &aws_smithy_runtime_api::client::interceptors::context::BeforeDeserializationInterceptorContextRef<'_>,
+        _components: &aws_sdk_sqs::config::RuntimeComponents,
+        _cfg: &mut aws_sdk_sqs::config::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        use std::sync::atomic::Ordering;
+        if self.armed.swap(false, Ordering::SeqCst) {
+            self.lost.store(true, Ordering::SeqCst);
+            return Err("the answer to the carry was lost (test)".into());
+        }
+        Ok(())
+    }
+}
+
+/// A carry whose `SendMessage` answer is lost leaves the record
+/// unfinished, so it comes back and is carried again: two copies made from
+/// one message (second review, finding 2). With a table, the first copy
+/// handled claims the chain and the other is acknowledged without an
+/// attempt: one letter, not two, and 4 requests rather than 5 for
+/// `MAX_ATTEMPTS=3`. The one extra is the record's attempt on coming back,
+/// as for any lost acknowledgement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_answer_to_a_carry_does_not_fork_the_message() {
+    let table = crate::fleet::state_table().await;
+    let plain = sqs();
+    let redrive_dlq = queue(&plain, "carry-fork-redrive").await;
+    let policy = format!(
+        "{{\"deadLetterTargetArn\":\"{}\",\"maxReceiveCount\":\"2\"}}",
+        redrive_dlq.arn
+    );
+    let q = queue_with(&plain, "carry-fork", &[("RedrivePolicy", &policy)]).await;
+    let dlq = queue(&plain, "carry-fork-dlq").await;
+    let losing = aws_sdk_sqs::Client::from_conf(
+        plain
+            .config()
+            .to_builder()
+            .interceptor(LoseCarryAnswer::default())
+            .build(),
+    );
+    let config = config(&[
+        ("DLQ_URL", dlq.url.as_str()),
+        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+        ("STATE_TABLE", table.as_str()),
+        ("MAX_ATTEMPTS", "3"),
+        ("BACKOFF_BASE_SECONDS", "1"),
+        ("BACKOFF_MAX_SECONDS", "1"),
+    ]);
+    let p = std::sync::Arc::new(retryq::process::Processor::new(config, losing, None).unwrap());
+    let dest = serving(ResponseTemplate::new(503)).await;
+    send(
+        &plain,
+        &q,
+        &message("fork", &dest.uri(), serde_json::json!({})),
+    )
+    .await;
+
+    let (started, mut quiet_since) = (Instant::now(), Instant::now());
+    let mut letters = Vec::new();
+    while started.elapsed() < Duration::from_secs(60)
+        && quiet_since.elapsed() < Duration::from_secs(8)
+        && dest.received_requests().await.unwrap().len() <= 6
+    {
+        // Hidden longer than one loop takes: a record is not received twice
+        // in one batch.
+        let received = receive_n_hidden_for(&plain, &q, 10, 3, Duration::from_millis(1500)).await;
+        if !received.is_empty() {
+            quiet_since = Instant::now();
+            invoke_within(&p, &plain, &q, &received, 30).await;
+        }
+        letters.extend(drain(&plain, &dlq).await);
+    }
+    let requests = dest.received_requests().await.unwrap().len();
+    assert!(requests <= 3 + 1, "MAX_ATTEMPTS=3, but {requests} requests");
+    assert_eq!(letters.len(), 1, "one chain, one letter");
+    let redriven = receive_n(&plain, &redrive_dlq, 1, Duration::from_secs(1)).await;
+    assert!(redriven.is_empty(), "redriven: {redriven:#?}");
+}
