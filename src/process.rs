@@ -1140,21 +1140,21 @@ impl Processor {
             first_receive,
             mut recorded_failures,
         } = attempted;
+        // No attempt after all: back after `wait`, using none up.
+        let unattempted =
+            |attempt, why, wait| self.deferred(record, batch, settings, attempt, why, wait);
         let counted = Box::pin(self.count_first(batch, record, &message, first_receive)).await;
         let first_receive = match counted {
             CountedFirst::No => first_receive,
             CountedFirst::Yes(failed) => {
                 recorded_failures = Some(failed);
-                let carried = self.carried(record);
-                let before = Attempt::before(message.received_count, carried.attempts());
-                attempt.number = Attempt::from_ledger(before, failed, carried.receive_count);
+                attempt.number = self.number_from_ledger(record, &message, failed);
                 // Nothing left to read while the request is in flight.
                 true
             }
             CountedFirst::Failed => {
                 self.report(batch, pass.ticket, None).await;
-                let (why, wait) = (Deferral::Uncountable, table_retry(record));
-                let deferred = self.deferred(record, batch, settings, attempt, why, wait);
+                let deferred = unattempted(attempt, Deferral::Uncountable, table_retry(record));
                 return (Ok(deferred.await), None, None);
             }
         };
@@ -1169,38 +1169,19 @@ impl Processor {
             // The lease was lost, or the host failed, while the request
             // waited: no attempt was made. Back in about a second.
             self.report(batch, pass.ticket, None).await;
-            let (why, wait) = (Deferral::BreakerOpen, Duration::from_secs(1));
-            let deferred = self.deferred(record, batch, settings, attempt, why, wait);
+            let deferred = unattempted(attempt, Deferral::BreakerOpen, Duration::from_secs(1));
             return (Ok(deferred.await), None, None);
         }
         if let Some(read) = read {
             recorded_failures = read;
             if let Some(failed) = read {
-                let carried = self.carried(record);
-                let before = Attempt::before(message.received_count, carried.attempts());
-                attempt.number = Attempt::from_ledger(before, failed, carried.receive_count);
+                attempt.number = self.number_from_ledger(record, &message, failed);
             }
         }
-        let conclude = |attempt: &Attempt| {
-            record::conclude(
-                settings,
-                attempt,
-                delivery.result(),
-                SystemTime::now(),
-                self.max_delay(batch),
-                &mut fastrand::Rng::new(),
-            )
-        };
-        let mut decision = conclude(&attempt);
+        let decision = self
+            .conclude(record, batch, settings, attempt, &delivery)
+            .await;
         self.report(batch, pass.ticket, decision.health).await;
-        if matches!(decision.action, Action::Retry { .. }) {
-            // A retry must end before the queue's retention would delete the
-            // message (§8.1): decide again, knowing the horizon.
-            attempt.retained_until = self.retention_ends(record).await;
-            if attempt.retained_until.is_some() {
-                decision = conclude(&attempt);
-            }
-        }
         let timing = (started_at, latency);
         let ledger = self.ledger_entry(
             record,
@@ -1211,6 +1192,38 @@ impl Processor {
             recorded_failures,
         );
         (Ok(decision), Some(latency), ledger)
+    }
+
+    /// What the attempt's answer decides. A retry must end before the
+    /// queue's retention would delete the message (§8.1): it is decided
+    /// again, knowing that horizon.
+    async fn conclude(
+        &self,
+        record: &Record,
+        batch: &Batch,
+        settings: &Settings<'_>,
+        mut attempt: Attempt,
+        delivery: &Delivery,
+    ) -> Decision {
+        let conclude = |attempt: &Attempt| {
+            record::conclude(
+                settings,
+                attempt,
+                delivery.result(),
+                SystemTime::now(),
+                self.max_delay(batch),
+                &mut fastrand::Rng::new(),
+            )
+        };
+        let decision = conclude(&attempt);
+        if !matches!(decision.action, Action::Retry { .. }) {
+            return decision;
+        }
+        attempt.retained_until = self.retention_ends(record).await;
+        match attempt.retained_until {
+            Some(_) => conclude(&attempt),
+            None => decision,
+        }
     }
 
     /// The attempt's ledger entry, if the ledger records it. With a ledger,
@@ -1249,6 +1262,20 @@ impl Processor {
             failed_before,
             carried_from: self.carried(record).carry.map(|c| c.original_message_id),
         })
+    }
+
+    /// The attempt's number with `failed` recorded for this SQS message
+    /// (§9), after the attempts before it (its `receivedCount`, or its
+    /// carried count).
+    fn number_from_ledger(
+        &self,
+        record: &Record,
+        message: &crate::message::RetryMessage,
+        failed: u32,
+    ) -> u32 {
+        let carried = self.carried(record);
+        let before = Attempt::before(message.received_count, carried.attempts());
+        Attempt::from_ledger(before, failed, carried.receive_count)
     }
 
     /// With a ledger, a record that cannot be carried over (§12.5: a FIFO
@@ -1454,19 +1481,30 @@ impl Processor {
     /// sent, and the acknowledgement lost): acknowledged without an attempt,
     /// so the message goes on as one chain of copies. With a table only;
     /// the first copy handled claims the chain, with a conditional write.
+    ///
+    /// A record received before whose copy claimed the chain (its carry's
+    /// answer was lost, so it came back) is superseded the same way.
     async fn duplicate_copy(&self, record: &Record, batch: &Batch) -> Option<Decision> {
         let fleet = self.table(batch)?;
-        let carry = self.carried(record).carry?;
-        let from = carry.from.as_deref()?;
+        let carry = self.carried(record).carry;
+        let duplicate = Decision {
+            attempt: carry.as_ref().map_or(0, |c| c.attempts),
+            label: Label::DuplicateCopy,
+            status: None,
+            action: Action::Ack,
+            health: None,
+        };
+        if record.receive_count > 1 && !crate::queue::is_fifo(&record.source_queue_arn) {
+            match Box::pin(fleet.superseded(&record.message_id)).await {
+                Ok(true) => return Some(duplicate),
+                Ok(false) => {}
+                Err(e) => return self.without_table(batch, &e),
+            }
+        }
+        let from = carry.as_ref()?.from.as_deref()?;
         match Box::pin(fleet.claim_copy(from, &record.message_id)).await {
             Ok(true) => None,
-            Ok(false) => Some(Decision {
-                attempt: carry.attempts,
-                label: Label::DuplicateCopy,
-                status: None,
-                action: Action::Ack,
-                health: None,
-            }),
+            Ok(false) => Some(duplicate),
             Err(e) => self.without_table(batch, &e),
         }
     }

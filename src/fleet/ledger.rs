@@ -195,6 +195,14 @@ impl FleetState {
         }
     }
 
+    /// Has a copy made from this SQS message claimed its chain (§12.5)?
+    /// Then the message itself is superseded: a carry whose answer was
+    /// lost made that copy, and the message goes on there.
+    pub async fn superseded(&self, sqs_message_id: &str) -> Result<bool, StateError> {
+        let claim = self.get(&format!("sqs#{sqs_message_id}"), "copy").await?;
+        Ok(claim.is_some_and(|c| string(&c, "copy").is_some_and(|copy| copy != sqs_message_id)))
+    }
+
     /// Marks an SQS message carried over (§12.5): its copy was sent.
     pub async fn mark_carried(&self, sqs_message_id: &str) -> Result<(), StateError> {
         let update = Update {

@@ -645,6 +645,19 @@ mod tests {
     }
 
     #[test]
+    fn a_record_waiting_for_the_table_backs_off_to_fifteen_minutes() {
+        let waits: Vec<u64> = [1, 2, 3, 10, 11, 12, 100, u32::MAX]
+            .into_iter()
+            .map(|n| table_retry(n).as_secs())
+            .collect();
+        assert_eq!(waits, [1, 2, 4, 512, 900, 900, 900, 900]);
+        // A FIFO record's 100 receives (the template's redrive) last about
+        // 22 hours.
+        let total: u64 = (1..=100).map(|n| table_retry(n).as_secs()).sum();
+        assert!(total > 20 * 3600, "{total} s");
+    }
+
+    #[test]
     fn a_redelivery_of_a_finished_payload_is_acknowledged_without_an_attempt() {
         let b = body("");
         let mut received = Received::new(&b, 4);

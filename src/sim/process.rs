@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use super::queue::{Message, Received};
-use super::world::World;
+use super::world::{CarrySend, World};
 use crate::fleet::breaker::{FleetAdmission, FleetTicket};
 use crate::fleet::ledger::AttemptRecord;
 use crate::fleet::FleetState;
@@ -46,6 +46,8 @@ struct Batch {
 enum Pass {
     Fleet(FleetTicket),
     Proven,
+    /// The host has no breaker.
+    Unlimited,
 }
 
 impl Process {
@@ -88,6 +90,10 @@ impl Process {
     /// One record, as `decide` and `settle` take it.
     async fn record(&self, r: Received, batch: &Batch) {
         let m = &r.message;
+        if self.duplicate_copy(&r, batch).await {
+            self.world.queue.delete(r.sqs_id);
+            return self.world.observe(|o| o.duplicate_copies += 1);
+        }
         let before = Attempt::before(0, m.carried);
         let recorded = self.ledger_read(&r, batch).await;
         let number = Attempt::counted(before, recorded, m.receive_count);
@@ -101,6 +107,7 @@ impl Process {
             Err(wait) => return self.defer(&r, batch, before, number, wait).await,
         };
         let probe = matches!(&pass, Pass::Fleet(t) if t.is_probe());
+        self.world.before_send().await;
         if !self.gate(batch, &pass, spend_by).await {
             if let Pass::Fleet(ticket) = pass {
                 let _ = self.fleet.report(ticket, None).await;
@@ -162,6 +169,9 @@ impl Process {
     ) -> Result<Pass, Duration> {
         let settings = self.world.scenario.breaker;
         let name = super::world::host_name(host);
+        if host == super::world::FAILING {
+            return Ok(Pass::Unlimited);
+        }
         if let Some(fleet) = self.table(batch) {
             match fleet.admit(&name, settings, LEASE_FOR, until).await {
                 Ok(FleetAdmission::Go(ticket)) => return Ok(Pass::Fleet(ticket)),
@@ -203,7 +213,7 @@ impl Process {
 
     async fn report(&self, batch: &Batch, pass: Pass, health: Health) {
         match pass {
-            Pass::Proven => {}
+            Pass::Proven | Pass::Unlimited => {}
             Pass::Fleet(ticket) => {
                 if self.fleet.report(ticket, Some(health)).await.is_err() {
                     self.without_table::<()>(batch);
@@ -231,7 +241,7 @@ impl Process {
             };
         }
         if carry {
-            return self.carry_over(r, number, delay);
+            return self.carry_over(r, number, delay).await;
         }
         self.world.queue.hide(r.sqs_id, delay);
         self.world.observe(|o| o.retried += 1);
@@ -251,7 +261,7 @@ impl Process {
             },
             None => number.saturating_sub(1),
         };
-        self.carry_over(r, made, wait);
+        self.carry_over(r, made, wait).await;
     }
 
     fn carry_due(&self, r: &Received, wait: Duration) -> bool {
@@ -264,16 +274,62 @@ impl Process {
         .carry_due(SystemTime::now() + wait)
     }
 
-    /// A copy holding the count, then the acknowledgement (§12.5).
-    fn carry_over(&self, r: &Received, attempts: u32, delay: Duration) {
+    /// A second copy made from the same message: the other claimed the
+    /// chain.
+    async fn duplicate_copy(&self, r: &Received, batch: &Batch) -> bool {
+        let Some(fleet) = self.table(batch) else {
+            return false;
+        };
+        if r.message.receive_count > 1 {
+            match fleet.superseded(&r.sqs_id.to_string()).await {
+                Ok(true) => return true,
+                Ok(false) => {}
+                Err(_) => return self.without_table(batch).unwrap_or(false),
+            }
+        }
+        let Some(from) = r.message.from else {
+            return false;
+        };
+        match fleet
+            .claim_copy(&from.to_string(), &r.sqs_id.to_string())
+            .await
+        {
+            Ok(claimed) => !claimed,
+            Err(_) => self.without_table(batch).unwrap_or(false),
+        }
+    }
+
+    /// A copy holding the count, then the acknowledgement (§12.5); none if
+    /// the record was carried before (its acknowledgement lost). A failed
+    /// or unanswered send leaves the record unfinished: back in 2 s.
+    async fn carry_over(&self, r: &Received, attempts: u32, delay: Duration) {
+        let id = r.sqs_id.to_string();
+        if let Ok(true) = self.fleet.was_carried(&id).await {
+            self.world.queue.delete(r.sqs_id);
+            return;
+        }
         let copy = Message {
             receive_count: 0,
             carried: Some(attempts),
+            from: Some(r.sqs_id),
             ..r.message.clone()
         };
-        self.world.queue.send(copy, delay);
-        self.world.queue.delete(r.sqs_id);
-        self.world.observe(|o| o.carried += 1);
+        match self.world.carry_send() {
+            CarrySend::Failed => self.world.queue.hide(r.sqs_id, Duration::from_secs(2)),
+            CarrySend::Lost => {
+                self.world.queue.send(copy, delay);
+                self.world.queue.hide(r.sqs_id, Duration::from_secs(2));
+                let retry_id = r.message.retry_id;
+                self.world
+                    .observe(|o| *o.carries_lost.entry(retry_id).or_default() += 1);
+            }
+            CarrySend::Sent => {
+                self.world.queue.send(copy, delay);
+                let _ = self.fleet.mark_carried(&id).await;
+                self.world.queue.delete(r.sqs_id);
+                self.world.observe(|o| o.carried += 1);
+            }
+        }
     }
 }
 

@@ -20,6 +20,8 @@ pub struct Message {
     pub receive_count: u32,
     /// The count a carried copy holds (`RetryqCarry.attempts`).
     pub carried: Option<u32>,
+    /// The SQS message id a carried copy was made from (`RetryqCarry.from`).
+    pub from: Option<u64>,
 }
 
 /// A message as received: its SQS message id and copy.
@@ -39,7 +41,8 @@ struct State {
     messages: HashMap<u64, (Message, Instant)>,
     visible: BTreeSet<(Instant, u64)>,
     next_id: u64,
-    redriven: u64,
+    /// The Retry Message ids the redrive policy took.
+    redriven: Vec<u64>,
 }
 
 impl SimQueue {
@@ -80,7 +83,7 @@ impl SimQueue {
                 continue;
             };
             if message.receive_count >= max_receive_count {
-                state.redriven += 1;
+                state.redriven.push(message.retry_id);
                 continue;
             }
             message.receive_count += 1;
@@ -116,8 +119,8 @@ impl SimQueue {
     }
 
     /// Messages the redrive policy moved to its DLQ.
-    pub fn redriven(&self) -> u64 {
-        self.lock().redriven
+    pub fn redriven(&self) -> Vec<u64> {
+        self.lock().redriven.clone()
     }
 
     /// Messages still in the queue.

@@ -12,8 +12,13 @@ use super::Scenario;
 use crate::fleet::table::Clock;
 
 /// The destination hosts: 0 answers well (mostly), 1 is down for the
-/// scenario's `down_for`, then answers as 0 does.
-pub const HOSTS: usize = 2;
+/// scenario's `down_for`, then answers as 0 does, and 2 always fails and
+/// has no breaker: each of its messages is tried until `MAX_ATTEMPTS`, so
+/// that every count is put to the test.
+pub const HOSTS: usize = 3;
+
+/// The host without a breaker, that always fails.
+pub const FAILING: usize = 2;
 
 pub fn host_name(host: usize) -> String {
     format!("h{host}.example:443")
@@ -45,6 +50,19 @@ pub struct Observed {
     pub withheld: u64,
     /// Table calls that failed (the batch went on without the table).
     pub table_failures: u64,
+    /// Lost answers to a carry, per Retry Message.
+    pub carries_lost: HashMap<u64, u32>,
+    /// Copies acknowledged as a duplicate of another made from the same
+    /// message.
+    pub duplicate_copies: u64,
+}
+
+/// What became of a carried copy's `SendMessage`.
+pub enum CarrySend {
+    Sent,
+    Failed,
+    /// SQS made the copy; the answer was lost.
+    Lost,
 }
 
 impl World {
@@ -81,7 +99,7 @@ impl World {
                 o.most_probes_in_flight = o.most_probes_in_flight.max(o.probes_in_flight[host]);
             }
         });
-        let down = host == 1 && since < self.scenario.down_for;
+        let down = (host == 1 && since < self.scenario.down_for) || host == FAILING;
         let (ms, answered) = self.random(|r| {
             if down {
                 // A host that is down answers 503 after a while.
@@ -102,6 +120,28 @@ impl World {
     pub fn backoff(&self, number: u32) -> Duration {
         let full = Duration::from_secs(1 << number.saturating_sub(1).min(3));
         full.mul_f64(self.random(|r| 0.5 + r.f64() / 2.0))
+    }
+
+    /// The outcome of a carry's `SendMessage`.
+    pub fn carry_send(&self) -> CarrySend {
+        let (fail, lost) = (self.scenario.carries_fail, self.scenario.carries_lost);
+        let roll = self.random(|r| r.f64());
+        match roll {
+            r if r < fail => CarrySend::Failed,
+            r if r < fail + lost => CarrySend::Lost,
+            _ => CarrySend::Sent,
+        }
+    }
+
+    /// The wait after admission before the request's gate: mostly a few
+    /// milliseconds, for some requests (the scenario's `slow_sends`) up to
+    /// 12 s, longer than a probe's lease.
+    pub async fn before_send(&self) {
+        let ms = self.random(|r| match r.f64() < self.scenario.slow_sends {
+            true => r.u64(0..=12_000),
+            false => r.u64(0..=20),
+        });
+        tokio::time::sleep(Duration::from_millis(ms)).await;
     }
 
     /// A new message's destination host.
