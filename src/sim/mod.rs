@@ -212,9 +212,9 @@ async fn run_paused(scenario: Scenario, seed: u64) -> Report {
     }
 }
 
-/// The most requests one Retry Message got, less the lost answers to its
-/// carries: each lets its record come back and be attempted once more
-/// (as any lost acknowledgement does) before the chain is claimed.
+/// The most requests one Retry Message got, less those made on a message
+/// whose carry's answer was lost, after it came back and before its copy
+/// claimed the chain (docs/state.md: one chain of copies).
 fn most_requests_per_message(observed: &Observed) -> u32 {
     observed
         .requests
@@ -225,13 +225,13 @@ fn most_requests_per_message(observed: &Observed) -> u32 {
 }
 
 /// Records the redrive policy took, but for those whose carry's answer was
-/// lost twice (SQS made each copy; the record came back past its last
-/// receive): the processor cannot know a copy exists, so it must not drop
-/// the record.
-fn unexplained_redrives(redriven: &[u64], observed: &Observed) -> u64 {
+/// lost at their last receives (SQS made the copy; the record came back
+/// past its last receive): the processor cannot know a copy exists, so it
+/// must not drop the record.
+fn unexplained_redrives(redriven: &[(u64, u64)], observed: &Observed) -> u64 {
     redriven
         .iter()
-        .filter(|id| observed.carries_lost.get(id).copied().unwrap_or(0) < 2)
+        .filter(|(_, sqs_id)| !observed.lost_carries.contains(sqs_id))
         .count() as u64
 }
 

@@ -115,6 +115,11 @@ impl Process {
             let wait = Duration::from_secs(1);
             return self.defer(&r, batch, before, number, wait).await;
         }
+        self.world.observe(|o| {
+            if o.lost_carries.contains(&r.sqs_id) {
+                *o.carries_lost.entry(m.retry_id).or_default() += 1;
+            }
+        });
         let answered = self.world.request(m.retry_id, m.host, probe).await;
         let health = if answered {
             Health::Answered
@@ -319,9 +324,8 @@ impl Process {
             CarrySend::Lost => {
                 self.world.queue.send(copy, delay);
                 self.world.queue.hide(r.sqs_id, Duration::from_secs(2));
-                let retry_id = r.message.retry_id;
-                self.world
-                    .observe(|o| *o.carries_lost.entry(retry_id).or_default() += 1);
+                let lost = r.sqs_id;
+                self.world.observe(|o| o.lost_carries.insert(lost));
             }
             CarrySend::Sent => {
                 self.world.queue.send(copy, delay);

@@ -41,8 +41,8 @@ struct State {
     messages: HashMap<u64, (Message, Instant)>,
     visible: BTreeSet<(Instant, u64)>,
     next_id: u64,
-    /// The Retry Message ids the redrive policy took.
-    redriven: Vec<u64>,
+    /// The Retry Message ids and SQS message ids the redrive policy took.
+    redriven: Vec<(u64, u64)>,
 }
 
 impl SimQueue {
@@ -83,7 +83,7 @@ impl SimQueue {
                 continue;
             };
             if message.receive_count >= max_receive_count {
-                state.redriven.push(message.retry_id);
+                state.redriven.push((message.retry_id, id));
                 continue;
             }
             message.receive_count += 1;
@@ -119,7 +119,7 @@ impl SimQueue {
     }
 
     /// Messages the redrive policy moved to its DLQ.
-    pub fn redriven(&self) -> Vec<u64> {
+    pub fn redriven(&self) -> Vec<(u64, u64)> {
         self.lock().redriven.clone()
     }
 

@@ -50,8 +50,12 @@ pub struct Observed {
     pub withheld: u64,
     /// Table calls that failed (the batch went on without the table).
     pub table_failures: u64,
-    /// Lost answers to a carry, per Retry Message.
+    /// Per Retry Message, the requests made on an SQS message after the
+    /// answer to its carry was lost (it came back, and its copy had not yet
+    /// claimed the chain).
     pub carries_lost: HashMap<u64, u32>,
+    /// The SQS messages whose carry's answer was lost.
+    pub lost_carries: std::collections::HashSet<u64>,
     /// Copies acknowledged as a duplicate of another made from the same
     /// message.
     pub duplicate_copies: u64,
