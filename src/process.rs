@@ -80,6 +80,10 @@ enum Ticket {
     Fleet(FleetTicket),
 }
 
+/// How far processes' clocks, and SQS's, may differ (docs/state.md:
+/// the probe lease's slack), and a second for rounding.
+const CLOCK_SLACK: Duration = Duration::from_secs(6);
+
 /// Was the attempt counted in the ledger before it was made?
 enum CountedFirst {
     /// Not needed: no ledger, or the record can be carried over.
@@ -826,7 +830,7 @@ impl Processor {
         if let Some(decision) = self.not_yet_due(record, batch) {
             return (Ok(decision), None, None);
         }
-        if let Some(decision) = Box::pin(self.duplicate_copy(record, batch)).await {
+        if let Some(decision) = Box::pin(self.carried_before(record, batch)).await {
             return (Ok(decision), None, None);
         }
         let has_profile = |p: &str| self.deliverer.has_profile(p);
@@ -1463,7 +1467,7 @@ impl Processor {
             record.sent_at.is_some_and(|sent| {
                 c.not_before_at()
                     .duration_since(sent)
-                    .is_ok_and(|d| d > Duration::from_secs(901))
+                    .is_ok_and(|d| d > Duration::from_secs(900) + CLOCK_SLACK)
             })
         };
         let early = carry
@@ -1477,34 +1481,24 @@ impl Processor {
         }
     }
 
-    /// A second copy made from the same message (§12.5: the first was
-    /// sent, and the acknowledgement lost): acknowledged without an attempt,
-    /// so the message goes on as one chain of copies. With a table only;
-    /// the first copy handled claims the chain, with a conditional write.
-    ///
-    /// A record received before whose copy claimed the chain (its carry's
-    /// answer was lost, so it came back) is superseded the same way.
-    async fn duplicate_copy(&self, record: &Record, batch: &Batch) -> Option<Decision> {
-        let fleet = self.table(batch)?;
-        let carry = self.carried(record).carry;
-        let duplicate = Decision {
-            attempt: carry.as_ref().map_or(0, |c| c.attempts),
-            label: Label::DuplicateCopy,
-            status: None,
-            action: Action::Ack,
-            health: None,
-        };
-        if record.receive_count > 1 && !crate::queue::is_fifo(&record.source_queue_arn) {
-            match Box::pin(fleet.superseded(&record.message_id)).await {
-                Ok(true) => return Some(duplicate),
-                Ok(false) => {}
-                Err(e) => return self.without_table(batch, &e),
-            }
+    /// A record whose copy was sent before (§12.5): the copy exists, and
+    /// the acknowledgement was lost, so the record came again. Acknowledged
+    /// without an attempt. Only this record's own mark, written once its
+    /// copy's send was answered, says so: nothing a message carries can.
+    async fn carried_before(&self, record: &Record, batch: &Batch) -> Option<Decision> {
+        if record.receive_count <= 1 || crate::queue::is_fifo(&record.source_queue_arn) {
+            return None;
         }
-        let from = carry.as_ref()?.from.as_deref()?;
-        match Box::pin(fleet.claim_copy(from, &record.message_id)).await {
-            Ok(true) => None,
-            Ok(false) => Some(duplicate),
+        let fleet = self.table(batch)?;
+        match Box::pin(fleet.was_carried(&record.message_id)).await {
+            Ok(true) => Some(Decision {
+                attempt: self.carried(record).attempts().unwrap_or(0),
+                label: Label::CarriedBefore,
+                status: None,
+                action: Action::Ack,
+                health: None,
+            }),
+            Ok(false) => None,
             Err(e) => self.without_table(batch, &e),
         }
     }

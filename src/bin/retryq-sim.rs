@@ -40,13 +40,13 @@ fn main() -> ExitCode {
             held &= report.broken().is_empty();
             println!("{}", sim::row(&report));
             eprintln!(
-                "  N={n} {}: {} requests, {} delivered, {} dead-lettered, {} carried, {} duplicate copies, {} deferred, {} withheld, {} table calls ({} failed to answer); {:.1} s of real time",
+                "  N={n} {}: {} requests, {} delivered, {} dead-lettered, {} carried, {} carried before, {} deferred, {} withheld, {} table calls ({} failed to answer); {:.1} s of real time",
                 report.scenario.name,
                 report.observed.sends.len(),
                 report.observed.delivered,
                 report.observed.dead_lettered,
                 report.observed.carried,
-                report.observed.duplicate_copies,
+                report.observed.carried_before,
                 report.observed.deferred,
                 report.observed.withheld,
                 report.table.calls,

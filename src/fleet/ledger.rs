@@ -8,7 +8,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::table::{Change, Condition, Key, Returns, Update};
+use super::table::{Change, Key, Returns, Update};
 use super::{n, number, s, string, FleetState, Item, StateError};
 use crate::config::Ledger;
 
@@ -172,35 +172,6 @@ impl FleetState {
                 self.write_batch(entries)
             })
             .await
-    }
-
-    /// Claims the chain of copies for copy `me`, made from SQS message
-    /// `from` (§12.5): `true` when it is this copy's (claimed now or
-    /// before), `false` when another copy made from the same message holds
-    /// it, so this one is a duplicate.
-    pub async fn claim_copy(&self, from: &str, me: &str) -> Result<bool, StateError> {
-        let update = Update {
-            key: Key::new(format!("sqs#{from}"), "copy"),
-            changes: vec![Change::Set("copy", s(me)), Change::Set("ttl", self.ttl())],
-            condition: Some(Condition::Any(vec![
-                Condition::Missing("copy"),
-                Condition::Equals("copy", s(me)),
-            ])),
-            returns: Returns::Nothing,
-        };
-        match self.update(update).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.is_conditional() => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Has a copy made from this SQS message claimed its chain (§12.5)?
-    /// Then the message itself is superseded: a carry whose answer was
-    /// lost made that copy, and the message goes on there.
-    pub async fn superseded(&self, sqs_message_id: &str) -> Result<bool, StateError> {
-        let claim = self.get(&format!("sqs#{sqs_message_id}"), "copy").await?;
-        Ok(claim.is_some_and(|c| string(&c, "copy").is_some_and(|copy| copy != sqs_message_id)))
     }
 
     /// Marks an SQS message carried over (§12.5): its copy was sent.

@@ -34,11 +34,6 @@ pub struct Carry {
     /// The first copy's SQS message id (a DLQ copy names it as
     /// `OriginalMessageId`).
     pub original_message_id: String,
-    /// The SQS message id this copy was made from. Two copies made from
-    /// one message (its acknowledgement lost after the first was sent) name
-    /// the same one: with a state table only one of them goes on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from: Option<String>,
 }
 
 impl Carry {
@@ -75,7 +70,6 @@ impl Carry {
             not_before: epoch_ms(next_try),
             original_message_id: previous
                 .map_or_else(|| message_id.to_owned(), |c| c.original_message_id.clone()),
-            from: Some(message_id.to_owned()),
         }
     }
 
@@ -227,7 +221,7 @@ mod tests {
     proptest! {
         #[test]
         fn any_carry_reads_back(attempts: u32, first_sent: u64, not_before: u64, id in "[a-f0-9-]{1,40}") {
-            let carry = Carry { attempts, first_sent, not_before, original_message_id: id, from: None };
+            let carry = Carry { attempts, first_sent, not_before, original_message_id: id };
             prop_assert_eq!(Carry::parse(&carry.to_attribute()), Ok(carry));
         }
 

@@ -182,10 +182,9 @@ pub enum Label {
     /// A redelivery of a record whose payload is marked dead-lettered: its
     /// DLQ copy exists; acknowledged without an attempt.
     AlreadyDeadLettered,
-    /// A second copy made from the same message (§12.5: its
-    /// acknowledgement was lost after the first copy was sent): the other
-    /// goes on; acknowledged without an attempt.
-    DuplicateCopy,
+    /// A record carried over before (§12.5: its copy was sent, the
+    /// acknowledgement lost): acknowledged without an attempt.
+    CarriedBefore,
     /// A carried copy received before its next try is due: hidden again,
     /// without an attempt (§12.5).
     NotYetDue,
@@ -205,7 +204,7 @@ impl Label {
             Label::DeadLetterPending => "dead-letter-pending",
             Label::AlreadyDelivered => "already-delivered",
             Label::AlreadyDeadLettered => "already-dead-lettered",
-            Label::DuplicateCopy => "duplicate-copy",
+            Label::CarriedBefore => "carried-before",
             Label::NotYetDue => "not-yet-due",
         }
     }

@@ -106,7 +106,7 @@ impl Scenario {
                 ..Faults::healthy()
             },
             carries_fail: 0.0,
-            carries_lost: 0.05,
+            carries_lost: 0.0,
             ..Scenario::healthy(processes, seconds)
         }
     }
@@ -183,7 +183,6 @@ async fn run_paused(scenario: Scenario, seed: u64) -> Report {
             host,
             receive_count: 0,
             carried: None,
-            from: None,
         };
         world.queue.send(message, Duration::ZERO);
     }

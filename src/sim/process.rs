@@ -90,9 +90,9 @@ impl Process {
     /// One record, as `decide` and `settle` take it.
     async fn record(&self, r: Received, batch: &Batch) {
         let m = &r.message;
-        if self.duplicate_copy(&r, batch).await {
+        if self.carried_before(&r, batch).await {
             self.world.queue.delete(r.sqs_id);
-            return self.world.observe(|o| o.duplicate_copies += 1);
+            return self.world.observe(|o| o.carried_before += 1);
         }
         let before = Attempt::before(0, m.carried);
         let recorded = self.ledger_read(&r, batch).await;
@@ -279,27 +279,14 @@ impl Process {
         .carry_due(SystemTime::now() + wait)
     }
 
-    /// A second copy made from the same message: the other claimed the
-    /// chain.
-    async fn duplicate_copy(&self, r: &Received, batch: &Batch) -> bool {
-        let Some(fleet) = self.table(batch) else {
+    /// A record whose copy was sent before (its acknowledgement lost), by
+    /// its own mark.
+    async fn carried_before(&self, r: &Received, batch: &Batch) -> bool {
+        let Some(fleet) = self.table(batch).filter(|_| r.message.receive_count > 1) else {
             return false;
         };
-        if r.message.receive_count > 1 {
-            match fleet.superseded(&r.sqs_id.to_string()).await {
-                Ok(true) => return true,
-                Ok(false) => {}
-                Err(_) => return self.without_table(batch).unwrap_or(false),
-            }
-        }
-        let Some(from) = r.message.from else {
-            return false;
-        };
-        match fleet
-            .claim_copy(&from.to_string(), &r.sqs_id.to_string())
-            .await
-        {
-            Ok(claimed) => !claimed,
+        match fleet.was_carried(&r.sqs_id.to_string()).await {
+            Ok(carried) => carried,
             Err(_) => self.without_table(batch).unwrap_or(false),
         }
     }
@@ -316,7 +303,6 @@ impl Process {
         let copy = Message {
             receive_count: 0,
             carried: Some(attempts),
-            from: Some(r.sqs_id),
             ..r.message.clone()
         };
         match self.world.carry_send() {

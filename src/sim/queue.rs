@@ -20,8 +20,6 @@ pub struct Message {
     pub receive_count: u32,
     /// The count a carried copy holds (`RetryqCarry.attempts`).
     pub carried: Option<u32>,
-    /// The SQS message id a carried copy was made from (`RetryqCarry.from`).
-    pub from: Option<u64>,
 }
 
 /// A message as received: its SQS message id and copy.

@@ -56,9 +56,9 @@ pub struct Observed {
     pub carries_lost: HashMap<u64, u32>,
     /// The SQS messages whose carry's answer was lost.
     pub lost_carries: std::collections::HashSet<u64>,
-    /// Copies acknowledged as a duplicate of another made from the same
-    /// message.
-    pub duplicate_copies: u64,
+    /// Records acknowledged because their copy was sent before (their
+    /// acknowledgement lost).
+    pub carried_before: u64,
 }
 
 /// What became of a carried copy's `SendMessage`.

@@ -344,7 +344,11 @@ async fn a_lost_acknowledgement_after_a_carry_sends_no_second_copy() {
         .filter(|m| m.message_id == first[0].message_id)
         .collect();
     assert_eq!(original.len(), 1, "the original came again");
+    let requests = dest.received_requests().await.unwrap().len();
     invoke(&p, &sqs, &q, &original).await;
+    // Its copy was sent: the record comes again only to be acknowledged,
+    // without another request (second review, R3).
+    assert_eq!(dest.received_requests().await.unwrap().len(), requests);
     // The first copy is hidden: anything received now (a copy is delayed
     // by its backoff, 1 s) would be a second one.
     let again = receive_n_hidden_for(&sqs, &q, 1, 60, Duration::from_secs(4)).await;
@@ -429,113 +433,64 @@ async fn a_copy_attempted_on_an_early_receive_counts_every_receive() {
     assert_eq!(attr(&letters[0], "AttemptCount").as_deref(), Some("3"));
 }
 
-/// Loses the answer to the first `SendMessageBatch` that carries a record
-/// over: SQS made the copy, the processor does not know it.
-#[derive(Debug, Default)]
-struct LoseCarryAnswer {
-    armed: std::sync::atomic::AtomicBool,
-    lost: std::sync::atomic::AtomicBool,
-}
-
-impl aws_smithy_runtime_api::client::interceptors::Intercept for LoseCarryAnswer {
-    fn name(&self) -> &'static str {
-        "LoseCarryAnswer"
-    }
-
-    fn read_before_transmit(
-        &self,
-        context: &aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef<'_>,
-        _components: &aws_sdk_sqs::config::RuntimeComponents,
-        _cfg: &mut aws_sdk_sqs::config::ConfigBag,
-    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
-        use std::sync::atomic::Ordering;
-        let request = context.request();
-        let target = request.headers().get("x-amz-target").unwrap_or_default();
-        let carries = request
-            .body()
-            .bytes()
-            .is_some_and(|b| String::from_utf8_lossy(b).contains("RetryqCarry"));
-        if target.contains("SendMessage") && carries && !self.lost.load(Ordering::SeqCst) {
-            self.armed.store(true, Ordering::SeqCst);
-        }
-        Ok(())
-    }
-
-    fn read_after_transmit(
-        &self,
-        _context: &aws_smithy_runtime_api::client::interceptors::context::BeforeDeserializationInterceptorContextRef<'_>,
-        _components: &aws_sdk_sqs::config::RuntimeComponents,
-        _cfg: &mut aws_sdk_sqs::config::ConfigBag,
-    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
-        use std::sync::atomic::Ordering;
-        if self.armed.swap(false, Ordering::SeqCst) {
-            self.lost.store(true, Ordering::SeqCst);
-            return Err("the answer to the carry was lost (test)".into());
-        }
-        Ok(())
-    }
-}
-
-/// A carry whose `SendMessage` answer is lost leaves the record
-/// unfinished, so it comes back and is carried again: two copies made from
-/// one message (second review, finding 2). With a table, the first copy
-/// handled claims the chain and the other is acknowledged without an
-/// attempt: one letter, not two, and 4 requests rather than 5 for
-/// `MAX_ATTEMPTS=3`. The one extra is the record's attempt on coming back,
-/// as for any lost acknowledgement.
+/// The early-receive rule allows for clocks that differ (second review,
+/// R4): a copy carried with a 900 s wait, attempted on its first receive
+/// by a processor 3 s ahead of SQS, counts that receive. One attempt
+/// carried, `MAX_ATTEMPTS=3`: the copy gets 2 requests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_answer_to_a_carry_does_not_fork_the_message() {
-    let table = crate::fleet::state_table().await;
-    let plain = sqs();
-    let redrive_dlq = queue(&plain, "carry-fork-redrive").await;
-    let policy = format!(
-        "{{\"deadLetterTargetArn\":\"{}\",\"maxReceiveCount\":\"2\"}}",
-        redrive_dlq.arn
-    );
-    let q = queue_with(&plain, "carry-fork", &[("RedrivePolicy", &policy)]).await;
-    let dlq = queue(&plain, "carry-fork-dlq").await;
-    let losing = aws_sdk_sqs::Client::from_conf(
-        plain
-            .config()
-            .to_builder()
-            .interceptor(LoseCarryAnswer::default())
-            .build(),
-    );
-    let config = config(&[
-        ("DLQ_URL", dlq.url.as_str()),
-        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
-        ("STATE_TABLE", table.as_str()),
-        ("MAX_ATTEMPTS", "3"),
-        ("BACKOFF_BASE_SECONDS", "1"),
-        ("BACKOFF_MAX_SECONDS", "1"),
-    ]);
-    let p = std::sync::Arc::new(retryq::process::Processor::new(config, losing, None).unwrap());
+async fn a_first_receive_that_was_attempted_counts_with_a_clock_ahead() {
     let dest = serving(ResponseTemplate::new(503)).await;
-    send(
-        &plain,
-        &q,
-        &message("fork", &dest.uri(), serde_json::json!({})),
+    let (sqs, q, dlq, p) = with_dlq(
+        "carry-clock-ahead",
+        &[
+            ("MAX_ATTEMPTS", "3"),
+            ("BACKOFF_BASE_SECONDS", "1"),
+            ("BACKOFF_MAX_SECONDS", "1"),
+        ],
     )
     .await;
-
-    let (started, mut quiet_since) = (Instant::now(), Instant::now());
-    let mut letters = Vec::new();
-    while started.elapsed() < Duration::from_secs(60)
-        && quiet_since.elapsed() < Duration::from_secs(8)
-        && dest.received_requests().await.unwrap().len() <= 6
-    {
-        // Hidden longer than one loop takes: a record is not received twice
-        // in one batch.
-        let received = receive_n_hidden_for(&plain, &q, 10, 3, Duration::from_millis(1500)).await;
-        if !received.is_empty() {
-            quiet_since = Instant::now();
-            invoke_within(&p, &plain, &q, &received, 30).await;
+    let not_before = SystemTime::now() + Duration::from_millis(1_500);
+    // SQS's clock 3 s behind: it sent the copy 903 s before `notBefore`.
+    let sent = not_before - Duration::from_secs(903);
+    let carry = serde_json::json!({"attempts": 1, "firstSent": epoch_ms(sent), "notBefore": epoch_ms(not_before), "originalMessageId": "first"});
+    send_carried(
+        &sqs,
+        &q,
+        &message("clock-ahead", &dest.uri(), serde_json::json!({})),
+        &carry,
+    )
+    .await;
+    let as_sent = |ms: &mut Vec<aws_sdk_sqs::types::Message>| {
+        for m in ms.iter_mut() {
+            m.attributes.as_mut().unwrap().insert(
+                MessageSystemAttributeName::SentTimestamp,
+                epoch_ms(sent).to_string(),
+            );
         }
-        letters.extend(drain(&plain, &dlq).await);
+    };
+    let mut first = receive_n_hidden_for(&sqs, &q, 1, 5, Duration::from_secs(3)).await;
+    as_sent(&mut first);
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    invoke_within(&p, &sqs, &q, &first, 30).await;
+    assert_eq!(
+        dest.received_requests().await.unwrap().len(),
+        1,
+        "attempted on its first receive"
+    );
+
+    let started = Instant::now();
+    let mut letters = Vec::new();
+    while letters.is_empty()
+        && started.elapsed() < Duration::from_secs(30)
+        && dest.received_requests().await.unwrap().len() <= 4
+    {
+        let mut got = receive_n_hidden_for(&sqs, &q, 1, 1, Duration::from_secs(3)).await;
+        as_sent(&mut got);
+        if !got.is_empty() {
+            invoke_within(&p, &sqs, &q, &got, 30).await;
+        }
+        letters = drain(&sqs, &dlq).await;
     }
-    let requests = dest.received_requests().await.unwrap().len();
-    assert!(requests <= 3 + 1, "MAX_ATTEMPTS=3, but {requests} requests");
-    assert_eq!(letters.len(), 1, "one chain, one letter");
-    let redriven = receive_n(&plain, &redrive_dlq, 1, Duration::from_secs(1)).await;
-    assert!(redriven.is_empty(), "redriven: {redriven:#?}");
+    assert_eq!(dest.received_requests().await.unwrap().len(), 2);
+    assert_eq!(attr(&letters[0], "AttemptCount").as_deref(), Some("3"));
 }
