@@ -306,6 +306,33 @@ async fn with_refusing_ledger(
     (sqs, q, dlq, p, table)
 }
 
+/// Receives and handles the one message of `q` (hidden a second at each
+/// receive, and `adjust`ed to what SQS would report) until the DLQ holds
+/// its letter, `limit` passes, or the destination got more than `most`
+/// requests: the letters.
+async fn until_a_letter(
+    (sqs, q, dlq): (&aws_sdk_sqs::Client, &TestQueue, &TestQueue),
+    p: &std::sync::Arc<retryq::process::Processor>,
+    dest: &wiremock::MockServer,
+    (limit, most): (Duration, usize),
+    adjust: impl Fn(&mut Vec<aws_sdk_sqs::types::Message>),
+) -> Vec<aws_sdk_sqs::types::Message> {
+    let started = Instant::now();
+    let mut letters = Vec::new();
+    while letters.is_empty()
+        && started.elapsed() < limit
+        && dest.received_requests().await.unwrap().len() <= most
+    {
+        let mut received = receive_n_hidden_for(sqs, q, 1, 1, Duration::from_secs(3)).await;
+        adjust(&mut received);
+        if !received.is_empty() {
+            invoke_within(p, sqs, q, &received, 30).await;
+        }
+        letters = drain(sqs, dlq).await;
+    }
+    letters
+}
+
 /// With `MAX_ATTEMPTS=3`, a destination that always fails and a table
 /// whose client `refuse` intercepts: the requests the destination got, and
 /// the DLQ's letters, and the table.
@@ -317,18 +344,8 @@ async fn attempts_with_a_refusing_ledger(
     let dest = serving(ResponseTemplate::new(503)).await;
     send(&sqs, &q, &message(name, &dest.uri(), serde_json::json!({}))).await;
 
-    let started = Instant::now();
-    let mut letters = Vec::new();
-    while letters.is_empty()
-        && started.elapsed() < Duration::from_secs(60)
-        && dest.received_requests().await.unwrap().len() <= 6
-    {
-        let received = receive_n_hidden_for(&sqs, &q, 1, 1, Duration::from_secs(3)).await;
-        if !received.is_empty() {
-            invoke_within(&p, &sqs, &q, &received, 30).await;
-        }
-        letters = drain(&sqs, &dlq).await;
-    }
+    let limits = (Duration::from_secs(60), 6);
+    let letters = until_a_letter((&sqs, &q, &dlq), &p, &dest, limits, |_| {}).await;
     (
         dest.received_requests().await.unwrap().len(),
         letters,

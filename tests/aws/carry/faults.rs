@@ -374,18 +374,8 @@ async fn a_fifo_attempt_counts_when_its_ledger_write_fails_after_it() {
         .await
         .unwrap();
 
-    let started = Instant::now();
-    let mut letters = Vec::new();
-    while letters.is_empty()
-        && started.elapsed() < Duration::from_secs(60)
-        && dest.received_requests().await.unwrap().len() <= 6
-    {
-        let received = receive_n_hidden_for(&sqs, &q, 1, 1, Duration::from_secs(3)).await;
-        if !received.is_empty() {
-            invoke_within(&p, &sqs, &q, &received, 30).await;
-        }
-        letters = drain(&sqs, &dlq).await;
-    }
+    let limits = (Duration::from_secs(60), 6);
+    let letters = until_a_letter((&sqs, &q, &dlq), &p, &dest, limits, |_| {}).await;
     assert_exhausted_after_three(dest.received_requests().await.unwrap().len(), &letters);
 }
 
@@ -416,18 +406,8 @@ async fn a_copy_attempted_on_an_early_receive_counts_every_receive() {
     invoke_within(&p, &sqs, &q, &first, 30).await;
     assert_eq!(dest.received_requests().await.unwrap().len(), 1);
 
-    let started = Instant::now();
-    let mut letters = Vec::new();
-    while letters.is_empty()
-        && started.elapsed() < Duration::from_secs(30)
-        && dest.received_requests().await.unwrap().len() <= 4
-    {
-        let received = receive_n_hidden_for(&sqs, &q, 1, 1, Duration::from_secs(3)).await;
-        if !received.is_empty() {
-            invoke_within(&p, &sqs, &q, &received, 30).await;
-        }
-        letters = drain(&sqs, &dlq).await;
-    }
+    let limits = (Duration::from_secs(30), 4);
+    let letters = until_a_letter((&sqs, &q, &dlq), &p, &dest, limits, |_| {}).await;
     assert_eq!(dest.received_requests().await.unwrap().len(), 2);
     assert_eq!(letters.len(), 1, "dead-lettered");
     assert_eq!(attr(&letters[0], "AttemptCount").as_deref(), Some("3"));
@@ -478,19 +458,8 @@ async fn a_first_receive_that_was_attempted_counts_with_a_clock_ahead() {
         "attempted on its first receive"
     );
 
-    let started = Instant::now();
-    let mut letters = Vec::new();
-    while letters.is_empty()
-        && started.elapsed() < Duration::from_secs(30)
-        && dest.received_requests().await.unwrap().len() <= 4
-    {
-        let mut got = receive_n_hidden_for(&sqs, &q, 1, 1, Duration::from_secs(3)).await;
-        as_sent(&mut got);
-        if !got.is_empty() {
-            invoke_within(&p, &sqs, &q, &got, 30).await;
-        }
-        letters = drain(&sqs, &dlq).await;
-    }
+    let limits = (Duration::from_secs(30), 4);
+    let letters = until_a_letter((&sqs, &q, &dlq), &p, &dest, limits, as_sent).await;
     assert_eq!(dest.received_requests().await.unwrap().len(), 2);
     assert_eq!(attr(&letters[0], "AttemptCount").as_deref(), Some("3"));
 }
