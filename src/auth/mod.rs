@@ -922,15 +922,37 @@ fn token_answer(status: u16, body: &[u8]) -> Result<(Secret, Duration), TokenErr
     #[derive(Deserialize)]
     struct TokenAnswer {
         access_token: String,
-        expires_in: Option<u64>,
+        expires_in: Option<serde_json::Value>,
     }
     let answer: TokenAnswer = serde_json::from_slice(body)
         .map_err(|_| TokenError::Unavailable("answered without an access_token".into()))?;
     let lifetime = answer
         .expires_in
-        .map_or(DEFAULT_LIFETIME, Duration::from_secs)
-        .min(MAX_LIFETIME);
+        .as_ref()
+        .map_or(DEFAULT_LIFETIME, lifetime_of);
     Ok((Secret::new(answer.access_token), lifetime))
+}
+
+/// A token's lifetime from `expires_in` (§12.8): a JSON integer, a fraction
+/// or exponent, or a string of digits (as some identity providers send),
+/// clamped to [`MAX_LIFETIME`] (§8.6). Anything else (negative, not a
+/// number, another string) means [`DEFAULT_LIFETIME`].
+fn lifetime_of(expires_in: &serde_json::Value) -> Duration {
+    let seconds = match expires_in {
+        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+            // Digits only: too many of them is a long lifetime, clamped.
+            Some(s.parse::<f64>().unwrap_or(f64::MAX))
+        }
+        _ => None,
+    };
+    match seconds {
+        Some(s) if s.is_finite() && s >= 0.0 => {
+            Duration::from_secs_f64(s.min(MAX_LIFETIME.as_secs_f64()))
+        }
+        Some(s) if s == f64::INFINITY => MAX_LIFETIME,
+        _ => DEFAULT_LIFETIME,
+    }
 }
 
 /// Did the token endpoint refuse the client's credentials (RFC 6749 §5.2:
@@ -1175,6 +1197,15 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_expires_in_is_bounded_and_never_panics(n in proptest::num::f64::ANY, text in ".{0,40}") {
+            for value in [serde_json::json!(n), serde_json::json!(text), serde_json::json!(n.to_string())] {
+                proptest::prop_assert!(lifetime_of(&value) <= MAX_LIFETIME);
+            }
+        }
+    }
+
     #[test]
     fn token_answers_are_read_and_their_lifetime_bounded() {
         let ok = |body: &str| {
@@ -1194,6 +1225,20 @@ mod tests {
             MAX_LIFETIME
         );
         assert_eq!(ok(r#"{"expires_in":1}"#), None);
+        // §12.8: a string of digits, a fraction, an exponent; each clamped.
+        let lifetime = |e: &str| {
+            ok(&format!(r#"{{"access_token":"t","expires_in":{e}}}"#))
+                .unwrap()
+                .1
+        };
+        assert_eq!(lifetime(r#""3599""#), Duration::from_secs(3599));
+        assert_eq!(lifetime("3599.5"), Duration::from_secs_f64(3599.5));
+        assert_eq!(lifetime("3.6e3"), Duration::from_secs(3600));
+        assert_eq!(lifetime("1e30"), MAX_LIFETIME);
+        assert_eq!(lifetime(r#""99999999999999999999999999""#), MAX_LIFETIME);
+        for other in ["-5", r#""3599s""#, r#""""#, r#""-1""#, "null", "true", "[]"] {
+            assert_eq!(lifetime(other), DEFAULT_LIFETIME, "{other}");
+        }
         assert!(matches!(
             token_answer(401, b""),
             Err(TokenError::Rejected(401))

@@ -465,3 +465,36 @@ async fn the_token_url_is_not_held_to_the_destination_policy() {
     assert_eq!(tokens.received_requests().await.unwrap().len(), 1);
     dest.verify().await;
 }
+
+/// §12.8: a token endpoint that sends `expires_in` as a string of digits,
+/// a fraction or a huge exponent (as some identity providers do) still
+/// gives a usable token; each record is delivered on its first receive.
+#[tokio::test]
+async fn a_token_whose_expires_in_is_a_string_or_a_fraction_is_used() {
+    for (i, expires_in) in [
+        serde_json::json!("3599"),
+        serde_json::json!(3599.5),
+        serde_json::json!(1e30),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let tokens = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/oauth/token"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(
+                serde_json::json!({"access_token": "tok-odd", "token_type": "Bearer", "expires_in": expires_in}),
+            ))
+            .mount(&tokens)
+            .await;
+        let dest = MockServer::start().await;
+        Mock::given(header("authorization", "Bearer tok-odd"))
+            .respond_with(ResponseTemplate::new(200))
+            .mount(&dest)
+            .await;
+        let (sqs, q, dlq, p) = setup_oauth(&tokens, serde_json::json!({})).await;
+        let id = format!("odd-{i}");
+        let outcome = run_batch(&p, &sqs, &q, &dlq, &[authed(&id, &dest.uri())]).await;
+        outcome.assert_all_delivered(&[id.as_str()]);
+    }
+}
