@@ -84,6 +84,10 @@ pub(crate) fn breaker_opened(host: &str, failures: u32, cooldown: Duration) {
     *opened.entry(destination_of(host).to_owned()).or_default() += 1;
 }
 
+/// The `Destination` under which records refused by the destination policy
+/// are counted (§12.9), whatever host they named.
+pub(crate) const REFUSED: &str = "refused";
+
 /// The `Destination` of a breaker's `host:port` key: its host, as the
 /// records' own destinations are counted.
 fn destination_of(breaker_host: &str) -> &str {

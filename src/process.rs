@@ -84,6 +84,16 @@ enum Ticket {
 /// the probe lease's slack), and a second for rounding.
 const CLOCK_SLACK: Duration = Duration::from_secs(6);
 
+/// The `Destination` a record's figures go under (§12.9): its host, but
+/// `refused` for a record the destination policy refused, so that what a
+/// producer names cannot add metric streams.
+fn metrics_destination(decision: Option<&Decision>, host: Option<String>) -> Option<String> {
+    match decision.map(|d| d.label) {
+        Some(Label::NotAllowed) => Some(crate::metrics::REFUSED.to_owned()),
+        _ => host,
+    }
+}
+
 /// Was the attempt counted in the ledger before it was made?
 enum CountedFirst {
     /// Not needed: no ledger, or the record can be carried over.
@@ -724,7 +734,7 @@ impl Processor {
         Processed {
             disposition,
             attempt_latency: latency,
-            destination,
+            destination: metrics_destination(decision.as_ref(), destination),
         }
     }
 

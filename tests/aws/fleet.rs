@@ -355,7 +355,7 @@ fn messages_to(dest: &Destination, prefix: &str, path: &str, n: usize) -> Vec<St
 }
 
 /// A `retryq worker` on `q` with the fleet's table and `vars`.
-fn worker(
+pub(crate) fn worker(
     q: &TestQueue,
     dlq: &TestQueue,
     table: &str,

@@ -193,3 +193,50 @@ async fn per_host_concurrency_never_exceeds_its_limit() {
         assert!(d.max_in_flight() >= 2, "{name}: requests did overlap");
     }
 }
+
+/// §12.9: records refused by `ALLOWED_DESTINATIONS` are counted under
+/// `Destination` `refused`, never under the host they named: a producer
+/// naming a new host in each message adds no metric stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_records_are_counted_under_refused_not_their_host() {
+    let sqs = sqs();
+    let table = crate::fleet::state_table().await;
+    let q = queue(&sqs, "refused-metrics").await;
+    let dlq = queue(&sqs, "refused-metrics-dlq").await;
+    let bodies: Vec<String> = (0..12)
+        .map(|i| {
+            let url = format!("https://h{i}.refused.example/x");
+            message(&format!("refused-{i}"), &url, serde_json::json!({}))
+        })
+        .collect();
+    send_batch(&sqs, &q, &bodies).await;
+    let log = std::env::temp_dir().join(format!("refused-metrics-{}.log", std::process::id()));
+    let vars = [
+        ("ALLOWED_DESTINATIONS", "allowed.example"),
+        ("METRICS_ENABLED", "true"),
+        ("RUST_LOG", "warn"),
+    ];
+    let mut running = crate::fleet::worker(&q, &dlq, &table, &vars, &log);
+    let started = std::time::Instant::now();
+    let mut letters = Vec::new();
+    while letters.len() < 12 && started.elapsed() < Duration::from_secs(30) {
+        letters.extend(drain(&sqs, &dlq).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    running.terminate();
+    running.wait_for_exit(Duration::from_secs(10));
+    assert_eq!(letters.len(), 12, "every record dead-lettered");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let destinations: std::collections::BTreeSet<String> = text
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|d| d["Destination"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        destinations.into_iter().collect::<Vec<_>>(),
+        ["refused"],
+        "{text}"
+    );
+}
