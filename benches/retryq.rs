@@ -121,7 +121,7 @@ fn core(c: &mut Criterion) -> BTreeMap<String, f64> {
     let mut headers = http::HeaderMap::new();
     headers.insert("retry-after", "120".parse().unwrap());
     let now = SystemTime::now();
-    let settings = Settings::new(&policy, &|_| false);
+    let settings = Settings::new(&policy, &|_, _| None);
     // The processor's own decision, less its I/O: plan, the destination
     // check and request headers, then conclude on a 503.
     let plan = |text: &str| {

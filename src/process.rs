@@ -843,8 +843,8 @@ impl Processor {
         if let Some(decision) = Box::pin(self.carried_before(record, batch)).await {
             return (Ok(decision), None, None);
         }
-        let has_profile = |p: &str| self.deliverer.has_profile(p);
-        let settings = Settings::new(&self.config.retry, &has_profile)
+        let profile_allows = |p: &str, url: &url::Url| self.deliverer.profile_allows(p, url);
+        let settings = Settings::new(&self.config.retry, &profile_allows)
             .with_destinations(&self.config.destination_policies);
         // A large payload is admitted on the destination its head names,
         // and its body read only then (§12.4): a deferred record holds none.

@@ -376,6 +376,12 @@ impl Authenticator {
         secret_ttl: Duration,
         secrets_manager: Option<SecretsManager>,
     ) -> Authenticator {
+        for name in profiles.reaching_any_host() {
+            tracing::warn!(
+                profile = name,
+                "auth profile has no hosts: its credentials may go to any destination ALLOWED_DESTINATIONS allows"
+            );
+        }
         Authenticator {
             profiles: profiles
                 .profiles
@@ -433,6 +439,12 @@ impl Authenticator {
 
     pub fn has(&self, profile: &str) -> bool {
         self.profiles.contains_key(profile)
+    }
+
+    /// May `profile`'s credentials go to `url` (§12.8)? `None`: no such
+    /// profile.
+    pub fn allows(&self, profile: &str, url: &url::Url) -> Option<bool> {
+        Some(self.profiles.get(profile)?.spec.hosts.allow(url))
     }
 
     fn profile(&self, profile: &str) -> Result<&Profile, AuthError> {

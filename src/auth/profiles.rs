@@ -9,6 +9,7 @@ use url::Url;
 
 use super::sign::WebhookKey;
 use super::Secret;
+use crate::policy::hosts::HostPattern;
 
 /// `AUTH_PROFILES`, parsed and checked at start-up.
 #[derive(Debug, Clone, Default)]
@@ -22,6 +23,51 @@ pub struct AuthProfiles {
 pub(super) struct ProfileSpec {
     pub kind: Kind,
     pub client_certificate: Option<ClientCertificate>,
+    /// Where its credentials may go (§12.8).
+    pub hosts: ProfileHosts,
+}
+
+/// The destinations a profile's credentials may be sent to (§12.8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProfileHosts {
+    /// Its `hosts`.
+    Listed(Vec<HostPattern>),
+    /// An `aws-sigv4` profile without `hosts`: AWS endpoints only.
+    AwsEndpoints,
+    /// Any other profile without `hosts`: wherever `ALLOWED_DESTINATIONS`
+    /// lets requests go (a start-up warning names it).
+    Anywhere,
+}
+
+/// AWS endpoints, where an `aws-sigv4` profile without `hosts` may sign.
+const AWS_ENDPOINTS: [&str; 3] = ["*.amazonaws.com", "*.amazonaws.com.cn", "*.on.aws"];
+
+impl ProfileHosts {
+    fn default_for(kind: &Kind) -> ProfileHosts {
+        match kind {
+            Kind::SigV4 { .. } => ProfileHosts::AwsEndpoints,
+            _ => ProfileHosts::Anywhere,
+        }
+    }
+
+    /// May the profile's credentials go to `url`?
+    pub fn allow(&self, url: &Url) -> bool {
+        // As `ALLOWED_DESTINATIONS` matches: the host as the URL parser
+        // normalised it.
+        let Some(host) = url.host().map(|h| h.to_string()) else {
+            return false;
+        };
+        let port = url.port_or_known_default();
+        let matches = |p: &HostPattern| p.matches(&host, port);
+        match self {
+            ProfileHosts::Listed(patterns) => patterns.iter().any(matches),
+            ProfileHosts::AwsEndpoints => AWS_ENDPOINTS
+                .iter()
+                .filter_map(|p| p.parse::<HostPattern>().ok())
+                .any(|p| matches(&p)),
+            ProfileHosts::Anywhere => true,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -200,6 +246,20 @@ impl AuthProfiles {
         self.profiles.is_empty()
     }
 
+    /// The profiles without `hosts` whose credentials may go to any host
+    /// the destination policy allows (not `aws-sigv4`: AWS endpoints only),
+    /// by name.
+    pub fn reaching_any_host(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .profiles
+            .iter()
+            .filter(|(_, p)| p.hosts == ProfileHosts::Anywhere)
+            .map(|(name, _)| name.as_str())
+            .collect();
+        names.sort_unstable();
+        names
+    }
+
     /// Does any profile read Secrets Manager?
     pub fn uses_secrets_manager(&self) -> bool {
         self.profiles
@@ -230,28 +290,57 @@ fn parse_profile(
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<ProfileSpec, String> {
     let object = value.as_object_mut().ok_or("not a JSON object")?;
+    let hosts = object.remove("hosts").map(listed_hosts).transpose()?;
     let client_certificate = match object.remove("clientCertificate") {
         None => None,
-        Some(c) => {
-            let c: ClientCertificateJson =
-                serde_json::from_value(c).map_err(|e| format!("clientCertificate: {e}"))?;
-            let cert = source(env, c.cert_env, c.cert_arn, None, "clientCertificate.cert")?;
-            let key = source(env, c.key_env, c.key_arn, None, "clientCertificate.key")?;
-            if let (SecretSource::Value(cert), SecretSource::Value(key)) = (&cert, &key) {
-                super::identity(cert, key).map_err(|e| format!("clientCertificate: {e}"))?;
-            }
-            Some(ClientCertificate { cert, key })
-        }
+        Some(c) => Some(client_certificate(c, env)?),
     };
     // A profile may be a client certificate alone.
-    if client_certificate.is_some() && object.is_empty() {
-        return Ok(ProfileSpec {
-            kind: Kind::CertificateOnly,
-            client_certificate,
-        });
+    let kind = if client_certificate.is_some() && object.is_empty() {
+        Kind::CertificateOnly
+    } else {
+        let json: ProfileJson = serde_json::from_value(value).map_err(|e| e.to_string())?;
+        kind_of(json, env)?
+    };
+    let hosts = hosts.unwrap_or_else(|| ProfileHosts::default_for(&kind));
+    Ok(ProfileSpec {
+        kind,
+        client_certificate,
+        hosts,
+    })
+}
+
+/// `hosts`: destination patterns, written as in `ALLOWED_DESTINATIONS`.
+fn listed_hosts(value: serde_json::Value) -> Result<ProfileHosts, String> {
+    let list: Vec<String> =
+        serde_json::from_value(value).map_err(|_| "hosts: not a list of host patterns")?;
+    let patterns = list
+        .iter()
+        .enumerate()
+        .map(|(i, p)| p.parse().map_err(|e| format!("hosts[{i}]: {e}")))
+        .collect::<Result<Vec<HostPattern>, String>>()?;
+    Ok(ProfileHosts::Listed(patterns))
+}
+
+/// `clientCertificate`: a PEM chain and key, checked now when both are in
+/// the environment.
+fn client_certificate(
+    value: serde_json::Value,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<ClientCertificate, String> {
+    let c: ClientCertificateJson =
+        serde_json::from_value(value).map_err(|e| format!("clientCertificate: {e}"))?;
+    let cert = source(env, c.cert_env, c.cert_arn, None, "clientCertificate.cert")?;
+    let key = source(env, c.key_env, c.key_arn, None, "clientCertificate.key")?;
+    if let (SecretSource::Value(cert), SecretSource::Value(key)) = (&cert, &key) {
+        super::identity(cert, key).map_err(|e| format!("clientCertificate: {e}"))?;
     }
-    let json: ProfileJson = serde_json::from_value(value).map_err(|e| e.to_string())?;
-    let kind = match json {
+    Ok(ClientCertificate { cert, key })
+}
+
+/// The profile's type and its fields, checked.
+fn kind_of(json: ProfileJson, env: &impl Fn(&str) -> Option<String>) -> Result<Kind, String> {
+    Ok(match json {
         ProfileJson::OAuth2 {
             token_url,
             client_id,
@@ -262,35 +351,28 @@ fn parse_profile(
             audience,
             client_auth,
             expired_token,
-        } => {
-            let token_url = Url::parse(&token_url)
+        } => Kind::OAuth2 {
+            token_url: Url::parse(&token_url)
                 .ok()
                 .filter(|u| matches!(u.scheme(), "http" | "https"))
-                .ok_or("tokenUrl is not an http(s) URL")?;
-            let expired = match expired_token {
-                None => ExpiredTokenRule::default(),
-                Some(e) => ExpiredTokenRule {
-                    status: e.status.unwrap_or(401),
-                    body_contains: e.body_contains,
-                    header_contains: e.header_contains,
-                },
-            };
-            Kind::OAuth2 {
-                token_url,
-                client_id,
-                secret: source(
-                    env,
-                    client_secret_env,
-                    client_secret_arn,
-                    json_key,
-                    "clientSecret",
-                )?,
-                scope,
-                audience,
-                client_auth,
-                expired,
-            }
-        }
+                .ok_or("tokenUrl is not an http(s) URL")?,
+            client_id,
+            secret: source(
+                env,
+                client_secret_env,
+                client_secret_arn,
+                json_key,
+                "clientSecret",
+            )?,
+            scope,
+            audience,
+            client_auth,
+            expired: expired_token.map_or_else(ExpiredTokenRule::default, |e| ExpiredTokenRule {
+                status: e.status.unwrap_or(401),
+                body_contains: e.body_contains,
+                header_contains: e.header_contains,
+            }),
+        },
         ProfileJson::Header {
             name: header,
             value_env,
@@ -303,18 +385,7 @@ fn parse_profile(
             value: source(env, value_env, value_arn, json_key, "value")?,
             prefix,
         },
-        ProfileJson::SigV4 { service, region } => {
-            if service.is_empty() || service.contains(char::is_whitespace) {
-                return Err("service is not an AWS service name (such as execute-api)".into());
-            }
-            if region
-                .as_deref()
-                .is_some_and(|r| r.is_empty() || r.contains(char::is_whitespace))
-            {
-                return Err("region is not an AWS region name (such as us-east-1)".into());
-            }
-            Kind::SigV4 { service, region }
-        }
+        ProfileJson::SigV4 { service, region } => sigv4_kind(service, region)?,
         ProfileJson::StandardWebhooks {
             secret_env,
             secret_arn,
@@ -326,11 +397,20 @@ fn parse_profile(
             }
             Kind::StandardWebhooks { secret }
         }
-    };
-    Ok(ProfileSpec {
-        kind,
-        client_certificate,
     })
+}
+
+fn sigv4_kind(service: String, region: Option<String>) -> Result<Kind, String> {
+    if service.is_empty() || service.contains(char::is_whitespace) {
+        return Err("service is not an AWS service name (such as execute-api)".into());
+    }
+    if region
+        .as_deref()
+        .is_some_and(|r| r.is_empty() || r.contains(char::is_whitespace))
+    {
+        return Err("region is not an AWS region name (such as us-east-1)".into());
+    }
+    Ok(Kind::SigV4 { service, region })
 }
 
 /// Where a secret comes from: exactly one of `{what}Env` (read now) and
@@ -349,5 +429,44 @@ fn source(
             .ok_or_else(|| format!("{what}Env {var} is not set")),
         (None, Some(arn)) => Ok(SecretSource::SecretsManager { arn, json_key }),
         _ => Err(format!("exactly one of {what}Env and {what}Arn is needed")),
+    }
+}
+
+#[cfg(test)]
+mod hosts_tests {
+    #[test]
+    fn a_profile_lists_the_hosts_its_credentials_may_go_to() {
+        let env = |_: &str| Some("v".to_owned());
+        let spec = |json: serde_json::Value| super::parse_profile(json, &env);
+        let url = |u: &str| url::Url::parse(u).unwrap();
+        let header = serde_json::json!({"type": "header", "name": "x-api-key", "valueEnv": "K",
+            "hosts": ["api.partner.com", "*.partner.net:8443"]});
+        let hosts = spec(header).unwrap().hosts;
+        assert!(hosts.allow(&url("https://api.partner.com/x")));
+        assert!(hosts.allow(&url("https://eu.partner.net:8443/x")));
+        assert!(
+            !hosts.allow(&url("https://eu.partner.net/x")),
+            "another port"
+        );
+        assert!(!hosts.allow(&url("https://attacker.example/x")));
+        assert!(!hosts.allow(&url("https://api.partner.com.attacker.example/x")));
+        // aws-sigv4 without hosts: AWS endpoints only.
+        let sigv4 = spec(serde_json::json!({"type": "aws-sigv4", "service": "execute-api"}))
+            .unwrap()
+            .hosts;
+        assert_eq!(sigv4, super::ProfileHosts::AwsEndpoints);
+        assert!(sigv4.allow(&url("https://abc.execute-api.us-east-1.amazonaws.com/p")));
+        assert!(sigv4.allow(&url("https://abc.lambda-url.us-east-1.on.aws/")));
+        assert!(!sigv4.allow(&url("https://attacker.example/")));
+        // Any other profile without hosts: wherever requests may go.
+        let open = spec(serde_json::json!({"type": "header", "name": "x-k", "valueEnv": "K"}))
+            .unwrap()
+            .hosts;
+        assert_eq!(open, super::ProfileHosts::Anywhere);
+        // A bad pattern is an error naming its position, never a value.
+        let bad = spec(
+            serde_json::json!({"type": "header", "name": "x-k", "valueEnv": "K", "hosts": ["https://x/"]}),
+        );
+        assert!(bad.unwrap_err().starts_with("hosts[0]: "));
     }
 }

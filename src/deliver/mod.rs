@@ -265,6 +265,12 @@ impl Deliverer {
         self.auth.as_ref().is_some_and(|a| a.has(profile))
     }
 
+    /// May this profile's credentials go to `url` (§12.8)? `None`: no such
+    /// profile.
+    pub fn profile_allows(&self, profile: &str, url: &url::Url) -> Option<bool> {
+        self.auth.as_ref()?.allows(profile, url)
+    }
+
     /// Makes one attempt, within `REQUEST_TIMEOUT_SECONDS`.
     pub async fn deliver(&self, msg: &RetryMessage) -> Delivery {
         self.deliver_within(msg, self.timeout).await

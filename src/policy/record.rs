@@ -15,7 +15,7 @@
 //!     backoff: Backoff::new(Duration::from_secs(10), Duration::from_secs(900)).unwrap(),
 //!     retry_after_max: Duration::from_secs(43_200),
 //! };
-//! let settings = Settings::new(&retry, &|_| false);
+//! let settings = Settings::new(&retry, &|_, _| None);
 //! let body = r#"{"id": "o-1", "destinationUrl": "https://partner.example.com/", "request": {"method": "GET"}}"#;
 //! let now = SystemTime::now();
 //! let Plan::Attempt { attempt, .. } = plan(&Received::new(body, 1), &settings, now) else { panic!() };
@@ -40,12 +40,17 @@ use crate::message::RetryMessage;
 /// for the rest of the way.
 pub const RECEIVE_SLACK: Duration = Duration::from_secs(60);
 
+/// Whether an auth profile's credentials may go to a destination: `None`
+/// when there is no such profile.
+pub type ProfileCheck<'a> = dyn Fn(&str, &url::Url) -> Option<bool> + Sync + 'a;
+
 /// What the decision knows of the processor's configuration.
 #[derive(Clone, Copy)]
 pub struct Settings<'a> {
     pub retry: &'a RetryPolicy,
-    /// Is this auth profile configured?
-    pub has_profile: &'a (dyn Fn(&str) -> bool + Sync),
+    /// May this auth profile's credentials go to this destination (§12.8)?
+    /// `None`: no such profile.
+    pub profile_allows: &'a ProfileCheck<'a>,
     /// `DESTINATION_POLICIES`.
     pub destinations: &'a DestinationPolicies,
     /// Statuses retried besides those of §3 (a destination's `retryOn`).
@@ -56,10 +61,10 @@ static NO_POLICIES: DestinationPolicies = DestinationPolicies::none();
 
 impl<'a> Settings<'a> {
     /// The processor's settings, without destination policies.
-    pub fn new(retry: &'a RetryPolicy, has_profile: &'a (dyn Fn(&str) -> bool + Sync)) -> Self {
+    pub fn new(retry: &'a RetryPolicy, profile_allows: &'a ProfileCheck<'a>) -> Self {
         Settings {
             retry,
-            has_profile,
+            profile_allows,
             destinations: &NO_POLICIES,
             retry_on: &[],
         }
@@ -343,11 +348,17 @@ pub fn plan(received: &Received<'_>, settings: &Settings<'_>, now: SystemTime) -
         age_limit: received.age_limit,
     };
     if let Some(profile) = message.auth.as_deref() {
-        if !(settings.has_profile)(profile) {
+        let why = match (settings.profile_allows)(profile, &message.destination_url) {
+            None => Some("is not configured"),
+            // Nothing is sent: its credentials go only to its `hosts`.
+            Some(false) => Some("may not be sent to this destination's host (its hosts)"),
+            Some(true) => None,
+        };
+        if let Some(why) = why {
             return Plan::Decided(refused(
                 FailureReason::InvalidMessage,
                 attempt.number,
-                &format!("auth: profile {profile:?} is not configured"),
+                &format!("auth: profile {profile:?} {why}"),
             ));
         }
     }
@@ -639,7 +650,7 @@ mod tests {
 
     fn planned(received: &Received<'_>) -> Plan {
         let retry = retry();
-        let settings = Settings::new(&retry, &|p| p == "known");
+        let settings = Settings::new(&retry, &|p, _| (p == "known").then_some(true));
         plan(received, &settings, NOW)
     }
 
@@ -684,7 +695,7 @@ mod tests {
 
     fn concluded(attempt: u32, result: AttemptResult<'_>) -> Decision {
         let retry = retry();
-        let settings = Settings::new(&retry, &|_| true);
+        let settings = Settings::new(&retry, &|_, _| Some(true));
         let attempt = Attempt {
             number: attempt,
             limit: 3,
@@ -710,7 +721,7 @@ mod tests {
             &retry,
         )
         .unwrap();
-        let base = Settings::new(&retry, &|_| true).with_destinations(&policies);
+        let base = Settings::new(&retry, &|_, _| Some(true)).with_destinations(&policies);
         let text = body("");
         let Plan::Attempt { message, attempt } = plan(&Received::new(&text, 1), &base, NOW) else {
             panic!("expected an attempt")
@@ -795,7 +806,7 @@ mod tests {
     #[test]
     fn a_deferral_on_the_final_attempt_is_not_dead_lettered_but_expiry_still_ends_it() {
         let retry = retry();
-        let settings = Settings::new(&retry, &|_| true);
+        let settings = Settings::new(&retry, &|_, _| Some(true));
         let last = Attempt {
             number: 3,
             limit: 3,

@@ -498,3 +498,54 @@ async fn a_token_whose_expires_in_is_a_string_or_a_fraction_is_used() {
         outcome.assert_all_delivered(&[id.as_str()]);
     }
 }
+
+/// §12.8: a profile's credentials go only to its `hosts`. A message naming
+/// `partner-x` with another destination is `invalid-message`, nothing is
+/// sent (no token fetched, no request), and `LastError` names the profile,
+/// not the host; the same profile still delivers to its own host.
+#[tokio::test]
+async fn a_profile_credential_goes_only_to_its_hosts() {
+    let tokens = token_endpoint("tok-h", "tok-h").await;
+    let own = MockServer::start().await;
+    Mock::given(header("authorization", "Bearer tok-h"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&own)
+        .await;
+    let elsewhere = MockServer::start().await;
+    let own_host = format!("127.0.0.1:{}", own.address().port());
+    let (sqs, q, dlq, p) = setup_oauth(&tokens, serde_json::json!({ "hosts": [own_host] })).await;
+
+    let outcome = run_batch(
+        &p,
+        &sqs,
+        &q,
+        &dlq,
+        &[
+            authed("own", &own.uri()),
+            authed("stolen", &elsewhere.uri()),
+        ],
+    )
+    .await;
+
+    assert!(outcome.delivered.contains("own"), "{:?}", outcome.delivered);
+    assert!(
+        elsewhere.received_requests().await.unwrap().is_empty(),
+        "nothing sent elsewhere"
+    );
+    let letter = &outcome.dead["stolen"];
+    assert_eq!(
+        attr(letter, "FailureReason").as_deref(),
+        Some("invalid-message")
+    );
+    let error = attr(letter, "LastError").unwrap();
+    assert!(error.contains("partner-x"), "{error}");
+    assert!(
+        !error.contains("127.0.0.1"),
+        "no host in LastError: {error}"
+    );
+    assert_eq!(
+        tokens.received_requests().await.unwrap().len(),
+        1,
+        "one token, for own"
+    );
+}

@@ -100,7 +100,7 @@ async fn no_secret_or_token_reaches_the_trace_output_or_the_dlq() {
         "reject": oauth(format!("{}/reject", tokens.uri()), serde_json::json!({})),
         "down": oauth(format!("http://127.0.0.1:{}/token", free_port()), serde_json::json!({})),
         "key": { "type": "header", "name": "x-api-key", "valueEnv": "API_KEY" },
-        "sigv4": { "type": "aws-sigv4", "service": "execute-api" },
+        "sigv4": { "type": "aws-sigv4", "service": "execute-api", "hosts": ["127.0.0.1"] },
         "hooks": { "type": "standard-webhooks", "secretEnv": "HOOK_SECRET" },
         "mtls": { "type": "header", "name": "x-api-key", "valueEnv": "API_KEY",
                   "clientCertificate": { "certEnv": "CLIENT_CERT", "keyEnv": "CLIENT_KEY" } }

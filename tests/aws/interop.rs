@@ -198,8 +198,8 @@ async fn a_rotated_webhook_secret_is_read_again_after_a_401_and_the_request_sign
 async fn sigv4_signatures_match_botocores_signer_for_the_request_as_received() {
     let dest = answering_in_turn(&[]).await;
     let profiles = r#"{
-        "gateway": {"type": "aws-sigv4", "service": "execute-api", "region": "eu-west-1"},
-        "function-url": {"type": "aws-sigv4", "service": "lambda"}
+        "gateway": {"type": "aws-sigv4", "service": "execute-api", "region": "eu-west-1", "hosts": ["127.0.0.1"]},
+        "function-url": {"type": "aws-sigv4", "service": "lambda", "hosts": ["127.0.0.1"]}
     }"#;
     let (sqs, q, dlq, p) = with_dlq("sigv4", &[("AUTH_PROFILES", profiles)]).await;
     // Escapes, repeated and empty parameters, a header with inner spaces,

@@ -163,7 +163,7 @@ fn decide(body: &str, rng: &mut fastrand::Rng) {
         .unwrap(),
         retry_after_max: Duration::from_secs(rng.u64(1..=43_200)),
     };
-    let settings = Settings::new(&policy, &|p| p == "partner-x");
+    let settings = Settings::new(&policy, &|p, _| (p == "partner-x").then_some(true));
     let now = SystemTime::now();
     let mut received = Received::new(body, rng.u32(1..20));
     if rng.bool() {
