@@ -62,6 +62,13 @@ pub(super) async fn queues(
     for finding in &findings {
         println!("error: {finding}");
     }
+    // §12.8: not an error (ALLOWED_DESTINATIONS may be narrow enough), but
+    // a producer could name such a profile with any allowed URL.
+    for name in config.auth.reaching_any_host() {
+        println!(
+            "warning: AUTH_PROFILES {name}: no hosts, so its credentials may go to any destination ALLOWED_DESTINATIONS allows"
+        );
+    }
     match findings.len() {
         0 => {
             println!("ok: nothing the processor would refuse or warn about");

@@ -381,6 +381,11 @@ async fn validate_checks_a_queue_and_its_dlq_naming_the_queue_and_the_attribute(
         &[("MessageRetentionPeriod", "1209600")],
     )
     .await;
+    // §12.8: a profile without hosts is reported (a warning, not an error);
+    // one with hosts, and an aws-sigv4 one (AWS endpoints), are not.
+    let profiles = r#"{"open": {"type": "header", "name": "x-k", "valueEnv": "K"},
+        "listed": {"type": "header", "name": "x-k", "valueEnv": "K", "hosts": ["api.partner.com"]},
+        "aws": {"type": "aws-sigv4", "service": "execute-api"}}"#;
     let out = run_retryq(
         &[
             "validate",
@@ -389,7 +394,7 @@ async fn validate_checks_a_queue_and_its_dlq_naming_the_queue_and_the_attribute(
             "--dlq-url",
             &good_dlq.url,
         ],
-        &[],
+        &[("AUTH_PROFILES", profiles), ("K", "k3y")],
     )
     .await;
     assert_eq!(out.code, 0, "stdout: {} stderr: {}", out.stdout, out.stderr);
@@ -398,6 +403,14 @@ async fn validate_checks_a_queue_and_its_dlq_naming_the_queue_and_the_attribute(
         "{}",
         out.stdout
     );
+    let warned: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("warning: AUTH_PROFILES"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{}", out.stdout);
+    assert!(warned[0].contains(" open: no hosts"), "{}", out.stdout);
+    assert!(!out.stdout.contains("k3y"), "no secret in the report");
 
     // Four days of retention on a FIFO queue (whose records are not carried
     // over, §12.5), a 1 KiB DLQ and a 5 s visibility timeout, for 20
