@@ -437,10 +437,6 @@ impl Authenticator {
             .await
     }
 
-    pub fn has(&self, profile: &str) -> bool {
-        self.profiles.contains_key(profile)
-    }
-
     /// May `profile`'s credentials go to `url` (§12.8)? `None`: no such
     /// profile.
     pub fn allows(&self, profile: &str, url: &url::Url) -> Option<bool> {

@@ -260,11 +260,6 @@ impl Deliverer {
         self.settings.resolver.clone()
     }
 
-    /// Is this auth profile configured?
-    pub fn has_profile(&self, profile: &str) -> bool {
-        self.auth.as_ref().is_some_and(|a| a.has(profile))
-    }
-
     /// May this profile's credentials go to `url` (§12.8)? `None`: no such
     /// profile.
     pub fn profile_allows(&self, profile: &str, url: &url::Url) -> Option<bool> {
@@ -361,10 +356,25 @@ impl Deliverer {
         timeout: Duration,
         gate: &dyn SendGate,
     ) -> Delivery {
-        let Some(auth) = self.auth.as_ref().filter(|a| a.has(profile)) else {
-            return Delivery::AuthFailed(AuthError::Rejected(format!(
-                "auth profile {profile:?} is not configured"
-            )));
+        // Where credentials are attached, so that every caller (the
+        // processor, `retryq call`, the library) keeps them to the profile's
+        // `hosts` (§12.8); the processor refuses such a record before.
+        let allowed = self
+            .auth
+            .as_ref()
+            .map(|a| (a, a.allows(profile, &msg.destination_url)));
+        let auth = match allowed {
+            Some((auth, Some(true))) => auth,
+            Some((_, Some(false))) => {
+                return Delivery::Invalid(format!(
+                "auth: profile {profile:?} may not be sent to this destination's host (its hosts)"
+            ))
+            }
+            _ => {
+                return Delivery::AuthFailed(AuthError::Rejected(format!(
+                    "auth profile {profile:?} is not configured"
+                )))
+            }
         };
         let credential = match auth.credential(profile).await {
             Ok(c) => c,

@@ -595,3 +595,41 @@ async fn dlq_redrive_moves_dead_letters_back_by_reason_without_failure_attribute
     let out = redrive(&dlq, &target, &["--reason", "sideways"]).await;
     assert_usage_error(&out, "--reason");
 }
+
+/// §12.8 where credentials are attached: `retryq call` (which makes the
+/// first attempt itself, without the processor's checks) sends a profile's
+/// key only to the profile's `hosts`; elsewhere nothing is sent.
+#[tokio::test]
+async fn call_keeps_a_profile_credential_to_its_hosts() {
+    let sqs = sqs();
+    let q = queue(&sqs, "cli-call-hosts").await;
+    let elsewhere = answering(200).await;
+    let profiles = r#"{"partner": {"type": "header", "name": "x-api-key", "valueEnv": "K",
+        "hosts": ["api.partner.example.com"]}}"#;
+    let out = run_retryq(
+        &[
+            "call",
+            "--queue-url",
+            &q.url,
+            "--url",
+            &elsewhere.uri(),
+            "--auth",
+            "partner",
+        ],
+        &[
+            ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+            ("AUTH_PROFILES", profiles),
+            ("K", "k3y-secret"),
+        ],
+    )
+    .await;
+    assert!(
+        elsewhere.received_requests().await.unwrap().is_empty(),
+        "nothing sent: {} {}",
+        out.stdout,
+        out.stderr
+    );
+    assert_ne!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("partner"), "{}", out.stderr);
+    assert!(!out.stderr.contains("k3y-secret") && !out.stdout.contains("k3y-secret"));
+}
