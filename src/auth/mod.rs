@@ -119,6 +119,10 @@ pub struct Credential {
     /// The secret it was made from (header and webhook profiles), to tell
     /// whether a re-read brought a new one.
     made_from: Option<Secret>,
+    /// From then on the token, secret or AWS credentials it was made from
+    /// are due for renewal: a request that waited past it for its slot
+    /// asks for the credential again before it is signed (§12.8).
+    fresh_until: Option<Instant>,
 }
 
 #[derive(Debug, Clone)]
@@ -135,6 +139,11 @@ enum Applied {
 }
 
 impl Credential {
+    /// Is what it was made from due for renewal?
+    pub fn is_stale(&self) -> bool {
+        self.fresh_until.is_some_and(|t| Instant::now() >= t)
+    }
+
     /// Applies the credential to the request as it will be sent: replaces
     /// the message's header of that name, or signs method, URL, headers and
     /// body at `now`. `id` is the Retry Message `id` (`webhook-id`).
@@ -469,6 +478,7 @@ impl Authenticator {
                 applied: Applied::Nothing,
                 generation: 0,
                 made_from: None,
+                fresh_until: None,
             }),
         }
     }
@@ -630,6 +640,7 @@ impl Authenticator {
             },
             generation: 0,
             made_from: None,
+            fresh_until: Some(held.refresh_at),
         })
     }
 
@@ -673,6 +684,7 @@ impl Authenticator {
             ),
             generation: token.generation,
             made_from: None,
+            fresh_until: Some(token.refresh_at),
         })
     }
 
@@ -998,6 +1010,7 @@ fn header_credential(
         applied: Applied::Header(name.clone(), sensitive(&text, profile)?),
         generation: secret.generation,
         made_from: Some(secret.value.clone()),
+        fresh_until: Some(secret.refresh_at),
     })
 }
 
@@ -1009,6 +1022,7 @@ fn webhook_credential(profile: &str, secret: &SecretRead) -> Result<Credential, 
         applied: Applied::Webhook(key),
         generation: secret.generation,
         made_from: Some(secret.value.clone()),
+        fresh_until: Some(secret.refresh_at),
     })
 }
 

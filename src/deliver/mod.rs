@@ -356,27 +356,11 @@ impl Deliverer {
         timeout: Duration,
         gate: &dyn SendGate,
     ) -> Delivery {
-        // Where credentials are attached, so that every caller (the
-        // processor, `retryq call`, the library) keeps them to the profile's
-        // `hosts` (§12.8); the processor refuses such a record before.
-        let allowed = self
-            .auth
-            .as_ref()
-            .map(|a| (a, a.allows(profile, &msg.destination_url)));
-        let auth = match allowed {
-            Some((auth, Some(true))) => auth,
-            Some((_, Some(false))) => {
-                return Delivery::Invalid(format!(
-                "auth: profile {profile:?} may not be sent to this destination's host (its hosts)"
-            ))
-            }
-            _ => {
-                return Delivery::AuthFailed(AuthError::Rejected(format!(
-                    "auth profile {profile:?} is not configured"
-                )))
-            }
+        let auth = match self.authenticator_for(msg, profile) {
+            Ok(auth) => auth,
+            Err(refused) => return refused,
         };
-        let credential = match auth.credential(profile).await {
+        let mut credential = match auth.credential(profile).await {
             Ok(c) => c,
             Err(e) => return Delivery::AuthFailed(e),
         };
@@ -386,35 +370,27 @@ impl Deliverer {
         };
         let how = Sending::new(timeout, auth.needs_body(profile), gate);
         let (first, body) = self
-            .send(&client, msg, payload, Some(&credential), how)
+            .send(&client, msg, payload, Some(&mut credential), how)
             .await;
-        let renewed = match &first {
+        let mut renewed = match &first {
             Delivery::NoResponse {
                 kind: NoResponse::Tls,
                 ..
             } => {
-                // A client certificate the server refused may have been
-                // rotated: read it again, and try once more if it changed.
-                let Some(sent) = certificate else {
+                let Some(client) = self
+                    .client_after_tls_refusal(auth, profile, certificate)
+                    .await
+                else {
                     return first;
                 };
-                match self.client_for(auth, profile, Some(sent)).await {
-                    Ok((client, Some(read))) if read != sent => {
-                        tracing::info!(
-                            profile,
-                            "client certificate re-read after a TLS failure: trying once more"
-                        );
-                        let (again, _) = self
-                            .send(&client, msg, payload, Some(&credential), how)
-                            .await;
-                        // Withheld: the first request's answer stands.
-                        return match again {
-                            Delivery::Withheld => first,
-                            again => again,
-                        };
-                    }
-                    _ => return first,
-                }
+                let (again, _) = self
+                    .send(&client, msg, payload, Some(&mut credential), how)
+                    .await;
+                // Withheld: the first request's answer stands.
+                return match again {
+                    Delivery::Withheld => first,
+                    again => again,
+                };
             }
             Delivery::Answered {
                 status, headers, ..
@@ -428,7 +404,9 @@ impl Deliverer {
             },
             _ => return first,
         };
-        let (mut second, body) = self.send(&client, msg, payload, Some(&renewed), how).await;
+        let (mut second, body) = self
+            .send(&client, msg, payload, Some(&mut renewed), how)
+            .await;
         if let Delivery::Withheld = second {
             return first;
         }
@@ -444,6 +422,50 @@ impl Deliverer {
             *token_expired = auth.says_expired(profile, *status, headers, &body);
         }
         second
+    }
+
+    /// The authenticator that holds `profile`, if its credentials may go to
+    /// the message's destination. Checked where credentials are attached,
+    /// so that every caller (the processor, `retryq call`, the library)
+    /// keeps them to the profile's `hosts` (§12.8); the processor refuses
+    /// such a record before.
+    fn authenticator_for(
+        &self,
+        msg: &RetryMessage,
+        profile: &str,
+    ) -> Result<&Authenticator, Delivery> {
+        let auth = self.auth.as_deref();
+        match auth.map(|a| a.allows(profile, &msg.destination_url)) {
+            Some(Some(true)) => Ok(auth.expect("checked")),
+            Some(Some(false)) => Err(Delivery::Invalid(format!(
+                "auth: profile {profile:?} may not be sent to this destination's host (its hosts)"
+            ))),
+            _ => Err(Delivery::AuthFailed(AuthError::Rejected(format!(
+                "auth profile {profile:?} is not configured"
+            )))),
+        }
+    }
+
+    /// After a TLS handshake failure: a client certificate the server
+    /// refused may have been rotated. Reads it again; the client to try once
+    /// more with if it changed.
+    async fn client_after_tls_refusal(
+        &self,
+        auth: &Authenticator,
+        profile: &str,
+        sent: Option<(u64, u64)>,
+    ) -> Option<reqwest::Client> {
+        let sent = sent?;
+        match self.client_for(auth, profile, Some(sent)).await {
+            Ok((client, Some(read))) if read != sent => {
+                tracing::info!(
+                    profile,
+                    "client certificate re-read after a TLS failure: trying once more"
+                );
+                Some(client)
+            }
+            _ => None,
+        }
     }
 
     /// The client for a request under `profile`: the shared one, or the
@@ -496,14 +518,48 @@ impl Deliverer {
         Ok((client, Some(generation)))
     }
 
+    /// The request slot for `msg`, held with a credential that is not due
+    /// for renewal: one that became due while the request waited is
+    /// renewed without the slot, which is then waited for again (a few
+    /// rounds at most; a credential renewed that often is used as it is).
+    async fn slot_with_fresh(
+        &self,
+        msg: &RetryMessage,
+        mut credential: Option<&mut Credential>,
+    ) -> Result<Option<crate::breaker::SlotPermit<'_>>, AuthError> {
+        const ROUNDS: usize = 3;
+        for round in 1..=ROUNDS {
+            let slot = match &self.slots {
+                Some(slots) => Some(slots.acquire(&msg.destination_url).await),
+                None => None,
+            };
+            let (Some(c), Some(auth), Some(profile)) = (
+                credential.as_deref_mut(),
+                self.auth.as_ref(),
+                msg.auth.as_deref(),
+            ) else {
+                return Ok(slot);
+            };
+            if !c.is_stale() || round == ROUNDS {
+                return Ok(slot);
+            }
+            drop(slot);
+            *c = auth.credential(profile).await?;
+        }
+        unreachable!("the last round returns")
+    }
+
     /// One HTTP exchange. Returns the body too when it is a 401 and
     /// `read_401_body` (for the expired-token rule), else an empty one.
+    /// The credential is applied once the request has its slot, right
+    /// before it is sent (§12.8); one that became due for renewal while the
+    /// request waited is renewed first, and `credential` is left as sent.
     async fn send(
         &self,
         client: &reqwest::Client,
         msg: &RetryMessage,
         body: Option<&bytes::Bytes>,
-        credential: Option<&Credential>,
+        mut credential: Option<&mut Credential>,
         how: Sending<'_>,
     ) -> (Delivery, Vec<u8>) {
         let Sending {
@@ -511,14 +567,19 @@ impl Deliverer {
             read_401_body,
             gate,
         } = how;
-        let request = match build(client, msg, body, credential, timeout) {
+        let mut request = match build(client, msg, body, timeout) {
             Ok(r) => r,
             Err(reason) => return (Delivery::Invalid(reason), Vec::new()),
         };
-        let _slot = match &self.slots {
-            Some(slots) => Some(slots.acquire(&msg.destination_url).await),
-            None => None,
+        let _slot = match self.slot_with_fresh(msg, credential.as_deref_mut()).await {
+            Ok(slot) => slot,
+            Err(e) => return (Delivery::AuthFailed(e), Vec::new()),
         };
+        if let Some(c) = credential {
+            if let Err(reason) = c.apply(&mut request, &msg.id, SystemTime::now()) {
+                return (Delivery::Invalid(reason), Vec::new());
+            }
+        }
         if !gate.open().await {
             return (Delivery::Withheld, Vec::new());
         }
@@ -547,13 +608,13 @@ impl Deliverer {
     }
 }
 
-/// The request as it will be sent. A credential is applied last, after
-/// every other header is final, so a signature covers exactly what is sent.
+/// The request as it will be sent, but for its credential, which
+/// [`Deliverer::send`] applies last, after every other header is final, so
+/// that a signature covers exactly what is sent.
 fn build(
     client: &reqwest::Client,
     msg: &RetryMessage,
     body: Option<&bytes::Bytes>,
-    credential: Option<&Credential>,
     timeout: Duration,
 ) -> Result<reqwest::Request, String> {
     let method = reqwest::Method::from_bytes(msg.request.method.as_bytes())
@@ -573,11 +634,7 @@ fn build(
         // bytes.
         builder = builder.body(body.clone());
     }
-    let mut request = builder.build().map_err(|e| e.without_url().to_string())?;
-    if let Some(c) = credential {
-        c.apply(&mut request, &msg.id, SystemTime::now())?;
-    }
-    Ok(request)
+    builder.build().map_err(|e| e.without_url().to_string())
 }
 
 /// What every client of the deliverer shares; a profile's client adds its

@@ -549,3 +549,65 @@ async fn a_profile_credential_goes_only_to_its_hosts() {
         "one token, for own"
     );
 }
+
+/// Token endpoint answering `tok-1`, `tok-2`, … each valid for 2 s.
+struct ShortTokens(std::sync::atomic::AtomicUsize);
+
+impl wiremock::Respond for ShortTokens {
+    fn respond(&self, _: &wiremock::Request) -> ResponseTemplate {
+        let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        ResponseTemplate::new(200)
+            .set_body_json(serde_json::json!({"access_token": format!("tok-{n}"), "expires_in": 2}))
+    }
+}
+
+/// §12.8: a token is attached once the request has its slot. With one slot,
+/// a destination that takes 1.2 s and tokens that live 2 s, the third
+/// request waits past its token's refresh time: it is sent with a new
+/// token, not the one held when it started to wait.
+#[tokio::test]
+async fn a_token_that_expires_while_its_request_waits_for_a_slot_is_renewed() {
+    let tokens = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ShortTokens(Default::default()))
+        .mount(&tokens)
+        .await;
+    let dest = MockServer::start().await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(ResponseTemplate::new(204).set_delay(Duration::from_millis(1200)))
+        .mount(&dest)
+        .await;
+    let profiles = oauth_profile(
+        &format!("{}/oauth/token", tokens.uri()),
+        serde_json::json!({}),
+    );
+    let (sqs, q, dlq, p) = with_dlq(
+        "auth-slot",
+        &[
+            ("AUTH_PROFILES", &profiles),
+            ("PARTNER_X_SECRET", SECRET),
+            ("MAX_CONCURRENCY", "1"),
+        ],
+    )
+    .await;
+    let bodies: Vec<String> = (0..3)
+        .map(|i| authed(&format!("slot-{i}"), &dest.uri()))
+        .collect();
+
+    let outcomes = run_batch(&p, &sqs, &q, &dlq, &bodies).await;
+
+    assert_eq!(outcomes.delivered.len(), 3, "{outcomes:?}");
+    let sent: Vec<String> = dest
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.headers["authorization"].to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(sent.len(), 3);
+    assert_eq!(sent[0], "Bearer tok-1");
+    assert_ne!(
+        sent[2], "Bearer tok-1",
+        "the third request waited 2.4 s: its 2 s token was renewed first ({sent:?})"
+    );
+}

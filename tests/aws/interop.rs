@@ -640,3 +640,92 @@ async fn a_token_endpoint_behind_a_private_ca_is_trusted_only_with_ca_bundle() {
     assert_eq!(tokens.requests(1), ["POST /token client=-"]);
     dest.verify().await;
 }
+
+/// What a slow destination saw: each request, and when it arrived.
+#[derive(Clone, Default)]
+struct Arrivals(Arc<Mutex<Vec<(std::time::SystemTime, wiremock::Request)>>>);
+
+impl wiremock::Respond for Arrivals {
+    fn respond(&self, request: &wiremock::Request) -> ResponseTemplate {
+        self.0
+            .lock()
+            .unwrap()
+            .push((std::time::SystemTime::now(), request.clone()));
+        ResponseTemplate::new(204).set_delay(Duration::from_millis(1200))
+    }
+}
+
+/// Seconds since the epoch of an `x-amz-date` (`20150830T123600Z`).
+fn amz_date_secs(value: &str) -> u64 {
+    let format =
+        time::format_description::parse("[year][month][day]T[hour][minute][second]Z").unwrap();
+    let at = time::PrimitiveDateTime::parse(value, &format).expect("an x-amz-date");
+    at.assume_utc().unix_timestamp() as u64
+}
+
+/// §12.8: a request is signed once it has its request slot. With one slot
+/// and a destination that takes 1.2 s, the fourth request waits 3.6 s for
+/// its slot; its `webhook-timestamp` and `x-amz-date` are still at most a
+/// second (their resolution) older than its arrival, and the reference
+/// verifiers accept every request.
+#[tokio::test]
+async fn requests_are_signed_after_they_wait_for_their_slot() {
+    let secret = webhook_secret();
+    let server = MockServer::start().await;
+    let arrivals = Arrivals::default();
+    Mock::given(wiremock::matchers::any())
+        .respond_with(arrivals.clone())
+        .mount(&server)
+        .await;
+    let profiles = r#"{
+        "hooks": {"type": "standard-webhooks", "secretEnv": "HOOK_SECRET", "hosts": ["127.0.0.1"]},
+        "gateway": {"type": "aws-sigv4", "service": "execute-api", "region": "eu-west-1", "hosts": ["127.0.0.1"]}
+    }"#;
+    let (sqs, q, dlq, p) = with_dlq(
+        "signed-late",
+        &[
+            ("AUTH_PROFILES", profiles),
+            ("HOOK_SECRET", &secret),
+            ("MAX_CONCURRENCY", "1"),
+        ],
+    )
+    .await;
+    let bodies: Vec<String> = (0..4)
+        .map(|i| {
+            let profile = if i % 2 == 0 { "hooks" } else { "gateway" };
+            message(
+                &format!("late-{i}"),
+                &format!("{}/in/{i}", server.uri()),
+                serde_json::json!({"auth": profile, "request": {"method": "POST", "body": "{}"}}),
+            )
+        })
+        .collect();
+
+    let outcomes = run_batch(&p, &sqs, &q, &dlq, &bodies).await;
+
+    assert_eq!(outcomes.delivered.len(), 4, "{outcomes:?}");
+    let seen = arrivals.0.lock().unwrap().clone();
+    assert_eq!(seen.len(), 4);
+    let mut oldest = 0;
+    for (arrived, r) in &seen {
+        let arrived = arrived
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let signed_at = match r.headers.get("webhook-timestamp") {
+            Some(t) => {
+                verify(&["webhook", &secret], r).expect("standardwebhooks accepts it");
+                t.to_str().unwrap().parse::<u64>().unwrap()
+            }
+            None => {
+                verify(&["sigv4", "execute-api", "eu-west-1"], r).expect("botocore agrees");
+                amz_date_secs(r.headers["x-amz-date"].to_str().unwrap())
+            }
+        };
+        oldest = oldest.max(arrived.saturating_sub(signed_at));
+    }
+    assert!(
+        oldest <= 1,
+        "a signature was {oldest} s old when its request arrived"
+    );
+}
