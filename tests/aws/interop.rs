@@ -658,7 +658,8 @@ impl wiremock::Respond for Arrivals {
 /// Seconds since the epoch of an `x-amz-date` (`20150830T123600Z`).
 fn amz_date_secs(value: &str) -> u64 {
     let format =
-        time::format_description::parse("[year][month][day]T[hour][minute][second]Z").unwrap();
+        time::format_description::parse_borrowed::<2>("[year][month][day]T[hour][minute][second]Z")
+            .unwrap();
     let at = time::PrimitiveDateTime::parse(value, &format).expect("an x-amz-date");
     at.assume_utc().unix_timestamp() as u64
 }
