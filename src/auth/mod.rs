@@ -129,7 +129,8 @@ pub struct Credential {
 enum Applied {
     /// Marked sensitive.
     Header(HeaderName, HeaderValue),
-    Webhook(WebhookKey),
+    /// The current key, and during a rotation the previous one.
+    Webhook(WebhookKey, Option<WebhookKey>),
     SigV4 {
         credentials: aws_credential_types::Credentials,
         service: String,
@@ -163,7 +164,9 @@ impl Credential {
                 headers.insert(name.clone(), value.clone());
                 Ok(())
             }
-            Applied::Webhook(key) => key.sign(&mut headers, id, now, body),
+            Applied::Webhook(key, previous) => {
+                key.sign(&mut headers, id, now, body, previous.as_ref())
+            }
             Applied::SigV4 {
                 credentials,
                 service,
@@ -207,6 +210,9 @@ struct Token {
 #[derive(Clone)]
 struct SecretRead {
     value: Secret,
+    /// The version before it (`AWSPREVIOUS`), when asked for, present and
+    /// different: during a rotation a webhook is signed with both (§12.8).
+    previous: Option<Secret>,
     refresh_at: Instant,
     generation: u64,
 }
@@ -463,11 +469,11 @@ impl Authenticator {
         let p = self.profile(profile)?;
         match &p.spec.kind {
             Kind::Header { value, .. } => {
-                let secret = self.secret(profile, value, &p.secret, None).await?;
+                let secret = self.secret(profile, value, &p.secret, None, false).await?;
                 header_credential(profile, &p.spec.kind, &secret)
             }
             Kind::StandardWebhooks { secret } => {
-                let secret = self.secret(profile, secret, &p.secret, None).await?;
+                let secret = self.secret(profile, secret, &p.secret, None, true).await?;
                 webhook_credential(profile, &secret)
             }
             Kind::OAuth2 { .. } => self.token(profile, p, None).await,
@@ -520,7 +526,13 @@ impl Authenticator {
             _ => return Renewal::Keep,
         };
         match self
-            .secret(profile, rotated, &p.secret, Some(sent.generation))
+            .secret(
+                profile,
+                rotated,
+                &p.secret,
+                Some(sent.generation),
+                matches!(p.spec.kind, Kind::StandardWebhooks { .. }),
+            )
             .await
         {
             Ok(s) if sent.made_from.as_ref() != Some(&s.value) => {
@@ -559,10 +571,10 @@ impl Authenticator {
             return Ok(None);
         };
         let cert = self
-            .secret(profile, &c.cert, &p.cert, stale.map(|s| s.0))
+            .secret(profile, &c.cert, &p.cert, stale.map(|s| s.0), false)
             .await?;
         let key = self
-            .secret(profile, &c.key, &p.key, stale.map(|s| s.1))
+            .secret(profile, &c.key, &p.key, stale.map(|s| s.1), false)
             .await?;
         Ok(Some(CertificateRead {
             generation: (cert.generation, key.generation),
@@ -696,7 +708,7 @@ impl Authenticator {
         let Kind::OAuth2 { secret: source, .. } = &p.spec.kind else {
             unreachable!("only OAuth 2 profiles have tokens")
         };
-        let secret = self.secret(profile, source, &p.secret, None).await?;
+        let secret = self.secret(profile, source, &p.secret, None, false).await?;
         match self
             .request_token(profile, &p.spec.kind, &secret.value)
             .await
@@ -704,7 +716,7 @@ impl Authenticator {
             Err(TokenError::Rejected(status)) => {
                 let fresh = match source {
                     SecretSource::SecretsManager { .. } => {
-                        self.secret(profile, source, &p.secret, Some(secret.generation))
+                        self.secret(profile, source, &p.secret, Some(secret.generation), false)
                             .await?
                     }
                     SecretSource::Value(_) => return Err(rejected(profile, status)),
@@ -806,11 +818,13 @@ impl Authenticator {
         source: &SecretSource,
         held: &Flight<SecretRead>,
         stale: Option<u64>,
+        with_previous: bool,
     ) -> Result<SecretRead, AuthError> {
         let (arn, json_key) = match source {
             SecretSource::Value(s) => {
                 return Ok(SecretRead {
                     value: s.clone(),
+                    previous: None,
                     refresh_at: crate::clock::later(MAX_LIFETIME),
                     generation: 0,
                 })
@@ -820,8 +834,12 @@ impl Authenticator {
         let usable = |s: &SecretRead| Instant::now() < s.refresh_at && stale != Some(s.generation);
         held
             .get(usable, |held| async move {
-                match self.fetch_secret(profile, arn, json_key).await {
+                match self.fetch_secret(profile, arn, json_key, None).await {
                     Ok(value) => Ok(SecretRead {
+                        previous: match with_previous {
+                            true => self.previous_secret(profile, arn, json_key, &value).await,
+                            false => None,
+                        },
                         value,
                         refresh_at: crate::clock::later(self.secret_ttl),
                         generation: self.next_generation(),
@@ -840,18 +858,42 @@ impl Authenticator {
             .await
     }
 
+    /// The secret's `AWSPREVIOUS` version, if it has one that differs from
+    /// `current`. Not having one is the usual case, and a failure to read
+    /// it only means that one signature is sent.
+    async fn previous_secret(
+        &self,
+        profile: &str,
+        arn: &str,
+        json_key: Option<&str>,
+        current: &Secret,
+    ) -> Option<Secret> {
+        match self
+            .fetch_secret(profile, arn, json_key, Some("AWSPREVIOUS"))
+            .await
+        {
+            Ok(previous) => (previous != *current).then_some(previous),
+            Err(e) => {
+                tracing::debug!(profile, error = %e, "no previous version of the secret");
+                None
+            }
+        }
+    }
+
+    /// The secret's value at `stage` (`AWSCURRENT` when `None`).
     async fn fetch_secret(
         &self,
         profile: &str,
         arn: &str,
         json_key: Option<&str>,
+        stage: Option<&'static str>,
     ) -> Result<Secret, AuthError> {
         let client = self.secrets_manager.as_ref().ok_or_else(|| {
             AuthError::Unavailable(format!(
                 "profile {profile:?} needs Secrets Manager, which is not set up"
             ))
         })?;
-        let text = read_secret_string(client, arn, self.timeout, profile).await?;
+        let text = read_secret_string(client, (arn, stage), self.timeout, profile).await?;
         let text = text.as_str();
         match json_key {
             None => Ok(Secret::new(text)),
@@ -871,12 +913,16 @@ impl Authenticator {
 #[cfg(feature = "secrets-manager")]
 async fn read_secret_string(
     client: &SecretsManager,
-    arn: &str,
+    (arn, stage): (&str, Option<&'static str>),
     timeout: Duration,
     profile: &str,
 ) -> Result<String, AuthError> {
     use aws_sdk_secretsmanager::error::ProvideErrorMetadata;
-    let answer = tokio::time::timeout(timeout, client.get_secret_value().secret_id(arn).send())
+    let read = client
+        .get_secret_value()
+        .secret_id(arn)
+        .set_version_stage(stage.map(str::to_owned));
+    let answer = tokio::time::timeout(timeout, read.send())
         .await
         .map_err(|_| {
             AuthError::Unavailable(format!("Secrets Manager timed out for profile {profile:?}"))
@@ -895,7 +941,7 @@ async fn read_secret_string(
 #[cfg(not(feature = "secrets-manager"))]
 async fn read_secret_string(
     client: &SecretsManager,
-    _: &str,
+    _: (&str, Option<&'static str>),
     _: Duration,
     _: &str,
 ) -> Result<String, AuthError> {
@@ -1015,11 +1061,17 @@ fn header_credential(
 }
 
 /// A Standard Webhooks profile's credential from its `whsec_` secret.
+/// During a rotation, the previous version's key too (if it parses): the
+/// request then carries a signature for each.
 fn webhook_credential(profile: &str, secret: &SecretRead) -> Result<Credential, AuthError> {
     let key = WebhookKey::parse(&secret.value)
         .map_err(|e| AuthError::Rejected(format!("the secret of profile {profile:?} is {e}")))?;
+    let previous = secret
+        .previous
+        .as_ref()
+        .and_then(|p| WebhookKey::parse(p).ok());
     Ok(Credential {
-        applied: Applied::Webhook(key),
+        applied: Applied::Webhook(key, previous),
         generation: secret.generation,
         made_from: Some(secret.value.clone()),
         fresh_until: Some(secret.refresh_at),

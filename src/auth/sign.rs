@@ -64,20 +64,27 @@ impl WebhookKey {
 
     /// Sets `webhook-id`, `webhook-timestamp` and `webhook-signature` for a
     /// request with this `body`, sent at `now`, replacing any the message
-    /// carried.
+    /// carried. With `also` (the previous key, during a rotation) the
+    /// header carries both signatures, space-separated, this key's first.
     pub fn sign(
         &self,
         headers: &mut HeaderMap,
         id: &str,
         now: SystemTime,
         body: &[u8],
+        also: Option<&WebhookKey>,
     ) -> Result<(), String> {
         let timestamp = now
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let id_value =
             HeaderValue::from_str(id).map_err(|_| "id: not usable as webhook-id".to_owned())?;
-        let mut signature = HeaderValue::from_str(&self.signature(id, timestamp, body))
+        let mut signatures = self.signature(id, timestamp, body);
+        if let Some(previous) = also.filter(|p| *p != self) {
+            signatures.push(' ');
+            signatures.push_str(&previous.signature(id, timestamp, body));
+        }
+        let mut signature = HeaderValue::from_str(&signatures)
             .map_err(|_| "webhook-signature: not a header value".to_owned())?;
         signature.set_sensitive(true);
         headers.insert(HeaderName::from_static(WEBHOOK_ID), id_value);
@@ -199,15 +206,40 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("webhook-signature", "v1,stale".parse().unwrap());
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        key.sign(&mut h, "m1", t0, b"{}").unwrap();
+        key.sign(&mut h, "m1", t0, b"{}", None).unwrap();
         assert_eq!(h["webhook-id"], "m1");
         assert_eq!(h["webhook-timestamp"], "1700000000");
         assert_eq!(h.get_all("webhook-signature").iter().count(), 1);
         let first = h["webhook-signature"].clone();
-        key.sign(&mut h, "m1", t0 + Duration::from_secs(1), b"{}")
+        key.sign(&mut h, "m1", t0 + Duration::from_secs(1), b"{}", None)
             .unwrap();
         assert_ne!(h["webhook-signature"], first);
         assert!(h["webhook-signature"].is_sensitive());
+    }
+
+    #[test]
+    fn during_a_rotation_both_keys_sign_space_separated_the_current_first() {
+        let current = WebhookKey::parse(&Secret::new("whsec_Y3VycmVudA==")).unwrap();
+        let previous = WebhookKey::parse(&Secret::new("whsec_cHJldmlvdXM=")).unwrap();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut h = HeaderMap::new();
+        current
+            .sign(&mut h, "m1", t0, b"{}", Some(&previous))
+            .unwrap();
+        let both = h["webhook-signature"].to_str().unwrap().to_owned();
+        assert_eq!(
+            both,
+            format!(
+                "{} {}",
+                current.signature("m1", 1_700_000_000, b"{}"),
+                previous.signature("m1", 1_700_000_000, b"{}")
+            )
+        );
+        // The same key twice is one signature.
+        current
+            .sign(&mut h, "m1", t0, b"{}", Some(&current))
+            .unwrap();
+        assert!(!h["webhook-signature"].to_str().unwrap().contains(' '));
     }
 
     /// The AWS SigV4 test suite's `get-vanilla` request (example

@@ -194,6 +194,51 @@ async fn a_rotated_webhook_secret_is_read_again_after_a_401_and_the_request_sign
     verify(&["webhook", &new], &r[2]).expect("retry: the secret read again");
 }
 
+/// §12.8: while Secrets Manager holds two versions (`AWSCURRENT` and
+/// `AWSPREVIOUS`), a request carries a signature for each, and
+/// `standardwebhooks` accepts it with either secret: a receiver that has
+/// not rotated yet takes it on the first request.
+#[tokio::test]
+async fn during_a_rotation_a_webhook_verifies_with_the_old_secret_and_the_new() {
+    let old = webhook_secret();
+    let new = webhook_secret();
+    let arn = create_secret("hook-rotating", &old).await;
+    let dest = answering_in_turn(&[]).await;
+    let profiles = serde_json::json!({"hooks": {
+        "type": "standard-webhooks", "secretArn": arn, "hosts": ["127.0.0.1"]}});
+    let (sqs, q, dlq, p) =
+        with_dlq("webhooks-both", &[("AUTH_PROFILES", &profiles.to_string())]).await;
+    let to = |id: &str| message(id, &dest.uri(), serde_json::json!({"auth": "hooks"}));
+
+    let before = once(&sqs, &q, &p, &to("r-1")).await;
+    rotate_secret(&arn, &new).await;
+    // A new processor: its first read of the secret finds the rotation.
+    let p2 = processor(&[
+        ("AUTH_PROFILES", &profiles.to_string()),
+        ("DLQ_URL", dlq.url.as_str()),
+        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+    ]);
+    let after = once(&sqs, &q, &p2, &to("r-2")).await;
+
+    assert!(before.is_empty() && after.is_empty(), "both delivered");
+    assert_eq!(depth(&sqs, &dlq).await, (0, 0));
+    let r = dest.received_requests().await.unwrap();
+    assert_eq!(r.len(), 2, "one request each");
+    let signatures = |r: &wiremock::Request| {
+        r.headers["webhook-signature"]
+            .to_str()
+            .unwrap()
+            .split(' ')
+            .count()
+    };
+    assert_eq!(signatures(&r[0]), 1, "no previous version: one signature");
+    verify(&["webhook", &old], &r[0]).expect("before: the only secret");
+    assert_eq!(signatures(&r[1]), 2, "mid-rotation: a signature for each");
+    verify(&["webhook", &new], &r[1]).expect("a receiver that has rotated");
+    verify(&["webhook", &old], &r[1]).expect("a receiver that has not rotated yet");
+    assert!(verify(&["webhook", &webhook_secret()], &r[1]).is_err());
+}
+
 #[tokio::test]
 async fn sigv4_signatures_match_botocores_signer_for_the_request_as_received() {
     let dest = answering_in_turn(&[]).await;
