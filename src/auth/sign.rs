@@ -127,7 +127,8 @@ impl SigV4<'_> {
         now: SystemTime,
     ) -> Result<(), String> {
         use aws_sigv4::http_request::{
-            sign, PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings,
+            sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest,
+            SigningSettings, UriPathNormalizationMode,
         };
         for name in SIGV4_HEADERS {
             headers.remove(name);
@@ -141,6 +142,12 @@ impl SigV4<'_> {
         }
         let mut settings = SigningSettings::default();
         settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+        if self.service == "s3" {
+            // S3's canonical form (§12.8): the path as sent, encoded once
+            // and not normalised, as S3 and botocore's S3SigV4Auth compute it.
+            settings.percent_encoding_mode = PercentEncodingMode::Single;
+            settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
+        }
         let identity = self.credentials.clone().into();
         let params = aws_sigv4::sign::v4::SigningParams::builder()
             .identity(&identity)

@@ -297,6 +297,35 @@ async fn sigv4_signatures_match_botocores_signer_for_the_request_as_received() {
     );
 }
 
+/// §12.8: SigV4 for `s3` is S3's canonical form (the path as sent, not
+/// encoded twice, not normalised): botocore's `S3SigV4Auth` agrees for keys
+/// with a space, an `é`, an encoded slash and an empty segment, where the
+/// generic form (double encoding) gives another signature.
+#[tokio::test]
+async fn sigv4_for_s3_matches_botocores_s3_signer_for_awkward_keys() {
+    let dest = answering_in_turn(&[]).await;
+    let profiles = r#"{"store": {"type": "aws-sigv4", "service": "s3", "region": "eu-west-1", "hosts": ["127.0.0.1"]}}"#;
+    let (sqs, q, dlq, p) = with_dlq("sigv4-s3", &[("AUTH_PROFILES", profiles)]).await;
+    let put = message(
+        "s3-1",
+        &format!(
+            "{}/bucket/a%20b/caf%C3%A9/x%2Fy//z.txt?x-id=PutObject",
+            dest.uri()
+        ),
+        serde_json::json!({"auth": "store", "request": {"method": "PUT", "body": "k\u{e9}y"}}),
+    );
+
+    let failed = once(&sqs, &q, &p, &put).await;
+
+    assert!(failed.is_empty(), "delivered");
+    assert_eq!(depth(&sqs, &dlq).await, (0, 0));
+    let r = dest.received_requests().await.unwrap();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].url.path(), "/bucket/a%20b/caf%C3%A9/x%2Fy//z.txt");
+    verify(&["s3", "eu-west-1"], &r[0])
+        .unwrap_or_else(|e| panic!("botocore's S3SigV4Auth disagrees: {e}"));
+}
+
 /// A certificate authority, and certificates it signs, as PEM files in a
 /// directory of their own.
 struct TestPki {

@@ -2,6 +2,7 @@
 
     verify.py webhook SECRET   < request.json   Standard Webhooks (PyPI standardwebhooks)
     verify.py sigv4 SERVICE REGION < request.json   AWS SigV4 (botocore's signer)
+    verify.py s3 REGION < request.json   SigV4 for S3 (botocore's S3SigV4Auth)
 
 request.json: {"method", "url" (as received), "headers": [[name, value], ...],
 "body": base64}. Credentials for sigv4 come from AWS_ACCESS_KEY_ID,
@@ -42,7 +43,7 @@ def webhook(secret, request):
 
 def sigv4_signature(service, region, request, body):
     from urllib.parse import urlsplit
-    from botocore.auth import SigV4Auth
+    from botocore.auth import S3SigV4Auth, SigV4Auth
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
 
@@ -53,7 +54,7 @@ def sigv4_signature(service, region, request, body):
     aws = AWSRequest(method=request["method"], url=request["url"], data=body, headers=dict(headers))
     creds = Credentials(os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"],
                         os.environ.get("AWS_SESSION_TOKEN"))
-    signer = SigV4Auth(creds, service, region)
+    signer = (S3SigV4Auth if service == "s3" else SigV4Auth)(creds, service, region)
     amz_date = dict((n.lower(), v) for n, v in headers)["x-amz-date"]
     aws.context["timestamp"] = amz_date
     canonical = signer.canonical_request(aws)
@@ -88,6 +89,8 @@ def main():
         print(json.dumps(webhook(sys.argv[2], request)))
     elif kind == "sigv4":
         print(json.dumps(sigv4(sys.argv[2], sys.argv[3], request)))
+    elif kind == "s3":
+        print(json.dumps(sigv4("s3", sys.argv[2], request)))
     else:
         fail(f"unknown check {kind}")
 
