@@ -28,6 +28,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+use crate::bounded::BoundedMap;
 use url::Url;
 
 pub use crate::policy::destinations::BreakerSettings;
@@ -54,6 +56,18 @@ struct HostState {
     probing: bool,
 }
 
+impl HostState {
+    /// Nothing in flight and no open breaker: forgetting it loses no more
+    /// than a count of failures below the threshold.
+    fn is_idle(&self) -> bool {
+        self.in_flight == 0
+            && !self.probing
+            && self
+                .open_until
+                .is_none_or(|until| tokio::time::Instant::now() >= until)
+    }
+}
+
 /// What the breaker says about one attempt.
 #[derive(Debug)]
 pub enum Admission {
@@ -67,15 +81,22 @@ pub enum Admission {
 /// names the breaker's settings (`BREAKER_*`, or the destination's policy).
 #[derive(Debug)]
 pub struct Breakers {
-    hosts: Mutex<HashMap<String, HostState>>,
+    /// At most `HOST_STATE_LIMIT` hosts (§12.9).
+    hosts: Mutex<BoundedMap<HostState>>,
     /// Wakes attempts waiting for an answer from an unproven host.
     answered: Notify,
 }
 
 impl Breakers {
+    #[cfg(test)]
     pub fn new() -> Arc<Breakers> {
+        Breakers::with_limit(crate::bounded::DEFAULT_HOST_STATE_LIMIT)
+    }
+
+    /// Keeping at most `limit` hosts (`HOST_STATE_LIMIT`).
+    pub fn with_limit(limit: usize) -> Arc<Breakers> {
         Arc::new(Breakers {
-            hosts: Mutex::new(HashMap::new()),
+            hosts: Mutex::new(BoundedMap::new(limit)),
             answered: Notify::new(),
         })
     }
@@ -89,7 +110,7 @@ impl Breakers {
             tokio::pin!(notified);
             {
                 let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
-                let state = hosts.entry(host.to_owned()).or_default();
+                let state = hosts.entry(host, HostState::default, HostState::is_idle);
                 if let Some(until) = state.open_until {
                     if tokio::time::Instant::now() < until || state.probing {
                         return Admission::Open;
@@ -125,7 +146,7 @@ impl Breakers {
 
     fn finish(&self, host: &str, probe: bool, settings: BreakerSettings, health: Option<Health>) {
         let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
-        let state = hosts.entry(host.to_owned()).or_default();
+        let state = hosts.entry(host, HostState::default, HostState::is_idle);
         state.in_flight = state.in_flight.saturating_sub(1);
         if probe {
             state.probing = false;
@@ -163,8 +184,13 @@ impl Breakers {
     /// Is the breaker for `host` open now?
     #[cfg(test)]
     fn is_open(&self, host: &str) -> bool {
-        let hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
-        hosts.get(host).is_some_and(|s| s.open_until.is_some())
+        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        hosts.get_mut(host).is_some_and(|s| s.open_until.is_some())
+    }
+
+    /// How many hosts it keeps (at most `HOST_STATE_LIMIT`).
+    pub fn hosts_kept(&self) -> usize {
+        self.hosts.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }
 
@@ -226,6 +252,23 @@ impl Slots {
         }
     }
 
+    /// Keeping per-host limits for at most `limit` hosts (`HOST_STATE_LIMIT`).
+    pub fn with_host_limit(mut self, limit: usize) -> Slots {
+        self.hosts = HostLimits {
+            hosts: Mutex::new(BoundedMap::new(limit)),
+        };
+        self
+    }
+
+    /// How many hosts' limits it keeps.
+    pub fn hosts_kept(&self) -> usize {
+        self.hosts
+            .hosts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
     /// With the `maxConcurrency` of these destination policies.
     pub fn with_policies(mut self, policies: DestinationPolicies) -> Slots {
         self.policies = policies;
@@ -253,7 +296,9 @@ impl Slots {
 /// Per-host limits: a semaphore per `host:port`.
 #[derive(Debug, Default)]
 pub struct HostLimits {
-    hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// At most `HOST_STATE_LIMIT` hosts; one is idle when no request holds
+    /// its semaphore.
+    hosts: Mutex<BoundedMap<Arc<Semaphore>>>,
 }
 
 impl HostLimits {
@@ -262,11 +307,11 @@ impl HostLimits {
     pub async fn acquire(&self, host: &str, limit: usize) -> OwnedSemaphorePermit {
         let semaphore = {
             let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
-            Arc::clone(
-                hosts
-                    .entry(host.to_owned())
-                    .or_insert_with(|| Arc::new(Semaphore::new(limit.max(1)))),
-            )
+            Arc::clone(hosts.entry(
+                host,
+                || Arc::new(Semaphore::new(limit.max(1))),
+                |s| Arc::strong_count(s) == 1,
+            ))
         };
         semaphore.acquire_owned().await.expect("never closed")
     }

@@ -47,6 +47,8 @@ pub struct Config {
     pub auth: AuthProfiles,
     /// `MAX_CONCURRENCY_PER_HOST`: unset means only `MAX_CONCURRENCY` applies.
     pub max_concurrency_per_host: Option<usize>,
+    /// `HOST_STATE_LIMIT`: most entries of each per-host map (§12.9).
+    pub host_state_limit: usize,
     /// `BREAKER_THRESHOLD` and `BREAKER_COOLDOWN_SECONDS`: unset threshold
     /// means no circuit breaker.
     pub breaker: Option<BreakerSettings>,
@@ -190,52 +192,45 @@ impl Config {
         let retry = vars.retry_policy()?;
         Ok(Config {
             dlq_url: vars.text("DLQ_URL").map(|v| v.trim().to_owned()),
-            request_timeout: Duration::from_secs(vars.number(
+            request_timeout: vars.whole_seconds(
                 "REQUEST_TIMEOUT_SECONDS",
                 10,
                 1,
                 MAX_REQUEST_TIMEOUT_SECONDS,
-            )?),
+            )?,
             max_concurrency: vars.number("MAX_CONCURRENCY", 64, 1, MAX_CONCURRENCY)? as usize,
             destinations: DestinationPolicy {
                 allowed: vars.list("ALLOWED_DESTINATIONS")?,
                 allow_private: vars.flag("ALLOW_PRIVATE_DESTINATIONS", false)?,
             },
-            auth: match vars.text("AUTH_PROFILES") {
-                None => AuthProfiles::default(),
-                Some(json) => AuthProfiles::parse(&json, &get)
-                    .map_err(|e| ConfigError::new("AUTH_PROFILES", e))?,
-            },
+            auth: vars.auth_profiles(&get)?,
             max_concurrency_per_host: vars
                 .optional("MAX_CONCURRENCY_PER_HOST", MAX_CONCURRENCY)?
                 .map(|n| n as usize),
+            host_state_limit: vars.number(
+                "HOST_STATE_LIMIT",
+                DEFAULT_HOST_STATE_LIMIT,
+                1,
+                MAX_HOST_STATE_LIMIT,
+            )? as usize,
             breaker: vars.breaker()?,
             metrics: vars.metrics()?,
-            retention_margin: Duration::from_secs(vars.number(
+            retention_margin: vars.whole_seconds(
                 "RETENTION_MARGIN_SECONDS",
                 900,
                 0,
                 MAX_CONFIG_SECONDS,
-            )?),
-            max_age: Duration::from_secs(vars.number(
-                "MAX_AGE_SECONDS",
-                1_209_600,
-                60,
-                31_622_400,
-            )?),
+            )?,
+            max_age: vars.whole_seconds("MAX_AGE_SECONDS", 1_209_600, 60, 31_622_400)?,
             secret_ttl: vars.seconds("SECRET_TTL_SECONDS", 300)?,
-            batching_window: Duration::from_secs(vars.number(
+            batching_window: vars.whole_seconds(
                 "BATCHING_WINDOW_SECONDS",
                 0,
                 0,
                 MAX_BATCHING_WINDOW_SECONDS,
-            )?),
+            )?,
             log_delivered: vars.log_delivered()?,
-            destination_policies: match vars.text("DESTINATION_POLICIES") {
-                None => DestinationPolicies::default(),
-                Some(json) => DestinationPolicies::parse(&json, &retry)
-                    .map_err(|e| ConfigError::new("DESTINATION_POLICIES", e))?,
-            },
+            destination_policies: vars.destination_policies(&retry)?,
             retry,
             state: vars.state()?,
             max_offloaded_body: vars.number(
@@ -258,6 +253,9 @@ impl Config {
     }
 }
 
+/// `HOST_STATE_LIMIT`: 10,000 hosts by default, at most ten million.
+const DEFAULT_HOST_STATE_LIMIT: u64 = crate::bounded::DEFAULT_HOST_STATE_LIMIT as u64;
+const MAX_HOST_STATE_LIMIT: u64 = 10_000_000;
 /// Longest request timeout: Lambda's longest invocation.
 const MAX_REQUEST_TIMEOUT_SECONDS: u64 = 900;
 /// Longest `LEDGER_TTL_DAYS`: about ten years.
@@ -286,6 +284,43 @@ const MAX_PAYLOAD_MEMORY_BYTES: u64 = 1 << 40;
 struct Vars<'a, F>(&'a F);
 
 impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
+    /// A duration in whole seconds in `min..=max`, or `default` when unset.
+    fn whole_seconds(
+        &self,
+        name: &'static str,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> Result<Duration, ConfigError> {
+        self.number(name, default, min, max)
+            .map(Duration::from_secs)
+    }
+
+    /// `AUTH_PROFILES`, with the secrets its `…Env` fields name.
+    fn auth_profiles(
+        &self,
+        get: &impl Fn(&str) -> Option<String>,
+    ) -> Result<AuthProfiles, ConfigError> {
+        match self.text("AUTH_PROFILES") {
+            None => Ok(AuthProfiles::default()),
+            Some(json) => {
+                AuthProfiles::parse(&json, get).map_err(|e| ConfigError::new("AUTH_PROFILES", e))
+            }
+        }
+    }
+
+    /// `DESTINATION_POLICIES`, whose retry settings default to `retry`'s.
+    fn destination_policies(
+        &self,
+        retry: &RetryPolicy,
+    ) -> Result<DestinationPolicies, ConfigError> {
+        match self.text("DESTINATION_POLICIES") {
+            None => Ok(DestinationPolicies::default()),
+            Some(json) => DestinationPolicies::parse(&json, retry)
+                .map_err(|e| ConfigError::new("DESTINATION_POLICIES", e)),
+        }
+    }
+
     /// The value, unless unset or blank.
     fn text(&self, name: &str) -> Option<String> {
         (self.0)(name).filter(|v| !v.trim().is_empty())
@@ -675,6 +710,8 @@ mod tests {
             ("ALLOW_PRIVATE_DESTINATIONS", "yes"),
             ("AUTH_PROFILES", "{not json"),
             ("MAX_CONCURRENCY_PER_HOST", "0"),
+            ("HOST_STATE_LIMIT", "0"),
+            ("HOST_STATE_LIMIT", "ten"),
             ("BREAKER_THRESHOLD", "-3"),
             ("BREAKER_COOLDOWN_SECONDS", "soon"),
             ("METRICS_ENABLED", "off"),

@@ -92,6 +92,7 @@
 
 pub(crate) mod auth;
 pub mod batch;
+pub mod bounded;
 pub(crate) mod breaker;
 #[cfg(feature = "processor")]
 pub(crate) mod check;

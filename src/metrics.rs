@@ -32,6 +32,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
@@ -81,7 +82,21 @@ pub(crate) fn breaker_opened(host: &str, failures: u32, cooldown: Duration) {
         "breaker opened"
     );
     let mut opened = BREAKERS_OPENED.lock().unwrap_or_else(|p| p.into_inner());
-    *opened.entry(destination_of(host).to_owned()).or_default() += 1;
+    let mut name = destination_of(host);
+    // Taken by every batch's metrics, but kept when metrics are off: never
+    // more hosts than `HOST_STATE_LIMIT` (§12.9).
+    if !opened.contains_key(name) && opened.len() >= OPENED_LIMIT.load(Ordering::Relaxed) {
+        name = OTHER_DESTINATIONS;
+    }
+    *opened.entry(name.to_owned()).or_default() += 1;
+}
+
+/// Most hosts [`BREAKERS_OPENED`] names: `HOST_STATE_LIMIT`.
+static OPENED_LIMIT: AtomicUsize = AtomicUsize::new(crate::bounded::DEFAULT_HOST_STATE_LIMIT);
+
+/// Sets the most hosts the opened-breaker counts name (`HOST_STATE_LIMIT`).
+pub(crate) fn set_host_state_limit(limit: usize) {
+    OPENED_LIMIT.store(limit.max(1), Ordering::Relaxed);
 }
 
 /// The `Destination` under which records refused by the destination policy

@@ -442,9 +442,13 @@ impl Processor {
                  and each is dead-lettered as an invalid message"
             );
         }
+        crate::metrics::set_host_state_limit(config.host_state_limit);
         Ok(Processor {
-            breakers: Breakers::new(),
-            fleet: config.state.clone().map(FleetState::from_env),
+            breakers: Breakers::with_limit(config.host_state_limit),
+            fleet: config
+                .state
+                .clone()
+                .map(|s| FleetState::from_env(s).with_host_limit(config.host_state_limit)),
             buckets: LocalBuckets::default(),
             deliverer,
             queues: Arc::new(queues),
@@ -454,6 +458,17 @@ impl Processor {
             payload_budget: MemoryBudget::new(config.payload_memory_bytes),
             config,
         })
+    }
+
+    /// The most hosts any of its per-host maps keeps (breakers, the fleet
+    /// breakers' views, per-host request limits): at most
+    /// `HOST_STATE_LIMIT` (§12.9).
+    pub fn hosts_kept(&self) -> usize {
+        let fleet = self.fleet.as_ref().map_or(0, FleetState::hosts_kept);
+        self.breakers
+            .hosts_kept()
+            .max(fleet)
+            .max(self.deliverer.hosts_kept())
     }
 
     /// With this store of offloaded payloads instead of one whose S3 client
@@ -466,7 +481,7 @@ impl Processor {
     /// With this state table (its client given) instead of the one
     /// `STATE_TABLE` names.
     pub fn with_fleet(mut self, fleet: FleetState) -> Processor {
-        self.fleet = Some(fleet);
+        self.fleet = Some(fleet.with_host_limit(self.config.host_state_limit));
         self
     }
 

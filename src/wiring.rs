@@ -25,7 +25,8 @@ pub fn deliverer(
     )
     .with_ca_bundle(config.ca_bundle.clone());
     let slots = Slots::new(config.max_concurrency, config.max_concurrency_per_host)
-        .with_policies(config.destination_policies.clone());
+        .with_policies(config.destination_policies.clone())
+        .with_host_limit(config.host_state_limit);
     Ok(Deliverer::new(
         config.destinations.clone(),
         config.request_timeout,

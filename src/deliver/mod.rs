@@ -233,6 +233,11 @@ impl Deliverer {
         Ok(self)
     }
 
+    /// How many hosts' request limits it keeps (at most `HOST_STATE_LIMIT`).
+    pub fn hosts_kept(&self) -> usize {
+        self.slots.as_ref().map_or(0, |s| s.hosts_kept())
+    }
+
     /// Makes every HTTP exchange wait for a request slot.
     pub fn with_slots(mut self, slots: Arc<Slots>) -> Deliverer {
         self.slots = Some(slots);

@@ -12,7 +12,6 @@
 //! Each process keeps the item it last read, and reads it again at most
 //! once a second per host.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,7 +30,10 @@ const FRESH: Duration = Duration::from_secs(1);
 /// What this process knows of every host's fleet breaker.
 #[derive(Debug, Default)]
 pub struct FleetBreakers {
-    hosts: Mutex<HashMap<String, Arc<Host>>>,
+    /// At most `HOST_STATE_LIMIT` hosts (§12.9). A host is idle when no
+    /// ticket or waiting record holds it: forgetting it only means reading
+    /// its item again.
+    hosts: Mutex<crate::bounded::BoundedMap<Arc<Host>>>,
 }
 
 #[derive(Debug, Default)]
@@ -631,7 +633,19 @@ fn opened(host: &str, failures: u32, settings: &BreakerSettings) {
 }
 
 impl FleetBreakers {
+    /// Keeping at most `limit` hosts (`HOST_STATE_LIMIT`).
+    pub fn with_limit(limit: usize) -> FleetBreakers {
+        FleetBreakers {
+            hosts: Mutex::new(crate::bounded::BoundedMap::new(limit)),
+        }
+    }
+
     fn host(&self, host: &str) -> Arc<Host> {
-        Arc::clone(lock(&self.hosts).entry(host.to_owned()).or_default())
+        Arc::clone(lock(&self.hosts).entry(host, Arc::default, |h| Arc::strong_count(h) == 1))
+    }
+
+    /// How many hosts it keeps.
+    pub fn hosts_kept(&self) -> usize {
+        lock(&self.hosts).len()
     }
 }

@@ -123,6 +123,17 @@ impl FleetState {
         }
     }
 
+    /// Keeping what it knows of at most `limit` hosts (`HOST_STATE_LIMIT`).
+    pub fn with_host_limit(mut self, limit: usize) -> FleetState {
+        self.hosts = breaker::FleetBreakers::with_limit(limit);
+        self
+    }
+
+    /// How many hosts' breakers it keeps.
+    pub fn hosts_kept(&self) -> usize {
+        self.hosts.hosts_kept()
+    }
+
     /// The same, naming this process `owner` in probe leases.
     pub fn owned_by(mut self, owner: String) -> FleetState {
         self.owner = owner;

@@ -240,3 +240,48 @@ async fn refused_records_are_counted_under_refused_not_their_host() {
         "{text}"
     );
 }
+
+/// §12.9: what a process keeps per host is bounded by `HOST_STATE_LIMIT`,
+/// not by how many hosts producers name. Twelve records to twelve hosts
+/// that refuse connections (each opening its breaker) leave at most four
+/// hosts' breakers and request limits; every record still comes back to be
+/// retried, and a host named afterwards is served as usual.
+#[tokio::test]
+async fn per_host_state_stays_within_host_state_limit() {
+    let (sqs, q, dlq, p) = with_dlq(
+        "host-limit",
+        &[
+            ("HOST_STATE_LIMIT", "4"),
+            ("BREAKER_THRESHOLD", "1"),
+            ("MAX_CONCURRENCY_PER_HOST", "2"),
+            ("REQUEST_TIMEOUT_SECONDS", "2"),
+        ],
+    )
+    .await;
+    let down: Vec<String> = (0..12)
+        .map(|i| {
+            message(
+                &format!("many-{i}"),
+                &format!("http://127.0.0.1:{}/x", free_port()),
+                serde_json::json!({}),
+            )
+        })
+        .collect();
+
+    let retried = one_batch(&sqs, &q, &dlq, &p, &down).await;
+    let kept = p.hosts_kept();
+    let healthy = answering(204).await;
+    let after = run_batch(
+        &p,
+        &sqs,
+        &q,
+        &dlq,
+        &[message("then", &healthy.uri(), serde_json::json!({}))],
+    )
+    .await;
+
+    assert_eq!(retried.len(), 12, "none lost: {retried:?}");
+    assert!(kept <= 4, "{kept} hosts kept with HOST_STATE_LIMIT=4");
+    after.assert_all_delivered(&["then"]);
+    assert!(p.hosts_kept() <= 4);
+}
