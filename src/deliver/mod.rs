@@ -857,6 +857,10 @@ impl reqwest::dns::Resolve for GuardedResolver {
 }
 
 #[cfg(test)]
+#[path = "credential_hosts_tests.rs"]
+mod credential_hosts_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
