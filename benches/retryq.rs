@@ -91,10 +91,21 @@ fn sent_now() -> String {
 }
 
 fn event(n: usize, dest_port: u16, size: usize) -> Value {
+    event_with(n, dest_port, size, &[])
+}
+
+/// As [`event`], the records naming `profiles` in turn (none when empty).
+fn event_with(n: usize, dest_port: u16, size: usize, profiles: &[&str]) -> Value {
     let records: Vec<Value> = (0..n)
         .map(|i| {
+            let mut body = body(i, &format!("http://127.0.0.1:{dest_port}/ok/{i}"), size);
+            if !profiles.is_empty() {
+                let mut message: Value = serde_json::from_str(&body).unwrap();
+                message["auth"] = json!(profiles[i % profiles.len()]);
+                body = message.to_string();
+            }
             json!({"messageId": format!("00000000-0000-4000-8000-{i:012}"), "receiptHandle": format!("rh-{i}"),
-                "body": body(i, &format!("http://127.0.0.1:{dest_port}/ok/{i}"), size),
+                "body": body,
                 "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": sent_now()},
                 "messageAttributes": {}, "eventSource": "aws:sqs",
                 "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:bench", "awsRegion": "us-east-1"})
@@ -976,7 +987,72 @@ const LOG_EVENT_OVERHEAD: f64 = 26.0;
 /// Lambda's own START, END and REPORT lines per invocation, bytes.
 const PLATFORM_LOG_BYTES: f64 = 3.0 * (120.0 + LOG_EVENT_OVERHEAD);
 
+/// Records under auth profiles (an API key and a Standard Webhooks
+/// signature, in turn): retryq, whose profiles list their `hosts` and
+/// which signs each request once it has its slot, beside another build
+/// (`RETRYQ_BENCH_BASELINE`, profiles without `hosts`: an earlier build
+/// refuses the field) in the same run. CPU per record, medians.
+fn auth_batches(rt: &tokio::runtime::Runtime, dest_port: u16) {
+    let profiles = |hosts: bool| {
+        let mut p = json!({
+            "key": {"type": "header", "name": "x-api-key", "valueEnv": "BENCH_KEY"},
+            "hooks": {"type": "standard-webhooks", "secretEnv": "BENCH_HOOK"}});
+        if hosts {
+            p["key"]["hosts"] = json!(["127.0.0.1"]);
+            p["hooks"]["hosts"] = json!(["127.0.0.1"]);
+        }
+        [
+            ("AUTH_PROFILES", p.to_string()),
+            ("BENCH_KEY", "k".repeat(32)),
+            (
+                "BENCH_HOOK",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned(),
+            ),
+        ]
+    };
+    let mut functions = vec![
+        (
+            "retryq",
+            Function::spawn(rt, Handler::Retryq, &profiles(true)),
+        ),
+        (
+            "baseline",
+            Function::spawn(rt, Handler::Baseline, &profiles(false)),
+        ),
+    ];
+    for (n, runs) in [(100usize, 11), (1000, 7)] {
+        let ev = Arc::new(
+            serde_json::to_vec(&event_with(n, dest_port, 1024, &["key", "hooks"])).unwrap(),
+        );
+        let mut cpus: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        for _ in 0..runs {
+            for (h, f) in &mut functions {
+                let inv = f.invoke(rt, &ev);
+                assert_eq!(failures_in(&inv.response), 0, "{h}: every record delivered");
+                cpus.entry(*h)
+                    .or_default()
+                    .push(inv.cpu.as_secs_f64() * 1e6 / n as f64);
+            }
+        }
+        let retryq = median(cpus.remove("retryq").unwrap());
+        let baseline = median(cpus.remove("baseline").unwrap());
+        println!(
+            "auth batch {n:>5}: retryq {retryq:.1} µs CPU/record, baseline {baseline:.1} ({:.3} ×)",
+            retryq / baseline
+        );
+    }
+}
+
 fn main() {
+    // `RETRYQ_BENCH_ONLY=auth` (with `RETRYQ_BENCH_BASELINE`): records under
+    // auth profiles, beside the other build.
+    if std::env::var("RETRYQ_BENCH_ONLY").as_deref() == Ok("auth") {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let dest_port = free_port();
+        let _dest = Destination::start(dest_port, LATENCY_MS);
+        auth_batches(&rt, dest_port);
+        return;
+    }
     // `RETRYQ_BENCH_ONLY=rss`: only the 10 000-record batch of each binary,
     // for a profiler to watch (`perf record -a -g -- cargo bench …`).
     // `RETRYQ_BENCH_ONLY=batches`: only the side-by-side batches.
