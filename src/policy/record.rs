@@ -347,20 +347,8 @@ pub fn plan(received: &Received<'_>, settings: &Settings<'_>, now: SystemTime) -
         retained_until: received.retained_until,
         age_limit: received.age_limit,
     };
-    if let Some(profile) = message.auth.as_deref() {
-        let why = match (settings.profile_allows)(profile, &message.destination_url) {
-            None => Some("is not configured"),
-            // Nothing is sent: its credentials go only to its `hosts`.
-            Some(false) => Some("may not be sent to this destination's host (its hosts)"),
-            Some(true) => None,
-        };
-        if let Some(why) = why {
-            return Plan::Decided(refused(
-                FailureReason::InvalidMessage,
-                attempt.number,
-                &format!("auth: profile {profile:?} {why}"),
-            ));
-        }
+    if let Some(why) = profile_refusal(&message, &settings) {
+        return Plan::Decided(refused(FailureReason::InvalidMessage, attempt.number, &why));
     }
     if let Some(action) = retry.before_attempt(&attempt, now) {
         return Plan::Decided(Decision {
@@ -375,6 +363,20 @@ pub fn plan(received: &Received<'_>, settings: &Settings<'_>, now: SystemTime) -
         message: Box::new(message),
         attempt,
     }
+}
+
+/// Why the message's auth profile may not be used for its destination
+/// (§12.8): not configured, or the destination is outside its `hosts`.
+/// Names the profile, never the host.
+fn profile_refusal(message: &RetryMessage, settings: &Settings<'_>) -> Option<String> {
+    let profile = message.auth.as_deref()?;
+    let why = match (settings.profile_allows)(profile, &message.destination_url) {
+        None => "is not configured",
+        // Nothing is sent: its credentials go only to its `hosts`.
+        Some(false) => "may not be sent to this destination's host (its hosts)",
+        Some(true) => return None,
+    };
+    Some(format!("auth: profile {profile:?} {why}"))
 }
 
 /// What is known of a record whose message is not read yet: a large
