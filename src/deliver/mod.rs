@@ -549,7 +549,9 @@ impl Deliverer {
                 return Ok(slot);
             }
             drop(slot);
-            *c = auth.credential(profile).await?;
+            // Boxed: a renewal's future is kilobytes large, and every
+            // request's future would carry it inline.
+            *c = Box::pin(auth.credential(profile)).await?;
         }
         unreachable!("the last round returns")
     }
