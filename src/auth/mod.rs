@@ -1139,6 +1139,11 @@ mod tests {
                 r#"{"a": {"type": "header", "name": "bad name", "valueEnv": "PARTNER_Y_KEY"}}"#,
                 "name",
             ),
+            // The secret itself pasted where its variable's name belongs.
+            (
+                r#"{"a": {"type": "header", "name": "x-k", "valueEnv": "sk_live s3cr3t/value"}}"#,
+                "not a variable name",
+            ),
             (
                 r#"{"a": {"type": "header", "name": "x", "valueEnv": "PARTNER_Y_KEY", "valueArn": "arn:x"}}"#,
                 "exactly one",

@@ -413,6 +413,13 @@ fn sigv4_kind(service: String, region: Option<String>) -> Result<Kind, String> {
     Ok(Kind::SigV4 { service, region })
 }
 
+/// Could `name` be an environment variable's name as operators write them?
+fn is_variable_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 /// Where a secret comes from: exactly one of `{what}Env` (read now) and
 /// `{what}Arn` (read on first use).
 fn source(
@@ -426,7 +433,12 @@ fn source(
         (Some(var), None) => env(&var)
             .filter(|v| !v.is_empty())
             .map(|v| SecretSource::Value(Secret::new(v)))
-            .ok_or_else(|| format!("{what}Env {var} is not set")),
+            .ok_or_else(|| match is_variable_name(&var) {
+                true => format!("{what}Env {var} is not set"),
+                // A secret pasted where its variable's name belongs is
+                // not printed.
+                false => format!("{what}Env is not a variable name (letters, digits, _)"),
+            }),
         (None, Some(arn)) => Ok(SecretSource::SecretsManager { arn, json_key }),
         _ => Err(format!("exactly one of {what}Env and {what}Arn is needed")),
     }

@@ -259,10 +259,11 @@ impl RequestArgs {
                 .clone()
                 .unwrap_or_else(|| if self.data.is_some() { "POST" } else { "GET" }.to_owned()),
         );
-        for h in &self.headers {
-            let (name, value) = h
-                .split_once(':')
-                .ok_or_else(|| Failure::Usage(format!("-H {h:?}: expected 'name: value'")))?;
+        for (i, h) in self.headers.iter().enumerate() {
+            // Never echoed: a malformed `-H` may well hold a credential.
+            let (name, value) = h.split_once(':').ok_or_else(|| {
+                Failure::Usage(format!("-H (the {}. given): expected 'name: value'", i + 1))
+            })?;
             b = b.header(name.trim(), value.trim());
         }
         if let Some(data) = &self.data {

@@ -16,6 +16,7 @@
 //! `Idempotency-Key: <message id>` unless the message carries one.
 
 pub mod destination;
+mod pool;
 
 use std::collections::HashMap;
 use std::error::Error as StdError;
@@ -178,6 +179,11 @@ pub struct Deliverer {
     slots: Option<Arc<Slots>>,
     /// How much of a non-2xx answer's body to keep.
     snippet_bytes: usize,
+    /// Hosts whose connections the shared client keeps (§12.9).
+    pooled: Arc<pool::PooledHosts>,
+    /// The shared client without idle connections, for other hosts; built
+    /// when first needed.
+    unpooled: Arc<std::sync::OnceLock<reqwest::Client>>,
 }
 
 impl Deliverer {
@@ -218,6 +224,8 @@ impl Deliverer {
             auth: None,
             slots: None,
             snippet_bytes: 0,
+            pooled: Arc::new(pool::PooledHosts::new(pool::POOLED_HOSTS)),
+            unpooled: Arc::default(),
         })
     }
 
@@ -236,6 +244,28 @@ impl Deliverer {
     /// How many hosts' request limits it keeps (at most `HOST_STATE_LIMIT`).
     pub fn hosts_kept(&self) -> usize {
         self.slots.as_ref().map_or(0, |s| s.hosts_kept())
+    }
+
+    /// Keeps idle connections for at most `hosts` hosts (at most
+    /// [`pool::POOLED_HOSTS`]): `HOST_STATE_LIMIT` when smaller.
+    pub fn with_pooled_hosts(mut self, hosts: usize) -> Deliverer {
+        self.pooled = Arc::new(pool::PooledHosts::new(hosts.min(pool::POOLED_HOSTS)));
+        self
+    }
+
+    /// The shared client for a request to `url`: the pooled one for a host
+    /// whose connections are kept, else one that keeps none.
+    fn shared_client(&self, url: &url::Url) -> reqwest::Client {
+        if self.pooled.keep(&crate::breaker::host_key(url)) {
+            return self.client.clone();
+        }
+        if let Some(c) = self.unpooled.get() {
+            return c.clone();
+        }
+        match self.settings.unpooled().client(None) {
+            Ok(c) => self.unpooled.get_or_init(|| c).clone(),
+            Err(_) => self.client.clone(),
+        }
     }
 
     /// Makes every HTTP exchange wait for a request slot.
@@ -336,7 +366,7 @@ impl Deliverer {
         let Some(profile) = msg.auth.as_deref() else {
             return self
                 .send(
-                    &self.client,
+                    &self.shared_client(&msg.destination_url),
                     msg,
                     payload,
                     None,
@@ -370,6 +400,7 @@ impl Deliverer {
             Err(e) => return Delivery::AuthFailed(e),
         };
         let (client, certificate) = match self.client_for(auth, profile, None).await {
+            Ok((_, None)) => (self.shared_client(&msg.destination_url), None),
             Ok(c) => c,
             Err(e) => return Delivery::AuthFailed(e),
         };
@@ -558,9 +589,10 @@ impl Deliverer {
 
     /// One HTTP exchange. Returns the body too when it is a 401 and
     /// `read_401_body` (for the expired-token rule), else an empty one.
-    /// The credential is applied once the request has its slot, right
-    /// before it is sent (§12.8); one that became due for renewal while the
-    /// request waited is renewed first, and `credential` is left as sent.
+    /// The credential is applied once the request has its slot and its
+    /// gate opened, right before it is sent (§12.8); one that became due
+    /// for renewal while the request waited for its slot is renewed first,
+    /// and `credential` is left as sent.
     async fn send(
         &self,
         client: &reqwest::Client,
@@ -582,13 +614,14 @@ impl Deliverer {
             Ok(slot) => slot,
             Err(e) => return (Delivery::AuthFailed(e), Vec::new()),
         };
+        if !gate.open().await {
+            return (Delivery::Withheld, Vec::new());
+        }
+        // Signed last: the gate may wait on the state table.
         if let Some(c) = credential {
             if let Err(reason) = c.apply(&mut request, &msg.id, SystemTime::now()) {
                 return (Delivery::Invalid(reason), Vec::new());
             }
-        }
-        if !gate.open().await {
-            return (Delivery::Withheld, Vec::new());
         }
         match client.execute(request).await {
             Ok(mut response) => {
@@ -666,6 +699,14 @@ impl ClientSettings {
     /// A client that follows no redirect, resolves through the destination
     /// policy and trusts the public roots plus `CA_BUNDLE`'s; with
     /// `identity`, it presents that client certificate when asked.
+    /// The same settings, keeping no idle connection.
+    fn unpooled(&self) -> ClientSettings {
+        ClientSettings {
+            max_idle_per_host: 0,
+            ..self.clone()
+        }
+    }
+
     fn client(
         &self,
         identity: Option<reqwest::Identity>,
@@ -674,6 +715,7 @@ impl ClientSettings {
             .redirect(reqwest::redirect::Policy::none())
             .dns_resolver(Arc::clone(&self.resolver) as Arc<dyn reqwest::dns::Resolve>)
             .pool_max_idle_per_host(self.max_idle_per_host)
+            .pool_idle_timeout(pool::POOL_IDLE)
             .connect_timeout(self.timeout)
             .no_proxy()
             .tls_certs_only(crate::tls::trusted_roots(self.ca_bundle.as_ref()));
@@ -861,6 +903,10 @@ impl reqwest::dns::Resolve for GuardedResolver {
 #[cfg(test)]
 #[path = "credential_hosts_tests.rs"]
 mod credential_hosts_tests;
+
+#[cfg(test)]
+#[path = "send_tests.rs"]
+mod send_tests;
 
 #[cfg(test)]
 mod tests {

@@ -137,7 +137,7 @@ async fn enqueue_refuses_bad_input_with_exit_2() {
                 "--url",
                 "https://x.example.com/",
                 "-H",
-                "no colon",
+                "Authorization Bearer sk_live_TOPSECRET",
             ],
             "-H",
         ),
@@ -179,7 +179,13 @@ async fn enqueue_refuses_bad_input_with_exit_2() {
         ),
     ];
     for (args, names) in cases {
-        assert_usage_error(&run_retryq(args, &[]).await, names);
+        let out = run_retryq(args, &[]).await;
+        assert_usage_error(&out, names);
+        assert!(
+            !out.stderr.contains("TOPSECRET"),
+            "a malformed -H is not echoed: {}",
+            out.stderr
+        );
     }
 }
 

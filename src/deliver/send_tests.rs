@@ -1,0 +1,197 @@
+//! How a request goes out, against a real keep-alive HTTP/1.1 server: it
+//! is signed after its gate opens (§12.8), and the shared client keeps
+//! idle connections for a bounded number of hosts, however many producers
+//! name (§12.9).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::*;
+use crate::auth::{AuthProfiles, Authenticator};
+
+/// A keep-alive HTTP/1.1 server on 127.0.0.1: counts open connections and
+/// keeps (arrival time, request head) of every request.
+struct Server {
+    port: u16,
+    open: Arc<AtomicUsize>,
+    /// Connections accepted in all.
+    accepted: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<(SystemTime, String)>>>,
+}
+
+async fn server() -> Server {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let open = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let (o, s, a) = (open.clone(), seen.clone(), accepted.clone());
+    tokio::spawn(async move {
+        loop {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let (o, s) = (o.clone(), s.clone());
+            o.fetch_add(1, Ordering::SeqCst);
+            a.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse::<usize>().ok())?
+                            })
+                            .unwrap_or(0);
+                        if buf.len() < end + 4 + len {
+                            break;
+                        }
+                        buf.drain(..end + 4 + len);
+                        s.lock().unwrap().push((SystemTime::now(), head));
+                        let _ = sock
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                            .await;
+                    }
+                }
+                o.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    Server {
+        port,
+        open,
+        accepted,
+        seen,
+    }
+}
+
+/// Every name resolves to 127.0.0.1.
+struct Loopback;
+
+impl reqwest::dns::Resolve for Loopback {
+    fn resolve(&self, _: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async {
+            let addrs: Vec<SocketAddr> = vec!["127.0.0.1:0".parse().unwrap()];
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+fn deliverer() -> Deliverer {
+    let policy = DestinationPolicy {
+        allowed: Vec::new(),
+        allow_private: true,
+    };
+    Deliverer::with_resolver(policy, Duration::from_secs(5), 64, Some(Arc::new(Loopback)))
+        .unwrap()
+        .with_slots(Arc::new(Slots::new(64, Some(2)).with_host_limit(4)))
+        .with_pooled_hosts(4)
+}
+
+fn msg(url: &str, auth: Option<&str>) -> RetryMessage {
+    let mut m = serde_json::json!({
+        "id": "msg-1",
+        "destinationUrl": url,
+        "request": {"method": "POST", "body": "{}"}
+    });
+    if let Some(a) = auth {
+        m["auth"] = a.into();
+    }
+    RetryMessage::parse(&m.to_string()).unwrap()
+}
+
+/// 300 hosts named, 4 kept: the connections to the others close with
+/// their answers (300 stayed open for 90 s before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_kept_for_a_bounded_number_of_hosts() {
+    let s = server().await;
+    let d = deliverer();
+    const HOSTS: usize = 300;
+    for i in 0..HOSTS {
+        let url = format!("http://h{i}.producer.example:{}/x", s.port);
+        match d.deliver(&msg(&url, None)).await {
+            Delivery::Answered { status: 200, .. } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    // Closing takes the server a moment to see; bounded wait.
+    let mut open = usize::MAX;
+    for _ in 0..50 {
+        open = s.open.load(Ordering::SeqCst);
+        if open <= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(d.hosts_kept() <= 4);
+    assert!(open <= 4, "{open} idle connections held for {HOSTS} hosts");
+    // A kept host still reuses its connection.
+    let url = format!("http://h0.producer.example:{}/x", s.port);
+    let accepted = s.accepted.load(Ordering::SeqCst);
+    d.deliver(&msg(&url, None)).await;
+    assert_eq!(s.accepted.load(Ordering::SeqCst), accepted, "reused");
+}
+
+/// The gate (the fleet probe's lease, a table call) may take seconds: the
+/// signature is made after it opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_is_signed_after_its_gate_opens() {
+    struct SlowGate;
+    impl SendGate for SlowGate {
+        fn open(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
+            Box::pin(async {
+                tokio::time::sleep(Duration::from_millis(2500)).await;
+                true
+            })
+        }
+    }
+    let s = server().await;
+    let env = |n: &str| (n == "HOOK").then(|| "whsec_c2VjcmV0LWtleQ==".to_owned());
+    let profiles = AuthProfiles::parse(
+        r#"{"hooks": {"type": "standard-webhooks", "secretEnv": "HOOK"}}"#,
+        env,
+    )
+    .unwrap();
+    let auth = Authenticator::new(
+        &profiles,
+        Duration::from_secs(5),
+        Duration::from_secs(300),
+        None,
+    );
+    let d = deliverer().with_auth(Arc::new(auth));
+    let url = format!("http://partner.example:{}/hook", s.port);
+    let body = Ok(Some(bytes::Bytes::from_static(b"{}")));
+    match d
+        .deliver_gated(&msg(&url, Some("hooks")), body, &SlowGate)
+        .await
+    {
+        Delivery::Answered { status: 200, .. } => {}
+        other => panic!("{other:?}"),
+    }
+    let (arrived, head) = s.seen.lock().unwrap()[0].clone();
+    let ts: u64 = head
+        .lines()
+        .find_map(|l| l.strip_prefix("webhook-timestamp: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let arrived = arrived
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let age = arrived - ts as f64;
+    assert!(age < 1.0, "signed {age:.3} s before it was sent");
+}
