@@ -89,7 +89,7 @@ const CLOCK_SLACK: Duration = Duration::from_secs(6);
 /// producer names cannot add metric streams.
 fn metrics_destination(decision: Option<&Decision>, host: Option<String>) -> Option<String> {
     match decision.map(|d| d.label) {
-        Some(Label::NotAllowed) => Some(crate::metrics::REFUSED.to_owned()),
+        Some(Label::NotAllowed | Label::NotForProfile) => Some(crate::metrics::REFUSED.to_owned()),
         _ => host,
     }
 }
@@ -859,7 +859,9 @@ impl Processor {
             return (Ok(decision), None, None);
         }
         let profile_allows = |p: &str, url: &url::Url| self.deliverer.profile_allows(p, url);
+        let destination_refusal = |url: &url::Url| self.deliverer.destination_refusal(url);
         let settings = Settings::new(&self.config.retry, &profile_allows)
+            .with_destination_check(&destination_refusal)
             .with_destinations(&self.config.destination_policies);
         // A large payload is admitted on the destination its head names,
         // and its body read only then (§12.4): a deferred record holds none.
@@ -932,8 +934,14 @@ impl Processor {
             return Early::NotAsked;
         };
         let mut early = Early::NotAsked;
-        // Without a destination in its head, the whole message is read first.
-        if let Some(url) = head.destination.clone() {
+        // Without a destination in its head, or with one the destination
+        // policy refuses (nothing is spent on it), the whole message is
+        // read first.
+        let head_destination = head
+            .destination
+            .clone()
+            .filter(|u| (settings.destination_refusal)(u).is_none());
+        if let Some(url) = head_destination {
             let settings = settings.for_destination(&url);
             let carried = self.carried(record);
             let unread = record::Unread {
@@ -2120,6 +2128,10 @@ fn panic_message(payload: Box<dyn Any + Send>) -> String {
 #[cfg(all(test, feature = "sim"))]
 #[path = "process_gate_tests.rs"]
 mod gate_tests;
+
+#[cfg(test)]
+#[path = "process_refusal_tests.rs"]
+mod refusal_tests;
 
 #[cfg(test)]
 mod tests {

@@ -295,6 +295,12 @@ impl Deliverer {
         self.settings.resolver.clone()
     }
 
+    /// Why the destination policy refuses `url` (its URL alone; the
+    /// addresses a name stands for are checked when connecting).
+    pub fn destination_refusal(&self, url: &url::Url) -> Option<String> {
+        self.policy.check(url).err().map(|e| e.to_string())
+    }
+
     /// May this profile's credentials go to `url` (§12.8)? `None`: no such
     /// profile.
     pub fn profile_allows(&self, profile: &str, url: &url::Url) -> Option<bool> {

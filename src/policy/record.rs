@@ -44,6 +44,15 @@ pub const RECEIVE_SLACK: Duration = Duration::from_secs(60);
 /// when there is no such profile.
 pub type ProfileCheck<'a> = dyn Fn(&str, &url::Url) -> Option<bool> + Sync + 'a;
 
+/// Why the destination policy refuses a destination (its URL alone: the
+/// addresses a name stands for are checked when connecting); `None` when
+/// it does not.
+pub type DestinationCheck<'a> = dyn Fn(&url::Url) -> Option<String> + Sync + 'a;
+
+fn any_destination(_: &url::Url) -> Option<String> {
+    None
+}
+
 /// What the decision knows of the processor's configuration.
 #[derive(Clone, Copy)]
 pub struct Settings<'a> {
@@ -51,6 +60,9 @@ pub struct Settings<'a> {
     /// May this auth profile's credentials go to this destination (§12.8)?
     /// `None`: no such profile.
     pub profile_allows: &'a ProfileCheck<'a>,
+    /// `ALLOWED_DESTINATIONS` and the address rules, checked before any
+    /// rate token or breaker is spent on the record.
+    pub destination_refusal: &'a DestinationCheck<'a>,
     /// `DESTINATION_POLICIES`.
     pub destinations: &'a DestinationPolicies,
     /// Statuses retried besides those of §3 (a destination's `retryOn`).
@@ -65,8 +77,17 @@ impl<'a> Settings<'a> {
         Settings {
             retry,
             profile_allows,
+            destination_refusal: &any_destination,
             destinations: &NO_POLICIES,
             retry_on: &[],
+        }
+    }
+
+    /// Refusing destinations as `check` says.
+    pub fn with_destination_check(self, check: &'a DestinationCheck<'a>) -> Self {
+        Settings {
+            destination_refusal: check,
+            ..self
         }
     }
 
@@ -173,6 +194,9 @@ pub enum Label {
     Invalid,
     /// Refused by the destination policy.
     NotAllowed,
+    /// Its auth profile's `hosts` do not name its destination (§12.8): an
+    /// invalid message, counted as refused.
+    NotForProfile,
     /// `expiresAt` passed before the attempt.
     Expired,
     /// The circuit breaker refused the attempt.
@@ -203,6 +227,7 @@ impl Label {
             Label::NonRetryable => "non-retryable",
             Label::Invalid => "invalid",
             Label::NotAllowed => "not-allowed",
+            Label::NotForProfile => "not-for-profile",
             Label::Expired => "expired",
             Label::CircuitOpen => "circuit-open",
             Label::RateLimited => "rate-limited",
@@ -347,8 +372,8 @@ pub fn plan(received: &Received<'_>, settings: &Settings<'_>, now: SystemTime) -
         retained_until: received.retained_until,
         age_limit: received.age_limit,
     };
-    if let Some(why) = profile_refusal(&message, &settings) {
-        return Plan::Decided(refused(FailureReason::InvalidMessage, attempt.number, &why));
+    if let Some(decision) = refusal(&message, &settings, attempt.number) {
+        return Plan::Decided(decision);
     }
     if let Some(action) = retry.before_attempt(&attempt, now) {
         return Plan::Decided(Decision {
@@ -365,18 +390,30 @@ pub fn plan(received: &Received<'_>, settings: &Settings<'_>, now: SystemTime) -
     }
 }
 
-/// Why the message's auth profile may not be used for its destination
-/// (§12.8): not configured, or the destination is outside its `hosts`.
-/// Names the profile, never the host.
-fn profile_refusal(message: &RetryMessage, settings: &Settings<'_>) -> Option<String> {
+/// A message refused before anything is spent on it: its destination by
+/// the destination policy, or its auth profile, not configured or whose
+/// `hosts` do not name the destination (§12.8; the error names the
+/// profile, never the host).
+fn refusal(message: &RetryMessage, settings: &Settings<'_>, attempt: u32) -> Option<Decision> {
+    let url = &message.destination_url;
+    if let Some(why) = (settings.destination_refusal)(url) {
+        return Some(refused(FailureReason::DestinationNotAllowed, attempt, &why));
+    }
     let profile = message.auth.as_deref()?;
-    let why = match (settings.profile_allows)(profile, &message.destination_url) {
-        None => "is not configured",
+    let (label, why) = match (settings.profile_allows)(profile, url) {
+        None => (Label::Invalid, "is not configured"),
         // Nothing is sent: its credentials go only to its `hosts`.
-        Some(false) => "may not be sent to this destination's host (its hosts)",
+        Some(false) => (
+            Label::NotForProfile,
+            "may not be sent to this destination's host (its hosts)",
+        ),
         Some(true) => return None,
     };
-    Some(format!("auth: profile {profile:?} {why}"))
+    let error = format!("auth: profile {profile:?} {why}");
+    Some(Decision {
+        label,
+        ..refused(FailureReason::InvalidMessage, attempt, &error)
+    })
 }
 
 /// What is known of a record whose message is not read yet: a large
