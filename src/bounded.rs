@@ -1,14 +1,16 @@
 //! A map of per-host (or per-pattern) state whose size is set by the
 //! configuration, not by what producers send (§12.9): at most
 //! `HOST_STATE_LIMIT` entries; when a new key would go past it, the least
-//! recently used entries that are idle are forgotten first.
+//! recently used idle entries are forgotten.
 //!
 //! Forgetting is done in rounds of a sixteenth of the limit, so that a
 //! stream of new keys costs a constant amount of work per key, not a scan
-//! of the map each. When fewer entries than that are idle (every one is in
-//! use: requests in flight, a breaker open), the least recently used busy
-//! ones go too: the bound holds whatever is sent, and the state forgotten is
-//! that of the host used least recently.
+//! of the map each. A busy entry (requests in flight, a breaker open or
+//! probing) is not forgotten while the map holds fewer than twice the
+//! limit: its host's promises (one probe, its concurrency) hold. Only when
+//! that many hosts are busy at once, which takes a producer as many
+//! requests in flight or breakers opened, do the least recently used busy
+//! ones go: the bound holds whatever is sent.
 
 use std::collections::HashMap;
 
@@ -21,6 +23,9 @@ pub struct BoundedMap<V> {
     limit: usize,
     /// Counts uses: an entry's `used` is the count at its last use.
     clock: u64,
+    /// The size at which to look for idle entries again, after a round
+    /// that found too few.
+    scan_at: usize,
 }
 
 #[derive(Debug)]
@@ -42,6 +47,7 @@ impl<V> BoundedMap<V> {
             entries: HashMap::new(),
             limit: limit.max(1),
             clock: 0,
+            scan_at: 0,
         }
     }
 
@@ -65,7 +71,7 @@ impl<V> BoundedMap<V> {
         self.clock += 1;
         let now = self.clock;
         if !self.entries.contains_key(key) {
-            if self.entries.len() >= self.limit {
+            if self.entries.len() >= self.limit.max(self.scan_at) {
                 self.forget(idle);
             }
             self.entries.insert(
@@ -90,29 +96,51 @@ impl<V> BoundedMap<V> {
         Some(&mut entry.value)
     }
 
-    /// Forgets a round of entries: the least recently used idle ones, then,
-    /// if too few are idle, the least recently used of the rest.
+    /// Forgets a round of entries: the least recently used idle ones;
+    /// busy ones only at twice the limit.
     fn forget(&mut self, idle: impl Fn(&V) -> bool) {
-        let target = self.limit - self.limit.div_ceil(16).min(self.limit);
-        let mut order: Vec<(bool, u64, &String)> = self
+        let round = self.limit.div_ceil(16);
+        let excess = self
+            .entries
+            .len()
+            .saturating_sub(self.limit - round.min(self.limit));
+        let idle_ones: Vec<(u64, &String)> = self
             .entries
             .iter()
-            .map(|(k, e)| (!idle(&e.value), e.used, k))
+            .filter(|(_, e)| idle(&e.value))
+            .map(|(k, e)| (e.used, k))
             .collect();
-        let excess = order.len().saturating_sub(target);
-        if excess == 0 {
-            return;
+        let mut gone = oldest(idle_ones, excess);
+        if gone.len() < round && self.entries.len() >= 2 * self.limit {
+            let busy = self
+                .entries
+                .iter()
+                .filter(|(_, e)| !idle(&e.value))
+                .map(|(k, e)| (e.used, k))
+                .collect();
+            let more = round - gone.len();
+            gone.extend(oldest(busy, more));
         }
-        // Idle before busy, then least recently used first.
-        order.select_nth_unstable(excess - 1);
-        let gone: Vec<String> = order[..excess]
-            .iter()
-            .map(|(_, _, k)| (*k).clone())
-            .collect();
+        let found_enough = gone.len() >= excess;
         for key in gone {
             self.entries.remove(&key);
         }
+        // Too few idle: look again only after another round of growth (and
+        // at twice the limit at the latest).
+        self.scan_at = match found_enough {
+            true => 0,
+            false => (self.entries.len() + round).min(2 * self.limit),
+        };
     }
+}
+
+/// The keys of the `n` least recently used of `entries`.
+fn oldest(mut entries: Vec<(u64, &String)>, n: usize) -> Vec<String> {
+    let n = n.min(entries.len());
+    if n > 0 {
+        entries.select_nth_unstable(n - 1);
+    }
+    entries[..n].iter().map(|(_, k)| (*k).clone()).collect()
 }
 
 #[cfg(test)]
@@ -137,21 +165,24 @@ mod tests {
     }
 
     #[test]
-    fn when_every_entry_is_busy_the_least_recently_used_goes() {
+    fn busy_entries_stay_until_twice_the_limit_then_the_least_recently_used_goes() {
         let mut m: BoundedMap<()> = BoundedMap::new(3);
-        for k in ["a", "b", "c"] {
+        for k in ["a", "b", "c", "d", "e", "f"] {
             m.entry(k, || (), |_| false);
         }
+        assert_eq!(m.len(), 6, "none idle: all kept, up to twice the limit");
         m.get_mut("a");
-        m.entry("d", || (), |_| false);
-        assert_eq!(m.len(), 3);
-        assert!(m.get_mut("b").is_none());
+        m.entry("g", || (), |_| false);
+        assert_eq!(m.len(), 6);
+        assert!(m.get_mut("b").is_none(), "the least recently used busy one");
+        assert!(m.get_mut("a").is_some());
     }
 
     proptest! {
         /// Whatever keys come, in whatever order, with whatever idleness,
-        /// the map never holds more than its limit, and the key just used
-        /// is always there.
+        /// the map never holds more than twice its limit, never more than
+        /// its limit while an entry is idle, and the key just used is
+        /// always there.
         #[test]
         fn never_more_than_the_limit(
             limit in 1usize..40,
@@ -161,8 +192,21 @@ mod tests {
             for (k, idle) in keys {
                 let key = k.to_string();
                 m.entry(&key, || idle, |v| *v);
-                prop_assert!(m.len() <= limit);
+                prop_assert!(m.len() <= 2 * limit);
                 prop_assert!(m.get_mut(&key).is_some());
+            }
+        }
+
+        /// While every entry can be forgotten, the limit itself holds.
+        #[test]
+        fn idle_entries_never_go_past_the_limit(
+            limit in 1usize..40,
+            keys in proptest::collection::vec(0u16..200, 0..600),
+        ) {
+            let mut m: BoundedMap<()> = BoundedMap::new(limit);
+            for k in keys {
+                m.entry(&k.to_string(), || (), |_| true);
+                prop_assert!(m.len() <= limit);
             }
         }
     }

@@ -57,14 +57,10 @@ struct HostState {
 }
 
 impl HostState {
-    /// Nothing in flight and no open breaker: forgetting it loses no more
-    /// than a count of failures below the threshold.
+    /// Nothing in flight and no breaker open or half-open: forgetting it
+    /// loses no more than a count of failures below the threshold.
     fn is_idle(&self) -> bool {
-        self.in_flight == 0
-            && !self.probing
-            && self
-                .open_until
-                .is_none_or(|until| tokio::time::Instant::now() >= until)
+        self.in_flight == 0 && !self.probing && self.open_until.is_none()
     }
 }
 
@@ -587,6 +583,120 @@ mod tests {
         assert_eq!(
             host_key(&Url::parse("http://127.0.0.1:8080/").unwrap()),
             "127.0.0.1:8080"
+        );
+    }
+}
+
+#[cfg(test)]
+mod bounded_tests {
+    //! Hosts the map keeps busy are not forgotten while fewer than twice
+    //! `HOST_STATE_LIMIT` hosts are kept (§12.9, review findings).
+    use super::*;
+    use std::time::Duration;
+
+    fn s() -> BreakerSettings {
+        BreakerSettings {
+            threshold: 1,
+            cooldown: Duration::from_secs(30),
+        }
+    }
+
+    /// Per-host concurrency 1; 2 hosts kept. a and b hold their slots, c
+    /// forgets a (busy), and a second request to a gets a slot at once.
+    #[tokio::test]
+    async fn a_busy_host_limit_is_not_forgotten() {
+        let limits = HostLimits {
+            hosts: Mutex::new(BoundedMap::new(2)),
+        };
+        let _a1 = limits.acquire("a:443", 1).await;
+        let _b = limits.acquire("b:443", 1).await;
+        let _c = limits.acquire("c:443", 1).await;
+        let second =
+            tokio::time::timeout(Duration::from_millis(200), limits.acquire("a:443", 1)).await;
+        assert!(
+            second.is_err(),
+            "a second concurrent request to a:443 with maxConcurrency 1"
+        );
+    }
+
+    /// A probe in flight to x; y busy; z forgets x; x admitted again.
+    #[tokio::test(start_paused = true)]
+    async fn a_probing_host_is_not_forgotten() {
+        let b = Breakers::with_limit(2);
+        let t = match b.admit("x:443", s()).await {
+            Admission::Go(t) => t,
+            _ => panic!(),
+        };
+        t.report(Some(Health::Failed));
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let _probe = match b.admit("x:443", s()).await {
+            Admission::Go(t) => t,
+            _ => panic!("probe"),
+        };
+        let _y = match b.admit("y:443", s()).await {
+            Admission::Go(t) => t,
+            _ => panic!(),
+        };
+        let _z = b.admit("z:443", s()).await;
+        let again = tokio::time::timeout(Duration::from_millis(10), b.admit("x:443", s())).await;
+        assert!(
+            matches!(again, Ok(Admission::Open)),
+            "second attempt to x during its probe: {again:?}"
+        );
+    }
+
+    /// An open breaker (cool-down running) is forgotten when the map is full
+    /// of other open breakers: a producer's failing hosts push it out.
+    #[tokio::test(start_paused = true)]
+    async fn an_open_breaker_is_not_pushed_out_by_other_open_breakers() {
+        let b = Breakers::with_limit(2);
+        for h in ["victim:443", "p1:443", "p2:443"] {
+            let t = match b.admit(h, s()).await {
+                Admission::Go(t) => t,
+                _ => panic!(),
+            };
+            t.report(Some(Health::Failed));
+        }
+        let again =
+            tokio::time::timeout(Duration::from_millis(10), b.admit("victim:443", s())).await;
+        assert!(
+            matches!(again, Ok(Admission::Open)),
+            "victim's open breaker forgotten: {again:?}"
+        );
+    }
+
+    /// Half-open (cool-down passed, no probe yet) counts as idle: filling
+    /// the map forgets it, and then `threshold` unproven attempts go, not one.
+    #[tokio::test(start_paused = true)]
+    async fn a_half_open_host_still_gets_a_single_probe() {
+        let b = Breakers::with_limit(2);
+        let st = BreakerSettings {
+            threshold: 3,
+            cooldown: Duration::from_secs(30),
+        };
+        for _ in 0..3 {
+            let t = match b.admit("x:443", st).await {
+                Admission::Go(t) => t,
+                _ => panic!(),
+            };
+            t.report(Some(Health::Failed));
+        }
+        tokio::time::advance(Duration::from_secs(31)).await;
+        for h in ["p1:443", "p2:443"] {
+            let t = match b.admit(h, st).await {
+                Admission::Go(t) => t,
+                _ => panic!(),
+            };
+            t.report(Some(Health::Answered));
+        }
+        let _p = match b.admit("x:443", st).await {
+            Admission::Go(t) => t,
+            _ => panic!(),
+        };
+        let again = tokio::time::timeout(Duration::from_millis(10), b.admit("x:443", st)).await;
+        assert!(
+            matches!(again, Ok(Admission::Open)),
+            "second concurrent attempt to a half-open host: {again:?}"
         );
     }
 }

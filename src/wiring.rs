@@ -35,7 +35,7 @@ pub fn deliverer(
     .with_ca_bundle(config.ca_bundle.clone())?
     .with_auth(Arc::new(auth))
     .with_slots(Arc::new(slots))
-    .with_pooled_hosts(config.host_state_limit)
+    .with_idle_sockets(config.host_state_limit)
     .with_snippets(config.state.as_ref().map_or(0, |s| s.snippet_bytes)))
 }
 

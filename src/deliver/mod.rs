@@ -179,10 +179,10 @@ pub struct Deliverer {
     slots: Option<Arc<Slots>>,
     /// How much of a non-2xx answer's body to keep.
     snippet_bytes: usize,
-    /// Hosts whose connections the shared client keeps (§12.9).
+    /// The idle sockets the clients may keep (§12.9).
     pooled: Arc<pool::PooledHosts>,
-    /// The shared client without idle connections, for other hosts; built
-    /// when first needed.
+    /// The shared client keeping no idle connection, for requests past
+    /// that budget; built when first needed.
     unpooled: Arc<std::sync::OnceLock<reqwest::Client>>,
 }
 
@@ -224,7 +224,7 @@ impl Deliverer {
             auth: None,
             slots: None,
             snippet_bytes: 0,
-            pooled: Arc::new(pool::PooledHosts::new(pool::POOLED_HOSTS)),
+            pooled: pool::PooledHosts::new(pool::IDLE_SOCKETS),
             unpooled: Arc::default(),
         })
     }
@@ -246,26 +246,44 @@ impl Deliverer {
         self.slots.as_ref().map_or(0, |s| s.hosts_kept())
     }
 
-    /// Keeps idle connections for at most `hosts` hosts (at most
-    /// [`pool::POOLED_HOSTS`]): `HOST_STATE_LIMIT` when smaller.
-    pub fn with_pooled_hosts(mut self, hosts: usize) -> Deliverer {
-        self.pooled = Arc::new(pool::PooledHosts::new(hosts.min(pool::POOLED_HOSTS)));
+    /// Keeps at most `sockets` idle connections (at most
+    /// [`pool::IDLE_SOCKETS`]): `HOST_STATE_LIMIT` when smaller.
+    pub fn with_idle_sockets(mut self, sockets: usize) -> Deliverer {
+        self.pooled = pool::PooledHosts::new(sockets.min(pool::IDLE_SOCKETS));
         self
     }
 
-    /// The shared client for a request to `url`: the pooled one for a host
-    /// whose connections are kept, else one that keeps none.
-    fn shared_client(&self, url: &url::Url) -> reqwest::Client {
-        if self.pooled.keep(&crate::breaker::host_key(url)) {
-            return self.client.clone();
+    /// The shared clients: the pooled one, and the one keeping no idle
+    /// connection when it was built already.
+    fn shared_clients(&self) -> Clients {
+        Clients {
+            pooled: self.client.clone(),
+            unpooled: self.unpooled.get().cloned(),
         }
-        if let Some(c) = self.unpooled.get() {
-            return c.clone();
+    }
+
+    /// The client for a request that holds its slot: the pooled one while
+    /// the idle-socket budget allows (the lease is held until its answer),
+    /// else one that keeps no connection.
+    fn client_to_send(
+        &self,
+        clients: &Clients,
+        url: &url::Url,
+    ) -> (reqwest::Client, Option<pool::PoolLease>) {
+        if let Some(lease) = self.pooled.lease(&crate::breaker::host_key(url)) {
+            return (clients.pooled.clone(), Some(lease));
         }
-        match self.settings.unpooled().client(None) {
-            Ok(c) => self.unpooled.get_or_init(|| c).clone(),
-            Err(_) => self.client.clone(),
-        }
+        let unpooled = clients.unpooled.clone().unwrap_or_else(|| {
+            self.unpooled
+                .get_or_init(|| {
+                    self.settings
+                        .unpooled()
+                        .client(None)
+                        .unwrap_or_else(|_| self.client.clone())
+                })
+                .clone()
+        });
+        (unpooled, None)
     }
 
     /// Makes every HTTP exchange wait for a request slot.
@@ -372,7 +390,7 @@ impl Deliverer {
         let Some(profile) = msg.auth.as_deref() else {
             return self
                 .send(
-                    &self.shared_client(&msg.destination_url),
+                    &self.shared_clients(),
                     msg,
                     payload,
                     None,
@@ -406,7 +424,6 @@ impl Deliverer {
             Err(e) => return Delivery::AuthFailed(e),
         };
         let (client, certificate) = match self.client_for(auth, profile, None).await {
-            Ok((_, None)) => (self.shared_client(&msg.destination_url), None),
             Ok(c) => c,
             Err(e) => return Delivery::AuthFailed(e),
         };
@@ -496,7 +513,7 @@ impl Deliverer {
         auth: &Authenticator,
         profile: &str,
         sent: Option<(u64, u64)>,
-    ) -> Option<reqwest::Client> {
+    ) -> Option<Clients> {
         let sent = sent?;
         match self.client_for(auth, profile, Some(sent)).await {
             Ok((client, Some(read))) if read != sent => {
@@ -519,12 +536,12 @@ impl Deliverer {
         auth: &Authenticator,
         profile: &str,
         stale: Option<(u64, u64)>,
-    ) -> Result<(reqwest::Client, Option<(u64, u64)>), AuthError> {
+    ) -> Result<(Clients, Option<(u64, u64)>), AuthError> {
         if !auth.has_client_certificate(profile) {
-            return Ok((self.client.clone(), None));
+            return Ok((self.shared_clients(), None));
         }
         let Some(read) = auth.client_certificate(profile, stale).await? else {
-            return Ok((self.client.clone(), None));
+            return Ok((self.shared_clients(), None));
         };
         let generation = read.generation;
         {
@@ -532,21 +549,14 @@ impl Deliverer {
             if let Some(held) = clients.get_mut(profile) {
                 if held.read.generation == generation || held.read.same_pem(&read) {
                     held.read.generation = generation;
-                    return Ok((held.client.clone(), Some(generation)));
+                    return Ok((held.clients.clone(), Some(generation)));
                 }
             }
         }
-        let identity = read.identity().map_err(|e| {
-            AuthError::Rejected(format!(
-                "the client certificate of profile {profile:?}: {e}"
-            ))
-        })?;
-        let client = self.settings.client(Some(identity)).map_err(|e| {
-            AuthError::Rejected(format!(
-                "profile {profile:?}: cannot build a client with its certificate ({})",
-                e.without_url()
-            ))
-        })?;
+        let clients = Clients {
+            pooled: self.client_with(&read, profile, &self.settings)?,
+            unpooled: Some(self.client_with(&read, profile, &self.settings.unpooled())?),
+        };
         self.tls_clients
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -554,10 +564,30 @@ impl Deliverer {
                 profile.to_owned(),
                 TlsClient {
                     read,
-                    client: client.clone(),
+                    clients: clients.clone(),
                 },
             );
-        Ok((client, Some(generation)))
+        Ok((clients, Some(generation)))
+    }
+
+    /// A client presenting the certificate `read`.
+    fn client_with(
+        &self,
+        read: &CertificateRead,
+        profile: &str,
+        settings: &ClientSettings,
+    ) -> Result<reqwest::Client, AuthError> {
+        let identity = read.identity().map_err(|e| {
+            AuthError::Rejected(format!(
+                "the client certificate of profile {profile:?}: {e}"
+            ))
+        })?;
+        settings.client(Some(identity)).map_err(|e| {
+            AuthError::Rejected(format!(
+                "profile {profile:?}: cannot build a client with its certificate ({})",
+                e.without_url()
+            ))
+        })
     }
 
     /// The request slot for `msg`, held with a credential that is not due
@@ -601,7 +631,7 @@ impl Deliverer {
     /// and `credential` is left as sent.
     async fn send(
         &self,
-        client: &reqwest::Client,
+        clients: &Clients,
         msg: &RetryMessage,
         body: Option<&bytes::Bytes>,
         mut credential: Option<&mut Credential>,
@@ -612,7 +642,7 @@ impl Deliverer {
             read_401_body,
             gate,
         } = how;
-        let mut request = match build(client, msg, body, timeout) {
+        let mut request = match build(&clients.pooled, msg, body, timeout) {
             Ok(r) => r,
             Err(reason) => return (Delivery::Invalid(reason), Vec::new()),
         };
@@ -629,6 +659,7 @@ impl Deliverer {
                 return (Delivery::Invalid(reason), Vec::new());
             }
         }
+        let (client, _lease) = self.client_to_send(clients, &msg.destination_url);
         match client.execute(request).await {
             Ok(mut response) => {
                 let status = response.status().as_u16();
@@ -736,7 +767,15 @@ impl ClientSettings {
 #[derive(Debug)]
 struct TlsClient {
     read: CertificateRead,
-    client: reqwest::Client,
+    clients: Clients,
+}
+
+/// A client, and its twin that keeps no idle connection (`None`: the
+/// shared one, built when first needed).
+#[derive(Debug, Clone)]
+struct Clients {
+    pooled: reqwest::Client,
+    unpooled: Option<reqwest::Client>,
 }
 
 /// The headers to send: the message's, filtered, plus `Idempotency-Key`.

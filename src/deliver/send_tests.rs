@@ -1,7 +1,7 @@
 //! How a request goes out, against a real keep-alive HTTP/1.1 server: it
-//! is signed after its gate opens (§12.8), and the shared client keeps
-//! idle connections for a bounded number of hosts, however many producers
-//! name (§12.9).
+//! is signed after its gate opens (§12.8), and the idle connections the
+//! clients keep stay within a budget of sockets, however many hosts
+//! producers name and however many requests go to each at once (§12.9).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -89,6 +89,20 @@ impl reqwest::dns::Resolve for Loopback {
     }
 }
 
+/// Open connections once closing has settled: closes take the server a
+/// moment to see (at most 5 s waited for the count to reach `at_most`).
+async fn settled_open(open: &AtomicUsize, at_most: usize) -> usize {
+    let mut n = usize::MAX;
+    for _ in 0..50 {
+        n = open.load(Ordering::SeqCst);
+        if n <= at_most {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    n
+}
+
 fn deliverer() -> Deliverer {
     let policy = DestinationPolicy {
         allowed: Vec::new(),
@@ -97,7 +111,7 @@ fn deliverer() -> Deliverer {
     Deliverer::with_resolver(policy, Duration::from_secs(5), 64, Some(Arc::new(Loopback)))
         .unwrap()
         .with_slots(Arc::new(Slots::new(64, Some(2)).with_host_limit(4)))
-        .with_pooled_hosts(4)
+        .with_idle_sockets(4)
 }
 
 fn msg(url: &str, auth: Option<&str>) -> RetryMessage {
@@ -126,15 +140,7 @@ async fn idle_connections_are_kept_for_a_bounded_number_of_hosts() {
             other => panic!("{other:?}"),
         }
     }
-    // Closing takes the server a moment to see; bounded wait.
-    let mut open = usize::MAX;
-    for _ in 0..50 {
-        open = s.open.load(Ordering::SeqCst);
-        if open <= 4 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let open = settled_open(&s.open, 4).await;
     assert!(d.hosts_kept() <= 4);
     assert!(open <= 4, "{open} idle connections held for {HOSTS} hosts");
     // A kept host still reuses its connection.
@@ -194,4 +200,117 @@ async fn a_request_is_signed_after_its_gate_opens() {
         .as_secs_f64();
     let age = arrived - ts as f64;
     assert!(age < 1.0, "signed {age:.3} s before it was sent");
+}
+
+/// A profile presenting a client certificate has a client of its own: its
+/// idle connections count against the same budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_profile_keeps_within_the_same_budget() {
+    let s = server().await;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["client.test".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap()
+        .pem();
+    let key = key.serialize_pem();
+    let env = move |n: &str| match n {
+        "C" => Some(cert.clone()),
+        "K" => Some(key.clone()),
+        _ => None,
+    };
+    let profiles = AuthProfiles::parse(
+        r#"{"m": {"clientCertificate": {"certEnv": "C", "keyEnv": "K"}, "hosts": ["*.producer.example"]}}"#,
+        env,
+    )
+    .unwrap();
+    let auth = Authenticator::new(
+        &profiles,
+        Duration::from_secs(5),
+        Duration::from_secs(300),
+        None,
+    );
+    let d = deliverer().with_auth(Arc::new(auth));
+    const HOSTS: usize = 300;
+    for i in 0..HOSTS {
+        let url = format!("http://h{i}.producer.example:{}/x", s.port);
+        match d.deliver(&msg(&url, Some("m"))).await {
+            Delivery::Answered { status: 200, .. } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    let open = settled_open(&s.open, 4).await;
+    assert!(
+        open <= 4,
+        "{open} idle connections held for {HOSTS} hosts under an mTLS profile"
+    );
+}
+
+/// 20 hosts at 64 requests in flight each (1,280 idle sockets before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_sockets_stay_within_their_budget_at_full_concurrency() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let open = Arc::new(AtomicUsize::new(0));
+    let o = open.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let o = o.clone();
+            o.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4 + 2);
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        let _ = sock
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                            .await;
+                    }
+                }
+                o.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    let policy = DestinationPolicy {
+        allowed: Vec::new(),
+        allow_private: true,
+    };
+    // As wiring::deliverer builds it for the processor: idle per host = MAX_CONCURRENCY.
+    let d = Arc::new(
+        Deliverer::with_resolver(
+            policy,
+            Duration::from_secs(20),
+            64,
+            Some(Arc::new(Loopback)),
+        )
+        .unwrap()
+        .with_slots(Arc::new(Slots::new(64, None)))
+        .with_idle_sockets(10_000),
+    );
+    for h in 0..20 {
+        let mut hs = Vec::new();
+        for _ in 0..64 {
+            let d = d.clone();
+            let url = format!("http://h{h}.p.example:{port}/x");
+            hs.push(tokio::spawn(
+                async move { d.deliver(&msg(&url, None)).await },
+            ));
+        }
+        for j in hs {
+            j.await.unwrap();
+        }
+    }
+    let n = settled_open(&open, pool::IDLE_SOCKETS).await;
+    assert!(
+        n <= pool::IDLE_SOCKETS,
+        "{n} idle sockets after 20 hosts x 64 concurrent requests"
+    );
 }
