@@ -2125,6 +2125,18 @@ fn panic_message(payload: Box<dyn Any + Send>) -> String {
         .unwrap_or_else(|| "a panic without a message".into())
 }
 
+/// An SQS client that reaches nothing, for tests whose records need no SQS
+/// call (a dead letter then stays unsent).
+#[cfg(test)]
+fn unreachable_sqs() -> aws_sdk_sqs::Client {
+    let config = aws_sdk_sqs::Config::builder()
+        .behavior_version_latest()
+        .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+        .endpoint_url("http://127.0.0.1:9")
+        .build();
+    aws_sdk_sqs::Client::from_conf(config)
+}
+
 #[cfg(all(test, feature = "sim"))]
 #[path = "process_gate_tests.rs"]
 mod gate_tests;

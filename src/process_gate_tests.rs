@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::*;
 use crate::config::StateSettings;
 use crate::fleet::table::{Call, Item, Key, Table, Update};
+use crate::process::unreachable_sqs;
 use crate::sim::table::{Faults, SimTable};
 use crate::sim::world::SimClock;
 
@@ -45,15 +46,6 @@ impl Table for Flaky {
     }
 }
 
-fn sqs() -> aws_sdk_sqs::Client {
-    let config = aws_sdk_sqs::Config::builder()
-        .behavior_version_latest()
-        .region(aws_sdk_sqs::config::Region::new("us-east-1"))
-        .endpoint_url("http://127.0.0.1:9")
-        .build();
-    aws_sdk_sqs::Client::from_conf(config)
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_probe_whose_renewal_fails_is_withheld() {
     let shared = Arc::new(SimTable::new(Faults::healthy(), 1));
@@ -79,7 +71,7 @@ async fn a_probe_whose_renewal_fails_is_withheld() {
         .map(|(_, v)| v.to_owned())
     })
     .expect("config");
-    let p = Processor::new(config, sqs(), None)
+    let p = Processor::new(config, unreachable_sqs(), None)
         .expect("processor")
         .with_fleet(p_fleet);
     let breaker = BreakerSettings {

@@ -3,17 +3,7 @@
 //! and counted under `Destination` `refused` (§12.9).
 
 use super::*;
-
-/// An SQS client that reaches nothing: these records need no SQS call but
-/// their dead letter, which then stays unsent.
-fn sqs() -> aws_sdk_sqs::Client {
-    let config = aws_sdk_sqs::Config::builder()
-        .behavior_version_latest()
-        .region(aws_sdk_sqs::config::Region::new("us-east-1"))
-        .endpoint_url("http://127.0.0.1:9")
-        .build();
-    aws_sdk_sqs::Client::from_conf(config)
-}
+use crate::process::unreachable_sqs;
 
 fn processor(vars: &[(&str, &str)]) -> Processor {
     let config = Config::from_lookup(|name| {
@@ -23,7 +13,7 @@ fn processor(vars: &[(&str, &str)]) -> Processor {
             .map(|(_, v)| (*v).to_owned())
     })
     .expect("config");
-    Processor::new(config, sqs(), None).expect("processor")
+    Processor::new(config, unreachable_sqs(), None).expect("processor")
 }
 
 fn record(id: &str, url: &str, auth: Option<&str>) -> Record {

@@ -24,6 +24,11 @@ struct Server {
 }
 
 async fn server() -> Server {
+    server_answering_after(Duration::ZERO).await
+}
+
+/// As [`server`], each answer `delay` after its request.
+async fn server_answering_after(delay: Duration) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let open = Arc::new(AtomicUsize::new(0));
@@ -60,6 +65,7 @@ async fn server() -> Server {
                         }
                         buf.drain(..end + 4 + len);
                         s.lock().unwrap().push((SystemTime::now(), head));
+                        tokio::time::sleep(delay).await;
                         let _ = sock
                             .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
                             .await;
@@ -249,36 +255,8 @@ async fn a_client_certificate_profile_keeps_within_the_same_budget() {
 /// 20 hosts at 64 requests in flight each (1,280 idle sockets before).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn idle_sockets_stay_within_their_budget_at_full_concurrency() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let open = Arc::new(AtomicUsize::new(0));
-    let o = open.clone();
-    tokio::spawn(async move {
-        loop {
-            let (mut sock, _) = listener.accept().await.unwrap();
-            let o = o.clone();
-            o.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let n = match sock.read(&mut chunk).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    };
-                    buf.extend_from_slice(&chunk[..n]);
-                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..end + 4 + 2);
-                        tokio::time::sleep(Duration::from_millis(300)).await;
-                        let _ = sock
-                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-                            .await;
-                    }
-                }
-                o.fetch_sub(1, Ordering::SeqCst);
-            });
-        }
-    });
+    let server = server_answering_after(Duration::from_millis(300)).await;
+    let (port, open) = (server.port, server.open);
     let policy = DestinationPolicy {
         allowed: Vec::new(),
         allow_private: true,
