@@ -120,6 +120,14 @@ fn deliverer() -> Deliverer {
         .with_idle_sockets(4)
 }
 
+/// [`deliverer`] with these auth profiles.
+fn deliverer_with(profiles: &str, env: impl Fn(&str) -> Option<String>) -> Deliverer {
+    let profiles = AuthProfiles::parse(profiles, env).unwrap();
+    let timeout = Duration::from_secs(5);
+    let auth = Authenticator::new(&profiles, timeout, Duration::from_secs(300), None);
+    deliverer().with_auth(Arc::new(auth))
+}
+
 fn msg(url: &str, auth: Option<&str>) -> RetryMessage {
     let mut m = serde_json::json!({
         "id": "msg-1",
@@ -171,18 +179,10 @@ async fn a_request_is_signed_after_its_gate_opens() {
     }
     let s = server().await;
     let env = |n: &str| (n == "HOOK").then(|| "whsec_c2VjcmV0LWtleQ==".to_owned());
-    let profiles = AuthProfiles::parse(
+    let d = deliverer_with(
         r#"{"hooks": {"type": "standard-webhooks", "secretEnv": "HOOK"}}"#,
         env,
-    )
-    .unwrap();
-    let auth = Authenticator::new(
-        &profiles,
-        Duration::from_secs(5),
-        Duration::from_secs(300),
-        None,
     );
-    let d = deliverer().with_auth(Arc::new(auth));
     let url = format!("http://partner.example:{}/hook", s.port);
     let body = Ok(Some(bytes::Bytes::from_static(b"{}")));
     match d
@@ -225,18 +225,10 @@ async fn a_client_certificate_profile_keeps_within_the_same_budget() {
         "K" => Some(key.clone()),
         _ => None,
     };
-    let profiles = AuthProfiles::parse(
+    let d = deliverer_with(
         r#"{"m": {"clientCertificate": {"certEnv": "C", "keyEnv": "K"}, "hosts": ["*.producer.example"]}}"#,
         env,
-    )
-    .unwrap();
-    let auth = Authenticator::new(
-        &profiles,
-        Duration::from_secs(5),
-        Duration::from_secs(300),
-        None,
     );
-    let d = deliverer().with_auth(Arc::new(auth));
     const HOSTS: usize = 300;
     for i in 0..HOSTS {
         let url = format!("http://h{i}.producer.example:{}/x", s.port);
