@@ -6,11 +6,12 @@
 //! Forgetting is done in rounds of a sixteenth of the limit, so that a
 //! stream of new keys costs a constant amount of work per key, not a scan
 //! of the map each. A busy entry (requests in flight, a breaker open or
-//! probing) is not forgotten while the map holds fewer than twice the
-//! limit: its host's promises (one probe, its concurrency) hold. Only when
-//! that many hosts are busy at once, which takes a producer as many
-//! requests in flight or breakers opened, do the least recently used busy
-//! ones go: the bound holds whatever is sent.
+//! probing) is never forgotten, so its host's promises (one probe, its
+//! concurrency) hold. When every entry is busy there is no room for a new
+//! key: the caller makes that host's record wait, as it would for a slot,
+//! until an entry is idle again. That takes a producer `HOST_STATE_LIMIT`
+//! hosts in flight or with open breakers at once; a busy entry becomes idle
+//! when its requests end or its breaker's cool-down does.
 
 use std::collections::HashMap;
 
@@ -23,9 +24,8 @@ pub struct BoundedMap<V> {
     limit: usize,
     /// Counts uses: an entry's `used` is the count at its last use.
     clock: u64,
-    /// The size at which to look for idle entries again, after a round
-    /// that found too few.
-    scan_at: usize,
+    /// New keys refused without a scan, after a scan found no idle entry.
+    skip: usize,
 }
 
 #[derive(Debug)]
@@ -47,7 +47,7 @@ impl<V> BoundedMap<V> {
             entries: HashMap::new(),
             limit: limit.max(1),
             clock: 0,
-            scan_at: 0,
+            skip: 0,
         }
     }
 
@@ -60,19 +60,19 @@ impl<V> BoundedMap<V> {
     }
 
     /// The entry for `key`, used now; made by `make` when there is none,
-    /// after forgetting others if the map is full. `idle` tells which
-    /// entries may be forgotten first.
+    /// after forgetting idle ones if the map is full. `None`: full, and
+    /// every entry busy.
     pub fn entry(
         &mut self,
         key: &str,
         make: impl FnOnce() -> V,
         idle: impl Fn(&V) -> bool,
-    ) -> &mut V {
+    ) -> Option<&mut V> {
         self.clock += 1;
         let now = self.clock;
         if !self.entries.contains_key(key) {
-            if self.entries.len() >= self.limit.max(self.scan_at) {
-                self.forget(idle);
+            if self.entries.len() >= self.limit && !self.forget(idle) {
+                return None;
             }
             self.entries.insert(
                 key.to_owned(),
@@ -84,7 +84,7 @@ impl<V> BoundedMap<V> {
         }
         let entry = self.entries.get_mut(key).expect("present");
         entry.used = now;
-        &mut entry.value
+        Some(&mut entry.value)
     }
 
     /// The entry for `key`, if there is one, used now.
@@ -96,10 +96,15 @@ impl<V> BoundedMap<V> {
         Some(&mut entry.value)
     }
 
-    /// Forgets a round of entries: the least recently used idle ones;
-    /// busy ones only at twice the limit.
-    fn forget(&mut self, idle: impl Fn(&V) -> bool) {
+    /// Forgets a round of the least recently used idle entries; whether
+    /// any room was made. After a scan that found none, the next round's
+    /// worth of new keys are refused without scanning again.
+    fn forget(&mut self, idle: impl Fn(&V) -> bool) -> bool {
         let round = self.limit.div_ceil(16);
+        if self.skip > 0 {
+            self.skip -= 1;
+            return false;
+        }
         let excess = self
             .entries
             .len()
@@ -110,27 +115,15 @@ impl<V> BoundedMap<V> {
             .filter(|(_, e)| idle(&e.value))
             .map(|(k, e)| (e.used, k))
             .collect();
-        let mut gone = oldest(idle_ones, excess);
-        if gone.len() < round && self.entries.len() >= 2 * self.limit {
-            let busy = self
-                .entries
-                .iter()
-                .filter(|(_, e)| !idle(&e.value))
-                .map(|(k, e)| (e.used, k))
-                .collect();
-            let more = round - gone.len();
-            gone.extend(oldest(busy, more));
+        let gone = oldest(idle_ones, excess);
+        if gone.is_empty() {
+            self.skip = round;
+            return false;
         }
-        let found_enough = gone.len() >= excess;
         for key in gone {
             self.entries.remove(&key);
         }
-        // Too few idle: look again only after another round of growth (and
-        // at twice the limit at the latest).
-        self.scan_at = match found_enough {
-            true => 0,
-            false => (self.entries.len() + round).min(2 * self.limit),
-        };
+        true
     }
 }
 
@@ -149,14 +142,14 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn idle_entries_go_before_busy_ones_and_recent_ones_stay() {
+    fn idle_entries_go_and_busy_and_recent_ones_stay() {
         let mut m: BoundedMap<bool> = BoundedMap::new(4);
         // a and b busy (true), c and d idle.
         for (k, busy) in [("a", true), ("b", true), ("c", false), ("d", false)] {
-            m.entry(k, || busy, |b| !b);
+            m.entry(k, || busy, |b| !b).unwrap();
         }
         m.get_mut("c");
-        m.entry("e", || false, |b| !b);
+        assert!(m.entry("e", || false, |b| !b).is_some());
         assert_eq!(m.len(), 4);
         assert!(m.get_mut("d").is_none(), "the least recently used idle one");
         for k in ["a", "b", "c", "e"] {
@@ -165,48 +158,47 @@ mod tests {
     }
 
     #[test]
-    fn busy_entries_stay_until_twice_the_limit_then_the_least_recently_used_goes() {
-        let mut m: BoundedMap<()> = BoundedMap::new(3);
-        for k in ["a", "b", "c", "d", "e", "f"] {
-            m.entry(k, || (), |_| false);
+    fn when_every_entry_is_busy_a_new_key_finds_no_room_until_one_is_idle() {
+        let mut m: BoundedMap<bool> = BoundedMap::new(3);
+        for k in ["a", "b", "c"] {
+            m.entry(k, || true, |busy| !busy).unwrap();
         }
-        assert_eq!(m.len(), 6, "none idle: all kept, up to twice the limit");
-        m.get_mut("a");
-        m.entry("g", || (), |_| false);
-        assert_eq!(m.len(), 6);
-        assert!(m.get_mut("b").is_none(), "the least recently used busy one");
-        assert!(m.get_mut("a").is_some());
+        assert!(m.entry("d", || true, |busy| !busy).is_none());
+        assert_eq!(m.len(), 3);
+        *m.get_mut("b").unwrap() = false;
+        // The scan that found none idle spares the next round's keys a scan.
+        let tries = 1 + m.limit.div_ceil(16);
+        let room = (0..tries).any(|_| m.entry("d", || true, |busy| !busy).is_some());
+        assert!(room, "b was idle");
+        assert!(m.get_mut("b").is_none());
     }
 
     proptest! {
         /// Whatever keys come, in whatever order, with whatever idleness,
-        /// the map never holds more than twice its limit, never more than
-        /// its limit while an entry is idle, and the key just used is
-        /// always there.
+        /// the map never holds more than its limit, never forgets a busy
+        /// entry, and a key finds room whenever an entry is idle.
         #[test]
         fn never_more_than_the_limit(
             limit in 1usize..40,
             keys in proptest::collection::vec((0u16..200, any::<bool>()), 0..600),
         ) {
             let mut m: BoundedMap<bool> = BoundedMap::new(limit);
+            let mut busy = std::collections::BTreeSet::new();
             for (k, idle) in keys {
                 let key = k.to_string();
-                m.entry(&key, || idle, |v| *v);
-                prop_assert!(m.len() <= 2 * limit);
-                prop_assert!(m.get_mut(&key).is_some());
-            }
-        }
-
-        /// While every entry can be forgotten, the limit itself holds.
-        #[test]
-        fn idle_entries_never_go_past_the_limit(
-            limit in 1usize..40,
-            keys in proptest::collection::vec(0u16..200, 0..600),
-        ) {
-            let mut m: BoundedMap<()> = BoundedMap::new(limit);
-            for k in keys {
-                m.entry(&k.to_string(), || (), |_| true);
+                let any_idle = m.entries.values().any(|e| e.value);
+                let fresh = m.skip == 0;
+                match m.entry(&key, || idle, |v| *v) {
+                    Some(v) => {
+                        *v = idle;
+                        if idle { busy.remove(&key); } else { busy.insert(key.clone()); }
+                    }
+                    None => prop_assert!(!any_idle || !fresh, "no room although an entry was idle"),
+                }
                 prop_assert!(m.len() <= limit);
+                for b in &busy {
+                    prop_assert!(m.entries.contains_key(b), "busy {b} forgotten");
+                }
             }
         }
     }

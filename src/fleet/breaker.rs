@@ -640,8 +640,13 @@ impl FleetBreakers {
         }
     }
 
+    /// What this process knows of `host`. When `HOST_STATE_LIMIT` hosts
+    /// are in use at once, a view kept only by its users: the table, read
+    /// as for any host not seen lately, still keeps the fleet's promises.
     fn host(&self, host: &str) -> Arc<Host> {
-        Arc::clone(lock(&self.hosts).entry(host, Arc::default, |h| Arc::strong_count(h) == 1))
+        lock(&self.hosts)
+            .entry(host, Arc::default, |h| Arc::strong_count(h) == 1)
+            .map_or_else(Arc::default, |h| Arc::clone(h))
     }
 
     /// How many hosts it keeps.

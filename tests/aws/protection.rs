@@ -244,8 +244,10 @@ async fn refused_records_are_counted_under_refused_not_their_host() {
 /// §12.9: what a process keeps per host is bounded by `HOST_STATE_LIMIT`,
 /// not by how many hosts producers name. Twelve records to twelve hosts
 /// that refuse connections (each opening its breaker) leave at most four
-/// hosts' breakers and request limits; every record still comes back to be
-/// retried, and a host named afterwards is served as usual.
+/// hosts' breakers and request limits: while four breakers are open, the
+/// other hosts' records wait (no room to forget a busy host), and every
+/// record comes back to be retried. Once the cool-down ends, a host named
+/// afterwards is served as usual.
 #[tokio::test]
 async fn per_host_state_stays_within_host_state_limit() {
     let (sqs, q, dlq, p) = with_dlq(
@@ -253,6 +255,7 @@ async fn per_host_state_stays_within_host_state_limit() {
         &[
             ("HOST_STATE_LIMIT", "4"),
             ("BREAKER_THRESHOLD", "1"),
+            ("BREAKER_COOLDOWN_SECONDS", "1"),
             ("MAX_CONCURRENCY_PER_HOST", "2"),
             ("REQUEST_TIMEOUT_SECONDS", "2"),
         ],
@@ -270,6 +273,7 @@ async fn per_host_state_stays_within_host_state_limit() {
 
     let retried = one_batch(&sqs, &q, &dlq, &p, &down).await;
     let kept = p.hosts_kept();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     let healthy = answering(204).await;
     let after = run_batch(
         &p,
