@@ -140,6 +140,29 @@ enum Applied {
 }
 
 impl Credential {
+    /// The secret bytes a request with it carries (a header's value, the
+    /// token or key in it, the secret it was made from), to keep out of
+    /// anything stored; signatures are not secrets.
+    pub fn secrets(&self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        if let Applied::Header(_, value) = &self.applied {
+            let value = value.as_bytes();
+            out.push(value.to_vec());
+            if let Some(space) = value.iter().position(|b| *b == b' ') {
+                out.push(value[space + 1..].to_vec());
+            }
+        }
+        out.extend(
+            self.made_from
+                .iter()
+                .map(|s| s.expose().as_bytes().to_vec()),
+        );
+        // Longest first, so a value is replaced whole before its parts.
+        out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        out.retain(|s| s.len() >= MIN_REDACTED);
+        out
+    }
+
     /// Is what it was made from due for renewal?
     pub fn is_stale(&self) -> bool {
         self.fresh_until.is_some_and(|t| Instant::now() >= t)
@@ -185,6 +208,29 @@ impl Credential {
         *request.headers_mut() = headers;
         signed
     }
+}
+
+/// Secrets shorter than this are not looked for in stored text: replacing
+/// every occurrence of a few bytes would mangle it and hide nothing.
+const MIN_REDACTED: usize = 4;
+
+/// Replaces every occurrence of `secret` in `text` with `[redacted]`.
+pub fn redact(text: &mut Vec<u8>, secret: &[u8]) {
+    if secret.is_empty() || text.len() < secret.len() {
+        return;
+    }
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        if text[i..].starts_with(secret) {
+            out.extend_from_slice(b"[redacted]");
+            i += secret.len();
+        } else {
+            out.push(text[i]);
+            i += 1;
+        }
+    }
+    *text = out;
 }
 
 /// What to do after the destination answered a request sent with a
@@ -1234,6 +1280,16 @@ mod tests {
             assert!(err.contains(says) && err.contains("\"a\""), "{json}: {err}");
             assert!(!err.contains("k3y-not-pem"), "{err}");
         }
+    }
+
+    #[test]
+    fn redact_replaces_every_occurrence_and_nothing_else() {
+        let mut t = b"bad key sk_live_1 (sk_live_1)".to_vec();
+        redact(&mut t, b"sk_live_1");
+        assert_eq!(t, b"bad key [redacted] ([redacted])");
+        let mut short = b"ab".to_vec();
+        redact(&mut short, b"abc");
+        assert_eq!(short, b"ab");
     }
 
     #[test]

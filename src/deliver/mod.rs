@@ -654,12 +654,13 @@ impl Deliverer {
             return (Delivery::Withheld, Vec::new());
         }
         // Signed last: the gate may wait on the state table.
-        if let Some(c) = credential {
+        if let Some(c) = credential.as_deref() {
             if let Err(reason) = c.apply(&mut request, &msg.id, SystemTime::now()) {
                 return (Delivery::Invalid(reason), Vec::new());
             }
         }
         let (client, _lease) = self.client_to_send(clients, &msg.destination_url);
+        let credential = credential.as_deref();
         match client.execute(request).await {
             Ok(mut response) => {
                 let status = response.status().as_u16();
@@ -672,11 +673,19 @@ impl Deliverer {
                     snippet_bytes
                 };
                 let body = drain(response, keep).await;
+                let mut snippet = body[..body.len().min(snippet_bytes)].to_vec();
+                // A destination that echoes the request's key or token in
+                // its error must not leave it in the ledger.
+                if !snippet.is_empty() {
+                    for secret in credential.map(Credential::secrets).unwrap_or_default() {
+                        crate::auth::redact(&mut snippet, &secret);
+                    }
+                }
                 let answered = Delivery::Answered {
                     status,
                     headers,
                     token_expired: false,
-                    snippet: body[..body.len().min(snippet_bytes)].to_vec(),
+                    snippet,
                 };
                 (answered, body)
             }

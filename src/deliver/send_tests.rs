@@ -284,3 +284,37 @@ async fn idle_sockets_stay_within_their_budget_at_full_concurrency() {
         "{n} idle sockets after 20 hosts x 64 concurrent requests"
     );
 }
+
+/// A destination that echoes the request's key in its error: the snippet
+/// kept for the ledger holds `[redacted]`, not the key.
+#[tokio::test]
+async fn an_echoed_key_does_not_reach_the_snippet() {
+    let dest = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::any())
+        .respond_with(|r: &wiremock::Request| {
+            let key = r.headers["x-api-key"].to_str().unwrap().to_owned();
+            wiremock::ResponseTemplate::new(400).set_body_string(format!("bad key: {key}"))
+        })
+        .mount(&dest)
+        .await;
+    let env = |n: &str| (n == "KEY").then(|| "sk_live_ABCDEFG".to_owned());
+    let d = deliverer_with(
+        r#"{"k": {"type": "header", "name": "x-api-key", "prefix": "Key ", "valueEnv": "KEY"}}"#,
+        env,
+    )
+    .with_snippets(512);
+    match d
+        .deliver(&msg(&format!("{}/x", dest.uri()), Some("k")))
+        .await
+    {
+        Delivery::Answered {
+            status: 400,
+            snippet,
+            ..
+        } => {
+            let text = String::from_utf8(snippet).unwrap();
+            assert_eq!(text, "bad key: [redacted]");
+        }
+        other => panic!("{other:?}"),
+    }
+}
