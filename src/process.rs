@@ -82,7 +82,7 @@ enum Ticket {
 
 /// How far processes' clocks, and SQS's, may differ (docs/state.md:
 /// the probe lease's slack), and a second for rounding.
-const CLOCK_SLACK: Duration = Duration::from_secs(6);
+const CLOCK_SLACK: Duration = Duration::from_secs(PROBE_LEASE_SLACK.as_secs() + 1);
 
 /// The `Destination` a record's figures go under (§12.9): its host, but
 /// `refused` for a record the destination policy refused, so that what a

@@ -39,8 +39,14 @@ pub enum ProfileHosts {
     Anywhere,
 }
 
-/// AWS endpoints, where an `aws-sigv4` profile without `hosts` may sign.
-const AWS_ENDPOINTS: [&str; 3] = ["*.amazonaws.com", "*.amazonaws.com.cn", "*.on.aws"];
+/// AWS endpoints, where an `aws-sigv4` profile without `hosts` may sign
+/// (parsed once).
+static AWS_ENDPOINTS: std::sync::LazyLock<Vec<HostPattern>> = std::sync::LazyLock::new(|| {
+    ["*.amazonaws.com", "*.amazonaws.com.cn", "*.on.aws"]
+        .iter()
+        .map(|p| p.parse().expect("valid patterns"))
+        .collect()
+});
 
 impl ProfileHosts {
     fn default_for(kind: &Kind) -> ProfileHosts {
@@ -51,20 +57,11 @@ impl ProfileHosts {
     }
 
     /// May the profile's credentials go to `url`?
+    /// Matched as `ALLOWED_DESTINATIONS` is.
     pub fn allow(&self, url: &Url) -> bool {
-        // As `ALLOWED_DESTINATIONS` matches: the host as the URL parser
-        // normalised it.
-        let Some(host) = url.host().map(|h| h.to_string()) else {
-            return false;
-        };
-        let port = url.port_or_known_default();
-        let matches = |p: &HostPattern| p.matches(&host, port);
         match self {
-            ProfileHosts::Listed(patterns) => patterns.iter().any(matches),
-            ProfileHosts::AwsEndpoints => AWS_ENDPOINTS
-                .iter()
-                .filter_map(|p| p.parse::<HostPattern>().ok())
-                .any(|p| matches(&p)),
+            ProfileHosts::Listed(patterns) => HostPattern::any_matches(patterns, url),
+            ProfileHosts::AwsEndpoints => HostPattern::any_matches(&AWS_ENDPOINTS, url),
             ProfileHosts::Anywhere => true,
         }
     }

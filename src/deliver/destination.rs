@@ -49,14 +49,8 @@ impl DestinationPolicy {
             return Err(NotAllowed::Scheme(url.scheme().to_owned()));
         }
         let host = url.host().ok_or(NotAllowed::NoHost)?;
-        let host_str = host.to_string();
-        if !self.allowed.is_empty()
-            && !self
-                .allowed
-                .iter()
-                .any(|p| p.matches(&host_str, url.port_or_known_default()))
-        {
-            return Err(NotAllowed::NotListed(host_str));
+        if !self.allowed.is_empty() && !HostPattern::any_matches(&self.allowed, url) {
+            return Err(NotAllowed::NotListed(host.to_string()));
         }
         let literal = match host {
             Host::Ipv4(ip) => Some(IpAddr::V4(ip)),

@@ -180,7 +180,7 @@ pub struct Deliverer {
     /// How much of a non-2xx answer's body to keep.
     snippet_bytes: usize,
     /// The idle sockets the clients may keep (§12.9).
-    pooled: Arc<pool::PooledHosts>,
+    sockets: Arc<pool::SocketBudget>,
     /// The shared client keeping no idle connection, for requests past
     /// that budget; built when first needed.
     unpooled: Arc<std::sync::OnceLock<reqwest::Client>>,
@@ -224,7 +224,7 @@ impl Deliverer {
             auth: None,
             slots: None,
             snippet_bytes: 0,
-            pooled: pool::PooledHosts::new(pool::IDLE_SOCKETS),
+            sockets: pool::SocketBudget::new(pool::IDLE_SOCKETS),
             unpooled: Arc::default(),
         })
     }
@@ -249,7 +249,7 @@ impl Deliverer {
     /// Keeps at most `sockets` idle connections (at most
     /// [`pool::IDLE_SOCKETS`]): `HOST_STATE_LIMIT` when smaller.
     pub fn with_idle_sockets(mut self, sockets: usize) -> Deliverer {
-        self.pooled = pool::PooledHosts::new(sockets.min(pool::IDLE_SOCKETS));
+        self.sockets = pool::SocketBudget::new(sockets.min(pool::IDLE_SOCKETS));
         self
     }
 
@@ -270,7 +270,7 @@ impl Deliverer {
         clients: &Clients,
         url: &url::Url,
     ) -> (reqwest::Client, Option<pool::PoolLease>) {
-        if let Some(lease) = self.pooled.lease(&crate::breaker::host_key(url)) {
+        if let Some(lease) = self.sockets.lease(&crate::breaker::host_key(url)) {
             return (clients.pooled.clone(), Some(lease));
         }
         let unpooled = clients.unpooled.clone().unwrap_or_else(|| {

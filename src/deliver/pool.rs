@@ -23,14 +23,14 @@ pub const POOL_IDLE: Duration = Duration::from_secs(30);
 /// When a host's pooled connections are surely closed, counted from its
 /// last request's end: the pool checks for expired connections once per
 /// idle timeout, so one may outlive it by as much again.
-const FORGET_AFTER: Duration = Duration::from_secs(2 * 30 + 1);
+const FORGET_AFTER: Duration = Duration::from_secs(2 * POOL_IDLE.as_secs() + 1);
 
 /// Most idle sockets the pools may hold: half of Lambda's 1,024 file
 /// descriptors, the rest left for requests in flight and the AWS clients.
 pub const IDLE_SOCKETS: usize = 512;
 
 #[derive(Debug)]
-pub struct PooledHosts {
+pub struct SocketBudget {
     inner: Mutex<Budget>,
 }
 
@@ -52,14 +52,14 @@ struct Host {
 /// A request that goes through the pooled client; ends when dropped.
 #[derive(Debug)]
 pub struct PoolLease {
-    pooled: Arc<PooledHosts>,
+    budget: Arc<SocketBudget>,
     host: String,
 }
 
-impl PooledHosts {
+impl SocketBudget {
     /// At most `sockets` idle sockets (at least one).
-    pub fn new(sockets: usize) -> Arc<PooledHosts> {
-        Arc::new(PooledHosts {
+    pub fn new(sockets: usize) -> Arc<SocketBudget> {
+        Arc::new(SocketBudget {
             inner: Mutex::new(Budget {
                 hosts: HashMap::new(),
                 reserved: 0,
@@ -95,7 +95,7 @@ impl PooledHosts {
             budget.reserved += 1;
         }
         Some(PoolLease {
-            pooled: Arc::clone(self),
+            budget: Arc::clone(self),
             host: host.to_owned(),
         })
     }
@@ -127,7 +127,7 @@ impl Budget {
 
 impl Drop for PoolLease {
     fn drop(&mut self) {
-        let mut budget = self.pooled.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut budget = self.budget.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(h) = budget.hosts.get_mut(&self.host) {
             h.in_flight -= 1;
             h.last_done = Instant::now();
@@ -141,7 +141,7 @@ mod tests {
 
     #[test]
     fn the_peaks_of_recent_hosts_stay_within_the_budget() {
-        let pool = PooledHosts::new(3);
+        let pool = SocketBudget::new(3);
         let a1 = pool.lease("a:443").expect("room");
         let a2 = pool.lease("a:443").expect("room: a's peak is 2");
         let b = pool.lease("b:443").expect("room: b's peak is 1");

@@ -73,6 +73,17 @@ impl HostPattern {
         host_ok && self.port.is_none_or(|p| Some(p) == port)
     }
 
+    /// Does any of `patterns` match `url`'s host (as the URL parser
+    /// normalised it) and port? A URL without a host matches none.
+    pub fn any_matches(patterns: &[HostPattern], url: &url::Url) -> bool {
+        let Some(host) = url.host() else {
+            return false;
+        };
+        let host = host.to_string();
+        let port = url.port_or_known_default();
+        patterns.iter().any(|p| p.matches(&host, port))
+    }
+
     /// How specific the pattern is: of two patterns matching one host, the
     /// larger wins. An exact host beats a wildcard, a longer wildcard
     /// suffix beats a shorter one, and a port beats any port.
