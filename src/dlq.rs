@@ -198,7 +198,10 @@ impl Held {
             .collect();
         let failed = queues
             .change_visibility_batch(dlq_url, &handles, Duration::ZERO)
-            .await;
+            .await
+            .iter()
+            .filter(|r| r.is_err())
+            .count();
         if failed > 0 {
             tracing::warn!(
                 failed,

@@ -107,6 +107,8 @@ pub(crate) mod dlq;
 pub mod fleet;
 pub(crate) mod gather;
 #[cfg(feature = "processor")]
+pub mod heartbeat;
+#[cfg(feature = "processor")]
 pub mod lambda;
 pub mod logging;
 pub mod message;

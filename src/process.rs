@@ -27,7 +27,7 @@
 //!   for a token or an SQS call does not hold a slot.
 
 use std::any::Any;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,6 +40,7 @@ use crate::deliver::{Deliverer, Delivery};
 use crate::fleet::breaker::{FleetAdmission, FleetTicket};
 use crate::fleet::ledger::AttemptRecord;
 use crate::fleet::{FleetState, StateError};
+pub use crate::heartbeat::Heartbeat;
 use crate::payload::budget::{MemoryBudget, Reserved};
 use crate::payload::store::{Kept, PayloadError, PayloadStore, Peeked};
 use crate::payload::{Finished, PayloadPointer};
@@ -170,68 +171,6 @@ impl Batch {
     }
 }
 
-/// The heartbeat of §8.5: extends the visibility of every record of a
-/// worker's batch before it runs out, so a slow request is not handed to
-/// another receiver and made twice, and an acknowledged record stays hidden
-/// until it is deleted with the batch. A record leaves the heartbeat before
-/// its own action touches its visibility (a backoff), or when it is left for
-/// another receive, and never while an extension is in flight, so the
-/// heartbeat cannot undo a backoff.
-#[derive(Debug)]
-pub struct Heartbeat {
-    queue_url: String,
-    /// The visibility each beat sets (the queue's visibility timeout).
-    extend_to: Duration,
-    in_work: tokio::sync::Mutex<HashSet<String>>,
-}
-
-impl Heartbeat {
-    /// A heartbeat for these receipt handles of `queue_url`.
-    pub fn new(
-        queue_url: impl Into<String>,
-        extend_to: Duration,
-        receipt_handles: impl IntoIterator<Item = String>,
-    ) -> Heartbeat {
-        Heartbeat {
-            queue_url: queue_url.into(),
-            extend_to,
-            in_work: tokio::sync::Mutex::new(receipt_handles.into_iter().collect()),
-        }
-    }
-
-    /// How often to beat: well within the visibility timeout.
-    pub fn interval(&self) -> Duration {
-        (self.extend_to / 3).max(Duration::from_millis(500))
-    }
-
-    /// Beats until dropped (run it beside the batch and abort it after).
-    pub async fn run(self: Arc<Self>, queues: Arc<Queues>) {
-        let mut ticks = tokio::time::interval(self.interval());
-        ticks.tick().await;
-        loop {
-            ticks.tick().await;
-            let in_work = self.in_work.lock().await;
-            if in_work.is_empty() {
-                continue;
-            }
-            let handles: Vec<String> = in_work.iter().cloned().collect();
-            let failed = queues
-                .change_visibility_batch(&self.queue_url, &handles, self.extend_to)
-                .await;
-            tracing::debug!(
-                records = handles.len(),
-                failed,
-                "heartbeat: visibility extended"
-            );
-            drop(in_work);
-        }
-    }
-
-    async fn leave(&self, receipt_handle: &str) {
-        self.in_work.lock().await.remove(receipt_handle);
-    }
-}
-
 /// The processor: configuration plus the HTTP and SQS adapters, built once
 /// per process and shared by every batch.
 #[derive(Debug)]
@@ -313,11 +252,23 @@ struct LeaseGate<'a> {
     batch: &'a Batch,
     ticket: Option<&'a FleetTicket>,
     spend_by: Option<tokio::time::Instant>,
+    /// The worker's hold on the message (its receipt handle), confirmed
+    /// before anything else: a message this worker may no longer hold is
+    /// not sent.
+    hold: Option<(&'a Heartbeat, &'a str)>,
 }
 
 impl crate::deliver::SendGate for LeaseGate<'_> {
     fn open(&self) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send + '_>> {
         Box::pin(async move {
+            if let Some((heartbeat, receipt_handle)) = self.hold {
+                if !heartbeat
+                    .confirm(&self.processor.queues, receipt_handle)
+                    .await
+                {
+                    return false;
+                }
+            }
             if self
                 .spend_by
                 .is_some_and(|by| tokio::time::Instant::now() >= by)
@@ -716,6 +667,11 @@ impl Processor {
             self.mark(&record, &resolved, Finished::Delivered, batch.deadline)
                 .await;
         }
+        // `retryq worker` deletes a finished record now, not with its
+        // batch: a kill repeats only what was in flight.
+        if let (true, Some(heartbeat)) = (disposition.acknowledged(), &batch.heartbeat) {
+            heartbeat.finish(&self.queues, &record.receipt_handle).await;
+        }
         let decision = decision.ok();
         let (delay_s, reason) = match decision.as_ref().map(|d| &d.action) {
             Some(Action::Retry { delay }) => (Some(delay.as_secs()), None),
@@ -776,6 +732,17 @@ impl Processor {
                 return Disposition::Unfinished(why.clone());
             }
         };
+        // The hold was lost while the request was in flight: its answer
+        // is not acted on (the attempt still counts in the ledger).
+        if let Some(lost) = self.hold_lost(batch, record).await {
+            if let (Some(entry), Some(fleet)) = (ledger, self.table(batch)) {
+                if let Err(e) = Box::pin(fleet.record(&entry)).await {
+                    self.without_table::<()>(batch, &e);
+                }
+            }
+            leave().await;
+            return Disposition::Unfinished(lost);
+        }
         // A retry whose queue would end the record first is carried over
         // (§12.5): a copy goes back, and this one is acknowledged.
         let mut carry = Box::pin(self.carry_due(record, d, attempted, false)).await;
@@ -810,13 +777,20 @@ impl Processor {
         };
         // A record leaves the heartbeat before a backoff sets its
         // visibility, or when it is left for another receive. One that is
-        // acknowledged stays hidden until the worker deletes it with the
-        // batch: otherwise a long batch (records waiting for rate-limit
-        // tokens) lets it reappear, and be delivered again, meanwhile.
+        // acknowledged stays hidden until the worker has deleted it.
         let acknowledging =
             carry.is_some() || matches!(d.action, Action::Ack | Action::DeadLetter(_));
         if !acknowledging {
             leave().await;
+        }
+        // A copy (DLQ or carried) goes only from a worker that still holds
+        // the message: otherwise another may be delivering it.
+        if (carry.is_some() || matches!(d.action, Action::DeadLetter(_)))
+            && !self.still_held(batch, record).await
+        {
+            leave().await;
+            let lost = self.hold_lost(batch, record).await;
+            return Disposition::Unfinished(lost.unwrap_or_default());
         }
         let apply = self.apply(record, resolved, &d.action, carry, batch.deadline);
         // Any other entry goes out beside its SQS action: a retried record
@@ -1035,6 +1009,7 @@ impl Processor {
             // delivers makes no SQS call for it.
             retained_until: None,
             pending_dead_letter: self.pending_dead_letter(&record.message_id),
+            counted_by_receives: self.fleet.is_none(),
             too_large_for_dlq: self.check_dlq_can_hold(record).await.err(),
             recorded_failures,
             already_finished: match &*resolved {
@@ -1199,13 +1174,18 @@ impl Processor {
         // is held once, whatever the attempt sends.
         let body = message.take_body().map_err(|e| e.to_string());
         let started_at = SystemTime::now();
-        let deliver = self.deliver(batch, &message, body, &pass);
+        let deliver = self.deliver(batch, record, &message, body, &pass);
         let read = self.ledger_read(batch, record, first_receive);
         let ((delivery, latency), read) = tokio::join!(deliver, read);
         if let Delivery::Withheld = delivery {
+            self.report(batch, pass.ticket, None).await;
+            // The worker may no longer hold the message: nothing more is
+            // done for it (whoever holds it now does the work).
+            if let Some(lost) = self.hold_lost(batch, record).await {
+                return (Err(lost), None, None);
+            }
             // The lease was lost, or the host failed, while the request
             // waited: no attempt was made. Back in about a second.
-            self.report(batch, pass.ticket, None).await;
             let deferred = unattempted(attempt, Deferral::BreakerOpen, Duration::from_secs(1));
             return (Ok(deferred.await), None, None);
         }
@@ -1375,6 +1355,7 @@ impl Processor {
     async fn deliver(
         &self,
         batch: &Batch,
+        record: &Record,
         message: &crate::message::RetryMessage,
         body: Result<Option<bytes::Bytes>, String>,
         pass: &Pass,
@@ -1384,14 +1365,19 @@ impl Processor {
             Some(Ticket::Fleet(ticket)) => Some(ticket),
             _ => None,
         };
-        let delivery = match (ticket, pass.spend_by) {
-            (None, None) => self.deliverer.deliver_with_body(message, body).await,
-            (ticket, spend_by) => {
+        let hold = batch
+            .heartbeat
+            .as_deref()
+            .map(|h| (h, record.receipt_handle.as_str()));
+        let delivery = match (ticket, pass.spend_by, hold) {
+            (None, None, None) => self.deliverer.deliver_with_body(message, body).await,
+            (ticket, spend_by, hold) => {
                 let gate = LeaseGate {
                     processor: self,
                     batch,
                     ticket,
                     spend_by,
+                    hold,
                 };
                 Box::pin(self.deliverer.deliver_gated(message, body, &gate)).await
             }
@@ -1412,6 +1398,30 @@ impl Processor {
                     }
                 }
             }
+        }
+    }
+
+    /// Why nothing more is done for a record whose worker lost its hold on
+    /// the message (docs/spec.md, "The worker's hold"); `None` while it
+    /// holds it, and always outside `retryq worker`.
+    async fn hold_lost(&self, batch: &Batch, record: &Record) -> Option<String> {
+        let heartbeat = batch.heartbeat.as_ref()?;
+        heartbeat
+            .is_lost(&record.receipt_handle)
+            .await
+            .then(|| "the worker no longer holds the message (its hold lapsed or SQS refused its receipt handle): nothing more is done for it here".to_owned())
+    }
+
+    /// Does the worker still hold the message (extended first when its hold
+    /// is close to its end)? Always outside `retryq worker`.
+    async fn still_held(&self, batch: &Batch, record: &Record) -> bool {
+        match &batch.heartbeat {
+            Some(heartbeat) => {
+                heartbeat
+                    .confirm(&self.queues, &record.receipt_handle)
+                    .await
+            }
+            None => true,
         }
     }
 

@@ -102,6 +102,7 @@ async fn a_probe_whose_renewal_fails_is_withheld() {
         batch: &batch,
         ticket: Some(&p_ticket),
         spend_by: None,
+        hold: None,
     };
     use crate::deliver::SendGate;
     assert!(!gate.open().await, "P's probe would go out beside Q's");

@@ -91,7 +91,7 @@ pub async fn run(
         let (http, arn, failed_invocations) = (&http, &info.arn, &failed_invocations);
         async move {
             let event = sqs_event(&messages, arn, region);
-            match invoke(http, &options.function_url, &event).await {
+            let to_delete = match invoke(http, &options.function_url, &event).await {
                 Ok(failed) => messages
                     .iter()
                     .filter(|m| !failed.contains(m.message_id.as_deref().unwrap_or_default()))
@@ -102,6 +102,10 @@ pub async fn run(
                     failed_invocations.set(failed_invocations.get() + 1);
                     Vec::new()
                 }
+            };
+            queue::Handled {
+                to_delete,
+                deleted: 0,
             }
         }
     };

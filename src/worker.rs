@@ -40,6 +40,11 @@ pub struct WorkerOptions {
     pub wait: Duration,
     /// Concurrent receive loops.
     pub pollers: usize,
+    /// Messages one receive asks for (1–10): no more than its poller's
+    /// share of `MAX_CONCURRENCY`, so that every record received can start
+    /// at once. A record that waits holds a receive that SQS counts; a
+    /// worker killed or frozen meanwhile uses it up without a request.
+    pub batch_size: usize,
 }
 
 impl WorkerOptions {
@@ -49,7 +54,15 @@ impl WorkerOptions {
             queue_url: queue_url.into(),
             wait: DEFAULT_WAIT,
             pollers: max_concurrency.div_ceil(10).clamp(1, 32),
+            batch_size: 10,
         }
+        .sized_for(max_concurrency)
+    }
+
+    /// The batch size for `pollers` sharing `max_concurrency`.
+    pub fn sized_for(mut self, max_concurrency: usize) -> WorkerOptions {
+        self.batch_size = (max_concurrency / self.pollers.max(1)).clamp(1, 10);
+        self
     }
 }
 
@@ -108,7 +121,13 @@ async fn poll(
     let stop = async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     };
-    let receive = || queues.receive(&options.queue_url, 10, options.wait, None);
+    // Each receive's start: the hold on what it takes counts from then.
+    let received_at = std::sync::Mutex::new(Instant::now());
+    let receive = || {
+        *received_at.lock().expect("not poisoned") = Instant::now();
+        let max = i32::try_from(options.batch_size).unwrap_or(10);
+        queues.receive(&options.queue_url, max, options.wait, None)
+    };
     let handle = |messages: Vec<aws_sdk_sqs::types::Message>| {
         let processor = Arc::clone(&processor);
         let (queue_url, arn, visibility) = (
@@ -116,10 +135,12 @@ async fn poll(
             info.arn.clone(),
             info.visibility_timeout,
         );
+        let received_at = *received_at.lock().expect("not poisoned");
         async move {
             let heartbeat = Arc::new(Heartbeat::new(
                 queue_url,
                 visibility,
+                received_at,
                 messages.iter().filter_map(|m| m.receipt_handle.clone()),
             ));
             let records = messages
@@ -127,17 +148,23 @@ async fn poll(
                 .map(|m| queue::record(m, &arn))
                 .collect();
             let beat = tokio::spawn(Arc::clone(&heartbeat).run(Arc::clone(processor.queues())));
-            let batch = Batch::with_heartbeat(heartbeat);
+            let batch = Batch::with_heartbeat(Arc::clone(&heartbeat));
             let report = processor
                 .process_batch_in(records, Some(Instant::now() + work_limit), batch)
                 .await;
             beat.abort();
-            report
+            // Finished records were deleted as each finished; what is left
+            // is those whose delete failed.
+            let (deleted, to_delete): (Vec<_>, Vec<_>) = report
                 .records
                 .into_iter()
                 .filter(|r| r.disposition.acknowledged())
                 .map(|r| r.receipt_handle)
-                .collect()
+                .partition(|h| heartbeat.was_deleted(h));
+            queue::Handled {
+                to_delete,
+                deleted: deleted.len() as u64,
+            }
         }
     };
     queue::receive_loop(queues, &options.queue_url, stop, receive, handle).await

@@ -149,6 +149,11 @@ pub struct Received<'a> {
     pub carried_attempts: Option<u32>,
     /// `MAX_AGE_SECONDS` after the first copy's `SentTimestamp`.
     pub age_limit: Option<SystemTime>,
+    /// Attempts are counted by receives (no attempt ledger): a receive
+    /// after the final attempt's receive means that attempt's answer was
+    /// never acted on (its process stopped, or lost the message), and the
+    /// record is dead-lettered without another request.
+    pub counted_by_receives: bool,
 }
 
 impl<'a> Received<'a> {
@@ -166,6 +171,7 @@ impl<'a> Received<'a> {
             already_finished: None,
             carried_attempts: None,
             age_limit: None,
+            counted_by_receives: true,
         }
     }
 }
@@ -217,6 +223,10 @@ pub enum Label {
     /// A carried copy received before its next try is due: hidden again,
     /// without an attempt (§12.5).
     NotYetDue,
+    /// Received again after its final attempt's receive, whose answer was
+    /// never acted on (a process stopped or lost the message between the
+    /// two): dead-lettered `attempts-exhausted` without another request.
+    FinalAnswerLost,
 }
 
 impl Label {
@@ -236,6 +246,7 @@ impl Label {
             Label::AlreadyDeadLettered => "already-dead-lettered",
             Label::CarriedBefore => "carried-before",
             Label::NotYetDue => "not-yet-due",
+            Label::FinalAnswerLost => "final-answer-lost",
         }
     }
 }
@@ -383,6 +394,9 @@ pub fn plan(received: &Received<'_>, settings: &Settings<'_>, now: SystemTime) -
             action,
             health: None,
         });
+    }
+    if received.counted_by_receives && final_was_received(&attempt, received.receive_count) {
+        return Plan::Decided(final_answer_lost(&attempt));
     }
     Plan::Attempt {
         message: Box::new(message),
@@ -652,6 +666,35 @@ pub fn receive_limit(since_batch_started: Duration, batching_window: Duration) -
 }
 
 /// Invalid messages and refused destinations: dead-lettered unattempted.
+/// Did an earlier receive of this SQS message already carry the final
+/// attempt? Its number then was at least the limit. The first receive is
+/// always attempted, whatever `receivedCount` says.
+fn final_was_received(attempt: &Attempt, receive_count: u32) -> bool {
+    receive_count > 1 && attempt.number.saturating_sub(1) >= attempt.limit
+}
+
+/// The final attempt's receive ended without acting on its answer: no
+/// request past `MAX_ATTEMPTS`, so the record is dead-lettered as the
+/// final attempt's failure would have been. (The destination may have
+/// received that request; the letter says the answer was not seen.)
+fn final_answer_lost(attempt: &Attempt) -> Decision {
+    let error =
+        "attempts exhausted: the final attempt's receive ended before its answer was acted on \
+                 (its process stopped or lost the message); no request past the limit";
+    Decision {
+        attempt: attempt.number,
+        label: Label::FinalAnswerLost,
+        status: None,
+        action: Action::DeadLetter(DeadLetter::new(
+            FailureReason::AttemptsExhausted,
+            attempt.number,
+            None,
+            error,
+        )),
+        health: None,
+    }
+}
+
 fn refused(reason: FailureReason, attempt: u32, error: &str) -> Decision {
     let label = match reason {
         FailureReason::DestinationNotAllowed => Label::NotAllowed,

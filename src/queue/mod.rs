@@ -59,6 +59,20 @@ pub enum QueueError {
     Payload(String),
 }
 
+impl QueueError {
+    /// Did SQS say the receipt handle no longer holds its message (a later
+    /// receive replaced it, the message was deleted, or it is not in
+    /// flight)? The message is then someone else's, or no one's.
+    pub fn receipt_gone(&self) -> bool {
+        const GONE: [&str; 3] = [
+            "ReceiptHandleIsInvalid",
+            "MessageNotInflight",
+            "InvalidParameterValue",
+        ];
+        matches!(self, QueueError::Sqs { detail, .. } if GONE.iter().any(|code| detail.starts_with(code)))
+    }
+}
+
 impl Unanswered for QueueError {
     fn unanswered(operation: &'static str, detail: String) -> QueueError {
         QueueError::Sqs { operation, detail }
@@ -215,6 +229,9 @@ pub struct Queues {
     /// Dead letters, sent ten per `SendMessageBatch`.
     /// DLQ copies and carried copies, gathered per queue.
     sends: Gather<Outgoing, (), QueueError>,
+    /// Finished records' deletes (`retryq worker`), ten per
+    /// `DeleteMessageBatch`.
+    deletes: Gather<String, (), QueueError>,
 }
 
 /// A message to send: body, String attributes, and for FIFO queues its
@@ -308,6 +325,7 @@ impl Queues {
             limits_read: tokio::sync::Mutex::new(()),
             visibility: Gather::new("ChangeMessageVisibilityBatch", MAX_ENTRIES),
             sends: Gather::new("SendMessageBatch", MAX_ENTRIES),
+            deletes: Gather::new("DeleteMessageBatch", MAX_ENTRIES),
         }
     }
 
@@ -740,26 +758,45 @@ impl Queues {
         self.submit(queue_url, outgoing).await
     }
 
-    /// Sets the visibility of many messages of one queue, ten per call.
-    /// Returns how many could not be changed.
+    /// Sets the visibility of many messages of one queue, ten per call, at
+    /// once (not gathered with other records' changes). One result per
+    /// receipt handle, in order.
     pub async fn change_visibility_batch(
         &self,
         queue_url: &str,
         receipt_handles: &[String],
         visibility: Duration,
-    ) -> usize {
+    ) -> Vec<Result<(), QueueError>> {
         let secs = i32::try_from(visibility.as_secs()).unwrap_or(i32::MAX);
-        let mut failed = 0;
+        let mut results = Vec::with_capacity(receipt_handles.len());
         for chunk in receipt_handles.chunks(MAX_ENTRIES) {
             let entries: Vec<(String, i32)> = chunk.iter().map(|h| (h.clone(), secs)).collect();
-            for result in self.change_visibility_entries(queue_url, &entries).await {
-                if let Err(e) = result {
-                    tracing::warn!(error = %e, "visibility not extended");
-                    failed += 1;
-                }
-            }
+            results.extend(self.change_visibility_entries(queue_url, &entries).await);
         }
-        failed
+        results
+    }
+
+    /// Deletes one finished message, gathered with other records' deletes
+    /// of the same queue, ten per `DeleteMessageBatch`; the result is this
+    /// message's own.
+    pub async fn delete(&self, queue_url: &str, receipt_handle: &str) -> Result<(), QueueError> {
+        self.deletes
+            .submit(
+                queue_url,
+                receipt_handle.to_owned(),
+                |url, handles| async move {
+                    let answer = self
+                        .client()
+                        .await
+                        .delete_message_batch()
+                        .queue_url(&url)
+                        .set_entries(Some(delete_entries(&handles)))
+                        .send()
+                        .await;
+                    entry_results("DeleteMessageBatch", handles.len(), answer)
+                },
+            )
+            .await
     }
 
     /// Deletes messages (acknowledges them outside Lambda), ten per call.
@@ -768,17 +805,7 @@ impl Queues {
     pub async fn delete_batch(&self, queue_url: &str, receipt_handles: &[String]) -> Vec<String> {
         let mut failed = Vec::new();
         for chunk in receipt_handles.chunks(10) {
-            let entries: Vec<DeleteMessageBatchRequestEntry> = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, handle)| {
-                    DeleteMessageBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(handle)
-                        .build()
-                        .expect("id and receipt handle are set")
-                })
-                .collect();
+            let entries = delete_entries(chunk);
             match self
                 .client()
                 .await
@@ -901,12 +928,22 @@ impl std::ops::AddAssign for LoopStats {
 /// Pause after a failed receive, so a broken endpoint is not hammered.
 const RECEIVE_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
+/// What a receive loop's handler did with a batch: the receipt handles
+/// it acknowledged and the loop must still delete, and how many it
+/// acknowledged and deleted itself.
+#[derive(Debug, Default)]
+pub struct Handled {
+    pub to_delete: Vec<String>,
+    pub deleted: u64,
+}
+
 /// The receive loop of `retryq worker` and `retryq trigger`: until `stop`
-/// completes, `receive` a batch, give it to `handle`, which answers with the
-/// receipt handles it acknowledged, and delete those. A failed receive is
-/// logged and retried after a pause; a receive cut short by `stop` loses
-/// nothing (its messages reappear), and a batch being handled is finished
-/// first.
+/// completes, `receive` a batch, give it to `handle`, and delete what it
+/// acknowledged and did not delete itself. A failed receive is logged and
+/// retried after a pause. A receive in flight when `stop` completes is
+/// not cut short: SQS may already have counted a receive of each message
+/// it took, so its batch is handled (the wait is at most the long poll).
+/// A batch being handled is finished first.
 pub async fn receive_loop<R, RFut, H, HFut>(
     queues: &Queues,
     queue_url: &str,
@@ -918,31 +955,45 @@ where
     R: FnMut() -> RFut,
     RFut: std::future::Future<Output = Result<Vec<Message>, QueueError>>,
     H: FnMut(Vec<Message>) -> HFut,
-    HFut: std::future::Future<Output = Vec<String>>,
+    HFut: std::future::Future<Output = Handled>,
 {
     let mut stats = LoopStats::default();
+    let mut stopping = false;
     tokio::pin!(stop);
-    loop {
-        let received = tokio::select! {
+    while !stopping {
+        tokio::select! {
             biased;
             _ = &mut stop => break,
-            r = receive() => r,
+            _ = std::future::ready(()) => {}
+        }
+        let pending = receive();
+        tokio::pin!(pending);
+        let received = tokio::select! {
+            biased;
+            r = &mut pending => r,
+            _ = &mut stop => {
+                stopping = true;
+                pending.await
+            }
         };
         let messages = match received {
             Ok(m) if m.is_empty() => continue,
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(error = %e, "receive failed");
-                tokio::select! {
-                    _ = &mut stop => break,
-                    _ = tokio::time::sleep(RECEIVE_ERROR_PAUSE) => continue,
+                if !stopping {
+                    tokio::select! {
+                        _ = &mut stop => break,
+                        _ = tokio::time::sleep(RECEIVE_ERROR_PAUSE) => {}
+                    }
                 }
+                continue;
             }
         };
         let count = messages.len() as u64;
-        let acknowledged = handle(messages).await;
-        let not_deleted = queues.delete_batch(queue_url, &acknowledged).await;
-        let deleted = (acknowledged.len() - not_deleted.len()) as u64;
+        let handled = handle(messages).await;
+        let not_deleted = queues.delete_batch(queue_url, &handled.to_delete).await;
+        let deleted = handled.deleted + (handled.to_delete.len() - not_deleted.len()) as u64;
         stats += LoopStats {
             batches: 1,
             records: count,
@@ -1037,6 +1088,15 @@ impl BatchAnswer for aws_sdk_sqs::operation::send_message_batch::SendMessageBatc
     }
 }
 
+impl BatchAnswer for aws_sdk_sqs::operation::delete_message_batch::DeleteMessageBatchOutput {
+    fn lists(self) -> (Vec<String>, Vec<BatchResultErrorEntry>) {
+        (
+            self.successful.into_iter().map(|s| s.id).collect(),
+            self.failed,
+        )
+    }
+}
+
 /// Each entry's result from a batch call's answer: the ids SQS lists as
 /// successful and the entries it lists as failed (ids are the entries'
 /// positions). A failed call fails every entry; an entry in neither list
@@ -1084,6 +1144,21 @@ where
         }
     }
     results
+}
+
+/// `DeleteMessageBatch` entries for these receipt handles, numbered from 0.
+fn delete_entries(handles: &[String]) -> Vec<DeleteMessageBatchRequestEntry> {
+    handles
+        .iter()
+        .enumerate()
+        .map(|(i, handle)| {
+            DeleteMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .receipt_handle(handle)
+                .build()
+                .expect("id and receipt handle are set")
+        })
+        .collect()
 }
 
 /// SQS deduplication ids are at most 128 characters of a restricted

@@ -11,6 +11,7 @@ mod auth;
 mod auth_trace;
 mod batched;
 mod carry;
+mod chaos;
 mod cli;
 mod end_to_end;
 mod fifo;

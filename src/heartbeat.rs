@@ -1,0 +1,223 @@
+//! `retryq worker`'s hold on the messages of a batch (§8.5, docs/spec.md
+//! "The worker's hold").
+//!
+//! A received message is hidden from other receivers until its visibility
+//! runs out. The worker keeps, for each record in work, the latest moment
+//! it knows the message is still hidden for it: the receive call's start
+//! plus the visibility, moved on by every extension SQS accepted. With it:
+//!
+//! * **Heartbeat.** Every third of the visibility timeout, every record in
+//!   work is extended, so a request slower than the visibility timeout is
+//!   made once. A record leaves before its own action (a backoff) sets its
+//!   visibility, never while an extension is in flight.
+//! * **No stale work.** Right before a record's request is sent, and before
+//!   its DLQ copy or carried copy is sent, [`Heartbeat::confirm`] checks the
+//!   hold. A hold that may have lapsed (the process was frozen, an
+//!   extension failed) is extended first; if that fails the record is
+//!   dropped: nothing sent, nothing acted on, and the message reappears for
+//!   whoever holds it now. An extension SQS refuses because the receipt
+//!   handle is gone (`ReceiptHandleIsInvalid`: a later receive, or a
+//!   delete) marks the record lost at once.
+//! * **Finished at once.** A record acknowledged (delivered, or its DLQ copy
+//!   sent) is deleted as soon as it is finished, gathered with other
+//!   records' deletes, not when its batch ends: a worker killed mid-batch
+//!   repeats only the requests it had in flight.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::queue::{QueueError, Queues};
+
+/// What the worker knows of its hold on one message.
+#[derive(Debug, Clone, Copy)]
+struct Hold {
+    /// Hidden for this worker until at least then, as far as it knows.
+    until: Instant,
+    /// SQS said the receipt handle no longer holds the message, or an
+    /// extension needed before an action failed: nothing more is done.
+    lost: bool,
+}
+
+/// The holds of one batch's records, kept and extended (see the module).
+#[derive(Debug)]
+pub struct Heartbeat {
+    queue_url: String,
+    /// The visibility each extension sets (the queue's visibility timeout).
+    extend_to: Duration,
+    /// The records in work, by receipt handle. The async lock is held for a
+    /// whole beat, so a record cannot leave while its extension is in
+    /// flight.
+    in_work: tokio::sync::Mutex<HashMap<String, Hold>>,
+    /// Records already deleted (their batch need not delete them).
+    deleted: Mutex<HashSet<String>>,
+}
+
+impl Heartbeat {
+    /// The holds of `receipt_handles` of `queue_url`, received by a call
+    /// that started at `received_at` and hides them for `visibility`. The
+    /// call's start, not its answer: SQS hid them no earlier, so the hold is
+    /// never thought longer than it is.
+    pub fn new(
+        queue_url: impl Into<String>,
+        visibility: Duration,
+        received_at: Instant,
+        receipt_handles: impl IntoIterator<Item = String>,
+    ) -> Heartbeat {
+        let hold = Hold {
+            until: received_at + visibility,
+            lost: false,
+        };
+        Heartbeat {
+            queue_url: queue_url.into(),
+            extend_to: visibility,
+            in_work: tokio::sync::Mutex::new(
+                receipt_handles.into_iter().map(|h| (h, hold)).collect(),
+            ),
+            deleted: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// How often to beat: well within the visibility timeout.
+    pub fn interval(&self) -> Duration {
+        (self.extend_to / 3).max(Duration::from_millis(500))
+    }
+
+    /// A hold with less than this left is extended before it is relied on:
+    /// room for the request to leave, and for a receive answered late.
+    fn margin(&self) -> Duration {
+        (self.extend_to / 5).clamp(Duration::from_secs(1), Duration::from_secs(5))
+    }
+
+    /// Beats until dropped (run it beside the batch and abort it after).
+    pub async fn run(self: std::sync::Arc<Self>, queues: std::sync::Arc<Queues>) {
+        let mut ticks = tokio::time::interval(self.interval());
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            self.beat(&queues).await;
+        }
+    }
+
+    /// Extends every record in work that is not lost.
+    async fn beat(&self, queues: &Queues) {
+        let mut in_work = self.in_work.lock().await;
+        let handles: Vec<String> = in_work
+            .iter()
+            .filter(|(_, hold)| !hold.lost)
+            .map(|(handle, _)| handle.clone())
+            .collect();
+        if handles.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let results = queues
+            .change_visibility_batch(&self.queue_url, &handles, self.extend_to)
+            .await;
+        let mut failed = 0;
+        for (handle, result) in handles.iter().zip(results) {
+            let Some(hold) = in_work.get_mut(handle) else {
+                continue;
+            };
+            match result {
+                Ok(()) => hold.until = started + self.extend_to,
+                Err(e) => {
+                    failed += 1;
+                    hold.lost |= e.receipt_gone();
+                    tracing::warn!(error = %e, lost = hold.lost, "heartbeat: visibility not extended");
+                }
+            }
+        }
+        tracing::debug!(
+            records = handles.len(),
+            failed,
+            "heartbeat: visibility extended"
+        );
+    }
+
+    /// Does this worker still hold the message, so that it may send its
+    /// request or its copy? A hold close to its end is extended first; if
+    /// that fails, the record is lost (and `false`). A record that is not
+    /// in work here (it left already) is not this heartbeat's to judge.
+    pub async fn confirm(&self, queues: &Queues, receipt_handle: &str) -> bool {
+        let hold = match self.in_work.lock().await.get(receipt_handle) {
+            Some(hold) => *hold,
+            None => return true,
+        };
+        if hold.lost {
+            return false;
+        }
+        let now = Instant::now();
+        if hold.until.saturating_duration_since(now) > self.margin() {
+            return true;
+        }
+        let handles = [receipt_handle.to_owned()];
+        let result = queues
+            .change_visibility_batch(&self.queue_url, &handles, self.extend_to)
+            .await
+            .pop()
+            .unwrap_or_else(|| {
+                Err(QueueError::Sqs {
+                    operation: "ChangeMessageVisibilityBatch",
+                    detail: "the answer did not mention this entry".into(),
+                })
+            });
+        let mut in_work = self.in_work.lock().await;
+        let Some(hold) = in_work.get_mut(receipt_handle) else {
+            return true;
+        };
+        match result {
+            Ok(()) => {
+                hold.until = hold.until.max(now + self.extend_to);
+                !hold.lost
+            }
+            Err(e) => {
+                hold.lost = true;
+                tracing::warn!(error = %e, "the hold on a message may have lapsed and could not be renewed: it is dropped");
+                false
+            }
+        }
+    }
+
+    /// Has this record lost its hold (nothing more may be done for it)?
+    pub async fn is_lost(&self, receipt_handle: &str) -> bool {
+        self.in_work
+            .lock()
+            .await
+            .get(receipt_handle)
+            .is_some_and(|hold| hold.lost)
+    }
+
+    /// The record's own action (a backoff) sets its visibility from now
+    /// on, or it is left for another receive: it is no longer extended.
+    pub async fn leave(&self, receipt_handle: &str) {
+        self.in_work.lock().await.remove(receipt_handle);
+    }
+
+    /// An acknowledged record: deleted now, gathered with other records'
+    /// deletes. It is extended until the delete succeeds; one that fails
+    /// is left for its batch to delete again.
+    pub async fn finish(&self, queues: &Queues, receipt_handle: &str) {
+        match queues.delete(&self.queue_url, receipt_handle).await {
+            Ok(()) => {
+                self.deleted
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(receipt_handle.to_owned());
+                self.leave(receipt_handle).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "a finished record was not deleted: its batch tries again");
+            }
+        }
+    }
+
+    /// Was this record deleted already?
+    pub fn was_deleted(&self, receipt_handle: &str) -> bool {
+        self.deleted
+            .lock()
+            .expect("not poisoned")
+            .contains(receipt_handle)
+    }
+}
