@@ -11,7 +11,7 @@ WATCH_PORT ?= 9000
 EVENT ?= events/mixed-batch.json
 ARCH ?= arm64
 
-.PHONY: help tools test demo lint fmt watch invoke build destination fuzz bench sim
+.PHONY: help tools test demo lint fmt watch invoke build destination fuzz bench sim chaos
 
 help:
 	@echo "make demo      the processor's main job, locally, end to end"
@@ -24,6 +24,7 @@ help:
 	@echo "make bench     benchmarks: table, bench/results.json, bench/chart.svg"
 	@echo "make sim       SEED=1 SIM_SECONDS=40: the fleet simulation at 10, 100 and 1,000 processes (docs/state.md)"
 	@echo "make fuzz      FUZZ_SECONDS=300: the body -> decision fuzzer, longer than the smoke in make test"
+	@echo "make chaos     SEED=1 N=1000 SECONDS=600: the soak with killed and frozen workers (docs/reliability.md)"
 
 tools:
 	@scripts/tools.sh
@@ -53,6 +54,16 @@ SEED ?= 1
 SIM_SECONDS ?= 40
 sim:
 	cargo run --locked --release --features sim --bin retryq-sim -- --seed $(SEED) --seconds $(SIM_SECONDS) 10 100 1000
+
+# The soak (docs/reliability.md): N messages, WORKERS `retryq worker`s,
+# workers killed and frozen for at most SECONDS; prints the account's row
+# and fails if the promise broke. `make test` runs a short seed of it.
+N ?= 1000
+SECONDS ?= 600
+WORKERS ?= 3
+chaos: tools
+	RETRYQ_CHAOS_SEED=$(SEED) RETRYQ_CHAOS_N=$(N) RETRYQ_CHAOS_SECONDS=$(SECONDS) RETRYQ_CHAOS_WORKERS=$(WORKERS) \
+	  scripts/with-moto.sh cargo test --locked --features aws-tests,sim --test aws -- chaos --nocapture
 
 # The function under `cargo lambda watch`, with a local SQS server on
 # 127.0.0.1:$(SQS_PORT) holding the queues the sample events name.

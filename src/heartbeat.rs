@@ -25,18 +25,36 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::queue::{QueueError, Queues};
 
 /// What the worker knows of its hold on one message.
 #[derive(Debug, Clone, Copy)]
 struct Hold {
-    /// Hidden for this worker until at least then, as far as it knows.
+    /// Hidden for this worker until at least then, as far as it knows, by
+    /// the monotonic clock and by the wall clock: the hold is trusted only
+    /// while both say so (the monotonic clock may stand still while the
+    /// machine is suspended; the wall clock may jump).
     until: Instant,
+    until_wall: SystemTime,
     /// SQS said the receipt handle no longer holds the message, or an
     /// extension needed before an action failed: nothing more is done.
     lost: bool,
+}
+
+impl Hold {
+    /// How long the hold has left at `now` (monotonic, wall).
+    fn left(&self, (now, wall): (Instant, SystemTime)) -> Duration {
+        let by_wall = self.until_wall.duration_since(wall).unwrap_or_default();
+        self.until.saturating_duration_since(now).min(by_wall)
+    }
+
+    /// An extension sent at `at` was accepted.
+    fn extended(&mut self, (at, wall): (Instant, SystemTime), by: Duration) {
+        self.until = self.until.max(at + by);
+        self.until_wall = self.until_wall.max(wall + by);
+    }
 }
 
 /// The holds of one batch's records, kept and extended (see the module).
@@ -64,8 +82,10 @@ impl Heartbeat {
         received_at: Instant,
         receipt_handles: impl IntoIterator<Item = String>,
     ) -> Heartbeat {
+        let wall = SystemTime::now() - received_at.elapsed();
         let hold = Hold {
             until: received_at + visibility,
+            until_wall: wall + visibility,
             lost: false,
         };
         Heartbeat {
@@ -111,7 +131,7 @@ impl Heartbeat {
         if handles.is_empty() {
             return;
         }
-        let started = Instant::now();
+        let started = (Instant::now(), SystemTime::now());
         let results = queues
             .change_visibility_batch(&self.queue_url, &handles, self.extend_to)
             .await;
@@ -121,7 +141,7 @@ impl Heartbeat {
                 continue;
             };
             match result {
-                Ok(()) => hold.until = started + self.extend_to,
+                Ok(()) => hold.extended(started, self.extend_to),
                 Err(e) => {
                     failed += 1;
                     hold.lost |= e.receipt_gone();
@@ -148,8 +168,8 @@ impl Heartbeat {
         if hold.lost {
             return false;
         }
-        let now = Instant::now();
-        if hold.until.saturating_duration_since(now) > self.margin() {
+        let now = (Instant::now(), SystemTime::now());
+        if hold.left(now) > self.margin() {
             return true;
         }
         let handles = [receipt_handle.to_owned()];
@@ -169,7 +189,7 @@ impl Heartbeat {
         };
         match result {
             Ok(()) => {
-                hold.until = hold.until.max(now + self.extend_to);
+                hold.extended(now, self.extend_to);
                 !hold.lost
             }
             Err(e) => {

@@ -788,8 +788,8 @@ impl Processor {
         if (carry.is_some() || matches!(d.action, Action::DeadLetter(_)))
             && !self.still_held(batch, record).await
         {
-            leave().await;
             let lost = self.hold_lost(batch, record).await;
+            leave().await;
             return Disposition::Unfinished(lost.unwrap_or_default());
         }
         let apply = self.apply(record, resolved, &d.action, carry, batch.deadline);

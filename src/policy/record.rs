@@ -750,6 +750,44 @@ mod tests {
     }
 
     #[test]
+    fn a_receive_after_the_final_attempts_receive_dead_letters_without_a_request() {
+        let retry = retry();
+        let settings = Settings::new(&retry, &|_, _| Some(true));
+        let text = body("");
+        let planned = |receives: u32, by_receives: bool| {
+            let mut received = Received::new(&text, receives);
+            received.counted_by_receives = by_receives;
+            plan(&received, &settings, NOW)
+        };
+        // Three attempts: the third receive is the final attempt; a fourth
+        // receive means the third's answer was never acted on.
+        for receives in [1, 2, 3] {
+            assert!(
+                matches!(planned(receives, true), Plan::Attempt { .. }),
+                "receive {receives}"
+            );
+        }
+        for receives in [4, 5, 40] {
+            let Plan::Decided(d) = planned(receives, true) else {
+                panic!("receive {receives} must not be attempted");
+            };
+            assert_eq!(d.label, Label::FinalAnswerLost);
+            assert!(
+                matches!(&d.action, Action::DeadLetter(l) if l.reason == FailureReason::AttemptsExhausted && l.attempt == receives)
+            );
+        }
+        // With a ledger the receive count does not decide (a receive that
+        // made no request used up nothing).
+        assert!(matches!(planned(4, false), Plan::Attempt { .. }));
+        // A first receive is attempted whatever receivedCount says.
+        let late = body(r#","receivedCount": 7"#);
+        assert!(matches!(
+            plan(&Received::new(&late, 1), &settings, NOW),
+            Plan::Attempt { .. }
+        ));
+    }
+
+    #[test]
     fn a_redelivery_of_a_finished_payload_is_acknowledged_without_an_attempt() {
         let b = body("");
         let mut received = Received::new(&b, 4);

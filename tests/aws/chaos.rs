@@ -186,12 +186,8 @@ async fn a_soak_with_killed_and_frozen_workers_loses_nothing_and_repeats_only_wh
                 .contains("panicked")
         })
         .count();
-    let report = account.report(
-        &params,
-        &faulted,
-        started.elapsed(),
-        proxy.count("throttled"),
-    );
+    let calls = (proxy.count("throttled"), proxy.count("DeleteMessageBatch"));
+    let report = account.report(&params, &faulted, started.elapsed(), calls);
     println!("{report}");
     if let Ok(path) = std::env::var("RETRYQ_CHAOS_REPORT") {
         std::fs::write(path, &report).unwrap();
@@ -309,6 +305,10 @@ struct Account {
     delivered: usize,
     dead_lettered: usize,
     lost: Vec<usize>,
+    /// Delivered and dead-lettered: the letter says the final attempt's
+    /// answer was lost (its worker killed or frozen with that request in
+    /// flight, the destination answered 2xx), or not.
+    both_final_answer_lost: Vec<usize>,
     both: Vec<usize>,
     /// Ids with more than one DLQ copy, and a copy without a reason.
     letters_repeated: usize,
@@ -329,6 +329,7 @@ impl Account {
         let n = delivered.len();
         let mut copies = vec![0usize; n];
         let mut exhausted = vec![false; n];
+        let mut answer_lost = vec![false; n];
         let mut account = Account {
             messages: n,
             requests: seen.len(),
@@ -348,6 +349,8 @@ impl Account {
             if attr(letter, "FailureReason").as_deref() == Some("attempts-exhausted") {
                 exhausted[id] = true;
             }
+            answer_lost[id] |= attr(letter, "LastError")
+                .is_some_and(|e| e.contains("final attempt's receive ended before its answer"));
             match attr(letter, "FailureReason") {
                 Some(reason) => *account.reasons.entry(reason).or_default() += 1,
                 None => account.letters_without_reason += 1,
@@ -373,6 +376,7 @@ impl Account {
                 account.exhausted_short += 1;
             }
             match (delivered[id], copies[id] > 0) {
+                (true, true) if answer_lost[id] => account.both_final_answer_lost.push(id),
                 (true, true) => account.both.push(id),
                 (false, false) => account.lost.push(id),
                 _ => {}
@@ -383,9 +387,10 @@ impl Account {
         account
     }
 
-    fn report(&self, p: &Params, f: &Faulted, took: Duration, throttled: usize) -> String {
+    fn report(&self, p: &Params, f: &Faulted, took: Duration, calls: (usize, usize)) -> String {
+        let (throttled, deletes) = calls;
         format!(
-            "| {seed} | {n} | {w} | {kills} / {freezes} | {took} s | {delivered} | {dead} | {lost} | {both} | {requests} | {past} | {repeated} | {open_k} / {open_f} | {letters} | {short} | {throttled} |\n\
+            "| {seed} | {n} | {w} | {kills} / {freezes} | {took} s | {delivered} | {dead} | {lost} | {both} + {both_lost} | {requests} | {past} | {repeated} | {open_k} / {open_f} | {letters} | {short} | {throttled} | {deletes} |\n\
              reasons: {reasons:?}; lost ids {lost_ids:?}; both {both_ids:?}",
             seed = p.seed,
             n = self.messages,
@@ -397,6 +402,7 @@ impl Account {
             dead = self.dead_lettered,
             lost = self.lost.len(),
             both = self.both.len(),
+            both_lost = self.both_final_answer_lost.len(),
             requests = self.requests,
             past = self.past_max,
             repeated = self.repeated,
@@ -415,6 +421,12 @@ impl Account {
         assert!(
             self.both.is_empty(),
             "nothing both delivered and dead-lettered\n{report}"
+        );
+        // Inherent: a final request answered 2xx whose worker died or froze
+        // before acting on it; never more than what was in flight then.
+        assert!(
+            self.both_final_answer_lost.len() <= f.open_at_kills + f.open_at_freezes,
+            "{report}"
         );
         assert_eq!(
             self.letters_without_reason, 0,

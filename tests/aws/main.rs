@@ -16,6 +16,7 @@ mod cli;
 mod end_to_end;
 mod fifo;
 mod fleet;
+mod hold;
 mod interop;
 mod lambda_watch;
 mod payloads;

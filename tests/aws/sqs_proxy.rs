@@ -21,6 +21,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 pub struct SqsProxy {
     pub endpoint: String,
     counts: Arc<Mutex<HashMap<String, usize>>>,
+    handles: Arc<Mutex<Handles>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -83,12 +84,13 @@ impl SqsProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let counts = Arc::new(Mutex::new(HashMap::new()));
+        let handles: Arc<Mutex<Handles>> = Arc::default();
         let shared = Shared {
             client: reqwest::Client::new(),
             upstream,
             counts: Arc::clone(&counts),
             faults,
-            handles: Arc::default(),
+            handles: Arc::clone(&handles),
             rng: Arc::new(Mutex::new(fastrand::Rng::with_seed(faults.seed))),
         };
         let task = tokio::spawn(async move {
@@ -100,8 +102,20 @@ impl SqsProxy {
         SqsProxy {
             endpoint,
             counts,
+            handles,
             task,
         }
+    }
+
+    /// As if another receiver had received `message_id` since: its
+    /// receipt handles so far are stale (with `Faults::stale_handles`).
+    #[allow(dead_code)] // not every user of this file calls it
+    pub fn supersede(&self, message_id: &str) {
+        self.handles
+            .lock()
+            .unwrap()
+            .latest
+            .insert(message_id.to_owned(), "superseded".into());
     }
 
     /// Requests seen per SQS operation (`SendMessageBatch`, …).

@@ -1,0 +1,196 @@
+//! The worker's hold on its messages (docs/spec.md, "The worker's hold"):
+//! no request and no copy from a worker that may no longer hold the
+//! message, and each record deleted as soon as it is finished. SQS goes
+//! through the test proxy, which refuses stale receipt handles as SQS does
+//! (the local server accepts them).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use retryq::process::{Batch, Disposition, Heartbeat, Processor};
+
+use crate::common::*;
+use crate::sqs_proxy::{Faults, SqsProxy};
+
+/// A source queue with this visibility timeout, its DLQ, the proxy, and a
+/// processor whose SQS calls go through the proxy.
+async fn through_proxy(
+    prefix: &str,
+    visibility: u64,
+) -> (TestQueue, TestQueue, SqsProxy, Arc<Processor>) {
+    let sqs = sqs();
+    let visibility = visibility.to_string();
+    let source = queue_with(&sqs, prefix, &[("VisibilityTimeout", &visibility)]).await;
+    let dlq = queue(&sqs, &format!("{prefix}-dlq")).await;
+    let proxy = SqsProxy::start_with(
+        endpoint(),
+        Faults {
+            stale_handles: true,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let config = config(&[
+        ("DLQ_URL", &dlq.url),
+        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+        ("MAX_ATTEMPTS", "1"),
+    ]);
+    let p = Arc::new(Processor::new(config, proxy.client(), None).expect("processor"));
+    (source, dlq, proxy, p)
+}
+
+/// Receives through `client` with every attribute (one call).
+async fn receive_via(
+    client: &aws_sdk_sqs::Client,
+    q: &TestQueue,
+) -> Vec<aws_sdk_sqs::types::Message> {
+    client
+        .receive_message()
+        .queue_url(&q.url)
+        .max_number_of_messages(10)
+        .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+        .send()
+        .await
+        .expect("receive_message")
+        .messages
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_frozen_past_its_hold_does_not_send_what_another_now_holds() {
+    let (source, _dlq, proxy, p) = through_proxy("frozen", 1).await;
+    let destination = never_called().await;
+    send(
+        &sqs(),
+        &source,
+        &message("frozen-1", &destination.uri(), serde_json::json!({})),
+    )
+    .await;
+    let received_at = Instant::now();
+    let mine = receive_via(&proxy.client(), &source).await;
+    assert_eq!(mine.len(), 1);
+    // Frozen past the visibility timeout: another receiver has it now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(receive_via(&proxy.client(), &source).await.len(), 1);
+
+    let heartbeat = Arc::new(Heartbeat::new(
+        &source.url,
+        Duration::from_secs(1),
+        received_at,
+        mine.iter().filter_map(|m| m.receipt_handle.clone()),
+    ));
+    let records = mine
+        .into_iter()
+        .map(|m| retryq::queue::record(m, &source.arn))
+        .collect();
+    let report = p
+        .process_batch_in(records, None, Batch::with_heartbeat(heartbeat))
+        .await;
+    assert!(
+        matches!(&report.records[0].disposition, Disposition::Unfinished(why) if why.contains("no longer holds")),
+        "{:?}",
+        report.records[0].disposition
+    );
+    // `never_called` fails on drop if the request went out.
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_comes_after_the_hold_was_refused_is_not_acted_on() {
+    let (source, dlq, proxy, p) = through_proxy("refused-hold", 3).await;
+    // A 404 (a dead letter), answered after two seconds.
+    let destination =
+        serving(wiremock::ResponseTemplate::new(404).set_delay(Duration::from_secs(2))).await;
+    send(
+        &sqs(),
+        &source,
+        &message("refused-1", &destination.uri(), serde_json::json!({})),
+    )
+    .await;
+    let received_at = Instant::now();
+    let mine = receive_via(&proxy.client(), &source).await;
+    let message_id = mine[0].message_id.clone().unwrap();
+    let heartbeat = Arc::new(Heartbeat::new(
+        &source.url,
+        Duration::from_secs(3),
+        received_at,
+        mine.iter().filter_map(|m| m.receipt_handle.clone()),
+    ));
+    let beat = tokio::spawn(Arc::clone(&heartbeat).run(Arc::clone(p.queues())));
+    // While the request is in flight, SQS hands the message to another
+    // receiver (as after a late heartbeat): the next beat is refused.
+    let stolen = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        proxy.supersede(&message_id);
+    };
+    let records = mine
+        .into_iter()
+        .map(|m| retryq::queue::record(m, &source.arn))
+        .collect();
+    let (report, ()) = tokio::join!(
+        p.process_batch_in(records, None, Batch::with_heartbeat(heartbeat)),
+        stolen
+    );
+    beat.abort();
+    assert_eq!(destination.received_requests().await.unwrap().len(), 1);
+    assert!(
+        matches!(&report.records[0].disposition, Disposition::Unfinished(why) if why.contains("no longer holds")),
+        "{:?}",
+        report.records[0].disposition
+    );
+    assert!(
+        drain(&sqs(), &dlq).await.is_empty(),
+        "no DLQ copy from a worker that lost the message"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_deletes_each_record_as_it_finishes_not_with_its_batch() {
+    let sqs = sqs();
+    let source = queue_with(&sqs, "early-delete", &[("VisibilityTimeout", "10")]).await;
+    let dlq = queue(&sqs, "early-delete-dlq").await;
+    let slow =
+        serving(wiremock::ResponseTemplate::new(200).set_delay(Duration::from_secs(4))).await;
+    let quick = answering(200).await;
+    send_batch(
+        &sqs,
+        &source,
+        &[
+            message("slow-1", &slow.uri(), serde_json::json!({})),
+            message("quick-1", &quick.uri(), serde_json::json!({})),
+        ],
+    )
+    .await;
+    let p = processor(&[
+        ("DLQ_URL", &dlq.url),
+        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+    ]);
+    let mut options = retryq::worker::WorkerOptions::new(&source.url, 4);
+    options.wait = Duration::from_secs(1);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(retryq::worker::run(Arc::clone(&p), options, async move {
+        let _ = stopped.await;
+    }));
+    // While the slow request is in flight, the quick one is gone from the
+    // queue already: a kill now would repeat only the slow one.
+    let start = Instant::now();
+    while quick.received_requests().await.unwrap().is_empty()
+        && start.elapsed() < Duration::from_secs(20)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(slow.received_requests().await.unwrap().len() == 1);
+    assert_eq!(
+        depth(&sqs, &source).await,
+        (0, 1),
+        "only the record in flight is left"
+    );
+    let _ = stop.send(());
+    let stats = tokio::time::timeout(Duration::from_secs(30), worker)
+        .await
+        .expect("the worker stops")
+        .unwrap()
+        .expect("the worker ran");
+    assert_eq!(stats.acknowledged, 2);
+    assert_eq!(depth(&sqs, &source).await, (0, 0));
+}
