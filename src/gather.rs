@@ -51,6 +51,8 @@ pub struct Gather<E, R, X> {
     next_id: AtomicU64,
     operation: &'static str,
     max_entries: usize,
+    /// How long a lone entry waits for others ([`LINGER`] unless set).
+    linger: Duration,
 }
 
 impl<E, R, X> std::fmt::Debug for Gather<E, R, X> {
@@ -70,7 +72,14 @@ impl<E: Send, R, X: Unanswered> Gather<E, R, X> {
             next_id: AtomicU64::new(0),
             operation,
             max_entries: max_entries.max(1),
+            linger: LINGER,
         }
+    }
+
+    /// The same, with a lone entry waiting `linger` for others.
+    pub fn with_linger(mut self, linger: Duration) -> Gather<E, R, X> {
+        self.linger = linger;
+        self
     }
 
     /// Sends `entry` to `queue_url` (the target) with others, and returns
@@ -99,7 +108,7 @@ impl<E: Send, R, X: Unanswered> Gather<E, R, X> {
         let jobs = match full {
             Some(jobs) => jobs,
             None => {
-                tokio::time::sleep(LINGER).await;
+                tokio::time::sleep(self.linger).await;
                 // Only if its own entry still waits: otherwise another
                 // record sent it, and what gathered since has its own
                 // first entry, whose linger is still running.

@@ -256,6 +256,11 @@ impl Outgoing {
     }
 }
 
+/// How long a finished record's delete waits for others. Shorter than the
+/// other actions' gathering: the delete is the acknowledgement, and a worker
+/// killed before it repeats the record (docs/reliability.md).
+const DELETE_LINGER: Duration = Duration::from_millis(5);
+
 /// The largest total of one `SendMessageBatch` that every SQS region
 /// accepts (bodies plus attributes); a larger message is sent alone.
 const BATCH_PAYLOAD_MAX: usize = 256 * 1024;
@@ -325,7 +330,7 @@ impl Queues {
             limits_read: tokio::sync::Mutex::new(()),
             visibility: Gather::new("ChangeMessageVisibilityBatch", MAX_ENTRIES),
             sends: Gather::new("SendMessageBatch", MAX_ENTRIES),
-            deletes: Gather::new("DeleteMessageBatch", MAX_ENTRIES),
+            deletes: Gather::new("DeleteMessageBatch", MAX_ENTRIES).with_linger(DELETE_LINGER),
         }
     }
 

@@ -103,6 +103,16 @@ struct Faulted {
     /// Requests sent by the faulted worker and not yet answered.
     open_at_kills: usize,
     open_at_freezes: usize,
+    /// Requests of the faulted worker answered finally (2xx, 404) whose
+    /// message it had not deleted yet.
+    answered_at_faults: usize,
+}
+
+impl Faulted {
+    /// Everything the faulted workers had in flight.
+    fn in_flight(&self) -> usize {
+        self.open_at_kills + self.open_at_freezes + self.answered_at_faults
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,7 +170,15 @@ async fn a_soak_with_killed_and_frozen_workers_loses_nothing_and_repeats_only_wh
         worker_command(&params, &source, &dlq, &proxy),
     );
     let started = Instant::now();
-    let faulted = unleash(&params, &mut rng, &mut fleet, &destination, &sqs, &source).await;
+    let faulted = unleash(
+        &params,
+        &mut rng,
+        &mut fleet,
+        (&destination, &proxy),
+        &sqs,
+        &source,
+    )
+    .await;
     let settled = settle(&sqs, &source, Duration::from_secs(120)).await;
     let log_files = fleet.log_files();
     fleet.stop(Duration::from_secs(20));
@@ -246,7 +264,7 @@ async fn unleash(
     params: &Params,
     rng: &mut fastrand::Rng,
     fleet: &mut Fleet,
-    destination: &Destination,
+    (destination, proxy): (&Destination, &SqsProxy),
     sqs: &aws_sdk_sqs::Client,
     source: &TestQueue,
 ) -> Faulted {
@@ -270,14 +288,24 @@ async fn unleash(
             continue;
         }
         let i = running[rng.usize(..running.len())];
+        let in_flight = || {
+            let deleted = proxy.deleted_ids();
+            destination.in_flight_from(&fleet.ports_of(i), |id| {
+                deleted.contains(&format!("chaos-{id}"))
+            })
+        };
         if now >= next_kill {
+            let (open, answered) = in_flight();
             faulted.kills += 1;
-            faulted.open_at_kills += destination.open_from(&fleet.ports_of(i));
+            faulted.open_at_kills += open;
+            faulted.answered_at_faults += answered;
             fleet.kill(i);
             next_kill = now + Duration::from_millis(rng.u64(2000..6000));
         } else if now >= next_freeze {
+            let (open, answered) = in_flight();
             faulted.freezes += 1;
-            faulted.open_at_freezes += destination.open_from(&fleet.ports_of(i));
+            faulted.open_at_freezes += open;
+            faulted.answered_at_faults += answered;
             fleet.freeze(i, VISIBILITY + Duration::from_millis(rng.u64(1000..3000)));
             next_freeze = now + Duration::from_millis(rng.u64(5000..12000));
         }
@@ -390,7 +418,7 @@ impl Account {
     fn report(&self, p: &Params, f: &Faulted, took: Duration, calls: (usize, usize)) -> String {
         let (throttled, deletes) = calls;
         format!(
-            "| {seed} | {n} | {w} | {kills} / {freezes} | {took} s | {delivered} | {dead} | {lost} | {both} + {both_lost} | {requests} | {past} | {repeated} | {open_k} / {open_f} | {letters} | {short} | {throttled} | {deletes} |\n\
+            "| {seed} | {n} | {w} | {kills} / {freezes} | {took} s | {delivered} | {dead} | {lost} | {both} + {both_lost} | {requests} | {past} | {repeated} | {open_k} / {open_f} / {answered} | {letters} | {short} | {throttled} | {deletes} |\n\
              reasons: {reasons:?}; lost ids {lost_ids:?}; both {both_ids:?}",
             seed = p.seed,
             n = self.messages,
@@ -408,6 +436,7 @@ impl Account {
             repeated = self.repeated,
             open_k = f.open_at_kills,
             open_f = f.open_at_freezes,
+            answered = f.answered_at_faults,
             letters = self.letters_repeated,
             short = self.exhausted_short,
             reasons = self.reasons,
@@ -425,7 +454,7 @@ impl Account {
         // Inherent: a final request answered 2xx whose worker died or froze
         // before acting on it; never more than what was in flight then.
         assert!(
-            self.both_final_answer_lost.len() <= f.open_at_kills + f.open_at_freezes,
+            self.both_final_answer_lost.len() <= f.in_flight(),
             "{report}"
         );
         assert_eq!(
@@ -434,7 +463,7 @@ impl Account {
         );
         assert_eq!(self.past_max, 0, "no request past MAX_ATTEMPTS\n{report}");
         assert!(
-            self.repeated <= f.open_at_kills + f.open_at_freezes,
+            self.repeated <= f.in_flight(),
             "requests repeated only for what was in flight at a kill or a freeze\n{report}"
         );
     }

@@ -44,6 +44,8 @@ struct Handles {
     message_of: HashMap<String, String>,
     latest: HashMap<String, String>,
     deleted: std::collections::HashSet<String>,
+    /// The `id` in each received message's body (a Retry Message's).
+    body_id: HashMap<String, String>,
 }
 
 impl Handles {
@@ -105,6 +107,18 @@ impl SqsProxy {
             handles,
             task,
         }
+    }
+
+    /// The body `id`s of the messages deleted so far (with
+    /// `Faults::stale_handles`).
+    #[allow(dead_code)] // not every user of this file calls it
+    pub fn deleted_ids(&self) -> std::collections::HashSet<String> {
+        let handles = self.handles.lock().unwrap();
+        handles
+            .deleted
+            .iter()
+            .filter_map(|id| handles.body_id.get(id).cloned())
+            .collect()
     }
 
     /// As if another receiver had received `message_id` since: its
@@ -283,6 +297,11 @@ fn observe(target: &str, request: &[u8], answer: &[u8], handles: &mut Handles) {
                 };
                 handles.message_of.insert(handle.to_owned(), id.to_owned());
                 handles.latest.insert(id.to_owned(), handle.to_owned());
+                let body: Value = serde_json::from_str(m["Body"].as_str().unwrap_or_default())
+                    .unwrap_or_default();
+                if let Some(body_id) = body["id"].as_str() {
+                    handles.body_id.insert(id.to_owned(), body_id.to_owned());
+                }
             }
         }
         "DeleteMessageBatch" => {

@@ -91,13 +91,25 @@ impl Destination {
         self.log.lock().unwrap().seen.clone()
     }
 
-    /// Requests from these client ports still waiting for their answer.
-    pub fn open_from(&self, ports: &std::collections::HashSet<u16>) -> usize {
+    /// Requests from these client ports still waiting for their answer,
+    /// and those with a final answer whose message is not `finished`
+    /// (deleted) yet: together, what that worker has in flight.
+    pub fn in_flight_from(
+        &self,
+        ports: &std::collections::HashSet<u16>,
+        finished: impl Fn(usize) -> bool,
+    ) -> (usize, usize) {
         let log = self.log.lock().unwrap();
-        log.seen
-            .iter()
-            .filter(|s| s.ended.is_none() && ports.contains(&s.peer_port))
-            .count()
+        let mine = log.seen.iter().filter(|s| ports.contains(&s.peer_port));
+        let (mut open, mut answered) = (0, 0);
+        for s in mine {
+            if s.ended.is_none() {
+                open += 1;
+            } else if s.is_final() && !finished(s.id) {
+                answered += 1;
+            }
+        }
+        (open, answered)
     }
 
     /// Messages answered 2xx so far.
