@@ -56,13 +56,15 @@ sim:
 	cargo run --locked --release --features sim --bin retryq-sim -- --seed $(SEED) --seconds $(SIM_SECONDS) 10 100 1000
 
 # The soak (docs/reliability.md): N messages, WORKERS `retryq worker`s,
-# workers killed and frozen for at most SECONDS; prints the account's row
-# and fails if the promise broke. `make test` runs a short seed of it.
+# workers killed and frozen for at most SECONDS (TABLE=true: with the
+# fleet's state table and a fleet rate limit); prints the account's row and
+# fails if the promise broke. `make test` runs a short seed of it.
 N ?= 1000
 SECONDS ?= 600
 WORKERS ?= 3
+TABLE ?= false
 chaos: tools
-	RETRYQ_CHAOS_SEED=$(SEED) RETRYQ_CHAOS_N=$(N) RETRYQ_CHAOS_SECONDS=$(SECONDS) RETRYQ_CHAOS_WORKERS=$(WORKERS) \
+	RETRYQ_CHAOS_SEED=$(SEED) RETRYQ_CHAOS_N=$(N) RETRYQ_CHAOS_SECONDS=$(SECONDS) RETRYQ_CHAOS_WORKERS=$(WORKERS) RETRYQ_CHAOS_TABLE=$(TABLE) \
 	  scripts/with-moto.sh cargo test --locked --features aws-tests,sim --test aws -- chaos --nocapture
 
 # The function under `cargo lambda watch`, with a local SQS server on

@@ -720,15 +720,10 @@ impl Processor {
         ledger: Option<AttemptRecord>,
         batch: &Batch,
     ) -> Disposition {
-        let leave = || async {
-            if let Some(heartbeat) = &batch.heartbeat {
-                heartbeat.leave(&record.receipt_handle).await;
-            }
-        };
         let d = match decision {
             Ok(d) => d,
             Err(why) => {
-                leave().await;
+                self.leave(batch, record).await;
                 return Disposition::Unfinished(why.clone());
             }
         };
@@ -740,9 +735,25 @@ impl Processor {
                     self.without_table::<()>(batch, &e);
                 }
             }
-            leave().await;
+            self.leave(batch, record).await;
             return Disposition::Unfinished(lost);
         }
+        self.carry_out(record, resolved, d, attempted, ledger, batch)
+            .await
+    }
+
+    /// [`settle`](Self::settle) for a decision the worker may act on: the
+    /// ledger entry and the SQS action.
+    async fn carry_out(
+        &self,
+        record: &Record,
+        resolved: &Resolved,
+        d: &Decision,
+        attempted: bool,
+        ledger: Option<AttemptRecord>,
+        batch: &Batch,
+    ) -> Disposition {
+        let leave = || self.leave(batch, record);
         // A retry whose queue would end the record first is carried over
         // (§12.5): a copy goes back, and this one is acknowledged.
         let mut carry = Box::pin(self.carry_due(record, d, attempted, false)).await;
@@ -1398,6 +1409,13 @@ impl Processor {
                     }
                 }
             }
+        }
+    }
+
+    /// The record is no longer extended by its worker's heartbeat, if any.
+    async fn leave(&self, batch: &Batch, record: &Record) {
+        if let Some(heartbeat) = &batch.heartbeat {
+            heartbeat.leave(&record.receipt_handle).await;
         }
     }
 
