@@ -670,7 +670,8 @@ impl Processor {
         // `retryq worker` deletes a finished record now, not with its
         // batch: a kill repeats only what was in flight.
         if let (true, Some(heartbeat)) = (disposition.acknowledged(), &batch.heartbeat) {
-            heartbeat.finish(&self.queues, &record.receipt_handle).await;
+            // Boxed: an SQS call's future is kilobytes large.
+            Box::pin(heartbeat.finish(&self.queues, &record.receipt_handle)).await;
         }
         let decision = decision.ok();
         let (delay_s, reason) = match decision.as_ref().map(|d| &d.action) {
@@ -1434,10 +1435,9 @@ impl Processor {
     /// is close to its end)? Always outside `retryq worker`.
     async fn still_held(&self, batch: &Batch, record: &Record) -> bool {
         match &batch.heartbeat {
+            // Boxed: an SQS call's future is kilobytes large.
             Some(heartbeat) => {
-                heartbeat
-                    .confirm(&self.queues, &record.receipt_handle)
-                    .await
+                Box::pin(heartbeat.confirm(&self.queues, &record.receipt_handle)).await
             }
             None => true,
         }

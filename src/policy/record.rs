@@ -906,14 +906,14 @@ mod tests {
             "1 before enqueueing + 1 recorded + this one"
         );
         assert!(attempt.is_final());
+        // Without a ledger: receivedCount + receives, and the seventh
+        // receive comes after the final attempt's (docs/reliability.md).
         received.recorded_failures = None;
-        let Plan::Attempt { attempt, .. } = planned(&received) else {
-            panic!("expected an attempt")
+        let Plan::Decided(decision) = planned(&received) else {
+            panic!("expected no attempt past the final one")
         };
-        assert_eq!(
-            attempt.number, 8,
-            "without a ledger: receivedCount + receives"
-        );
+        assert_eq!(decision.attempt, 8);
+        assert_eq!(decision.label, Label::FinalAnswerLost);
         // Never more than the receive count would give.
         let mut received = Received::new(&text, 1);
         received.recorded_failures = Some(5);
