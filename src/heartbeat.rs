@@ -1,5 +1,5 @@
-//! `retryq worker`'s hold on the messages of a batch (§8.5, docs/spec.md
-//! "The worker's hold").
+//! `retryq worker`'s hold on the messages of a batch (§8.5,
+//! docs/reliability.md "The worker's hold").
 //!
 //! A received message is hidden from other receivers until its visibility
 //! runs out. The worker keeps, for each record in work, the latest moment
@@ -13,9 +13,9 @@
 //! * **No stale work.** Right before a record's request is sent, and before
 //!   its DLQ copy or carried copy is sent, [`Heartbeat::confirm`] checks the
 //!   hold. A hold that may have lapsed (the process was frozen, an
-//!   extension failed) is extended first; if that fails the record is
-//!   dropped: nothing sent, nothing acted on, and the message reappears for
-//!   whoever holds it now. An extension SQS refuses because the receipt
+//!   extension failed) is extended first; if that fails and the hold has
+//!   (next to) no time left, the record is dropped: nothing sent, nothing
+//!   acted on, and the message reappears for whoever holds it now. An extension SQS refuses because the receipt
 //!   handle is gone (`ReceiptHandleIsInvalid`: a later receive, or a
 //!   delete) marks the record lost at once.
 //! * **Finished at once.** A record acknowledged (delivered, or its DLQ copy
@@ -28,6 +28,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::queue::{QueueError, Queues};
+
+/// The least a hold whose extension failed must have left to be relied on
+/// (the request or copy leaves within it).
+const MIN_LEFT: Duration = Duration::from_millis(250);
 
 /// What the worker knows of its hold on one message.
 #[derive(Debug, Clone, Copy)]
@@ -190,6 +194,15 @@ impl Heartbeat {
         match result {
             Ok(()) => {
                 hold.extended(now, self.extend_to);
+                !hold.lost
+            }
+            // Not extended (throttled, denied): the hold stands while it
+            // has time left, by both clocks.
+            Err(e)
+                if !e.receipt_gone()
+                    && hold.left((Instant::now(), SystemTime::now())) > MIN_LEFT =>
+            {
+                tracing::warn!(error = %e, "the hold on a message could not be extended; it still has time left");
                 !hold.lost
             }
             Err(e) => {

@@ -800,9 +800,16 @@ impl Processor {
         if (carry.is_some() || matches!(d.action, Action::DeadLetter(_)))
             && !self.still_held(batch, record).await
         {
+            // Its answer decided a letter: the next receive here sends it
+            // without the request again (§8.2).
+            if let Action::DeadLetter(letter) = &d.action {
+                self.set_pending_dead_letter(&record.message_id, Some(letter));
+            }
             let lost = self.hold_lost(batch, record).await;
             leave().await;
-            return Disposition::Unfinished(lost.unwrap_or_default());
+            return Disposition::Unfinished(lost.unwrap_or_else(|| {
+                "the worker's hold on the message could not be confirmed".into()
+            }));
         }
         let apply = self.apply(record, resolved, &d.action, carry, batch.deadline);
         // Any other entry goes out beside its SQS action: a retried record
@@ -1021,7 +1028,6 @@ impl Processor {
             // delivers makes no SQS call for it.
             retained_until: None,
             pending_dead_letter: self.pending_dead_letter(&record.message_id),
-            counted_by_receives: self.fleet.is_none(),
             too_large_for_dlq: self.check_dlq_can_hold(record).await.err(),
             recorded_failures,
             already_finished: match &*resolved {

@@ -149,11 +149,6 @@ pub struct Received<'a> {
     pub carried_attempts: Option<u32>,
     /// `MAX_AGE_SECONDS` after the first copy's `SentTimestamp`.
     pub age_limit: Option<SystemTime>,
-    /// Attempts are counted by receives (no attempt ledger): a receive
-    /// after the final attempt's receive means that attempt's answer was
-    /// never acted on (its process stopped, or lost the message), and the
-    /// record is dead-lettered without another request.
-    pub counted_by_receives: bool,
 }
 
 impl<'a> Received<'a> {
@@ -171,7 +166,6 @@ impl<'a> Received<'a> {
             already_finished: None,
             carried_attempts: None,
             age_limit: None,
-            counted_by_receives: true,
         }
     }
 }
@@ -223,10 +217,6 @@ pub enum Label {
     /// A carried copy received before its next try is due: hidden again,
     /// without an attempt (§12.5).
     NotYetDue,
-    /// Received again after its final attempt's receive, whose answer was
-    /// never acted on (a process stopped or lost the message between the
-    /// two): dead-lettered `attempts-exhausted` without another request.
-    FinalAnswerLost,
 }
 
 impl Label {
@@ -246,7 +236,6 @@ impl Label {
             Label::AlreadyDeadLettered => "already-dead-lettered",
             Label::CarriedBefore => "carried-before",
             Label::NotYetDue => "not-yet-due",
-            Label::FinalAnswerLost => "final-answer-lost",
         }
     }
 }
@@ -394,9 +383,6 @@ pub fn plan(received: &Received<'_>, settings: &Settings<'_>, now: SystemTime) -
             action,
             health: None,
         });
-    }
-    if received.counted_by_receives && final_was_received(&attempt, received.receive_count) {
-        return Plan::Decided(final_answer_lost(&attempt));
     }
     Plan::Attempt {
         message: Box::new(message),
@@ -666,35 +652,6 @@ pub fn receive_limit(since_batch_started: Duration, batching_window: Duration) -
 }
 
 /// Invalid messages and refused destinations: dead-lettered unattempted.
-/// Did an earlier receive of this SQS message already carry the final
-/// attempt? Its number then was at least the limit. The first receive is
-/// always attempted, whatever `receivedCount` says.
-fn final_was_received(attempt: &Attempt, receive_count: u32) -> bool {
-    receive_count > 1 && attempt.number.saturating_sub(1) >= attempt.limit
-}
-
-/// The final attempt's receive ended without acting on its answer: no
-/// request past `MAX_ATTEMPTS`, so the record is dead-lettered as the
-/// final attempt's failure would have been. (The destination may have
-/// received that request; the letter says the answer was not seen.)
-fn final_answer_lost(attempt: &Attempt) -> Decision {
-    let error =
-        "attempts exhausted: the final attempt's receive ended before its answer was acted on \
-                 (its process stopped or lost the message); no request past the limit";
-    Decision {
-        attempt: attempt.number,
-        label: Label::FinalAnswerLost,
-        status: None,
-        action: Action::DeadLetter(DeadLetter::new(
-            FailureReason::AttemptsExhausted,
-            attempt.number,
-            None,
-            error,
-        )),
-        health: None,
-    }
-}
-
 fn refused(reason: FailureReason, attempt: u32, error: &str) -> Decision {
     let label = match reason {
         FailureReason::DestinationNotAllowed => Label::NotAllowed,
@@ -747,44 +704,6 @@ mod tests {
         // 22 hours.
         let total: u64 = (1..=100).map(|n| table_retry(n).as_secs()).sum();
         assert!(total > 20 * 3600, "{total} s");
-    }
-
-    #[test]
-    fn a_receive_after_the_final_attempts_receive_dead_letters_without_a_request() {
-        let retry = retry();
-        let settings = Settings::new(&retry, &|_, _| Some(true));
-        let text = body("");
-        let planned = |receives: u32, by_receives: bool| {
-            let mut received = Received::new(&text, receives);
-            received.counted_by_receives = by_receives;
-            plan(&received, &settings, NOW)
-        };
-        // Three attempts: the third receive is the final attempt; a fourth
-        // receive means the third's answer was never acted on.
-        for receives in [1, 2, 3] {
-            assert!(
-                matches!(planned(receives, true), Plan::Attempt { .. }),
-                "receive {receives}"
-            );
-        }
-        for receives in [4, 5, 40] {
-            let Plan::Decided(d) = planned(receives, true) else {
-                panic!("receive {receives} must not be attempted");
-            };
-            assert_eq!(d.label, Label::FinalAnswerLost);
-            assert!(
-                matches!(&d.action, Action::DeadLetter(l) if l.reason == FailureReason::AttemptsExhausted && l.attempt == receives)
-            );
-        }
-        // With a ledger the receive count does not decide (a receive that
-        // made no request used up nothing).
-        assert!(matches!(planned(4, false), Plan::Attempt { .. }));
-        // A first receive is attempted whatever receivedCount says.
-        let late = body(r#","receivedCount": 7"#);
-        assert!(matches!(
-            plan(&Received::new(&late, 1), &settings, NOW),
-            Plan::Attempt { .. }
-        ));
     }
 
     #[test]
@@ -906,14 +825,14 @@ mod tests {
             "1 before enqueueing + 1 recorded + this one"
         );
         assert!(attempt.is_final());
-        // Without a ledger: receivedCount + receives, and the seventh
-        // receive comes after the final attempt's (docs/reliability.md).
         received.recorded_failures = None;
-        let Plan::Decided(decision) = planned(&received) else {
-            panic!("expected no attempt past the final one")
+        let Plan::Attempt { attempt, .. } = planned(&received) else {
+            panic!("expected an attempt")
         };
-        assert_eq!(decision.attempt, 8);
-        assert_eq!(decision.label, Label::FinalAnswerLost);
+        assert_eq!(
+            attempt.number, 8,
+            "without a ledger: receivedCount + receives"
+        );
         // Never more than the receive count would give.
         let mut received = Received::new(&text, 1);
         received.recorded_failures = Some(5);

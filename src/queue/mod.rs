@@ -69,7 +69,9 @@ impl QueueError {
             "MessageNotInflight",
             "InvalidParameterValue",
         ];
-        matches!(self, QueueError::Sqs { detail, .. } if GONE.iter().any(|code| detail.starts_with(code)))
+        // Codes as the JSON protocol names them; the query protocol's
+        // `AWS.SimpleQueueService.…` forms contain them.
+        matches!(self, QueueError::Sqs { detail, .. } if GONE.iter().any(|code| detail.contains(code)))
     }
 }
 
@@ -930,6 +932,10 @@ impl std::ops::AddAssign for LoopStats {
     }
 }
 
+/// How long a stop waits for a receive in flight: SQS's longest long poll
+/// and a margin.
+const STOP_GRACE: Duration = Duration::from_secs(25);
+
 /// Pause after a failed receive, so a broken endpoint is not hammered.
 const RECEIVE_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
@@ -978,7 +984,11 @@ where
             r = &mut pending => r,
             _ = &mut stop => {
                 stopping = true;
-                pending.await
+                // At most the long poll and a grace: a receive that never
+                // answers must not hold the stop.
+                tokio::time::timeout(STOP_GRACE, pending)
+                    .await
+                    .unwrap_or_else(|_| Ok(Vec::new()))
             }
         };
         let messages = match received {

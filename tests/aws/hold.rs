@@ -194,3 +194,82 @@ async fn the_worker_deletes_each_record_as_it_finishes_not_with_its_batch() {
     assert_eq!(stats.acknowledged, 2);
     assert_eq!(depth(&sqs, &source).await, (0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_extension_while_the_hold_has_time_left_does_not_repeat_a_refused_request() {
+    let sqs = sqs();
+    let source = queue_with(&sqs, "denied-extension", &[("VisibilityTimeout", "3")]).await;
+    let dlq = queue(&sqs, "denied-extension-dlq").await;
+    // A 404 that arrives with 0.7 s of the hold left, within its margin:
+    // the extension before the DLQ copy is refused (not a stale handle).
+    let destination =
+        serving(wiremock::ResponseTemplate::new(404).set_delay(Duration::from_millis(2300))).await;
+    let proxy = SqsProxy::start_with(
+        endpoint(),
+        Faults {
+            fail_op: Some(("ChangeMessageVisibilityBatch", "AccessDenied")),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let config = config(&[
+        ("DLQ_URL", &dlq.url),
+        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+        ("MAX_ATTEMPTS", "3"),
+    ]);
+    let p = Arc::new(Processor::new(config, proxy.client(), None).expect("processor"));
+    send(
+        &sqs,
+        &source,
+        &message("denied-1", &destination.uri(), serde_json::json!({})),
+    )
+    .await;
+    let mut options = retryq::worker::WorkerOptions::new(&source.url, 4);
+    options.wait = Duration::from_secs(1);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(retryq::worker::run(Arc::clone(&p), options, async move {
+        let _ = stopped.await;
+    }));
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) && depth(&sqs, &source).await != (0, 0) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(30), worker).await;
+    let letters = drain(&sqs, &dlq).await;
+    assert_eq!(
+        destination.received_requests().await.unwrap().len(),
+        1,
+        "a refused request is made once"
+    );
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        attr(&letters[0], "FailureReason").as_deref(),
+        Some("non-retryable")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_does_not_wait_forever_for_a_receive_that_is_never_answered() {
+    let source = queue(&sqs(), "unanswered-receive").await;
+    let proxy = SqsProxy::start_with(
+        endpoint(),
+        Faults {
+            hang_op: Some("ReceiveMessage"),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let config = config(&[("ALLOW_PRIVATE_DESTINATIONS", "true")]);
+    let p = Arc::new(Processor::new(config, proxy.client(), None).expect("processor"));
+    let mut options = retryq::worker::WorkerOptions::new(&source.url, 4);
+    options.wait = Duration::from_secs(1);
+    let worker = tokio::spawn(retryq::worker::run(p, options, async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }));
+    let stopped = tokio::time::timeout(Duration::from_secs(60), worker).await;
+    assert!(
+        stopped.is_ok(),
+        "the worker stops within a minute of its stop"
+    );
+}

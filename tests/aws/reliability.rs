@@ -868,3 +868,55 @@ async fn a_destination_slower_than_the_invocation_leaves_its_record_for_the_next
     );
     assert!(outcomes.dead.is_empty(), "{outcomes:?}");
 }
+
+// Counts without a state table -------------------------------------------------
+
+/// A receive that made no request (here a rate-limit deferral on the final
+/// receive) is not taken for one whose answer was lost: the final attempt's
+/// request is still made before the record is dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_attempt_deferred_by_the_rate_limit_still_gets_its_request() {
+    let (sqs, source, dlq, _) = with_dlq("deferred-final", &[]).await;
+    let dest = answering(503).await;
+    let p = processor(&[
+        ("DLQ_URL", &dlq.url),
+        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+        ("MAX_ATTEMPTS", "2"),
+        ("BACKOFF_BASE_SECONDS", "1"),
+        ("BACKOFF_MAX_SECONDS", "1"),
+        (
+            "DESTINATION_POLICIES",
+            r#"{"127.0.0.1": {"rps": 0.001, "burst": 1}}"#,
+        ),
+    ]);
+    send(
+        &sqs,
+        &source,
+        &message("deferred-final-1", &dest.uri(), serde_json::json!({})),
+    )
+    .await;
+    // Receive 1: the request (503). Receive 2, the final one: no token, so
+    // deferred without a request. Receive 3: whatever it decides, the
+    // final request has not been made yet.
+    for round in 1..=3 {
+        let got = receive_n(&sqs, &source, 1, Duration::from_secs(10)).await;
+        assert_eq!(got.len(), 1, "round {round}");
+        let response = invoke(&p, &sqs, &source, &got).await;
+        if !failures(&response).is_empty() {
+            // Back at once (a deferral would hide it for a long while).
+            sqs.change_message_visibility()
+                .queue_url(&source.url)
+                .receipt_handle(got[0].receipt_handle().unwrap())
+                .visibility_timeout(0)
+                .send()
+                .await
+                .expect("change_message_visibility");
+        }
+    }
+    let letters = drain(&sqs, &dlq).await;
+    let requests = dest.received_requests().await.unwrap().len();
+    assert!(
+        letters.is_empty() || requests >= 2,
+        "dead-lettered after {requests} request(s) with MAX_ATTEMPTS=2"
+    );
+}

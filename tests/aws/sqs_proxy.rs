@@ -35,6 +35,11 @@ pub struct Faults {
     /// Throttle this many requests in a thousand (any operation).
     pub throttle_per_mille: u32,
     pub seed: u64,
+    /// Every request of this operation is refused with this error code
+    /// (a 400 the SDK does not retry).
+    pub fail_op: Option<(&'static str, &'static str)>,
+    /// Requests of this operation are never answered.
+    pub hang_op: Option<&'static str>,
 }
 
 /// Receipt handles as SQS sees them: each message's latest, and the
@@ -209,6 +214,13 @@ async fn answer(request: Request, shared: &Shared) -> (u16, String, Vec<u8>) {
             .entry("throttled".into())
             .or_default() += 1;
         let error = serde_json::json!({"__type": "com.amazonaws.sqs#ThrottlingException", "message": "Rate exceeded (test proxy)"});
+        return (400, JSON.into(), serde_json::to_vec(&error).unwrap());
+    }
+    if faults.hang_op.is_some_and(|op| op == target) {
+        std::future::pending::<()>().await;
+    }
+    if let Some((op, code)) = faults.fail_op.filter(|(op, _)| *op == target) {
+        let error = serde_json::json!({"__type": format!("com.amazonaws.sqs#{code}"), "message": format!("{op} refused (test proxy)")});
         return (400, JSON.into(), serde_json::to_vec(&error).unwrap());
     }
     let mut refused = match faults.refuse {
