@@ -180,6 +180,9 @@ async fn a_soak_with_killed_and_frozen_workers_loses_nothing_and_repeats_only_wh
     let letters = drain(&sqs, &dlq).await;
     let safety_net = drain(&sqs, &safety).await.len();
     let account = Account::of(&destination.seen(), &destination.delivered(), &letters);
+    if std::env::var_os("RETRYQ_CHAOS_DEBUG").is_some() {
+        explain_repeated_letters(&letters, &destination.seen(), started);
+    }
     let panics = log_files
         .iter()
         .filter(|f| {
@@ -203,7 +206,43 @@ async fn a_soak_with_killed_and_frozen_workers_loses_nothing_and_repeats_only_wh
         assert_eq!(panics, 0, "no worker panicked (logs in {})", logs.display());
         account.check(&params, &faulted, &report);
     }
-    let _ = std::fs::remove_dir_all(&logs);
+    if std::env::var_os("RETRYQ_CHAOS_DEBUG").is_none() {
+        let _ = std::fs::remove_dir_all(&logs);
+    }
+}
+
+/// For a run that is being looked into (`RETRYQ_CHAOS_DEBUG`): each
+/// message with more than one letter, its letters and its requests.
+fn explain_repeated_letters(letters: &[aws_sdk_sqs::types::Message], seen: &[Seen], t0: Instant) {
+    let id_of = |m: &aws_sdk_sqs::types::Message| {
+        let body: serde_json::Value =
+            serde_json::from_str(m.body.as_deref().unwrap_or_default()).unwrap_or_default();
+        body["id"].as_str().unwrap_or_default().to_owned()
+    };
+    let mut by_id: BTreeMap<String, Vec<&aws_sdk_sqs::types::Message>> = BTreeMap::new();
+    for l in letters {
+        by_id.entry(id_of(l)).or_default().push(l);
+    }
+    for (id, copies) in by_id.iter().filter(|(_, c)| c.len() > 1) {
+        eprintln!("{id}:");
+        for c in copies {
+            eprintln!(
+                "  letter {:?} n={:?} {:?}",
+                attr(c, "FailureReason"),
+                attr(c, "AttemptCount"),
+                attr(c, "LastError")
+            );
+        }
+        for s in seen.iter().filter(|s| format!("chaos-{}", s.id) == *id) {
+            eprintln!(
+                "  request at {:?} port {} answer {:?} ended {:?}",
+                s.started.duration_since(t0),
+                s.peer_port,
+                s.answer,
+                s.ended.map(|e| e.duration_since(t0))
+            );
+        }
+    }
 }
 
 /// The source queue (visibility timeout [`VISIBILITY`], a redrive policy
