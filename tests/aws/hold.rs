@@ -12,31 +12,52 @@ use retryq::process::{Batch, Disposition, Heartbeat, Processor};
 use crate::common::*;
 use crate::sqs_proxy::{Faults, SqsProxy};
 
-/// A source queue with this visibility timeout, its DLQ, the proxy, and a
-/// processor whose SQS calls go through the proxy.
+/// A source queue with this visibility timeout, its DLQ, the proxy (with
+/// `faults`), and a processor whose SQS calls go through the proxy.
 async fn through_proxy(
     prefix: &str,
     visibility: u64,
+    faults: Faults,
+    max_attempts: &str,
 ) -> (TestQueue, TestQueue, SqsProxy, Arc<Processor>) {
     let sqs = sqs();
     let visibility = visibility.to_string();
     let source = queue_with(&sqs, prefix, &[("VisibilityTimeout", &visibility)]).await;
     let dlq = queue(&sqs, &format!("{prefix}-dlq")).await;
-    let proxy = SqsProxy::start_with(
-        endpoint(),
-        Faults {
-            stale_handles: true,
-            ..Faults::default()
-        },
-    )
-    .await;
+    let proxy = SqsProxy::start_with(endpoint(), faults).await;
     let config = config(&[
         ("DLQ_URL", &dlq.url),
         ("ALLOW_PRIVATE_DESTINATIONS", "true"),
-        ("MAX_ATTEMPTS", "1"),
+        ("MAX_ATTEMPTS", max_attempts),
     ]);
     let p = Arc::new(Processor::new(config, proxy.client(), None).expect("processor"));
     (source, dlq, proxy, p)
+}
+
+/// A worker on `source` (`MAX_CONCURRENCY` 4, one-second polls) until
+/// the sender is used or dropped.
+fn worker_on(
+    p: &Arc<Processor>,
+    source: &TestQueue,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<retryq::worker::WorkerStats, retryq::queue::QueueError>>,
+) {
+    let mut options = retryq::worker::WorkerOptions::new(&source.url, 4);
+    options.wait = Duration::from_secs(1);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(retryq::worker::run(Arc::clone(p), options, async move {
+        let _ = stopped.await;
+    }));
+    (stop, worker)
+}
+
+/// The proxy refusing stale receipt handles, as SQS does.
+fn stale_handles() -> Faults {
+    Faults {
+        stale_handles: true,
+        ..Faults::default()
+    }
 }
 
 /// Receives through `client` with every attribute (one call).
@@ -58,7 +79,7 @@ async fn receive_via(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_frozen_past_its_hold_does_not_send_what_another_now_holds() {
-    let (source, _dlq, proxy, p) = through_proxy("frozen", 1).await;
+    let (source, _dlq, proxy, p) = through_proxy("frozen", 1, stale_handles(), "1").await;
     let destination = never_called().await;
     send(
         &sqs(),
@@ -96,7 +117,7 @@ async fn a_worker_frozen_past_its_hold_does_not_send_what_another_now_holds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_that_comes_after_the_hold_was_refused_is_not_acted_on() {
-    let (source, dlq, proxy, p) = through_proxy("refused-hold", 3).await;
+    let (source, dlq, proxy, p) = through_proxy("refused-hold", 3, stale_handles(), "1").await;
     // A 404 (a dead letter), answered after two seconds.
     let destination =
         serving(wiremock::ResponseTemplate::new(404).set_delay(Duration::from_secs(2))).await;
@@ -164,12 +185,7 @@ async fn the_worker_deletes_each_record_as_it_finishes_not_with_its_batch() {
         ("DLQ_URL", &dlq.url),
         ("ALLOW_PRIVATE_DESTINATIONS", "true"),
     ]);
-    let mut options = retryq::worker::WorkerOptions::new(&source.url, 4);
-    options.wait = Duration::from_secs(1);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn(retryq::worker::run(Arc::clone(&p), options, async move {
-        let _ = stopped.await;
-    }));
+    let (stop, worker) = worker_on(&p, &source);
     // While the slow request is in flight, the quick one is gone from the
     // queue already: a kill now would repeat only the slow one.
     let start = Instant::now();
@@ -198,38 +214,22 @@ async fn the_worker_deletes_each_record_as_it_finishes_not_with_its_batch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_extension_while_the_hold_has_time_left_does_not_repeat_a_refused_request() {
     let sqs = sqs();
-    let source = queue_with(&sqs, "denied-extension", &[("VisibilityTimeout", "3")]).await;
-    let dlq = queue(&sqs, "denied-extension-dlq").await;
-    // A 404 that arrives with 0.7 s of the hold left, within its margin:
-    // the extension before the DLQ copy is refused (not a stale handle).
+    // The extension before the DLQ copy is refused (not a stale handle).
+    let denied = Faults {
+        fail_op: Some(("ChangeMessageVisibilityBatch", "AccessDenied")),
+        ..Faults::default()
+    };
+    let (source, dlq, _proxy, p) = through_proxy("denied-extension", 3, denied, "3").await;
+    // A 404 that arrives with 0.7 s of the hold left, within its margin.
     let destination =
         serving(wiremock::ResponseTemplate::new(404).set_delay(Duration::from_millis(2300))).await;
-    let proxy = SqsProxy::start_with(
-        endpoint(),
-        Faults {
-            fail_op: Some(("ChangeMessageVisibilityBatch", "AccessDenied")),
-            ..Faults::default()
-        },
-    )
-    .await;
-    let config = config(&[
-        ("DLQ_URL", &dlq.url),
-        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
-        ("MAX_ATTEMPTS", "3"),
-    ]);
-    let p = Arc::new(Processor::new(config, proxy.client(), None).expect("processor"));
     send(
         &sqs,
         &source,
         &message("denied-1", &destination.uri(), serde_json::json!({})),
     )
     .await;
-    let mut options = retryq::worker::WorkerOptions::new(&source.url, 4);
-    options.wait = Duration::from_secs(1);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn(retryq::worker::run(Arc::clone(&p), options, async move {
-        let _ = stopped.await;
-    }));
+    let (stop, worker) = worker_on(&p, &source);
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(20) && depth(&sqs, &source).await != (0, 0) {
         tokio::time::sleep(Duration::from_millis(300)).await;
