@@ -67,10 +67,12 @@ pub struct Heartbeat {
     queue_url: String,
     /// The visibility each extension sets (the queue's visibility timeout).
     extend_to: Duration,
-    /// The records in work, by receipt handle. The async lock is held for a
-    /// whole beat, so a record cannot leave while its extension is in
-    /// flight.
-    in_work: tokio::sync::Mutex<HashMap<String, Hold>>,
+    /// The records in work, by receipt handle; never locked across a call.
+    in_work: Mutex<HashMap<String, Hold>>,
+    /// Held for a whole beat's call (at most [`Heartbeat::call_limit`]):
+    /// a record leaves only between beats, so the heartbeat cannot undo a
+    /// backoff. Checking or confirming a hold never waits for it.
+    beating: tokio::sync::Mutex<()>,
     /// Records already deleted (their batch need not delete them).
     deleted: Mutex<HashSet<String>>,
 }
@@ -95,9 +97,8 @@ impl Heartbeat {
         Heartbeat {
             queue_url: queue_url.into(),
             extend_to: visibility,
-            in_work: tokio::sync::Mutex::new(
-                receipt_handles.into_iter().map(|h| (h, hold)).collect(),
-            ),
+            in_work: Mutex::new(receipt_handles.into_iter().map(|h| (h, hold)).collect()),
+            beating: tokio::sync::Mutex::new(()),
             deleted: Mutex::new(HashSet::new()),
         }
     }
@@ -124,10 +125,18 @@ impl Heartbeat {
         }
     }
 
+    /// How long one of the hold's SQS calls may take: one that never
+    /// answers (the SDK sets no timeout of its own) must not stall the
+    /// batch. Its extension is then taken as failed.
+    fn call_limit(&self) -> Duration {
+        self.interval()
+    }
+
     /// Extends every record in work that is not lost.
     async fn beat(&self, queues: &Queues) {
-        let mut in_work = self.in_work.lock().await;
-        let handles: Vec<String> = in_work
+        let _beating = self.beating.lock().await;
+        let handles: Vec<String> = self
+            .holds()
             .iter()
             .filter(|(_, hold)| !hold.lost)
             .map(|(handle, _)| handle.clone())
@@ -136,9 +145,8 @@ impl Heartbeat {
             return;
         }
         let started = (Instant::now(), SystemTime::now());
-        let results = queues
-            .change_visibility_batch(&self.queue_url, &handles, self.extend_to)
-            .await;
+        let results = self.extend(queues, &handles).await;
+        let mut in_work = self.holds();
         let mut failed = 0;
         for (handle, result) in handles.iter().zip(results) {
             let Some(hold) = in_work.get_mut(handle) else {
@@ -160,14 +168,35 @@ impl Heartbeat {
         );
     }
 
+    /// Extends `handles` to the visibility timeout: one result each, every
+    /// one failed if SQS does not answer within [`call_limit`](Self::call_limit).
+    async fn extend(&self, queues: &Queues, handles: &[String]) -> Vec<Result<(), QueueError>> {
+        let call = queues.change_visibility_batch(&self.queue_url, handles, self.extend_to);
+        match tokio::time::timeout(self.call_limit(), call).await {
+            Ok(results) => results,
+            Err(_) => handles
+                .iter()
+                .map(|_| {
+                    Err(QueueError::Sqs {
+                        operation: "ChangeMessageVisibilityBatch",
+                        detail: "not answered in time".into(),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    fn holds(&self) -> std::sync::MutexGuard<'_, HashMap<String, Hold>> {
+        self.in_work.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Does this worker still hold the message, so that it may send its
     /// request or its copy? A hold close to its end is extended first; if
     /// that fails, the record is lost (and `false`). A record that is not
     /// in work here (it left already) is not this heartbeat's to judge.
     pub async fn confirm(&self, queues: &Queues, receipt_handle: &str) -> bool {
-        let hold = match self.in_work.lock().await.get(receipt_handle) {
-            Some(hold) => *hold,
-            None => return true,
+        let Some(hold) = self.holds().get(receipt_handle).copied() else {
+            return true;
         };
         if hold.lost {
             return false;
@@ -177,8 +206,8 @@ impl Heartbeat {
             return true;
         }
         let handles = [receipt_handle.to_owned()];
-        let result = queues
-            .change_visibility_batch(&self.queue_url, &handles, self.extend_to)
+        let result = self
+            .extend(queues, &handles)
             .await
             .pop()
             .unwrap_or_else(|| {
@@ -187,7 +216,7 @@ impl Heartbeat {
                     detail: "the answer did not mention this entry".into(),
                 })
             });
-        let mut in_work = self.in_work.lock().await;
+        let mut in_work = self.holds();
         let Some(hold) = in_work.get_mut(receipt_handle) else {
             return true;
         };
@@ -215,9 +244,7 @@ impl Heartbeat {
 
     /// Has this record lost its hold (nothing more may be done for it)?
     pub async fn is_lost(&self, receipt_handle: &str) -> bool {
-        self.in_work
-            .lock()
-            .await
+        self.holds()
             .get(receipt_handle)
             .is_some_and(|hold| hold.lost)
     }
@@ -225,7 +252,8 @@ impl Heartbeat {
     /// The record's own action (a backoff) sets its visibility from now
     /// on, or it is left for another receive: it is no longer extended.
     pub async fn leave(&self, receipt_handle: &str) {
-        self.in_work.lock().await.remove(receipt_handle);
+        let _between_beats = self.beating.lock().await;
+        self.holds().remove(receipt_handle);
     }
 
     /// An acknowledged record: deleted now, gathered with other records'

@@ -800,11 +800,8 @@ impl Processor {
         if (carry.is_some() || matches!(d.action, Action::DeadLetter(_)))
             && !self.still_held(batch, record).await
         {
-            // Its answer decided a letter: the next receive here sends it
-            // without the request again (§8.2).
-            if let Action::DeadLetter(letter) = &d.action {
-                self.set_pending_dead_letter(&record.message_id, Some(letter));
-            }
+            // Not remembered as a letter to send: another worker may hold
+            // the message now, and deliver it.
             let lost = self.hold_lost(batch, record).await;
             leave().await;
             return Disposition::Unfinished(lost.unwrap_or_else(|| {

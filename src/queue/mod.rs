@@ -64,14 +64,17 @@ impl QueueError {
     /// receive replaced it, the message was deleted, or it is not in
     /// flight)? The message is then someone else's, or no one's.
     pub fn receipt_gone(&self) -> bool {
-        const GONE: [&str; 3] = [
-            "ReceiptHandleIsInvalid",
-            "MessageNotInflight",
-            "InvalidParameterValue",
-        ];
+        const GONE: [&str; 2] = ["ReceiptHandleIsInvalid", "MessageNotInflight"];
+        let QueueError::Sqs { detail, .. } = self else {
+            return false;
+        };
         // Codes as the JSON protocol names them; the query protocol's
-        // `AWS.SimpleQueueService.…` forms contain them.
-        matches!(self, QueueError::Sqs { detail, .. } if GONE.iter().any(|code| detail.contains(code)))
+        // `AWS.SimpleQueueService.…` forms contain them. An
+        // `InvalidParameterValue` is about the receipt handle when it names
+        // it ("… for parameter ReceiptHandle is invalid"), not when it is
+        // the 12-hour limit of a message's total visibility.
+        GONE.iter().any(|code| detail.contains(code))
+            || (detail.contains("InvalidParameterValue") && detail.contains("ReceiptHandle"))
     }
 }
 
@@ -1218,6 +1221,28 @@ fn string(name: &str, value: &str) -> MessageAttributeValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gone_receipt_handle_is_told_from_the_twelve_hour_limit() {
+        let error = |detail: &str| QueueError::Sqs {
+            operation: "ChangeMessageVisibilityBatch",
+            detail: detail.into(),
+        };
+        for gone in [
+            "ReceiptHandleIsInvalid: The input receipt handle is invalid.",
+            "AWS.SimpleQueueService.MessageNotInflight: Message not inflight",
+            "InvalidParameterValue: Value x for parameter ReceiptHandle is invalid. Reason: Message does not exist or is not available for visibility timeout change.",
+        ] {
+            assert!(error(gone).receipt_gone(), "{gone}");
+        }
+        for held in [
+            "InvalidParameterValue: Value 3600 for parameter VisibilityTimeout is invalid. Reason: Total VisibilityTimeout for the message is beyond the limit [43200 seconds]",
+            "ThrottlingException: Rate exceeded",
+            "AccessDenied: denied",
+        ] {
+            assert!(!error(held).receipt_gone(), "{held}");
+        }
+    }
 
     #[test]
     fn queue_arns_are_parsed() {

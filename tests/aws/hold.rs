@@ -273,3 +273,160 @@ async fn a_stop_does_not_wait_forever_for_a_receive_that_is_never_answered() {
         "the worker stops within a minute of its stop"
     );
 }
+
+/// An extension SQS never answers (a stalled connection; the SDK sets no
+/// timeout) does not keep a delivered record from being deleted: it is not
+/// made again when its visibility runs out (found by the second review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extension_that_is_never_answered_does_not_hold_up_a_delivered_record() {
+    let sqs = sqs();
+    let source = queue_with(&sqs, "hang-beat", &[("VisibilityTimeout", "3")]).await;
+    let destination =
+        serving(wiremock::ResponseTemplate::new(200).set_delay(Duration::from_millis(1500))).await;
+    let proxy = SqsProxy::start_with(
+        endpoint(),
+        Faults {
+            hang_op: Some("ChangeMessageVisibilityBatch"),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let config = config(&[
+        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+        ("REQUEST_TIMEOUT_SECONDS", "2"),
+    ]);
+    let p = Arc::new(Processor::new(config, proxy.client(), None).expect("processor"));
+    send(
+        &sqs,
+        &source,
+        &message("hang-1", &destination.uri(), serde_json::json!({})),
+    )
+    .await;
+    let mut options = retryq::worker::WorkerOptions::new(&source.url, 4);
+    options.wait = Duration::from_secs(1);
+    options.pollers = 4;
+    let worker = tokio::spawn(retryq::worker::run(Arc::clone(&p), options, async move {
+        std::future::pending::<()>().await;
+    }));
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let n = destination.received_requests().await.unwrap().len();
+    let d = depth(&sqs, &source).await;
+    worker.abort();
+    assert_eq!(
+        n, 1,
+        "a request answered 200 in 1.5 s (visibility 3 s) is made once"
+    );
+    assert_eq!(d, (0, 0), "and its message deleted");
+}
+
+/// A letter withheld because the hold was lost is not remembered: another
+/// worker may deliver the message meanwhile (and be killed before its
+/// delete), and the next receive here must not dead-letter it without a
+/// request (found by the second review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_letter_withheld_for_a_lost_hold_is_not_sent_after_another_worker_delivered() {
+    use wiremock::{matchers::any, Mock, MockServer, ResponseTemplate};
+    let sqs = sqs();
+    let source = queue_with(&sqs, "pending-lost", &[("VisibilityTimeout", "3")]).await;
+    let dlq = queue(&sqs, "pending-lost-dlq").await;
+    let proxy = SqsProxy::start_with(
+        endpoint(),
+        Faults {
+            stale_handles: true,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let destination = MockServer::start().await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(404).set_delay(Duration::from_millis(2500)))
+        .up_to_n_times(1)
+        .mount(&destination)
+        .await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&destination)
+        .await;
+    let vars = [
+        ("DLQ_URL", dlq.url.as_str()),
+        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+        ("MAX_ATTEMPTS", "5"),
+    ];
+    let p = Arc::new(Processor::new(config(&vars), proxy.client(), None).expect("processor"));
+    let p2 = Arc::new(Processor::new(config(&vars), proxy.client(), None).expect("processor"));
+    send(
+        &sqs,
+        &source,
+        &message("pending-1", &destination.uri(), serde_json::json!({})),
+    )
+    .await;
+    // Worker A (process 1): its 404 comes back after its hold was taken
+    // (a duplicate receive; or a lapsed hold whose beats were throttled).
+    let received_at = Instant::now();
+    let mine = receive_via(&proxy.client(), &source).await;
+    let message_id = mine[0].message_id.clone().unwrap();
+    let heartbeat = Arc::new(Heartbeat::new(
+        &source.url,
+        Duration::from_secs(3),
+        received_at,
+        mine.iter().filter_map(|m| m.receipt_handle.clone()),
+    ));
+    let records = mine
+        .into_iter()
+        .map(|m| retryq::queue::record(m, &source.arn))
+        .collect();
+    let stolen = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        proxy.supersede(&message_id);
+    };
+    let (report, ()) = tokio::join!(
+        p.process_batch_in(records, None, Batch::with_heartbeat(heartbeat)),
+        stolen
+    );
+    assert!(matches!(
+        report.records[0].disposition,
+        Disposition::Unfinished(_)
+    ));
+    // Worker B (process 2) receives it, delivers it (200), and is killed
+    // before its delete.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let theirs = receive_via(&proxy.client(), &source).await;
+    assert_eq!(theirs.len(), 1, "B receives it");
+    let records = theirs
+        .into_iter()
+        .map(|m| retryq::queue::record(m, &source.arn))
+        .collect();
+    let report = p2.process_batch(records, None).await;
+    assert!(matches!(
+        report.records[0].disposition,
+        Disposition::Delivered
+    ));
+    // Back, to process 1.
+    tokio::time::sleep(Duration::from_millis(3300)).await;
+    let again = receive_via(&proxy.client(), &source).await;
+    assert_eq!(again.len(), 1, "A's process receives it again");
+    let heartbeat = Arc::new(Heartbeat::new(
+        &source.url,
+        Duration::from_secs(3),
+        Instant::now(),
+        again.iter().filter_map(|m| m.receipt_handle.clone()),
+    ));
+    let records = again
+        .into_iter()
+        .map(|m| retryq::queue::record(m, &source.arn))
+        .collect();
+    let report = p
+        .process_batch_in(records, None, Batch::with_heartbeat(heartbeat))
+        .await;
+    assert!(
+        !matches!(report.records[0].disposition, Disposition::DeadLettered(_)),
+        "{:?}",
+        report.records[0].disposition
+    );
+    let requests = destination.received_requests().await.unwrap().len();
+    let letters = drain(&sqs, &dlq).await;
+    assert!(
+        letters.is_empty(),
+        "a message delivered (200) is not dead-lettered; requests={requests}"
+    );
+}
