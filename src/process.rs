@@ -133,6 +133,34 @@ fn delivery_error(delivery: &crate::deliver::Delivery) -> Option<String> {
     }
 }
 
+/// SQS's smallest `MaximumMessageSize` (1 KiB): every queue holds a
+/// message this large.
+const SMALLEST_MAXIMUM_MESSAGE_SIZE: usize = 1024;
+
+/// Logs a DLQ smaller than the record's source queue (§8.2: a
+/// configuration error), once per process (one try: a queue that cannot be
+/// read is not asked again).
+async fn compare_dlq_with_source(queues: Arc<Queues>, dlq_url: String, source_arn: String) {
+    let Some(dlq) = queues.limits_of(&dlq_url).await else {
+        return;
+    };
+    let Ok(url) = queues.url_of(&source_arn).await else {
+        return;
+    };
+    let Some(source) = queues.limits_of(&url).await else {
+        return;
+    };
+    if dlq.max_message_size < source.max_message_size {
+        tracing::error!(
+            dlq = %dlq_url,
+            dlq_maximum_message_size = dlq.max_message_size,
+            source = %url,
+            source_maximum_message_size = source.max_message_size,
+            "configuration error: the DLQ's MaximumMessageSize is smaller than its source queue's; records too large for the DLQ stay in the source queue unattempted"
+        );
+    }
+}
+
 /// Most records whose dead letter is remembered as not yet sent.
 const PENDING_DEAD_LETTERS: usize = 10_000;
 
@@ -187,7 +215,7 @@ pub struct Processor {
     /// next receive sends it again without a new attempt.
     pending_dead_letters: Mutex<HashMap<String, DeadLetter>>,
     /// The DLQ's size has been compared with its source queue's.
-    dlq_size_checked: AtomicBool,
+    dlq_size_checked: Arc<AtomicBool>,
     /// Payloads offloaded to S3 (§11), read through pointers.
     payloads: PayloadStore,
     /// `PAYLOAD_MEMORY_BYTES`: room for the fetched bodies (§12.4).
@@ -404,7 +432,7 @@ impl Processor {
             deliverer,
             queues: Arc::new(queues),
             pending_dead_letters: Mutex::new(HashMap::new()),
-            dlq_size_checked: AtomicBool::new(false),
+            dlq_size_checked: Arc::new(AtomicBool::new(false)),
             payloads: PayloadStore::new(),
             payload_budget: MemoryBudget::new(config.payload_memory_bytes),
             config,
@@ -1676,14 +1704,18 @@ impl Processor {
         let Some(dlq_url) = &self.config.dlq_url else {
             return Ok(());
         };
+        let needed = smallest_copy_size(&record.body, &record.message_id);
+        // Every DLQ holds a copy this small: the record need not wait for
+        // the DLQ's attributes (the first batch after a cold start would
+        // wait for the SQS client and a `GetQueueAttributes` call, which a
+        // batch that only delivers never needs).
+        if needed <= SMALLEST_MAXIMUM_MESSAGE_SIZE {
+            return Ok(());
+        }
+        self.compare_dlq_once(dlq_url, record);
         let Some(dlq) = self.queues.limits_of(dlq_url).await else {
             return Ok(());
         };
-        if !self.dlq_size_checked.load(Ordering::Relaxed) {
-            self.compare_dlq_with_source(dlq_url, dlq.max_message_size, record)
-                .await;
-        }
-        let needed = smallest_copy_size(&record.body, &record.message_id);
         if needed > dlq.max_message_size {
             return Err(format!(
                 "not attempted: its DLQ copy ({needed} bytes) cannot fit the DLQ's MaximumMessageSize ({} bytes)",
@@ -1693,26 +1725,16 @@ impl Processor {
         Ok(())
     }
 
-    /// Logs, once per process, a DLQ smaller than the record's source queue
-    /// (one try: a source that cannot be read is not asked again per record).
-    async fn compare_dlq_with_source(&self, dlq_url: &str, dlq_max: usize, record: &Record) {
-        if self.dlq_size_checked.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        let Ok(url) = self.queues.url_of(&record.source_queue_arn).await else {
-            return;
-        };
-        let Some(source) = self.queues.limits_of(&url).await else {
-            return;
-        };
-        if dlq_max < source.max_message_size {
-            tracing::error!(
-                dlq = %dlq_url,
-                dlq_maximum_message_size = dlq_max,
-                source = %url,
-                source_maximum_message_size = source.max_message_size,
-                "configuration error: the DLQ's MaximumMessageSize is smaller than its source queue's; records too large for the DLQ stay in the source queue unattempted"
-            );
+    /// Compares the DLQ's size with the record's source queue's, once per
+    /// process, beside the work (no record waits for it): when a record is
+    /// large enough for the DLQ's size to matter, or a letter is sent.
+    fn compare_dlq_once(&self, dlq_url: &str, record: &Record) {
+        if !self.dlq_size_checked.swap(true, Ordering::Relaxed) {
+            tokio::spawn(compare_dlq_with_source(
+                Arc::clone(&self.queues),
+                dlq_url.to_owned(),
+                record.source_queue_arn.clone(),
+            ));
         }
     }
 
@@ -1876,6 +1898,7 @@ impl Processor {
         let Some(dlq_url) = &self.config.dlq_url else {
             return Disposition::Unfinished("DLQ_URL is not set".into());
         };
+        self.compare_dlq_once(dlq_url, record);
         // Remembered before the copy and the send begin: a task cut by the
         // deadline between them leaves the record to send its letter on
         // the next receive here, not to make its request again.

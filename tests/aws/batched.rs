@@ -174,3 +174,40 @@ async fn carried_copies_are_sent_several_per_sqs_call() {
         assert!(carry.contains("\"attempts\":1"), "{carry}");
     }
 }
+
+/// A batch that only delivers small records makes no SQS call at all, not
+/// even for the DLQ's size: every DLQ holds their copies (SQS's smallest
+/// `MaximumMessageSize` is 1 KiB). The first batch after a cold start does
+/// not wait for it.
+#[tokio::test]
+async fn a_batch_of_small_records_that_are_delivered_asks_sqs_nothing() {
+    let sqs = sqs();
+    let (source, dlq) = (
+        queue(&sqs, "small-delivered").await,
+        queue(&sqs, "small-delivered-dlq").await,
+    );
+    let destination = answering(200).await;
+    let bodies: Vec<String> = (0..10)
+        .map(|i| {
+            message(
+                &format!("small-{i}"),
+                &destination.uri(),
+                serde_json::json!({}),
+            )
+        })
+        .collect();
+    send_batch(&sqs, &source, &bodies).await;
+    let received = receive_n(&sqs, &source, 10, Duration::from_secs(20)).await;
+    let proxy = SqsProxy::start(endpoint(), None).await;
+    let p = processor_via(&proxy, &dlq);
+    let records = received
+        .into_iter()
+        .map(|m| retryq::queue::record(m, &source.arn))
+        .collect();
+    let report = p.process_batch(records, None).await;
+    assert!(report
+        .records
+        .iter()
+        .all(|r| matches!(r.disposition, Disposition::Delivered)));
+    assert_eq!(proxy.counts(), Default::default(), "no SQS call");
+}
