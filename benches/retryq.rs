@@ -543,6 +543,32 @@ fn cold_start(rt: &tokio::runtime::Runtime) -> BTreeMap<&'static str, f64> {
     times.into_iter().map(|(k, v)| (k, median(v))).collect()
 }
 
+/// Spawn → end of the first invocation (a batch of 10 small records to a
+/// destination answering in `LATENCY_MS`), and that invocation's CPU, with
+/// `DLQ_URL` set as in every deployment; medians of alternate runs.
+fn cold_first_invocation(
+    rt: &tokio::runtime::Runtime,
+    dest_port: u16,
+    dlq_url: &str,
+) -> BTreeMap<&'static str, (f64, f64)> {
+    let event = Arc::new(serde_json::to_vec(&event(10, dest_port, 512)).unwrap());
+    let env = [("DLQ_URL", dlq_url.to_owned())];
+    let mut runs: BTreeMap<&'static str, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    for _ in 0..15 {
+        for handler in [Handler::Retryq, Handler::Floor] {
+            let start = Instant::now();
+            let mut f = Function::spawn(rt, handler, &env);
+            let invocation = f.invoke(rt, &event);
+            let run = runs.entry(handler.name()).or_default();
+            run.0.push(start.elapsed().as_secs_f64() * 1000.0);
+            run.1.push(invocation.cpu.as_secs_f64() * 1000.0);
+        }
+    }
+    runs.into_iter()
+        .map(|(k, (wall, cpu))| (k, (median(wall), median(cpu))))
+        .collect()
+}
+
 // --------------------------------------------------- 4. batches side by side
 
 const CONCURRENCY: usize = 64;
@@ -1069,6 +1095,12 @@ fn main() {
     if std::env::var("RETRYQ_BENCH_ONLY").as_deref() == Ok("cold") {
         let rt = tokio::runtime::Runtime::new().unwrap();
         println!("cold start, median ms: {:?}", cold_start(&rt));
+        let dest_port = free_port();
+        let _dest = Destination::start(dest_port, LATENCY_MS);
+        let dlq = "http://127.0.0.1:9/123456789012/bench-dlq";
+        for (name, (wall, cpu)) in cold_first_invocation(&rt, dest_port, dlq) {
+            println!("{name}: spawn → end of first invocation {wall:.1} ms, its CPU {cpu:.1} ms (medians)");
+        }
         return;
     }
     if std::env::var("RETRYQ_BENCH_ONLY").as_deref() == Ok("batches") {
