@@ -15,9 +15,10 @@
 //!   hold. A hold that may have lapsed (the process was frozen, an
 //!   extension failed) is extended first; if that fails and the hold has
 //!   (next to) no time left, the record is dropped: nothing sent, nothing
-//!   acted on, and the message reappears for whoever holds it now. An extension SQS refuses because the receipt
-//!   handle is gone (`ReceiptHandleIsInvalid`: a later receive, or a
-//!   delete) marks the record lost at once.
+//!   acted on, and the message reappears for whoever holds it now. An
+//!   extension SQS refuses because the receipt handle is gone
+//!   (`ReceiptHandleIsInvalid`: a later receive, or a delete) marks the
+//!   record lost at once.
 //! * **Finished at once.** A record acknowledged (delivered, or its DLQ copy
 //!   sent) is deleted as soon as it is finished, gathered with other
 //!   records' deletes, not when its batch ends: a worker killed mid-batch
@@ -43,7 +44,8 @@ struct Hold {
     until: Instant,
     until_wall: SystemTime,
     /// SQS said the receipt handle no longer holds the message, or an
-    /// extension needed before an action failed: nothing more is done.
+    /// extension needed before an action failed with the hold all but run
+    /// out: nothing more is done.
     lost: bool,
 }
 
@@ -243,7 +245,7 @@ impl Heartbeat {
     }
 
     /// Has this record lost its hold (nothing more may be done for it)?
-    pub async fn is_lost(&self, receipt_handle: &str) -> bool {
+    pub fn is_lost(&self, receipt_handle: &str) -> bool {
         self.holds()
             .get(receipt_handle)
             .is_some_and(|hold| hold.lost)

@@ -215,7 +215,7 @@ pub struct Processor {
     /// next receive sends it again without a new attempt.
     pending_dead_letters: Mutex<HashMap<String, DeadLetter>>,
     /// The DLQ's size has been compared with its source queue's.
-    dlq_size_checked: Arc<AtomicBool>,
+    dlq_size_checked: AtomicBool,
     /// Payloads offloaded to S3 (§11), read through pointers.
     payloads: PayloadStore,
     /// `PAYLOAD_MEMORY_BYTES`: room for the fetched bodies (§12.4).
@@ -432,7 +432,7 @@ impl Processor {
             deliverer,
             queues: Arc::new(queues),
             pending_dead_letters: Mutex::new(HashMap::new()),
-            dlq_size_checked: Arc::new(AtomicBool::new(false)),
+            dlq_size_checked: AtomicBool::new(false),
             payloads: PayloadStore::new(),
             payload_budget: MemoryBudget::new(config.payload_memory_bytes),
             config,
@@ -758,7 +758,7 @@ impl Processor {
         };
         // The hold was lost while the request was in flight: its answer
         // is not acted on (the attempt still counts in the ledger).
-        if let Some(lost) = self.hold_lost(batch, record).await {
+        if let Some(lost) = self.hold_lost(batch, record) {
             if let (Some(entry), Some(fleet)) = (ledger, self.table(batch)) {
                 if let Err(e) = Box::pin(fleet.record(&entry)).await {
                     self.without_table::<()>(batch, &e);
@@ -830,7 +830,7 @@ impl Processor {
         {
             // Not remembered as a letter to send: another worker may hold
             // the message now, and deliver it.
-            let lost = self.hold_lost(batch, record).await;
+            let lost = self.hold_lost(batch, record);
             leave().await;
             return Disposition::Unfinished(lost.unwrap_or_else(|| {
                 "the worker's hold on the message could not be confirmed".into()
@@ -1224,7 +1224,7 @@ impl Processor {
             self.report(batch, pass.ticket, None).await;
             // The worker may no longer hold the message: nothing more is
             // done for it (whoever holds it now does the work).
-            if let Some(lost) = self.hold_lost(batch, record).await {
+            if let Some(lost) = self.hold_lost(batch, record) {
                 return (Err(lost), None, None);
             }
             // The lease was lost, or the host failed, while the request
@@ -1452,13 +1452,12 @@ impl Processor {
     }
 
     /// Why nothing more is done for a record whose worker lost its hold on
-    /// the message (docs/spec.md, "The worker's hold"); `None` while it
-    /// holds it, and always outside `retryq worker`.
-    async fn hold_lost(&self, batch: &Batch, record: &Record) -> Option<String> {
+    /// the message (docs/reliability.md, "The worker's hold"); `None` while
+    /// it holds it, and always outside `retryq worker`.
+    fn hold_lost(&self, batch: &Batch, record: &Record) -> Option<String> {
         let heartbeat = batch.heartbeat.as_ref()?;
         heartbeat
             .is_lost(&record.receipt_handle)
-            .await
             .then(|| "the worker no longer holds the message (its hold lapsed or SQS refused its receipt handle): nothing more is done for it here".to_owned())
     }
 

@@ -40,11 +40,6 @@ pub struct WorkerOptions {
     pub wait: Duration,
     /// Concurrent receive loops.
     pub pollers: usize,
-    /// Messages one receive asks for (1–10): no more than its poller's
-    /// share of `MAX_CONCURRENCY`, so that every record received can start
-    /// at once. A record that waits holds a receive that SQS counts; a
-    /// worker killed or frozen meanwhile uses it up without a request.
-    pub batch_size: usize,
 }
 
 impl WorkerOptions {
@@ -54,15 +49,16 @@ impl WorkerOptions {
             queue_url: queue_url.into(),
             wait: DEFAULT_WAIT,
             pollers: max_concurrency.div_ceil(10).clamp(1, 32),
-            batch_size: 10,
         }
-        .sized_for(max_concurrency)
     }
 
-    /// The batch size for `pollers` sharing `max_concurrency`.
-    pub fn sized_for(mut self, max_concurrency: usize) -> WorkerOptions {
-        self.batch_size = (max_concurrency / self.pollers.max(1)).clamp(1, 10);
-        self
+    /// Messages one receive asks for (1–10): no more than a poller's share
+    /// of `max_concurrency`, so that every record received can start at
+    /// once. A record that waits holds a receive that SQS counts; a worker
+    /// killed or frozen meanwhile uses it up without a request.
+    pub fn batch_size(&self, max_concurrency: usize) -> i32 {
+        let size = (max_concurrency / self.pollers.max(1)).clamp(1, 10);
+        i32::try_from(size).expect("at most 10")
     }
 }
 
@@ -121,12 +117,12 @@ async fn poll(
     let stop = async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     };
+    let batch_size = options.batch_size(processor.config().max_concurrency);
     // Each receive's start: the hold on what it takes counts from then.
     let received_at = std::sync::Mutex::new(Instant::now());
     let receive = || {
         *received_at.lock().expect("not poisoned") = Instant::now();
-        let max = i32::try_from(options.batch_size).unwrap_or(10);
-        queues.receive(&options.queue_url, max, options.wait, None)
+        queues.receive(&options.queue_url, batch_size, options.wait, None)
     };
     let handle = |messages: Vec<aws_sdk_sqs::types::Message>| {
         let processor = Arc::clone(&processor);

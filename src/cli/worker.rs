@@ -18,7 +18,6 @@ pub(super) async fn run(
     options.wait = Duration::from_secs(wait_seconds);
     if let Some(n) = pollers {
         options.pollers = n as usize;
-        options = options.sized_for(config.max_concurrency);
     }
     let (sqs, secrets_manager) = wiring::clients_from_env(config.auth.uses_secrets_manager()).await;
     let processor =

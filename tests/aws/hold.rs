@@ -52,6 +52,40 @@ fn worker_on(
     (stop, worker)
 }
 
+/// The heartbeat of a worker's batch of `messages`, received by a call
+/// that started at `received_at`, hidden for `visibility`.
+fn held(
+    source: &TestQueue,
+    visibility: Duration,
+    received_at: Instant,
+    messages: &[aws_sdk_sqs::types::Message],
+) -> Arc<Heartbeat> {
+    Arc::new(Heartbeat::new(
+        &source.url,
+        visibility,
+        received_at,
+        messages.iter().filter_map(|m| m.receipt_handle.clone()),
+    ))
+}
+
+/// The records of received messages, as the processor sees them.
+fn records_of(
+    source: &TestQueue,
+    messages: Vec<aws_sdk_sqs::types::Message>,
+) -> Vec<retryq::process::Record> {
+    messages
+        .into_iter()
+        .map(|m| retryq::queue::record(m, &source.arn))
+        .collect()
+}
+
+/// After 300 ms, SQS hands `message_id` to another receiver: the
+/// handles received so far go stale.
+async fn taken_by_another(proxy: &SqsProxy, message_id: &str) {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.supersede(message_id);
+}
+
 /// The proxy refusing stale receipt handles, as SQS does.
 fn stale_handles() -> Faults {
     Faults {
@@ -94,16 +128,8 @@ async fn a_worker_frozen_past_its_hold_does_not_send_what_another_now_holds() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(receive_via(&proxy.client(), &source).await.len(), 1);
 
-    let heartbeat = Arc::new(Heartbeat::new(
-        &source.url,
-        Duration::from_secs(1),
-        received_at,
-        mine.iter().filter_map(|m| m.receipt_handle.clone()),
-    ));
-    let records = mine
-        .into_iter()
-        .map(|m| retryq::queue::record(m, &source.arn))
-        .collect();
+    let heartbeat = held(&source, Duration::from_secs(1), received_at, &mine);
+    let records = records_of(&source, mine);
     let report = p
         .process_batch_in(records, None, Batch::with_heartbeat(heartbeat))
         .await;
@@ -130,23 +156,12 @@ async fn an_answer_that_comes_after_the_hold_was_refused_is_not_acted_on() {
     let received_at = Instant::now();
     let mine = receive_via(&proxy.client(), &source).await;
     let message_id = mine[0].message_id.clone().unwrap();
-    let heartbeat = Arc::new(Heartbeat::new(
-        &source.url,
-        Duration::from_secs(3),
-        received_at,
-        mine.iter().filter_map(|m| m.receipt_handle.clone()),
-    ));
+    let heartbeat = held(&source, Duration::from_secs(3), received_at, &mine);
     let beat = tokio::spawn(Arc::clone(&heartbeat).run(Arc::clone(p.queues())));
     // While the request is in flight, SQS hands the message to another
     // receiver (as after a late heartbeat): the next beat is refused.
-    let stolen = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        proxy.supersede(&message_id);
-    };
-    let records = mine
-        .into_iter()
-        .map(|m| retryq::queue::record(m, &source.arn))
-        .collect();
+    let stolen = taken_by_another(&proxy, &message_id);
+    let records = records_of(&source, mine);
     let (report, ()) = tokio::join!(
         p.process_batch_in(records, None, Batch::with_heartbeat(heartbeat)),
         stolen
@@ -365,20 +380,9 @@ async fn a_letter_withheld_for_a_lost_hold_is_not_sent_after_another_worker_deli
     let received_at = Instant::now();
     let mine = receive_via(&proxy.client(), &source).await;
     let message_id = mine[0].message_id.clone().unwrap();
-    let heartbeat = Arc::new(Heartbeat::new(
-        &source.url,
-        Duration::from_secs(3),
-        received_at,
-        mine.iter().filter_map(|m| m.receipt_handle.clone()),
-    ));
-    let records = mine
-        .into_iter()
-        .map(|m| retryq::queue::record(m, &source.arn))
-        .collect();
-    let stolen = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        proxy.supersede(&message_id);
-    };
+    let heartbeat = held(&source, Duration::from_secs(3), received_at, &mine);
+    let records = records_of(&source, mine);
+    let stolen = taken_by_another(&proxy, &message_id);
     let (report, ()) = tokio::join!(
         p.process_batch_in(records, None, Batch::with_heartbeat(heartbeat)),
         stolen
@@ -392,10 +396,7 @@ async fn a_letter_withheld_for_a_lost_hold_is_not_sent_after_another_worker_deli
     tokio::time::sleep(Duration::from_millis(800)).await;
     let theirs = receive_via(&proxy.client(), &source).await;
     assert_eq!(theirs.len(), 1, "B receives it");
-    let records = theirs
-        .into_iter()
-        .map(|m| retryq::queue::record(m, &source.arn))
-        .collect();
+    let records = records_of(&source, theirs);
     let report = p2.process_batch(records, None).await;
     assert!(matches!(
         report.records[0].disposition,
@@ -405,16 +406,8 @@ async fn a_letter_withheld_for_a_lost_hold_is_not_sent_after_another_worker_deli
     tokio::time::sleep(Duration::from_millis(3300)).await;
     let again = receive_via(&proxy.client(), &source).await;
     assert_eq!(again.len(), 1, "A's process receives it again");
-    let heartbeat = Arc::new(Heartbeat::new(
-        &source.url,
-        Duration::from_secs(3),
-        Instant::now(),
-        again.iter().filter_map(|m| m.receipt_handle.clone()),
-    ));
-    let records = again
-        .into_iter()
-        .map(|m| retryq::queue::record(m, &source.arn))
-        .collect();
+    let heartbeat = held(&source, Duration::from_secs(3), Instant::now(), &again);
+    let records = records_of(&source, again);
     let report = p
         .process_batch_in(records, None, Batch::with_heartbeat(heartbeat))
         .await;
