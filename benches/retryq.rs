@@ -20,8 +20,13 @@
 //! 5. Failure-heavy: 10 000 records, half `503`s, with the local SQS server
 //!    behind a counting proxy: SQS requests per retried record, and the
 //!    wall time beside the same batch all delivered.
-//! 6. The cost per million deliveries at the template's defaults, from the
-//!    quantities above and public prices.
+//! 6. The first invocation after a cold start: spawn → its end, and its CPU.
+//! 7. Under Lambda's CPU share (`share.rs`): batches of 100 back to back in
+//!    a CPU cgroup sized as 128 MB … 1 769 MB, at destinations answering in
+//!    10 ms and 50 ms: records per second and billed duration per 1 000
+//!    records, and the memory size that costs least.
+//! 8. The cost per million deliveries at the template's defaults, from the
+//!    quantities above and public prices (logs at their tiered price).
 //!
 //! Writes the table to stdout, `bench/results.json` and `bench/chart.svg`.
 //! `make bench` builds the binaries and starts the local SQS server first.
@@ -38,6 +43,8 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncWriteExt, BufReader};
 
 const LATENCY_MS: u64 = 50;
+/// The destinations' latencies in the CPU-share runs.
+const SHARE_LATENCIES_MS: [u64; 2] = [10, 50];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -354,6 +361,18 @@ impl Function {
         for (k, v) in env {
             command.env(k, v);
         }
+        // `RETRYQ_BENCH_ENV="K=V;K=V"`: more settings for retryq, to measure
+        // what a feature costs by switching it off.
+        if handler == Handler::Retryq {
+            for kv in std::env::var("RETRYQ_BENCH_ENV")
+                .unwrap_or_default()
+                .split(';')
+            {
+                if let Some((k, v)) = kv.split_once('=') {
+                    command.env(k.trim(), v.trim());
+                }
+            }
+        }
         let mut child = command.spawn().unwrap();
         state.lock().unwrap().pid = child.id();
         let stdout = Arc::new(StdoutCount::default());
@@ -430,6 +449,17 @@ impl Function {
 
 impl Drop for Function {
     fn drop(&mut self) {
+        // SIGTERM first, so a profiler wrapping it (`RETRYQ_BENCH_WRAP`)
+        // writes its report; then SIGKILL.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         self.server.abort();
@@ -633,6 +663,36 @@ fn batches(
     rows
 }
 
+/// CPU per record of 1 000-record batches to a destination answering in
+/// 1 ms (so CPU, not waiting, dominates), retryq and the floor in turn;
+/// medians of 9 runs each.
+fn cpu_only(rt: &tokio::runtime::Runtime) {
+    let dest_port = free_port();
+    let _dest = Destination::start(dest_port, 1);
+    let ev = Arc::new(serde_json::to_vec(&event(1000, dest_port, 1024)).unwrap());
+    let mut functions = [Handler::Retryq, Handler::Floor].map(|h| (h, Function::spawn(rt, h, &[])));
+    let mut cpu: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for run in 0..10 {
+        for (h, f) in &mut functions {
+            let inv = f.invoke(rt, &ev);
+            assert_eq!(failures_in(&inv.response), 0);
+            if run > 0 {
+                cpu.entry(h.name())
+                    .or_default()
+                    .push(inv.cpu.as_secs_f64() * 1e3);
+            }
+        }
+    }
+    let (r, f) = (
+        median(cpu.remove("retryq").unwrap()),
+        median(cpu.remove("floor").unwrap()),
+    );
+    println!(
+        "CPU per record, 1 000 records at 1 ms: retryq {r:.1} µs, floor {f:.1} µs ({:.3} ×)",
+        r / f
+    );
+}
+
 /// Peak RSS of a fresh process handling one 10 000 × 1 KiB batch, and
 /// retryq's log bytes per record (JSON lines, as the template configures).
 fn peak_rss(rt: &tokio::runtime::Runtime) -> (BTreeMap<&'static str, f64>, (f64, f64), u64) {
@@ -754,6 +814,9 @@ impl std::fmt::Display for LargeRss {
 }
 
 // ------------------------------------------- 5. failure-heavy, against SQS
+
+#[path = "share.rs"]
+mod share;
 
 #[path = "../tests/aws/sqs_proxy.rs"]
 #[allow(dead_code)]
@@ -1004,7 +1067,17 @@ fn chart(rows: &[Value]) -> String {
 }
 
 /// The cost model's prices (USD, us-east-1, arm64), as published.
-const PRICE_LOG_GB: f64 = 0.50;
+/// Lambda's logs in CloudWatch Logs (Standard class) are vended logs,
+/// priced by the account's monthly volume: up to each bound (TB), the
+/// price per GB.
+const LOG_TIERS: [(f64, f64); 4] = [
+    (10.0, 0.50),
+    (30.0, 0.25),
+    (50.0, 0.10),
+    (f64::INFINITY, 0.05),
+];
+/// Monthly delivery volumes at which the log price is shown.
+const MONTHLY_DELIVERIES: [f64; 3] = [1e8, 1e10, 1e12];
 const PRICE_SQS_MILLION: f64 = 0.40;
 const PRICE_LAMBDA_GB_S: f64 = 0.000_013_333_4;
 const PRICE_LAMBDA_MILLION: f64 = 0.20;
@@ -1012,6 +1085,131 @@ const PRICE_LAMBDA_MILLION: f64 = 0.20;
 const LOG_EVENT_OVERHEAD: f64 = 26.0;
 /// Lambda's own START, END and REPORT lines per invocation, bytes.
 const PLATFORM_LOG_BYTES: f64 = 3.0 * (120.0 + LOG_EVENT_OVERHEAD);
+
+/// The month's log bill for `gb` GB of Lambda logs (1 TB = 1 000 GB).
+fn log_bill(gb: f64) -> f64 {
+    let (mut left, mut from, mut usd) = (gb, 0.0, 0.0);
+    for (upto_tb, price) in LOG_TIERS {
+        let in_tier = left.min(upto_tb * 1000.0 - from);
+        usd += in_tier * price;
+        left -= in_tier;
+        from = upto_tb * 1000.0;
+        if left <= 0.0 {
+            break;
+        }
+    }
+    usd
+}
+
+/// The template's default `MemorySize`, MB.
+fn template_memory_mb() -> u32 {
+    let template = std::fs::read_to_string(root().join("template.yaml")).unwrap();
+    let after = &template[template
+        .find("\n  MemorySize:")
+        .expect("a MemorySize parameter")..];
+    after
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Default:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("MemorySize has a numeric Default")
+}
+
+/// Whether a target of the table holds.
+fn met(t: &Value) -> bool {
+    let (m, target) = (
+        t["measure"].as_f64().unwrap(),
+        t["target"].as_f64().unwrap(),
+    );
+    if t["kind"] == "least" {
+        m >= target
+    } else {
+        m <= target
+    }
+}
+
+/// The targets under a 256 MB function's CPU share, at each destination
+/// latency: records per second at least 0.9 × the floor's, billed duration
+/// per 1 000 records at most 1.1 × the floor's.
+fn share_targets(targets: &mut Vec<Value>, rows: &[Value]) {
+    if rows.is_empty() {
+        return;
+    }
+    for latency in SHARE_LATENCIES_MS {
+        let [(r, f), (rb, fb)] = share::pair(rows, 256, latency);
+        targets.push(json!({"metric": format!("records per second, 256 MB CPU share, batches of {}, destination {latency} ms", share::BATCH),
+            "retryq": r, "floor": f, "unit": "records/s", "measure": r / f, "target": 0.9, "kind": "least"}));
+        targets.push(json!({"metric": format!("billed duration per 1 000 records, 256 MB CPU share, destination {latency} ms"),
+            "retryq": rb, "floor": fb, "unit": "ms", "measure": rb / fb, "target": 1.1, "kind": "ratio"}));
+    }
+}
+
+/// The cost per million deliveries at the template's defaults (batch 100,
+/// window 1 s, its memory size, JSON logs): compute from the billed
+/// duration under that memory size's CPU share at `LATENCY_MS` (without
+/// the share runs, from the unthrottled batch's wall time), logs at the
+/// first tier's price and at each monthly volume, SQS and Lambda requests.
+fn cost_model(
+    batch_row: &Value,
+    share_rows: &[Value],
+    log_bytes: (f64, f64),
+    failures: &Value,
+) -> Value {
+    let batch = share::BATCH as f64;
+    let memory = template_memory_mb();
+    let gb = f64::from(memory) / 1024.0;
+    let billed_ms_per_record = share_rows
+        .iter()
+        .find(|r| {
+            r["handler"] == "retryq" && r["memoryMb"] == memory && r["latencyMs"] == LATENCY_MS
+        })
+        .map_or(batch_row["wallMs"].as_f64().unwrap() / batch, |r| {
+            r["billedMsPer1000"].as_f64().unwrap() / 1000.0
+        });
+    let gb_s = billed_ms_per_record / 1000.0 * gb;
+    // Everything the function wrote (record lines and EMF), plus
+    // CloudWatch's per-event overhead and Lambda's own lines.
+    let (written, log_events) = log_bytes;
+    let log_per_record = written + log_events * LOG_EVENT_OVERHEAD + PLATFORM_LOG_BYTES / batch;
+    let logs_at: BTreeMap<String, f64> = MONTHLY_DELIVERIES
+        .iter()
+        .map(|&n| {
+            let gb = n * log_per_record / 1e9;
+            (format!("{n:e} deliveries a month"), log_bill(gb) / n * 1e6)
+        })
+        .collect();
+    let sqs_per_record = 2.0 / batch;
+    let usd = json!({
+        "logs": log_per_record * 1e6 / 1e9 * LOG_TIERS[0].1,
+        "sqs": sqs_per_record * PRICE_SQS_MILLION,
+        "lambdaCompute": gb_s * 1e6 * PRICE_LAMBDA_GB_S,
+        "lambdaRequests": PRICE_LAMBDA_MILLION / batch,
+    });
+    let total: f64 = usd
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_f64().unwrap())
+        .sum();
+    let choice = (!share_rows.is_empty()).then(|| {
+        share::memory_choice(
+            share_rows,
+            &SHARE_LATENCIES_MS,
+            PRICE_LAMBDA_GB_S,
+            PRICE_LAMBDA_MILLION,
+        )
+    });
+    json!({
+        "batchSize": batch, "memoryMb": memory, "destinationLatencyMs": LATENCY_MS,
+        "logBytesPerRecord": log_per_record, "functionOutputBytesPerRecord": written, "logEventsPerRecord": log_events,
+        "sqsRequestsPerRecord": sqs_per_record, "invocationsPerRecord": 1.0 / batch, "gbSecondsPerRecord": gb_s,
+        "usdPerMillion": usd, "usdPerMillionTotal": total, "logsUsdPerMillionAtMonthlyVolume": logs_at,
+        "memoryChoice": choice,
+        "retriesUsdPerMillion": {
+            "batched": failures["sqsRequestsPerRetriedRecord"].as_f64().unwrap() * PRICE_SQS_MILLION,
+            "unbatched": PRICE_SQS_MILLION,
+        },
+    })
+}
 
 /// Records under auth profiles (an API key and a Standard Webhooks
 /// signature, in turn): retryq, whose profiles list their `hosts` and
@@ -1103,6 +1301,19 @@ fn main() {
         }
         return;
     }
+    // `RETRYQ_BENCH_ONLY=cpu`: CPU per record only, 1 000 records to a
+    // destination answering at once, retryq and the floor in turn.
+    if std::env::var("RETRYQ_BENCH_ONLY").as_deref() == Ok("cpu") {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        cpu_only(&rt);
+        return;
+    }
+    // `RETRYQ_BENCH_ONLY=share`: only the batches under Lambda's CPU share.
+    if std::env::var("RETRYQ_BENCH_ONLY").as_deref() == Ok("share") {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        share::under_cpu_share(&rt, &SHARE_LATENCIES_MS);
+        return;
+    }
     if std::env::var("RETRYQ_BENCH_ONLY").as_deref() == Ok("batches") {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let dest_port = free_port();
@@ -1143,6 +1354,19 @@ fn main() {
     let large_rss = large_payloads(&rt, &upstream);
     println!("{large_rss}");
     let failures = failure_heavy(&rt, &table);
+    let first = {
+        let port = free_port();
+        let _dest = Destination::start(port, LATENCY_MS);
+        cold_first_invocation(&rt, port, "http://127.0.0.1:9/123456789012/bench-dlq")
+    };
+    // `RETRYQ_BENCH_SHARE=skip` where no CPU cgroup can be made (the bench
+    // otherwise stops and says why).
+    let share_rows = if std::env::var("RETRYQ_BENCH_SHARE").as_deref() == Ok("skip") {
+        eprintln!("RETRYQ_BENCH_SHARE=skip: the runs under Lambda's CPU share are left out");
+        Vec::new()
+    } else {
+        share::under_cpu_share(&rt, &SHARE_LATENCIES_MS)
+    };
     // The size of a stripped copy (the release profile keeps symbols).
     let size_mib = |h: Handler| {
         let copy =
@@ -1180,6 +1404,12 @@ fn main() {
     ratio(
         "cold start, spawn → first /next (median)",
         (cold["retryq"], cold["floor"]),
+        "ms",
+        1.5,
+    );
+    ratio(
+        "CPU of the first invocation after a cold start (median)",
+        (first["retryq"].1, first["floor"].1),
         "ms",
         1.5,
     );
@@ -1241,6 +1471,13 @@ fn main() {
         "ms",
         1.0,
     );
+    plus(
+        "spawn → end of first invocation, batch of 10 at 50 ms, DLQ_URL set (median)",
+        (first["retryq"].0, first["floor"].0),
+        "ms",
+        2.0,
+    );
+    share_targets(&mut targets, &share_rows);
     let mut absolute = |metric: &str, v: f64, unit: &str, limit: f64| {
         targets.push(json!({"metric": metric, "retryq": v, "floor": null, "unit": unit, "measure": v, "target": limit, "kind": "absolute"}))
     };
@@ -1286,37 +1523,16 @@ fn main() {
         0.0,
     );
 
-    // The cost model: per-record quantities measured above, at the
-    // template's defaults (batch 100, window 1 s, 256 MB, JSON logs).
-    let batch = 100.0;
-    let batch_row = row("retryq", 100);
-    let gb_s = batch_row["wallMs"].as_f64().unwrap() / 1000.0 / batch * 0.25;
-    // Everything the function wrote (record lines and EMF), plus
-    // CloudWatch's per-event overhead and Lambda's own lines.
-    let (log_bytes, log_events) = log_bytes;
-    let log_per_record = log_bytes + log_events * LOG_EVENT_OVERHEAD + PLATFORM_LOG_BYTES / batch;
-    let sqs_per_record = 2.0 / batch;
-    let cost = json!({
-        "batchSize": batch, "memoryGB": 0.25, "destinationLatencyMs": LATENCY_MS,
-        "logBytesPerRecord": log_per_record, "functionOutputBytesPerRecord": log_bytes, "logEventsPerRecord": log_events,
-        "sqsRequestsPerRecord": sqs_per_record, "invocationsPerRecord": 1.0 / batch, "gbSecondsPerRecord": gb_s,
-        "usdPerMillion": {
-            "logs": log_per_record * 1e6 / 1e9 * PRICE_LOG_GB,
-            "sqs": sqs_per_record * PRICE_SQS_MILLION,
-            "lambdaCompute": gb_s * 1e6 * PRICE_LAMBDA_GB_S,
-            "lambdaRequests": PRICE_LAMBDA_MILLION / batch,
-        },
-        "retriesUsdPerMillion": {
-            "batched": failures["sqsRequestsPerRetriedRecord"].as_f64().unwrap() * PRICE_SQS_MILLION,
-            "unbatched": PRICE_SQS_MILLION,
-        },
-    });
-    let total: f64 = cost["usdPerMillion"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|v| v.as_f64().unwrap())
-        .sum();
+    let cost = cost_model(&row("retryq", 100), &share_rows, log_bytes, &failures);
+    let total = cost["usdPerMillionTotal"].as_f64().unwrap();
+    let memory_choice = cost["memoryChoice"].clone();
+    let (log_per_record, sqs_per_record, gb_s, batch) = (
+        cost["logBytesPerRecord"].as_f64().unwrap(),
+        cost["sqsRequestsPerRecord"].as_f64().unwrap(),
+        cost["gbSecondsPerRecord"].as_f64().unwrap(),
+        cost["batchSize"].as_f64().unwrap(),
+    );
+    let log_bytes = cost["functionOutputBytesPerRecord"].as_f64().unwrap();
 
     let results = json!({
         "machine": {"cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)},
@@ -1329,6 +1545,9 @@ fn main() {
         "failureHeavy": failures,
         "costPerMillion": cost,
         "costPerMillionTotal": total,
+        "cpuShare": share_rows,
+        "memoryChoice": memory_choice,
+        "firstInvocation": first.iter().map(|(k, (wall, cpu))| (k.to_string(), json!({"wallMs": wall, "cpuMs": cpu}))).collect::<BTreeMap<_, _>>(),
         "targets": targets,
     });
     let dir = root().join("bench");
@@ -1357,6 +1576,7 @@ fn main() {
             .map_or("—".into(), |f| format!("{f:.2} {unit}"));
         let (measured, wanted) = match t["kind"].as_str().unwrap() {
             "ratio" => (format!("{m:.2} × floor"), format!("≤ {target} × floor")),
+            "least" => (format!("{m:.2} × floor"), format!("≥ {target} × floor")),
             "difference" => (
                 format!("floor + {m:.2} {unit}"),
                 format!("≤ floor + {target} {unit}"),
@@ -1368,7 +1588,7 @@ fn main() {
             "| {} | {:.2} {unit} | {floor} | {measured} | {wanted} | {} |",
             t["metric"].as_str().unwrap(),
             t["retryq"].as_f64().unwrap(),
-            if m <= target { "met" } else { "missed" }
+            if met(t) { "met" } else { "missed" }
         )
         .unwrap();
     }
@@ -1386,12 +1606,44 @@ fn main() {
         )
         .unwrap();
     }
+    if !share_rows.is_empty() {
+        writeln!(out, "\n| memory MB | destination ms | handler | records/s | billed ms per 1 000 records | CPU µs/record |\n|---|---|---|---|---|---|").unwrap();
+        for r in &share_rows {
+            writeln!(
+                out,
+                "| {} | {} | {} | {:.0} | {:.1} | {:.1} |",
+                r["memoryMb"],
+                r["latencyMs"],
+                r["handler"].as_str().unwrap(),
+                r["recordsPerSecond"].as_f64().unwrap(),
+                r["billedMsPer1000"].as_f64().unwrap(),
+                r["cpuUsPerRecord"].as_f64().unwrap()
+            )
+            .unwrap();
+        }
+    }
     writeln!(
         out,
         "\ncost per million deliveries at the template's defaults: {total:.4} USD {}",
         serde_json::to_string(&cost["usdPerMillion"]).unwrap()
     )
     .unwrap();
+    writeln!(
+        out,
+        "logs per million deliveries by monthly volume (tiered price): {}",
+        serde_json::to_string(&cost["logsUsdPerMillionAtMonthlyVolume"]).unwrap()
+    )
+    .unwrap();
+    if !memory_choice.is_null() {
+        writeln!(
+            out,
+            "Lambda compute + requests per million deliveries by memory size: {}\ncheapest: {} MB; the template's default: {} MB",
+            serde_json::to_string(&memory_choice["sizes"]).unwrap(),
+            memory_choice["cheapestMemoryMb"],
+            cost["memoryMb"]
+        )
+        .unwrap();
+    }
     writeln!(out, "per record: {:.1} bytes of log ({log_bytes:.1} written by the function), {:.3} SQS requests, {:.3} invocations, {:.2e} GB-s",
         log_per_record, sqs_per_record, 1.0 / batch, gb_s).unwrap();
     writeln!(
