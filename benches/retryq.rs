@@ -614,12 +614,19 @@ fn batches(
     // retryq, the floor, and retryq without the delivered records' log
     // lines (the cost of that line, in the same run).
     let quiet = [("LOG_DELIVERED", "none".to_owned())];
+    let two_threads = [("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "3538".to_owned())];
     let mut functions: Vec<(&str, Function)> = vec![
         ("retryq", Function::spawn(rt, Handler::Retryq, &[])),
         ("floor", Function::spawn(rt, Handler::Floor, &[])),
         (
             "retryq-no-log",
             Function::spawn(rt, Handler::Retryq, &quiet),
+        ),
+        // As a function of 2 vCPUs: two runtime threads, as before the
+        // runtime was sized to the function's CPU (and as the floor runs).
+        (
+            "retryq-2-threads",
+            Function::spawn(rt, Handler::Retryq, &two_threads),
         ),
     ];
     if std::env::var_os("RETRYQ_BENCH_BASELINE").is_some() {
@@ -839,6 +846,21 @@ fn state_table(rt: &tokio::runtime::Runtime, endpoint: &str) -> String {
     );
     let name = format!("bench-state-{}-{}", std::process::id(), fastrand::u32(..));
     rt.block_on(state_table::create(&ddb, &name));
+    // The events' source queue (`eventSourceARN`), as in a deployment: with
+    // a table, a record whose queue's limits cannot be read is counted in
+    // the ledger before its attempt.
+    let sqs = aws_sdk_sqs::Client::from_conf(
+        aws_sdk_sqs::Config::builder()
+            .behavior_version_latest()
+            .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+            .endpoint_url(endpoint)
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+                "x", "x", None, None, "bench",
+            ))
+            .build(),
+    );
+    rt.block_on(sqs.create_queue().queue_name("bench").send())
+        .expect("the bench's source queue");
     name
 }
 
@@ -1306,6 +1328,34 @@ fn main() {
     if std::env::var("RETRYQ_BENCH_ONLY").as_deref() == Ok("cpu") {
         let rt = tokio::runtime::Runtime::new().unwrap();
         cpu_only(&rt);
+        return;
+    }
+    // `RETRYQ_BENCH_ONLY=table`: batches of 100 with `STATE_TABLE`, on one
+    // runtime thread and on two, in turn.
+    if std::env::var("RETRYQ_BENCH_ONLY").as_deref() == Ok("table") {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let upstream = std::env::var("RETRYQ_TEST_SQS_ENDPOINT")
+            .expect("RETRYQ_TEST_SQS_ENDPOINT: run under scripts/with-moto.sh");
+        let table = state_table(&rt, &upstream);
+        let proxy = rt.block_on(sqs_proxy::SqsProxy::start(upstream, None));
+        let port = free_port();
+        let _dest = Destination::start(port, LATENCY_MS);
+        let ev = Arc::new(serde_json::to_vec(&event(100, port, 1024)).unwrap());
+        for memory in ["256", "3538", "256", "3538"] {
+            let env = [
+                ("STATE_TABLE", table.clone()),
+                ("AWS_ENDPOINT_URL", proxy.endpoint.clone()),
+                ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", memory.to_owned()),
+            ];
+            let mut f = Function::spawn(&rt, Handler::Retryq, &env);
+            let (mut walls, mut cpus) = (Vec::new(), Vec::new());
+            for _ in 0..8 {
+                let inv = f.invoke(&rt, &ev);
+                walls.push(inv.wall.as_secs_f64() * 1000.0);
+                cpus.push(inv.cpu.as_secs_f64() * 1e4);
+            }
+            println!("STATE_TABLE, {memory} MB: walls {walls:.0?} ms, CPU µs/record {cpus:.0?}, DynamoDB requests so far {}", dynamodb_requests(&proxy));
+        }
         return;
     }
     // `RETRYQ_BENCH_ONLY=share`: only the batches under Lambda's CPU share.

@@ -70,6 +70,41 @@ pub fn record(m: SqsMessage) -> Record {
     .with_message_attributes(message_attributes)
 }
 
+/// The memory size at which Lambda gives a function one whole vCPU; it
+/// gives CPU in proportion to memory.
+pub const MB_PER_VCPU: u64 = 1769;
+
+/// How many threads run the function's tasks: the whole vCPUs its memory
+/// size buys (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, MB), at least one and at
+/// most the cores the machine has; all the cores without a memory size.
+///
+/// Below 2 × [`MB_PER_VCPU`] a second thread could only share the same
+/// CPU time, and each hand-over between threads (a parked worker woken
+/// through a futex for every answer) costs CPU that the function's share
+/// then lacks: measured in docs/performance.md.
+pub fn runtime_threads(memory_mb: Option<u64>, cores: usize) -> usize {
+    let cores = cores.max(1);
+    match memory_mb {
+        Some(mb) => ((mb / MB_PER_VCPU) as usize).clamp(1, cores),
+        None => cores,
+    }
+}
+
+/// The function's tokio runtime, with [`runtime_threads`] threads: one
+/// thread is a current-thread runtime.
+pub fn runtime(memory_mb: Option<u64>) -> std::io::Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match runtime_threads(memory_mb, cores) {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        threads => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build(),
+    }
+}
+
 /// Deadlines before this (2001-09-09) cannot be epoch milliseconds.
 const EARLIEST_EPOCH_DEADLINE_MS: u64 = 1_000_000_000_000;
 
@@ -131,6 +166,43 @@ mod tests {
     #[test]
     fn a_relative_deadline_from_cargo_lambda_watch_is_read_as_a_timeout() {
         assert!((597..=599).contains(&secs_left(batch_deadline(&context(600_000)))));
+    }
+
+    #[test]
+    fn a_function_gets_one_thread_per_whole_vcpu_its_memory_buys() {
+        // (memory MB, cores) → threads
+        for (mb, cores, threads) in [
+            (Some(128), 2, 1),
+            (Some(256), 2, 1),
+            (Some(1769), 2, 1),
+            (Some(3537), 2, 1),
+            (Some(3538), 2, 2),
+            (Some(10240), 6, 5),
+            (Some(10240), 2, 2),
+            (None, 4, 4),
+            (Some(0), 0, 1),
+        ] {
+            assert_eq!(
+                runtime_threads(mb, cores),
+                threads,
+                "{mb:?} MB, {cores} cores"
+            );
+        }
+    }
+
+    #[test]
+    fn a_small_function_runs_on_a_current_thread_runtime() {
+        use tokio::runtime::RuntimeFlavor;
+        let small = runtime(Some(256)).unwrap();
+        assert_eq!(
+            small.handle().runtime_flavor(),
+            RuntimeFlavor::CurrentThread
+        );
+        assert_eq!(small.block_on(async { 7 }), 7);
+        if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+            let large = runtime(Some(2 * MB_PER_VCPU)).unwrap();
+            assert_eq!(large.handle().runtime_flavor(), RuntimeFlavor::MultiThread);
+        }
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! `retryq-processor`: the Lambda function (`bootstrap` in the SAM build).
 //!
-//! Wiring only: logging, configuration (a malformed variable stops the
-//! function before it asks for the first event), clients built once, then
-//! the runtime loop.
+//! Wiring only: the tokio runtime sized to the function's CPU, logging,
+//! configuration (a malformed variable stops the function before it asks
+//! for the first event), clients built once, then the runtime loop.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -13,8 +13,22 @@ use retryq::process::Processor;
 use retryq::queue::Queues;
 use retryq::{lambda, wiring};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // One thread per whole vCPU the memory size buys: on a small function
+    // a second thread only adds hand-overs.
+    let memory_mb = std::env::var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+        .ok()
+        .and_then(|mb| mb.trim().parse().ok());
+    match lambda::runtime(memory_mb) {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(e) => {
+            eprintln!("retryq-processor: cannot start the tokio runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> ExitCode {
     retryq::logging::init(retryq::logging::Stream::Stdout, "info");
     let config = match Config::from_env() {
         Ok(config) => config,

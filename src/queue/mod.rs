@@ -223,7 +223,11 @@ pub fn smallest_copy_size(body: &str, original_message_id: &str) -> usize {
 pub struct Queues {
     /// Built on first use: a batch that only delivers never needs it.
     client: tokio::sync::OnceCell<aws_sdk_sqs::Client>,
-    urls: Mutex<HashMap<String, String>>,
+    /// Each queue's URL, by ARN, as last looked up.
+    urls: Mutex<HashMap<String, UrlLookup>>,
+    /// One `GetQueueUrl` at a time: a batch's records all need the same
+    /// URL, and must not each ask for it.
+    url_lookup: tokio::sync::Mutex<()>,
     /// Each queue's limits, by URL, as last read.
     limits: Mutex<HashMap<String, LimitsRead>>,
     /// One read of queue limits at a time.
@@ -303,6 +307,27 @@ struct LimitsRead {
     retry_at: Option<Instant>,
 }
 
+/// A queue URL as looked up: known for good, or a failure remembered
+/// until `retry_at`.
+#[derive(Debug, Clone)]
+enum UrlLookup {
+    Known(String),
+    Failed { detail: String, retry_at: Instant },
+}
+
+fn url_result(entry: UrlLookup) -> Result<String, QueueError> {
+    match entry {
+        UrlLookup::Known(url) => Ok(url),
+        UrlLookup::Failed { detail, .. } => Err(QueueError::Sqs {
+            operation: "GetQueueUrl",
+            detail,
+        }),
+    }
+}
+
+/// A queue URL that could not be looked up is asked again after this.
+const URL_RETRY: Duration = Duration::from_secs(30);
+
 /// A queue whose settings could not be read is asked again after this.
 const LIMITS_RETRY: Duration = Duration::from_secs(300);
 /// Longest wait for a queue's settings.
@@ -331,6 +356,7 @@ impl Queues {
         Queues {
             client,
             urls: Mutex::new(HashMap::new()),
+            url_lookup: tokio::sync::Mutex::new(()),
             limits: Mutex::new(HashMap::new()),
             limits_read: tokio::sync::Mutex::new(()),
             visibility: Gather::new("ChangeMessageVisibilityBatch", MAX_ENTRIES),
@@ -454,13 +480,20 @@ impl Queues {
     }
 
     /// The URL of the queue with this ARN, asked of SQS once and cached.
+    /// One lookup at a time; a failed one is remembered for [`URL_RETRY`]
+    /// (and logged once), so that records do not each ask again.
     pub async fn url_of(&self, arn: &str) -> Result<String, QueueError> {
-        if let Some(url) = self.urls.lock().unwrap_or_else(|p| p.into_inner()).get(arn) {
-            return Ok(url.clone());
+        if let Some(known) = self.cached_url(arn) {
+            return known;
+        }
+        let _one_lookup = self.url_lookup.lock().await;
+        if let Some(known) = self.cached_url(arn) {
+            return known;
         }
         let (account, name) =
             parse_queue_arn(arn).ok_or_else(|| QueueError::BadArn(arn.to_owned()))?;
-        let url = Box::pin(async {
+        // Bounded, as the limits' read: every record needing it waits.
+        let asked = Box::pin(tokio::time::timeout(LIMITS_READ_TIMEOUT, async {
             self.client()
                 .await
                 .get_queue_url()
@@ -468,19 +501,42 @@ impl Queues {
                 .queue_owner_aws_account_id(account)
                 .send()
                 .await
-        })
-        .await
-        .map_err(|e| QueueError::sqs("GetQueueUrl", e))?
-        .queue_url
-        .ok_or_else(|| QueueError::Sqs {
-            operation: "GetQueueUrl",
-            detail: "the answer had no QueueUrl".into(),
-        })?;
-        self.urls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(arn.to_owned(), url.clone());
-        Ok(url)
+        }))
+        .await;
+        let looked_up = match asked {
+            Err(_) => Err("no answer within 5 s".to_owned()),
+            Ok(Err(e)) => Err(match QueueError::sqs("GetQueueUrl", e) {
+                QueueError::Sqs { detail, .. } => detail,
+                other => other.to_string(),
+            }),
+            Ok(Ok(out)) => out
+                .queue_url
+                .ok_or_else(|| "the answer had no QueueUrl".to_owned()),
+        };
+        let mut urls = self.urls.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = match looked_up {
+            Ok(url) => UrlLookup::Known(url),
+            Err(detail) => {
+                if !urls.contains_key(arn) {
+                    tracing::warn!(queue = %arn, error = %detail, "cannot look up the queue's URL; asking again in 30 s");
+                }
+                UrlLookup::Failed {
+                    detail,
+                    retry_at: crate::clock::later(URL_RETRY),
+                }
+            }
+        };
+        urls.insert(arn.to_owned(), entry.clone());
+        url_result(entry)
+    }
+
+    /// The URL as last looked up, unless never or due for another try.
+    fn cached_url(&self, arn: &str) -> Option<Result<String, QueueError>> {
+        let urls = self.urls.lock().unwrap_or_else(|p| p.into_inner());
+        match urls.get(arn)? {
+            UrlLookup::Failed { retry_at, .. } if Instant::now() >= *retry_at => None,
+            entry => Some(url_result(entry.clone())),
+        }
     }
 
     /// Hides the message for `delay` (SQS counts whole seconds). Sent with

@@ -211,3 +211,46 @@ async fn a_batch_of_small_records_that_are_delivered_asks_sqs_nothing() {
         .all(|r| matches!(r.disposition, Disposition::Delivered)));
     assert_eq!(proxy.counts(), Default::default(), "no SQS call");
 }
+
+/// Every record of a batch may need its queue's URL (a retry, a count kept
+/// before the attempt): it is asked of SQS once for the whole batch, and a
+/// lookup that fails is not asked again by each record.
+#[tokio::test]
+async fn a_queue_url_is_looked_up_once_for_a_batch_even_when_the_lookup_fails() {
+    let sqs = sqs();
+    let source = queue(&sqs, "url-once").await;
+    let missing = format!("{}-missing", source.arn);
+    let proxy = SqsProxy::start(endpoint(), None).await;
+    let queues = Arc::new(retryq::queue::Queues::new(proxy.client()));
+
+    let mut lookups = tokio::task::JoinSet::new();
+    for i in 0..60 {
+        let (queues, arn) = (
+            Arc::clone(&queues),
+            if i % 2 == 0 {
+                source.arn.clone()
+            } else {
+                missing.clone()
+            },
+        );
+        lookups.spawn(async move { (i % 2 == 0, queues.url_of(&arn).await) });
+    }
+    while let Some(joined) = lookups.join_next().await {
+        match joined.unwrap() {
+            (true, found) => assert_eq!(found.unwrap(), source.url),
+            (false, failed) => {
+                let e = failed.expect_err("no such queue").to_string();
+                assert!(e.contains("GetQueueUrl"), "{e}");
+            }
+        }
+    }
+    // And again, later in the batch.
+    assert!(queues.url_of(&missing).await.is_err());
+    assert_eq!(queues.url_of(&source.arn).await.unwrap(), source.url);
+    assert_eq!(
+        proxy.count("GetQueueUrl"),
+        2,
+        "one lookup per queue: {:?}",
+        proxy.counts()
+    );
+}
