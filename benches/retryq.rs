@@ -21,7 +21,7 @@
 //!    behind a counting proxy: SQS requests per retried record, and the
 //!    wall time beside the same batch all delivered.
 //! 6. The first invocation after a cold start: spawn → its end, and its CPU.
-//! 7. Under Lambda's CPU share (`share.rs`): batches of 100 back to back in
+//! 7. Under Lambda's CPU share (`support/share.rs`): batches of 100 back to back in
 //!    a CPU cgroup sized as 128 MB … 1 769 MB, at destinations answering in
 //!    10 ms and 50 ms: records per second and billed duration per 1 000
 //!    records, and the memory size that costs least.
@@ -822,7 +822,7 @@ impl std::fmt::Display for LargeRss {
 
 // ------------------------------------------- 5. failure-heavy, against SQS
 
-#[path = "share.rs"]
+#[path = "support/share.rs"]
 mod share;
 
 #[path = "../tests/aws/sqs_proxy.rs"]

@@ -186,12 +186,34 @@ impl FleetState {
     }
 
     /// Was this SQS message carried over before (a copy sent, its
-    /// acknowledgement lost)?
+    /// acknowledgement lost)? Asked with other records' in one
+    /// `BatchGetItem`: every redelivered record asks it before its attempt.
     pub async fn was_carried(&self, sqs_message_id: &str) -> Result<bool, StateError> {
-        let marked = self
-            .get(&format!("sqs#{sqs_message_id}"), "carried")
-            .await?;
-        Ok(marked.is_some())
+        self.carried_reads
+            .submit(&self.settings.table, sqs_message_id.to_owned(), |_, ids| {
+                self.read_carried_batch(ids)
+            })
+            .await
+    }
+
+    /// One `BatchGetItem` of carry marks.
+    async fn read_carried_batch(&self, ids: Vec<String>) -> Vec<Result<bool, StateError>> {
+        let keys = unique(&ids)
+            .iter()
+            .map(|id| Key::new(format!("sqs#{id}"), "carried"))
+            .collect();
+        let answer = self.table.get_batch(keys).await.map(|items| {
+            items
+                .iter()
+                .filter_map(|item| Some(string(item, "pk")?.strip_prefix("sqs#")?.to_owned()))
+                .collect::<std::collections::HashSet<String>>()
+        });
+        ids.iter()
+            .map(|id| match &answer {
+                Ok(marked) => Ok(marked.contains(id)),
+                Err(e) => Err(e.clone()),
+            })
+            .collect()
     }
 
     /// Every recorded attempt of a Retry Message, oldest first.
@@ -246,10 +268,7 @@ impl FleetState {
 
     /// One `BatchGetItem` of failure counters.
     async fn read_batch(&self, ids: Vec<String>) -> Vec<Result<u32, StateError>> {
-        let mut unique = ids.clone();
-        unique.sort();
-        unique.dedup();
-        let keys = unique
+        let keys = unique(&ids)
             .iter()
             .map(|id| Key::new(format!("sqs#{id}"), "failures"))
             .collect();
@@ -269,6 +288,14 @@ impl FleetState {
             })
             .collect()
     }
+}
+
+/// `ids` sorted, each once (a batch key may appear once per call).
+fn unique(ids: &[String]) -> Vec<String> {
+    let mut unique = ids.to_vec();
+    unique.sort();
+    unique.dedup();
+    unique
 }
 
 fn recorded(item: &Item) -> RecordedAttempt {

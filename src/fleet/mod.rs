@@ -86,6 +86,8 @@ pub struct FleetState {
     owner: String,
     writes: Gather<Vec<Item>, (), StateError>,
     reads: Gather<String, u32, StateError>,
+    /// Carry marks (§12.5) of redelivered messages, read with others.
+    carried_reads: Gather<String, bool, StateError>,
     hosts: breaker::FleetBreakers,
     buckets: rate::FleetBuckets,
 }
@@ -118,6 +120,7 @@ impl FleetState {
             // A failed attempt writes two items: 12 of them fill a call.
             writes: Gather::new("BatchWriteItem", ledger::WRITES_PER_CALL),
             reads: Gather::new("BatchGetItem", ledger::READS_PER_CALL),
+            carried_reads: Gather::new("BatchGetItem", ledger::READS_PER_CALL),
             hosts: breaker::FleetBreakers::default(),
             buckets: rate::FleetBuckets::default(),
         }

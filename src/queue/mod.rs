@@ -3,9 +3,9 @@
 //!
 //! Queue URLs are never built by hand. A record names its queue by ARN
 //! (`eventSourceARN`); [`Queues::url_of`] asks SQS (`GetQueueUrl`) once per
-//! queue and caches the answer, so the same code works against AWS, a VPC
-//! endpoint or a local SQS-compatible server, whatever `AWS_ENDPOINT_URL`
-//! says.
+//! queue and caches the answer (a failure for 30 s), so the same code works
+//! against AWS, a VPC endpoint or a local SQS-compatible server, whatever
+//! `AWS_ENDPOINT_URL` says.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

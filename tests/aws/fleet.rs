@@ -722,3 +722,83 @@ async fn a_late_report_leaves_another_processs_probe_lease_alone() {
         );
     }
 }
+
+/// Every redelivered record asks the table whether it was carried over
+/// before (§12.5): those questions go in one `BatchGetItem` per hundred
+/// records, not a `GetItem` each, which made a batch of redeliveries wait
+/// on as many reads as it had records.
+#[tokio::test]
+async fn redelivered_records_ask_for_their_carry_marks_together() {
+    let sqs = sqs();
+    let table = state_table().await;
+    let source = queue(&sqs, "fleet-carried-reads").await;
+    let dlq = queue(&sqs, "fleet-carried-reads-dlq").await;
+    let dest = Destination::start(Duration::ZERO).await;
+    let bodies: Vec<String> = (0..30)
+        .map(|i| {
+            message(
+                &format!("redelivered-{i}"),
+                &dest.url(&format!("/ok/{i}")),
+                serde_json::json!({}),
+            )
+        })
+        .collect();
+    send_batch(&sqs, &source, &bodies).await;
+    // Received once and let go: the next receive is the second.
+    assert_eq!(
+        receive_n_hidden_for(&sqs, &source, 30, 1, Duration::from_secs(20))
+            .await
+            .len(),
+        30
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let again = receive_n(&sqs, &source, 30, Duration::from_secs(20)).await;
+    assert_eq!(again.len(), 30);
+    assert!(again.iter().all(|m| m.attributes().is_some_and(|a| a
+        .get(&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount)
+        .is_some_and(|n| n != "1"))));
+    let proxy = crate::sqs_proxy::SqsProxy::start(endpoint(), None).await;
+    let state =
+        retryq::config::Config::from_lookup(|n| (n == "STATE_TABLE").then(|| table.clone()))
+            .unwrap()
+            .state
+            .unwrap();
+    let through_proxy = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::Config::builder()
+            .behavior_version_latest()
+            .region(aws_sdk_dynamodb::config::Region::new(REGION))
+            .endpoint_url(&proxy.endpoint)
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+                "test", "test", None, None, "tests",
+            ))
+            .build(),
+    );
+    let p = Arc::new(
+        Processor::new(
+            config(&[
+                ("DLQ_URL", dlq.url.as_str()),
+                ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+            ]),
+            sqs.clone(),
+            None,
+        )
+        .unwrap()
+        .with_fleet(FleetState::new(state, through_proxy)),
+    );
+
+    let response = invoke(&p, &sqs, &source, &again).await;
+
+    assert!(failures(&response).is_empty(), "all delivered");
+    let counts = proxy.counts();
+    let (gets, batches) = (
+        proxy.count("DynamoDB_20120810.GetItem"),
+        proxy.count("DynamoDB_20120810.BatchGetItem"),
+    );
+    // The fleet breaker reads its host's state once; the carry marks
+    // come in a few batch reads.
+    assert!(gets <= 2, "no GetItem per record: {counts:?}");
+    assert!(
+        (1..=10).contains(&batches),
+        "carry marks read together: {counts:?}"
+    );
+}
