@@ -10,6 +10,9 @@ export PATH := $(PY_SCRIPTS):$(HOME)/.cargo/bin:$(PATH)
 WATCH_PORT ?= 9000
 EVENT ?= events/mixed-batch.json
 ARCH ?= arm64
+# Where cargo puts its builds (CARGO_TARGET_DIR or a config's target-dir
+# included), for the targets that copy or list them.
+TARGET_DIR = $(shell cargo metadata --format-version 1 --no-deps | $(PYTHON) -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 
 .PHONY: help tools test demo lint fmt watch invoke build destination fuzz bench sim chaos
 
@@ -90,7 +93,7 @@ bench: tools
 	# The bootstrap alone, as `make build` makes it, kept for its size: the
 	# bench's own build of the binaries takes the dev-dependencies' features.
 	cargo build --release --bin retryq-processor
-	cp target/release/retryq-processor target/release/retryq-processor.deployed
+	cp "$(TARGET_DIR)/release/retryq-processor" "$(TARGET_DIR)/release/retryq-processor.deployed"
 	cargo build --release --example demo_destination --example floor
 	scripts/with-moto.sh cargo bench --bench retryq
 
@@ -105,4 +108,4 @@ destination:
 build:
 	WITH_ZIG=$(if $(filter arm64,$(ARCH)),1,0) scripts/tools.sh
 	cargo lambda build --release --$(ARCH) --output-format zip
-	@ls -l target/lambda/retryq-processor/
+	@ls -l "$(TARGET_DIR)/lambda/retryq-processor/"

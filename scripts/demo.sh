@@ -31,7 +31,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo; echo "interrupted: stopping everything"; exit 130' INT TERM
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
-retryq=target/debug/retryq
+target=$(target_dir)
+retryq=$target/debug/retryq
 
 # A fresh clone's first build takes minutes on two cores: cargo shows its
 # progress. retryq-processor is built on its own, with the same command
@@ -60,7 +61,7 @@ echo "  retry queue $queue_url"
 echo "  DLQ         $dlq_url"
 
 step "starting the demo destination on $dest"
-DEMO_DESTINATION=127.0.0.1:$dest_port setsid target/debug/examples/demo_destination >"$logs/destination.log" 2>&1 &
+DEMO_DESTINATION=127.0.0.1:$dest_port setsid "$target/debug/examples/demo_destination" >"$logs/destination.log" 2>&1 &
 pids+=($!)
 
 step "starting retryq-processor under cargo lambda watch (127.0.0.1:$watch_port)"

@@ -3,6 +3,8 @@
 #   use_python_scripts  puts that Python's scripts directory (moto_server,
 #                cfn-lint, cargo-lambda) and ~/.cargo/bin on PATH
 #   free_port    prints a free TCP port on 127.0.0.1
+#   target_dir   prints where cargo puts its builds (CARGO_TARGET_DIR, a
+#                config's build.target-dir, or ./target), from cargo metadata
 
 PYTHON=${PYTHON:-python3}
 
@@ -14,4 +16,9 @@ use_python_scripts() {
 
 free_port() {
   "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+target_dir() {
+  cargo metadata --format-version 1 --no-deps |
+    "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])'
 }

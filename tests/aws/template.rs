@@ -9,8 +9,16 @@ use serde_json::{json, Value};
 use crate::common::run_python;
 
 fn facts() -> Value {
+    facts_with(&[])
+}
+
+/// The facts, with the SQS events also as deployed with these parameter
+/// values (`Name=Value`).
+fn facts_with(parameters: &[&str]) -> Value {
     let template = concat!(env!("CARGO_MANIFEST_DIR"), "/template.yaml");
-    let out = run_python("template_facts.py", &[template], "");
+    let mut args = vec![template];
+    args.extend_from_slice(parameters);
+    let out = run_python("template_facts.py", &args, "");
     assert!(
         out.status.success(),
         "template_facts.py: {}",
@@ -110,4 +118,83 @@ fn the_payload_bucket_outlives_the_queues_and_removes_finished_payloads() {
         assert_eq!(rule["ExpirationInDays"], 1);
         assert_eq!(rule["Status"], "Enabled");
     }
+}
+
+/// On-demand mode by default, capped by `MaximumConcurrency`; with pollers
+/// set, provisioned mode and no `MaximumConcurrency` (Lambda refuses both).
+/// The event source's `EventCount` metrics are on either way.
+#[test]
+fn pollers_switch_the_sqs_trigger_to_provisioned_mode_without_maximum_concurrency() {
+    let trigger =
+        |parameters: &[&str]| facts_with(parameters)["resolvedSqsEvents"][0]["properties"].clone();
+    let on_demand = trigger(&[]);
+    assert_eq!(
+        on_demand["ScalingConfig"],
+        json!({"MaximumConcurrency": "10"})
+    );
+    assert!(
+        on_demand.get("ProvisionedPollerConfig").is_none(),
+        "{on_demand}"
+    );
+    assert_eq!(
+        on_demand["MetricsConfig"],
+        json!({"Metrics": ["EventCount"]})
+    );
+
+    let provisioned = trigger(&["MinimumPollers=2", "MaximumPollers=20"]);
+    assert!(provisioned.get("ScalingConfig").is_none(), "{provisioned}");
+    assert_eq!(
+        provisioned["ProvisionedPollerConfig"],
+        json!({"MinimumPollers": "2", "MaximumPollers": "20"})
+    );
+    assert_eq!(
+        provisioned["MetricsConfig"],
+        json!({"Metrics": ["EventCount"]})
+    );
+
+    let minimum_only = trigger(&["MinimumPollers=3"]);
+    assert!(
+        minimum_only.get("ScalingConfig").is_none(),
+        "{minimum_only}"
+    );
+    assert_eq!(
+        minimum_only["ProvisionedPollerConfig"],
+        json!({"MinimumPollers": "3"})
+    );
+}
+
+/// The Serverless Application Repository's metadata names the licence the
+/// crate and the repository carry.
+#[test]
+fn the_application_metadata_names_the_licence_in_the_repository() {
+    let facts = facts();
+    let app = &facts["metadata"]["AWS::ServerlessRepo::Application"];
+    for field in [
+        "Name",
+        "Description",
+        "Author",
+        "SemanticVersion",
+        "SourceCodeUrl",
+        "LicenseUrl",
+    ] {
+        assert!(
+            app[field].as_str().is_some_and(|v| !v.is_empty()),
+            "{field}: {app}"
+        );
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cargo = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let spdx = app["SpdxLicenseId"].as_str().unwrap();
+    assert!(
+        cargo.contains(&format!("license = \"{spdx}\"")),
+        "Cargo.toml's licence is {spdx}"
+    );
+    assert_eq!(app["SemanticVersion"], json!(env!("CARGO_PKG_VERSION")));
+    let licence = std::fs::read_to_string(root.join(app["LicenseUrl"].as_str().unwrap())).unwrap();
+    assert!(
+        spdx == "Apache-2.0"
+            && licence.contains("Apache License")
+            && licence.contains("Version 2.0"),
+        "the licence file is the {spdx} text"
+    );
 }
