@@ -67,6 +67,9 @@ pub struct Config {
     pub batching_window: Duration,
     /// `LOG_DELIVERED`: which delivered records get their log line.
     pub log_delivered: LogDelivered,
+    /// `FAIR_QUEUE_KEY`: the `MessageGroupId` `retryq enqueue`/`call` give a
+    /// message without `--group` on a standard queue (§13.1).
+    pub fair_queue_key: crate::producer::FairQueueKey,
     /// `DESTINATION_POLICIES`: per-destination rate, concurrency, attempts,
     /// backoff, breaker and extra retried statuses.
     pub destination_policies: DestinationPolicies,
@@ -230,6 +233,7 @@ impl Config {
                 MAX_BATCHING_WINDOW_SECONDS,
             )?,
             log_delivered: vars.log_delivered()?,
+            fair_queue_key: vars.fair_queue_key()?,
             destination_policies: vars.destination_policies(&retry)?,
             retry,
             state: vars.state()?,
@@ -433,6 +437,13 @@ impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
         }
     }
 
+    /// `FAIR_QUEUE_KEY`: `host` (the default) or `none`.
+    fn fair_queue_key(&self) -> Result<crate::producer::FairQueueKey, ConfigError> {
+        self.text("FAIR_QUEUE_KEY")
+            .map_or(Ok(Default::default()), |v| v.parse())
+            .map_err(|why| ConfigError::new("FAIR_QUEUE_KEY", why))
+    }
+
     /// `CA_BUNDLE`, read now so that a bad file stops the start.
     fn ca_bundle(&self) -> Result<Option<crate::tls::CaBundle>, ConfigError> {
         self.text("CA_BUNDLE")
@@ -557,6 +568,17 @@ mod tests {
         assert_eq!(c.secret_ttl, Duration::from_secs(300));
         assert_eq!(c.batching_window, Duration::ZERO);
         assert_eq!(c.log_delivered, LogDelivered::All);
+    }
+
+    #[test]
+    fn fair_queue_key_is_host_by_default_and_names_itself_when_wrong() {
+        use crate::producer::FairQueueKey;
+        assert_eq!(with(&[]).unwrap().fair_queue_key, FairQueueKey::Host);
+        let none = with(&[("FAIR_QUEUE_KEY", "none")]).unwrap();
+        assert_eq!(none.fair_queue_key, FairQueueKey::None);
+        let e = with(&[("FAIR_QUEUE_KEY", "tenant")]).unwrap_err();
+        assert_eq!(e.variable, "FAIR_QUEUE_KEY");
+        assert!(e.to_string().contains("host or none"), "{e}");
     }
 
     #[test]

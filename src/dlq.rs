@@ -20,7 +20,7 @@ use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
 use serde::Serialize;
 
 use crate::message::RetryMessage;
-use crate::queue::{attribute, QueueError, Queues, DEFAULT_GROUP};
+use crate::queue::{attribute, QueueError, Queues};
 
 /// How long a message stays hidden while a walk is going on.
 const WALK_VISIBILITY: Duration = Duration::from_secs(300);
@@ -235,11 +235,12 @@ async fn move_one(
     to_url: &str,
     m: &Message,
 ) -> Result<Moved, String> {
+    // Its group, kept: a FIFO message's order, a fair queue's tenant.
     let group = m
         .attributes
         .as_ref()
         .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
-        .map_or(DEFAULT_GROUP, String::as_str);
+        .map(String::as_str);
     let letter = m.body.as_deref().unwrap_or_default();
     // A pointer's redriven message points to a copy written now, which
     // lives as long as the retry queue keeps it (§12.1); the letter's own

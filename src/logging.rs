@@ -25,6 +25,26 @@ pub const FLUSH_AT: usize = 64 * 1024;
 static BUFFER: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 static BATCHES_RUNNING: AtomicUsize = AtomicUsize::new(0);
 static TO_STDERR: AtomicBool = AtomicBool::new(false);
+static CAPTURED: AtomicBool = AtomicBool::new(false);
+
+/// Writes this process's log and metric lines with `print!` instead of to
+/// the stdout handle, so that a test harness capturing output keeps them
+/// with the test that made them (shown only when it fails) rather than on
+/// the terminal. For the test suites of processes that run a
+/// [`Processor`](crate::process::Processor) in-process.
+pub fn capture_in_tests() {
+    CAPTURED.store(true, Ordering::Relaxed);
+}
+
+/// `print!`, which a test harness captures, when [`capture_in_tests`] was
+/// called: `true` if it wrote `bytes`.
+fn printed(bytes: &[u8]) -> bool {
+    if !CAPTURED.load(Ordering::Relaxed) {
+        return false;
+    }
+    print!("{}", String::from_utf8_lossy(bytes));
+    true
+}
 
 /// Where log lines go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +68,9 @@ impl BatchLogs {
     /// Adds EMF lines to stdout, after the batch's log lines when these go
     /// to stdout too.
     pub fn metrics(&self, bytes: &[u8]) {
+        if printed(bytes) {
+            return;
+        }
         if TO_STDERR.load(Ordering::Relaxed) {
             let mut stdout = std::io::stdout().lock();
             let _ = stdout.write_all(bytes);
@@ -75,6 +98,9 @@ pub fn flush() {
 }
 
 fn write_out(bytes: &[u8]) {
+    if printed(bytes) {
+        return;
+    }
     if TO_STDERR.load(Ordering::Relaxed) {
         let _ = std::io::stderr().lock().write_all(bytes);
     } else {

@@ -95,6 +95,10 @@ pub struct RetryMessage {
     pub request: Request,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The `MessageGroupId` a producer chose for it (§13.1): not part of
+    /// the body, sent beside it.
+    #[serde(skip)]
+    pub group: Option<String>,
 }
 
 /// The HTTP request to replay.

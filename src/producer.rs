@@ -56,6 +56,7 @@ pub struct MessageBuilder {
     received_count: u32,
     originating_service: Option<String>,
     metadata: serde_json::Map<String, serde_json::Value>,
+    group: Option<String>,
 }
 
 impl MessageBuilder {
@@ -73,6 +74,7 @@ impl MessageBuilder {
             received_count: 0,
             originating_service: None,
             metadata: serde_json::Map::new(),
+            group: None,
         }
     }
 
@@ -140,6 +142,15 @@ impl MessageBuilder {
         self
     }
 
+    /// The message's `MessageGroupId` (§13.1): on a standard queue its
+    /// tenant for SQS fair queues, on a FIFO queue its order. Without it,
+    /// the [`Enqueuer`] uses the destination's host (see [`FairQueueKey`]).
+    /// At most 128 characters: letters, digits and ASCII punctuation.
+    pub fn group(mut self, key: impl Into<String>) -> Self {
+        self.group = Some(key.into());
+        self
+    }
+
     /// Validates and builds the message (`createdAt` = now).
     pub fn build(self) -> Result<RetryMessage, InvalidMessage> {
         self.build_with_body_limit(crate::message::limits::BODY_BYTES)
@@ -186,9 +197,54 @@ impl MessageBuilder {
             expires_at: self.expires_at,
             received_count: self.received_count,
             metadata: (!self.metadata.is_empty()).then_some(self.metadata),
+            group: self.group,
         };
+        if let Some(group) = &msg.group {
+            validate_group(group)?;
+        }
         msg.validate_with_body_limit(body_limit)?;
         Ok(msg)
+    }
+}
+
+/// SQS's rule for a `MessageGroupId`: 1 to 128 characters, each a letter,
+/// a digit or ASCII punctuation.
+fn validate_group(group: &str) -> Result<(), InvalidMessage> {
+    let valid = (1..=128).contains(&group.len())
+        && group
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c.is_ascii_punctuation());
+    if valid {
+        Ok(())
+    } else {
+        Err(InvalidMessage::new(
+            "group",
+            "must be 1 to 128 characters, letters, digits and punctuation only",
+        ))
+    }
+}
+
+/// The tenant key a message gets on a standard queue when its producer
+/// named no group (`FAIR_QUEUE_KEY`, §13.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FairQueueKey {
+    /// The destination's host name, without the port: one partner's
+    /// backlog does not delay the others'.
+    #[default]
+    Host,
+    /// No `MessageGroupId`: the queue is not a fair queue.
+    None,
+}
+
+impl std::str::FromStr for FairQueueKey {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<FairQueueKey, String> {
+        match value.trim() {
+            "host" => Ok(FairQueueKey::Host),
+            "none" => Ok(FairQueueKey::None),
+            other => Err(format!("must be host or none, not {other:?}")),
+        }
     }
 }
 
@@ -197,6 +253,7 @@ impl MessageBuilder {
 pub struct Enqueuer {
     queues: Arc<Queues>,
     queue_url: String,
+    fair_queue_key: FairQueueKey,
     /// Where messages larger than the threshold go (claim check, §11).
     #[cfg(feature = "s3-payloads")]
     offload: Option<Offload>,
@@ -215,6 +272,7 @@ impl Enqueuer {
         Enqueuer {
             queues: Arc::new(Queues::new(client)),
             queue_url: queue_url.into(),
+            fair_queue_key: FairQueueKey::default(),
             #[cfg(feature = "s3-payloads")]
             offload: None,
         }
@@ -238,12 +296,34 @@ impl Enqueuer {
         &self.queue_url
     }
 
-    /// Sends the message; returns the SQS message id. On a FIFO queue the
-    /// group is the destination's host (calls to one host stay in order) and
-    /// the deduplication id is the message id.
+    /// With this key for messages without a group of their own (default:
+    /// [`FairQueueKey::Host`]); it applies to standard queues only.
+    pub fn with_fair_queue_key(mut self, key: FairQueueKey) -> Enqueuer {
+        self.fair_queue_key = key;
+        self
+    }
+
+    /// The `MessageGroupId` `msg` is sent with: its own group; else, on a
+    /// FIFO queue, the destination's host (calls to one host stay in
+    /// order); else, on a standard queue, its fair-queue key (§13.1).
+    pub fn group_of<'m>(&self, msg: &'m RetryMessage) -> Option<&'m str> {
+        let host = || msg.destination_url.host_str();
+        match (&msg.group, crate::queue::is_fifo(&self.queue_url)) {
+            (Some(group), _) => Some(group),
+            (None, true) => Some(host().unwrap_or(DEFAULT_GROUP)),
+            (None, false) => match self.fair_queue_key {
+                FairQueueKey::Host => host(),
+                FairQueueKey::None => None,
+            },
+        }
+    }
+
+    /// Sends the message; returns the SQS message id. Its group is
+    /// [`group_of`](Self::group_of); on a FIFO queue the deduplication id
+    /// is the message id.
     pub async fn enqueue(&self, msg: &RetryMessage) -> Result<String, QueueError> {
         let body = serde_json::to_string(msg).expect("a RetryMessage always serializes");
-        let group = msg.destination_url.host_str().unwrap_or(DEFAULT_GROUP);
+        let group = self.group_of(msg);
         #[cfg(feature = "s3-payloads")]
         if let Some(o) = self.offload.as_ref().filter(|o| body.len() > o.threshold) {
             let size = body.len();

@@ -69,7 +69,7 @@ fn enqueuer(
     sqs: aws_sdk_sqs::Client,
     queue_url: String,
 ) -> Enqueuer {
-    let enqueuer = Enqueuer::new(sqs, queue_url);
+    let enqueuer = Enqueuer::new(sqs, queue_url).with_fair_queue_key(config.fair_queue_key);
     match &config.payload_bucket {
         Some(bucket) => enqueuer.with_payload_bucket(bucket, config.payload_offload_bytes),
         None => enqueuer,

@@ -226,6 +226,11 @@ pub struct RequestArgs {
     /// Recorded as originatingService.
     #[arg(long)]
     pub originating_service: Option<String>,
+    /// The message's MessageGroupId: its tenant on a standard (fair) queue,
+    /// its order on a FIFO queue (default: the destination's host, unless
+    /// FAIR_QUEUE_KEY=none on a standard queue).
+    #[arg(long)]
+    pub group: Option<String>,
 }
 
 /// A failed command: its message and exit code.
@@ -292,6 +297,9 @@ impl RequestArgs {
         }
         if let Some(s) = &self.originating_service {
             b = b.originating_service(s.clone());
+        }
+        if let Some(g) = &self.group {
+            b = b.group(g.clone());
         }
         b.build_with_body_limit(body_limit)
             .map_err(|e| Failure::Usage(format!("invalid message: {e}")))

@@ -253,7 +253,10 @@ struct Outgoing {
     size: usize,
     /// `AWSTraceHeader`, sent as the system attribute.
     trace: Option<String>,
-    group: String,
+    /// The message's `MessageGroupId`: on a FIFO queue its order (the
+    /// default group when it has none), on a standard queue its tenant for
+    /// fair queues (§13.1; none when it had none).
+    group: Option<String>,
     dedup: String,
     /// `DelaySeconds`.
     delay: Option<i32>,
@@ -618,7 +621,7 @@ impl Queues {
                 .map(|(name, value)| ((*name).to_owned(), string(name, value)))
                 .collect(),
             trace: copy.trace_header.map(str::to_owned),
-            group: copy.message_group_id.unwrap_or(DEFAULT_GROUP).to_owned(),
+            group: copy.message_group_id.map(str::to_owned),
             dedup: copy.original_message_id.to_owned(),
             delay: None,
         };
@@ -693,8 +696,10 @@ impl Queues {
         }
         if is_fifo(queue_url) {
             send = send
-                .message_group_id(&one.group)
+                .message_group_id(fifo_group(one.group.as_deref()))
                 .message_deduplication_id(dedup_id(&one.dedup));
+        } else if let Some(group) = &one.group {
+            send = send.message_group_id(group);
         }
         send.send()
             .await
@@ -716,8 +721,10 @@ impl Queues {
                     .set_delay_seconds(m.delay);
                 if fifo {
                     entry = entry
-                        .message_group_id(&m.group)
+                        .message_group_id(fifo_group(m.group.as_deref()))
                         .message_deduplication_id(dedup_id(&m.dedup));
+                } else if let Some(group) = &m.group {
+                    entry = entry.message_group_id(group);
                 }
                 entry.build().expect("id and body are set")
             })
@@ -735,15 +742,16 @@ impl Queues {
 
     /// Sends a message with these attributes (and `trace` as its
     /// `AWSTraceHeader`); returns its SQS message id. On a FIFO queue it
-    /// goes to `group`, deduplicated on `dedup` (made a valid deduplication
-    /// id).
+    /// goes to `group` ([`DEFAULT_GROUP`] without one), deduplicated on
+    /// `dedup` (made a valid deduplication id); on a standard queue `group`
+    /// is its fair-queue tenant (§13.1), when it has one.
     pub async fn send(
         &self,
         queue_url: &str,
         body: &str,
         attributes: &[(&str, String)],
         trace: Option<&str>,
-        group: &str,
+        group: Option<&str>,
         dedup: &str,
     ) -> Result<String, QueueError> {
         let mut send = self
@@ -763,8 +771,10 @@ impl Queues {
         }
         if is_fifo(queue_url) {
             send = send
-                .message_group_id(group)
+                .message_group_id(fifo_group(group))
                 .message_deduplication_id(dedup_id(dedup));
+        } else if let Some(group) = group {
+            send = send.message_group_id(group);
         }
         let sent = send
             .send()
@@ -812,10 +822,7 @@ impl Queues {
             attributes,
             size,
             trace: record.trace_header.clone(),
-            group: record
-                .message_group_id
-                .clone()
-                .unwrap_or_else(|| DEFAULT_GROUP.to_owned()),
+            group: record.message_group_id.clone(),
             dedup: record.message_id.clone(),
             // Whole seconds, rounded up: the copy is not visible before its
             // next try (unless that is more than 900 s away).
@@ -1135,6 +1142,11 @@ pub fn is_fifo(url_or_arn: &str) -> bool {
 /// The message group of a message sent to a FIFO queue without one of its
 /// own (a dead letter from a standard queue, for example).
 pub const DEFAULT_GROUP: &str = "retryq";
+
+/// A message's group on a FIFO queue: its own, else [`DEFAULT_GROUP`].
+fn fifo_group(group: Option<&str>) -> &str {
+    group.unwrap_or(DEFAULT_GROUP)
+}
 
 /// The answer of an SQS batch call: the ids it carried out, and the entries
 /// it refused.

@@ -102,7 +102,10 @@ pub async fn named_queue(sqs: &aws_sdk_sqs::Client, name: &str) -> TestQueue {
 }
 
 /// The configuration from these variables only (defaults otherwise).
+/// The processors built from it write their metric lines to the test's
+/// captured output, not to the terminal.
 pub fn config(vars: &[(&str, &str)]) -> Config {
+    retryq::logging::capture_in_tests();
     let vars: Vec<(String, String)> = vars
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

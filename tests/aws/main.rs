@@ -14,6 +14,7 @@ mod carry;
 mod chaos;
 mod cli;
 mod end_to_end;
+mod fair;
 mod fifo;
 mod fleet;
 mod hold;
