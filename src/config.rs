@@ -69,7 +69,7 @@ pub struct Config {
     pub log_delivered: LogDelivered,
     /// `FAIR_QUEUE_KEY`: the `MessageGroupId` `retryq enqueue`/`call` give a
     /// message without `--group` on a standard queue (§13.1).
-    pub fair_queue_key: crate::producer::FairQueueKey,
+    pub fair_queue_key: crate::fair::FairQueueKey,
     /// `DESTINATION_POLICIES`: per-destination rate, concurrency, attempts,
     /// backoff, breaker and extra retried statuses.
     pub destination_policies: DestinationPolicies,
@@ -438,7 +438,7 @@ impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
     }
 
     /// `FAIR_QUEUE_KEY`: `host` (the default) or `none`.
-    fn fair_queue_key(&self) -> Result<crate::producer::FairQueueKey, ConfigError> {
+    fn fair_queue_key(&self) -> Result<crate::fair::FairQueueKey, ConfigError> {
         self.text("FAIR_QUEUE_KEY")
             .map_or(Ok(Default::default()), |v| v.parse())
             .map_err(|why| ConfigError::new("FAIR_QUEUE_KEY", why))
@@ -572,7 +572,7 @@ mod tests {
 
     #[test]
     fn fair_queue_key_is_host_by_default_and_names_itself_when_wrong() {
-        use crate::producer::FairQueueKey;
+        use crate::fair::FairQueueKey;
         assert_eq!(with(&[]).unwrap().fair_queue_key, FairQueueKey::Host);
         let none = with(&[("FAIR_QUEUE_KEY", "none")]).unwrap();
         assert_eq!(none.fair_queue_key, FairQueueKey::None);

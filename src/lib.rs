@@ -43,6 +43,7 @@
 //! | [`worker`] | entry point: path 3.2, the long-lived poller, same core |
 //! | [`trigger`] | local: the Lambda SQS event source, emulated |
 //! | `dlq` | list and redrive dead letters |
+//! | [`fair`] | the `MessageGroupId` of a message on a fair queue (§13.1) |
 //! | [`producer`] | service A's side: build, enqueue, call-then-enqueue |
 //! | [`cli`] | entry point: the `retryq` command line |
 //!
@@ -103,6 +104,7 @@ pub mod config;
 pub mod deliver;
 #[cfg(feature = "processor")]
 pub(crate) mod dlq;
+pub mod fair;
 #[cfg(feature = "processor")]
 pub mod fleet;
 pub(crate) mod gather;

@@ -37,6 +37,8 @@ use time::OffsetDateTime;
 use url::Url;
 
 use crate::deliver::Deliverer;
+use crate::fair::validate_group;
+pub use crate::fair::FairQueueKey;
 use crate::message::{BodyEncoding, HeaderValues, InvalidMessage, Request, RetryMessage};
 use crate::policy::classify::Outcome;
 use crate::queue::{QueueError, Queues, DEFAULT_GROUP};
@@ -204,47 +206,6 @@ impl MessageBuilder {
         }
         msg.validate_with_body_limit(body_limit)?;
         Ok(msg)
-    }
-}
-
-/// SQS's rule for a `MessageGroupId`: 1 to 128 characters, each a letter,
-/// a digit or ASCII punctuation.
-fn validate_group(group: &str) -> Result<(), InvalidMessage> {
-    let valid = (1..=128).contains(&group.len())
-        && group
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c.is_ascii_punctuation());
-    if valid {
-        Ok(())
-    } else {
-        Err(InvalidMessage::new(
-            "group",
-            "must be 1 to 128 characters, letters, digits and punctuation only",
-        ))
-    }
-}
-
-/// The tenant key a message gets on a standard queue when its producer
-/// named no group (`FAIR_QUEUE_KEY`, §13.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum FairQueueKey {
-    /// The destination's host name, without the port: one partner's
-    /// backlog does not delay the others'.
-    #[default]
-    Host,
-    /// No `MessageGroupId`: the queue is not a fair queue.
-    None,
-}
-
-impl std::str::FromStr for FairQueueKey {
-    type Err = String;
-
-    fn from_str(value: &str) -> Result<FairQueueKey, String> {
-        match value.trim() {
-            "host" => Ok(FairQueueKey::Host),
-            "none" => Ok(FairQueueKey::None),
-            other => Err(format!("must be host or none, not {other:?}")),
-        }
     }
 }
 
