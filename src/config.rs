@@ -91,7 +91,11 @@ pub struct Config {
     /// once (default: a quarter of `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, else
     /// 256 MiB).
     pub payload_memory_bytes: usize,
-    pub payload_offload_bytes: usize,
+    /// `PAYLOAD_OFFLOAD_BYTES`: a message larger than this is offloaded by
+    /// `retryq enqueue`/`call`. Unset: the target queue's
+    /// `MaximumMessageSize` less room for attributes, read from the queue
+    /// (§13.2; see [`crate::producer::Enqueuer::with_payload_bucket_for_queue`]).
+    pub payload_offload_bytes: Option<usize>,
 }
 
 /// The fleet-wide state table and its attempt ledger.
@@ -246,12 +250,12 @@ impl Config {
             payload_bucket: vars.text("PAYLOAD_BUCKET").map(|b| b.trim().to_owned()),
             payload_buckets: vars.payload_buckets(),
             payload_memory_bytes: vars.payload_memory_bytes()?,
-            payload_offload_bytes: vars.number(
-                "PAYLOAD_OFFLOAD_BYTES",
-                DEFAULT_PAYLOAD_OFFLOAD_BYTES,
-                1,
-                MAX_SQS_MESSAGE_BYTES,
-            )? as usize,
+            payload_offload_bytes: match vars.text("PAYLOAD_OFFLOAD_BYTES") {
+                None => None,
+                Some(_) => Some(
+                    vars.number("PAYLOAD_OFFLOAD_BYTES", 1, 1, MAX_SQS_MESSAGE_BYTES)? as usize,
+                ),
+            },
             ca_bundle: vars.ca_bundle()?,
         })
     }
@@ -274,9 +278,7 @@ const MAX_HOST_METRICS: u64 = 1000;
 /// holds its records' bodies in memory).
 const DEFAULT_OFFLOADED_BODY_BYTES: u64 = 16 * 1024 * 1024;
 const MAX_OFFLOADED_BODY_BYTES: u64 = 1024 * 1024 * 1024;
-/// `PAYLOAD_OFFLOAD_BYTES`: 256 KiB less room for attributes (the DLQ
-/// copy's, for one), at most SQS's largest message.
-const DEFAULT_PAYLOAD_OFFLOAD_BYTES: u64 = 262_144 - 8 * 1024;
+/// `PAYLOAD_OFFLOAD_BYTES`: at most SQS's largest message.
 const MAX_SQS_MESSAGE_BYTES: u64 = 1024 * 1024;
 /// `PAYLOAD_MEMORY_BYTES`: 256 MiB without a Lambda memory size, at most
 /// 1 TiB.

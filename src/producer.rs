@@ -209,6 +209,15 @@ impl MessageBuilder {
     }
 }
 
+/// Room kept below a queue's `MaximumMessageSize` for the attributes a
+/// message may gain on its way (a DLQ copy's, a carried copy's): a message
+/// larger than the rest is offloaded.
+pub const OFFLOAD_ROOM: usize = 8 * 1024;
+
+/// The offload threshold when the queue's `MaximumMessageSize` cannot be
+/// read: SQS's former largest message (256 KiB) less [`OFFLOAD_ROOM`].
+pub const FALLBACK_OFFLOAD_BYTES: usize = 262_144 - OFFLOAD_ROOM;
+
 /// Sends Retry Messages to one queue.
 #[derive(Debug, Clone)]
 pub struct Enqueuer {
@@ -224,7 +233,8 @@ pub struct Enqueuer {
 #[derive(Debug, Clone)]
 struct Offload {
     bucket: String,
-    threshold: usize,
+    /// `None`: the queue's `MaximumMessageSize` less [`OFFLOAD_ROOM`].
+    threshold: Option<usize>,
     store: Arc<crate::payload::store::PayloadStore>,
 }
 
@@ -244,13 +254,44 @@ impl Enqueuer {
     /// Extended Client does: the processor and the Extended Client both
     /// read it.
     #[cfg(feature = "s3-payloads")]
-    pub fn with_payload_bucket(mut self, bucket: impl Into<String>, threshold: usize) -> Enqueuer {
+    pub fn with_payload_bucket(self, bucket: impl Into<String>, threshold: usize) -> Enqueuer {
+        self.offloading(bucket.into(), Some(threshold))
+    }
+
+    /// As [`with_payload_bucket`](Self::with_payload_bucket), offloading a
+    /// message that would not fit the queue: larger than its
+    /// `MaximumMessageSize` (read once, with `GetQueueAttributes`) less
+    /// [`OFFLOAD_ROOM`]; [`FALLBACK_OFFLOAD_BYTES`] when it cannot be read
+    /// (§13.2). A 1 MiB queue takes messages up to 1 016 KiB inline.
+    #[cfg(feature = "s3-payloads")]
+    pub fn with_payload_bucket_for_queue(self, bucket: impl Into<String>) -> Enqueuer {
+        self.offloading(bucket.into(), None)
+    }
+
+    #[cfg(feature = "s3-payloads")]
+    fn offloading(mut self, bucket: String, threshold: Option<usize>) -> Enqueuer {
         self.offload = Some(Offload {
-            bucket: bucket.into(),
+            bucket,
             threshold,
             store: Arc::new(crate::payload::store::PayloadStore::new()),
         });
         self
+    }
+
+    /// The size above which a message is offloaded, from the queue's own
+    /// `MaximumMessageSize` unless given.
+    #[cfg(feature = "s3-payloads")]
+    async fn offload_threshold(&self, offload: &Offload) -> usize {
+        match offload.threshold {
+            Some(threshold) => threshold,
+            None => self
+                .queues
+                .limits_of(&self.queue_url)
+                .await
+                .map_or(FALLBACK_OFFLOAD_BYTES, |l| {
+                    l.max_message_size.saturating_sub(OFFLOAD_ROOM)
+                }),
+        }
     }
 
     pub fn queue_url(&self) -> &str {
@@ -286,28 +327,41 @@ impl Enqueuer {
         let body = serde_json::to_string(msg).expect("a RetryMessage always serializes");
         let group = self.group_of(msg);
         #[cfg(feature = "s3-payloads")]
-        if let Some(o) = self.offload.as_ref().filter(|o| body.len() > o.threshold) {
-            let size = body.len();
-            let pointer = o
-                .store
-                .put(&o.bucket, body)
-                .await
-                .map_err(QueueError::Payload)?;
-            let attributes = [(crate::payload::EXTENDED_PAYLOAD_SIZE, size.to_string())];
-            return self
-                .queues
-                .send(
-                    &self.queue_url,
-                    &pointer.body(),
-                    &attributes,
-                    None,
-                    group,
-                    &msg.id,
-                )
-                .await;
+        if let Some(o) = self.offload.as_ref() {
+            if body.len() > self.offload_threshold(o).await {
+                return self.enqueue_offloaded(o, msg, body, group).await;
+            }
         }
         self.queues
             .send(&self.queue_url, &body, &[], None, group, &msg.id)
+            .await
+    }
+
+    /// Puts `body` in the bucket and sends a pointer to it.
+    #[cfg(feature = "s3-payloads")]
+    async fn enqueue_offloaded(
+        &self,
+        o: &Offload,
+        msg: &RetryMessage,
+        body: String,
+        group: Option<&str>,
+    ) -> Result<String, QueueError> {
+        let size = body.len();
+        let pointer = o
+            .store
+            .put(&o.bucket, body)
+            .await
+            .map_err(QueueError::Payload)?;
+        let attributes = [(crate::payload::EXTENDED_PAYLOAD_SIZE, size.to_string())];
+        self.queues
+            .send(
+                &self.queue_url,
+                &pointer.body(),
+                &attributes,
+                None,
+                group,
+                &msg.id,
+            )
             .await
     }
 }

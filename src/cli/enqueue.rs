@@ -70,8 +70,9 @@ fn enqueuer(
     queue_url: String,
 ) -> Enqueuer {
     let enqueuer = Enqueuer::new(sqs, queue_url).with_fair_queue_key(config.fair_queue_key);
-    match &config.payload_bucket {
-        Some(bucket) => enqueuer.with_payload_bucket(bucket, config.payload_offload_bytes),
-        None => enqueuer,
+    match (&config.payload_bucket, config.payload_offload_bytes) {
+        (Some(bucket), Some(threshold)) => enqueuer.with_payload_bucket(bucket, threshold),
+        (Some(bucket), None) => enqueuer.with_payload_bucket_for_queue(bucket),
+        (None, _) => enqueuer,
     }
 }

@@ -430,7 +430,8 @@ async fn retryq_enqueue_offloads_a_large_message_that_the_extended_client_and_th
     let (sqs, q, _dlq, p) = with_dlq("payload-enqueue", &[("PAYLOAD_BUCKET", &b)]).await;
     s3().create_bucket().bucket(&b).send().await.unwrap();
     let data = std::env::temp_dir().join(format!("retryq-large-{}.json", std::process::id()));
-    let body = format!("{{\"blob\":\"{}\"}}", "y".repeat(700 * 1024));
+    // Larger than a 1 MiB queue takes: offloaded whatever the queue's size.
+    let body = format!("{{\"blob\":\"{}\"}}", "y".repeat(1100 * 1024));
     std::fs::write(&data, &body).unwrap();
     let data_arg = format!("@{}", data.display());
     let s3_endpoint = endpoint();
@@ -1216,3 +1217,58 @@ async fn a_shared_object_remembers_every_message_it_was_finished_for() {
 }
 
 mod faults;
+
+/// Without `PAYLOAD_OFFLOAD_BYTES`, `retryq enqueue` offloads only what its
+/// queue cannot take (§13.2): a 400 KiB message goes inline to a 1 MiB
+/// queue, and through S3 to a 256 KiB one.
+#[tokio::test]
+async fn the_offload_threshold_follows_the_queues_maximum_message_size() {
+    let sqs = sqs();
+    let b = bucket("threshold");
+    s3().create_bucket().bucket(&b).send().await.unwrap();
+    let large_queue =
+        queue_with(&sqs, "threshold-1mib", &[("MaximumMessageSize", "1048576")]).await;
+    let small_queue = queue_with(&sqs, "threshold-256k", &[("MaximumMessageSize", "262144")]).await;
+    let data = std::env::temp_dir().join(format!("retryq-threshold-{}.json", std::process::id()));
+    std::fs::write(
+        &data,
+        format!("{{\"blob\":\"{}\"}}", "z".repeat(400 * 1024)),
+    )
+    .unwrap();
+    let data_arg = format!("@{}", data.display());
+    let s3_endpoint = endpoint();
+    let env = [
+        ("AWS_ENDPOINT_URL_S3", s3_endpoint.as_str()),
+        ("PAYLOAD_BUCKET", b.as_str()),
+    ];
+    for q in [&large_queue, &small_queue] {
+        let out = run_retryq(
+            &[
+                "enqueue",
+                "--queue-url",
+                &q.url,
+                "--url",
+                "https://partner.example.com/x",
+                "-d",
+                &data_arg,
+            ],
+            &env,
+        )
+        .await;
+        assert_eq!(out.code, 0, "{}", out.stderr);
+    }
+    let _ = std::fs::remove_file(&data);
+
+    let inline = receive_n(&sqs, &large_queue, 1, Duration::from_secs(10)).await;
+    let offloaded = receive_n(&sqs, &small_queue, 1, Duration::from_secs(10)).await;
+    let text = |m: &aws_sdk_sqs::types::Message| m.body.clone().unwrap_or_default();
+    assert!(
+        text(&inline[0]).len() > 400 * 1024 && !text(&inline[0]).contains("PayloadS3Pointer"),
+        "inline in the 1 MiB queue"
+    );
+    assert!(
+        text(&offloaded[0]).contains("PayloadS3Pointer"),
+        "offloaded for the 256 KiB queue: {}",
+        text(&offloaded[0])
+    );
+}

@@ -198,3 +198,17 @@ fn the_application_metadata_names_the_licence_in_the_repository() {
         "the licence file is the {spdx} text"
     );
 }
+
+/// Both queues take SQS's largest message, 1 MiB (§13.2): producers offload
+/// only what would not fit, and the DLQ is never smaller than its source.
+#[test]
+fn both_queues_take_messages_of_one_mebibyte() {
+    let facts = facts();
+    for queue in ["RetryQueue", "DeadLetterQueue"] {
+        assert_eq!(
+            facts["queues"][queue]["MaximumMessageSize"],
+            json!(1048576),
+            "{queue}"
+        );
+    }
+}
