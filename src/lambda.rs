@@ -9,7 +9,8 @@
 //! then makes Lambda retry all of it, which loses nothing.
 //!
 //! The batch deadline is the invocation's deadline less
-//! [`DEADLINE_MARGIN`], the time kept to answer Lambda. A context without a
+//! [`deadline_margin`], the time kept to answer Lambda (more on a small
+//! function, whose share of a CPU finishes slowly). A context without a
 //! deadline (`Context::default()` in tests) sets none.
 
 use std::sync::Arc;
@@ -22,8 +23,24 @@ use crate::batch::{BatchReport, MessageAttribute, Record};
 use crate::process::Processor;
 
 /// Time kept between the last record's work and Lambda's deadline, to send
-/// the response.
+/// the response, on a function of [`FULL_MARGIN_MB`] or more.
 pub const DEADLINE_MARGIN: Duration = Duration::from_millis(1000);
+
+/// From this memory size up, [`DEADLINE_MARGIN`] is enough.
+pub const FULL_MARGIN_MB: u32 = 512;
+
+/// The margin kept before the deadline on a function of `memory_mb`: on a
+/// smaller share of a CPU, the work under way when the deadline comes (a
+/// large offloaded body being parsed, which no timer interrupts) takes
+/// longer to end. [`DEADLINE_MARGIN`] × 512 / `memory_mb` below 512 MB (2 s
+/// at 256 MB, 4 s at 128 MB), [`DEADLINE_MARGIN`] otherwise or when the
+/// memory size is not known.
+pub fn deadline_margin(memory_mb: i32) -> Duration {
+    match u32::try_from(memory_mb) {
+        Ok(mb) if mb > 0 && mb < FULL_MARGIN_MB => DEADLINE_MARGIN * FULL_MARGIN_MB / mb,
+        _ => DEADLINE_MARGIN,
+    }
+}
 
 /// The function's handler.
 pub async fn handle(
@@ -123,7 +140,8 @@ pub fn batch_deadline(context: &Context) -> Option<Instant> {
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO),
     };
-    Some(Instant::now() + left.saturating_sub(DEADLINE_MARGIN))
+    let margin = deadline_margin(context.env_config.memory);
+    Some(Instant::now() + left.saturating_sub(margin))
 }
 
 #[cfg(test)]
@@ -203,6 +221,22 @@ mod tests {
             let large = runtime(Some(2 * MB_PER_VCPU)).unwrap();
             assert_eq!(large.handle().runtime_flavor(), RuntimeFlavor::MultiThread);
         }
+    }
+
+    #[test]
+    fn a_small_function_keeps_a_longer_margin_before_its_deadline() {
+        assert_eq!(deadline_margin(128), Duration::from_secs(4));
+        assert_eq!(deadline_margin(256), Duration::from_secs(2));
+        assert_eq!(deadline_margin(512), DEADLINE_MARGIN);
+        assert_eq!(deadline_margin(10240), DEADLINE_MARGIN);
+        assert_eq!(deadline_margin(0), DEADLINE_MARGIN);
+        assert_eq!(deadline_margin(-1), DEADLINE_MARGIN);
+        let mut small = context(60_000);
+        small.env_config = std::sync::Arc::new(lambda_runtime::Config {
+            memory: 128,
+            ..Default::default()
+        });
+        assert!((54..=55).contains(&secs_left(batch_deadline(&small))));
     }
 
     #[test]

@@ -99,6 +99,43 @@ fn key_item(key: &Key) -> Item {
     ])
 }
 
+/// Calls of one `BatchGetItem` read, the first and those for the keys it
+/// left unprocessed.
+const UNPROCESSED_TRIES: u32 = 3;
+const UNPROCESSED_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
+impl DynamoTable {
+    /// One `BatchGetItem` call: the items found, and the keys left
+    /// unprocessed.
+    async fn get_batch_once(&self, keys: Vec<Item>) -> Result<(Vec<Item>, Vec<Item>), StateError> {
+        let request = KeysAndAttributes::builder()
+            .set_keys(Some(keys))
+            .consistent_read(true)
+            .build()
+            .map_err(|e| StateError {
+                operation: "BatchGetItem",
+                detail: e.to_string(),
+            })?;
+        let call = self
+            .client()
+            .await
+            .batch_get_item()
+            .request_items(&self.name, request)
+            .send();
+        let out = answer("BatchGetItem", call).await?;
+        let left = out
+            .unprocessed_keys
+            .and_then(|mut u| u.remove(&self.name))
+            .map(|k| k.keys)
+            .unwrap_or_default();
+        let found = out
+            .responses
+            .and_then(|mut r| r.remove(&self.name))
+            .unwrap_or_default();
+        Ok((found, left))
+    }
+}
+
 impl Table for DynamoTable {
     fn get(&self, key: Key) -> Call<'_, Option<Item>> {
         Box::pin(async move {
@@ -165,38 +202,29 @@ impl Table for DynamoTable {
         })
     }
 
+    /// One `BatchGetItem`; keys it leaves unprocessed (a hot partition)
+    /// are asked again, up to [`UNPROCESSED_TRIES`] calls in all, with a
+    /// short pause, and only then is the whole read an error: the items
+    /// already returned must not be thrown away for one busy key.
     fn get_batch(&self, keys: Vec<Key>) -> Call<'_, Vec<Item>> {
         Box::pin(async move {
-            let request = KeysAndAttributes::builder()
-                .set_keys(Some(keys.iter().map(key_item).collect()))
-                .consistent_read(true)
-                .build()
-                .map_err(|e| StateError {
-                    operation: "BatchGetItem",
-                    detail: e.to_string(),
-                })?;
-            let call = self
-                .client()
-                .await
-                .batch_get_item()
-                .request_items(&self.name, request)
-                .send();
-            let out = answer("BatchGetItem", call).await?;
-            let unprocessed = out
-                .unprocessed_keys
-                .as_ref()
-                .and_then(|u| u.get(&self.name))
-                .is_some_and(|k| !k.keys().is_empty());
-            if unprocessed {
-                return Err(StateError {
-                    operation: "BatchGetItem",
-                    detail: "keys left unprocessed".into(),
-                });
+            let mut items = Vec::new();
+            let mut pending: Vec<Item> = keys.iter().map(key_item).collect();
+            for call in 0..UNPROCESSED_TRIES {
+                if call > 0 {
+                    tokio::time::sleep(UNPROCESSED_PAUSE * call).await;
+                }
+                let (found, left) = self.get_batch_once(pending).await?;
+                items.extend(found);
+                if left.is_empty() {
+                    return Ok(items);
+                }
+                pending = left;
             }
-            Ok(out
-                .responses
-                .and_then(|mut r| r.remove(&self.name))
-                .unwrap_or_default())
+            Err(StateError {
+                operation: "BatchGetItem",
+                detail: "keys left unprocessed".into(),
+            })
         })
     }
 
@@ -315,5 +343,71 @@ mod tests {
         );
         assert_eq!(e.values.len(), 4);
         assert_eq!(e.names["#failures"], "failures");
+    }
+}
+
+#[cfg(test)]
+mod unprocessed_tests {
+    use super::*;
+    use wiremock::matchers::method;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    fn key(pk: &str) -> serde_json::Value {
+        serde_json::json!({"pk": {"S": pk}, "sk": {"S": "carried"}})
+    }
+
+    fn answer(found: &[&str], left: &[&str]) -> ResponseTemplate {
+        let mut body = serde_json::json!({
+            "Responses": {"t": found.iter().map(|pk| key(pk)).collect::<Vec<_>>()}
+        });
+        if !left.is_empty() {
+            body["UnprocessedKeys"] = serde_json::json!({"t": {
+                "Keys": left.iter().map(|pk| key(pk)).collect::<Vec<_>>(), "ConsistentRead": true}});
+        }
+        ResponseTemplate::new(200)
+            .insert_header("content-type", "application/x-amz-json-1.0")
+            .set_body_json(body)
+    }
+
+    /// A key DynamoDB leaves unprocessed (a hot partition) is asked again:
+    /// the items it did return are kept, not thrown away with the call.
+    #[tokio::test]
+    async fn a_key_left_unprocessed_is_asked_again_and_the_rest_kept() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(answer(&["sqs#carried"], &["sqs#other-7"]))
+            .up_to_n_times(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .respond_with(answer(&["sqs#other-7"], &[]))
+            .mount(&server)
+            .await;
+        let client = Client::from_conf(
+            aws_sdk_dynamodb::Config::builder()
+                .behavior_version_latest()
+                .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+                .endpoint_url(server.uri())
+                .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+                    "x", "x", None, None, "test",
+                ))
+                .build(),
+        );
+        let table = DynamoTable::new("t".into(), client);
+        let keys = vec![
+            Key::new("sqs#carried", "carried"),
+            Key::new("sqs#other-7", "carried"),
+        ];
+        let items = table.get_batch(keys).await.expect("read in two calls");
+        let mut found: Vec<String> = items
+            .iter()
+            .filter_map(|i| match i.get("pk") {
+                Some(AttributeValue::S(pk)) => Some(pk.clone()),
+                _ => None,
+            })
+            .collect();
+        found.sort();
+        assert_eq!(found, ["sqs#carried", "sqs#other-7"]);
+        assert_eq!(server.received_requests().await.unwrap().len(), 2);
     }
 }
