@@ -1108,6 +1108,35 @@ const LOG_EVENT_OVERHEAD: f64 = 26.0;
 /// Lambda's own START, END and REPORT lines per invocation, bytes.
 const PLATFORM_LOG_BYTES: f64 = 3.0 * (120.0 + LOG_EVENT_OVERHEAD);
 
+/// S3 Standard, per million requests: `PutObject`, `GetObject`.
+const PRICE_S3_PUT_MILLION: f64 = 5.0;
+const PRICE_S3_GET_MILLION: f64 = 0.40;
+/// SQS bills each 64 KiB chunk of a request's payload as one request.
+const SQS_CHUNK: f64 = 64.0 * 1024.0;
+/// Message sizes of the inline-or-offloaded comparison, KiB.
+const MESSAGE_KIB: [f64; 6] = [1.0, 64.0, 256.0, 512.0, 768.0, 1016.0];
+
+/// SQS (and S3) cost per million messages of each size, sent inline or
+/// offloaded to S3 behind a pointer: one `SendMessage` and the receive
+/// (each billed per 64 KiB chunk), and the delete, whose per-record share
+/// `sqs_per_record` measured (receive and delete of a batch); an offloaded
+/// message adds an S3 `PutObject` and `GetObject`.
+fn chunk_billing(sqs_per_record: f64) -> Vec<Value> {
+    let chunks = |bytes: f64| (bytes / SQS_CHUNK).ceil().max(1.0);
+    MESSAGE_KIB
+        .iter()
+        .map(|&kib| {
+            let bytes = kib * 1024.0;
+            // Sent alone; received with others, its share of their chunks.
+            let inline = chunks(bytes) + (bytes / SQS_CHUNK).max(sqs_per_record / 2.0) + sqs_per_record / 2.0;
+            let pointer = 1.0 + sqs_per_record;
+            json!({"messageKiB": kib, "sqsRequestsInline": inline, "sqsRequestsOffloaded": pointer,
+                "usdPerMillionInline": inline * PRICE_SQS_MILLION,
+                "usdPerMillionOffloaded": pointer * PRICE_SQS_MILLION + PRICE_S3_PUT_MILLION + PRICE_S3_GET_MILLION})
+        })
+        .collect()
+}
+
 /// The month's log bill for `gb` GB of Lambda logs (1 TB = 1 000 GB).
 fn log_bill(gb: f64) -> f64 {
     let (mut left, mut from, mut usd) = (gb, 0.0, 0.0);
@@ -1226,6 +1255,7 @@ fn cost_model(
         "sqsRequestsPerRecord": sqs_per_record, "invocationsPerRecord": 1.0 / batch, "gbSecondsPerRecord": gb_s,
         "usdPerMillion": usd, "usdPerMillionTotal": total, "logsUsdPerMillionAtMonthlyVolume": logs_at,
         "memoryChoice": choice,
+        "sqsChunkBilling": chunk_billing(sqs_per_record),
         "retriesUsdPerMillion": {
             "batched": failures["sqsRequestsPerRetriedRecord"].as_f64().unwrap() * PRICE_SQS_MILLION,
             "unbatched": PRICE_SQS_MILLION,
@@ -1682,6 +1712,12 @@ fn main() {
         out,
         "logs per million deliveries by monthly volume (tiered price): {}",
         serde_json::to_string(&cost["logsUsdPerMillionAtMonthlyVolume"]).unwrap()
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "SQS and S3 per million messages by size, inline or offloaded (64 KiB chunks): {}",
+        serde_json::to_string(&cost["sqsChunkBilling"]).unwrap()
     )
     .unwrap();
     if !memory_choice.is_null() {
