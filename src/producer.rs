@@ -308,8 +308,16 @@ impl Enqueuer {
     /// The `MessageGroupId` `msg` is sent with: its own group; else, on a
     /// FIFO queue, the destination's host (calls to one host stay in
     /// order); else, on a standard queue, its fair-queue key (§13.1).
+    ///
+    /// A host SQS would not take as a group (longer than 128 characters)
+    /// is not used: no group on a standard queue, [`DEFAULT_GROUP`] on a
+    /// FIFO queue.
     pub fn group_of<'m>(&self, msg: &'m RetryMessage) -> Option<&'m str> {
-        let host = || msg.destination_url.host_str();
+        let host = || {
+            msg.destination_url
+                .host_str()
+                .filter(|h| validate_group(h).is_ok())
+        };
         match (&msg.group, crate::queue::is_fifo(&self.queue_url)) {
             (Some(group), _) => Some(group),
             (None, true) => Some(host().unwrap_or(DEFAULT_GROUP)),
@@ -478,6 +486,54 @@ fn sent_idempotency_key(msg: &RetryMessage) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn unreachable_sqs() -> aws_sdk_sqs::Client {
+        aws_sdk_sqs::Client::from_conf(
+            aws_sdk_sqs::Config::builder()
+                .behavior_version_latest()
+                .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+                .endpoint_url("http://127.0.0.1:9")
+                .build(),
+        )
+    }
+
+    /// Every group a message is sent with is one SQS takes: a host longer
+    /// than 128 characters (DNS allows 253) is not used as one.
+    #[test]
+    fn a_group_is_always_one_sqs_takes() {
+        let long = format!(
+            "{}.{}.{}.example.com",
+            "a".repeat(60),
+            "b".repeat(60),
+            "c".repeat(20)
+        );
+        let standard = Enqueuer::new(unreachable_sqs(), "https://sqs.x/1/retry");
+        let fifo = Enqueuer::new(unreachable_sqs(), "https://sqs.x/1/retry.fifo");
+        let long_host = MessageBuilder::new(format!("https://{long}:8443/hook"))
+            .build()
+            .unwrap();
+        assert_eq!(standard.group_of(&long_host), None);
+        assert_eq!(fifo.group_of(&long_host), Some(DEFAULT_GROUP));
+        let short = MessageBuilder::new("https://partner.example.com:8443/x")
+            .build()
+            .unwrap();
+        assert_eq!(standard.group_of(&short), Some("partner.example.com"));
+        assert_eq!(fifo.group_of(&short), Some("partner.example.com"));
+        let none = standard.clone().with_fair_queue_key(FairQueueKey::None);
+        assert_eq!(none.group_of(&short), None);
+        let own = MessageBuilder::new("https://partner.example.com/x")
+            .group("t-1")
+            .build()
+            .unwrap();
+        assert_eq!(none.group_of(&own), Some("t-1"));
+        for msg in [&long_host, &short, &own] {
+            for e in [&standard, &fifo, &none] {
+                if let Some(g) = e.group_of(msg) {
+                    assert!(validate_group(g).is_ok(), "{g}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn the_builder_makes_a_valid_message_with_a_fresh_id() {
