@@ -198,21 +198,10 @@ impl FleetState {
 
     /// One `BatchGetItem` of carry marks.
     async fn read_carried_batch(&self, ids: Vec<String>) -> Vec<Result<bool, StateError>> {
-        let keys = unique(&ids)
-            .iter()
-            .map(|id| Key::new(format!("sqs#{id}"), "carried"))
-            .collect();
-        let answer = self.table.get_batch(keys).await.map(|items| {
-            items
-                .iter()
-                .filter_map(|item| Some(string(item, "pk")?.strip_prefix("sqs#")?.to_owned()))
-                .collect::<std::collections::HashSet<String>>()
-        });
-        ids.iter()
-            .map(|id| match &answer {
-                Ok(marked) => Ok(marked.contains(id)),
-                Err(e) => Err(e.clone()),
-            })
+        self.read_per_message(&ids, "carried", |_| ())
+            .await
+            .into_iter()
+            .map(|found| found.map(|marked| marked.is_some()))
             .collect()
     }
 
@@ -268,22 +257,38 @@ impl FleetState {
 
     /// One `BatchGetItem` of failure counters.
     async fn read_batch(&self, ids: Vec<String>) -> Vec<Result<u32, StateError>> {
-        let keys = unique(&ids)
+        self.read_per_message(&ids, "failures", |item| number(item, "failed").unwrap_or(0))
+            .await
+            .into_iter()
+            .map(|found| found.map(Option::unwrap_or_default))
+            .collect()
+    }
+
+    /// One `BatchGetItem` of the items `sqs#<id>` / `sk` of these SQS
+    /// messages: for each id, in order, what `value` makes of its item
+    /// (`None` without one), or the call's error.
+    async fn read_per_message<T: Clone>(
+        &self,
+        ids: &[String],
+        sk: &str,
+        value: impl Fn(&Item) -> T,
+    ) -> Vec<Result<Option<T>, StateError>> {
+        let keys = unique(ids)
             .iter()
-            .map(|id| Key::new(format!("sqs#{id}"), "failures"))
+            .map(|id| Key::new(format!("sqs#{id}"), sk))
             .collect();
         let answer = self.table.get_batch(keys).await.map(|items| {
             items
                 .iter()
                 .filter_map(|item| {
                     let id = string(item, "pk")?.strip_prefix("sqs#")?.to_owned();
-                    Some((id, number(item, "failed").unwrap_or(0)))
+                    Some((id, value(item)))
                 })
-                .collect::<std::collections::HashMap<String, u32>>()
+                .collect::<std::collections::HashMap<String, T>>()
         });
         ids.iter()
             .map(|id| match &answer {
-                Ok(found) => Ok(found.get(id).copied().unwrap_or(0)),
+                Ok(found) => Ok(found.get(id).cloned()),
                 Err(e) => Err(e.clone()),
             })
             .collect()
