@@ -1092,6 +1092,11 @@ impl Processor {
         settings: &Settings<'_>,
         attempt: &Attempt,
     ) -> Gate {
+        // An operator's pause (§13.3): put back, using up no attempt.
+        if let Some(wait) = Box::pin(self.paused(record, batch, url)).await {
+            let deferred = self.deferred(record, batch, settings, *attempt, Deferral::Paused, wait);
+            return Gate::Decided(deferred.await);
+        }
         let rules = self.config.destination_policies.for_url(url);
         // A fleet-wide (or this process's) rate limit: no token in time
         // defers the record, using up no attempt.
@@ -1113,6 +1118,19 @@ impl Processor {
         {
             Gate::Go(pass) => Gate::Go(Pass { spend_by, ..pass }),
             decided => decided,
+        }
+    }
+
+    /// How long to put a record back for, when a pause holds its host
+    /// (§13.3). Pauses live in the table: without one, none.
+    async fn paused(&self, record: &Record, batch: &Batch, url: &url::Url) -> Option<Duration> {
+        let fleet = self.table(batch)?;
+        match fleet.pause_of(url).await {
+            Ok(pause) => {
+                let now = crate::fleet::table::Clock::now_ms(&crate::fleet::table::SystemClock);
+                pause.map(|p| crate::fleet::pause::wait(&p, now, record.receive_count))
+            }
+            Err(e) => self.without_table(batch, &e),
         }
     }
 
@@ -1992,7 +2010,9 @@ impl Processor {
         // ledger made none on this receive; without one, SQS counted it.
         let attempts = match decision.label {
             Label::NotYetDue => carried.attempts().unwrap_or(decision.attempt),
-            Label::RateLimited | Label::CircuitOpen if !attempted && self.fleet.is_some() => {
+            Label::RateLimited | Label::CircuitOpen | Label::Paused
+                if !attempted && self.fleet.is_some() =>
+            {
                 self.attempts_deferred(record, decision, carried.receive_count)
                     .await
             }

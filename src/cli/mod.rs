@@ -8,6 +8,7 @@ mod attempts;
 mod dlq;
 mod enqueue;
 mod event;
+mod pause;
 mod trigger;
 mod validate;
 mod worker;
@@ -35,6 +36,7 @@ Examples:
   retryq dlq list --dlq-url $DLQ
   retryq dlq redrive --dlq-url $DLQ --to $Q --reason attempts-exhausted --max 100
   retryq attempts order-42 --state-table retryq-state
+  retryq pause api.partner.com --for 2h --state-table retryq-state
   retryq validate message.json
   retryq event message.json other.json > event.json
 
@@ -120,6 +122,40 @@ pub enum Command {
         /// The DynamoDB table (default: STATE_TABLE).
         #[arg(long, env = "STATE_TABLE")]
         state_table: String,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop deliveries to the hosts PATTERN matches, fleet-wide, within a few seconds (needs the state table).
+    #[command(
+        after_help = "Records for those hosts are put back without an attempt while the pause lasts (carried over when needed), and tried again after it ends or is resumed: records put back during the pause come back within 5 minutes of a resume. PATTERN is written as in ALLOWED_DESTINATIONS: api.partner.com (any port), *.partner.com (any subdomain), host:8443 (that port).\n\nExamples:\n  retryq pause api.partner.com --for 2h --state-table retryq-state\n  retryq pause '*.partner.com' --until 2027-01-01T09:00:00Z"
+    )]
+    Pause {
+        pattern: String,
+        /// When the pause ends (RFC 3339); default: until resumed.
+        #[arg(long, conflicts_with = "for_")]
+        until: Option<String>,
+        /// How long it lasts: 30s, 15m, 2h, 1d.
+        #[arg(long = "for")]
+        for_: Option<String>,
+        /// The DynamoDB table (default: STATE_TABLE).
+        #[arg(long, env = "STATE_TABLE")]
+        state_table: Option<String>,
+    },
+    /// End a pause now: deliveries to its hosts start again within a few seconds.
+    #[command(after_help = "Example:\n  retryq resume api.partner.com --state-table retryq-state")]
+    Resume {
+        pattern: String,
+        /// The DynamoDB table (default: STATE_TABLE).
+        #[arg(long, env = "STATE_TABLE")]
+        state_table: Option<String>,
+    },
+    /// List the pauses in force.
+    #[command(after_help = "Example:\n  retryq paused --state-table retryq-state --json")]
+    Paused {
+        /// The DynamoDB table (default: STATE_TABLE).
+        #[arg(long, env = "STATE_TABLE")]
+        state_table: Option<String>,
         /// JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -350,6 +386,20 @@ pub async fn run(
             state_table,
             json,
         } => attempts::run(&id, state_table, json).await,
+        Command::Pause {
+            pattern,
+            until,
+            for_,
+            state_table,
+        } => {
+            let end = pause::end_of(until.as_deref(), for_.as_deref())?;
+            pause::pause(&pattern, end, state_table).await
+        }
+        Command::Resume {
+            pattern,
+            state_table,
+        } => pause::resume(&pattern, state_table).await,
+        Command::Paused { state_table, json } => pause::list(state_table, json).await,
         Command::Validate {
             queue_url: Some(queue_url),
             dlq_url,

@@ -11,13 +11,15 @@
 //! | failed attempts of one SQS message | `sqs#<SQS message id>` | `failures` |
 //! | a host's breaker ([`breaker`]) | `breaker#<host:port>` | `state` |
 //! | a pattern's token bucket ([`rate`]) | `rate#<pattern>` | `bucket` |
+//! | a pause ([`pause`], §13.3) | `pause` | `pattern#<pattern>` |
 //!
-//! **Cost.** A batch that only delivers makes no request (with
+//! **Cost.** A batch that only delivers makes one request at most: the
+//! pauses' `Query`, at most once a second per process (with
 //! `LEDGER=failures`). Ledger writes are gathered into `BatchWriteItem`
 //! calls and reads into `BatchGetItem` calls, and a read is made only for a
 //! record received before. A breaker's state is read at most once a second
-//! per host and process; rate-limit tokens are leased a fifth of a second's
-//! worth at a time.
+//! per host and process; rate-limit tokens are leased a fifth of a
+//! second's worth at a time.
 //!
 //! **Failure.** Every call is bounded in time. A call that fails returns a
 //! [`StateError`]; the processor then goes on without the table for the
@@ -31,6 +33,7 @@
 pub mod breaker;
 pub mod dynamodb;
 pub mod ledger;
+pub mod pause;
 pub mod rate;
 pub mod table;
 
@@ -90,6 +93,7 @@ pub struct FleetState {
     carried_reads: Gather<String, bool, StateError>,
     hosts: breaker::FleetBreakers,
     buckets: rate::FleetBuckets,
+    pauses: pause::FleetPauses,
 }
 
 impl FleetState {
@@ -123,6 +127,7 @@ impl FleetState {
             carried_reads: Gather::new("BatchGetItem", ledger::READS_PER_CALL),
             hosts: breaker::FleetBreakers::default(),
             buckets: rate::FleetBuckets::default(),
+            pauses: pause::FleetPauses::default(),
         }
     }
 

@@ -217,6 +217,9 @@ pub enum Label {
     /// A carried copy received before its next try is due: hidden again,
     /// without an attempt (§12.5).
     NotYetDue,
+    /// An operator paused its destination (§13.3): put back, without an
+    /// attempt.
+    Paused,
 }
 
 impl Label {
@@ -236,6 +239,7 @@ impl Label {
             Label::AlreadyDeadLettered => "already-dead-lettered",
             Label::CarriedBefore => "carried-before",
             Label::NotYetDue => "not-yet-due",
+            Label::Paused => "paused",
         }
     }
 }
@@ -590,6 +594,8 @@ pub enum Deferral {
     /// A record that holds no count of its own (it cannot be carried over)
     /// could not have its attempt counted in the ledger first (§12.6).
     Uncountable,
+    /// An operator paused its destination (§13.3).
+    Paused,
 }
 
 /// A record put back unattempted for about `wait`. With an attempt ledger
@@ -607,6 +613,7 @@ pub fn defer(
     let (label, error) = match why {
         Deferral::BreakerOpen => (Label::CircuitOpen, "circuit breaker open: not attempted"),
         Deferral::RateLimited => (Label::RateLimited, "rate limit: deferred, not attempted"),
+        Deferral::Paused => (Label::Paused, "destination paused: deferred, not attempted"),
         Deferral::Uncountable => (
             Label::CircuitOpen,
             "state table unavailable: the attempt could not be counted first, not attempted",

@@ -20,6 +20,7 @@ mod fleet;
 mod hold;
 mod interop;
 mod lambda_watch;
+mod pause;
 mod payloads;
 mod protection;
 mod reliability;
