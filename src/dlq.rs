@@ -91,24 +91,92 @@ pub async fn list(
     dlq_url: &str,
     max: usize,
 ) -> Result<Vec<DeadLetterSummary>, QueueError> {
+    let now = SystemTime::now();
+    let mut letters = Vec::new();
+    read_each(queues, dlq_url, max, |batch| {
+        letters.extend(batch.iter().map(|m| DeadLetterSummary::of(m, now)));
+    })
+    .await?;
+    Ok(letters)
+}
+
+/// Reads up to `max` dead letters, handing each batch of new ones to
+/// `each` as it arrives (only their summaries need be kept: a walk holds
+/// no bodies); the DLQ is unchanged afterwards.
+pub async fn read_each(
+    queues: &Queues,
+    dlq_url: &str,
+    max: usize,
+    mut each: impl FnMut(&[Message]),
+) -> Result<(), QueueError> {
     let mut seen = Held::default();
     let mut walk = Walk::new(max);
     let result = loop {
         match walk.next_batch(queues, dlq_url, &mut seen).await {
-            Ok(Some(batch)) => batch.into_iter().for_each(|m| seen.keep(m)),
+            Ok(Some(batch)) => {
+                each(&batch);
+                batch.into_iter().for_each(|m| seen.keep(m));
+            }
             Ok(None) => break Ok(()),
             Err(e) => break Err(e),
         }
     };
     seen.release(queues, dlq_url).await;
-    result?;
-    let now = SystemTime::now();
-    Ok(seen
-        .order
-        .iter()
-        .filter_map(|id| seen.messages.get(id))
-        .map(|m| DeadLetterSummary::of(m, now))
-        .collect())
+    result
+}
+
+/// Which dead letters a redrive moves: those matching every filter given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection {
+    /// `FailureReason`.
+    pub reason: Option<String>,
+    /// The destination's host (a payload pointer's is not known: it does
+    /// not match).
+    pub host: Option<String>,
+    /// SQS message ids.
+    pub message_ids: Option<std::collections::HashSet<String>>,
+    /// Dead-lettered at or after this, in ms since the epoch.
+    pub since_ms: Option<u64>,
+}
+
+impl Selection {
+    /// Does it take every dead letter?
+    pub fn is_all(&self) -> bool {
+        *self == Selection::default()
+    }
+
+    pub fn matches(&self, m: &Message) -> bool {
+        let id = m.message_id.as_deref().unwrap_or_default();
+        self.reason
+            .as_deref()
+            .is_none_or(|r| reason_of(m).as_deref() == Some(r))
+            && self.message_ids.as_ref().is_none_or(|ids| ids.contains(id))
+            && self.since_ms.is_none_or(|since| sent_ms(m) >= since)
+            && self.host.as_deref().is_none_or(|h| {
+                host_of(m.body.as_deref().unwrap_or_default()).as_deref() == Some(h)
+            })
+    }
+}
+
+/// The destination host of a letter's body, when it is a Retry Message.
+pub fn host_of(body: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        #[serde(rename = "destinationUrl")]
+        destination_url: url::Url,
+    }
+    let head: Head = serde_json::from_str(body).ok()?;
+    head.destination_url.host_str().map(str::to_owned)
+}
+
+/// When SQS took the message, in ms since the epoch (for a dead letter:
+/// when it was dead-lettered).
+pub fn sent_ms(m: &Message) -> u64 {
+    m.attributes
+        .as_ref()
+        .and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Where redriven payload pointers are copied (§12.1): the store, and the
@@ -120,36 +188,39 @@ pub struct RedrivePayloads<'a> {
     pub buckets: &'a [String],
 }
 
-/// Moves up to `max` dead letters (only those with `FailureReason` =
-/// `reason`, when given) to `to_url`: body unchanged (a payload pointer
-/// points to a copy written now), failure attributes dropped. The messages
-/// skipped are released at the end.
+/// Moves up to `max` dead letters of `selection` to `to_url`: body
+/// unchanged (a payload pointer points to a copy written now), failure
+/// attributes dropped. The messages skipped are released at the end.
 pub async fn redrive(
     queues: &Queues,
     payloads: &RedrivePayloads<'_>,
     dlq_url: &str,
     to_url: &str,
     max: usize,
-    reason: Option<&str>,
+    selection: &Selection,
 ) -> Result<RedriveStats, QueueError> {
     let mut stats = RedriveStats::default();
     let mut kept = Held::default();
     // Without a filter, stop receiving once `max` moved; with one, look at
     // everything (the matches may be anywhere).
-    let mut walk = Walk::new(if reason.is_none() { max } else { usize::MAX });
+    let mut walk = Walk::new(if selection.is_all() { max } else { usize::MAX });
+    let mut wanted = selection.message_ids.as_ref().map(|ids| ids.len());
     let result = loop {
+        if wanted == Some(0) {
+            break Ok(());
+        }
         let batch = match walk.next_batch(queues, dlq_url, &mut kept).await {
             Ok(Some(batch)) => batch,
             Ok(None) => break Ok(()),
             Err(e) => break Err(e),
         };
         for m in batch {
-            let matches = reason.is_none_or(|r| reason_of(&m).as_deref() == Some(r));
-            if !matches || stats.moved as usize >= max {
+            if !selection.matches(&m) || stats.moved as usize >= max {
                 stats.skipped += 1;
                 kept.keep(m);
                 continue;
             }
+            wanted = wanted.map(|n| n.saturating_sub(1));
             match move_one(queues, payloads, dlq_url, to_url, &m).await {
                 Ok(Moved::Sent) => stats.moved += 1,
                 Ok(Moved::AlreadyFinished) => stats.already_finished += 1,
@@ -166,36 +237,31 @@ pub async fn redrive(
     Ok(stats)
 }
 
-/// Messages a walk holds hidden, one per message id (the newest receipt).
+/// Messages a walk holds hidden: the newest receipt of each message id.
 #[derive(Default)]
 struct Held {
-    messages: HashMap<String, Message>,
-    order: Vec<String>,
+    handles: HashMap<String, String>,
 }
 
 impl Held {
     fn keep(&mut self, m: Message) {
-        let id = m.message_id.clone().unwrap_or_default();
-        if self.messages.insert(id.clone(), m).is_none() {
-            self.order.push(id);
+        let id = m.message_id.unwrap_or_default();
+        if let Some(handle) = m.receipt_handle {
+            self.handles.insert(id, handle);
         }
     }
 
     /// Takes the newer receipt of a message already held.
     fn refresh(&mut self, m: Message) {
-        let id = m.message_id.clone().unwrap_or_default();
-        if let Some(held) = self.messages.get_mut(&id) {
-            *held = m;
+        let id = m.message_id.unwrap_or_default();
+        if let (Some(held), Some(handle)) = (self.handles.get_mut(&id), m.receipt_handle) {
+            *held = handle;
         }
     }
 
     /// Makes them visible again at once.
     async fn release(&self, queues: &Queues, dlq_url: &str) {
-        let handles: Vec<String> = self
-            .messages
-            .values()
-            .filter_map(|m| m.receipt_handle.clone())
-            .collect();
+        let handles: Vec<String> = self.handles.values().cloned().collect();
         let failed = queues
             .change_visibility_batch(dlq_url, &handles, Duration::ZERO)
             .await
@@ -388,10 +454,38 @@ mod tests {
         held.refresh(received("a", "a-2"));
         held.keep(received("b", "b-2"));
         held.refresh(received("unknown", "u-1"));
-        assert_eq!(held.order, ["a", "b"]);
-        assert_eq!(held.messages.len(), 2);
-        let receipt = |id: &str| held.messages[id].receipt_handle.clone().unwrap();
-        assert_eq!(receipt("a"), "a-2", "the newest receipt releases it");
-        assert_eq!(receipt("b"), "b-2");
+        assert_eq!(held.handles.len(), 2);
+        assert_eq!(held.handles["a"], "a-2", "the newest receipt releases it");
+        assert_eq!(held.handles["b"], "b-2");
+    }
+
+    #[test]
+    fn a_selection_takes_what_matches_every_filter() {
+        let letter = |id: &str, url: &str| {
+            Message::builder()
+                .message_id(id)
+                .body(format!(
+                    r#"{{"id":"x","destinationUrl":"{url}","request":{{"method":"GET"}}}}"#
+                ))
+                .build()
+        };
+        let a = letter("a", "https://api.partner.com/x");
+        let b = letter("b", "https://other.com/x");
+        assert!(Selection::default().is_all());
+        let by_host = Selection {
+            host: Some("api.partner.com".into()),
+            ..Selection::default()
+        };
+        assert!(by_host.matches(&a) && !by_host.matches(&b));
+        let by_id = Selection {
+            message_ids: Some(["b".to_owned()].into()),
+            ..Selection::default()
+        };
+        assert!(!by_id.matches(&a) && by_id.matches(&b));
+        let by_reason = Selection {
+            reason: Some("expired".into()),
+            ..Selection::default()
+        };
+        assert!(!by_reason.matches(&a), "no FailureReason: not expired");
     }
 }

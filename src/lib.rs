@@ -101,6 +101,8 @@ pub(crate) mod check;
 pub mod cli;
 pub(crate) mod clock;
 pub mod config;
+#[cfg(feature = "console")]
+pub mod console;
 pub mod deliver;
 #[cfg(feature = "processor")]
 pub(crate) mod dlq;

@@ -25,7 +25,7 @@ pub(super) async fn redrive(
     dlq_url: &str,
     to: &str,
     max: usize,
-    reason: Option<&str>,
+    selection: &dlq::Selection,
 ) -> Result<(), Failure> {
     let queues = Queues::new(wiring::sqs_client_from_env().await);
     let store = crate::payload::store::PayloadStore::new();
@@ -33,7 +33,7 @@ pub(super) async fn redrive(
         store: &store,
         buckets: &super::config()?.payload_buckets,
     };
-    let stats = dlq::redrive(&queues, &payloads, dlq_url, to, max, reason)
+    let stats = dlq::redrive(&queues, &payloads, dlq_url, to, max, selection)
         .await
         .map_err(|e| Failure::Work(e.to_string()))?;
     let finished = match stats.already_finished {

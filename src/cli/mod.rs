@@ -14,6 +14,7 @@ mod validate;
 mod worker;
 
 pub use event::event;
+pub use pause::parse_length;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -160,6 +161,23 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the operator console on 127.0.0.1: dead letters, attempt histories, destinations, redrive and pause.
+    #[command(
+        after_help = "Prints a URL with a random token once: open it in a browser on this machine. Reads AWS with your own credentials. Stop it with Ctrl-C. Needs a retryq built with the console feature (cargo install retryq --features console).\n\nExample:\n  retryq console --dlq-url $DLQ --queue-url $Q --state-table retryq-state"
+    )]
+    Console {
+        #[arg(long)]
+        dlq_url: String,
+        /// Where redrives go (without it, the console does not redrive).
+        #[arg(long)]
+        queue_url: Option<String>,
+        /// The fleet's table: attempt histories, breakers and pauses (default: STATE_TABLE).
+        #[arg(long, env = "STATE_TABLE")]
+        state_table: Option<String>,
+        /// The port on 127.0.0.1 (default: any free one).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
     /// Check a Retry Message file against v1, or a retry queue and its DLQ against the configuration.
     #[command(
         after_help = "With --queue-url, reads the queues' MessageRetentionPeriod, MaximumMessageSize and VisibilityTimeout and reports what the processor would refuse or warn about at run time: a DLQ smaller than its source, a retention shorter than the worst-case retry horizon of MAX_ATTEMPTS and the delays, a visibility timeout shorter than REQUEST_TIMEOUT_SECONDS, and each AUTH_PROFILES profile whose credentials could go to any host (no hosts, and ALLOWED_DESTINATIONS empty), by name only. With --payload-bucket, also reads the bucket's lifecycle rules and reports one that could expire a payload while a message in the queues still points to it. Exit 1 when something is wrong.\n\nExamples:\n  retryq validate message.json\n  MAX_ATTEMPTS=8 retryq validate --queue-url $Q --dlq-url $DLQ\n  retryq validate --queue-url $Q --dlq-url $DLQ --payload-bucket $BUCKET"
@@ -216,7 +234,7 @@ pub enum DlqCommand {
     },
     /// Move dead letters back to a queue (body unchanged, failure attributes dropped).
     #[command(
-        after_help = "Example:\n  retryq dlq redrive --dlq-url $DLQ --to $Q --reason non-retryable --max 10"
+        after_help = "Filters combine: a dead letter moves when it matches every one given.\n\nExamples:\n  retryq dlq redrive --dlq-url $DLQ --to $Q --reason non-retryable --max 10\n  retryq dlq redrive --dlq-url $DLQ --to $Q --host api.partner.com\n  retryq dlq redrive --dlq-url $DLQ --to $Q --message-id 5fb1c2d4-… --message-id 0a7e…"
     )]
     Redrive {
         #[arg(long)]
@@ -229,6 +247,12 @@ pub enum DlqCommand {
         /// Only those with this FailureReason.
         #[arg(long, value_parser = ["non-retryable", "attempts-exhausted", "expired", "invalid-message", "destination-not-allowed"])]
         reason: Option<String>,
+        /// Only those to this destination host (not known for an offloaded body).
+        #[arg(long)]
+        host: Option<String>,
+        /// Only this SQS message id (as `dlq list --json` shows it); repeat for more.
+        #[arg(long = "message-id")]
+        message_ids: Vec<String>,
     },
 }
 
@@ -345,7 +369,7 @@ impl RequestArgs {
 /// Runs one command: a dispatcher to the command's own file.
 pub async fn run(
     cli: Cli,
-    shutdown: impl std::future::Future<Output = ()> + Send,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Failure> {
     match cli.command {
         Command::Enqueue { queue_url, request } => enqueue::enqueue(queue_url, request).await,
@@ -380,7 +404,17 @@ pub async fn run(
             to,
             max,
             reason,
-        }) => dlq::redrive(&dlq_url, &to, max, reason.as_deref()).await,
+            host,
+            message_ids,
+        }) => {
+            let selection = crate::dlq::Selection {
+                reason,
+                host: host.map(|h| h.to_ascii_lowercase()),
+                message_ids: (!message_ids.is_empty()).then(|| message_ids.into_iter().collect()),
+                since_ms: None,
+            };
+            dlq::redrive(&dlq_url, &to, max, &selection).await
+        }
         Command::Attempts {
             id,
             state_table,
@@ -400,6 +434,12 @@ pub async fn run(
             state_table,
         } => pause::resume(&pattern, state_table).await,
         Command::Paused { state_table, json } => pause::list(state_table, json).await,
+        Command::Console {
+            dlq_url,
+            queue_url,
+            state_table,
+            port,
+        } => console(dlq_url, queue_url, state_table, port, shutdown).await,
         Command::Validate {
             queue_url: Some(queue_url),
             dlq_url,
@@ -416,6 +456,38 @@ pub async fn run(
             raw,
         } => event::run(&files, &queue_arn, receive_count, raw),
     }
+}
+
+#[cfg(feature = "console")]
+async fn console(
+    dlq_url: String,
+    queue_url: Option<String>,
+    state_table: Option<String>,
+    port: u16,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Failure> {
+    let options = crate::console::Options {
+        dlq_url,
+        queue_url,
+        state_table,
+        port,
+    };
+    crate::console::serve(options, shutdown)
+        .await
+        .map_err(Failure::Work)
+}
+
+#[cfg(not(feature = "console"))]
+async fn console(
+    _: String,
+    _: Option<String>,
+    _: Option<String>,
+    _: u16,
+    _: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), Failure> {
+    Err(Failure::Usage(
+        "this retryq was built without the console: cargo install retryq --features console".into(),
+    ))
 }
 
 fn config() -> Result<Config, Failure> {

@@ -4,6 +4,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::Failure;
+use crate::clock::rfc3339;
 use crate::config::StateSettings;
 use crate::fleet::pause::Pause;
 use crate::fleet::FleetState;
@@ -139,14 +140,6 @@ pub fn until_text(p: &Pause) -> String {
         Some(end) => format!("until {}", rfc3339(end)),
         None => "until resumed".into(),
     }
-}
-
-/// A time in ms since the epoch, as RFC 3339 (seconds).
-pub fn rfc3339(ms: u64) -> String {
-    let at = time::OffsetDateTime::from_unix_timestamp((ms / 1000) as i64)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    at.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

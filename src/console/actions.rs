@@ -1,0 +1,230 @@
+//! The actions: each a POST carrying the console's CSRF token, each shown
+//! first as a confirmation page (`confirm=yes` then does it), each logged
+//! as one line on the console's output. Redrive is `retryq dlq redrive`
+//! (§12.1 included: a payload pointer's moved message names a fresh copy).
+
+use std::fmt::Write;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+
+use super::html::{csrf_field, esc, hidden, page};
+use super::letters::{now_ms, read_again};
+use super::pages::filter_of;
+use super::{guard, log_action, Console, Form};
+
+/// The CSRF check every action makes first.
+fn checked(console: &Console, body: &str) -> Result<Form, Response> {
+    let form = Form::parse(body);
+    if guard::csrf_ok(console, &form) {
+        Ok(form)
+    } else {
+        Err(guard::refused(StatusCode::FORBIDDEN, "This action did not come from the console's own page (its form token is missing or wrong)."))
+    }
+}
+
+/// The page that asks before doing: the same form again, with
+/// `confirm=yes`.
+fn confirm(console: &Console, action: &str, question: &str, form: &Form) -> Response {
+    let mut fields = csrf_field(&console.csrf);
+    for (k, v) in form.0.iter().filter(|(k, _)| k != "csrf" && k != "confirm") {
+        fields.push_str(&hidden(k, v));
+    }
+    let body = format!(
+        "<h1>Confirm</h1><p>{}</p><form method=\"post\" action=\"{action}\">{fields}{}\
+         <button class=\"danger\">Yes, do it</button> <a href=\"/\">Cancel</a></form>",
+        question,
+        hidden("confirm", "yes"),
+    );
+    Html(page("Confirm · retryq console", &body, false)).into_response()
+}
+
+fn done(message: &str, ok: bool, back: &str) -> Response {
+    let class = if ok { "ok" } else { "error" };
+    let body = format!(
+        "<h1>Done</h1><p class=\"{class}\">{}</p><p><a href=\"{back}\">Back</a></p>",
+        esc(message)
+    );
+    Html(page("retryq console", &body, false)).into_response()
+}
+
+/// `POST /refresh`: read the DLQ again.
+pub async fn refresh(State(console): State<Arc<Console>>, body: String) -> Response {
+    if let Err(refused) = checked(&console, &body) {
+        return refused;
+    }
+    read_again(console.clone());
+    Redirect::to("/").into_response()
+}
+
+/// `POST /redrive`: the ticked letters (`scope=selected`, `id`…) or all
+/// the filter matches (`scope=filter`), to the console's `--queue-url`.
+pub async fn redrive(State(console): State<Arc<Console>>, body: String) -> Response {
+    let form = match checked(&console, &body) {
+        Ok(f) => f,
+        Err(refused) => return refused,
+    };
+    let Some(to) = console.queue_url.clone() else {
+        return done(
+            "Start the console with --queue-url Q to redrive.",
+            false,
+            "/",
+        );
+    };
+    let now = now_ms();
+    let filter = filter_of(&form);
+    let (selection, what) = match form.one("scope") {
+        Some("filter") => {
+            let n = console
+                .letters
+                .with(|r| r.letters.iter().filter(|l| filter.matches(l, now)).count());
+            (
+                filter.selection(now),
+                format!("every dead letter matching this filter (about {n})"),
+            )
+        }
+        _ => {
+            let ids: std::collections::HashSet<String> =
+                form.all("id").map(str::to_owned).collect();
+            if ids.is_empty() {
+                return done(
+                    "Nothing was selected: tick the letters to redrive.",
+                    false,
+                    "/",
+                );
+            }
+            let what = format!(
+                "{} selected dead letter{}",
+                ids.len(),
+                if ids.len() == 1 { "" } else { "s" }
+            );
+            (
+                crate::dlq::Selection {
+                    message_ids: Some(ids),
+                    ..crate::dlq::Selection::default()
+                },
+                what,
+            )
+        }
+    };
+    if form.one("confirm") != Some("yes") {
+        let question = format!("Move {} back to <code>{}</code> for another run? Bodies go unchanged, failure attributes are dropped.", esc(&what), esc(&to));
+        return confirm(&console, "/redrive", &question, &form);
+    }
+    let payloads = crate::dlq::RedrivePayloads {
+        store: &console.store,
+        buckets: &console.payload_buckets,
+    };
+    let result = {
+        let _walk = console.walk.lock().await;
+        crate::dlq::redrive(
+            &console.queues,
+            &payloads,
+            &console.dlq_url,
+            &to,
+            usize::MAX,
+            &selection,
+        )
+        .await
+    };
+    read_again(console.clone());
+    match result {
+        Ok(s) => {
+            let line = format!(
+                "redrive {what} to {to}: moved {}, failed {}, already finished {}",
+                s.moved, s.failed, s.already_finished
+            );
+            log_action(&line);
+            done(&line, s.failed == 0, "/")
+        }
+        Err(e) => {
+            log_action(&format!("redrive {what} to {to}: failed: {e}"));
+            done(&format!("The redrive stopped: {e}"), false, "/")
+        }
+    }
+}
+
+/// `POST /pause`: `pattern`, and `for` (empty: until resumed).
+pub async fn pause(State(console): State<Arc<Console>>, body: String) -> Response {
+    let form = match checked(&console, &body) {
+        Ok(f) => f,
+        Err(refused) => return refused,
+    };
+    let Some(fleet) = &console.fleet else {
+        return done(
+            "Pauses live in the state table: start the console with --state-table T.",
+            false,
+            "/destinations",
+        );
+    };
+    let pattern = form.one("pattern").unwrap_or_default().trim().to_owned();
+    if let Err(e) = pattern.parse::<crate::policy::hosts::HostPattern>() {
+        return done(
+            &format!("Host pattern {pattern:?}: {e}"),
+            false,
+            "/destinations",
+        );
+    }
+    let length = match form.one("for").map(crate::cli::parse_length).transpose() {
+        Ok(l) => l,
+        Err(e) => return done(&format!("For: {e}"), false, "/destinations"),
+    };
+    let until = length.map(|l| now_ms().saturating_add(l.as_millis() as u64));
+    let how_long = until.map_or("until resumed".to_owned(), |u| {
+        format!("until {}", super::html::time(u))
+    });
+    if form.one("confirm") != Some("yes") {
+        let question = format!("Pause every destination matching <code>{}</code> {}? Records for them wait, using up no attempt.", esc(&pattern), esc(&how_long));
+        return confirm(&console, "/pause", &question, &form);
+    }
+    match fleet.pause(&pattern, until).await {
+        Ok(_) => {
+            log_action(&format!("pause {pattern} {how_long}"));
+            done(
+                &format!("Paused {pattern} {how_long}."),
+                true,
+                "/destinations",
+            )
+        }
+        Err(e) => done(&format!("Not paused: {e}"), false, "/destinations"),
+    }
+}
+
+/// `POST /resume`: `pattern`.
+pub async fn resume(State(console): State<Arc<Console>>, body: String) -> Response {
+    let form = match checked(&console, &body) {
+        Ok(f) => f,
+        Err(refused) => return refused,
+    };
+    let Some(fleet) = &console.fleet else {
+        return done(
+            "Pauses live in the state table: start the console with --state-table T.",
+            false,
+            "/destinations",
+        );
+    };
+    let pattern = form.one("pattern").unwrap_or_default().to_owned();
+    if form.one("confirm") != Some("yes") {
+        let mut question = String::new();
+        let _ = write!(
+            question,
+            "Resume deliveries to <code>{}</code>?",
+            esc(&pattern)
+        );
+        return confirm(&console, "/resume", &question, &form);
+    }
+    match fleet.resume(&pattern).await {
+        Ok(was) => {
+            log_action(&format!("resume {pattern}"));
+            let what = if was {
+                format!("Resumed {pattern}.")
+            } else {
+                format!("{pattern} was not paused.")
+            };
+            done(&what, true, "/destinations")
+        }
+        Err(e) => done(&format!("Not resumed: {e}"), false, "/destinations"),
+    }
+}

@@ -1,0 +1,415 @@
+//! `retryq console` (spec §14) in a real browser: headless Chromium driven
+//! through chromedriver, against the built `retryq` serving moto's SQS and
+//! DynamoDB. Seeded dead letters are listed with their reasons, a filter
+//! narrows them, a redrive of a selection moves exactly those, a pause set
+//! on the page defers records, a masked header's value never reaches the
+//! page, and a request without the token is refused.
+//!
+//! `RETRYQ_CONSOLE_SCREENSHOTS=DIR` also saves a PNG of each page there
+//! (how docs/console/*.png are made).
+
+use std::collections::BTreeSet;
+use std::io::BufRead;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_sdk_sqs::types::MessageAttributeValue;
+
+use crate::browser::Browser;
+use crate::common::*;
+use crate::destination::Destination;
+use crate::fleet::{attempts, state_table};
+
+/// A value the page must never show.
+const SECRET: &str = "s3cr3t-console-value";
+
+/// A running console: its URL (with the token) and its output lines.
+struct Console {
+    url: String,
+    base: String,
+    lines: Arc<Mutex<Vec<String>>>,
+    _process: Running,
+}
+
+impl Console {
+    fn start(dlq: &TestQueue, target: &TestQueue, table: &str) -> Console {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_retryq"));
+        command
+            .args([
+                "console",
+                "--dlq-url",
+                &dlq.url,
+                "--queue-url",
+                &target.url,
+                "--state-table",
+                table,
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        aws_env(&mut command);
+        let mut process = Running::spawn(command);
+        let stdout = process.0.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let started = Instant::now();
+        let url = loop {
+            let found = lines.lock().unwrap().iter().find_map(|l| {
+                l.split_whitespace()
+                    .find(|w| w.starts_with("http://127.0.0.1:"))
+                    .map(str::to_owned)
+            });
+            if let Some(url) = found {
+                break url;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the console printed no URL"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let base = url.split("/?").next().unwrap().to_owned();
+        Console {
+            url,
+            base,
+            lines,
+            _process: process,
+        }
+    }
+
+    fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+}
+
+/// Sends a dead letter as the processor writes one: the Retry Message and
+/// its failure attributes.
+async fn seed(
+    sqs: &aws_sdk_sqs::Client,
+    dlq: &TestQueue,
+    id: &str,
+    url: &str,
+    reason: &str,
+    status: &str,
+) {
+    let body = serde_json::json!({
+        "id": id,
+        "destinationUrl": url,
+        "request": {"method": "POST",
+                    "headers": {"authorization": format!("Bearer {SECRET}"), "content-type": "application/json"},
+                    "body": format!("{{\"order\":\"{id}\"}}")},
+    });
+    let attr = |v: &str| {
+        MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(v)
+            .build()
+            .unwrap()
+    };
+    sqs.send_message()
+        .queue_url(&dlq.url)
+        .message_body(body.to_string())
+        .message_attributes("FailureReason", attr(reason))
+        .message_attributes("LastStatusCode", attr(status))
+        .message_attributes("AttemptCount", attr("5"))
+        .message_attributes(
+            "LastError",
+            attr(&format!("HTTP {status} from the partner")),
+        )
+        .send()
+        .await
+        .unwrap();
+}
+
+/// The Retry Message ids in `q` (received: they stay hidden a while).
+async fn ids_in(sqs: &aws_sdk_sqs::Client, q: &TestQueue) -> BTreeSet<String> {
+    let got = receive_n(sqs, q, 20, Duration::from_secs(3)).await;
+    got.iter()
+        .filter_map(|m| serde_json::from_str::<serde_json::Value>(m.body()?).ok())
+        .filter_map(|v| v["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+async fn shot(browser: &Browser, name: &str) {
+    if let Ok(dir) = std::env::var("RETRYQ_CONSOLE_SCREENSHOTS") {
+        browser
+            .screenshot(&std::path::Path::new(&dir).join(format!("{name}.png")))
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_lists_filters_redrives_a_selection_and_pauses_in_a_real_browser() {
+    let sqs = sqs();
+    let table = state_table().await;
+    let dlq = queue(&sqs, "console-dlq").await;
+    let target = queue(&sqs, "console-target").await;
+    for (id, host, reason, status) in [
+        ("order-1", "api.partner.com", "non-retryable", "400"),
+        ("order-2", "api.partner.com", "non-retryable", "422"),
+        ("order-3", "hooks.other.net", "attempts-exhausted", "503"),
+        ("order-4", "hooks.other.net", "attempts-exhausted", "503"),
+        ("order-5", "hooks.other.net", "expired", "500"),
+    ] {
+        seed(
+            &sqs,
+            &dlq,
+            id,
+            &format!("https://{host}/v1/orders?api_key={SECRET}"),
+            reason,
+            status,
+        )
+        .await;
+    }
+    let console = Console::start(&dlq, &target, &table);
+    let browser = Browser::start().await;
+
+    // The list: every letter, its reason, newest first, counts on top.
+    browser.open(&console.url).await;
+    let text = browser
+        .wait_for_text("read 5 at", Duration::from_secs(30))
+        .await;
+    for id in ["order-1", "order-2", "order-3", "order-4", "order-5"] {
+        assert!(text.contains(id), "{id} listed:\n{text}");
+    }
+    for reason in ["non-retryable", "attempts-exhausted", "expired"] {
+        assert!(text.contains(reason), "{reason} shown");
+    }
+    assert!(
+        !browser.dom().await.contains(SECRET),
+        "no secret in the list's DOM"
+    );
+    shot(&browser, "dead-letters").await;
+
+    // A filter narrows them: chosen in the form, as a person would.
+    browser
+        .click("select[name=reason] option[value=attempts-exhausted]")
+        .await;
+    browser.click("form.filters button").await;
+    let text = browser
+        .wait_for_text("2 match this filter", Duration::from_secs(10))
+        .await;
+    assert!(
+        text.contains("order-3") && text.contains("order-4"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("order-1") && !text.contains("order-5"),
+        "{text}"
+    );
+
+    // One letter: its request, the credential masked, in the DOM too.
+    browser.open(&format!("{}/", console.base)).await;
+    browser
+        .wait_for_text("read 5 at", Duration::from_secs(10))
+        .await;
+    browser.click("a[href^='/letter/']").await;
+    let text = browser
+        .wait_for_text("LastError", Duration::from_secs(10))
+        .await;
+    assert!(text.contains("authorization: •••• (masked)"), "{text}");
+    assert!(text.contains("api_key=masked"), "{text}");
+    assert!(
+        !browser.dom().await.contains(SECRET),
+        "no secret in the letter's DOM"
+    );
+    shot(&browser, "dead-letter").await;
+
+    // A redrive of a selection moves exactly those two.
+    browser
+        .open(&format!("{}/?reason=non-retryable", console.base))
+        .await;
+    browser
+        .wait_for_text("2 match this filter", Duration::from_secs(10))
+        .await;
+    let boxes = browser.count("input[name=id]").await;
+    assert_eq!(boxes, 2);
+    browser.click("tr:nth-of-type(2) input[name=id]").await;
+    browser.click("tr:nth-of-type(3) input[name=id]").await;
+    browser.click("button[value=selected]").await;
+    let text = browser
+        .wait_for_text("Confirm", Duration::from_secs(10))
+        .await;
+    assert!(text.contains("2 selected dead letters"), "{text}");
+    shot(&browser, "confirm").await;
+    browser.click("button.danger").await;
+    let text = browser
+        .wait_for_text("moved 2", Duration::from_secs(30))
+        .await;
+    assert!(text.contains("failed 0"), "{text}");
+    assert!(
+        console.log().contains("redrive 2 selected dead letters"),
+        "one log line:\n{}",
+        console.log()
+    );
+    assert_eq!(
+        ids_in(&sqs, &target).await,
+        ["order-1", "order-2"].map(str::to_owned).into(),
+        "exactly the selection moved"
+    );
+    assert_eq!(
+        ids_in(&sqs, &dlq).await,
+        ["order-3", "order-4", "order-5"].map(str::to_owned).into(),
+        "the rest stayed"
+    );
+
+    // A pause set on the page defers records for that host.
+    let dest = Destination::start(Duration::ZERO).await;
+    let host_port = dest
+        .url("/")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    browser
+        .open(&format!("{}/destinations", console.base))
+        .await;
+    browser
+        .wait_for_text("Pauses", Duration::from_secs(10))
+        .await;
+    browser.type_into("input[name=pattern]", &host_port).await;
+    browser.type_into("input[name=for]", "1h").await;
+    browser.click("button.danger").await;
+    browser
+        .wait_for_text("Confirm", Duration::from_secs(10))
+        .await;
+    browser.click("button.danger").await;
+    browser
+        .wait_for_text(&format!("Paused {host_port}"), Duration::from_secs(10))
+        .await;
+    assert!(
+        console.log().contains(&format!("pause {host_port}")),
+        "{}",
+        console.log()
+    );
+    browser
+        .open(&format!("{}/destinations", console.base))
+        .await;
+    let text = browser
+        .wait_for_text("Resume", Duration::from_secs(10))
+        .await;
+    assert!(text.contains(&host_port), "{text}");
+    shot(&browser, "destinations").await;
+
+    let source = queue(&sqs, "console-src").await;
+    let p = processor(&[
+        ("DLQ_URL", dlq.url.as_str()),
+        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+        ("STATE_TABLE", table.as_str()),
+    ]);
+    send(
+        &sqs,
+        &source,
+        &message("paused-1", &dest.url("/ok/p"), serde_json::json!({})),
+    )
+    .await;
+    let got = receive_n(&sqs, &source, 1, Duration::from_secs(10)).await;
+    assert_eq!(
+        failures(&invoke(&p, &sqs, &source, &got).await).len(),
+        1,
+        "put back"
+    );
+    assert_eq!(dest.requests(), 0, "no request while paused");
+    assert!(
+        attempts(&table, "paused-1").await.is_empty(),
+        "no attempt used"
+    );
+}
+
+#[tokio::test]
+async fn the_console_refuses_requests_without_its_token_from_elsewhere_or_without_its_form_token() {
+    let sqs = sqs();
+    let table = state_table().await;
+    let dlq = queue(&sqs, "console-guard-dlq").await;
+    let target = queue(&sqs, "console-guard-target").await;
+    seed(
+        &sqs,
+        &dlq,
+        "guarded-1",
+        "https://api.partner.com/x",
+        "non-retryable",
+        "400",
+    )
+    .await;
+    let console = Console::start(&dlq, &target, &table);
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let status = |r: reqwest::Response| r.status().as_u16();
+    let base = &console.base;
+    // No token, a wrong one, or a token with another Host: refused.
+    assert_eq!(
+        status(http.get(format!("{base}/")).send().await.unwrap()),
+        401
+    );
+    assert_eq!(
+        status(
+            http.get(format!("{base}/?token=nope"))
+                .send()
+                .await
+                .unwrap()
+        ),
+        401
+    );
+    let rebound = http
+        .get(&console.url)
+        .header("host", "evil.example:80")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(rebound), 403);
+    // The token's answer sets the cookie; with it, pages open.
+    let first = http.get(&console.url).send().await.unwrap();
+    assert_eq!(first.status().as_u16(), 200);
+    let cookie = first
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap().to_owned())
+        .expect("a cookie");
+    let page = http
+        .get(format!("{base}/destinations"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    // The cookie alone never acts: a POST without the form token, or from
+    // another origin, is refused, and nothing moves.
+    let forged = http
+        .post(format!("{base}/redrive"))
+        .header("cookie", &cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("scope=filter&confirm=yes")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(forged), 403);
+    let cross = http
+        .post(format!("{base}/pause"))
+        .header("cookie", &cookie)
+        .header("origin", "https://evil.example")
+        .body("pattern=api.partner.com&confirm=yes")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(cross), 403);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        ids_in(&sqs, &target).await.is_empty(),
+        "nothing was redriven"
+    );
+    let paused = run_retryq(&["paused", "--state-table", &table], &[])
+        .await
+        .success();
+    assert!(paused.stdout.contains("0 pause(s)"), "{}", paused.stdout);
+}
