@@ -14,7 +14,6 @@ mod validate;
 mod worker;
 
 pub use event::event;
-pub use pause::parse_length;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

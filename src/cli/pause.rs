@@ -1,10 +1,10 @@
 //! `retryq pause`, `retryq resume` and `retryq paused` (spec §13.3): pauses
 //! shared by the fleet through its state table.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::Failure;
-use crate::clock::rfc3339;
+use crate::clock::{parse_length, rfc3339};
 use crate::config::StateSettings;
 use crate::fleet::pause::Pause;
 use crate::fleet::FleetState;
@@ -51,30 +51,6 @@ pub(super) fn end_of(until: Option<&str>, for_: Option<&str>) -> Result<Option<u
         return Err(Failure::Usage("--until: that time has passed".into()));
     }
     Ok(Some(end))
-}
-
-/// `30s`, `15m`, `2h`, `1d`: a number and one unit.
-pub fn parse_length(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or("needs a unit: s, m, h or d (as in 30s, 15m, 2h, 1d)")?;
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| "begins with a whole number (as in 30s, 15m, 2h, 1d)")?;
-    let unit = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("{unit:?} is not a unit: s, m, h or d")),
-    };
-    match number.checked_mul(unit) {
-        Some(0) => Err("must be longer than 0".into()),
-        Some(secs) if secs <= 3650 * 86_400 => Ok(Duration::from_secs(secs)),
-        _ => Err("at most 3650d".into()),
-    }
 }
 
 pub(super) async fn pause(
@@ -145,17 +121,6 @@ pub fn until_text(p: &Pause) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lengths_are_a_number_and_a_unit() {
-        assert_eq!(parse_length("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_length("15m"), Ok(Duration::from_secs(900)));
-        assert_eq!(parse_length("2h"), Ok(Duration::from_secs(7200)));
-        assert_eq!(parse_length("1d"), Ok(Duration::from_secs(86_400)));
-        for bad in ["", "30", "s", "1w", "1.5h", "-1h", "0s", "99999d"] {
-            assert!(parse_length(bad).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn an_end_in_the_past_or_malformed_is_refused_naming_its_flag() {

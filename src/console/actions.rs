@@ -16,12 +16,12 @@ use super::pages::filter_of;
 use super::{guard, log_action, Console, Form};
 
 /// The CSRF check every action makes first.
-fn checked(console: &Console, body: &str) -> Result<Form, Response> {
+fn checked(console: &Console, body: &str) -> Result<Form, Box<Response>> {
     let form = Form::parse(body);
     if guard::csrf_ok(console, &form) {
         Ok(form)
     } else {
-        Err(guard::refused(StatusCode::FORBIDDEN, "This action did not come from the console's own page (its form token is missing or wrong)."))
+        Err(Box::new(guard::refused(StatusCode::FORBIDDEN, "This action did not come from the console's own page (its form token is missing or wrong).")))
     }
 }
 
@@ -53,7 +53,7 @@ fn done(message: &str, ok: bool, back: &str) -> Response {
 /// `POST /refresh`: read the DLQ again.
 pub async fn refresh(State(console): State<Arc<Console>>, body: String) -> Response {
     if let Err(refused) = checked(&console, &body) {
-        return refused;
+        return *refused;
     }
     read_again(console.clone());
     Redirect::to("/").into_response()
@@ -64,7 +64,7 @@ pub async fn refresh(State(console): State<Arc<Console>>, body: String) -> Respo
 pub async fn redrive(State(console): State<Arc<Console>>, body: String) -> Response {
     let form = match checked(&console, &body) {
         Ok(f) => f,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let Some(to) = console.queue_url.clone() else {
         return done(
@@ -150,7 +150,7 @@ pub async fn redrive(State(console): State<Arc<Console>>, body: String) -> Respo
 pub async fn pause(State(console): State<Arc<Console>>, body: String) -> Response {
     let form = match checked(&console, &body) {
         Ok(f) => f,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let Some(fleet) = &console.fleet else {
         return done(
@@ -167,7 +167,7 @@ pub async fn pause(State(console): State<Arc<Console>>, body: String) -> Respons
             "/destinations",
         );
     }
-    let length = match form.one("for").map(crate::cli::parse_length).transpose() {
+    let length = match form.one("for").map(crate::clock::parse_length).transpose() {
         Ok(l) => l,
         Err(e) => return done(&format!("For: {e}"), false, "/destinations"),
     };
@@ -196,7 +196,7 @@ pub async fn pause(State(console): State<Arc<Console>>, body: String) -> Respons
 pub async fn resume(State(console): State<Arc<Console>>, body: String) -> Response {
     let form = match checked(&console, &body) {
         Ok(f) => f,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let Some(fleet) = &console.fleet else {
         return done(

@@ -246,7 +246,7 @@ impl Letters {
         .await;
         self.change(|r| {
             r.letters
-                .sort_by(|a, b| b.dead_lettered_ms.cmp(&a.dead_lettered_ms));
+                .sort_by_key(|l| std::cmp::Reverse(l.dead_lettered_ms));
             r.reading = false;
             r.finished_at = Some(SystemTime::now());
             r.error = result.err().map(|e| e.to_string());

@@ -23,7 +23,7 @@ pub fn filter_of(form: &Form) -> Filter {
         host: form.one("host").map(|h| h.trim().to_ascii_lowercase()),
         within: form
             .one("within")
-            .and_then(|w| crate::cli::parse_length(w).ok()),
+            .and_then(|w| crate::clock::parse_length(w).ok()),
     }
 }
 
@@ -86,7 +86,7 @@ fn render_letters(
         .filter(|l| filter.matches(l, now))
         .collect();
     if read.reading {
-        matching.sort_by(|a, b| b.dead_lettered_ms.cmp(&a.dead_lettered_ms));
+        matching.sort_by_key(|l| std::cmp::Reverse(l.dead_lettered_ms));
     }
     out.push_str(&cards(&all, filter, now));
     out.push_str(&filter_form(&all, filter));
@@ -212,7 +212,7 @@ fn filter_form(all: &[&Letter], filter: &Filter) -> String {
         ("24h", "in the last day"),
         ("7d", "in the last week"),
     ] {
-        let secs = crate::cli::parse_length(value)
+        let secs = crate::clock::parse_length(value)
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let selected = if filter.within == Some(Duration::from_secs(secs)) {

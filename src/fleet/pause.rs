@@ -70,12 +70,15 @@ impl Pause {
     }
 }
 
+/// When the pauses were last asked for, and the answer if one came.
+type Asked = (Instant, Option<Arc<Vec<Pause>>>);
+
 /// The pauses this process knows, read at most once a [`REREAD`].
 #[derive(Debug, Default)]
 pub struct FleetPauses {
     /// The last answer and when it was asked for (a failed read counts, so
     /// that a table that fails is asked once a second, not per record).
-    known: std::sync::Mutex<Option<(Instant, Option<Arc<Vec<Pause>>>)>>,
+    known: std::sync::Mutex<Option<Asked>>,
     /// One read at a time.
     reading: tokio::sync::Mutex<()>,
 }
