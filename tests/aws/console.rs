@@ -289,6 +289,24 @@ async fn the_console_lists_filters_redrives_a_selection_and_pauses_in_a_real_bro
         "{}",
         console.log()
     );
+    // A breaker the fleet opened a moment ago shows as open, with its end.
+    let open_until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 60_000;
+    let s = aws_sdk_dynamodb::types::AttributeValue::S;
+    let n = |v: u128| aws_sdk_dynamodb::types::AttributeValue::N(v.to_string());
+    crate::fleet::dynamodb()
+        .put_item()
+        .table_name(&table)
+        .item("pk", s("breaker#hooks.other.net:443".into()))
+        .item("sk", s("state".into()))
+        .item("failures", n(5))
+        .item("openUntil", n(open_until))
+        .send()
+        .await
+        .unwrap();
     browser
         .open(&format!("{}/destinations", console.base))
         .await;
@@ -296,6 +314,10 @@ async fn the_console_lists_filters_redrives_a_selection_and_pauses_in_a_real_bro
         .wait_for_text("Resume", Duration::from_secs(10))
         .await;
     assert!(text.contains(&host_port), "{text}");
+    assert!(
+        text.contains("hooks.other.net:443 open 5"),
+        "the open breaker:\n{text}"
+    );
     shot(&browser, "destinations").await;
 
     let source = queue(&sqs, "console-src").await;
