@@ -37,19 +37,21 @@ demo: tools
 
 lint: tools
 	cargo fmt --all -- --check
-	cargo clippy --locked --all-targets --features aws-tests,sim -- -D warnings
+	cargo clippy --quiet --locked --all-targets --features aws-tests,sim -- -D warnings
 	cfn-lint template.yaml
 	SAM_CLI_TELEMETRY=0 .tools/sam/bin/sam validate --lint --template template.yaml
 	$(PYTHON) scripts/module-cycles.py
 	# The producer alone: no Lambda runtime, CLI or Secrets Manager SDK.
-	cargo clippy --locked --no-default-features --lib -- -D warnings
+	cargo clippy --quiet --locked --no-default-features --lib -- -D warnings
 	! cargo tree --locked --no-default-features -e normal | grep -E "^.*(lambda_runtime|aws_lambda_events|clap|aws-sdk-secretsmanager) v"
 
 fmt:
 	cargo fmt --all
 
 test: lint
-	scripts/with-moto.sh cargo test --locked --features aws-tests,sim
+	# --quiet: a dot per test and the failures in full, so a green run fits on
+	# a few screens (`cargo test --features aws-tests,sim` lists every test).
+	scripts/with-moto.sh cargo test --quiet --locked --features aws-tests,sim
 
 # The deterministic fleet simulation: a Markdown table of its figures;
 # fails if an invariant broke.
@@ -96,6 +98,9 @@ bench: tools
 	cp "$(TARGET_DIR)/release/retryq-processor" "$(TARGET_DIR)/release/retryq-processor.deployed"
 	cargo build --release --example demo_destination --example floor
 	scripts/with-moto.sh cargo bench --bench retryq
+	# The console on 10,000 dead letters, beside `retryq dlq list`.
+	cargo build --release --features console --bin retryq
+	scripts/with-moto.sh cargo bench --features console --bench console
 
 # The mutation fuzzer of tests/it/fuzz.rs, for longer than make test's smoke run.
 FUZZ_SECONDS ?= 300

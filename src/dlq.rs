@@ -205,6 +205,15 @@ pub async fn redrive(
     // everything (the matches may be anywhere).
     let mut walk = Walk::new(if selection.is_all() { max } else { usize::MAX });
     let mut wanted = selection.message_ids.as_ref().map(|ids| ids.len());
+    // A letter dead-lettered after the redrive began (a redriven message
+    // that failed again at once) is not taken again: one redrive moves
+    // each letter at most once, however fast the fleet fails them. The
+    // clocks of SQS and this machine may differ by a little: a letter of
+    // the last seconds before the start may stay, never one loop.
+    let began_ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
     let result = loop {
         if wanted == Some(0) {
             break Ok(());
@@ -215,7 +224,8 @@ pub async fn redrive(
             Err(e) => break Err(e),
         };
         for m in batch {
-            if !selection.matches(&m) || stats.moved as usize >= max {
+            let too_new = sent_ms(&m) > began_ms;
+            if too_new || !selection.matches(&m) || stats.moved as usize >= max {
                 stats.skipped += 1;
                 kept.keep(m);
                 continue;

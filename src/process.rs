@@ -1093,7 +1093,7 @@ impl Processor {
         attempt: &Attempt,
     ) -> Gate {
         // An operator's pause (§13.3): put back, using up no attempt.
-        if let Some(wait) = Box::pin(self.paused(record, batch, url)).await {
+        if let Some(wait) = Box::pin(self.paused(record, url)).await {
             let deferred = self.deferred(record, batch, settings, *attempt, Deferral::Paused, wait);
             return Gate::Decided(deferred.await);
         }
@@ -1122,16 +1122,27 @@ impl Processor {
     }
 
     /// How long to put a record back for, when a pause holds its host
-    /// (§13.3). Pauses live in the table: without one, none.
-    async fn paused(&self, record: &Record, batch: &Batch, url: &url::Url) -> Option<Duration> {
-        let fleet = self.table(batch)?;
-        match fleet.pause_of(url).await {
-            Ok(pause) => {
-                let now = crate::fleet::table::Clock::now_ms(&crate::fleet::table::SystemClock);
-                pause.map(|p| crate::fleet::pause::wait(&p, now, record.receive_count))
-            }
-            Err(e) => self.without_table(batch, &e),
-        }
+    /// (§13.3). Pauses live in the table: without one, none. The pauses
+    /// are asked for even when another table call of the batch failed
+    /// (the list read last is kept), and a failed read of them never takes
+    /// the batch off the table: it is logged, and records go on.
+    async fn paused(&self, record: &Record, url: &url::Url) -> Option<Duration> {
+        let fleet = self.fleet.as_ref()?;
+        let pause = fleet.pause_of(url).await.ok()??;
+        let now = crate::fleet::table::Clock::now_ms(&crate::fleet::table::SystemClock);
+        // A record that cannot be carried over (FIFO, …) spends a receive
+        // each time: it waits longer, so a long pause does not reach the
+        // queue's redrive count.
+        let carried = match Box::pin(self.source_limits(record)).await {
+            Some(limits) => can_carry(record, &limits),
+            None => false,
+        };
+        Some(crate::fleet::pause::wait(
+            &pause,
+            now,
+            record.receive_count,
+            carried,
+        ))
     }
 
     /// A token of `pattern`'s bucket: the fleet's when there is a table.

@@ -15,6 +15,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use serde::Serialize;
 
 use super::table::Update;
@@ -41,6 +42,9 @@ pub struct Pause {
     /// When it ends, in ms since the epoch (`None`: until resumed).
     #[serde(rename = "untilMs")]
     pub until_ms: Option<u64>,
+    /// Ended by `retryq resume`, whatever the clocks say.
+    #[serde(skip)]
+    pub resumed: bool,
     #[serde(skip)]
     matcher: Option<HostPattern>,
 }
@@ -48,7 +52,7 @@ pub struct Pause {
 impl Pause {
     /// Is it in force at `now_ms`?
     pub fn in_force(&self, now_ms: u64) -> bool {
-        self.until_ms.is_none_or(|end| end > now_ms)
+        !self.resumed && self.until_ms.is_none_or(|end| end > now_ms)
     }
 
     /// Does it hold `url`'s host at `now_ms`?
@@ -66,6 +70,7 @@ impl Pause {
             pattern,
             since_ms: number(item, "since").unwrap_or(0),
             until_ms: number(item, "until"),
+            resumed: matches!(item.get("resumed").map(|v| v.as_bool()), Some(Ok(true))),
         })
     }
 }
@@ -81,6 +86,8 @@ pub struct FleetPauses {
     known: std::sync::Mutex<Option<Asked>>,
     /// One read at a time.
     reading: tokio::sync::Mutex<()>,
+    /// A failed read was logged (once per process).
+    warned: std::sync::atomic::AtomicBool,
 }
 
 impl FleetPauses {
@@ -133,6 +140,12 @@ impl FleetState {
             Err(e) => {
                 let last = known.last();
                 known.remember(last.clone());
+                if !known
+                    .warned
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::warn!(err = %e, kept = last.is_some(), "the pauses could not be read: this process keeps the last list it read (none: it delivers); asked again each second");
+                }
                 last.ok_or(e)
             }
         }
@@ -158,6 +171,7 @@ impl FleetState {
         let mut changes = vec![
             super::table::Change::Set("pattern", s(pattern)),
             super::table::Change::Set("since", n(now)),
+            super::table::Change::Remove("resumed"),
         ];
         match until_ms {
             Some(end) => {
@@ -177,6 +191,7 @@ impl FleetState {
             pattern: pattern.to_owned(),
             since_ms: now,
             until_ms,
+            resumed: false,
             matcher: Some(matcher),
         })
     }
@@ -190,7 +205,10 @@ impl FleetState {
             return Ok(false);
         };
         let was_in_force = Pause::from_item(&old).is_some_and(|p| p.in_force(now));
+        // Ended by a flag, not by a time: a fleet whose clocks differ
+        // from this machine's sees it end on its next read all the same.
         let changes = vec![
+            super::table::Change::Set("resumed", AttributeValue::Bool(true)),
             super::table::Change::Set("until", n(now)),
             super::table::Change::Set("ttl", n(now / 1000 + KEPT_AFTER_END)),
         ];
@@ -208,9 +226,13 @@ fn write(pattern: &str, changes: Vec<super::table::Change>) -> Update {
     }
 }
 
-/// One key per pattern, however it was typed.
+/// One key per pattern, however it was typed (case, IDNA, IP notation):
+/// the pattern as the URL parser normalises its host.
 fn normalised(pattern: &str) -> String {
-    pattern.trim().to_ascii_lowercase()
+    let pattern = pattern.trim();
+    pattern
+        .parse::<HostPattern>()
+        .map_or_else(|_| pattern.to_ascii_lowercase(), |p| p.to_string())
 }
 
 fn not_read() -> StateError {
@@ -221,12 +243,19 @@ fn not_read() -> StateError {
 }
 
 /// How long a paused record is put back for: until the pause ends when
-/// that is sooner, else 15 s doubling with each receive up to 5 minutes,
-/// so that a long pause costs few receives and a record put back before a
-/// resume is tried again within 5 minutes of it.
-pub fn wait(pause: &Pause, now_ms: u64, receive_count: u32) -> Duration {
-    let doublings = receive_count.saturating_sub(1).min(5);
-    let backoff = Duration::from_secs(15u64 << doublings).min(Duration::from_secs(300));
+/// that is sooner, else a while that doubles with each receive. A record
+/// that can be carried over waits 15 s doubling up to 5 minutes, so that a
+/// record put back before a resume is tried again within 5 minutes of it.
+/// One that cannot (FIFO) spends a receive of its queue's redrive count
+/// each time: it waits 1 minute doubling up to an hour, so that the
+/// template's count of 100 lasts about four days of pause.
+pub fn wait(pause: &Pause, now_ms: u64, receive_count: u32, carried: bool) -> Duration {
+    let doublings = receive_count.saturating_sub(1).min(6);
+    let (first, most) = match carried {
+        true => (15, 300),
+        false => (60, 3600),
+    };
+    let backoff = Duration::from_secs((first << doublings).min(most));
     match pause.until_ms {
         Some(end) => Duration::from_millis(end.saturating_sub(now_ms)).min(backoff),
         None => backoff,
@@ -242,6 +271,7 @@ mod tests {
             pattern: pattern.into(),
             since_ms: 0,
             until_ms,
+            resumed: false,
             matcher: pattern.parse().ok(),
         }
     }
@@ -260,12 +290,34 @@ mod tests {
     }
 
     #[test]
+    fn a_pattern_is_one_key_however_it_is_written() {
+        assert_eq!(
+            normalised("BÜCHER.example"),
+            normalised("xn--bcher-kva.example")
+        );
+        assert_eq!(normalised(" Api.Partner.com:443 "), "api.partner.com:443");
+        assert_eq!(normalised("*.Partner.COM"), "*.partner.com");
+    }
+
+    #[test]
+    fn a_resumed_pause_is_over_whatever_the_clock_says() {
+        let mut p = pause("a.com", Some(u64::MAX));
+        assert!(p.in_force(0));
+        p.resumed = true;
+        assert!(!p.in_force(0));
+    }
+
+    #[test]
     fn a_paused_record_waits_for_the_end_or_a_growing_while() {
         let open = pause("a.com", None);
-        assert_eq!(wait(&open, 0, 1), Duration::from_secs(15));
-        assert_eq!(wait(&open, 0, 3), Duration::from_secs(60));
-        assert_eq!(wait(&open, 0, 50), Duration::from_secs(300));
+        assert_eq!(wait(&open, 0, 1, true), Duration::from_secs(15));
+        assert_eq!(wait(&open, 0, 3, true), Duration::from_secs(60));
+        assert_eq!(wait(&open, 0, 50, true), Duration::from_secs(300));
         let ending = pause("a.com", Some(40_000));
-        assert_eq!(wait(&ending, 30_000, 3), Duration::from_secs(10));
+        assert_eq!(wait(&ending, 30_000, 3, true), Duration::from_secs(10));
+        // A FIFO record: a redrive count of 100 lasts days, not hours.
+        let total: u64 = (1..=100).map(|r| wait(&open, 0, r, false).as_secs()).sum();
+        assert!(total > 3 * 86_400, "{total} s");
+        assert_eq!(wait(&open, 0, 1, false), Duration::from_secs(60));
     }
 }

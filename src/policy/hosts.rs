@@ -61,6 +61,20 @@ impl FromStr for HostPattern {
     }
 }
 
+/// The pattern as it matches: `host`, `*.suffix`, with `:port` if any.
+impl std::fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.host {
+            HostMatch::Exact(h) => f.write_str(h)?,
+            HostMatch::Subdomain(suffix) => write!(f, "*.{suffix}")?,
+        }
+        match self.port {
+            Some(port) => write!(f, ":{port}"),
+            None => Ok(()),
+        }
+    }
+}
+
 impl HostPattern {
     /// Does `host` (as the URL parser normalised it) on `port` match?
     pub fn matches(&self, host: &str, port: Option<u16>) -> bool {

@@ -1,0 +1,225 @@
+//! `make bench`'s console part: 10,000 dead letters on the local SQS
+//! server, `retryq console` started on them, and how soon a page shows
+//! them, beside the baseline of the same run: `retryq dlq list` reading
+//! the same DLQ.
+//!
+//! Figures (stdout, and `bench/console.json`):
+//! - spawn → the first page that lists 50 letters;
+//! - spawn → the read finished (every letter in the console's copy);
+//! - a page's latency once read (median and worst of 20): the first page,
+//!   a filtered page, and page 100;
+//! - the console's peak RSS;
+//! - `retryq dlq list --max 10000` wall time.
+//!
+//! Runs under scripts/with-moto.sh; `RETRYQ_BENCH_LETTERS` changes the
+//! number of letters.
+
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
+
+fn main() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(run());
+}
+
+fn retryq() -> std::path::PathBuf {
+    let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    std::path::Path::new(&dir).join("release/retryq")
+}
+
+async fn sqs() -> aws_sdk_sqs::Client {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await;
+    aws_sdk_sqs::Client::new(&config)
+}
+
+async fn seed(sqs: &aws_sdk_sqs::Client, url: &str, letters: usize) {
+    let attr = |v: &str| {
+        MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(v)
+            .build()
+            .unwrap()
+    };
+    let reasons = ["attempts-exhausted", "non-retryable", "expired"];
+    for chunk in 0..letters.div_ceil(10) {
+        let mut entries = Vec::new();
+        for i in chunk * 10..letters.min(chunk * 10 + 10) {
+            let body = serde_json::json!({
+                "id": format!("order-{i}"),
+                "destinationUrl": format!("https://partner-{}.example.com/v1/orders", i % 20),
+                "request": {"method": "POST", "headers": {"content-type": "application/json",
+                            "authorization": "Bearer not-shown"},
+                            "body": "x".repeat(2048)},
+            });
+            let entry = SendMessageBatchRequestEntry::builder()
+                .id(format!("m{i}"))
+                .message_body(body.to_string())
+                .message_attributes("FailureReason", attr(reasons[i % 3]))
+                .message_attributes("LastStatusCode", attr("503"))
+                .message_attributes("AttemptCount", attr("8"))
+                .message_attributes("LastError", attr("HTTP 503"))
+                .build()
+                .unwrap();
+            entries.push(entry);
+        }
+        sqs.send_message_batch()
+            .queue_url(url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+async fn timed_get(http: &reqwest::Client, url: &str) -> (f64, String) {
+    let started = Instant::now();
+    let page = http.get(url).send().await.unwrap().text().await.unwrap();
+    (started.elapsed().as_secs_f64() * 1000.0, page)
+}
+
+async fn run() {
+    let letters: usize = std::env::var("RETRYQ_BENCH_LETTERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10_000);
+    let sqs = sqs().await;
+    let name = format!("bench-console-dlq-{}", std::process::id());
+    let dlq = sqs
+        .create_queue()
+        .queue_name(&name)
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let seeding = Instant::now();
+    seed(&sqs, &dlq, letters).await;
+    println!(
+        "console: seeded {letters} dead letters in {:.1} s",
+        seeding.elapsed().as_secs_f64()
+    );
+
+    // The baseline: the CLI reading the same DLQ.
+    let started = Instant::now();
+    let out = Command::new(retryq())
+        .args([
+            "dlq",
+            "list",
+            "--dlq-url",
+            &dlq,
+            "--json",
+            "--max",
+            &letters.to_string(),
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .expect("target/release/retryq (make bench builds it)");
+    let cli_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let listed =
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).map_or(0, |v| v.len());
+
+    let spawned = Instant::now();
+    let mut child = Command::new(retryq())
+        .args(["console", "--dlq-url", &dlq])
+        .env_remove("STATE_TABLE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("target/release/retryq built with --features console");
+    let mut first_line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first_line)
+        .unwrap();
+    let url = first_line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .expect("the console's URL")
+        .to_owned();
+    let base = url.split("/?").next().unwrap().to_owned();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let with_token = |path: &str| {
+        let token = url.split("token=").nth(1).unwrap();
+        let sep = if path.contains('?') { '&' } else { '?' };
+        format!("{base}{path}{sep}token={token}")
+    };
+    let mut first_page_ms = None;
+    let mut first_page_load = 0.0;
+    let read_ms = loop {
+        let (ms, page) = timed_get(&http, &with_token("/")).await;
+        let rows = page.matches("name=\"id\"").count();
+        if first_page_ms.is_none() && rows >= 50 {
+            first_page_ms = Some(spawned.elapsed().as_secs_f64() * 1000.0);
+            first_page_load = ms;
+        }
+        if page.contains(&format!("read {letters} at")) {
+            break spawned.elapsed().as_secs_f64() * 1000.0;
+        }
+        assert!(
+            spawned.elapsed() < Duration::from_secs(600),
+            "the console did not finish reading"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut figures = serde_json::Map::new();
+    for (label, path) in [
+        ("firstPage", "/"),
+        ("filtered", "/?reason=expired&host=partner-3.example.com"),
+        ("page100", "/?page=100"),
+    ] {
+        let mut times = Vec::new();
+        for _ in 0..20 {
+            times.push(timed_get(&http, &with_token(path)).await.0);
+        }
+        let worst = times.iter().copied().fold(0.0, f64::max);
+        println!(
+            "console: {label} page once read: median {:.1} ms, worst {worst:.1} ms",
+            median(times.clone())
+        );
+        figures.insert(
+            label.into(),
+            serde_json::json!({"medianMs": median(times), "worstMs": worst}),
+        );
+    }
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    let hwm_kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let _ = child.kill();
+    let _ = child.wait();
+    let first = first_page_ms.unwrap_or(f64::NAN);
+    println!(
+        "console: {letters} letters: spawn → first page of 50: {first:.0} ms (that page itself {first_page_load:.1} ms); spawn → read finished: {read_ms:.0} ms; peak RSS {:.1} MiB",
+        hwm_kib as f64 / 1024.0
+    );
+    println!(
+        "console: baseline `retryq dlq list --max {letters}`: {cli_ms:.0} ms for {listed} letters; first page / list = {:.3}",
+        first / cli_ms
+    );
+    figures.insert("letters".into(), letters.into());
+    figures.insert("spawnToFirstPageMs".into(), first.into());
+    figures.insert("spawnToReadMs".into(), read_ms.into());
+    figures.insert("peakRssMiB".into(), (hwm_kib as f64 / 1024.0).into());
+    figures.insert("cliListMs".into(), cli_ms.into());
+    figures.insert("firstPageOverCliList".into(), (first / cli_ms).into());
+    let _ = std::fs::create_dir_all("bench");
+    std::fs::write(
+        "bench/console.json",
+        serde_json::to_string_pretty(&serde_json::Value::Object(figures)).unwrap(),
+    )
+    .unwrap();
+    let _ = sqs.delete_queue().queue_url(&dlq).send().await;
+}
