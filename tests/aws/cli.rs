@@ -639,3 +639,97 @@ async fn call_keeps_a_profile_credential_to_its_hosts() {
     assert!(out.stderr.contains("partner"), "{}", out.stderr);
     assert!(!out.stderr.contains("k3y-secret") && !out.stdout.contains("k3y-secret"));
 }
+
+/// Review finding: a redrive took the letters that came back while it
+/// walked (redriven, failed at once, dead-lettered again) and sent them
+/// again, without end. Each letter now moves once per redrive.
+#[tokio::test]
+async fn a_redrive_moves_each_letter_once_even_when_the_fleet_fails_it_again_at_once() {
+    use aws_sdk_sqs::types::MessageAttributeValue;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let sqs = sqs();
+    let dlq = queue(&sqs, "redrive-once-dlq").await;
+    let target = queue(&sqs, "redrive-once-q").await;
+    let seeded = 30;
+    let reason = MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value("non-retryable")
+        .build()
+        .unwrap();
+    for i in 0..seeded {
+        let body = message(
+            &format!("l{i}"),
+            &format!("https://api.partner.com/x/{i}"),
+            serde_json::json!({}),
+        );
+        sqs.send_message()
+            .queue_url(&dlq.url)
+            .message_body(body)
+            .message_attributes("FailureReason", reason.clone())
+            .send()
+            .await
+            .unwrap();
+    }
+    // A fleet as fast as it gets: every redriven message fails at once
+    // and is dead-lettered again.
+    let requests = std::sync::Arc::new(AtomicUsize::new(0));
+    let (q, d, fleet_sqs, n) = (
+        target.url.clone(),
+        dlq.url.clone(),
+        sqs.clone(),
+        requests.clone(),
+    );
+    let fleet = tokio::spawn(async move {
+        loop {
+            let got = fleet_sqs
+                .receive_message()
+                .queue_url(&q)
+                .max_number_of_messages(10)
+                .send()
+                .await;
+            for m in got.ok().and_then(|g| g.messages).unwrap_or_default() {
+                n.fetch_add(1, Ordering::SeqCst);
+                let _ = fleet_sqs
+                    .send_message()
+                    .queue_url(&d)
+                    .message_body(m.body.clone().unwrap_or_default())
+                    .message_attributes("FailureReason", reason.clone())
+                    .send()
+                    .await;
+                let _ = fleet_sqs
+                    .delete_message()
+                    .queue_url(&q)
+                    .receipt_handle(m.receipt_handle.unwrap_or_default())
+                    .send()
+                    .await;
+            }
+        }
+    });
+    let out = run_retryq(
+        &[
+            "dlq",
+            "redrive",
+            "--dlq-url",
+            &dlq.url,
+            "--to",
+            &target.url,
+            "--host",
+            "api.partner.com",
+        ],
+        &[],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fleet.abort();
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout.contains(&format!("moved {seeded}")),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        seeded,
+        "each letter sent once"
+    );
+}
