@@ -38,16 +38,22 @@ fn confirm(console: &Console, action: &str, question: &str, form: &Form) -> Resp
         question,
         hidden("confirm", "yes"),
     );
-    Html(page("Confirm · retryq console", &body, false)).into_response()
+    Html(page(
+        "Confirm · retryq console",
+        &body,
+        false,
+        Some(&console.token),
+    ))
+    .into_response()
 }
 
-fn done(message: &str, ok: bool, back: &str) -> Response {
+fn done(console: &Console, message: &str, ok: bool, back: &str) -> Response {
     let class = if ok { "ok" } else { "error" };
     let body = format!(
         "<h1>Done</h1><p class=\"{class}\">{}</p><p><a href=\"{back}\">Back</a></p>",
         esc(message)
     );
-    Html(page("retryq console", &body, false)).into_response()
+    Html(page("retryq console", &body, false, Some(&console.token))).into_response()
 }
 
 /// `POST /refresh`: read the DLQ again.
@@ -56,7 +62,7 @@ pub async fn refresh(State(console): State<Arc<Console>>, body: String) -> Respo
         return *refused;
     }
     read_again(console.clone());
-    Redirect::to("/").into_response()
+    Redirect::to(&format!("/?token={}", console.token)).into_response()
 }
 
 /// `POST /redrive`: the ticked letters (`scope=selected`, `id`…) or all
@@ -68,6 +74,7 @@ pub async fn redrive(State(console): State<Arc<Console>>, body: String) -> Respo
     };
     let Some(to) = console.queue_url.clone() else {
         return done(
+            &console,
             "Start the console with --queue-url Q to redrive.",
             false,
             "/",
@@ -90,6 +97,7 @@ pub async fn redrive(State(console): State<Arc<Console>>, body: String) -> Respo
                 form.all("id").map(str::to_owned).collect();
             if ids.is_empty() {
                 return done(
+                    &console,
                     "Nothing was selected: tick the letters to redrive.",
                     false,
                     "/",
@@ -130,6 +138,10 @@ pub async fn redrive(State(console): State<Arc<Console>>, body: String) -> Respo
         .await
     };
     read_again(console.clone());
+    let selected = selection
+        .message_ids
+        .as_ref()
+        .map_or(0, |ids| ids.len() as u64);
     match result {
         Ok(s) => {
             let line = format!(
@@ -137,11 +149,16 @@ pub async fn redrive(State(console): State<Arc<Console>>, body: String) -> Respo
                 s.moved, s.failed, s.already_finished
             );
             log_action(&line);
-            done(&line, s.failed == 0, "/")
+            let missing = selected.saturating_sub(s.moved + s.failed + s.already_finished);
+            if missing > 0 {
+                let why = format!("{line}. {missing} of the selected letters were not found: already moved, or hidden for a few minutes by another reader of the DLQ (retryq dlq list, another console). Read again, then retry.");
+                return done(&console, &why, false, "/");
+            }
+            done(&console, &line, s.failed == 0, "/")
         }
         Err(e) => {
             log_action(&format!("redrive {what} to {to}: failed: {e}"));
-            done(&format!("The redrive stopped: {e}"), false, "/")
+            done(&console, &format!("The redrive stopped: {e}"), false, "/")
         }
     }
 }
@@ -154,6 +171,7 @@ pub async fn pause(State(console): State<Arc<Console>>, body: String) -> Respons
     };
     let Some(fleet) = &console.fleet else {
         return done(
+            &console,
             "Pauses live in the state table: start the console with --state-table T.",
             false,
             "/destinations",
@@ -162,6 +180,7 @@ pub async fn pause(State(console): State<Arc<Console>>, body: String) -> Respons
     let pattern = form.one("pattern").unwrap_or_default().trim().to_owned();
     if let Err(e) = pattern.parse::<crate::policy::hosts::HostPattern>() {
         return done(
+            &console,
             &format!("Host pattern {pattern:?}: {e}"),
             false,
             "/destinations",
@@ -169,7 +188,7 @@ pub async fn pause(State(console): State<Arc<Console>>, body: String) -> Respons
     }
     let length = match form.one("for").map(crate::clock::parse_length).transpose() {
         Ok(l) => l,
-        Err(e) => return done(&format!("For: {e}"), false, "/destinations"),
+        Err(e) => return done(&console, &format!("For: {e}"), false, "/destinations"),
     };
     let until = length.map(|l| now_ms().saturating_add(l.as_millis() as u64));
     let how_long = until.map_or("until resumed".to_owned(), |u| {
@@ -183,12 +202,18 @@ pub async fn pause(State(console): State<Arc<Console>>, body: String) -> Respons
         Ok(_) => {
             log_action(&format!("pause {pattern} {how_long}"));
             done(
+                &console,
                 &format!("Paused {pattern} {how_long}."),
                 true,
                 "/destinations",
             )
         }
-        Err(e) => done(&format!("Not paused: {e}"), false, "/destinations"),
+        Err(e) => done(
+            &console,
+            &format!("Not paused: {e}"),
+            false,
+            "/destinations",
+        ),
     }
 }
 
@@ -200,6 +225,7 @@ pub async fn resume(State(console): State<Arc<Console>>, body: String) -> Respon
     };
     let Some(fleet) = &console.fleet else {
         return done(
+            &console,
             "Pauses live in the state table: start the console with --state-table T.",
             false,
             "/destinations",
@@ -223,8 +249,13 @@ pub async fn resume(State(console): State<Arc<Console>>, body: String) -> Respon
             } else {
                 format!("{pattern} was not paused.")
             };
-            done(&what, true, "/destinations")
+            done(&console, &what, true, "/destinations")
         }
-        Err(e) => done(&format!("Not resumed: {e}"), false, "/destinations"),
+        Err(e) => done(
+            &console,
+            &format!("Not resumed: {e}"),
+            false,
+            "/destinations",
+        ),
     }
 }

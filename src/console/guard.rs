@@ -1,9 +1,12 @@
 //! Who may use the console: a request from this machine's browser that
 //! holds the token the console printed.
 //!
-//! - The token comes in the printed URL's query once; the answer sets it
-//!   as a cookie (`HttpOnly`, `SameSite=Strict`), so later pages need no
-//!   token in their URL. Anything else gets 401.
+//! - Every request carries the token in its URL's query: the printed URL
+//!   has it, and every link and form of a page has it too. Anything else
+//!   gets 401. It is never a cookie: browsers send 127.0.0.1's cookies to
+//!   every port of it, so any local server the operator opened would get
+//!   the token (and `Referrer-Policy: same-origin` keeps it out of
+//!   `Referer`s).
 //! - The `Host` header must name 127.0.0.1 or localhost on the console's
 //!   port (403 otherwise): a page elsewhere that points its own name at
 //!   127.0.0.1 (DNS rebinding) is refused before the token is looked at.
@@ -19,9 +22,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::Console;
-
-/// The cookie that holds the token.
-pub const COOKIE: &str = "retryq_console";
 
 /// A random token: 244 bits from the system's generator.
 pub fn new_token() -> String {
@@ -47,17 +47,6 @@ fn token_in_query(query: Option<&str>) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-fn token_in_cookie(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v.to_owned())
-}
-
 fn from_here(console: &Console, headers: &HeaderMap) -> bool {
     let port = console.port;
     let host_ok = headers
@@ -80,11 +69,7 @@ pub async fn check(State(console): State<Arc<Console>>, request: Request, next: 
             "This console answers only its own address (http://127.0.0.1:PORT), from this machine.",
         );
     }
-    let in_query = token_in_query(request.uri().query());
-    let held = in_query
-        .as_deref()
-        .or(token_in_cookie(request.headers()).as_deref())
-        .is_some_and(|t| same(t, &console.token));
+    let held = token_in_query(request.uri().query()).is_some_and(|t| same(&t, &console.token));
     if !held {
         return refused(
             StatusCode::UNAUTHORIZED,
@@ -92,15 +77,6 @@ pub async fn check(State(console): State<Arc<Console>>, request: Request, next: 
         );
     }
     let mut answer = next.run(request).await;
-    if in_query.is_some() {
-        let cookie = format!(
-            "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
-            console.token
-        );
-        if let Ok(v) = HeaderValue::from_str(&cookie) {
-            answer.headers_mut().append(header::SET_COOKIE, v);
-        }
-    }
     let h = answer.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(
@@ -124,6 +100,7 @@ pub fn refused(status: StatusCode, why: &str) -> Response {
         "retryq console",
         &format!("<p class=\"error\">{}</p>", super::html::esc(why)),
         false,
+        None,
     );
     (status, axum::response::Html(page)).into_response()
 }
@@ -143,14 +120,8 @@ mod tests {
     }
 
     #[test]
-    fn the_token_is_found_in_the_query_or_the_cookie() {
+    fn the_token_is_found_in_the_query() {
         assert_eq!(token_in_query(Some("page=2&token=abc")), Some("abc".into()));
         assert_eq!(token_in_query(Some("page=2")), None);
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::COOKIE,
-            HeaderValue::from_static("a=1; retryq_console=xyz"),
-        );
-        assert_eq!(token_in_cookie(&h), Some("xyz".into()));
     }
 }

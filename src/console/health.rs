@@ -97,7 +97,13 @@ pub async fn destinations(State(console): State<Arc<Console>>) -> Response {
     body.push_str(&pauses(&console, now).await);
     body.push_str(&breaker_table(&console, now).await);
     body.push_str(&last_hour(&console, now));
-    Html(page("Destinations · retryq console", &body, false)).into_response()
+    Html(page(
+        "Destinations · retryq console",
+        &body,
+        false,
+        Some(&console.token),
+    ))
+    .into_response()
 }
 
 async fn pauses(console: &Console, now: u64) -> String {

@@ -41,9 +41,40 @@ button.danger{background:#b3261e}pre{background:#fff;border:1px solid #dde1e8;pa
 dl{display:grid;grid-template-columns:max-content 1fr;gap:4px 16px;background:#fff;border:1px solid #dde1e8;padding:10px 14px}dt{color:#4a5366}dd{margin:0;overflow-wrap:anywhere}\
 .pager{margin:10px 0;display:flex;gap:12px}";
 
+/// Where a GET form carries the token (its action's query is dropped).
+pub const TOKEN_FIELD: &str = "<!--token-->";
+
+/// `html` with the token in every link and form of the console's own
+/// (`href="/…"`, `action="/…"`, and [`TOKEN_FIELD`]). The token rides in
+/// URLs, never in a cookie: a browser sends 127.0.0.1's cookies to every
+/// port of it, so any local server the operator opens would get it.
+pub fn with_token(html: &str, token: &str) -> String {
+    let mut out = String::with_capacity(html.len() + 2048);
+    let mut rest = html;
+    while let Some(at) = [rest.find("href=\"/"), rest.find("action=\"/")]
+        .into_iter()
+        .flatten()
+        .min()
+    {
+        let start = at + rest[at..].find('"').unwrap_or(0) + 1;
+        let end = start + rest[start..].find('"').unwrap_or(rest.len() - start);
+        out.push_str(&rest[..end]);
+        let joint = if rest[start..end].contains('?') {
+            "&amp;"
+        } else {
+            "?"
+        };
+        out.push_str(&format!("{joint}token={}", esc(token)));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out.replace(TOKEN_FIELD, &hidden("token", token))
+}
+
 /// A whole page: the navigation, then `body`. `reload`: the page reloads
-/// itself every two seconds (while the DLQ is being read).
-pub fn page(title: &str, body: &str, reload: bool) -> String {
+/// itself every two seconds (while the DLQ is being read). `token`: the
+/// console's, put into every link and form (`None` on a refusal).
+pub fn page(title: &str, body: &str, reload: bool, token: Option<&str>) -> String {
     let mut out = String::with_capacity(body.len() + 4096);
     let _ = write!(
         out,
@@ -53,7 +84,10 @@ pub fn page(title: &str, body: &str, reload: bool) -> String {
         esc(title),
         if reload { "<meta http-equiv=\"refresh\" content=\"2\">" } else { "" },
     );
-    out
+    match token {
+        Some(token) => with_token(&out, token),
+        None => out,
+    }
 }
 
 /// The hidden field every action form carries.
@@ -89,5 +123,21 @@ mod tests {
             "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&quot;"
         );
         assert_eq!(q("a b&c"), "a+b%26c");
+    }
+
+    #[test]
+    fn every_own_link_and_form_carries_the_token() {
+        let html = format!(
+            "<a href=\"/\">a</a><a href=\"/?page=2&amp;host=x\">b</a><form action=\"/redrive\">{TOKEN_FIELD}</form><a href=\"https://elsewhere/\">c</a>"
+        );
+        let out = with_token(&html, "T");
+        assert!(out.contains("href=\"/?token=T\""), "{out}");
+        assert!(
+            out.contains("href=\"/?page=2&amp;host=x&amp;token=T\""),
+            "{out}"
+        );
+        assert!(out.contains("action=\"/redrive?token=T\""), "{out}");
+        assert!(out.contains("name=\"token\" value=\"T\""), "{out}");
+        assert!(out.contains("href=\"https://elsewhere/\""), "{out}");
     }
 }

@@ -23,6 +23,8 @@ use crate::queue::{attribute, Queues};
 pub const MOST_LETTERS: usize = 100_000;
 /// How much of a body a letter keeps.
 const PREVIEW_BYTES: usize = 1024;
+/// Most headers a letter keeps.
+const MOST_HEADERS: usize = 50;
 
 /// One dead letter, as the console shows it.
 #[derive(Debug, Clone, Default)]
@@ -74,9 +76,53 @@ impl Letter {
         }
         match serde_json::from_str::<Value>(body) {
             Ok(v) if v.get("destinationUrl").is_some() => letter.read_message(&v),
-            _ => letter.preview = preview(body),
+            // Not a Retry Message (an `invalid-message` letter): its JSON
+            // with credential keys masked; text that mentions a credential
+            // is not shown at all.
+            Ok(mut v) => {
+                mask::masked_json(&mut v);
+                letter.preview = preview(&v.to_string());
+            }
+            Err(_) if mask::mentions_credentials(body) => {
+                letter.preview = format!(
+                    "(not JSON, {} bytes: not shown, as it mentions a credential)",
+                    body.len()
+                );
+            }
+            Err(_) => letter.preview = preview(body),
         }
-        letter
+        letter.bounded()
+    }
+
+    /// Every field cut to its bound, so a letter's summary is small
+    /// whatever the letter holds.
+    fn bounded(mut self) -> Letter {
+        let cut = |s: &mut Option<String>, most: usize| {
+            if let Some(text) = s {
+                *text = cut_to(text, most);
+            }
+        };
+        cut(&mut self.id, 256);
+        cut(&mut self.reason, 64);
+        cut(&mut self.status, 64);
+        cut(&mut self.attempts, 64);
+        cut(&mut self.last_error, 1024);
+        cut(&mut self.method, 32);
+        cut(&mut self.url, 2048);
+        cut(&mut self.host, 256);
+        cut(&mut self.offloaded, 2048);
+        if self.headers.len() > MOST_HEADERS {
+            let more = self.headers.len() - MOST_HEADERS;
+            self.headers.truncate(MOST_HEADERS);
+            self.headers
+                .push(("…".into(), format!("{more} more headers not kept")));
+        }
+        for (name, value) in &mut self.headers {
+            *name = cut_to(name, 128);
+            *value = cut_to(value, 512);
+        }
+        self.sqs_message_id = cut_to(&self.sqs_message_id, 128);
+        self
     }
 
     fn read_message(&mut self, v: &Value) {
@@ -129,10 +175,15 @@ impl Letter {
 }
 
 fn preview(text: &str) -> String {
-    if text.len() <= PREVIEW_BYTES {
+    cut_to(text, PREVIEW_BYTES)
+}
+
+/// `text`, cut at a character within `most` bytes, saying so.
+fn cut_to(text: &str, most: usize) -> String {
+    if text.len() <= most {
         return text.to_owned();
     }
-    let mut end = PREVIEW_BYTES;
+    let mut end = most;
     while !text.is_char_boundary(end) {
         end -= 1;
     }
@@ -212,6 +263,8 @@ impl Read {
 #[derive(Debug, Default)]
 pub struct Letters {
     read: RwLock<Read>,
+    /// A read is asked for and has not begun: asking again adds none.
+    pending: std::sync::atomic::AtomicBool,
 }
 
 impl Letters {
@@ -262,10 +315,16 @@ pub fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// Reads `letters` again in the background, after any walk in progress.
+/// Reads `letters` again in the background, after any walk in progress;
+/// a read already waiting to begin serves this call too.
 pub fn read_again(console: Arc<super::Console>) {
+    use std::sync::atomic::Ordering;
+    if console.letters.pending.swap(true, Ordering::AcqRel) {
+        return;
+    }
     tokio::spawn(async move {
         let _walk = console.walk.lock().await;
+        console.letters.pending.store(false, Ordering::Release);
         console
             .letters
             .read(&console.queues, &console.dlq_url)
@@ -301,6 +360,49 @@ mod tests {
         let shown = format!("{:?}", l);
         assert!(!shown.contains("s3cr3t"), "{shown}");
         assert_eq!(l.headers.len(), 4);
+    }
+
+    #[test]
+    fn a_letter_is_small_whatever_it_holds() {
+        let headers: serde_json::Map<String, Value> = (0..5000)
+            .map(|i| (format!("x-h{i}"), Value::String("v".repeat(1000))))
+            .collect();
+        let body = serde_json::json!({
+            "id": "i".repeat(100_000),
+            "destinationUrl": format!("https://a.com/{}", "p".repeat(900_000)),
+            "request": {"method": "POST", "headers": headers, "body": "b".repeat(900_000)},
+        });
+        let m = Message::builder()
+            .message_id("sqs-1")
+            .body(body.to_string())
+            .build();
+        let l = Letter::of(&m);
+        let kept: usize = l
+            .headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len())
+            .sum::<usize>()
+            + l.id.as_ref().map_or(0, String::len)
+            + l.url.as_ref().map_or(0, String::len)
+            + l.preview.len();
+        assert!(kept < 40_000, "{kept} bytes kept");
+        assert_eq!(l.headers.len(), MOST_HEADERS + 1);
+    }
+
+    #[test]
+    fn a_letter_that_is_not_a_retry_message_shows_no_credential() {
+        let typo = serde_json::json!({"destinationURL": "https://a.com",
+            "request": {"headers": {"Authorization": "Bearer s3cr3t"}}});
+        let m = Message::builder()
+            .message_id("1")
+            .body(typo.to_string())
+            .build();
+        assert!(!Letter::of(&m).preview.contains("s3cr3t"));
+        let text = "Authorization: Bearer s3cr3t and not JSON";
+        let m = Message::builder().message_id("2").body(text).build();
+        assert!(!Letter::of(&m).preview.contains("s3cr3t"));
+        let plain = Message::builder().message_id("3").body("just text").build();
+        assert_eq!(Letter::of(&plain).preview, "just text");
     }
 
     #[test]

@@ -24,10 +24,53 @@ const WORDS: [&str; 11] = [
     "jwt",
 ];
 
-/// Is `name` (a header or query parameter) credential-bearing?
+/// Query parameters that carry credentials under short names: Azure's
+/// SAS signature and Functions key, and signed URLs' parts.
+const QUERY_NAMES: [&str; 6] = [
+    "sig",
+    "code",
+    "sv",
+    "se",
+    "x-amz-credential",
+    "x-goog-credential",
+];
+
+/// Is `name` (a header, a JSON key or a query parameter) credential-bearing?
 pub fn is_credential_name(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     name != "idempotency-key" && WORDS.iter().any(|w| name.contains(w))
+}
+
+/// Does `text` mention a credential-bearing word anywhere?
+pub fn mentions_credentials(text: &str) -> bool {
+    let text = text.to_ascii_lowercase();
+    WORDS.iter().any(|w| text.contains(w))
+}
+
+/// A path segment that looks like a secret (a webhook's token in its
+/// path, as Slack's and Discord's are): 20 characters or more of letters
+/// and digits mixed.
+fn secret_like(segment: &str) -> bool {
+    segment.len() >= 20
+        && segment.bytes().any(|b| b.is_ascii_digit())
+        && segment.bytes().any(|b| b.is_ascii_alphabetic())
+}
+
+/// `value` with every credential-bearing key's value masked, at any depth.
+pub fn masked_json(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                if is_credential_name(k) {
+                    *v = serde_json::Value::String(MASK.into());
+                } else {
+                    masked_json(v);
+                }
+            }
+        }
+        serde_json::Value::Array(list) => list.iter_mut().for_each(masked_json),
+        _ => {}
+    }
 }
 
 /// `value`, or the mask when `name` is credential-bearing.
@@ -50,7 +93,9 @@ pub fn masked_url(url: &url::Url) -> String {
         let pairs: Vec<(String, String)> = url
             .query_pairs()
             .map(|(k, v)| {
-                let v = if is_credential_name(&k) {
+                let lower = k.to_ascii_lowercase();
+                let secret = is_credential_name(&k) || QUERY_NAMES.contains(&lower.as_str());
+                let v = if secret {
                     "masked".to_owned()
                 } else {
                     v.into_owned()
@@ -59,6 +104,19 @@ pub fn masked_url(url: &url::Url) -> String {
             })
             .collect();
         url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    let segments: Option<Vec<String>> = url.path_segments().map(|s| {
+        s.map(|seg| {
+            if secret_like(seg) {
+                "masked".to_owned()
+            } else {
+                seg.to_owned()
+            }
+        })
+        .collect()
+    });
+    if let (Some(segments), Ok(mut path)) = (segments, url.path_segments_mut()) {
+        path.clear().extend(segments);
     }
     url.to_string()
 }
@@ -96,6 +154,33 @@ mod tests {
         );
         assert!(
             shown.contains("page=2") && shown.contains("api.partner.com/x"),
+            "{shown}"
+        );
+        // Azure SAS and Functions keys, a webhook token in the path.
+        let sas = url::Url::parse(
+            "https://a.blob.core.windows.net/c/b?sv=2024&sig=s3cr3tSIG&code=s3cr3tCODE",
+        )
+        .unwrap();
+        let shown = masked_url(&sas);
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        let hook =
+            url::Url::parse("https://hooks.slack.com/services/T0000/B0000/Xk2s3cr3tAbCdEf12345678")
+                .unwrap();
+        let shown = masked_url(&hook);
+        assert!(
+            !shown.contains("s3cr3t") && shown.contains("/services/T0000/B0000/masked"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn credential_keys_are_masked_at_any_depth_of_a_json_letter() {
+        let mut v = serde_json::json!({"destinationURL": "x", "request": {"headers": {"Authorization": "Bearer s3cr3t"}},
+                                       "list": [{"api_key": "s3cr3t"}], "note": "fine"});
+        masked_json(&mut v);
+        let shown = v.to_string();
+        assert!(
+            !shown.contains("s3cr3t") && shown.contains("fine"),
             "{shown}"
         );
     }

@@ -66,7 +66,13 @@ pub async fn letters(State(console): State<Arc<Console>>, RawQuery(query): RawQu
             read.reading,
         )
     });
-    Html(page("Dead letters · retryq console", &body, reading)).into_response()
+    Html(page(
+        "Dead letters · retryq console",
+        &body,
+        reading,
+        Some(&console.token),
+    ))
+    .into_response()
 }
 
 fn render_letters(
@@ -180,6 +186,7 @@ fn cards(all: &[&Letter], filter: &Filter, now: u64) -> String {
 
 fn filter_form(all: &[&Letter], filter: &Filter) -> String {
     let mut out = String::from("<form class=\"filters\" method=\"get\" action=\"/\">");
+    out.push_str(super::html::TOKEN_FIELD);
     out.push_str("<label>FailureReason<select name=\"reason\"><option value=\"\">any</option>");
     for (reason, n) in Read::counts(all, |l| l.reason.clone()) {
         let selected = if filter.reason.as_ref() == Some(&reason) {
@@ -310,7 +317,11 @@ pub async fn letter(State(console): State<Arc<Console>>, Path(sqs_id): Path<Stri
             "<h1>Not found</h1><p>No dead letter {} in the last read. <a href=\"/\">Back</a></p>",
             esc(&sqs_id)
         );
-        return (StatusCode::NOT_FOUND, Html(page("Not found", &body, false))).into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            Html(page("Not found", &body, false, Some(&console.token))),
+        )
+            .into_response();
     };
     let mut body = format!(
         "<h1>Dead letter {}</h1>",
@@ -327,7 +338,13 @@ pub async fn letter(State(console): State<Arc<Console>>, Path(sqs_id): Path<Stri
             hidden("id", &l.sqs_message_id)
         );
     }
-    Html(page("Dead letter · retryq console", &body, false)).into_response()
+    Html(page(
+        "Dead letter · retryq console",
+        &body,
+        false,
+        Some(&console.token),
+    ))
+    .into_response()
 }
 
 fn details(l: &Letter) -> String {

@@ -85,6 +85,16 @@ impl Console {
         }
     }
 
+    fn token(&self) -> &str {
+        self.url.split("token=").nth(1).unwrap()
+    }
+
+    /// `path` on the console, with its token.
+    fn at(&self, path: &str) -> String {
+        let joint = if path.contains('?') { '&' } else { '?' };
+        format!("{}{path}{joint}token={}", self.base, self.token())
+    }
+
     fn log(&self) -> String {
         self.lines.lock().unwrap().join("\n")
     }
@@ -207,7 +217,7 @@ async fn the_console_lists_filters_redrives_a_selection_and_pauses_in_a_real_bro
     );
 
     // One letter: its request, the credential masked, in the DOM too.
-    browser.open(&format!("{}/", console.base)).await;
+    browser.open(&console.at("/")).await;
     browser
         .wait_for_text("read 5 at", Duration::from_secs(10))
         .await;
@@ -224,9 +234,7 @@ async fn the_console_lists_filters_redrives_a_selection_and_pauses_in_a_real_bro
     shot(&browser, "dead-letter").await;
 
     // A redrive of a selection moves exactly those two.
-    browser
-        .open(&format!("{}/?reason=non-retryable", console.base))
-        .await;
+    browser.open(&console.at("/?reason=non-retryable")).await;
     browser
         .wait_for_text("2 match this filter", Duration::from_secs(10))
         .await;
@@ -268,9 +276,7 @@ async fn the_console_lists_filters_redrives_a_selection_and_pauses_in_a_real_bro
         .trim_start_matches("http://")
         .trim_end_matches('/')
         .to_owned();
-    browser
-        .open(&format!("{}/destinations", console.base))
-        .await;
+    browser.open(&console.at("/destinations")).await;
     browser
         .wait_for_text("Pauses", Duration::from_secs(10))
         .await;
@@ -307,9 +313,7 @@ async fn the_console_lists_filters_redrives_a_selection_and_pauses_in_a_real_bro
         .send()
         .await
         .unwrap();
-    browser
-        .open(&format!("{}/destinations", console.base))
-        .await;
+    browser.open(&console.at("/destinations")).await;
     let text = browser
         .wait_for_text("Resume", Duration::from_secs(10))
         .await;
@@ -389,38 +393,45 @@ async fn the_console_refuses_requests_without_its_token_from_elsewhere_or_withou
         .await
         .unwrap();
     assert_eq!(status(rebound), 403);
-    // The token's answer sets the cookie; with it, pages open.
+    // With the token, pages open; the token is never set as a cookie
+    // (a browser would send it to every port of 127.0.0.1), and a cookie
+    // holding it opens nothing.
     let first = http.get(&console.url).send().await.unwrap();
     assert_eq!(first.status().as_u16(), 200);
-    let cookie = first
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap().to_owned())
-        .expect("a cookie");
-    let page = http
+    assert!(first.headers().get("set-cookie").is_none(), "no cookie");
+    let page = first.text().await.unwrap();
+    assert!(
+        page.contains(&format!("href=\"/destinations?token={}\"", console.token())),
+        "links carry the token"
+    );
+    let by_cookie = http
         .get(format!("{base}/destinations"))
-        .header("cookie", &cookie)
+        .header("cookie", format!("retryq_console={}", console.token()))
         .send()
         .await
         .unwrap();
-    assert_eq!(page.status().as_u16(), 200);
-    // The cookie alone never acts: a POST without the form token, or from
+    assert_eq!(status(by_cookie), 401);
+    // The token alone never acts: a POST without the form token, or from
     // another origin, is refused, and nothing moves.
     let forged = http
-        .post(format!("{base}/redrive"))
-        .header("cookie", &cookie)
+        .post(console.at("/redrive"))
         .header("content-type", "application/x-www-form-urlencoded")
         .body("scope=filter&confirm=yes")
         .send()
         .await
         .unwrap();
     assert_eq!(status(forged), 403);
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the page's form token")
+        .to_owned();
     let cross = http
-        .post(format!("{base}/pause"))
-        .header("cookie", &cookie)
+        .post(console.at("/pause"))
         .header("origin", "https://evil.example")
-        .body("pattern=api.partner.com&confirm=yes")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={csrf}&pattern=api.partner.com&confirm=yes"))
         .send()
         .await
         .unwrap();
