@@ -205,15 +205,12 @@ pub async fn redrive(
     // everything (the matches may be anywhere).
     let mut walk = Walk::new(if selection.is_all() { max } else { usize::MAX });
     let mut wanted = selection.message_ids.as_ref().map(|ids| ids.len());
-    // A letter dead-lettered after the redrive began (a redriven message
-    // that failed again at once) is not taken again: one redrive moves
-    // each letter at most once, however fast the fleet fails them. The
-    // clocks of SQS and this machine may differ by a little: a letter of
-    // the last seconds before the start may stay, never one loop.
-    let began_ms = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64;
+    // What this redrive sent, so that a letter that comes back while it
+    // walks (redriven, failed at once, dead-lettered again) is not taken
+    // again: its `OriginalMessageId` is one of the messages sent, or its
+    // Retry Message id one already moved. Identity, not time: the clocks
+    // of SQS and this machine may differ by any amount.
+    let mut ours = Ours::default();
     let result = loop {
         if wanted == Some(0) {
             break Ok(());
@@ -224,15 +221,17 @@ pub async fn redrive(
             Err(e) => break Err(e),
         };
         for m in batch {
-            let too_new = sent_ms(&m) > began_ms;
-            if too_new || !selection.matches(&m) || stats.moved as usize >= max {
+            if ours.came_back(&m) || !selection.matches(&m) || stats.moved as usize >= max {
                 stats.skipped += 1;
                 kept.keep(m);
                 continue;
             }
             wanted = wanted.map(|n| n.saturating_sub(1));
             match move_one(queues, payloads, dlq_url, to_url, &m).await {
-                Ok(Moved::Sent) => stats.moved += 1,
+                Ok(Moved::Sent(sent)) => {
+                    stats.moved += 1;
+                    ours.note(&m, sent);
+                }
                 Ok(Moved::AlreadyFinished) => stats.already_finished += 1,
                 Err(e) => {
                     tracing::warn!(error = %e, "could not redrive a dead letter");
@@ -297,8 +296,8 @@ fn reason_of(m: &Message) -> Option<String> {
 
 /// What became of one dead letter that was not left in the DLQ.
 enum Moved {
-    /// Sent to the target, and deleted from the DLQ.
-    Sent,
+    /// Sent to the target (the new message's id), and deleted from the DLQ.
+    Sent(String),
     /// Deleted from the DLQ without being sent: its payload says it was
     /// finished.
     AlreadyFinished,
@@ -361,7 +360,7 @@ async fn move_one(
         .as_ref()
         .and_then(|a| a.get(&MessageSystemAttributeName::AwsTraceHeader))
         .map(String::as_str);
-    queues
+    let sent = queues
         .send(to_url, body, &payload_size, trace, group, message_id)
         .await
         .map_err(|e| e.to_string())?;
@@ -376,7 +375,44 @@ async fn move_one(
             tracing::warn!(error = %e, "could not delete a redriven letter's payload");
         }
     }
-    Ok(Moved::Sent)
+    Ok(Moved::Sent(sent))
+}
+
+/// The messages one redrive sent, and the Retry Message ids it moved.
+#[derive(Default)]
+struct Ours {
+    sent: std::collections::HashSet<String>,
+    ids: std::collections::HashSet<String>,
+}
+
+impl Ours {
+    fn note(&mut self, letter: &Message, sent: String) {
+        self.sent.insert(sent);
+        if let Some(id) = retry_id_of(letter.body.as_deref().unwrap_or_default()) {
+            self.ids.insert(id);
+        }
+    }
+
+    /// Is `letter` a message this redrive sent, dead-lettered again?
+    fn came_back(&self, letter: &Message) -> bool {
+        let original = letter
+            .message_attributes
+            .as_ref()
+            .and_then(|a| a.get(attribute::ORIGINAL_MESSAGE_ID))
+            .and_then(|v| v.string_value.as_deref());
+        original.is_some_and(|o| self.sent.contains(o))
+            || retry_id_of(letter.body.as_deref().unwrap_or_default())
+                .is_some_and(|id| self.ids.contains(&id))
+    }
+}
+
+/// The Retry Message `id` of a letter's body, when it is one.
+fn retry_id_of(body: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        id: String,
+    }
+    serde_json::from_str::<Head>(body).ok().map(|h| h.id)
 }
 
 async fn delete_letter(queues: &Queues, dlq_url: &str, m: &Message) -> Result<(), String> {

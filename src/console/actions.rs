@@ -29,7 +29,12 @@ fn checked(console: &Console, body: &str) -> Result<Form, Box<Response>> {
 /// `confirm=yes`.
 fn confirm(console: &Console, action: &str, question: &str, form: &Form) -> Response {
     let mut fields = csrf_field(&console.csrf);
-    for (k, v) in form.0.iter().filter(|(k, _)| k != "csrf" && k != "confirm") {
+    fields.push_str(&hidden("nonce", &console.issue_nonce()));
+    for (k, v) in form
+        .0
+        .iter()
+        .filter(|(k, _)| k != "csrf" && k != "confirm" && k != "nonce")
+    {
         fields.push_str(&hidden(k, v));
     }
     let body = format!(
@@ -54,6 +59,29 @@ fn done(console: &Console, message: &str, ok: bool, back: &str) -> Response {
         esc(message)
     );
     Html(page("retryq console", &body, false, Some(&console.token))).into_response()
+}
+
+/// The page for a confirmation that was used already (a reload of a
+/// result page, a second click): nothing is done again.
+fn replayed(console: &Console, back: &str) -> Response {
+    done(
+        console,
+        "This confirmation was used already: nothing was done again. Start the action anew to repeat it.",
+        false,
+        back,
+    )
+}
+
+/// Runs `action` to its end, whatever becomes of the request: a browser
+/// that leaves mid-way cuts neither the work nor its log line.
+async fn detached<F>(console: &Console, action: F) -> Response
+where
+    F: std::future::Future<Output = Response> + Send + 'static,
+{
+    match tokio::spawn(action).await {
+        Ok(answer) => answer,
+        Err(e) => done(console, &format!("The action failed: {e}"), false, "/"),
+    }
 }
 
 /// `POST /refresh`: read the DLQ again.
@@ -121,6 +149,20 @@ pub async fn redrive(State(console): State<Arc<Console>>, body: String) -> Respo
         let question = format!("Move {} back to <code>{}</code> for another run? Bodies go unchanged, failure attributes are dropped.", esc(&what), esc(&to));
         return confirm(&console, "/redrive", &question, &form);
     }
+    if !console.spend_nonce(form.one("nonce")) {
+        return replayed(&console, "/");
+    }
+    let run = run_redrive(console.clone(), to, selection, what);
+    detached(&console, run).await
+}
+
+/// The redrive itself, its log line and its page.
+async fn run_redrive(
+    console: Arc<Console>,
+    to: String,
+    selection: crate::dlq::Selection,
+    what: String,
+) -> Response {
     let payloads = crate::dlq::RedrivePayloads {
         store: &console.store,
         buckets: &console.payload_buckets,
@@ -169,7 +211,7 @@ pub async fn pause(State(console): State<Arc<Console>>, body: String) -> Respons
         Ok(f) => f,
         Err(refused) => return *refused,
     };
-    let Some(fleet) = &console.fleet else {
+    let Some(_) = &console.fleet else {
         return done(
             &console,
             "Pauses live in the state table: start the console with --state-table T.",
@@ -198,23 +240,24 @@ pub async fn pause(State(console): State<Arc<Console>>, body: String) -> Respons
         let question = format!("Pause every destination matching <code>{}</code> {}? Records for them wait, using up no attempt.", esc(&pattern), esc(&how_long));
         return confirm(&console, "/pause", &question, &form);
     }
-    match fleet.pause(&pattern, until).await {
-        Ok(_) => {
-            log_action(&format!("pause {pattern} {how_long}"));
-            done(
-                &console,
-                &format!("Paused {pattern} {how_long}."),
-                true,
-                "/destinations",
-            )
-        }
-        Err(e) => done(
-            &console,
-            &format!("Not paused: {e}"),
-            false,
-            "/destinations",
-        ),
+    if !console.spend_nonce(form.one("nonce")) {
+        return replayed(&console, "/destinations");
     }
+    let (run, console) = (console.clone(), console);
+    detached(&console, async move {
+        let Some(fleet) = &run.fleet else {
+            return done(&run, "No state table.", false, "/destinations");
+        };
+        match fleet.pause(&pattern, until).await {
+            Ok(_) => {
+                log_action(&format!("pause {pattern} {how_long}"));
+                let what = format!("Paused {pattern} {how_long}.");
+                done(&run, &what, true, "/destinations")
+            }
+            Err(e) => done(&run, &format!("Not paused: {e}"), false, "/destinations"),
+        }
+    })
+    .await
 }
 
 /// `POST /resume`: `pattern`.
@@ -223,7 +266,7 @@ pub async fn resume(State(console): State<Arc<Console>>, body: String) -> Respon
         Ok(f) => f,
         Err(refused) => return *refused,
     };
-    let Some(fleet) = &console.fleet else {
+    let Some(_) = &console.fleet else {
         return done(
             &console,
             "Pauses live in the state table: start the console with --state-table T.",
@@ -231,7 +274,11 @@ pub async fn resume(State(console): State<Arc<Console>>, body: String) -> Respon
             "/destinations",
         );
     };
-    let pattern = form.one("pattern").unwrap_or_default().to_owned();
+    let pattern = form.one("pattern").unwrap_or_default().trim().to_owned();
+    if let Err(e) = pattern.parse::<crate::policy::hosts::HostPattern>() {
+        let why = format!("Host pattern {pattern:?}: {e}");
+        return done(&console, &why, false, "/destinations");
+    }
     if form.one("confirm") != Some("yes") {
         let mut question = String::new();
         let _ = write!(
@@ -241,21 +288,25 @@ pub async fn resume(State(console): State<Arc<Console>>, body: String) -> Respon
         );
         return confirm(&console, "/resume", &question, &form);
     }
-    match fleet.resume(&pattern).await {
-        Ok(was) => {
-            log_action(&format!("resume {pattern}"));
-            let what = if was {
-                format!("Resumed {pattern}.")
-            } else {
-                format!("{pattern} was not paused.")
-            };
-            done(&console, &what, true, "/destinations")
-        }
-        Err(e) => done(
-            &console,
-            &format!("Not resumed: {e}"),
-            false,
-            "/destinations",
-        ),
+    if !console.spend_nonce(form.one("nonce")) {
+        return replayed(&console, "/destinations");
     }
+    let (run, console) = (console.clone(), console);
+    detached(&console, async move {
+        let Some(fleet) = &run.fleet else {
+            return done(&run, "No state table.", false, "/destinations");
+        };
+        match fleet.resume(&pattern).await {
+            Ok(was) => {
+                log_action(&format!("resume {pattern}"));
+                let what = match was {
+                    true => format!("Resumed {pattern}."),
+                    false => format!("{pattern} was not paused."),
+                };
+                done(&run, &what, true, "/destinations")
+            }
+            Err(e) => done(&run, &format!("Not resumed: {e}"), false, "/destinations"),
+        }
+    })
+    .await
 }

@@ -21,6 +21,8 @@ use crate::queue::{attribute, Queues};
 
 /// Most letters a read keeps (the rest are counted, not shown).
 pub const MOST_LETTERS: usize = 100_000;
+/// Most bytes the kept letters take, about (the rest are counted).
+pub const MOST_BYTES: usize = 256 * 1024 * 1024;
 /// How much of a body a letter keeps.
 const PREVIEW_BYTES: usize = 1024;
 /// Most headers a letter keeps.
@@ -72,7 +74,7 @@ impl Letter {
         if let Some(Ok(p)) = crate::payload::PayloadPointer::parse(body) {
             letter.offloaded = Some(format!("s3://{}/{}", p.bucket, p.key));
             letter.preview = "(the message is in S3; the console does not read it)".into();
-            return letter;
+            return letter.bounded();
         }
         match serde_json::from_str::<Value>(body) {
             Ok(v) if v.get("destinationUrl").is_some() => letter.read_message(&v),
@@ -92,6 +94,28 @@ impl Letter {
             Err(_) => letter.preview = preview(body),
         }
         letter.bounded()
+    }
+
+    /// About how many bytes it takes.
+    fn size(&self) -> usize {
+        let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        std::mem::size_of::<Letter>()
+            + self.sqs_message_id.len()
+            + text(&self.id)
+            + text(&self.reason)
+            + text(&self.status)
+            + text(&self.attempts)
+            + text(&self.last_error)
+            + text(&self.method)
+            + text(&self.url)
+            + text(&self.host)
+            + text(&self.offloaded)
+            + self.preview.len()
+            + self
+                .headers
+                .iter()
+                .map(|(n, v)| n.len() + v.len() + 48)
+                .sum::<usize>()
     }
 
     /// Every field cut to its bound, so a letter's summary is small
@@ -234,8 +258,10 @@ impl Filter {
 pub struct Read {
     /// Newest first once the read is done; in arrival order while it runs.
     pub letters: Vec<Letter>,
-    /// Letters seen beyond [`MOST_LETTERS`].
+    /// Letters seen beyond [`MOST_LETTERS`] or [`MOST_BYTES`].
     pub not_kept: usize,
+    /// About how much the kept letters take.
+    pub kept_bytes: usize,
     pub reading: bool,
     pub finished_at: Option<SystemTime>,
     pub error: Option<String>,
@@ -288,8 +314,11 @@ impl Letters {
         let result = dlq::read_each(queues, dlq_url, usize::MAX, |batch| {
             self.change(|r| {
                 for m in batch {
-                    if r.letters.len() < MOST_LETTERS {
-                        r.letters.push(Letter::of(m));
+                    let letter = Letter::of(m);
+                    let size = letter.size();
+                    if r.letters.len() < MOST_LETTERS && r.kept_bytes + size <= MOST_BYTES {
+                        r.kept_bytes += size;
+                        r.letters.push(letter);
                     } else {
                         r.not_kept += 1;
                     }

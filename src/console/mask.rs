@@ -56,21 +56,61 @@ fn secret_like(segment: &str) -> bool {
         && segment.bytes().any(|b| b.is_ascii_alphabetic())
 }
 
-/// `value` with every credential-bearing key's value masked, at any depth.
+/// `value` (a letter that is not a Retry Message) with what may be a
+/// credential masked, at any depth: the value of a credential-bearing key;
+/// a string that mentions a credential word; the other values of an
+/// object or pair that names a credential-bearing header
+/// (`{"name": "Authorization", "value": …}`, `["Authorization", …]`); and
+/// a URL's secrets ([`masked_url`]). A string that holds JSON (a message
+/// encoded twice) is read as JSON and masked the same way.
 pub fn masked_json(value: &mut serde_json::Value) {
+    use serde_json::Value;
     match value {
-        serde_json::Value::Object(map) => {
+        Value::Object(map) => {
+            let names_one = map
+                .values()
+                .any(|v| v.as_str().is_some_and(is_credential_name));
             for (k, v) in map.iter_mut() {
-                if is_credential_name(k) {
-                    *v = serde_json::Value::String(MASK.into());
+                if is_credential_name(k)
+                    || (names_one && !v.as_str().is_some_and(is_credential_name))
+                {
+                    *v = Value::String(MASK.into());
                 } else {
                     masked_json(v);
                 }
             }
         }
-        serde_json::Value::Array(list) => list.iter_mut().for_each(masked_json),
+        Value::Array(list) => {
+            let pair = list.len() == 2 && list[0].as_str().is_some_and(is_credential_name);
+            if pair {
+                list[1] = Value::String(MASK.into());
+            } else {
+                list.iter_mut().for_each(masked_json);
+            }
+        }
+        Value::String(text) => *text = masked_text(text),
         _ => {}
     }
+}
+
+/// A string of a letter: JSON inside it masked as JSON, a URL masked as a
+/// URL, and any other text that mentions a credential word masked whole.
+pub fn masked_text(text: &str) -> String {
+    if let Ok(mut inner) = serde_json::from_str::<serde_json::Value>(text) {
+        if inner.is_object() || inner.is_array() || inner.is_string() {
+            masked_json(&mut inner);
+            return inner.to_string();
+        }
+    }
+    if let Ok(url) = url::Url::parse(text) {
+        if url.has_host() {
+            return masked_url(&url);
+        }
+    }
+    if mentions_credentials(text) {
+        return MASK.to_owned();
+    }
+    text.to_owned()
 }
 
 /// `value`, or the mask when `name` is credential-bearing.
@@ -88,6 +128,10 @@ pub fn masked_url(url: &url::Url) -> String {
     if !url.username().is_empty() || url.password().is_some() {
         let _ = url.set_username("masked");
         let _ = url.set_password(None);
+    }
+    // A query split on `;`, which the pairs below would not split.
+    if url.query().is_some_and(|q| q.contains(';')) {
+        url.set_query(Some("masked"));
     }
     if url.query().is_some() {
         let pairs: Vec<(String, String)> = url
@@ -117,6 +161,10 @@ pub fn masked_url(url: &url::Url) -> String {
     });
     if let (Some(segments), Ok(mut path)) = (segments, url.path_segments_mut()) {
         path.clear().extend(segments);
+    }
+    // A fragment never reaches the destination; it may hold a token.
+    if url.fragment().is_some() {
+        url.set_fragment(Some("masked"));
     }
     url.to_string()
 }
@@ -171,6 +219,33 @@ mod tests {
             !shown.contains("s3cr3t") && shown.contains("/services/T0000/B0000/masked"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn letters_that_hide_credentials_in_other_shapes_show_none() {
+        let cases = [
+            // A message encoded twice.
+            serde_json::Value::String(
+                serde_json::json!({"request": {"headers": {"Authorization": "Bearer s3cr3t"}}})
+                    .to_string(),
+            ),
+            serde_json::json!("Authorization: Bearer s3cr3t"),
+            serde_json::json!({"destinationURL": "https://u:s3cr3t@a.com/x?sig=s3cr3t"}),
+            serde_json::json!({"headers": [{"name": "Authorization", "value": "Bearer s3cr3t"}]}),
+            serde_json::json!({"headers": [["Authorization", "Bearer s3cr3t"]]}),
+        ];
+        for mut case in cases {
+            let before = case.to_string();
+            masked_json(&mut case);
+            assert!(!case.to_string().contains("s3cr3t"), "{before} → {case}");
+        }
+        for url in [
+            "https://a.com/x#access_token=s3cr3t",
+            "https://a.com/x?a=1;api_key=s3cr3t",
+        ] {
+            let shown = masked_url(&url::Url::parse(url).unwrap());
+            assert!(!shown.contains("s3cr3t"), "{shown}");
+        }
     }
 
     #[test]

@@ -52,6 +52,30 @@ pub struct Console {
     letters: letters::Letters,
     /// One walk over the DLQ at a time (a read or a redrive).
     walk: tokio::sync::Mutex<()>,
+    /// Confirmation pages shown and not yet used: each confirms once.
+    nonces: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// Most confirmations waiting at once (older ones are forgotten).
+const MOST_NONCES: usize = 1000;
+
+impl Console {
+    /// A one-time token for a confirmation page.
+    fn issue_nonce(&self) -> String {
+        let nonce = guard::new_token();
+        let mut nonces = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
+        if nonces.len() >= MOST_NONCES {
+            nonces.clear();
+        }
+        nonces.insert(nonce.clone());
+        nonce
+    }
+
+    /// Uses up `nonce`: `false` when it was not issued or used already.
+    fn spend_nonce(&self, nonce: Option<&str>) -> bool {
+        let mut nonces = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
+        nonce.is_some_and(|n| nonces.remove(n))
+    }
 }
 
 /// A form or query string: its pairs, repeated names kept.
@@ -137,6 +161,7 @@ async fn build(options: Options, port: u16) -> Result<Console, String> {
         store: crate::payload::store::PayloadStore::new(),
         letters: letters::Letters::default(),
         walk: tokio::sync::Mutex::new(()),
+        nonces: std::sync::Mutex::default(),
     })
 }
 
@@ -156,7 +181,13 @@ fn router(console: Arc<Console>) -> Router {
         .with_state(console)
 }
 
-/// One line on the console's log (its standard output).
+/// One line on the console's log (its standard output): control
+/// characters shown as `?`, so that nothing a form carries can forge a
+/// second line.
 fn log_action(line: &str) {
+    let line: String = line
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
     println!("{} {line}", crate::clock::rfc3339(letters::now_ms()));
 }

@@ -429,7 +429,10 @@ async fn history(console: &Console, l: &Letter) -> String {
             a.status.map_or("-".into(), |s| s.to_string()),
             a.latency_ms,
             esc(a.last_error.as_deref().unwrap_or("-")),
-            esc(&crate::policy::one_line(a.response_snippet.as_deref().unwrap_or(""), 200)),
+            esc(&crate::policy::one_line(
+                &super::mask::masked_text(a.response_snippet.as_deref().unwrap_or("")),
+                200
+            )),
             esc(&a.sqs_message_id),
         );
     }

@@ -43,6 +43,7 @@ impl FromStr for HostPattern {
             Some(rest) => (true, rest),
             None => (false, host),
         };
+        let name = name.strip_suffix('.').unwrap_or(name);
         // Let the URL parser normalise the host exactly as it will for
         // destinations (case, IDNA, IP notations).
         let parsed = Host::parse(name).map_err(|e| format!("{name:?} is not a host: {e}"))?;
@@ -78,6 +79,8 @@ impl std::fmt::Display for HostPattern {
 impl HostPattern {
     /// Does `host` (as the URL parser normalised it) on `port` match?
     pub fn matches(&self, host: &str, port: Option<u16>) -> bool {
+        // `api.partner.com.` (the fully qualified form) is the same host.
+        let host = host.strip_suffix('.').unwrap_or(host);
         let host_ok = match &self.host {
             HostMatch::Exact(h) => h == host,
             HostMatch::Subdomain(suffix) => host
@@ -105,6 +108,33 @@ impl HostPattern {
         match &self.host {
             HostMatch::Exact(h) => (true, h.len(), self.port.is_some()),
             HostMatch::Subdomain(suffix) => (false, suffix.len(), self.port.is_some()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fully_qualified_host_with_its_trailing_dot_is_the_same_host() {
+        let url = |u: &str| url::Url::parse(u).unwrap();
+        for pattern in ["api.partner.com", "*.partner.com", "api.partner.com."] {
+            let p: HostPattern = pattern.parse().unwrap();
+            assert!(
+                HostPattern::any_matches(
+                    std::slice::from_ref(&p),
+                    &url("https://api.partner.com./x")
+                ),
+                "{pattern}"
+            );
+            assert!(
+                HostPattern::any_matches(
+                    std::slice::from_ref(&p),
+                    &url("https://api.partner.com/x")
+                ),
+                "{pattern}"
+            );
         }
     }
 }

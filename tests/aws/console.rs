@@ -446,3 +446,52 @@ async fn the_console_refuses_requests_without_its_token_from_elsewhere_or_withou
         .success();
     assert!(paused.stdout.contains("0 pause(s)"), "{}", paused.stdout);
 }
+
+/// Review finding: a result page reloaded, or "Yes, do it" clicked twice,
+/// did the action again. Each confirmation now acts once.
+#[tokio::test]
+async fn a_confirmation_acts_once_however_often_it_is_sent() {
+    let sqs = sqs();
+    let table = state_table().await;
+    let dlq = queue(&sqs, "console-once-dlq").await;
+    let target = queue(&sqs, "console-once-target").await;
+    let console = Console::start(&dlq, &target, &table);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let field = |page: &str, name: &str| {
+        page.split(&format!("name=\"{name}\" value=\""))
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_else(|| panic!("no {name} on the page"))
+            .to_owned()
+    };
+    let home = http
+        .get(&console.url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = field(&home, "csrf");
+    let post = |form: String| {
+        http.post(console.at("/pause"))
+            .header("origin", console.base.clone())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form)
+            .send()
+    };
+    let asked = post(format!("csrf={csrf}&pattern=once.example.com&for=1h"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let nonce = field(&asked, "nonce");
+    let confirm = format!("csrf={csrf}&nonce={nonce}&pattern=once.example.com&for=1h&confirm=yes");
+    let first = post(confirm.clone()).await.unwrap().text().await.unwrap();
+    assert!(first.contains("Paused once.example.com"), "{first}");
+    let again = post(confirm).await.unwrap().text().await.unwrap();
+    assert!(again.contains("used already"), "{again}");
+    let lines = console.log().matches("pause once.example.com").count();
+    assert_eq!(lines, 1, "one action, one line:\n{}", console.log());
+}
