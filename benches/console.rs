@@ -1,18 +1,19 @@
-//! `make bench`'s console part: 10,000 dead letters on the local SQS
-//! server, `retryq console` started on them, and how soon a page shows
-//! them, beside the baseline of the same run: `retryq dlq list` reading
-//! the same DLQ.
+//! `make bench`'s console part, in two steps.
 //!
-//! Figures (stdout, and `bench/console.json`):
-//! - spawn → the first page that lists 50 letters;
-//! - spawn → the read finished (every letter in the console's copy);
-//! - a page's latency once read (median and worst of 20): the first page,
-//!   a filtered page, and page 100;
-//! - the console's peak RSS;
-//! - `retryq dlq list --max 10000` wall time.
+//! 1. **Rendering at 10,000 letters**, in this process: 10,000 dead
+//!    letters summarised as a read would, then the first page, a filtered
+//!    page and page 100 rendered (medians of 20).
+//! 2. **End to end on the local SQS server** with `RETRYQ_BENCH_LETTERS`
+//!    (default 1,000) letters: `retryq console` spawned on them; spawn → the
+//!    first page that lists 50 letters, spawn → the read finished, a page's
+//!    latency over HTTP once read, the console's peak RSS; beside the
+//!    baseline of the same run, `retryq dlq list` reading the same DLQ, and
+//!    the server's own time per receive. (moto's receive takes time in
+//!    proportion to the queue's length, about 7 s at 10,000 messages, so
+//!    10,000 end to end measures moto, not the console.)
 //!
-//! Runs under scripts/with-moto.sh; `RETRYQ_BENCH_LETTERS` changes the
-//! number of letters.
+//! Figures: stdout, and `bench/console.json`. Runs under
+//! scripts/with-moto.sh.
 
 use std::io::BufRead;
 use std::process::{Command, Stdio};
@@ -37,29 +38,80 @@ async fn sqs() -> aws_sdk_sqs::Client {
     aws_sdk_sqs::Client::new(&config)
 }
 
+fn attr(v: &str) -> MessageAttributeValue {
+    MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(v)
+        .build()
+        .unwrap()
+}
+
+const REASONS: [&str; 3] = ["attempts-exhausted", "non-retryable", "expired"];
+
+/// Letter `i`: a Retry Message of a 2 KiB body to one of 20 partners.
+fn letter_body(i: usize) -> String {
+    serde_json::json!({
+        "id": format!("order-{i}"),
+        "destinationUrl": format!("https://partner-{}.example.com/v1/orders", i % 20),
+        "request": {"method": "POST", "headers": {"content-type": "application/json",
+                    "authorization": "Bearer not-shown"},
+                    "body": "x".repeat(2048)},
+    })
+    .to_string()
+}
+
+/// 10,000 letters as a receive gives them, rendered in this process.
+fn render_at_ten_thousand(figures: &mut serde_json::Map<String, serde_json::Value>) {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let messages: Vec<aws_sdk_sqs::types::Message> = (0..10_000)
+        .map(|i| {
+            aws_sdk_sqs::types::Message::builder()
+                .message_id(format!("m-{i}"))
+                .body(letter_body(i))
+                .attributes(
+                    aws_sdk_sqs::types::MessageSystemAttributeName::SentTimestamp,
+                    (now_ms - i as u128 * 1000).to_string(),
+                )
+                .message_attributes("FailureReason", attr(REASONS[i % 3]))
+                .message_attributes("LastStatusCode", attr("503"))
+                .message_attributes("AttemptCount", attr("8"))
+                .message_attributes("LastError", attr("HTTP 503"))
+                .build()
+        })
+        .collect();
+    let queries = ["", "reason=expired&host=partner-3.example.com", "page=100"];
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); queries.len()];
+    let mut summarise = Vec::new();
+    for _ in 0..20 {
+        let (took, pages) = retryq::console::render_over(&messages, &queries);
+        summarise.push(took.as_secs_f64() * 1000.0);
+        for (i, (html, took)) in pages.into_iter().enumerate() {
+            assert!(html.contains("order-"), "a page lists letters");
+            times[i].push(took.as_secs_f64() * 1000.0);
+        }
+    }
+    let summarise = median(summarise);
+    println!("console: 10000 letters summarised in {summarise:.1} ms (median of 20)");
+    figures.insert("renderAt10000SummariseMs".into(), summarise.into());
+    for (label, t) in ["firstPage", "filtered", "page100"].iter().zip(times) {
+        let m = median(t);
+        println!("console: 10000 letters, {label} rendered in {m:.2} ms (median of 20)");
+        figures.insert(format!("renderAt10000{label}Ms"), m.into());
+    }
+}
+
 async fn seed(sqs: &aws_sdk_sqs::Client, url: &str, letters: usize) {
-    let attr = |v: &str| {
-        MessageAttributeValue::builder()
-            .data_type("String")
-            .string_value(v)
-            .build()
-            .unwrap()
-    };
-    let reasons = ["attempts-exhausted", "non-retryable", "expired"];
     for chunk in 0..letters.div_ceil(10) {
         let mut entries = Vec::new();
         for i in chunk * 10..letters.min(chunk * 10 + 10) {
-            let body = serde_json::json!({
-                "id": format!("order-{i}"),
-                "destinationUrl": format!("https://partner-{}.example.com/v1/orders", i % 20),
-                "request": {"method": "POST", "headers": {"content-type": "application/json",
-                            "authorization": "Bearer not-shown"},
-                            "body": "x".repeat(2048)},
-            });
+            let body = letter_body(i);
             let entry = SendMessageBatchRequestEntry::builder()
                 .id(format!("m{i}"))
-                .message_body(body.to_string())
-                .message_attributes("FailureReason", attr(reasons[i % 3]))
+                .message_body(body)
+                .message_attributes("FailureReason", attr(REASONS[i % 3]))
                 .message_attributes("LastStatusCode", attr("503"))
                 .message_attributes("AttemptCount", attr("8"))
                 .message_attributes("LastError", attr("HTTP 503"))
@@ -91,7 +143,9 @@ async fn run() {
     let letters: usize = std::env::var("RETRYQ_BENCH_LETTERS")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(10_000);
+        .unwrap_or(1_000);
+    let mut figures = serde_json::Map::new();
+    render_at_ten_thousand(&mut figures);
     let sqs = sqs().await;
     let name = format!("bench-console-dlq-{}", std::process::id());
     let dlq = sqs
@@ -170,7 +224,6 @@ async fn run() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let mut figures = serde_json::Map::new();
     for (label, path) in [
         ("firstPage", "/"),
         ("filtered", "/?reason=expired&host=partner-3.example.com"),

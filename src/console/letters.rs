@@ -303,6 +303,39 @@ impl Letters {
         f(&mut self.read.write().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// Fills the copy with `messages` at once, as a finished read would
+    /// (for `make bench`).
+    pub fn fill(&self, messages: &[Message]) {
+        self.change(|r| *r = Read::default());
+        self.keep(messages);
+        self.finish(Ok(()));
+    }
+
+    fn keep(&self, batch: &[Message]) {
+        self.change(|r| {
+            for m in batch {
+                let letter = Letter::of(m);
+                let size = letter.size();
+                if r.letters.len() < MOST_LETTERS && r.kept_bytes + size <= MOST_BYTES {
+                    r.kept_bytes += size;
+                    r.letters.push(letter);
+                } else {
+                    r.not_kept += 1;
+                }
+            }
+        })
+    }
+
+    fn finish(&self, result: Result<(), crate::queue::QueueError>) {
+        self.change(|r| {
+            r.letters
+                .sort_by_key(|l| std::cmp::Reverse(l.dead_lettered_ms));
+            r.reading = false;
+            r.finished_at = Some(SystemTime::now());
+            r.error = result.err().map(|e| e.to_string());
+        });
+    }
+
     /// Reads the DLQ again from the start (the caller holds the walk).
     pub async fn read(&self, queues: &Queues, dlq_url: &str) {
         self.change(|r| {
@@ -311,28 +344,8 @@ impl Letters {
                 ..Read::default()
             }
         });
-        let result = dlq::read_each(queues, dlq_url, usize::MAX, |batch| {
-            self.change(|r| {
-                for m in batch {
-                    let letter = Letter::of(m);
-                    let size = letter.size();
-                    if r.letters.len() < MOST_LETTERS && r.kept_bytes + size <= MOST_BYTES {
-                        r.kept_bytes += size;
-                        r.letters.push(letter);
-                    } else {
-                        r.not_kept += 1;
-                    }
-                }
-            })
-        })
-        .await;
-        self.change(|r| {
-            r.letters
-                .sort_by_key(|l| std::cmp::Reverse(l.dead_lettered_ms));
-            r.reading = false;
-            r.finished_at = Some(SystemTime::now());
-            r.error = result.err().map(|e| e.to_string());
-        });
+        let result = dlq::read_each(queues, dlq_url, usize::MAX, |batch| self.keep(batch)).await;
+        self.finish(result);
     }
 }
 

@@ -181,6 +181,49 @@ fn router(console: Arc<Console>) -> Router {
         .with_state(console)
 }
 
+/// For `make bench`: the dead-letters page for `query` over `messages`,
+/// rendered as a request to a console that read them would be, without
+/// AWS; and how long summarising the messages took.
+#[doc(hidden)]
+pub fn render_over(
+    messages: &[aws_sdk_sqs::types::Message],
+    queries: &[&str],
+) -> (std::time::Duration, Vec<(String, std::time::Duration)>) {
+    let client = aws_sdk_sqs::Client::from_conf(
+        aws_sdk_sqs::Config::builder()
+            .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+            .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+            .build(),
+    );
+    let console = Console {
+        token: guard::new_token(),
+        csrf: guard::new_token(),
+        port: 0,
+        dlq_url: "bench".into(),
+        queue_url: Some("bench".into()),
+        queues: Queues::new(client),
+        fleet: None,
+        table: None,
+        payload_buckets: Vec::new(),
+        store: crate::payload::store::PayloadStore::new(),
+        letters: letters::Letters::default(),
+        walk: tokio::sync::Mutex::new(()),
+        nonces: std::sync::Mutex::default(),
+    };
+    let started = std::time::Instant::now();
+    console.letters.fill(messages);
+    let summarised = started.elapsed();
+    let pages = queries
+        .iter()
+        .map(|q| {
+            let started = std::time::Instant::now();
+            let html = pages::render(&console, q);
+            (html, started.elapsed())
+        })
+        .collect();
+    (summarised, pages)
+}
+
 /// One line on the console's log (its standard output): control
 /// characters shown as `?`, so that nothing a form carries can forge a
 /// second line.

@@ -52,20 +52,8 @@ fn link(f: &Filter, page: usize) -> String {
 
 /// `GET /`: the dead letters.
 pub async fn letters(State(console): State<Arc<Console>>, RawQuery(query): RawQuery) -> Response {
-    let form = Form::parse(query.as_deref().unwrap_or_default());
-    let filter = filter_of(&form);
-    let page_number: usize = form
-        .one("page")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(1)
-        .max(1);
-    let now = now_ms();
-    let (body, reading) = console.letters.with(|read| {
-        (
-            render_letters(&console, read, &filter, page_number, now),
-            read.reading,
-        )
-    });
+    let reading = console.letters.with(|read| read.reading);
+    let body = render(&console, query.as_deref().unwrap_or_default());
     Html(page(
         "Dead letters · retryq console",
         &body,
@@ -73,6 +61,21 @@ pub async fn letters(State(console): State<Arc<Console>>, RawQuery(query): RawQu
         Some(&console.token),
     ))
     .into_response()
+}
+
+/// The dead-letters page's body for `query`.
+pub fn render(console: &Console, query: &str) -> String {
+    let form = Form::parse(query);
+    let filter = filter_of(&form);
+    let page_number: usize = form
+        .one("page")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let now = now_ms();
+    console
+        .letters
+        .with(|read| render_letters(console, read, &filter, page_number, now))
 }
 
 fn render_letters(
