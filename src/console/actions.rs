@@ -205,29 +205,28 @@ async fn run_redrive(
     }
 }
 
-/// `POST /pause`: `pattern`, and `for` (empty: until resumed).
-pub async fn pause(State(console): State<Arc<Console>>, body: String) -> Response {
-    let form = match checked(&console, &body) {
-        Ok(f) => f,
-        Err(refused) => return *refused,
-    };
-    let Some(_) = &console.fleet else {
-        return done(
-            &console,
-            "Pauses live in the state table: start the console with --state-table T.",
-            false,
-            "/destinations",
-        );
-    };
+/// What a pause or resume form must hold: the CSRF token, a table to
+/// write to, and a valid host pattern (returned, trimmed).
+fn pattern_form(console: &Console, body: &str) -> Result<(Form, String), Box<Response>> {
+    let form = checked(console, body)?;
+    if console.fleet.is_none() {
+        let why = "Pauses live in the state table: start the console with --state-table T.";
+        return Err(Box::new(done(console, why, false, "/destinations")));
+    }
     let pattern = form.one("pattern").unwrap_or_default().trim().to_owned();
     if let Err(e) = pattern.parse::<crate::policy::hosts::HostPattern>() {
-        return done(
-            &console,
-            &format!("Host pattern {pattern:?}: {e}"),
-            false,
-            "/destinations",
-        );
+        let why = format!("Host pattern {pattern:?}: {e}");
+        return Err(Box::new(done(console, &why, false, "/destinations")));
     }
+    Ok((form, pattern))
+}
+
+/// `POST /pause`: `pattern`, and `for` (empty: until resumed).
+pub async fn pause(State(console): State<Arc<Console>>, body: String) -> Response {
+    let (form, pattern) = match pattern_form(&console, &body) {
+        Ok(got) => got,
+        Err(refused) => return *refused,
+    };
     let length = match form.one("for").map(crate::clock::parse_length).transpose() {
         Ok(l) => l,
         Err(e) => return done(&console, &format!("For: {e}"), false, "/destinations"),
@@ -262,23 +261,10 @@ pub async fn pause(State(console): State<Arc<Console>>, body: String) -> Respons
 
 /// `POST /resume`: `pattern`.
 pub async fn resume(State(console): State<Arc<Console>>, body: String) -> Response {
-    let form = match checked(&console, &body) {
-        Ok(f) => f,
+    let (form, pattern) = match pattern_form(&console, &body) {
+        Ok(got) => got,
         Err(refused) => return *refused,
     };
-    let Some(_) = &console.fleet else {
-        return done(
-            &console,
-            "Pauses live in the state table: start the console with --state-table T.",
-            false,
-            "/destinations",
-        );
-    };
-    let pattern = form.one("pattern").unwrap_or_default().trim().to_owned();
-    if let Err(e) = pattern.parse::<crate::policy::hosts::HostPattern>() {
-        let why = format!("Host pattern {pattern:?}: {e}");
-        return done(&console, &why, false, "/destinations");
-    }
     if form.one("confirm") != Some("yes") {
         let mut question = String::new();
         let _ = write!(

@@ -16,10 +16,15 @@ use crate::destination::Destination;
 use crate::fifo::fifo_queue;
 
 pub fn dynamodb() -> aws_sdk_dynamodb::Client {
+    dynamodb_at(&endpoint())
+}
+
+/// A DynamoDB client of the local server at `endpoint` (a proxy's, say).
+pub fn dynamodb_at(endpoint: &str) -> aws_sdk_dynamodb::Client {
     let config = aws_sdk_dynamodb::Config::builder()
         .behavior_version_latest()
         .region(aws_sdk_dynamodb::config::Region::new(REGION))
-        .endpoint_url(endpoint())
+        .endpoint_url(endpoint)
         .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
             "test", "test", None, None, "tests",
         ))
@@ -763,16 +768,7 @@ async fn redelivered_records_ask_for_their_carry_marks_together() {
             .unwrap()
             .state
             .unwrap();
-    let through_proxy = aws_sdk_dynamodb::Client::from_conf(
-        aws_sdk_dynamodb::Config::builder()
-            .behavior_version_latest()
-            .region(aws_sdk_dynamodb::config::Region::new(REGION))
-            .endpoint_url(&proxy.endpoint)
-            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-                "test", "test", None, None, "tests",
-            ))
-            .build(),
-    );
+    let through_proxy = dynamodb_at(&proxy.endpoint);
     let p = Arc::new(
         Processor::new(
             config(&[

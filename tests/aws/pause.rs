@@ -172,16 +172,7 @@ async fn processor_through(
         .unwrap()
         .state
         .unwrap();
-    let client = aws_sdk_dynamodb::Client::from_conf(
-        aws_sdk_dynamodb::Config::builder()
-            .behavior_version_latest()
-            .region(aws_sdk_dynamodb::config::Region::new(REGION))
-            .endpoint_url(&proxy.endpoint)
-            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-                "test", "test", None, None, "tests",
-            ))
-            .build(),
-    );
+    let client = crate::fleet::dynamodb_at(&proxy.endpoint);
     let mut vars = vec![
         ("DLQ_URL", dlq.url.as_str()),
         ("ALLOW_PRIVATE_DESTINATIONS", "true"),
