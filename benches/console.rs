@@ -162,6 +162,22 @@ async fn run() {
         "console: seeded {letters} dead letters in {:.1} s",
         seeding.elapsed().as_secs_f64()
     );
+    // The server's own time per receive, at this length of queue.
+    let mut receive_ms = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let _ = sqs
+            .receive_message()
+            .queue_url(&dlq)
+            .max_number_of_messages(10)
+            .visibility_timeout(0)
+            .send()
+            .await;
+        receive_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    let receive_ms = median(receive_ms);
+    println!("console: the SQS server answers a receive of 10 in {receive_ms:.0} ms (median of 5)");
+    figures.insert("serverReceiveMs".into(), receive_ms.into());
 
     // The baseline: the CLI reading the same DLQ.
     let started = Instant::now();
