@@ -139,12 +139,14 @@ async fn timed_get(http: &reqwest::Client, url: &str) -> (f64, String) {
     (started.elapsed().as_secs_f64() * 1000.0, page)
 }
 
+type Figures = serde_json::Map<String, serde_json::Value>;
+
 async fn run() {
     let letters: usize = std::env::var("RETRYQ_BENCH_LETTERS")
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(1_000);
-    let mut figures = serde_json::Map::new();
+    let mut figures = Figures::new();
     render_at_ten_thousand(&mut figures);
     let sqs = sqs().await;
     let name = format!("bench-console-dlq-{}", std::process::id());
@@ -162,13 +164,33 @@ async fn run() {
         "console: seeded {letters} dead letters in {:.1} s",
         seeding.elapsed().as_secs_f64()
     );
-    // The server's own time per receive, at this length of queue.
+    server_receive(&sqs, &dlq, &mut figures).await;
+    let cli_ms = cli_list(&dlq, letters);
+    let first = console_end_to_end(&dlq, letters, &mut figures).await;
+    println!(
+        "console: baseline `retryq dlq list --max {letters}`: {cli_ms:.0} ms; first page / list = {:.3}",
+        first / cli_ms
+    );
+    figures.insert("letters".into(), letters.into());
+    figures.insert("cliListMs".into(), cli_ms.into());
+    figures.insert("firstPageOverCliList".into(), (first / cli_ms).into());
+    let _ = std::fs::create_dir_all("bench");
+    std::fs::write(
+        "bench/console.json",
+        serde_json::to_string_pretty(&serde_json::Value::Object(figures)).unwrap(),
+    )
+    .unwrap();
+    let _ = sqs.delete_queue().queue_url(&dlq).send().await;
+}
+
+/// The server's own time per receive, at this length of queue.
+async fn server_receive(sqs: &aws_sdk_sqs::Client, dlq: &str, figures: &mut Figures) {
     let mut receive_ms = Vec::new();
     for _ in 0..5 {
         let started = Instant::now();
         let _ = sqs
             .receive_message()
-            .queue_url(&dlq)
+            .queue_url(dlq)
             .max_number_of_messages(10)
             .visibility_timeout(0)
             .send()
@@ -178,15 +200,17 @@ async fn run() {
     let receive_ms = median(receive_ms);
     println!("console: the SQS server answers a receive of 10 in {receive_ms:.0} ms (median of 5)");
     figures.insert("serverReceiveMs".into(), receive_ms.into());
+}
 
-    // The baseline: the CLI reading the same DLQ.
+/// The baseline: `retryq dlq list` reading the same DLQ; its wall time, ms.
+fn cli_list(dlq: &str, letters: usize) -> f64 {
     let started = Instant::now();
     let out = Command::new(retryq())
         .args([
             "dlq",
             "list",
             "--dlq-url",
-            &dlq,
+            dlq,
             "--json",
             "--max",
             &letters.to_string(),
@@ -194,13 +218,18 @@ async fn run() {
         .stderr(Stdio::null())
         .output()
         .expect("target/release/retryq (make bench builds it)");
-    let cli_ms = started.elapsed().as_secs_f64() * 1000.0;
     let listed =
         serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).map_or(0, |v| v.len());
+    assert_eq!(listed, letters, "the CLI listed every letter");
+    started.elapsed().as_secs_f64() * 1000.0
+}
 
+/// `retryq console` spawned on the DLQ: spawn → the first page of 50 (ms,
+/// returned), spawn → read, pages once read, peak RSS.
+async fn console_end_to_end(dlq: &str, letters: usize, figures: &mut Figures) -> f64 {
     let spawned = Instant::now();
     let mut child = Command::new(retryq())
-        .args(["console", "--dlq-url", &dlq])
+        .args(["console", "--dlq-url", dlq])
         .env_remove("STATE_TABLE")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -215,31 +244,13 @@ async fn run() {
         .find(|w| w.starts_with("http://"))
         .expect("the console's URL")
         .to_owned();
-    let base = url.split("/?").next().unwrap().to_owned();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let with_token = |path: &str| {
-        let token = url.split("token=").nth(1).unwrap();
+    let at = |path: &str| {
+        let (base, token) = url.split_once("/?token=").unwrap();
         let sep = if path.contains('?') { '&' } else { '?' };
         format!("{base}{path}{sep}token={token}")
     };
-    let mut first_page_ms = None;
-    let mut first_page_load = 0.0;
-    let read_ms = loop {
-        let (ms, page) = timed_get(&http, &with_token("/")).await;
-        let rows = page.matches("name=\"id\"").count();
-        if first_page_ms.is_none() && rows >= 50 {
-            first_page_ms = Some(spawned.elapsed().as_secs_f64() * 1000.0);
-            first_page_load = ms;
-        }
-        if page.contains(&format!("read {letters} at")) {
-            break spawned.elapsed().as_secs_f64() * 1000.0;
-        }
-        assert!(
-            spawned.elapsed() < Duration::from_secs(600),
-            "the console did not finish reading"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (first, first_load, read_ms) = wait_for_read(&http, &at("/"), letters, spawned).await;
     for (label, path) in [
         ("firstPage", "/"),
         ("filtered", "/?reason=expired&host=partner-3.example.com"),
@@ -247,48 +258,61 @@ async fn run() {
     ] {
         let mut times = Vec::new();
         for _ in 0..20 {
-            times.push(timed_get(&http, &with_token(path)).await.0);
+            times.push(timed_get(&http, &at(path)).await.0);
         }
         let worst = times.iter().copied().fold(0.0, f64::max);
-        println!(
-            "console: {label} page once read: median {:.1} ms, worst {worst:.1} ms",
-            median(times.clone())
-        );
+        let m = median(times);
+        println!("console: {label} page once read: median {m:.1} ms, worst {worst:.1} ms");
         figures.insert(
             label.into(),
-            serde_json::json!({"medianMs": median(times), "worstMs": worst}),
+            serde_json::json!({"medianMs": m, "worstMs": worst}),
         );
     }
-    let status =
-        std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
-    let hwm_kib: u64 = status
+    let rss = peak_rss_mib(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    println!(
+        "console: {letters} letters: spawn → first page of 50: {first:.0} ms (that page itself {first_load:.1} ms); spawn → read finished: {read_ms:.0} ms; peak RSS {rss:.1} MiB"
+    );
+    figures.insert("spawnToFirstPageMs".into(), first.into());
+    figures.insert("spawnToReadMs".into(), read_ms.into());
+    figures.insert("peakRssMiB".into(), rss.into());
+    first
+}
+
+/// Polls the first page until the read ends: spawn → a page of 50 (and
+/// that page's own time), spawn → the read finished, in ms.
+async fn wait_for_read(
+    http: &reqwest::Client,
+    url: &str,
+    letters: usize,
+    spawned: Instant,
+) -> (f64, f64, f64) {
+    let mut first = None;
+    loop {
+        let (ms, page) = timed_get(http, url).await;
+        if first.is_none() && page.matches("name=\"id\"").count() >= 50 {
+            first = Some((spawned.elapsed().as_secs_f64() * 1000.0, ms));
+        }
+        if page.contains(&format!("read {letters} at")) {
+            let (at, load) = first.unwrap_or((f64::NAN, f64::NAN));
+            return (at, load, spawned.elapsed().as_secs_f64() * 1000.0);
+        }
+        assert!(
+            spawned.elapsed() < Duration::from_secs(600),
+            "the console did not finish reading"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib: u64 = status
         .lines()
         .find(|l| l.starts_with("VmHWM:"))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    let _ = child.kill();
-    let _ = child.wait();
-    let first = first_page_ms.unwrap_or(f64::NAN);
-    println!(
-        "console: {letters} letters: spawn → first page of 50: {first:.0} ms (that page itself {first_page_load:.1} ms); spawn → read finished: {read_ms:.0} ms; peak RSS {:.1} MiB",
-        hwm_kib as f64 / 1024.0
-    );
-    println!(
-        "console: baseline `retryq dlq list --max {letters}`: {cli_ms:.0} ms for {listed} letters; first page / list = {:.3}",
-        first / cli_ms
-    );
-    figures.insert("letters".into(), letters.into());
-    figures.insert("spawnToFirstPageMs".into(), first.into());
-    figures.insert("spawnToReadMs".into(), read_ms.into());
-    figures.insert("peakRssMiB".into(), (hwm_kib as f64 / 1024.0).into());
-    figures.insert("cliListMs".into(), cli_ms.into());
-    figures.insert("firstPageOverCliList".into(), (first / cli_ms).into());
-    let _ = std::fs::create_dir_all("bench");
-    std::fs::write(
-        "bench/console.json",
-        serde_json::to_string_pretty(&serde_json::Value::Object(figures)).unwrap(),
-    )
-    .unwrap();
-    let _ = sqs.delete_queue().queue_url(&dlq).send().await;
+    kib as f64 / 1024.0
 }

@@ -156,6 +156,206 @@ async fn shot(browser: &Browser, name: &str) {
     }
 }
 
+/// Everyone's view: the seeded letters, listed with their reasons.
+async fn lists_every_letter(console: &Console, browser: &Browser) {
+    browser.open(&console.url).await;
+    let text = browser
+        .wait_for_text("read 5 at", Duration::from_secs(30))
+        .await;
+    for id in ["order-1", "order-2", "order-3", "order-4", "order-5"] {
+        assert!(text.contains(id), "{id} listed:\n{text}");
+    }
+    for reason in ["non-retryable", "attempts-exhausted", "expired"] {
+        assert!(text.contains(reason), "{reason} shown");
+    }
+    assert!(
+        !browser.dom().await.contains(SECRET),
+        "no secret in the list's DOM"
+    );
+    shot(&browser, "dead-letters").await;
+}
+
+/// A filter chosen in the form, as a person would, narrows the list.
+async fn a_filter_narrows_them(browser: &Browser) {
+    browser
+        .click("select[name=reason] option[value=attempts-exhausted]")
+        .await;
+    browser.click("form.filters button").await;
+    let text = browser
+        .wait_for_text("2 match this filter", Duration::from_secs(10))
+        .await;
+    assert!(
+        text.contains("order-3") && text.contains("order-4"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("order-1") && !text.contains("order-5"),
+        "{text}"
+    );
+}
+
+/// One letter: its request, the credential masked, in the DOM too.
+async fn one_letter_shows_its_request_masked(console: &Console, browser: &Browser) {
+    browser.open(&console.at("/")).await;
+    browser
+        .wait_for_text("read 5 at", Duration::from_secs(10))
+        .await;
+    browser.click("a[href^='/letter/']").await;
+    let text = browser
+        .wait_for_text("LastError", Duration::from_secs(10))
+        .await;
+    assert!(text.contains("authorization: •••• (masked)"), "{text}");
+    assert!(text.contains("api_key=masked"), "{text}");
+    assert!(
+        !browser.dom().await.contains(SECRET),
+        "no secret in the letter's DOM"
+    );
+    shot(&browser, "dead-letter").await;
+}
+
+/// A redrive of a selection moves exactly those two.
+async fn a_selection_is_redriven_exactly(
+    console: &Console,
+    browser: &Browser,
+    sqs: &aws_sdk_sqs::Client,
+    (dlq, target): (&TestQueue, &TestQueue),
+) {
+    browser.open(&console.at("/?reason=non-retryable")).await;
+    browser
+        .wait_for_text("2 match this filter", Duration::from_secs(10))
+        .await;
+    let boxes = browser.count("input[name=id]").await;
+    assert_eq!(boxes, 2);
+    browser.click("tr:nth-of-type(2) input[name=id]").await;
+    browser.click("tr:nth-of-type(3) input[name=id]").await;
+    browser.click("button[value=selected]").await;
+    let text = browser
+        .wait_for_text("Confirm", Duration::from_secs(10))
+        .await;
+    assert!(text.contains("2 selected dead letters"), "{text}");
+    shot(&browser, "confirm").await;
+    browser.click("button.danger").await;
+    let text = browser
+        .wait_for_text("moved 2", Duration::from_secs(30))
+        .await;
+    assert!(text.contains("failed 0"), "{text}");
+    assert!(
+        console.log().contains("redrive 2 selected dead letters"),
+        "one log line:\n{}",
+        console.log()
+    );
+    assert_eq!(
+        ids_in(sqs, target).await,
+        ["order-1", "order-2"].map(str::to_owned).into(),
+        "exactly the selection moved"
+    );
+    assert_eq!(
+        ids_in(sqs, dlq).await,
+        ["order-3", "order-4", "order-5"].map(str::to_owned).into(),
+        "the rest stayed"
+    );
+}
+
+/// A pause set on the Destinations page; the host's `host:port`.
+async fn a_pause_is_set_on_the_page(
+    console: &Console,
+    browser: &Browser,
+    dest: &Destination,
+) -> String {
+    let host_port = dest
+        .url("/")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    browser.open(&console.at("/destinations")).await;
+    browser
+        .wait_for_text("Pauses", Duration::from_secs(10))
+        .await;
+    browser.type_into("input[name=pattern]", &host_port).await;
+    browser.type_into("input[name=for]", "1h").await;
+    browser.click("button.danger").await;
+    browser
+        .wait_for_text("Confirm", Duration::from_secs(10))
+        .await;
+    browser.click("button.danger").await;
+    browser
+        .wait_for_text(&format!("Paused {host_port}"), Duration::from_secs(10))
+        .await;
+    assert!(
+        console.log().contains(&format!("pause {host_port}")),
+        "{}",
+        console.log()
+    );
+    host_port
+}
+
+/// A breaker the fleet opened a moment ago shows as open, with its end.
+async fn an_open_breaker_is_shown(
+    console: &Console,
+    browser: &Browser,
+    table: &str,
+    host_port: &str,
+) {
+    let open_until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 60_000;
+    let s = aws_sdk_dynamodb::types::AttributeValue::S;
+    let n = |v: u128| aws_sdk_dynamodb::types::AttributeValue::N(v.to_string());
+    crate::fleet::dynamodb()
+        .put_item()
+        .table_name(table)
+        .item("pk", s("breaker#hooks.other.net:443".into()))
+        .item("sk", s("state".into()))
+        .item("failures", n(5))
+        .item("openUntil", n(open_until))
+        .send()
+        .await
+        .unwrap();
+    browser.open(&console.at("/destinations")).await;
+    let text = browser
+        .wait_for_text("Resume", Duration::from_secs(10))
+        .await;
+    assert!(text.contains(host_port), "{text}");
+    assert!(
+        text.contains("hooks.other.net:443 open 5"),
+        "the open breaker:\n{text}"
+    );
+    shot(&browser, "destinations").await;
+}
+
+/// The paused host's record is put back, with no request and no attempt.
+async fn a_paused_record_is_deferred(
+    sqs: &aws_sdk_sqs::Client,
+    (dlq, table): (&TestQueue, &str),
+    dest: &Destination,
+) {
+    let source = queue(sqs, "console-src").await;
+    let p = processor(&[
+        ("DLQ_URL", dlq.url.as_str()),
+        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
+        ("STATE_TABLE", table),
+    ]);
+    send(
+        sqs,
+        &source,
+        &message("paused-1", &dest.url("/ok/p"), serde_json::json!({})),
+    )
+    .await;
+    let got = receive_n(sqs, &source, 1, Duration::from_secs(10)).await;
+    assert_eq!(
+        failures(&invoke(&p, sqs, &source, &got).await).len(),
+        1,
+        "put back"
+    );
+    assert_eq!(dest.requests(), 0, "no request while paused");
+    assert!(
+        attempts(table, "paused-1").await.is_empty(),
+        "no attempt used"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_lists_filters_redrives_a_selection_and_pauses_in_a_real_browser() {
     let sqs = sqs();
@@ -182,171 +382,14 @@ async fn the_console_lists_filters_redrives_a_selection_and_pauses_in_a_real_bro
     let console = Console::start(&dlq, &target, &table);
     let browser = Browser::start().await;
 
-    // The list: every letter, its reason, newest first, counts on top.
-    browser.open(&console.url).await;
-    let text = browser
-        .wait_for_text("read 5 at", Duration::from_secs(30))
-        .await;
-    for id in ["order-1", "order-2", "order-3", "order-4", "order-5"] {
-        assert!(text.contains(id), "{id} listed:\n{text}");
-    }
-    for reason in ["non-retryable", "attempts-exhausted", "expired"] {
-        assert!(text.contains(reason), "{reason} shown");
-    }
-    assert!(
-        !browser.dom().await.contains(SECRET),
-        "no secret in the list's DOM"
-    );
-    shot(&browser, "dead-letters").await;
-
-    // A filter narrows them: chosen in the form, as a person would.
-    browser
-        .click("select[name=reason] option[value=attempts-exhausted]")
-        .await;
-    browser.click("form.filters button").await;
-    let text = browser
-        .wait_for_text("2 match this filter", Duration::from_secs(10))
-        .await;
-    assert!(
-        text.contains("order-3") && text.contains("order-4"),
-        "{text}"
-    );
-    assert!(
-        !text.contains("order-1") && !text.contains("order-5"),
-        "{text}"
-    );
-
-    // One letter: its request, the credential masked, in the DOM too.
-    browser.open(&console.at("/")).await;
-    browser
-        .wait_for_text("read 5 at", Duration::from_secs(10))
-        .await;
-    browser.click("a[href^='/letter/']").await;
-    let text = browser
-        .wait_for_text("LastError", Duration::from_secs(10))
-        .await;
-    assert!(text.contains("authorization: •••• (masked)"), "{text}");
-    assert!(text.contains("api_key=masked"), "{text}");
-    assert!(
-        !browser.dom().await.contains(SECRET),
-        "no secret in the letter's DOM"
-    );
-    shot(&browser, "dead-letter").await;
-
-    // A redrive of a selection moves exactly those two.
-    browser.open(&console.at("/?reason=non-retryable")).await;
-    browser
-        .wait_for_text("2 match this filter", Duration::from_secs(10))
-        .await;
-    let boxes = browser.count("input[name=id]").await;
-    assert_eq!(boxes, 2);
-    browser.click("tr:nth-of-type(2) input[name=id]").await;
-    browser.click("tr:nth-of-type(3) input[name=id]").await;
-    browser.click("button[value=selected]").await;
-    let text = browser
-        .wait_for_text("Confirm", Duration::from_secs(10))
-        .await;
-    assert!(text.contains("2 selected dead letters"), "{text}");
-    shot(&browser, "confirm").await;
-    browser.click("button.danger").await;
-    let text = browser
-        .wait_for_text("moved 2", Duration::from_secs(30))
-        .await;
-    assert!(text.contains("failed 0"), "{text}");
-    assert!(
-        console.log().contains("redrive 2 selected dead letters"),
-        "one log line:\n{}",
-        console.log()
-    );
-    assert_eq!(
-        ids_in(&sqs, &target).await,
-        ["order-1", "order-2"].map(str::to_owned).into(),
-        "exactly the selection moved"
-    );
-    assert_eq!(
-        ids_in(&sqs, &dlq).await,
-        ["order-3", "order-4", "order-5"].map(str::to_owned).into(),
-        "the rest stayed"
-    );
-
-    // A pause set on the page defers records for that host.
+    lists_every_letter(&console, &browser).await;
+    a_filter_narrows_them(&browser).await;
+    one_letter_shows_its_request_masked(&console, &browser).await;
+    a_selection_is_redriven_exactly(&console, &browser, &sqs, (&dlq, &target)).await;
     let dest = Destination::start(Duration::ZERO).await;
-    let host_port = dest
-        .url("/")
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_owned();
-    browser.open(&console.at("/destinations")).await;
-    browser
-        .wait_for_text("Pauses", Duration::from_secs(10))
-        .await;
-    browser.type_into("input[name=pattern]", &host_port).await;
-    browser.type_into("input[name=for]", "1h").await;
-    browser.click("button.danger").await;
-    browser
-        .wait_for_text("Confirm", Duration::from_secs(10))
-        .await;
-    browser.click("button.danger").await;
-    browser
-        .wait_for_text(&format!("Paused {host_port}"), Duration::from_secs(10))
-        .await;
-    assert!(
-        console.log().contains(&format!("pause {host_port}")),
-        "{}",
-        console.log()
-    );
-    // A breaker the fleet opened a moment ago shows as open, with its end.
-    let open_until = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis()
-        + 60_000;
-    let s = aws_sdk_dynamodb::types::AttributeValue::S;
-    let n = |v: u128| aws_sdk_dynamodb::types::AttributeValue::N(v.to_string());
-    crate::fleet::dynamodb()
-        .put_item()
-        .table_name(&table)
-        .item("pk", s("breaker#hooks.other.net:443".into()))
-        .item("sk", s("state".into()))
-        .item("failures", n(5))
-        .item("openUntil", n(open_until))
-        .send()
-        .await
-        .unwrap();
-    browser.open(&console.at("/destinations")).await;
-    let text = browser
-        .wait_for_text("Resume", Duration::from_secs(10))
-        .await;
-    assert!(text.contains(&host_port), "{text}");
-    assert!(
-        text.contains("hooks.other.net:443 open 5"),
-        "the open breaker:\n{text}"
-    );
-    shot(&browser, "destinations").await;
-
-    let source = queue(&sqs, "console-src").await;
-    let p = processor(&[
-        ("DLQ_URL", dlq.url.as_str()),
-        ("ALLOW_PRIVATE_DESTINATIONS", "true"),
-        ("STATE_TABLE", table.as_str()),
-    ]);
-    send(
-        &sqs,
-        &source,
-        &message("paused-1", &dest.url("/ok/p"), serde_json::json!({})),
-    )
-    .await;
-    let got = receive_n(&sqs, &source, 1, Duration::from_secs(10)).await;
-    assert_eq!(
-        failures(&invoke(&p, &sqs, &source, &got).await).len(),
-        1,
-        "put back"
-    );
-    assert_eq!(dest.requests(), 0, "no request while paused");
-    assert!(
-        attempts(&table, "paused-1").await.is_empty(),
-        "no attempt used"
-    );
+    let host_port = a_pause_is_set_on_the_page(&console, &browser, &dest).await;
+    an_open_breaker_is_shown(&console, &browser, &table, &host_port).await;
+    a_paused_record_is_deferred(&sqs, (&dlq, &table), &dest).await;
 }
 
 #[tokio::test]
@@ -411,8 +454,21 @@ async fn the_console_refuses_requests_without_its_token_from_elsewhere_or_withou
         .await
         .unwrap();
     assert_eq!(status(by_cookie), 401);
-    // The token alone never acts: a POST without the form token, or from
-    // another origin, is refused, and nothing moves.
+    the_token_alone_never_acts(&console, &http, &page).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        ids_in(&sqs, &target).await.is_empty(),
+        "nothing was redriven"
+    );
+    let paused = run_retryq(&["paused", "--state-table", &table], &[])
+        .await
+        .success();
+    assert!(paused.stdout.contains("0 pause(s)"), "{}", paused.stdout);
+}
+
+/// A POST without the form token, or from another origin, is refused.
+async fn the_token_alone_never_acts(console: &Console, http: &reqwest::Client, page: &str) {
+    let status = |r: reqwest::Response| r.status().as_u16();
     let forged = http
         .post(console.at("/redrive"))
         .header("content-type", "application/x-www-form-urlencoded")
@@ -436,15 +492,6 @@ async fn the_console_refuses_requests_without_its_token_from_elsewhere_or_withou
         .await
         .unwrap();
     assert_eq!(status(cross), 403);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(
-        ids_in(&sqs, &target).await.is_empty(),
-        "nothing was redriven"
-    );
-    let paused = run_retryq(&["paused", "--state-table", &table], &[])
-        .await
-        .success();
-    assert!(paused.stdout.contains("0 pause(s)"), "{}", paused.stdout);
 }
 
 /// Review finding: a result page reloaded, or "Yes, do it" clicked twice,

@@ -64,27 +64,11 @@ async fn a_paused_host_gets_no_request_and_its_records_use_up_no_attempt_until_r
     .await;
     // Three receives past MAX_ATTEMPTS=2: put back each time, never tried.
     for receive in 1..=3 {
-        let got = receive_n(&sqs, &source, 2, Duration::from_secs(10)).await;
-        assert!(!got.is_empty(), "receive {receive}");
-        let handles: Vec<String> = got
-            .iter()
-            .filter_map(|m| m.receipt_handle.clone())
-            .collect();
-        let failed = failures(&invoke(&p, &sqs, &source, &got).await);
+        let failed = one_round(&p, &sqs, &source, 2).await;
         assert!(
-            failed.len() <= 1,
-            "only the paused record comes back: {failed:?}"
+            failed <= 1,
+            "receive {receive}: only the paused record comes back"
         );
-        for h in handles {
-            // Shown again at once, as if its wait were over.
-            let _ = sqs
-                .change_message_visibility()
-                .queue_url(&source.url)
-                .receipt_handle(h)
-                .visibility_timeout(0)
-                .send()
-                .await;
-        }
     }
     assert_eq!(dest.requests(), 0, "no request to a paused host");
     assert_eq!(other.delivered().len(), 1, "other hosts are not held");
