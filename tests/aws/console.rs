@@ -172,7 +172,7 @@ async fn lists_every_letter(console: &Console, browser: &Browser) {
         !browser.dom().await.contains(SECRET),
         "no secret in the list's DOM"
     );
-    shot(&browser, "dead-letters").await;
+    shot(browser, "dead-letters").await;
 }
 
 /// A filter chosen in the form, as a person would, narrows the list.
@@ -210,7 +210,7 @@ async fn one_letter_shows_its_request_masked(console: &Console, browser: &Browse
         !browser.dom().await.contains(SECRET),
         "no secret in the letter's DOM"
     );
-    shot(&browser, "dead-letter").await;
+    shot(browser, "dead-letter").await;
 }
 
 /// A redrive of a selection moves exactly those two.
@@ -233,7 +233,7 @@ async fn a_selection_is_redriven_exactly(
         .wait_for_text("Confirm", Duration::from_secs(10))
         .await;
     assert!(text.contains("2 selected dead letters"), "{text}");
-    shot(&browser, "confirm").await;
+    shot(browser, "confirm").await;
     browser.click("button.danger").await;
     let text = browser
         .wait_for_text("moved 2", Duration::from_secs(30))
@@ -322,7 +322,7 @@ async fn an_open_breaker_is_shown(
         text.contains("hooks.other.net:443 open 5"),
         "the open breaker:\n{text}"
     );
-    shot(&browser, "destinations").await;
+    shot(browser, "destinations").await;
 }
 
 /// The paused host's record is put back, with no request and no attempt.
