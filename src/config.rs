@@ -127,7 +127,8 @@ impl Default for StateSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Ledger {
     /// Attempts that did not deliver (`failures`, the default): a batch
-    /// that only delivers costs no DynamoDB request.
+    /// that only delivers costs no ledger request (the pauses are read
+    /// at most once a second per process).
     #[default]
     Failures,
     /// Every attempt (`all`).
