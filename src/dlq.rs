@@ -160,13 +160,23 @@ impl Selection {
 
 /// The destination host of a letter's body, when it is a Retry Message.
 pub fn host_of(body: &str) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Head {
-        #[serde(rename = "destinationUrl")]
-        destination_url: url::Url,
-    }
-    let head: Head = serde_json::from_str(body).ok()?;
-    head.destination_url.host_str().map(str::to_owned)
+    head_of(body)?
+        .destination_url?
+        .host_str()
+        .map(str::to_owned)
+}
+
+/// The two fields of a letter's body a redrive looks at, when it is a
+/// Retry Message (read once, without the rest of the message).
+#[derive(serde::Deserialize)]
+struct Head {
+    id: Option<String>,
+    #[serde(rename = "destinationUrl")]
+    destination_url: Option<url::Url>,
+}
+
+fn head_of(body: &str) -> Option<Head> {
+    serde_json::from_str(body).ok()
 }
 
 /// When SQS took the message, in ms since the epoch (for a dead letter:
@@ -408,11 +418,7 @@ impl Ours {
 
 /// The Retry Message `id` of a letter's body, when it is one.
 fn retry_id_of(body: &str) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Head {
-        id: String,
-    }
-    serde_json::from_str::<Head>(body).ok().map(|h| h.id)
+    head_of(body)?.id
 }
 
 async fn delete_letter(queues: &Queues, dlq_url: &str, m: &Message) -> Result<(), String> {

@@ -187,35 +187,33 @@ fn cards(all: &[&Letter], filter: &Filter, now: u64) -> String {
     out
 }
 
+/// A select's options, each value with its count, `selected` marked.
+fn options(counts: impl IntoIterator<Item = (String, usize)>, selected: Option<&str>) -> String {
+    let mut out = String::new();
+    for (value, n) in counts {
+        let mark = if selected == Some(value.as_str()) {
+            " selected"
+        } else {
+            ""
+        };
+        let _ = write!(
+            out,
+            "<option value=\"{0}\"{mark}>{0} ({n})</option>",
+            esc(&value)
+        );
+    }
+    out
+}
+
 fn filter_form(all: &[&Letter], filter: &Filter) -> String {
     let mut out = String::from("<form class=\"filters\" method=\"get\" action=\"/\">");
     out.push_str(super::html::TOKEN_FIELD);
     out.push_str("<label>FailureReason<select name=\"reason\"><option value=\"\">any</option>");
-    for (reason, n) in Read::counts(all, |l| l.reason.clone()) {
-        let selected = if filter.reason.as_ref() == Some(&reason) {
-            " selected"
-        } else {
-            ""
-        };
-        let _ = write!(
-            out,
-            "<option value=\"{0}\"{selected}>{0} ({n})</option>",
-            esc(&reason)
-        );
-    }
+    let reasons = Read::counts(all, |l| l.reason.clone());
+    out.push_str(&options(reasons, filter.reason.as_deref()));
     out.push_str("</select></label><label>Destination host<select name=\"host\"><option value=\"\">any</option>");
-    for (host, n) in Read::counts(all, |l| l.host.clone()).into_iter().take(200) {
-        let selected = if filter.host.as_ref() == Some(&host) {
-            " selected"
-        } else {
-            ""
-        };
-        let _ = write!(
-            out,
-            "<option value=\"{0}\"{selected}>{0} ({n})</option>",
-            esc(&host)
-        );
-    }
+    let hosts = Read::counts(all, |l| l.host.clone()).into_iter().take(200);
+    out.push_str(&options(hosts, filter.host.as_deref()));
     out.push_str("</select></label><label>Dead-lettered<select name=\"within\"><option value=\"\">any time</option>");
     for (value, label) in [
         ("1h", "in the last hour"),
