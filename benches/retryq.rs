@@ -1391,7 +1391,7 @@ fn main() {
     // `RETRYQ_BENCH_ONLY=share`: only the batches under Lambda's CPU share.
     if std::env::var("RETRYQ_BENCH_ONLY").as_deref() == Ok("share") {
         let rt = tokio::runtime::Runtime::new().unwrap();
-        share::under_cpu_share(&rt, &SHARE_LATENCIES_MS);
+        share::under_cpu_share(&rt, &SHARE_LATENCIES_MS, &share::sizes_mb());
         return;
     }
     if std::env::var("RETRYQ_BENCH_ONLY").as_deref() == Ok("batches") {
@@ -1445,7 +1445,7 @@ fn main() {
         eprintln!("RETRYQ_BENCH_SHARE=skip: the runs under Lambda's CPU share are left out");
         Vec::new()
     } else {
-        share::under_cpu_share(&rt, &SHARE_LATENCIES_MS)
+        share::under_cpu_share(&rt, &SHARE_LATENCIES_MS, &share::MEMORY_SIZES_MB)
     };
     // The size of a stripped copy (the release profile keeps symbols).
     let size_mib = |h: Handler| {

@@ -2183,9 +2183,12 @@ where
         };
         match joined {
             None => break,
-            Some(Ok((id, output))) => results[index[&id]] = Some(Ok(output)),
+            // Removed once joined: the index holds only the running tasks.
+            Some(Ok((id, output))) => {
+                results[index.remove(&id).expect("spawned")] = Some(Ok(output))
+            }
             Some(Err(e)) => {
-                let i = index[&e.id()];
+                let i = index.remove(&e.id()).expect("spawned");
                 results[i] = Some(Err(if e.is_panic() {
                     Unfinished::Panicked(panic_message(e.into_panic()))
                 } else {

@@ -24,8 +24,11 @@ const FULL_VCPU_MB: f64 = 1769.0;
 const PERIOD_US: u64 = 100_000;
 /// The template's default `BatchSize`.
 pub const BATCH: usize = 100;
-/// Batches per handler and round; two rounds, in turn.
+/// Batches per handler and round.
 const BATCHES: usize = 15;
+/// Rounds, the handlers in turn (in the other order each round): a busy
+/// moment of the machine, or a drift, then falls on both.
+const ROUNDS: usize = 4;
 
 /// A CPU cgroup whose quota is a `memory_mb` function's share of a CPU;
 /// removed when dropped (after the processes in it have ended).
@@ -114,45 +117,19 @@ impl Run {
 }
 
 /// Records per second and billed duration per 1 000 records, retryq and
-/// the floor, at each memory size and destination latency.
-pub fn under_cpu_share(rt: &tokio::runtime::Runtime, latencies_ms: &[u64]) -> Vec<Value> {
+/// the floor, at each of `sizes_mb` and each destination latency.
+pub fn under_cpu_share(
+    rt: &tokio::runtime::Runtime,
+    latencies_ms: &[u64],
+    sizes_mb: &[u32],
+) -> Vec<Value> {
     let mut rows = Vec::new();
     for &latency in latencies_ms {
         let port = free_port();
         let _destination = Destination::start(port, latency);
         let event = Arc::new(serde_json::to_vec(&event(BATCH, port, 1024)).unwrap());
-        for memory in MEMORY_SIZES_MB {
-            let mut runs: BTreeMap<&str, Run> = BTreeMap::new();
-            let mut functions: Vec<(&str, Function, CpuShare)> = [Handler::Retryq, Handler::Floor]
-                .into_iter()
-                .map(|h| {
-                    let share = CpuShare::new(h.name(), memory);
-                    let memory_env = [("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", memory.to_string())];
-                    let f = Function::spawn(rt, h, &memory_env);
-                    share.add(f.child.id());
-                    (h.name(), f, share)
-                })
-                .collect();
-            for round in 0..2 {
-                for k in 0..functions.len() {
-                    // Each round in the other order.
-                    let (name, f, _) = &mut functions[(k + round) % 2];
-                    f.invoke(rt, &event); // a warm start, not counted
-                    let run = runs.entry(*name).or_default();
-                    for _ in 0..BATCHES {
-                        let inv = f.invoke(rt, &event);
-                        assert_eq!(
-                            failures_in(&inv.response),
-                            0,
-                            "{name}: every record delivered"
-                        );
-                        run.walls_ms.push(inv.wall.as_secs_f64() * 1000.0);
-                        run.cpu_us += inv.cpu.as_secs_f64() * 1e6;
-                        run.records += BATCH;
-                    }
-                }
-            }
-            for (name, run) in &runs {
+        for &memory in sizes_mb {
+            for (name, run) in &measure(rt, &event, memory) {
                 let row = run.row(name, memory, latency);
                 eprintln!(
                     "{name:>7} {memory:>4} MB, destination {latency:>2} ms: {:>7.0} records/s, {:>6.1} billed ms per 1 000 records, {:.1} µs CPU/record",
@@ -162,14 +139,70 @@ pub fn under_cpu_share(rt: &tokio::runtime::Runtime, latencies_ms: &[u64]) -> Ve
                 );
                 rows.push(row);
             }
-            // The functions end before their cgroups are removed.
-            for (_, f, share) in functions {
-                drop(f);
-                drop(share);
-            }
         }
     }
     rows
+}
+
+/// The memory sizes of `RETRYQ_BENCH_SHARE_MB` (comma-separated, for a
+/// run of this part alone), else all of [`MEMORY_SIZES_MB`].
+pub fn sizes_mb() -> Vec<u32> {
+    match std::env::var("RETRYQ_BENCH_SHARE_MB") {
+        Ok(list) if !list.trim().is_empty() => list
+            .split(',')
+            .map(|mb| {
+                mb.trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("RETRYQ_BENCH_SHARE_MB: {mb:?} is not a size in MB"))
+            })
+            .collect(),
+        _ => MEMORY_SIZES_MB.to_vec(),
+    }
+}
+
+/// retryq's and the floor's runs at one memory size: [`ROUNDS`] rounds of
+/// [`BATCHES`] batches each, the two handlers taking turns.
+fn measure(
+    rt: &tokio::runtime::Runtime,
+    event: &Arc<Vec<u8>>,
+    memory: u32,
+) -> BTreeMap<&'static str, Run> {
+    let mut runs: BTreeMap<&str, Run> = BTreeMap::new();
+    let mut functions: Vec<(&str, Function, CpuShare)> = [Handler::Retryq, Handler::Floor]
+        .into_iter()
+        .map(|h| {
+            let share = CpuShare::new(h.name(), memory);
+            let memory_env = [("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", memory.to_string())];
+            let f = Function::spawn(rt, h, &memory_env);
+            share.add(f.child.id());
+            (h.name(), f, share)
+        })
+        .collect();
+    for round in 0..ROUNDS {
+        for k in 0..functions.len() {
+            // Each round in the other order.
+            let (name, f, _) = &mut functions[(k + round) % 2];
+            f.invoke(rt, event); // a warm start, not counted
+            let run = runs.entry(*name).or_default();
+            for _ in 0..BATCHES {
+                let inv = f.invoke(rt, event);
+                assert_eq!(
+                    failures_in(&inv.response),
+                    0,
+                    "{name}: every record delivered"
+                );
+                run.walls_ms.push(inv.wall.as_secs_f64() * 1000.0);
+                run.cpu_us += inv.cpu.as_secs_f64() * 1e6;
+                run.records += BATCH;
+            }
+        }
+    }
+    // The functions end before their cgroups are removed.
+    for (_, f, share) in functions {
+        drop(f);
+        drop(share);
+    }
+    runs
 }
 
 /// The row of `handler` at `memory_mb` and `latency_ms`.
