@@ -874,11 +874,100 @@ fn dynamodb_requests(proxy: &sqs_proxy::SqsProxy) -> usize {
         .sum()
 }
 
+/// DynamoDB requests of the ledger the proxy has seen: every operation
+/// but `Query`, which only the pause list makes.
+fn ledger_requests(proxy: &sqs_proxy::SqsProxy) -> usize {
+    dynamodb_requests(proxy) - pause_reads(proxy)
+}
+
+/// The pause list's reads (`Query`) the proxy has seen.
+fn pause_reads(proxy: &sqs_proxy::SqsProxy) -> usize {
+    proxy
+        .counts()
+        .iter()
+        .filter(|(op, _)| op.starts_with("DynamoDB") && op.ends_with(".Query"))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// The two events of [`failure_heavy`]: 10 000 records, half `503`s on
+/// their second receive, and 10 000 all delivered; and how many fail.
+struct FailureHeavy {
+    mixed: Arc<Vec<u8>>,
+    all_ok: Arc<Vec<u8>>,
+    failing: usize,
+}
+
+impl FailureHeavy {
+    fn new(dest_port: u16, arn: &str) -> FailureHeavy {
+        // The failing half carry receipt handles the server does not know:
+        // it refuses each entry (ReceiptHandleIsInvalid) at the cost of one
+        // request per ten, exactly as it would accept real ones, without
+        // spending minutes on 5 000 real messages (the local server's receive
+        // is slow at that depth). The records stay unacknowledged either way.
+        let failing = 5000usize;
+        let mut records: Vec<Value> = Vec::new();
+        let down = event(failing, dest_port, 1024);
+        for (i, mut r) in down["Records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .cloned()
+            .enumerate()
+        {
+            let url = format!("http://127.0.0.1:{dest_port}/down/{i}");
+            r["body"] = json!(body(i, &url, 1024));
+            r["eventSourceARN"] = json!(arn);
+            r["attributes"]["ApproximateReceiveCount"] = json!("2");
+            records.push(r);
+            let mut ok = event(1, dest_port, 1024)["Records"][0].clone();
+            ok["messageId"] = json!(format!("10000000-0000-4000-8000-{i:012}"));
+            ok["eventSourceARN"] = json!(arn);
+            records.push(ok);
+        }
+        let mut all_ok = event(2 * failing, dest_port, 1024);
+        for r in all_ok["Records"].as_array_mut().unwrap() {
+            r["eventSourceARN"] = json!(arn);
+        }
+        FailureHeavy {
+            mixed: Arc::new(serde_json::to_vec(&json!({"Records": records})).unwrap()),
+            all_ok: Arc::new(serde_json::to_vec(&all_ok).unwrap()),
+            failing,
+        }
+    }
+}
+
+/// A standard queue and its DLQ on the local server, made directly (only
+/// the function's calls go through the counting proxy): (their name, the
+/// DLQ's URL).
+fn bench_queues(rt: &tokio::runtime::Runtime, upstream: &str) -> (String, String) {
+    let sqs = aws_sdk_sqs::Client::from_conf(
+        aws_sdk_sqs::Config::builder()
+            .behavior_version_latest()
+            .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+            .endpoint_url(upstream)
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+                "x", "x", None, None, "bench",
+            ))
+            .build(),
+    );
+    let name = format!("bench-{}", std::process::id());
+    let dlq_url = rt.block_on(async {
+        for n in [name.clone(), format!("{name}-dlq")] {
+            let made = sqs.create_queue().queue_name(n).send().await.unwrap();
+            if made.queue_url().is_some_and(|u| u.ends_with("-dlq")) {
+                return made.queue_url.unwrap();
+            }
+        }
+        unreachable!("the DLQ was made last")
+    });
+    (name, dlq_url)
+}
+
 /// 10 000 records, half of them `503`s, against the local SQS server
 /// through a counting proxy: SQS requests per retried record, and the wall
 /// time beside the same batch all delivered. Then the same with
-/// `STATE_TABLE`: DynamoDB requests per failed record (the failing half
-/// are on their second receive, so their ledger is read too).
+/// `STATE_TABLE` ([`failure_heavy_with_table`]).
 fn failure_heavy(rt: &tokio::runtime::Runtime, table: &str) -> Value {
     let Ok(upstream) = std::env::var("RETRYQ_TEST_SQS_ENDPOINT") else {
         panic!("RETRYQ_TEST_SQS_ENDPOINT is not set: run `make bench`, which starts the local SQS server");
@@ -886,69 +975,11 @@ fn failure_heavy(rt: &tokio::runtime::Runtime, table: &str) -> Value {
     let dest_port = free_port();
     let _dest = Destination::start(dest_port, LATENCY_MS);
     let proxy = rt.block_on(sqs_proxy::SqsProxy::start(upstream.clone(), None));
-    // Setting up talks to the server directly; only the function's calls
-    // go through the counting proxy.
-    let sqs = aws_sdk_sqs::Client::from_conf(
-        aws_sdk_sqs::Config::builder()
-            .behavior_version_latest()
-            .region(aws_sdk_sqs::config::Region::new("us-east-1"))
-            .endpoint_url(&upstream)
-            .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-                "x", "x", None, None, "bench",
-            ))
-            .build(),
+    let (name, dlq_url) = bench_queues(rt, &upstream);
+    let events = FailureHeavy::new(
+        dest_port,
+        &format!("arn:aws:sqs:us-east-1:123456789012:{name}"),
     );
-    let name = format!("bench-{}", std::process::id());
-    let (_queue_url, dlq_url) = rt.block_on(async {
-        let mut urls = Vec::new();
-        for n in [name.clone(), format!("{name}-dlq")] {
-            urls.push(
-                sqs.create_queue()
-                    .queue_name(n)
-                    .send()
-                    .await
-                    .unwrap()
-                    .queue_url
-                    .unwrap(),
-            );
-        }
-        (urls[0].clone(), urls[1].clone())
-    });
-    let arn = format!("arn:aws:sqs:us-east-1:123456789012:{name}");
-    // The failing half carry receipt handles the server does not know:
-    // it refuses each entry (ReceiptHandleIsInvalid) at the cost of one
-    // request per ten, exactly as it would accept real ones, without
-    // spending minutes on 5 000 real messages (the local server's receive
-    // is slow at that depth). The records stay unacknowledged either way.
-    let failing = 5000usize;
-    let mut records: Vec<Value> = Vec::new();
-    let down = event(failing, dest_port, 1024);
-    for (i, mut r) in down["Records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .cloned()
-        .enumerate()
-    {
-        r["body"] = json!(body(
-            i,
-            &format!("http://127.0.0.1:{dest_port}/down/{i}"),
-            1024
-        ));
-        r["eventSourceARN"] = json!(arn);
-        r["attributes"]["ApproximateReceiveCount"] = json!("2");
-        records.push(r);
-        let mut ok = event(1, dest_port, 1024)["Records"][0].clone();
-        ok["messageId"] = json!(format!("10000000-0000-4000-8000-{i:012}"));
-        ok["eventSourceARN"] = json!(arn);
-        records.push(ok);
-    }
-    let mixed = Arc::new(serde_json::to_vec(&json!({"Records": records})).unwrap());
-    let mut all_ok = event(2 * failing, dest_port, 1024);
-    for r in all_ok["Records"].as_array_mut().unwrap() {
-        r["eventSourceARN"] = json!(arn);
-    }
-    let all_ok = Arc::new(serde_json::to_vec(&all_ok).unwrap());
     let env = [
         ("AWS_ENDPOINT_URL", proxy.endpoint.clone()),
         ("DLQ_URL", dlq_url),
@@ -962,51 +993,79 @@ fn failure_heavy(rt: &tokio::runtime::Runtime, table: &str) -> Value {
     );
     let (mut ok_walls, mut mixed_walls, mut requests) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..2 {
-        ok_walls.push(f.invoke(rt, &all_ok).wall.as_secs_f64() * 1000.0);
+        ok_walls.push(f.invoke(rt, &events.all_ok).wall.as_secs_f64() * 1000.0);
         let before: usize = proxy.counts().values().sum();
-        let inv = f.invoke(rt, &mixed);
-        assert_eq!(failures_in(&inv.response), failing, "the 503s come back");
+        let inv = f.invoke(rt, &events.mixed);
+        assert_eq!(
+            failures_in(&inv.response),
+            events.failing,
+            "the 503s come back"
+        );
         mixed_walls.push(inv.wall.as_secs_f64() * 1000.0);
         let after: usize = proxy.counts().values().sum();
-        requests.push((after - before) as f64 / failing as f64);
+        requests.push((after - before) as f64 / events.failing as f64);
     }
     let (ok_wall, mixed_wall) = (median(ok_walls), median(mixed_walls));
     let per_record = requests.iter().cloned().fold(0.0, f64::max);
     let sqs_counts = proxy.counts();
     eprintln!("failure-heavy: {mixed_wall:.0} ms vs all-delivered {ok_wall:.0} ms; SQS requests per retried record {per_record:.3} ({sqs_counts:?})");
     drop(f);
-
-    // The same two batches with the fleet's table.
     let mut env = env.to_vec();
     env.push(("STATE_TABLE", table.to_owned()));
-    let mut f = Function::spawn(rt, Handler::Retryq, &env);
-    let (mut table_walls, mut table_requests, mut ok_requests) =
-        (Vec::new(), Vec::new(), Vec::new());
+    let mut with_table = failure_heavy_with_table(rt, &proxy, &env, &events);
+    let table_wall = with_table["halfFailingWallMs"].as_f64().unwrap();
+    with_table["wallRatioToWithout"] = json!(table_wall / mixed_wall);
+    json!({"records": 2 * events.failing, "retried": events.failing, "allDeliveredWallMs": ok_wall, "halfFailingWallMs": mixed_wall,
+        "wallRatio": mixed_wall / ok_wall, "sqsRequestsPerRetriedRecord": per_record, "sqsRequestsByOperation": sqs_counts,
+        "sqsRequestsPerRetriedRecordUnbatched": 1.0, "stateTable": with_table})
+}
+
+/// [`failure_heavy`]'s two batches with the fleet's table: DynamoDB
+/// requests per failed record (the failing half are on their second
+/// receive, so their ledger is read too); for the all-delivered batch, the
+/// ledger's requests (none) and the pause list's reads (one at the start,
+/// then at most one a second).
+fn failure_heavy_with_table(
+    rt: &tokio::runtime::Runtime,
+    proxy: &sqs_proxy::SqsProxy,
+    env: &[(&str, String)],
+    events: &FailureHeavy,
+) -> Value {
+    let mut f = Function::spawn(rt, Handler::Retryq, env);
+    let (mut walls, mut per_failed, mut ledger_when_delivered, mut pause_reads_per_s) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..2 {
-        let before = dynamodb_requests(&proxy);
-        f.invoke(rt, &all_ok);
-        let between = dynamodb_requests(&proxy);
-        let inv = f.invoke(rt, &mixed);
-        assert_eq!(failures_in(&inv.response), failing, "the 503s come back");
-        table_walls.push(inv.wall.as_secs_f64() * 1000.0);
-        ok_requests.push((between - before) as f64);
-        table_requests.push((dynamodb_requests(&proxy) - between) as f64 / failing as f64);
+        let (ledger, reads) = (ledger_requests(proxy), pause_reads(proxy));
+        let ok = f.invoke(rt, &events.all_ok);
+        ledger_when_delivered.push((ledger_requests(proxy) - ledger) as f64);
+        let reads = (pause_reads(proxy) - reads) as f64;
+        pause_reads_per_s.push((reads - 1.0).max(0.0) / ok.wall.as_secs_f64());
+        let between = dynamodb_requests(proxy);
+        let inv = f.invoke(rt, &events.mixed);
+        assert_eq!(
+            failures_in(&inv.response),
+            events.failing,
+            "the 503s come back"
+        );
+        walls.push(inv.wall.as_secs_f64() * 1000.0);
+        per_failed.push((dynamodb_requests(proxy) - between) as f64 / events.failing as f64);
     }
-    let table_wall = median(table_walls);
-    let ddb_per_failed = table_requests.iter().cloned().fold(0.0, f64::max);
-    let ddb_when_delivered = ok_requests.iter().cloned().fold(0.0, f64::max);
-    eprintln!("failure-heavy with STATE_TABLE: {table_wall:.0} ms; DynamoDB requests per failed record {ddb_per_failed:.3}, for an all-delivered batch {ddb_when_delivered}");
+    let max = |v: Vec<f64>| v.into_iter().fold(0.0, f64::max);
+    let (per_failed, ledger, reads) = (
+        max(per_failed),
+        max(ledger_when_delivered),
+        max(pause_reads_per_s),
+    );
+    let wall = median(walls);
+    eprintln!("failure-heavy with STATE_TABLE: {wall:.0} ms; DynamoDB requests per failed record {per_failed:.3}; for an all-delivered batch, ledger requests {ledger}, pause reads per second after the first {reads:.2}");
     let ddb_counts: BTreeMap<String, usize> = proxy
         .counts()
         .into_iter()
         .filter(|(op, _)| op.starts_with("DynamoDB"))
         .collect();
-    json!({"records": 2 * failing, "retried": failing, "allDeliveredWallMs": ok_wall, "halfFailingWallMs": mixed_wall,
-        "wallRatio": mixed_wall / ok_wall, "sqsRequestsPerRetriedRecord": per_record, "sqsRequestsByOperation": sqs_counts,
-        "sqsRequestsPerRetriedRecordUnbatched": 1.0,
-        "stateTable": {"halfFailingWallMs": table_wall, "wallRatioToWithout": table_wall / mixed_wall,
-            "dynamodbRequestsPerFailedRecord": ddb_per_failed, "dynamodbRequestsAllDeliveredBatch": ddb_when_delivered,
-            "dynamodbRequestsByOperation": ddb_counts}})
+    json!({"halfFailingWallMs": wall, "dynamodbRequestsPerFailedRecord": per_failed,
+        "ledgerRequestsAllDeliveredBatch": ledger, "pauseReadsPerSecondAllDeliveredBatch": reads,
+        "dynamodbRequestsByOperation": ddb_counts})
 }
 
 // --------------------------------------------------------------- output
@@ -1429,7 +1488,7 @@ fn main() {
         let _dest = Destination::start(dest_port, LATENCY_MS);
         batches(&rt, dest_port, Some((&table, &proxy)))
     };
-    let table_requests_delivered = dynamodb_requests(&proxy);
+    let table_requests_delivered = ledger_requests(&proxy);
     let (rss, log_bytes, escapes) = peak_rss(&rt);
     let large_rss = large_payloads(&rt, &upstream);
     println!("{large_rss}");
@@ -1581,14 +1640,24 @@ fn main() {
         "requests",
         0.3,
     );
+    // The ledger only: a process with a table also reads the pause list,
+    // once when a batch starts and then at most once a second.
     absolute(
-        "DynamoDB requests, all-delivered batches (LEDGER=failures)",
+        "DynamoDB ledger requests, all-delivered batches (LEDGER=failures)",
         table_requests_delivered as f64
-            + failures["stateTable"]["dynamodbRequestsAllDeliveredBatch"]
+            + failures["stateTable"]["ledgerRequestsAllDeliveredBatch"]
                 .as_f64()
                 .unwrap(),
         "requests",
         0.0,
+    );
+    absolute(
+        "pause-list reads per second after the first, all-delivered batch of 10 000 (STATE_TABLE)",
+        failures["stateTable"]["pauseReadsPerSecondAllDeliveredBatch"]
+            .as_f64()
+            .unwrap(),
+        "reads/s",
+        1.0,
     );
     absolute(
         "failure-heavy wall / all-delivered wall",
