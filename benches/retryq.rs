@@ -1023,8 +1023,8 @@ fn failure_heavy(rt: &tokio::runtime::Runtime, table: &str) -> Value {
 /// [`failure_heavy`]'s two batches with the fleet's table: DynamoDB
 /// requests per failed record (the failing half are on their second
 /// receive, so their ledger is read too); for the all-delivered batch, the
-/// ledger's requests (none) and the pause list's reads (one at the start,
-/// then at most one a second).
+/// ledger's requests (none) and the pause list's reads (the first, then
+/// at most one a second).
 fn failure_heavy_with_table(
     rt: &tokio::runtime::Runtime,
     proxy: &sqs_proxy::SqsProxy,
@@ -1641,7 +1641,7 @@ fn main() {
         0.3,
     );
     // The ledger only: a process with a table also reads the pause list,
-    // once when a batch starts and then at most once a second.
+    // whenever its copy is more than a second old.
     absolute(
         "DynamoDB ledger requests, all-delivered batches (LEDGER=failures)",
         table_requests_delivered as f64
