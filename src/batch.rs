@@ -82,7 +82,7 @@ impl Record {
         receipt_handle: Option<String>,
         body: Option<String>,
         source_queue_arn: String,
-        attribute: impl Fn(&str) -> Option<String>,
+        mut attribute: impl FnMut(&str) -> Option<String>,
     ) -> Record {
         Record {
             receive_count: attribute("ApproximateReceiveCount")

@@ -1,4 +1,5 @@
-//! Lambda adapter: `SqsEvent` in, partial batch response out.
+//! Lambda adapter: the SQS event in ([`SqsRecords`]), partial batch
+//! response out.
 //!
 //! The handler turns Lambda's records into [`Record`]s, runs the shared
 //! batch path, and lists every record that was not acknowledged in
@@ -16,11 +17,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use aws_lambda_events::event::sqs::SqsBatchResponse;
 use lambda_runtime::{Context, Error, LambdaEvent};
 
-use crate::batch::{BatchReport, MessageAttribute, Record};
+use crate::batch::{BatchReport, Record};
 use crate::process::Processor;
+
+mod event;
+pub use event::{SqsRecord, SqsRecords};
 
 /// Time kept between the last record's work and Lambda's deadline, to send
 /// the response, on a function of [`FULL_MARGIN_MB`] or more.
@@ -45,11 +49,16 @@ pub fn deadline_margin(memory_mb: i32) -> Duration {
 /// The function's handler.
 pub async fn handle(
     processor: Arc<Processor>,
-    event: LambdaEvent<SqsEvent>,
+    event: LambdaEvent<SqsRecords>,
 ) -> Result<SqsBatchResponse, Error> {
     let deadline = batch_deadline(&event.context);
     tracing::debug!(records = event.payload.records.len(), "batch received");
-    let records: Vec<Record> = event.payload.records.into_iter().map(record).collect();
+    let records: Vec<Record> = event
+        .payload
+        .records
+        .into_iter()
+        .map(Record::from)
+        .collect();
     let report = processor.process_batch(records, deadline).await;
     batch_response(&report)
 }
@@ -64,27 +73,6 @@ pub fn batch_response(report: &BatchReport) -> Result<SqsBatchResponse, Error> {
         response.add_failure(failed.message_id.clone());
     }
     Ok(response)
-}
-
-/// Converts a Lambda SQS record.
-pub fn record(m: SqsMessage) -> Record {
-    let attributes = m.attributes;
-    let message_attributes = m
-        .message_attributes
-        .into_iter()
-        .filter_map(|(name, a)| {
-            let data_type = a.data_type.unwrap_or_else(|| "String".into());
-            MessageAttribute::from_sqs(name, data_type, a.string_value, a.binary_value.map(|b| b.0))
-        })
-        .collect();
-    Record::from_sqs(
-        m.message_id,
-        m.receipt_handle,
-        m.body,
-        m.event_source_arn.unwrap_or_default(),
-        |name| attributes.get(name).cloned(),
-    )
-    .with_message_attributes(message_attributes)
 }
 
 /// The memory size at which Lambda gives a function one whole vCPU; it
@@ -242,34 +230,5 @@ mod tests {
     #[test]
     fn no_deadline_means_none() {
         assert_eq!(batch_deadline(&Context::default()), None);
-    }
-
-    #[test]
-    fn a_records_message_attributes_are_kept_and_its_carry_read() {
-        let event: SqsEvent = serde_json::from_value(serde_json::json!({"Records": [{
-            "messageId": "m-2", "receiptHandle": "r", "body": "{}",
-            "attributes": {"ApproximateReceiveCount": "1"},
-            "messageAttributes": {
-                "RetryqCarry": {"stringValue": "{\"attempts\":4,\"firstSent\":1,\"notBefore\":2,\"originalMessageId\":\"m-1\"}", "dataType": "String", "stringListValues": [], "binaryListValues": []},
-                "ExtendedPayloadSize": {"stringValue": "300000", "dataType": "Number", "stringListValues": [], "binaryListValues": []},
-                "Blob": {"binaryValue": "AAEC", "dataType": "Binary", "stringListValues": [], "binaryListValues": []}
-            },
-            "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:1:q"
-        }]}))
-        .unwrap();
-        let r = record(event.records.into_iter().next().unwrap());
-        let carry = r.carry().unwrap().unwrap();
-        assert_eq!(
-            (carry.attempts, carry.original_message_id.as_str()),
-            (4, "m-1")
-        );
-        let find = |n: &str| r.message_attributes.iter().find(|a| a.name == n).unwrap();
-        assert_eq!(find("ExtendedPayloadSize").data_type, "Number");
-        assert_eq!(
-            find("Blob").value,
-            crate::batch::AttributeValue::Bytes(vec![0, 1, 2])
-        );
-        let plain = record(SqsMessage::default());
-        assert!(plain.carry().is_none());
     }
 }

@@ -39,7 +39,7 @@
 //! | `metrics` | CloudWatch Embedded Metric Format per batch |
 //! | [`wiring`] | the adapters the configuration describes, built in one place |
 //! | [`process`] | one batch: plan → attempt → conclude → apply, each record isolated |
-//! | [`lambda`] | entry point: `SqsEvent` → `SqsBatchResponse` |
+//! | [`lambda`] | entry point: Lambda's SQS event → `SqsBatchResponse` |
 //! | [`worker`] | entry point: path 3.2, the long-lived poller, same core |
 //! | [`trigger`] | local: the Lambda SQS event source, emulated |
 //! | `dlq` | list and redrive dead letters |

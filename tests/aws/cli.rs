@@ -474,8 +474,10 @@ async fn event_output_is_accepted_by_the_function() {
     let out = run_retryq(&["event", a.to_str().unwrap(), b.to_str().unwrap()], &[]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
 
+    // Read as Lambda's SQS event, by aws_lambda_events, then as the handler reads it.
     let event: aws_lambda_events::event::sqs::SqsEvent = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(event.records.len(), 2);
+    let event: retryq::lambda::SqsRecords = serde_json::from_str(&out.stdout).unwrap();
     let p = processor(&[("ALLOW_PRIVATE_DESTINATIONS", "true")]);
     let response = retryq::lambda::handle(p, lambda_runtime::LambdaEvent::new(event, context(30)))
         .await

@@ -248,6 +248,23 @@ pub async fn invoke(
     invoke_within(processor, sqs, q, messages, 60).await
 }
 
+/// `received` as the Lambda handler reads it: the event the local trigger
+/// emulation makes, as JSON (what Lambda sends), read by the handler's type.
+pub fn lambda_event(received: &[Message], queue_arn: &str) -> retryq::lambda::SqsRecords {
+    let event = retryq::trigger::sqs_event(received, queue_arn, REGION);
+    serde_json::from_slice(&serde_json::to_vec(&event).unwrap())
+        .expect("the handler reads the event")
+}
+
+/// The records of `received`, as the Lambda handler hands them on.
+pub fn lambda_records(received: &[Message], queue_arn: &str) -> Vec<retryq::process::Record> {
+    lambda_event(received, queue_arn)
+        .records
+        .into_iter()
+        .map(retryq::process::Record::from)
+        .collect()
+}
+
 /// Hands `received` to the handler as one event (deadline `secs` away) and
 /// deletes nothing: its answer.
 async fn handle(
@@ -256,7 +273,7 @@ async fn handle(
     received: &[Message],
     secs: u64,
 ) -> SqsBatchResponse {
-    let event = retryq::trigger::sqs_event(received, &q.arn, REGION);
+    let event = lambda_event(received, &q.arn);
     retryq::lambda::handle(processor, LambdaEvent::new(event, context(secs)))
         .await
         .expect("the handler answers")

@@ -29,11 +29,7 @@ fn records(
     q: &TestQueue,
     messages: &[aws_sdk_sqs::types::Message],
 ) -> Vec<retryq::process::Record> {
-    retryq::trigger::sqs_event(messages, &q.arn, REGION)
-        .records
-        .into_iter()
-        .map(retryq::lambda::record)
-        .collect()
+    lambda_records(messages, &q.arn)
 }
 
 /// A Retry Message of exactly `len` bytes (padded in `metadata`).

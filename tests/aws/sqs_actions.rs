@@ -285,7 +285,7 @@ async fn a_failed_visibility_change_is_still_reported_as_a_failure() {
     )
     .await;
     received[0].receipt_handle = Some("not-a-real-receipt-handle".into());
-    let event = retryq::trigger::sqs_event(&received, &source.arn, REGION);
+    let event = lambda_event(&received, &source.arn);
     let response = retryq::lambda::handle(p, lambda_runtime::LambdaEvent::new(event, context(60)))
         .await
         .unwrap();
@@ -395,12 +395,7 @@ async fn a_batch_where_one_record_panics_still_answers_listing_only_that_record(
     )
     .await;
     let received = receive_n(&sqs, &source, 3, Duration::from_secs(10)).await;
-    let event = retryq::trigger::sqs_event(&received, &source.arn, REGION);
-    let records: Vec<_> = event
-        .records
-        .into_iter()
-        .map(retryq::lambda::record)
-        .collect();
+    let records = lambda_records(&received, &source.arn);
 
     let batch = retryq::process::Batch::starting_now();
     let report = p
