@@ -16,11 +16,12 @@ use serde::Deserialize;
 
 use crate::batch::{MessageAttribute, Record};
 
-/// The event: its records, in order. A missing or `null` `Records` is an
-/// empty batch.
+/// The event: its records, in order. Without `Records` (a mistyped test
+/// event, say) it is refused, naming the field, as `SqsEvent` refuses it:
+/// read as an empty batch, it would be answered as all delivered.
 #[derive(Debug, Default, Deserialize)]
 pub struct SqsRecords {
-    #[serde(rename = "Records", default, deserialize_with = "null_as_default")]
+    #[serde(rename = "Records")]
     pub records: Vec<SqsRecord>,
 }
 
@@ -39,16 +40,66 @@ pub struct SqsRecord {
     event_source_arn: Option<String>,
 }
 
-/// The system attributes [`Record::from_sqs`] reads; the others are skipped.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "PascalCase")]
+/// The system attributes [`Record::from_sqs`] reads; the others are
+/// skipped unread. Read as a map, as `SqsEvent` reads them: a name given
+/// twice keeps its last value.
+#[derive(Debug, Default)]
 struct SystemAttributes {
     approximate_receive_count: Option<String>,
     message_group_id: Option<String>,
     sent_timestamp: Option<String>,
     approximate_first_receive_timestamp: Option<String>,
-    #[serde(rename = "AWSTraceHeader")]
     aws_trace_header: Option<String>,
+}
+
+/// A system attribute's name: one of those retryq reads, or another.
+#[derive(Deserialize)]
+#[serde(field_identifier)]
+enum AttributeName {
+    ApproximateReceiveCount,
+    MessageGroupId,
+    SentTimestamp,
+    ApproximateFirstReceiveTimestamp,
+    #[serde(rename = "AWSTraceHeader")]
+    AwsTraceHeader,
+    #[serde(other)]
+    Other,
+}
+
+impl<'de> Deserialize<'de> for SystemAttributes {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = SystemAttributes;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of SQS system attributes")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut a = SystemAttributes::default();
+                while let Some(name) = map.next_key::<AttributeName>()? {
+                    let slot = match name {
+                        AttributeName::ApproximateReceiveCount => &mut a.approximate_receive_count,
+                        AttributeName::MessageGroupId => &mut a.message_group_id,
+                        AttributeName::SentTimestamp => &mut a.sent_timestamp,
+                        AttributeName::ApproximateFirstReceiveTimestamp => {
+                            &mut a.approximate_first_receive_timestamp
+                        }
+                        AttributeName::AwsTraceHeader => &mut a.aws_trace_header,
+                        AttributeName::Other => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    *slot = map.next_value()?;
+                }
+                Ok(a)
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
 }
 
 impl SystemAttributes {
@@ -210,12 +261,39 @@ mod tests {
     }
 
     #[test]
-    fn an_event_without_records_is_an_empty_batch() {
-        for event in [json!({}), json!({"Records": null})] {
-            let ours: SqsRecords = serde_json::from_value(event).unwrap();
-            assert!(ours.records.is_empty());
+    fn an_event_without_records_is_refused_naming_it() {
+        for event in [
+            json!({}),
+            json!({"records": [{"messageId": "m"}]}),
+            json!({"Records": null}),
+        ] {
+            let ours = serde_json::from_value::<SqsRecords>(event.clone()).unwrap_err();
+            assert!(serde_json::from_value::<SqsEvent>(event.clone()).is_err());
+            if event.get("Records").is_none() {
+                assert!(ours.to_string().contains("Records"), "{ours}");
+            }
         }
+        let empty: SqsRecords = serde_json::from_value(json!({"Records": []})).unwrap();
+        assert!(empty.records.is_empty());
         let plain = Record::from(SqsRecord::default());
         assert!(plain.carry().is_none() && plain.message_id.is_empty());
+    }
+
+    #[test]
+    fn an_attribute_given_twice_keeps_its_last_value_as_sqs_event_does() {
+        let event = r#"{"Records": [{"messageId": "m", "attributes": {
+            "ApproximateReceiveCount": "1", "MessageGroupId": "a", "SenderId": "x",
+            "ApproximateReceiveCount": "5", "MessageGroupId": "b", "SenderId": "y"}}]}"#;
+        let ours: SqsRecords = serde_json::from_str(event).unwrap();
+        let theirs: SqsEvent = serde_json::from_str(event).unwrap();
+        let (ours, theirs) = (
+            Record::from(ours.records.into_iter().next().unwrap()),
+            through_sqs_event(theirs.records.into_iter().next().unwrap()),
+        );
+        assert_eq!(ours, theirs);
+        assert_eq!(
+            (ours.receive_count, ours.message_group_id.as_deref()),
+            (5, Some("b"))
+        );
     }
 }
