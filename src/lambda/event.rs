@@ -125,21 +125,20 @@ where
     Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
+/// A record's message attributes, as `aws_lambda_events` reads them; one
+/// without a value is left out, one without a type is a `String`.
+fn message_attributes(map: HashMap<String, SqsMessageAttribute>) -> Vec<MessageAttribute> {
+    map.into_iter()
+        .filter_map(|(name, a)| {
+            let data_type = a.data_type.unwrap_or_else(|| "String".into());
+            MessageAttribute::from_sqs(name, data_type, a.string_value, a.binary_value.map(|b| b.0))
+        })
+        .collect()
+}
+
 impl From<SqsRecord> for Record {
     fn from(m: SqsRecord) -> Record {
-        let message_attributes = m
-            .message_attributes
-            .into_iter()
-            .filter_map(|(name, a)| {
-                let data_type = a.data_type.unwrap_or_else(|| "String".into());
-                MessageAttribute::from_sqs(
-                    name,
-                    data_type,
-                    a.string_value,
-                    a.binary_value.map(|b| b.0),
-                )
-            })
-            .collect();
+        let message_attributes = message_attributes(m.message_attributes);
         let mut attributes = m.attributes;
         Record::from_sqs(
             m.message_id,
@@ -163,19 +162,7 @@ mod tests {
     /// every attribute kept: what the processor read before.
     fn through_sqs_event(m: SqsMessage) -> Record {
         let attributes = m.attributes;
-        let message_attributes = m
-            .message_attributes
-            .into_iter()
-            .filter_map(|(name, a)| {
-                let data_type = a.data_type.unwrap_or_else(|| "String".into());
-                MessageAttribute::from_sqs(
-                    name,
-                    data_type,
-                    a.string_value,
-                    a.binary_value.map(|b| b.0),
-                )
-            })
-            .collect();
+        let message_attributes = message_attributes(m.message_attributes);
         Record::from_sqs(
             m.message_id,
             m.receipt_handle,
