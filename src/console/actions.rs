@@ -14,6 +14,7 @@ use super::html::{csrf_field, esc, hidden, page};
 use super::letters::{now_ms, read_again};
 use super::pages::filter_of;
 use super::{guard, log_action, Console, Form};
+use crate::fleet::FleetState;
 
 /// The CSRF check every action makes first.
 fn checked(console: &Console, body: &str) -> Result<Form, Box<Response>> {
@@ -206,24 +207,46 @@ async fn run_redrive(
 }
 
 /// What a pause or resume form must hold: the CSRF token, a table to
-/// write to, and a valid host pattern (returned, trimmed).
-fn pattern_form(console: &Console, body: &str) -> Result<(Form, String), Box<Response>> {
+/// write to (returned), and a valid host pattern (returned, trimmed).
+fn pattern_form(
+    console: &Console,
+    body: &str,
+) -> Result<(Form, String, Arc<FleetState>), Box<Response>> {
     let form = checked(console, body)?;
-    if console.fleet.is_none() {
+    let Some(fleet) = console.fleet.clone() else {
         let why = "Pauses live in the state table: start the console with --state-table T.";
         return Err(Box::new(done(console, why, false, "/destinations")));
-    }
+    };
     let pattern = form.one("pattern").unwrap_or_default().trim().to_owned();
     if let Err(e) = pattern.parse::<crate::policy::hosts::HostPattern>() {
         let why = format!("Host pattern {pattern:?}: {e}");
         return Err(Box::new(done(console, &why, false, "/destinations")));
     }
-    Ok((form, pattern))
+    Ok((form, pattern, fleet))
+}
+
+/// Makes a confirmed change to the pauses, [`detached`]: `change` gives
+/// the log line and the page's message of a change made, or why none was.
+async fn change_pauses<F>(console: &Arc<Console>, change: F) -> Response
+where
+    F: std::future::Future<Output = Result<(String, String), String>> + Send + 'static,
+{
+    let run = Arc::clone(console);
+    detached(console, async move {
+        match change.await {
+            Ok((line, what)) => {
+                log_action(&line);
+                done(&run, &what, true, "/destinations")
+            }
+            Err(why) => done(&run, &why, false, "/destinations"),
+        }
+    })
+    .await
 }
 
 /// `POST /pause`: `pattern`, and `for` (empty: until resumed).
 pub async fn pause(State(console): State<Arc<Console>>, body: String) -> Response {
-    let (form, pattern) = match pattern_form(&console, &body) {
+    let (form, pattern, fleet) = match pattern_form(&console, &body) {
         Ok(got) => got,
         Err(refused) => return *refused,
     };
@@ -242,18 +265,13 @@ pub async fn pause(State(console): State<Arc<Console>>, body: String) -> Respons
     if !console.spend_nonce(form.one("nonce")) {
         return replayed(&console, "/destinations");
     }
-    let (run, console) = (console.clone(), console);
-    detached(&console, async move {
-        let Some(fleet) = &run.fleet else {
-            return done(&run, "No state table.", false, "/destinations");
-        };
+    change_pauses(&console, async move {
         match fleet.pause(&pattern, until).await {
-            Ok(_) => {
-                log_action(&format!("pause {pattern} {how_long}"));
-                let what = format!("Paused {pattern} {how_long}.");
-                done(&run, &what, true, "/destinations")
-            }
-            Err(e) => done(&run, &format!("Not paused: {e}"), false, "/destinations"),
+            Ok(_) => Ok((
+                format!("pause {pattern} {how_long}"),
+                format!("Paused {pattern} {how_long}."),
+            )),
+            Err(e) => Err(format!("Not paused: {e}")),
         }
     })
     .await
@@ -261,7 +279,7 @@ pub async fn pause(State(console): State<Arc<Console>>, body: String) -> Respons
 
 /// `POST /resume`: `pattern`.
 pub async fn resume(State(console): State<Arc<Console>>, body: String) -> Response {
-    let (form, pattern) = match pattern_form(&console, &body) {
+    let (form, pattern, fleet) = match pattern_form(&console, &body) {
         Ok(got) => got,
         Err(refused) => return *refused,
     };
@@ -277,21 +295,14 @@ pub async fn resume(State(console): State<Arc<Console>>, body: String) -> Respon
     if !console.spend_nonce(form.one("nonce")) {
         return replayed(&console, "/destinations");
     }
-    let (run, console) = (console.clone(), console);
-    detached(&console, async move {
-        let Some(fleet) = &run.fleet else {
-            return done(&run, "No state table.", false, "/destinations");
-        };
+    change_pauses(&console, async move {
         match fleet.resume(&pattern).await {
-            Ok(was) => {
-                log_action(&format!("resume {pattern}"));
-                let what = match was {
-                    true => format!("Resumed {pattern}."),
-                    false => format!("{pattern} was not paused."),
-                };
-                done(&run, &what, true, "/destinations")
-            }
-            Err(e) => done(&run, &format!("Not resumed: {e}"), false, "/destinations"),
+            Ok(true) => Ok((format!("resume {pattern}"), format!("Resumed {pattern}."))),
+            Ok(false) => Ok((
+                format!("resume {pattern}"),
+                format!("{pattern} was not paused."),
+            )),
+            Err(e) => Err(format!("Not resumed: {e}")),
         }
     })
     .await

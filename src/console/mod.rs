@@ -45,7 +45,7 @@ pub struct Console {
     dlq_url: String,
     queue_url: Option<String>,
     queues: Queues,
-    fleet: Option<FleetState>,
+    fleet: Option<Arc<FleetState>>,
     table: Option<(aws_sdk_dynamodb::Client, String)>,
     payload_buckets: Vec<String>,
     store: crate::payload::store::PayloadStore,
@@ -148,21 +148,35 @@ async fn build(options: Options, port: u16) -> Result<Console, String> {
         }
         None => (None, None),
     };
+    let queues = Queues::new(crate::wiring::sqs_client_from_env().await);
     Ok(Console {
-        token: guard::new_token(),
-        csrf: guard::new_token(),
-        port,
-        dlq_url: options.dlq_url,
-        queue_url: options.queue_url,
-        queues: Queues::new(crate::wiring::sqs_client_from_env().await),
-        fleet,
+        fleet: fleet.map(Arc::new),
         table,
         payload_buckets: config.payload_buckets.clone(),
-        store: crate::payload::store::PayloadStore::new(),
-        letters: letters::Letters::default(),
-        walk: tokio::sync::Mutex::new(()),
-        nonces: std::sync::Mutex::default(),
+        ..Console::new(queues, port, options.dlq_url, options.queue_url)
     })
+}
+
+impl Console {
+    /// A console over `queues` with fresh tokens, nothing read yet, and no
+    /// state table or payload buckets.
+    fn new(queues: Queues, port: u16, dlq_url: String, queue_url: Option<String>) -> Console {
+        Console {
+            token: guard::new_token(),
+            csrf: guard::new_token(),
+            port,
+            dlq_url,
+            queue_url,
+            queues,
+            fleet: None,
+            table: None,
+            payload_buckets: Vec::new(),
+            store: crate::payload::store::PayloadStore::new(),
+            letters: letters::Letters::default(),
+            walk: tokio::sync::Mutex::new(()),
+            nonces: std::sync::Mutex::default(),
+        }
+    }
 }
 
 fn router(console: Arc<Console>) -> Router {
@@ -195,21 +209,7 @@ pub fn render_over(
             .region(aws_sdk_sqs::config::Region::new("us-east-1"))
             .build(),
     );
-    let console = Console {
-        token: guard::new_token(),
-        csrf: guard::new_token(),
-        port: 0,
-        dlq_url: "bench".into(),
-        queue_url: Some("bench".into()),
-        queues: Queues::new(client),
-        fleet: None,
-        table: None,
-        payload_buckets: Vec::new(),
-        store: crate::payload::store::PayloadStore::new(),
-        letters: letters::Letters::default(),
-        walk: tokio::sync::Mutex::new(()),
-        nonces: std::sync::Mutex::default(),
-    };
+    let console = Console::new(Queues::new(client), 0, "bench".into(), Some("bench".into()));
     let started = std::time::Instant::now();
     console.letters.fill(messages);
     let summarised = started.elapsed();
